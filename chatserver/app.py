@@ -1,0 +1,58 @@
+"""`create_app(config)`: wiring only, no logic. Tests call the same function."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from aiohttp_session import setup as setup_session
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+
+from .auth import load_secret
+from .config import Config
+from .hub import Hub
+from .keys import config_key, hub_key, store_key
+from .middlewares import cross_origin_guard, json_errors, security_headers
+from .routes import setup_routes
+from .store import Store
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# Form posts and JSON bodies are small; anything bigger is refused with 413 before it is read.
+CLIENT_MAX_SIZE = 64 * 1024
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the Store before serving, close it (finishing the commit in flight) after."""
+    db = app[config_key].database
+    app[store_key] = await Store.open(db.path, synchronous=db.synchronous,
+                                      scrub_seconds=db.scrub_seconds)
+    yield
+    await app[store_key].close()
+
+
+async def close_sockets(app: web.Application) -> None:
+    """On shutdown, close every socket with 1001 going away."""
+    await app[hub_key].close_all()
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the application for `config`; the database opens when the app starts."""
+    # json_errors is outermost so that a 403 from the cross-origin guard is rendered as JSON too.
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE,
+                          middlewares=[security_headers, json_errors, cross_origin_guard])
+    app[config_key] = config
+    app[hub_key] = Hub(config.limits.outgoing_queue)
+    app.cleanup_ctx.append(store_ctx)
+    app.on_shutdown.append(close_sockets)
+    secret = load_secret(config.security.cookie_secret, config.database.path)
+    # The session middleware must wrap the handlers that call get_session: setup_session appends
+    # it after the middlewares above, so it runs inside them.
+    setup_session(app, EncryptedCookieStorage(
+        secret, cookie_name="chat_session", httponly=True, samesite="Lax",
+        secure=config.security.https, max_age=config.security.session_seconds))
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True)
+    setup_routes(app)
+    return app

@@ -1,0 +1,148 @@
+"""The command line (SPEC 3): serve / adduser / passwd / deluser. Flags override the config file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import resource
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import create_app
+from .auth import hash_password
+from .config import Config, ConfigError, load_config
+from .pages import FormError, clean_name, clean_password, clean_phone
+from .store import CorruptDatabase, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "config.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run.py", description="Self-hosted phone-number chat server.")
+    parser.add_argument("--config", help=f"TOML config file (default: {DEFAULT_CONFIG} if present)")
+    parser.add_argument("--db", help="SQLite database file (overrides [database] path)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve HTTP and WebSockets")
+    serve.add_argument("--host", help="address to listen on (overrides [server] host)")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides [server] port)")
+    add = sub.add_parser("adduser", help="create an account")
+    add.add_argument("phone")
+    add.add_argument("--name", required=True)
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input")
+    passwd = sub.add_parser("passwd", help="set an account's password (ends its sessions)")
+    passwd.add_argument("phone")
+    passwd.add_argument("--password-stdin", action="store_true")
+    delete = sub.add_parser("deluser", help="delete an account and everything stored for it")
+    delete.add_argument("phone")
+    # `--config` and `--db` are accepted after the subcommand too, as SPEC 3 writes them.
+    for p in (serve, add, passwd, delete):
+        p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+        p.add_argument("--db", dest="sub_db", help=argparse.SUPPRESS)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.sub_config or args.config
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    return load_config(path, database__path=args.sub_db or args.db,
+                       server__host=getattr(args, "host", None),
+                       server__port=getattr(args, "port", None))
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise FormError("The passwords do not match.")
+    return first
+
+
+def raise_fd_limit() -> int:
+    """Raise the open-file limit to the hard limit (each socket is a file); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def _serve(config: Config) -> int:
+    limit = raise_fd_limit()
+    log.info("open-file limit %d: at most about %d sockets", limit, limit - 50)
+    try:
+        app = create_app(config)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Serving on http://{config.server.host}:{config.server.port} "
+          f"(database {config.database.path}); Ctrl-C stops.", flush=True)
+    web.run_app(app, host=config.server.host, port=config.server.port, print=None,
+                access_log=logging.getLogger("aiohttp.access") if config.server.access_log else None)
+    return 0
+
+
+async def _with_store(config: Config, action):  # type: ignore[no-untyped-def]
+    store = await Store.open(config.database.path, synchronous=config.database.synchronous,
+                             scrub_seconds=config.database.scrub_seconds)
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit status (0 ok, 1 refused, 2 bad usage/config)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        config = _config(args)
+    except (ConfigError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "serve":
+            return _serve(config)
+        phone = clean_phone(args.phone)
+        if args.command == "adduser":
+            name = clean_name(args.name)
+            password_hash = asyncio.run(hash_password(
+                clean_password(_read_password(args.password_stdin)),
+                config.security.bcrypt_rounds))
+            if not asyncio.run(_with_store(config, lambda s: s.add_user(phone, name, password_hash))):
+                print(f"error: {phone} is already registered", file=sys.stderr)
+                return 1
+            print(f"added {phone}")
+        elif args.command == "passwd":
+            password_hash = asyncio.run(hash_password(
+                clean_password(_read_password(args.password_stdin)),
+                config.security.bcrypt_rounds))
+            if not asyncio.run(_with_store(config, lambda s: s.set_password(phone, password_hash))):
+                print(f"error: no account {phone}", file=sys.stderr)
+                return 1
+            print(f"password changed for {phone}; its sessions are ended")
+        elif args.command == "deluser":
+            if not asyncio.run(_with_store(config, lambda s: s.delete_user(phone))):
+                print(f"error: no account {phone}", file=sys.stderr)
+                return 1
+            print(f"deleted {phone}")
+    except FormError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except CorruptDatabase as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

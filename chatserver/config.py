@@ -1,0 +1,173 @@
+"""Configuration: one frozen dataclass per TOML table, loaded once with `tomllib`.
+
+Every key has a default equal to the SPEC's default, unknown tables or keys are refused at start-up
+(a typo must not silently fall back to a default), and CLI flags override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # aiohttp's access log costs a formatted line per request; off unless asked for.
+    access_log: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    path: str = "var/chat.db"
+    # SQLite `PRAGMA synchronous`: FULL fsyncs the WAL on every commit (SPEC 6: no acknowledged
+    # message is lost, even on power loss); group commit keeps that affordable.
+    synchronous: str = "FULL"
+    # SPEC 6: deleted bodies are gone from the file and its WAL within this many seconds.
+    scrub_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    # Fernet key (url-safe base64 of 32 bytes) that encrypts session cookies; empty means
+    # "generate one into <database>.secret (mode 0600) on first start and reuse it".
+    cookie_secret: str = ""
+    # Marks the session cookie Secure; set it when the server is reached over HTTPS.
+    https: bool = False
+    # Origins besides the server's own that may open sockets and post forms (SPEC 4, 5).
+    allowed_origins: tuple[str, ...] = ()
+    # bcrypt work factor; 12 takes ~0.2 s per hash on a small box.
+    bcrypt_rounds: int = 12
+    # Seconds a login stays valid (cookie max-age and the server-side record).
+    session_seconds: int = 30 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_chars: int = 4096
+    max_frame_bytes: int = 65536
+    # Sustained `new_msg` rate per send socket; bursts up to twice this are allowed (SPEC 5.5).
+    messages_per_second: float = 20.0
+    # Frames waiting for one receive socket; a socket that falls further behind is closed
+    # (its messages stay stored and are fetched on reconnect).
+    outgoing_queue: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    chunk_size: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Rooms:
+    history: int = 50
+    keep: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocket:
+    # Seconds between pings; a peer that does not answer within half of it is closed.
+    heartbeat: float = 25.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: Server = field(default_factory=Server)
+    database: Database = field(default_factory=Database)
+    security: Security = field(default_factory=Security)
+    limits: Limits = field(default_factory=Limits)
+    fetch: Fetch = field(default_factory=Fetch)
+    rooms: Rooms = field(default_factory=Rooms)
+    websocket: WebSocket = field(default_factory=WebSocket)
+
+
+_POSITIVE = {
+    ("server", "port"),
+    ("limits", "max_message_chars"),
+    ("limits", "max_frame_bytes"),
+    ("limits", "messages_per_second"),
+    ("limits", "outgoing_queue"),
+    ("fetch", "chunk_size"),
+    ("rooms", "history"),
+    ("rooms", "keep"),
+    ("websocket", "heartbeat"),
+    ("security", "session_seconds"),
+}
+
+
+def _coerce(table: str, key: str, want: Any, value: Any) -> Any:
+    """Check one value against its dataclass field's type; lists become tuples."""
+    where = f"[{table}] {key}"
+    if want == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+    elif want == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer")
+    elif want == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number")
+        value = float(value)
+    elif want == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string")
+    elif want.startswith("tuple"):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings")
+        value = tuple(value)
+    if (table, key) in _POSITIVE and value <= 0:
+        raise ConfigError(f"{where} must be positive")
+    return value
+
+
+def _build(data: dict[str, Any]) -> Config:
+    tables: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        raw = data.pop(f.name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{f.name}] must be a table")
+        cls = f.default_factory  # type: ignore[misc]
+        known = {g.name: g.type for g in dataclasses.fields(cls)}
+        unknown = set(raw) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [{f.name}]: {', '.join(sorted(unknown))}")
+        tables[f.name] = cls(**{k: _coerce(f.name, k, known[k], v) for k, v in raw.items()})
+    if data:
+        raise ConfigError(f"unknown table(s): {', '.join(sorted(data))}")
+    config = Config(**tables)
+    if config.database.synchronous.upper() not in SYNCHRONOUS_LEVELS:
+        raise ConfigError(f"[database] synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
+    if config.security.bcrypt_rounds not in range(4, 32):
+        raise ConfigError("[security] bcrypt_rounds must be between 4 and 31")
+    if config.database.scrub_seconds < 0:
+        raise ConfigError("[database] scrub_seconds must not be negative")
+    return config
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Read a TOML file (or nothing: all defaults) and apply overrides.
+
+    `overrides` are dotted keys with `.` written as `__`, e.g. `server__port=9000`; a value of None
+    means "not given" and is skipped. Raises ConfigError for an unknown key, a wrong type or a
+    value out of range, and OSError / tomllib.TOMLDecodeError for an unreadable file.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        table, _, key = dotted.partition("__")
+        data.setdefault(table, {})[key] = value
+    return _build(data)

@@ -1,0 +1,13 @@
+"""Typed application state: the `web.AppKey`s through which handlers reach shared objects."""
+
+from typing import Final
+
+from aiohttp import web
+
+from .config import Config
+from .hub import Hub
+from .store import Store
+
+config_key: Final = web.AppKey("config", Config)
+store_key: Final = web.AppKey("store", Store)
+hub_key: Final = web.AppKey("hub", Hub)

@@ -1,0 +1,179 @@
+"""The wire format of SPEC 5: frames, timestamps, reply and error frames. No I/O here.
+
+`parse_frame` is the only place that looks at raw JSON; past it, code sees a `Frame` whose fields
+are named exactly as in the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+# SPEC 1: a phone is 10 to 15 ASCII digits ([0-9], not \d, which also matches other scripts' digits).
+PHONE_RE: Final = re.compile(r"[0-9]{10,15}")
+# SPEC 4: group keys and room names.
+GROUP_KEY_RE: Final = re.compile(r"[A-Za-z0-9]{10}")
+ROOM_NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# SPEC 5: `YYYY-MM-DD HH:MM:SS[.f{1,6}]` or ISO 8601 `YYYY-MM-DDTHH:MM:SS[.f{1,6}][Z]`, UTC.
+_TIMESTAMP_RE: Final = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?: ([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?"
+    r"|T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?Z?)"
+)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+# The five fields every frame on a send or room socket carries (SPEC 5).
+FRAME_FIELDS: Final = ("message", "command", "msg_from", "msg_to", "sent_timestamp")
+
+
+class ProtocolError(Exception):
+    """A refused frame; `str(error)` is the reason shown to a person (SPEC 5.5)."""
+
+
+def is_phone(value: object) -> bool:
+    """True for a string of 10 to 15 ASCII digits (SPEC 1)."""
+    return isinstance(value, str) and PHONE_RE.fullmatch(value) is not None
+
+
+def parse_timestamp(value: str) -> int:
+    """A client timestamp (SPEC 5) -> microseconds since the Unix epoch, UTC.
+
+    Two strings that denote the same instant to the microsecond give the same integer, which is
+    what message identity is built on. Raises ProtocolError for anything else.
+    """
+    m = _TIMESTAMP_RE.fullmatch(value)
+    if m is None:
+        raise ProtocolError(f"unparseable timestamp: {value[:40]!r}")
+    g = m.groups()
+    hh, mi, ss, frac = g[3:7] if g[3] is not None else g[7:11]
+    try:
+        dt = datetime(
+            int(g[0]), int(g[1]), int(g[2]), int(hh), int(mi), int(ss),
+            int((frac or "0").ljust(6, "0")), tzinfo=UTC,
+        )
+    except ValueError as e:
+        raise ProtocolError(f"unparseable timestamp: {value[:40]!r} ({e})") from None
+    delta = dt - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_micros(us: int) -> datetime:
+    return datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
+
+
+def server_timestamp(us: int) -> str:
+    """Microseconds since the epoch -> the server's format `YYYY-MM-DD HH:MM:SS.fff` (SPEC 5)."""
+    return _from_micros(us).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def fetch_timestamp(us: int) -> str:
+    """Microseconds since the epoch -> the fetch format `YYYY-MM-DDTHH:MM:SS.ffffffZ` (SPEC 5)."""
+    return _from_micros(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now_micros() -> int:
+    """The server's clock, microseconds since the epoch, UTC."""
+    delta = datetime.now(UTC) - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def server_now() -> str:
+    """The server's time in its own format (SPEC 5)."""
+    return server_timestamp(now_micros())
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One client frame on a send or room socket (SPEC 5), fields as sent."""
+
+    command: str
+    message: str
+    msg_from: str
+    msg_to: str
+    sent_timestamp: str  # as the client sent it; echoed back unchanged
+    sent_us: int  # the same instant in microseconds since the epoch, UTC; used for identity
+
+    def wire(self) -> dict[str, str]:
+        """The frame as sent (SPEC 5.1: pushed to the recipient unchanged)."""
+        return {
+            "message": self.message,
+            "command": self.command,
+            "msg_from": self.msg_from,
+            "msg_to": self.msg_to,
+            "sent_timestamp": self.sent_timestamp,
+        }
+
+
+def decode(text: str) -> dict[str, Any]:
+    """JSON text -> a JSON object; raises ProtocolError when it is not JSON or not an object."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ProtocolError("the frame is not valid JSON") from None
+    except RecursionError:
+        raise ProtocolError("the frame is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("the frame must be a JSON object")
+    return data
+
+
+def is_text(value: object) -> bool:
+    """True for a str that is valid Unicode: JSON's `\\ud800` escapes decode to lone surrogates,
+    which cannot be stored or sent as UTF-8."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def command_of(data: object) -> str:
+    """The `type` of an error frame for this input: its `command` when a string, else 'invalid'."""
+    if isinstance(data, dict):
+        command = data.get("command")
+        if is_text(command):
+            return command[:64]  # echoed in the error frame: keep it short
+    return "invalid"
+
+
+def parse_frame(data: dict[str, Any]) -> Frame:
+    """A decoded JSON object -> Frame, checking that the five fields are strings and the timestamp
+    parses (SPEC 5). Raises ProtocolError naming the first field that is missing or wrong."""
+    for name in FRAME_FIELDS:
+        if name not in data:
+            raise ProtocolError(f"the field {name!r} is missing")
+        if not isinstance(data[name], str):
+            raise ProtocolError(f"the field {name!r} must be a string")
+        if not is_text(data[name]):
+            raise ProtocolError(f"the field {name!r} is not valid Unicode")
+    return Frame(
+        command=data["command"],
+        message=data["message"],
+        msg_from=data["msg_from"],
+        msg_to=data["msg_to"],
+        sent_timestamp=data["sent_timestamp"],
+        sent_us=parse_timestamp(data["sent_timestamp"]),
+    )
+
+
+def encode(frame: dict[str, Any]) -> str:
+    """A frame -> compact JSON text (non-ASCII kept as is: frames are UTF-8)."""
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def error_frame(reason: str, type_: str, msg_from: str, msg_to: str) -> dict[str, str]:
+    """The SPEC 5.5 error frame; `type_` is the refused frame's command or 'invalid'."""
+    return {
+        "message": reason,
+        "command": "error",
+        "type": type_,
+        "msg_from": msg_from,
+        "msg_to": msg_to,
+        "sent_timestamp": server_now(),
+    }
