@@ -1,0 +1,65 @@
+"""Shared fixtures: a Config on a temporary database, a real server on a real socket, and
+`as_user(phone)` -> a client logged in as that phone with its own cookie jar."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from chatserver.app import create_app
+from chatserver.config import Config, Database, Limits, Security
+from chatserver.keys import store_key
+from chatserver.store import Store
+
+PASSWORD = "correct horse"
+# Every receive_json() in the tests waits at most this long; "nothing arrives" uses QUIET.
+TIMEOUT = 5.0
+QUIET = 0.3
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """Spec defaults, except a fast bcrypt cost and a database in tmp_path."""
+    return Config(
+        database=Database(path=str(tmp_path / "chat.db"), scrub_seconds=0.2),
+        security=Security(bcrypt_rounds=4),
+        limits=Limits(messages_per_second=1000.0),
+    )
+
+
+def with_limits(config: Config, **changes: object) -> Config:
+    """`config` with some `[limits]` keys changed."""
+    return dataclasses.replace(config, limits=dataclasses.replace(config.limits, **changes))
+
+
+@pytest.fixture
+async def server(aiohttp_server, config: Config) -> TestServer:
+    return await aiohttp_server(create_app(config))
+
+
+@pytest.fixture
+def store(server: TestServer) -> Store:
+    """The running server's store."""
+    return server.app[store_key]
+
+
+UserFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def as_user(aiohttp_client, server: TestServer) -> UserFactory:
+    """Register `phone` (or log in again when it exists) and return its own logged-in client."""
+    async def login(phone: str, password: str = PASSWORD, name: str | None = None) -> TestClient:
+        client = await aiohttp_client(server)
+        resp = await client.post("/register", data={"phone": phone, "name": name or f"user {phone}",
+                                                    "password": password}, allow_redirects=False)
+        if resp.status == 409:
+            resp = await client.post("/login", data={"phone": phone, "password": password},
+                                     allow_redirects=False)
+        assert resp.status == 302, await resp.text()
+        return client
+    return login
