@@ -40,3 +40,11 @@ CREATE TABLE IF NOT EXISTS personal_messages (
     UNIQUE (msg_to, msg_from, sent_us)
 );
 CREATE INDEX IF NOT EXISTS personal_messages_from ON personal_messages(msg_from, msg_to);
+
+-- A message opens its dialogue (both directions) in the same statement, with no extra round trip.
+CREATE TRIGGER IF NOT EXISTS personal_messages_open_dialogue
+AFTER INSERT ON personal_messages
+BEGIN
+    INSERT OR IGNORE INTO dialogues (msg_from, msg_to)
+    VALUES (new.msg_from, new.msg_to), (new.msg_to, new.msg_from);
+END;

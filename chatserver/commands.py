@@ -94,6 +94,8 @@ def check_message(conn: Conn, message: str) -> None:
     limit = conn.config.limits.max_message_chars
     if len(message) > limit:
         raise ProtocolError(f"the message is longer than {limit} characters")
+    if "\x00" in message:  # not text a person typed, and SQL text functions stop at it
+        raise ProtocolError("the message must not contain NUL characters")
 
 
 def _acknowledged(frame: Frame) -> int:

@@ -10,12 +10,13 @@ Each public method is one unit of work named for what it means; none returns a c
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final
 
 import aiosqlite
 
@@ -24,8 +25,10 @@ from .protocol import now_micros
 log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
-T = TypeVar("T")
 Op = Callable[[aiosqlite.Connection], Awaitable[Any]]
+# Runs one kind of write for a list of argument tuples in the open transaction and returns one
+# result per tuple. The per-message kinds do it in one SQL statement whatever the list's length.
+Runner = Callable[[aiosqlite.Connection, list[Any]], Awaitable[list[Any]]]
 
 
 class StoreClosed(RuntimeError):
@@ -64,9 +67,79 @@ class DialogueSide:
 
 @dataclass(slots=True)
 class _Write:
-    op: Op
+    run: Runner
+    args: Any
     future: asyncio.Future[Any]
     deletes: bool  # leaves freed bodies behind: the WAL must be scrubbed (SPEC 6)
+
+
+def _rows_json(rows: list[Any]) -> str:
+    # One JSON array carries a whole batch into one statement (json_each) instead of one
+    # round trip to the database thread per message.
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+
+
+async def _call_ops(db: aiosqlite.Connection, ops: list[Op]) -> list[Any]:
+    """Runner of the rare writes (accounts, sessions): each is its own small coroutine."""
+    return [await op(db) for op in ops]
+
+
+_INSERT_PERSONAL: Final = """
+    INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message)
+    SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?1) WHERE true
+    ON CONFLICT DO NOTHING
+    RETURNING msg_from, msg_to, sent_us"""
+
+
+async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[bool]:
+    """Insert [msg_from, msg_to, sent_us, sent_timestamp, message] rows in array order (which is
+    the acceptance order, `id`); True for each row stored, False for a repeated identity."""
+    inserted = {tuple(r) for r in await db.execute_fetchall(_INSERT_PERSONAL, (_rows_json(rows),))}
+    results = []
+    for row in rows:
+        key = (row[0], row[1], row[2])
+        results.append(key in inserted)
+        inserted.discard(key)  # the same identity twice in one batch: only the first is new
+    return results
+
+
+_DELETE_PERSONAL: Final = """
+    DELETE FROM personal_messages WHERE id IN (
+        SELECT p.id FROM json_each(?1) AS j JOIN personal_messages AS p
+        ON p.msg_to = j.value->>1 AND p.msg_from = j.value->>0 AND p.sent_us = j.value->>2)
+    RETURNING msg_from, msg_to, sent_us"""
+_SET_RECEIVED: Final = """
+    INSERT INTO dialogues (msg_from, msg_to, last_received_receiver)
+    SELECT value->>0, value->>1, value->>3 FROM json_each(?1) WHERE true
+    ON CONFLICT DO UPDATE SET last_received_receiver = excluded.last_received_receiver"""
+
+
+async def _ack_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[bool]:
+    """Delete acknowledged messages, rows [msg_from, msg_to, sent_us, received_at]; True for each
+    row that deleted a message, whose dialogue then gets last_received_receiver = received_at."""
+    deleted = {tuple(r) for r in await db.execute_fetchall(_DELETE_PERSONAL, (_rows_json(rows),))}
+    results, receipts = [], []
+    for row in rows:
+        key = (row[0], row[1], row[2])
+        results.append(key in deleted)
+        if key in deleted:
+            receipts.append(row)
+            deleted.discard(key)
+    if receipts:
+        await db.execute(_SET_RECEIVED, (_rows_json(receipts),))
+    return results
+
+
+_SET_SEEN: Final = """
+    INSERT INTO dialogues (msg_from, msg_to, last_seen_receiver)
+    SELECT value->>0, value->>1, value->>2 FROM json_each(?1) WHERE true
+    ON CONFLICT DO UPDATE SET last_seen_receiver = excluded.last_seen_receiver"""
+
+
+async def _read_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[None]:
+    """Set last_seen_receiver for rows [msg_from, msg_to, seen_at] (the last one per dialogue wins)."""
+    await db.execute(_SET_SEEN, (_rows_json(rows),))
+    return [None] * len(rows)
 
 
 class Store:
@@ -131,11 +204,12 @@ class Store:
 
     # -- group commit -------------------------------------------------------------------------
 
-    def _submit(self, op: Op, *, deletes: bool = False) -> asyncio.Future[Any]:
+    def _submit(self, run: Runner, args: Any, *, deletes: bool = False) -> asyncio.Future[Any]:
+        """Queue one write for the next batch; the future resolves after its COMMIT."""
         if self._closing:
             raise StoreClosed("the store is closing")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Write(op, future, deletes))
+        self._queue.append(_Write(run, args, future, deletes))
         self._wakeup.set()
         return future
 
@@ -161,22 +235,32 @@ class Store:
                 self._scrub_at = loop.time() + self._scrub_seconds
 
     async def _commit(self, batch: list[_Write]) -> None:
-        """Run `batch` in one transaction; an op that raises is dropped and the rest retried."""
+        """Run `batch` in one transaction, one statement per kind of write.
+
+        When a statement fails, the batch is rolled back and run again with every write on its
+        own statement, so that only the write at fault fails and the others are committed.
+        """
         db = self._writer
+        alone = False
         while batch:
-            results: list[Any] = []
-            failed: tuple[_Write, BaseException] | None = None
+            groups: dict[Runner, list[_Write]] = {}
+            for write in batch:
+                groups.setdefault(write.run, []).append(write)
+            steps = ([(w.run, [w]) for w in batch] if alone else list(groups.items()))
+            results: list[tuple[_Write, Any]] = []
+            failed: tuple[list[_Write], sqlite3.Error] | None = None
             try:
                 await db.execute("BEGIN IMMEDIATE")
-                for write in batch:
+                for run, writes in steps:
                     try:
-                        results.append(await write.op(db))
-                    except sqlite3.Error as e:  # this op's fault, not the batch's
-                        failed = (write, e)
+                        outcome = await run(db, [w.args for w in writes])
+                    except sqlite3.Error as e:  # these writes' fault, not the transaction's
+                        failed = (writes, e)
                         break
+                    results.extend(zip(writes, outcome, strict=True))
                 if failed is None:
                     await db.execute("COMMIT")
-            except BaseException as e:  # the commit itself failed: nothing in the batch is stored
+            except BaseException as e:  # the transaction itself failed: nothing is stored
                 log.exception("commit of %d writes failed", len(batch))
                 await self._rollback()
                 for write in batch:
@@ -186,15 +270,18 @@ class Store:
                     raise
                 return
             if failed is None:
-                for write, result in zip(batch, results, strict=True):
+                for write, result in results:
                     if not write.future.done():  # the caller may have been cancelled
                         write.future.set_result(result)
                 return
             await self._rollback()
-            bad, error = failed
-            if not bad.future.done():
-                bad.future.set_exception(error)
-            batch = [w for w in batch if w is not bad]
+            writes, error = failed
+            if len(writes) > 1:
+                alone = True
+                continue
+            if not writes[0].future.done():
+                writes[0].future.set_exception(error)
+            batch = [w for w in batch if w is not writes[0]]
 
     async def _rollback(self) -> None:
         try:
@@ -203,7 +290,8 @@ class Store:
             pass  # no transaction was open
 
     async def _write(self, op: Op, *, deletes: bool = False) -> Any:
-        return await self._submit(op, deletes=deletes)
+        """Run a rare write (one small coroutine) in the next batch."""
+        return await self._submit(_call_ops, op, deletes=deletes)
 
     async def _scrub(self) -> None:
         """Checkpoint and truncate the WAL (between batches, on the writer task only)."""
@@ -327,44 +415,20 @@ class Store:
     async def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
                            message: str) -> bool:
         """Store a message durably; returns after COMMIT. False when the same identity
-        (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice (SPEC 5.1)."""
-        async def op(db: aiosqlite.Connection) -> bool:
-            cur = await db.execute(
-                "INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (msg_from, msg_to, sent_us, sent_timestamp, message))
-            if cur.rowcount != 1:
-                return False
-            await db.execute(
-                "INSERT INTO dialogues (msg_from, msg_to) VALUES (?, ?), (?, ?) ON CONFLICT DO NOTHING",
-                (msg_from, msg_to, msg_to, msg_from))
-            return True
-        return await self._write(op)
+        (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice (SPEC 5.1).
+        The dialogue rows are created by a trigger (schema.sql)."""
+        return await self._submit(
+            _add_personal_many, [msg_from, msg_to, sent_us, sent_timestamp, message])
 
     async def ack_personal(self, msg_from: str, msg_to: str, sent_us: int, received_at: str) -> bool:
         """msg_to acknowledges msg_from's message `sent_us` (SPEC 5.1 `msg_received`): delete it and
         set last_received_receiver of msg_from -> msg_to. False when no such message is stored."""
-        async def op(db: aiosqlite.Connection) -> bool:
-            cur = await db.execute(
-                "DELETE FROM personal_messages WHERE msg_to = ? AND msg_from = ? AND sent_us = ?",
-                (msg_to, msg_from, sent_us))
-            if cur.rowcount != 1:
-                return False
-            await db.execute(
-                "INSERT INTO dialogues (msg_from, msg_to, last_received_receiver) VALUES (?, ?, ?)"
-                " ON CONFLICT DO UPDATE SET last_received_receiver = excluded.last_received_receiver",
-                (msg_from, msg_to, received_at))
-            return True
-        return await self._write(op, deletes=True)
+        return await self._submit(
+            _ack_personal_many, [msg_from, msg_to, sent_us, received_at], deletes=True)
 
     async def read_personal(self, msg_from: str, msg_to: str, seen_at: str) -> None:
         """msg_to has seen msg_from's messages (SPEC 5.1 `msg_read`): set last_seen_receiver."""
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "INSERT INTO dialogues (msg_from, msg_to, last_seen_receiver) VALUES (?, ?, ?)"
-                " ON CONFLICT DO UPDATE SET last_seen_receiver = excluded.last_seen_receiver",
-                (msg_from, msg_to, seen_at))
-        await self._write(op)
+        await self._submit(_read_personal_many, [msg_from, msg_to, seen_at])
 
     async def pending_for(self, msg_to: str) -> list[StoredMessage]:
         """Personal messages stored for msg_to, in the order the server accepted them (SPEC 5.2)."""
