@@ -7,28 +7,60 @@ as `{"error": reason}`.
 from __future__ import annotations
 
 import json
-from typing import Any
+import secrets
+import string
+from typing import Any, Final
 
 from aiohttp import web
 
-from .auth import current_user
-from .keys import store_key
-from .protocol import is_phone
-from .store import DialogueSide
+from .auth import check_password, current_user, hash_password
+from .forms import FormError, clean_name, clean_password
+from .keys import config_key, hub_key, store_key
+from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone, server_timestamp
+from .store import Contact, DialogueSide, Group
+
+# A group is for people who know each other: a bound keeps one request's work bounded too.
+MAX_PARTICIPANTS: Final = 1000
+_KEY_ALPHABET: Final = string.ascii_letters + string.digits
 
 
-async def _user(request: web.Request) -> str:
+async def _login(request: web.Request) -> tuple[str, str]:
+    """(phone, session id hash) of the logged-in user; 401 otherwise."""
     user = await current_user(request)
     if user is None:
         raise web.HTTPUnauthorized(reason="log in first")
-    return user[0]
+    return user
+
+
+async def _user(request: web.Request) -> str:
+    return (await _login(request))[0]
+
+
+def _phone_arg(value: object, field: str) -> str:
+    if not is_phone(value):
+        raise web.HTTPBadRequest(reason=f"{field} must be a phone number of 10 to 15 digits")
+    return value  # type: ignore[return-value]
+
+
+def _phones_arg(value: object, field: str) -> list[str]:
+    """A JSON list of phones, duplicates dropped, order kept; 400 otherwise."""
+    if not isinstance(value, list) or len(value) > MAX_PARTICIPANTS:
+        raise web.HTTPBadRequest(reason=f"{field} must be a list of at most {MAX_PARTICIPANTS} phones")
+    return list(dict.fromkeys(_phone_arg(p, field) for p in value))
+
+
+def _name_arg(value: object, field: str = "name") -> str:
+    try:
+        return clean_name(value)
+    except FormError as e:
+        raise web.HTTPBadRequest(reason=f"{field}: {e}") from None
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; 400 otherwise."""
     try:
         data = await request.json(loads=json.loads)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to be a real request
         raise web.HTTPBadRequest(reason="the body must be JSON") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(reason="the body must be a JSON object")
@@ -72,8 +104,11 @@ async def info(request: web.Request) -> web.Response:
     for phone in await store.dialogues_of(me):
         peer = await store.get_user(phone)
         dialogues.append({"msg_to": phone, "name": peer.name if peer else None})
+    groups = [{"key": key, "name": name} for key, name in await store.groups_of(me)]
+    rooms = [_room_json(r.name, r.created_by, r.private) for r in await store.rooms()]
+    contacts = [_contact_json(request, c) for c in await store.contacts_of(me)]
     return web.json_response({"phone": me, "name": account.name, "dialogues": dialogues,
-                              "groups": [], "rooms": []})
+                              "groups": groups, "rooms": rooms, "contacts": contacts})
 
 
 async def info_personal(request: web.Request) -> web.Response:
@@ -85,3 +120,228 @@ async def info_personal(request: web.Request) -> web.Response:
     if not await request.app[store_key].user_exists(msg_to):
         raise web.HTTPNotFound(reason="no such user")
     return web.json_response(await _dialogue(request, me, msg_to))
+
+
+# -- groups (SPEC 4) ----------------------------------------------------------------------------
+
+
+def _group_json(group: Group, read: dict[str, str | None] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": group.key, "name": group.name,
+                           "participants": group.participants, "admins": group.admins}
+    if read is not None:
+        out["read"] = read  # each participant's read position: "read by k of n"
+    return out
+
+
+async def _known_phones(request: web.Request, phones: list[str]) -> None:
+    store = request.app[store_key]
+    for phone in phones:
+        if not await store.user_exists(phone):
+            raise web.HTTPNotFound(reason=f"no such user: {phone}")
+
+
+def _refuse_blockers(request: web.Request, me: str, phones: list[str]) -> None:
+    """A user who has blocked me cannot be put into a group by me."""
+    store = request.app[store_key]
+    for phone in phones:
+        if store.is_blocked(phone, me):
+            raise web.HTTPForbidden(reason=f"{phone} does not accept being added by you")
+
+
+async def special_group(request: web.Request) -> web.Response:
+    """POST /chat/special/group `{"name", "participants"}`: create a group; the creator is a
+    participant and admin; 201 with the group; 404 for an unknown participant."""
+    me = await _user(request)
+    data = await _json_object(request)
+    name = _name_arg(data.get("name"))
+    participants = _phones_arg(data.get("participants", []), "participants")
+    await _known_phones(request, participants)
+    _refuse_blockers(request, me, participants)
+    store = request.app[store_key]
+    while True:  # 62**10 keys: a collision is astronomically rare, but possible
+        key = "".join(secrets.choice(_KEY_ALPHABET) for _ in range(10))
+        if await store.create_group(key, name, me, participants):
+            break
+    group = await store.group(key)
+    assert group is not None
+    return web.json_response(_group_json(group), status=201)
+
+
+async def _member_group(request: web.Request, me: str) -> Group:
+    key = request.query.get("key", "")
+    group = await request.app[store_key].group(key) if GROUP_KEY_RE.fullmatch(key) else None
+    if group is None:
+        raise web.HTTPNotFound(reason="no such group")
+    if me not in group.participants:
+        raise web.HTTPForbidden(reason="you are not a participant of this group")
+    return group
+
+
+async def info_group(request: web.Request) -> web.Response:
+    """GET /chat/info/group?key=KEY: the group and each participant's read position (members only)."""
+    me = await _user(request)
+    group = await _member_group(request, me)
+    read = await request.app[store_key].read_positions(group.key)
+    return web.json_response(_group_json(group, read))
+
+
+async def patch_group(request: web.Request) -> web.Response:
+    """PATCH /chat/info/group?key=KEY with any of `{"name", "add", "remove", "admins"}` (admins
+    only; any participant may remove themselves, which is leaving). Removed participants are
+    dropped from pending lists and their group sockets are closed."""
+    me = await _user(request)
+    group = await _member_group(request, me)
+    data = await _json_object(request)
+    unknown = set(data) - {"name", "add", "remove", "admins"}
+    if unknown:
+        raise web.HTTPBadRequest(reason=f"unknown field(s): {', '.join(sorted(unknown))}")
+    name = _name_arg(data["name"]) if "name" in data else None
+    add = _phones_arg(data.get("add", []), "add")
+    remove = _phones_arg(data.get("remove", []), "remove")
+    admins = _phones_arg(data.get("admins", []), "admins")
+    leaving_only = name is None and not add and not admins and remove == [me]
+    if me not in group.admins and not leaving_only:
+        raise web.HTTPForbidden(reason="only the group's admins may change it")
+    await _known_phones(request, add)
+    _refuse_blockers(request, me, add)
+    after = (set(group.participants) | set(add)) - set(remove)
+    if not set(admins) <= after:
+        raise web.HTTPBadRequest(reason="admins must be participants of the group")
+    store = request.app[store_key]
+    await store.update_group(group.key, name=name, add=add, remove=remove, admins=admins)
+    hub = request.app[hub_key]
+    for phone in remove:
+        await hub.close_group_member(group.key, phone)
+    updated = await store.group(group.key)
+    if updated is None:  # the last participant left: the group is gone
+        return web.json_response({"key": group.key, "name": group.name, "participants": [],
+                                  "admins": []})
+    return web.json_response(_group_json(updated, await store.read_positions(group.key)))
+
+
+# -- rooms (SPEC 4, 5.4) ------------------------------------------------------------------------
+
+
+def _room_name_arg(value: object) -> str:
+    if not isinstance(value, str) or not ROOM_NAME_RE.fullmatch(value):
+        raise web.HTTPBadRequest(reason="room_name must be 1 to 64 of A-Z a-z 0-9 _ -")
+    return value
+
+
+def _room_json(name: str, created_by: str | None, private: bool) -> dict[str, Any]:
+    return {"room_name": name, "created_by": created_by, "private": private}
+
+
+async def special_room(request: web.Request) -> web.Response:
+    """POST /chat/special/room `{"room_name", "password"?}`: create a room (private with a
+    password); 201 with the room; 409 when the name is taken."""
+    me, sid_hash = await _login(request)
+    data = await _json_object(request)
+    name = _room_name_arg(data.get("room_name"))
+    password_hash = None
+    if data.get("password") is not None:
+        try:
+            password = clean_password(data["password"])
+        except FormError as e:
+            raise web.HTTPBadRequest(reason=str(e)) from None
+        password_hash = await hash_password(password, request.app[config_key].security.bcrypt_rounds)
+    store = request.app[store_key]
+    if not await store.create_room(name, me, password_hash):
+        raise web.HTTPConflict(reason="a room with this name exists")
+    if password_hash is not None:
+        await store.grant_room(sid_hash, name)  # the creator need not type it again
+    return web.json_response(_room_json(name, me, password_hash is not None), status=201)
+
+
+async def join_room(request: web.Request) -> web.Response:
+    """POST /chat/special/room/join `{"room_name", "password"}`: give a private room's password
+    once for this login session; 403 for a wrong one."""
+    me, sid_hash = await _login(request)
+    data = await _json_object(request)
+    name = _room_name_arg(data.get("room_name"))
+    store = request.app[store_key]
+    room = await store.room(name)
+    if room is None:
+        raise web.HTTPNotFound(reason="no such room")
+    if room.password_hash is not None:
+        password = data.get("password")
+        if not await check_password(password if isinstance(password, str) else "",
+                                    room.password_hash):
+            raise web.HTTPForbidden(reason="wrong password for this room")
+        await store.grant_room(sid_hash, name)
+    return web.json_response(_room_json(room.name, room.created_by, room.private))
+
+
+async def info_room(request: web.Request) -> web.Response:
+    """GET /chat/info/room?room_name=NAME: read a room."""
+    await _user(request)
+    name = _room_name_arg(request.query.get("room_name"))
+    room = await request.app[store_key].room(name)
+    if room is None:
+        raise web.HTTPNotFound(reason="no such room")
+    return web.json_response(_room_json(room.name, room.created_by, room.private))
+
+
+# -- contacts and blocks --------------------------------------------------------------------------
+
+
+def _contact_json(request: web.Request, contact: Contact) -> dict[str, Any]:
+    return {"phone": contact.phone, "name": contact.name,
+            "online": request.app[hub_key].is_online(contact.phone),
+            "last_seen": server_timestamp(contact.last_seen_us) if contact.last_seen_us else None}
+
+
+async def info_contacts(request: web.Request) -> web.Response:
+    """GET /chat/info/contacts: `{"contacts": [{phone, name, online, last_seen}], "blocked": [...]}`."""
+    me = await _user(request)
+    store = request.app[store_key]
+    return web.json_response({
+        "contacts": [_contact_json(request, c) for c in await store.contacts_of(me)],
+        "blocked": await store.blocked_by(me)})
+
+
+async def special_contact(request: web.Request) -> web.Response:
+    """POST /chat/special/contact `{"phone", "name"}`: add (or rename) a contact; 201."""
+    me = await _user(request)
+    data = await _json_object(request)
+    phone = _phone_arg(data.get("phone"), "phone")
+    name = _name_arg(data.get("name"))
+    store = request.app[store_key]
+    if not await store.user_exists(phone):
+        raise web.HTTPNotFound(reason="no such user")
+    await store.set_contact(me, phone, name)
+    contact = next(c for c in await store.contacts_of(me) if c.phone == phone)
+    return web.json_response(_contact_json(request, contact), status=201)
+
+
+async def delete_contact(request: web.Request) -> web.Response:
+    """DELETE /chat/special/contact?phone=PHONE: remove a contact; 404 when it is not one."""
+    me = await _user(request)
+    phone = _phone_arg(request.query.get("phone"), "phone")
+    if not await request.app[store_key].remove_contact(me, phone):
+        raise web.HTTPNotFound(reason="not in your contacts")
+    return web.json_response({"phone": phone, "removed": True})
+
+
+async def special_block(request: web.Request) -> web.Response:
+    """POST /chat/special/block `{"phone"}`: refuse that user's messages, typing and groups; 201."""
+    me = await _user(request)
+    data = await _json_object(request)
+    phone = _phone_arg(data.get("phone"), "phone")
+    if phone == me:
+        raise web.HTTPBadRequest(reason="you cannot block yourself")
+    store = request.app[store_key]
+    if not await store.user_exists(phone):
+        raise web.HTTPNotFound(reason="no such user")
+    await store.block(me, phone)
+    return web.json_response({"blocked": await store.blocked_by(me)}, status=201)
+
+
+async def delete_block(request: web.Request) -> web.Response:
+    """DELETE /chat/special/block?phone=PHONE: lift a block; 404 when there was none."""
+    me = await _user(request)
+    phone = _phone_arg(request.query.get("phone"), "phone")
+    store = request.app[store_key]
+    if not await store.unblock(me, phone):
+        raise web.HTTPNotFound(reason="that user is not blocked")
+    return web.json_response({"blocked": await store.blocked_by(me)})

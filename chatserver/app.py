@@ -28,7 +28,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the Store before serving, close it (finishing the commit in flight) after."""
     db = app[config_key].database
     app[store_key] = await Store.open(db.path, synchronous=db.synchronous,
-                                      scrub_seconds=db.scrub_seconds)
+                                      scrub_seconds=db.scrub_seconds,
+                                      rooms_keep=app[config_key].rooms.keep)
     yield
     await app[store_key].close()
 

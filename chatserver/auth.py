@@ -25,9 +25,9 @@ SESSION_FIELD: Final = "sid"
 # bcrypt reads at most 72 bytes of a password; longer ones are refused, not silently cut.
 MAX_PASSWORD_BYTES: Final = 72
 MIN_PASSWORD_BYTES: Final = 8
-# Hash compared against when the phone is unknown, so that a login for an unknown phone costs the
-# same time as a wrong password (no account enumeration by timing).
-_DUMMY_HASH: Final = bcrypt.hashpw(b"no such account", bcrypt.gensalt(4))
+# Hashes compared against when the phone is unknown, one per cost, so that a login for an unknown
+# phone costs the same time as a wrong password (no account enumeration by timing).
+_dummy_hashes: dict[int, bytes] = {}
 
 
 async def hash_password(password: str, rounds: int) -> bytes:
@@ -41,14 +41,19 @@ async def hash_password(password: str, rounds: int) -> bytes:
     return await asyncio.to_thread(bcrypt.hashpw, raw, bcrypt.gensalt(rounds))
 
 
-async def check_password(password: str, password_hash: bytes | None) -> bool:
-    """True when `password` matches `password_hash`; with None, spends the same time and is False."""
-    raw = password.encode()
+async def check_password(password: str, password_hash: bytes | None, rounds: int = 12) -> bool:
+    """True when `password` matches `password_hash`. With None (no such account), spends the time
+    of a check at cost `rounds` — the configured one — and is False."""
+    raw = password.encode("utf-8", "surrogatepass")
     if len(raw) > MAX_PASSWORD_BYTES:
         raw = raw[:MAX_PASSWORD_BYTES]  # cannot match a stored hash (those are <= 72 bytes)
         password_hash = None
     if password_hash is None:
-        await asyncio.to_thread(bcrypt.checkpw, raw, _DUMMY_HASH)
+        dummy = _dummy_hashes.get(rounds)
+        if dummy is None:
+            dummy = _dummy_hashes[rounds] = await asyncio.to_thread(
+                bcrypt.hashpw, b"no such account", bcrypt.gensalt(rounds))
+        await asyncio.to_thread(bcrypt.checkpw, raw, dummy)
         return False
     return await asyncio.to_thread(bcrypt.checkpw, raw, password_hash)
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from .app import create_app
 from .auth import hash_password
 from .config import Config, ConfigError, load_config
-from .pages import FormError, clean_name, clean_password, clean_phone
+from .forms import FormError, clean_name, clean_password, clean_phone
 from .store import CorruptDatabase, Store
 
 log = logging.getLogger(__name__)

@@ -24,13 +24,14 @@ from .protocol import (
     encode,
     error_frame,
     fetch_timestamp,
+    is_phone,
     is_text,
     parse_frame,
     parse_timestamp,
     server_now,
     server_timestamp,
 )
-from .store import Store, StoreClosed
+from .store import NotMember, Store, StoreClosed
 
 log = logging.getLogger(__name__)
 # SPEC 5.1: at most one typing push per second per socket.
@@ -87,6 +88,16 @@ Handler = Callable[[Conn, Frame], Awaitable[None]]
 ReceiveHandler = Callable[[Conn, dict[str, Any]], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command as a socket accepts it: the function, and what its `msg_to` must be — the
+    socket's peer (the dialogue's other phone, the group key, the room name), or, for a group's
+    acknowledgements, the phone of the original sender (SPEC 5.3)."""
+
+    run: Handler
+    to_peer: bool = True
+
+
 def check_message(conn: Conn, message: str) -> None:
     """A message body is 1 to `limits.max_message_chars` characters (SPEC 5.1)."""
     if not message:
@@ -96,6 +107,12 @@ def check_message(conn: Conn, message: str) -> None:
         raise ProtocolError(f"the message is longer than {limit} characters")
     if "\x00" in message:  # not text a person typed, and SQL text functions stop at it
         raise ProtocolError("the message must not contain NUL characters")
+
+
+def refuse_if_blocked(conn: Conn, recipient: str) -> None:
+    """SPEC 5.5: a recipient who has blocked the sender gets nothing from them."""
+    if conn.store.is_blocked(recipient, conn.user):
+        raise ProtocolError("the recipient has blocked you; nothing was sent")
 
 
 def _acknowledged(frame: Frame) -> int:
@@ -109,6 +126,7 @@ def _acknowledged(frame: Frame) -> int:
 async def new_msg(conn: Conn, frame: Frame) -> None:
     """Store durably, then `msg_sent` to the sender and the frame as sent to the recipient."""
     check_message(conn, frame.message)
+    refuse_if_blocked(conn, frame.msg_to)
     conn.take_message_token()
     stored = await conn.store.add_personal(
         frame.msg_from, frame.msg_to, frame.sent_us, frame.sent_timestamp, frame.message)
@@ -142,6 +160,7 @@ async def msg_read(conn: Conn, frame: Frame) -> None:
 
 async def is_typing(conn: Conn, frame: Frame) -> None:
     """Tell the peer the user is typing; never stored; over the rate, dropped silently."""
+    refuse_if_blocked(conn, frame.msg_to)
     if conn.typing_allowed():
         conn.hub.push(frame.msg_to, encode({
             "command": "is_typing",
@@ -149,6 +168,107 @@ async def is_typing(conn: Conn, frame: Frame) -> None:
             "msg_to": frame.msg_to,
             "sent_timestamp": server_now(),
         }))
+
+
+# -- group send socket (SPEC 5.3) -------------------------------------------------------------
+
+
+def _group_sender(conn: Conn) -> str:
+    """`msg_from` of what a group socket pushes: "<grp>-<sender>"."""
+    return f"{conn.peer}-{conn.user}"
+
+
+async def new_grp_msg(conn: Conn, frame: Frame) -> None:
+    """Store durably, pending for every other participant; `msg_sent`; push to each of them."""
+    check_message(conn, frame.message)
+    conn.take_message_token()
+    try:
+        pending = await conn.store.add_group_message(
+            conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message)
+    except NotMember:
+        raise ProtocolError("you are not a participant of this group") from None
+    if pending:  # None: a retry of a message still stored, pushed the first time
+        # One encoding for everyone: the frames differ only in msg_to, which comes last.
+        head = encode({"message": frame.message, "command": "new_msg",
+                       "msg_from": _group_sender(conn), "sent_timestamp": frame.sent_timestamp,
+                       "msg_to": ""})[:-2]
+        for phone in pending:
+            conn.hub.push(phone, f'{head}{phone}"}}')
+    await conn.reply({
+        "message": frame.sent_timestamp,
+        "command": "msg_sent",
+        "msg_from": frame.msg_from,
+        "msg_to": frame.msg_to,
+        "sent_timestamp": server_now(),
+    })
+
+
+async def grp_msg_received(conn: Conn, frame: Frame) -> None:
+    """The user has stored the sender's group message: drop them from its pending list (the last
+    one deletes it) and tell the sender."""
+    sent_us = _acknowledged(frame)
+    if not await conn.store.ack_group(conn.peer, frame.msg_to, sent_us, conn.user):
+        raise ProtocolError("couldn't find a message to delete")
+    conn.hub.push(frame.msg_to, encode({
+        "message": frame.message, "command": "msg_received", "msg_from": _group_sender(conn),
+        "msg_to": frame.msg_to, "sent_timestamp": server_now()}))
+
+
+async def grp_msg_read(conn: Conn, frame: Frame) -> None:
+    """The user has read the group up to the sender's message: record it, tell the sender."""
+    sent_us = _acknowledged(frame)
+    if not await conn.store.is_member(conn.peer, frame.msg_to):
+        raise ProtocolError("msg_to is not a participant of this group")
+    await conn.store.read_group(conn.peer, conn.user, server_timestamp(sent_us))
+    conn.hub.push(frame.msg_to, encode({
+        "message": frame.message, "command": "msg_read", "msg_from": _group_sender(conn),
+        "msg_to": frame.msg_to, "sent_timestamp": server_now()}))
+
+
+async def is_grp_typing(conn: Conn, frame: Frame) -> None:
+    """Tell every other participant; never stored; over one a second, dropped silently."""
+    if not conn.typing_allowed():
+        return
+    group = await conn.store.group(conn.peer)
+    if group is None:
+        return
+    head = encode({"command": "is_typing", "msg_from": _group_sender(conn),
+                   "sent_timestamp": server_now(), "msg_to": ""})[:-2]
+    for phone in group.participants:
+        if phone != conn.user:
+            conn.hub.push(phone, f'{head}{phone}"}}')
+
+
+# -- room socket (SPEC 5.4) -------------------------------------------------------------------
+
+
+async def room_msg(conn: Conn, frame: Frame) -> None:
+    """Append to the room's history and broadcast to every socket in it, the sender's included."""
+    check_message(conn, frame.message)
+    conn.take_message_token()
+    data = encode({"message": frame.message, "command": "room_msg", "msg_from": frame.msg_from,
+                   "msg_to": frame.msg_to, "sent_timestamp": frame.sent_timestamp})
+    if await conn.store.add_room_message(conn.peer, frame.msg_from, frame.sent_us,
+                                         frame.sent_timestamp, frame.message):
+        conn.hub.broadcast(conn.peer, data)
+    else:  # a retry: everyone has it; confirm to the sender again
+        await conn.send(data)
+
+
+async def is_room_typing(conn: Conn, frame: Frame) -> None:
+    """Broadcast as `is_typing`; never stored; over one a second, dropped silently."""
+    if conn.typing_allowed():
+        conn.hub.broadcast(conn.peer, encode({
+            "command": "is_typing", "msg_from": frame.msg_from, "msg_to": frame.msg_to,
+            "sent_timestamp": server_now()}))
+
+
+async def send_room_history(conn: Conn, limit: int) -> None:
+    """On connect: the room's latest messages, oldest first (SPEC 5.4)."""
+    history = await conn.store.room_history(conn.peer, limit)
+    await conn.reply({"command": "fetch_room_msgs", "all": "True", "messages": [
+        {"message": m.message, "command": "room_msg", "msg_from": m.msg_from, "msg_to": conn.peer,
+         "sent_timestamp": fetch_timestamp(m.sent_us)} for m in history]})
 
 
 # -- receive socket (SPEC 5.2) ----------------------------------------------------------------
@@ -173,18 +293,38 @@ async def fetch_msgs(conn: Conn, data: dict[str, Any]) -> None:
 
 
 async def fetch_grp_msgs(conn: Conn, data: dict[str, Any]) -> None:
-    """Answer the group messages still pending for the user (groups arrive in a later version:
-    until then there are none, and the answer is one empty chunk)."""
-    await _send_chunks(conn, "fetch_grp_msgs", [])
+    """Answer the group messages still pending for the user, oldest first, in chunks, each with
+    `msg_from` "<grp>-<sender>" and its `pending` list (SPEC 5.2)."""
+    stored = await conn.store.pending_group_for(conn.user)
+    await _send_chunks(conn, "fetch_grp_msgs", [
+        {"msg_from": f"{m.grp}-{m.msg_from}", "msg_to": conn.user, "message": m.message,
+         "command": "new_msg", "sent_timestamp": fetch_timestamp(m.sent_us), "pending": m.pending}
+        for m in stored
+    ])
 
 
 # -- the command tables (SPEC 5) ---------------------------------------------------------------
 
-PERSONAL: Final[Mapping[str, Handler]] = {
-    "new_msg": new_msg,
-    "msg_received": msg_received,
-    "msg_read": msg_read,
-    "is_typing": is_typing,
+Table = Mapping[str, Command]
+
+PERSONAL: Final[Table] = {
+    "new_msg": Command(new_msg),
+    "msg_received": Command(msg_received),
+    "msg_read": Command(msg_read),
+    "is_typing": Command(is_typing),
+}
+
+GROUP: Final[Table] = {
+    "new_grp_msg": Command(new_grp_msg),
+    "grp_msg_received": Command(grp_msg_received, to_peer=False),
+    "grp_msg_read": Command(grp_msg_read, to_peer=False),
+    "msg_read": Command(grp_msg_read, to_peer=False),  # SPEC 5.3: an alias on a group socket
+    "is_grp_typing": Command(is_grp_typing),
+}
+
+ROOM: Final[Table] = {
+    "room_msg": Command(room_msg),
+    "is_room_typing": Command(is_room_typing),
 }
 
 RECEIVE: Final[Mapping[str, ReceiveHandler]] = {
@@ -193,21 +333,23 @@ RECEIVE: Final[Mapping[str, ReceiveHandler]] = {
 }
 
 
-async def dispatch(conn: Conn, table: Mapping[str, Handler], text: str) -> None:
-    """Run one text frame of a send socket through `table`; refusals become an error frame."""
+async def dispatch(conn: Conn, table: Table, text: str) -> None:
+    """Run one text frame of a send or room socket through `table`; refusals become an error frame."""
     type_ = "invalid"
     try:
         data = decode(text)
         type_ = command_of(data)
         frame = parse_frame(data)
-        handler = table.get(frame.command)
-        if handler is None:
+        command = table.get(frame.command)
+        if command is None:
             raise ProtocolError(f"unknown command {type_!r} on this socket")
         if frame.msg_from != conn.user:
             raise ProtocolError("msg_from must be the phone this socket belongs to")
-        if frame.msg_to != conn.peer:
-            raise ProtocolError("msg_to must be the phone this socket talks to")
-        await handler(conn, frame)
+        if command.to_peer and frame.msg_to != conn.peer:
+            raise ProtocolError(f"msg_to must be {conn.peer!r} on this socket")
+        if not command.to_peer and not is_phone(frame.msg_to):
+            raise ProtocolError("msg_to must be the phone of the message's sender")
+        await command.run(conn, frame)
     except ProtocolError as e:
         await conn.reply(error_frame(str(e), type_, conn.user, conn.peer))
     except (sqlite3.Error, StoreClosed):

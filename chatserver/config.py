@@ -7,6 +7,7 @@ Every key has a default equal to the SPEC's default, unknown tables or keys are 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,8 @@ def _coerce(table: str, key: str, want: Any, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number")
         value = float(value)
+        if not math.isfinite(value):  # NaN would pass every range check below
+            raise ConfigError(f"{where} must be a finite number")
     elif want == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string")

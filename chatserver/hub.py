@@ -81,6 +81,8 @@ class Hub:
         self._queue_size = queue_size
         self._receivers: dict[str, set[Receiver]] = {}
         self._sessions: dict[str, set[web.WebSocketResponse]] = {}
+        self._group_sockets: dict[tuple[str, str], set[web.WebSocketResponse]] = {}
+        self._rooms: dict[str, set[Receiver]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: object) -> None:
@@ -116,6 +118,46 @@ class Hub:
                 mine.discard(ws)
                 if not mine:
                     del self._sessions[sid_hash]
+
+    @contextlib.contextmanager
+    def group_socket(self, grp: str, phone: str, ws: web.WebSocketResponse) -> Iterator[None]:
+        """Remember a group send socket, so that removing its user from the group closes it."""
+        key = (grp, phone)
+        self._group_sockets.setdefault(key, set()).add(ws)
+        try:
+            yield
+        finally:
+            mine = self._group_sockets.get(key)
+            if mine is not None:
+                mine.discard(ws)
+                if not mine:
+                    del self._group_sockets[key]
+
+    async def close_group_member(self, grp: str, phone: str) -> None:
+        """Close `phone`'s sockets of group `grp` (SPEC 5: removal from a group closes them)."""
+        sockets = tuple(self._group_sockets.get((grp, phone), ()))
+        await asyncio.gather(*(close_socket(ws, WSCloseCode.POLICY_VIOLATION, b"removed from group")
+                               for ws in sockets))
+
+    @contextlib.contextmanager
+    def in_room(self, room: str, ws: web.WebSocketResponse) -> Iterator[Receiver]:
+        """Register a room socket for the duration of the block; it gets every broadcast."""
+        receiver = Receiver(self, ws, self._queue_size)
+        self._rooms.setdefault(room, set()).add(receiver)
+        try:
+            yield receiver
+        finally:
+            receiver.stop()
+            mine = self._rooms.get(room)
+            if mine is not None:
+                mine.discard(receiver)
+                if not mine:
+                    del self._rooms[room]
+
+    def broadcast(self, room: str, data: str) -> None:
+        """Queue a text frame for every socket in `room`, the sender's own included (SPEC 5.4)."""
+        for receiver in tuple(self._rooms.get(room, ())):
+            receiver.put(data)
 
     def push(self, phone: str, data: str) -> None:
         """Queue a text frame for every receive socket of `phone` (none: nothing happens)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -66,8 +66,16 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Headers that keep pages from being framed, sniffed or running inline script."""
-    response = await handler(request)
-    headers = response.headers
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:  # raised errors and redirects are responses too
+        _secure(e.headers)
+        raise
+    _secure(response.headers)
+    return response
+
+
+def _secure(headers: Any) -> None:
     headers.setdefault(
         "Content-Security-Policy",
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -76,4 +84,3 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("X-Frame-Options", "DENY")
-    return response

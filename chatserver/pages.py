@@ -3,54 +3,24 @@
 from __future__ import annotations
 
 import logging
-import unicodedata
 from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
 
-from .auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES, check_password, current_user, hash_password
-from .auth import log_in, log_out
+from .auth import check_password, current_user, hash_password, log_in, log_out
+from .forms import FormError, clean_name, clean_password, clean_phone
 from .keys import config_key, store_key
-from .protocol import is_phone
+from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_CHARS = 64
-
-
-class FormError(ValueError):
-    """A form field that cannot be accepted; the message is shown to the person."""
-
-
-def clean_name(raw: object) -> str:
-    """A display name: 1-64 characters after trimming, no control characters (SPEC 4)."""
-    if not isinstance(raw, str):
-        raise FormError("Enter your name.")
-    name = raw.strip()
-    if not 1 <= len(name) <= MAX_NAME_CHARS:
-        raise FormError(f"The name must be 1 to {MAX_NAME_CHARS} characters.")
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
-        raise FormError("The name must not contain control characters.")
-    return name
-
-
-def clean_phone(raw: object) -> str:
-    """A phone number: 10 to 15 ASCII digits (SPEC 1)."""
-    if not is_phone(raw):
-        raise FormError("The phone number must be 10 to 15 digits, nothing else.")
-    return raw  # type: ignore[return-value]
-
-
-def clean_password(raw: object) -> str:
-    """A password of 8 to 72 bytes in UTF-8 (SPEC 4; bcrypt reads no more than 72)."""
-    if not isinstance(raw, str):
-        raise FormError("Enter a password.")
-    size = len(raw.encode("utf-8", "surrogatepass"))
-    if not MIN_PASSWORD_BYTES <= size <= MAX_PASSWORD_BYTES:
-        raise FormError(f"The password must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes "
-                        f"long (letters outside English may take 2 to 4 bytes each).")
-    return raw
+async def _post_form(request: web.Request) -> Any:
+    """The posted form; 400 when it cannot be decoded (a field that is not UTF-8)."""
+    try:
+        return await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise web.HTTPBadRequest(reason="the form could not be read") from None
 
 
 def _form(request: web.Request, template: str, status: int, error: str | None,
@@ -68,7 +38,7 @@ async def register(request: web.Request) -> web.Response:
     """GET, POST /register: create an account and log in (SPEC 4)."""
     if request.method == "GET":
         return _form(request, "register.html", 200, None, {})
-    form = await request.post()
+    form = await _post_form(request)
     values = {"phone": form.get("phone", ""), "name": form.get("name", "")}
     try:
         phone = clean_phone(form.get("phone"))
@@ -90,12 +60,13 @@ async def login(request: web.Request) -> web.Response:
     """GET, POST /login: 302 to /chat, or 401 with one neutral message (SPEC 4)."""
     if request.method == "GET":
         return _form(request, "login.html", 200, None, {})
-    form = await request.post()
+    form = await _post_form(request)
     phone, password = form.get("phone"), form.get("password")
     values = {"phone": phone if isinstance(phone, str) else ""}
     user = await request.app[store_key].get_user(phone) if is_phone(phone) else None
     ok = await check_password(password if isinstance(password, str) else "",
-                              user.password_hash if user else None)
+                              user.password_hash if user else None,
+                              request.app[config_key].security.bcrypt_rounds)
     if not ok or user is None:
         return _form(request, "login.html", 401, "Wrong phone number or password.", values)
     await log_in(request, user.phone)
@@ -135,3 +106,29 @@ async def chat_personal(request: web.Request) -> web.Response:
     if not is_phone(msg_to) or not await request.app[store_key].user_exists(msg_to):
         raise web.HTTPNotFound(reason="no such user")
     return await _chat_page(request, {"kind": "personal", "id": msg_to})
+
+
+async def chat_group(request: web.Request) -> web.Response:
+    """GET /chat/group/<msg_from>/<grp>/: the client opened on a group; members only (SPEC 4)."""
+    user = await current_user(request)
+    if user is None:
+        raise web.HTTPFound("/login")
+    if request.match_info["msg_from"] != user[0]:
+        raise web.HTTPForbidden(reason="that is not your group page")
+    grp = request.match_info["grp"]
+    group = await request.app[store_key].group(grp) if GROUP_KEY_RE.fullmatch(grp) else None
+    if group is None:
+        raise web.HTTPNotFound(reason="no such group")
+    if user[0] not in group.participants:
+        raise web.HTTPForbidden(reason="you are not a participant of this group")
+    return await _chat_page(request, {"kind": "group", "id": grp})
+
+
+async def chat_room(request: web.Request) -> web.Response:
+    """GET /chat/room/<room_name>/: the client opened on a room (SPEC 4)."""
+    if await current_user(request) is None:
+        raise web.HTTPFound("/login")
+    name = request.match_info["room_name"]
+    if not ROOM_NAME_RE.fullmatch(name) or await request.app[store_key].room(name) is None:
+        raise web.HTTPNotFound(reason="no such room")
+    return await _chat_page(request, {"kind": "room", "id": name})

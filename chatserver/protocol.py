@@ -67,12 +67,17 @@ def _from_micros(us: int) -> datetime:
 
 def server_timestamp(us: int) -> str:
     """Microseconds since the epoch -> the server's format `YYYY-MM-DD HH:MM:SS.fff` (SPEC 5)."""
-    return _from_micros(us).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    d = _from_micros(us)
+    # not strftime: glibc's %Y does not zero-pad years before 1000
+    return (f"{d.year:04d}-{d.month:02d}-{d.day:02d} "
+            f"{d.hour:02d}:{d.minute:02d}:{d.second:02d}.{d.microsecond // 1000:03d}")
 
 
 def fetch_timestamp(us: int) -> str:
     """Microseconds since the epoch -> the fetch format `YYYY-MM-DDTHH:MM:SS.ffffffZ` (SPEC 5)."""
-    return _from_micros(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    d = _from_micros(us)
+    return (f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
+            f"{d.hour:02d}:{d.minute:02d}:{d.second:02d}.{d.microsecond:06d}Z")
 
 
 def now_micros() -> int:

@@ -35,6 +35,10 @@ class StoreClosed(RuntimeError):
     """A write was submitted after `Store.close()` began."""
 
 
+class NotMember(sqlite3.IntegrityError):
+    """A group write by someone who is not (or no longer) a participant of the group."""
+
+
 class CorruptDatabase(RuntimeError):
     """`PRAGMA quick_check` found the database file damaged; the server refuses to serve it."""
 
@@ -63,6 +67,52 @@ class DialogueSide:
     last_received_receiver: str | None
     last_seen_receiver: str | None
     waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A group as SPEC 4 shows it: participants and admins are sorted phones."""
+
+    key: str
+    name: str
+    participants: list[str]
+    admins: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMessage:
+    """A group message still pending for someone (SPEC 5.2 `fetch_grp_msgs`)."""
+
+    grp: str
+    msg_from: str
+    message: str
+    sent_us: int
+    pending: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    name: str
+    created_by: str | None
+    password_hash: bytes | None
+
+    @property
+    def private(self) -> bool:
+        return self.password_hash is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomMessage:
+    msg_from: str
+    message: str
+    sent_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    phone: str
+    name: str
+    last_seen_us: int | None
 
 
 @dataclass(slots=True)
@@ -142,14 +192,115 @@ async def _read_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list
     return [None] * len(rows)
 
 
+_INSERT_GROUP: Final = """
+    INSERT INTO group_messages (grp, msg_from, sent_us, sent_timestamp, message)
+    SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?1)
+    WHERE EXISTS (SELECT 1 FROM group_members WHERE grp = value->>0 AND phone = value->>1)
+    ON CONFLICT DO NOTHING
+    RETURNING id, grp, msg_from, sent_us"""
+_PENDING_OF: Final = """
+    SELECT message_id, phone FROM group_pending
+    WHERE message_id IN (SELECT value FROM json_each(?1)) ORDER BY phone"""
+_IS_MEMBER: Final = "SELECT 1 FROM group_members WHERE grp = ? AND phone = ?"
+
+
+async def _add_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[list[str] | None]:
+    """Insert [grp, msg_from, sent_us, sent_timestamp, message] rows. For each row: the phones it
+    is pending for (stored; may be empty in a group of one), or None for a repeated identity.
+    Raises NotMember (failing only that write) when msg_from is not in the group."""
+    inserted = await db.execute_fetchall(_INSERT_GROUP, (_rows_json(rows),))
+    ids = {(r[1], r[2], r[3]): r[0] for r in inserted}
+    pending: dict[int, list[str]] = {i: [] for i in ids.values()}
+    if ids:
+        for message_id, phone in await db.execute_fetchall(_PENDING_OF, (_rows_json(list(ids.values())),)):
+            pending[message_id].append(phone)
+    results: list[list[str] | None] = []
+    for row in rows:
+        message_id = ids.pop((row[0], row[1], row[2]), None)
+        if message_id is not None:
+            results.append(pending[message_id])
+        elif not await db.execute_fetchall(_IS_MEMBER, (row[0], row[1])):
+            # In a batch of several, _commit then runs every write alone: only this one fails.
+            raise NotMember(f"{row[1]} is not a participant of {row[0]}")
+        else:
+            results.append(None)
+    return results
+
+
+_GROUP_IDS: Final = """
+    SELECT j.key, m.id FROM json_each(?1) AS j JOIN group_messages AS m
+    ON m.grp = j.value->>0 AND m.msg_from = j.value->>1 AND m.sent_us = j.value->>2"""
+_DELETE_PENDING: Final = """
+    DELETE FROM group_pending WHERE (phone, message_id) IN
+        (SELECT value->>0, value->>1 FROM json_each(?1))
+    RETURNING phone, message_id"""
+
+
+async def _ack_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[bool]:
+    """Remove [grp, msg_from, sent_us, phone] from pending lists (the last one deletes the message,
+    by trigger); True for each row that was pending."""
+    ids = dict(await db.execute_fetchall(_GROUP_IDS, (_rows_json(rows),)))
+    wanted = [[row[3], ids[i]] for i, row in enumerate(rows) if i in ids]
+    removed = set()
+    if wanted:
+        removed = {tuple(r) for r in await db.execute_fetchall(_DELETE_PENDING, (_rows_json(wanted),))}
+    results = []
+    for i, row in enumerate(rows):
+        key = (row[3], ids.get(i))
+        results.append(key in removed)
+        removed.discard(key)
+    return results
+
+
+_SET_GROUP_READ: Final = """
+    UPDATE group_members SET last_read = max(coalesce(last_read, ''), j.value->>2)
+    FROM json_each(?1) AS j WHERE grp = j.value->>0 AND phone = j.value->>1"""
+
+
+async def _read_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[None]:
+    """Move the read position of [grp, phone, read_up_to] forward (never back)."""
+    await db.execute(_SET_GROUP_READ, (_rows_json(rows),))
+    return [None] * len(rows)
+
+
+_INSERT_ROOM: Final = """
+    INSERT INTO room_messages (room, msg_from, sent_us, sent_timestamp, message)
+    SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?1) WHERE true
+    ON CONFLICT DO NOTHING
+    RETURNING room, msg_from, sent_us"""
+_TRIM_ROOMS: Final = """
+    DELETE FROM room_messages WHERE id IN (
+        SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY room ORDER BY id DESC) AS n
+                        FROM room_messages WHERE room IN (SELECT value FROM json_each(?1)))
+        WHERE n > ?2)"""
+
+
+async def _add_room_many(db: aiosqlite.Connection, rows: list[Any]) -> list[bool]:
+    """Append [room, msg_from, sent_us, sent_timestamp, message, keep] rows to room histories and
+    drop what falls beyond `keep`; True for each row stored, False for a repeated identity."""
+    inserted = {tuple(r) for r in await db.execute_fetchall(
+        _INSERT_ROOM, (_rows_json([row[:5] for row in rows]),))}
+    rooms = sorted({row[0] for row in rows})
+    await db.execute(_TRIM_ROOMS, (_rows_json(rooms), rows[0][5]))
+    results = []
+    for row in rows:
+        key = (row[0], row[1], row[2])
+        results.append(key in inserted)
+        inserted.discard(key)
+    return results
+
+
 class Store:
     """All persistent state. Open with `await Store.open(...)`, close with `await store.close()`."""
 
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection,
-                 scrub_seconds: float) -> None:
+                 scrub_seconds: float, rooms_keep: int, blocks: set[tuple[str, str]]) -> None:
         self._writer = writer
         self._reader = reader
         self._scrub_seconds = scrub_seconds
+        self._rooms_keep = rooms_keep
+        # (blocker, blocked) pairs, mirrored in memory: every new_msg is checked against them.
+        self._blocks = blocks
         self._queue: list[_Write] = []
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -159,7 +310,7 @@ class Store:
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
-                   scrub_seconds: float = 5.0) -> Store:
+                   scrub_seconds: float = 5.0, rooms_keep: int = 1000) -> Store:
         """Open (creating if needed) the database at `path`, apply schema.sql, check integrity.
 
         Raises CorruptDatabase when `PRAGMA quick_check` does not answer "ok".
@@ -168,17 +319,14 @@ class Store:
         # isolation_level=None: no implicit transactions; we write BEGIN/COMMIT ourselves.
         writer = await aiosqlite.connect(path, isolation_level=None)
         try:
-            # WAL: readers never block the writer and a commit appends instead of rewriting pages.
-            await writer.execute("PRAGMA journal_mode=WAL")
-            # FULL fsyncs the WAL at every commit: an acknowledged message survives power loss.
-            await writer.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            # Overwrite deleted content with zeros (SPEC 1). In WAL mode this reaches the main file
-            # only at checkpoint, and old frames stay in the -wal file until it is truncated: scrub().
-            await writer.execute("PRAGMA secure_delete=ON")
-            await writer.execute("PRAGMA foreign_keys=ON")
-            # A second process (run.py adduser while serving) may hold the lock for a moment.
-            await writer.execute("PRAGMA busy_timeout=5000")
-            rows = await writer.execute_fetchall("PRAGMA quick_check")
+            try:
+                await cls._prepare(writer, synchronous)
+                rows = await writer.execute_fetchall("PRAGMA quick_check")
+            except sqlite3.DatabaseError as e:
+                # Not a database at all, or a damaged page; a locked file is not called corrupt.
+                if e.sqlite_errorcode not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                    raise
+                raise CorruptDatabase(f"{path} is not a usable SQLite database: {e}") from None
             result = [r[0] for r in rows]
             if result != ["ok"]:
                 raise CorruptDatabase(f"{path} failed PRAGMA quick_check: {'; '.join(result[:5])}")
@@ -189,7 +337,22 @@ class Store:
             raise
         await reader.execute("PRAGMA query_only=ON")
         await reader.execute("PRAGMA busy_timeout=5000")
-        return cls(writer, reader, scrub_seconds)
+        blocks = {(r[0], r[1]) for r in await reader.execute_fetchall("SELECT blocker, blocked FROM blocks")}
+        return cls(writer, reader, scrub_seconds, rooms_keep, blocks)
+
+    @staticmethod
+    async def _prepare(writer: aiosqlite.Connection, synchronous: str) -> None:
+        """The writer's pragmas, each for a reason."""
+        # WAL: readers never block the writer and a commit appends instead of rewriting pages.
+        await writer.execute("PRAGMA journal_mode=WAL")
+        # FULL fsyncs the WAL at every commit: an acknowledged message survives power loss.
+        await writer.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        # Overwrite deleted content with zeros (SPEC 1). In WAL mode this reaches the main file
+        # only at checkpoint, and old frames stay in the -wal file until it is truncated: scrub().
+        await writer.execute("PRAGMA secure_delete=ON")
+        await writer.execute("PRAGMA foreign_keys=ON")
+        # A second process (run.py adduser while serving) may hold the lock for a moment.
+        await writer.execute("PRAGMA busy_timeout=5000")
 
     async def close(self) -> None:
         """Finish every queued write, truncate the WAL and close both connections."""
@@ -436,3 +599,223 @@ class Store:
             "SELECT msg_from, msg_to, message, sent_us FROM personal_messages"
             " WHERE msg_to = ? ORDER BY id", (msg_to,))
         return [StoredMessage(*r) for r in rows]
+
+    # -- groups (SPEC 4, 5.3) -----------------------------------------------------------------
+
+    async def create_group(self, key: str, name: str, creator: str, participants: list[str]) -> bool:
+        """Create a group with `creator` as participant and admin; False when the key is taken."""
+        async def op(db: aiosqlite.Connection) -> bool:
+            now = now_micros()
+            cur = await db.execute(
+                "INSERT INTO groups (key, name, created_us) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (key, name, now))
+            if cur.rowcount != 1:
+                return False
+            await db.executemany(
+                "INSERT INTO group_members (grp, phone, is_admin, joined_us) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(key, creator, 1, now)] + [(key, p, 0, now) for p in participants if p != creator])
+            return True
+        return await self._write(op)
+
+    async def group(self, key: str) -> Group | None:
+        """The group with this key, or None."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT g.name, m.phone, m.is_admin FROM groups AS g"
+            " JOIN group_members AS m ON m.grp = g.key WHERE g.key = ? ORDER BY m.phone", (key,))
+        if not rows:
+            return None
+        return Group(key, rows[0][0], [r[1] for r in rows], [r[1] for r in rows if r[2]])
+
+    async def groups_of(self, phone: str) -> list[tuple[str, str]]:
+        """(key, name) of every group `phone` is in, by name."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT g.key, g.name FROM group_members AS m JOIN groups AS g ON g.key = m.grp"
+            " WHERE m.phone = ? ORDER BY g.name, g.key", (phone,))
+        return [(r[0], r[1]) for r in rows]
+
+    async def is_member(self, key: str, phone: str) -> bool:
+        """True when `phone` is a participant of group `key`."""
+        return bool(await self._reader.execute_fetchall(_IS_MEMBER, (key, phone)))
+
+    async def update_group(self, key: str, *, name: str | None = None, add: list[str] = (),  # type: ignore[assignment]
+                           remove: list[str] = (), admins: list[str] = ()) -> None:  # type: ignore[assignment]
+        """Rename, add and remove participants, grant admin, in one transaction (SPEC 4 PATCH).
+
+        Removing drops the member from every pending list of the group (messages left with no one
+        pending are deleted, by trigger). When the last admin leaves, the longest-standing
+        remaining member becomes admin; when the last member leaves, the group is deleted.
+        """
+        async def op(db: aiosqlite.Connection) -> None:
+            now = now_micros()
+            if name is not None:
+                await db.execute("UPDATE groups SET name = ? WHERE key = ?", (name, key))
+            await db.executemany(
+                "INSERT INTO group_members (grp, phone, is_admin, joined_us) VALUES (?, ?, 0, ?)"
+                " ON CONFLICT DO NOTHING", [(key, p, now) for p in add])
+            await db.executemany("DELETE FROM group_members WHERE grp = ? AND phone = ?",
+                                 [(key, p) for p in remove])
+            await db.executemany("UPDATE group_members SET is_admin = 1 WHERE grp = ? AND phone = ?",
+                                 [(key, p) for p in admins])
+            await db.execute(
+                "UPDATE group_members SET is_admin = 1 WHERE grp = ?1 AND phone = ("
+                " SELECT phone FROM group_members WHERE grp = ?1 ORDER BY joined_us, phone LIMIT 1)"
+                " AND NOT EXISTS (SELECT 1 FROM group_members WHERE grp = ?1 AND is_admin)", (key,))
+            await db.execute(
+                "DELETE FROM groups WHERE key = ?1"
+                " AND NOT EXISTS (SELECT 1 FROM group_members WHERE grp = ?1)", (key,))
+        await self._write(op, deletes=bool(remove))
+
+    async def read_positions(self, key: str) -> dict[str, str | None]:
+        """Each participant's read position in the group: the last message read (server format)."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT phone, last_read FROM group_members WHERE grp = ? ORDER BY phone", (key,))
+        return {r[0]: r[1] for r in rows}
+
+    async def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
+                                message: str) -> list[str] | None:
+        """Store a group message durably, pending for every other participant (SPEC 5.3).
+
+        Returns after COMMIT the phones it is pending for, or None for a retry of a message still
+        stored. Raises NotMember when msg_from is not a participant.
+        """
+        return await self._submit(
+            _add_group_many, [grp, msg_from, sent_us, sent_timestamp, message])
+
+    async def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str) -> bool:
+        """`phone` acknowledges msg_from's message in grp: remove it from the pending list (the
+        last acknowledgement deletes the message). False when it was not pending for `phone`."""
+        return await self._submit(_ack_group_many, [grp, msg_from, sent_us, phone], deletes=True)
+
+    async def read_group(self, grp: str, phone: str, up_to: str) -> None:
+        """Move `phone`'s read position in grp forward to `up_to` (server format)."""
+        await self._submit(_read_group_many, [grp, phone, up_to])
+
+    async def pending_group_for(self, phone: str) -> list[GroupMessage]:
+        """Group messages still pending for `phone`, oldest first, each with its pending list."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT m.grp, m.msg_from, m.message, m.sent_us,"
+            " (SELECT json_group_array(phone) FROM (SELECT phone FROM group_pending AS q"
+            "  WHERE q.message_id = m.id ORDER BY phone))"
+            " FROM group_pending AS p JOIN group_messages AS m ON m.id = p.message_id"
+            " WHERE p.phone = ? ORDER BY m.id", (phone,))
+        return [GroupMessage(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    # -- rooms (SPEC 5.4) ---------------------------------------------------------------------
+
+    async def create_room(self, name: str, created_by: str, password_hash: bytes | None) -> bool:
+        """Create a room (private when it has a password hash); False when the name is taken."""
+        async def op(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute(
+                "INSERT INTO rooms (name, created_by, password_hash, created_us) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING", (name, created_by, password_hash, now_micros()))
+            return cur.rowcount == 1
+        return await self._write(op)
+
+    async def room(self, name: str) -> Room | None:
+        """The room with this name, or None."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT name, created_by, password_hash FROM rooms WHERE name = ?", (name,))
+        if not rows:
+            return None
+        r = rows[0]
+        return Room(r[0], r[1], bytes(r[2]) if r[2] is not None else None)
+
+    async def rooms(self) -> list[Room]:
+        """Every room, by name."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT name, created_by, password_hash FROM rooms ORDER BY name")
+        return [Room(r[0], r[1], bytes(r[2]) if r[2] is not None else None) for r in rows]
+
+    async def add_room_message(self, room: str, msg_from: str, sent_us: int, sent_timestamp: str,
+                               message: str) -> bool:
+        """Append to a room's history (keeping the latest `rooms_keep`); False for a retry."""
+        return await self._submit(
+            _add_room_many, [room, msg_from, sent_us, sent_timestamp, message, self._rooms_keep],
+            deletes=True)
+
+    async def room_history(self, room: str, limit: int) -> list[RoomMessage]:
+        """The latest `limit` messages of a room, oldest first."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT msg_from, message, sent_us FROM (SELECT id, msg_from, message, sent_us"
+            " FROM room_messages WHERE room = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (room, limit))
+        return [RoomMessage(*r) for r in rows]
+
+    async def grant_room(self, sid_hash: str, room: str) -> None:
+        """Remember that a login session gave a private room's password."""
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute("INSERT INTO session_rooms (sid_hash, room) VALUES (?, ?)"
+                             " ON CONFLICT DO NOTHING", (sid_hash, room))
+        await self._write(op)
+
+    async def room_granted(self, sid_hash: str, room: str) -> bool:
+        """True when this login session has given the room's password."""
+        return bool(await self._reader.execute_fetchall(
+            "SELECT 1 FROM session_rooms WHERE sid_hash = ? AND room = ?", (sid_hash, room)))
+
+    # -- contacts, blocks, presence -----------------------------------------------------------
+
+    async def set_contact(self, owner: str, phone: str, name: str) -> None:
+        """Add `phone` to owner's contacts under `name`, or rename it."""
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO contacts (owner, phone, name) VALUES (?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET name = excluded.name", (owner, phone, name))
+        await self._write(op)
+
+    async def remove_contact(self, owner: str, phone: str) -> bool:
+        """Remove a contact; False when it was not there."""
+        async def op(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute("DELETE FROM contacts WHERE owner = ? AND phone = ?", (owner, phone))
+            return cur.rowcount == 1
+        return await self._write(op)
+
+    async def contacts_of(self, owner: str) -> list[Contact]:
+        """Owner's contacts by name, with when each was last seen online (microseconds) or None."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT c.phone, c.name, u.last_seen_us FROM contacts AS c JOIN users AS u"
+            " ON u.phone = c.phone WHERE c.owner = ? ORDER BY c.name, c.phone", (owner,))
+        return [Contact(*r) for r in rows]
+
+    async def watchers_of(self, phone: str) -> list[str]:
+        """Who is told of `phone`'s presence: its contacts and those who have it as a contact,
+        except anyone `phone` has blocked."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT phone FROM contacts WHERE owner = ?1 UNION SELECT owner FROM contacts WHERE phone = ?1"
+            " EXCEPT SELECT blocked FROM blocks WHERE blocker = ?1", (phone,))
+        return [r[0] for r in rows]
+
+    async def set_last_seen(self, phone: str, us: int) -> None:
+        """Record when `phone` was last online."""
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute("UPDATE users SET last_seen_us = ? WHERE phone = ?", (us, phone))
+        await self._write(op)
+
+    async def block(self, blocker: str, blocked: str) -> None:
+        """`blocker` no longer accepts messages, typing or new groups from `blocked`."""
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute("INSERT INTO blocks (blocker, blocked) VALUES (?, ?)"
+                             " ON CONFLICT DO NOTHING", (blocker, blocked))
+        await self._write(op)
+        self._blocks.add((blocker, blocked))
+
+    async def unblock(self, blocker: str, blocked: str) -> bool:
+        """Lift a block; False when there was none."""
+        async def op(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute("DELETE FROM blocks WHERE blocker = ? AND blocked = ?",
+                                   (blocker, blocked))
+            return cur.rowcount == 1
+        done = await self._write(op)
+        self._blocks.discard((blocker, blocked))
+        return done
+
+    async def blocked_by(self, blocker: str) -> list[str]:
+        """The phones `blocker` has blocked, sorted."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT blocked FROM blocks WHERE blocker = ? ORDER BY blocked", (blocker,))
+        return [r[0] for r in rows]
+
+    def is_blocked(self, blocker: str, blocked: str) -> bool:
+        """True when `blocker` has blocked `blocked` (from memory: checked on every message)."""
+        return (blocker, blocked) in self._blocks

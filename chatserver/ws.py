@@ -7,6 +7,7 @@ in order (SPEC 5.1). No task is spawned per frame.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiohttp import WSMsgType, web
@@ -14,14 +15,16 @@ from aiohttp import WSMsgType, web
 from . import commands
 from .auth import current_user
 from .commands import Conn
+from .hub import Hub
 from .keys import config_key, hub_key, store_key
 from .middlewares import same_origin
-from .protocol import error_frame, is_phone
+from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, encode, error_frame, is_phone, now_micros, server_now
+from .store import Store, StoreClosed
 
 log = logging.getLogger(__name__)
 
 
-async def _handshake(request: web.Request) -> tuple[str, str]:
+async def _handshake(request: web.Request, *, own_path: bool = True) -> tuple[str, str]:
     """Check what SPEC 5 asks of every handshake; returns (phone, session id hash).
 
     Raises HTTPForbidden (no upgrade) without a valid session, for a foreign Origin, or when the
@@ -32,9 +35,18 @@ async def _handshake(request: web.Request) -> tuple[str, str]:
     user = await current_user(request)
     if user is None:
         raise web.HTTPForbidden(reason="log in first")
-    if request.match_info["msg_from"] != user[0]:
+    if own_path and request.match_info["msg_from"] != user[0]:
         raise web.HTTPForbidden(reason="msg_from is not the logged-in user")
     return user
+
+
+async def _announce(store: Store, hub: Hub, phone: str, state: str) -> None:
+    """Push `phone`'s presence to those of its contacts who are online (presence frames)."""
+    head = encode({"command": "presence", "msg_from": phone, "message": state,
+                   "sent_timestamp": server_now(), "msg_to": ""})[:-2]
+    for watcher in await store.watchers_of(phone):
+        if hub.is_online(watcher):
+            hub.push(watcher, f'{head}{watcher}"}}')
 
 
 def _socket(request: web.Request) -> web.WebSocketResponse:
@@ -53,18 +65,26 @@ async def _binary_refused(conn: Conn) -> None:
 async def receive_socket(request: web.Request) -> web.WebSocketResponse:
     """`/ws/chat/special/<msg_from>/`: everything addressed to the user arrives here (SPEC 5.2)."""
     phone, sid_hash = await _handshake(request)
-    hub = request.app[hub_key]
+    hub, store = request.app[hub_key], request.app[store_key]
     ws = _socket(request)
     await ws.prepare(request)
-    with hub.session_socket(sid_hash, ws), hub.receiving(phone, ws) as receiver:
-        conn = Conn(phone, phone, receiver.send, request.app[store_key], hub,
-                    request.app[config_key])
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                await commands.dispatch_receive(conn, msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                await _binary_refused(conn)
-            # WSMsgType.ERROR (frame too big): aiohttp has already closed the socket with 1009
+    came_online = not hub.is_online(phone)
+    try:
+        with hub.session_socket(sid_hash, ws), hub.receiving(phone, ws) as receiver:
+            conn = Conn(phone, phone, receiver.send, store, hub, request.app[config_key])
+            if came_online:
+                await _announce(store, hub, phone, "online")
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    await commands.dispatch_receive(conn, msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    await _binary_refused(conn)
+                # WSMsgType.ERROR (frame too big): aiohttp has already closed the socket with 1009
+    finally:
+        if not hub.is_online(phone):  # the last receive socket of this user closed
+            with contextlib.suppress(StoreClosed):  # shutting down: last seen is not recorded
+                await store.set_last_seen(phone, now_micros())
+                await _announce(store, hub, phone, "offline")
     return ws
 
 
@@ -78,19 +98,59 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[hub_key]
     ws = _socket(request)
     await ws.prepare(request)
-
-    async def send(data: str) -> None:
-        await ws.send_str(data)
-
-    conn = Conn(phone, msg_to, send, store, hub, request.app[config_key])
     with hub.session_socket(sid_hash, ws):
-        try:
-            async for msg in ws:
-                if msg.type is WSMsgType.TEXT:
-                    await commands.dispatch(conn, commands.PERSONAL, msg.data)
-                elif msg.type is WSMsgType.BINARY:
-                    await _binary_refused(conn)
-        except ConnectionError:
-            pass  # the peer left while we answered; what was committed stays stored
+        await _serve(ws, Conn(phone, msg_to, ws.send_str, store, hub, request.app[config_key]),
+                     commands.PERSONAL)
+    return ws
+
+
+async def _serve(ws: web.WebSocketResponse, conn: Conn, table: commands.Table) -> None:
+    """The receive loop of a send or room socket: each text frame through `table`, in order."""
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await commands.dispatch(conn, table, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await _binary_refused(conn)
+            # WSMsgType.ERROR (frame too big): aiohttp has already closed the socket with 1009
+    except ConnectionError:
+        pass  # the peer left while we answered; what was committed stays stored
+
+
+async def group_socket(request: web.Request) -> web.WebSocketResponse:
+    """`/ws/chat/group/<msg_from>/<grp>/`: the user's send socket in a group (SPEC 5.3)."""
+    phone, sid_hash = await _handshake(request)
+    grp = request.match_info["grp"]
+    store, hub = request.app[store_key], request.app[hub_key]
+    group = await store.group(grp) if GROUP_KEY_RE.fullmatch(grp) else None
+    if group is None:
+        raise web.HTTPNotFound(reason="no such group")
+    if phone not in group.participants:
+        raise web.HTTPForbidden(reason="you are not a participant of this group")
+    ws = _socket(request)
+    await ws.prepare(request)
+    with hub.session_socket(sid_hash, ws), hub.group_socket(grp, phone, ws):
+        await _serve(ws, Conn(phone, grp, ws.send_str, store, hub, request.app[config_key]),
+                     commands.GROUP)
+    return ws
+
+
+async def room_socket(request: web.Request) -> web.WebSocketResponse:
+    """`/ws/chat/room/<room_name>/`: send and receive in a room (SPEC 5.4). A private room needs
+    its password once per login session (POST /chat/special/room/join)."""
+    phone, sid_hash = await _handshake(request, own_path=False)
+    name = request.match_info["room_name"]
+    store, hub, config = request.app[store_key], request.app[hub_key], request.app[config_key]
+    room = await store.room(name) if ROOM_NAME_RE.fullmatch(name) else None
+    if room is None:
+        raise web.HTTPNotFound(reason="no such room")
+    if room.private and not await store.room_granted(sid_hash, name):
+        raise web.HTTPForbidden(reason="this room is private: give its password first")
+    ws = _socket(request)
+    await ws.prepare(request)
+    with hub.session_socket(sid_hash, ws), hub.in_room(name, ws) as receiver:
+        conn = Conn(phone, name, receiver.send, store, hub, config)
+        await commands.send_room_history(conn, config.rooms.history)
+        await _serve(ws, conn, commands.ROOM)
     return ws
 

@@ -146,12 +146,6 @@ def test_adduser_password_length_is_counted_in_bytes(cli: Cli, db: Path, passwor
     assert bcrypt.checkpw(password.encode(), users(db)[PHONE][1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG forms.py clean_password measures with 'surrogatepass', so a lone surrogate (what "
-    "stdin yields for non-UTF-8 bytes under surrogateescape) passes, and auth.hash_password's "
-    "strict .encode() then raises UnicodeEncodeError: a traceback instead of exit 1",
-)
 def test_adduser_with_a_password_that_is_not_text_returns_1(cli: Cli, db: Path) -> None:
     assert cli("adduser", PHONE, "--name", "Ada", "--password-stdin", stdin="abc\udcffdefgh\n") == 1
     assert users(db) == {}
@@ -256,12 +250,6 @@ def test_a_damaged_database_returns_2(cli: Cli, db: Path) -> None:
     assert cli("deluser", PHONE) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG store.py Store.open: for a file that is not a database, PRAGMA journal_mode=WAL "
-    "raises raw sqlite3.DatabaseError before the quick_check that maps errors to CorruptDatabase, "
-    "so main() crashes with a traceback instead of returning 2",
-)
 def test_a_file_that_is_not_a_database_returns_2(cli: Cli, db: Path) -> None:
     db.parent.mkdir(parents=True)
     db.write_bytes(b"this is not a database " * 1000)

@@ -507,16 +507,8 @@ async def test_open_refuses_a_damaged_index_page(tmp_path: Path) -> None:
         await asyncio.wait_for(store.close(), TIMEOUT)
 
 
-NOT_A_DATABASE_BUG: Final = pytest.mark.xfail(
-    strict=True,
-    reason="BUG store.py Store.open: for a file that is not a database, the first statement "
-    "(PRAGMA journal_mode=WAL) raises raw sqlite3.DatabaseError 'file is not a database' before "
-    "the quick_check that maps errors to CorruptDatabase",
-)
-
-
 @pytest.mark.parametrize(
-    "damage", [pytest.param("garbage-file", marks=NOT_A_DATABASE_BUG), "table-root-page"])
+    "damage", ["garbage-file", "table-root-page"])
 async def test_open_refuses_a_corrupt_file(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "chat.db"
     if damage == "garbage-file":
