@@ -25,6 +25,7 @@ from .protocol import (
     error_frame,
     fetch_timestamp,
     is_phone,
+    per_recipient,
     is_text,
     parse_frame,
     parse_timestamp,
@@ -49,7 +50,7 @@ class Conn:
 
     user: str
     peer: str
-    send: Callable[[str], Awaitable[None]]
+    send: Callable[[bytes], Awaitable[None]]
     store: Store
     hub: Hub
     config: Config
@@ -188,12 +189,11 @@ async def new_grp_msg(conn: Conn, frame: Frame) -> None:
     except NotMember:
         raise ProtocolError("you are not a participant of this group") from None
     if pending:  # None: a retry of a message still stored, pushed the first time
-        # One encoding for everyone: the frames differ only in msg_to, which comes last.
-        head = encode({"message": frame.message, "command": "new_msg",
-                       "msg_from": _group_sender(conn), "sent_timestamp": frame.sent_timestamp,
-                       "msg_to": ""})[:-2]
+        addressed = per_recipient({"message": frame.message, "command": "new_msg",
+                                   "msg_from": _group_sender(conn),
+                                   "sent_timestamp": frame.sent_timestamp})
         for phone in pending:
-            conn.hub.push(phone, f'{head}{phone}"}}')
+            conn.hub.push(phone, addressed(phone))
     await conn.reply({
         "message": frame.sent_timestamp,
         "command": "msg_sent",
@@ -232,11 +232,11 @@ async def is_grp_typing(conn: Conn, frame: Frame) -> None:
     group = await conn.store.group(conn.peer)
     if group is None:
         return
-    head = encode({"command": "is_typing", "msg_from": _group_sender(conn),
-                   "sent_timestamp": server_now(), "msg_to": ""})[:-2]
+    addressed = per_recipient({"command": "is_typing", "msg_from": _group_sender(conn),
+                               "sent_timestamp": server_now()})
     for phone in group.participants:
         if phone != conn.user:
-            conn.hub.push(phone, f'{head}{phone}"}}')
+            conn.hub.push(phone, addressed(phone))
 
 
 # -- room socket (SPEC 5.4) -------------------------------------------------------------------

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator
 from typing import Final
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,11 @@ class Receiver:
     def __init__(self, hub: Hub, ws: web.WebSocketResponse, queue_size: int) -> None:
         self.ws = ws
         self._hub = hub
-        self._queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         self._task = asyncio.create_task(self._drain())
 
-    def put(self, data: str) -> None:
-        """Queue one text frame; close the socket if it is too far behind (backpressure)."""
+    def put(self, data: bytes) -> None:
+        """Queue one text frame (UTF-8 JSON); close the socket if it is too far behind (backpressure)."""
         try:
             self._queue.put_nowait(data)
         except asyncio.QueueFull:
@@ -54,7 +54,7 @@ class Receiver:
             self._task.cancel()
             self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER, b"too far behind"))
 
-    async def send(self, data: str) -> None:
+    async def send(self, data: bytes) -> None:
         """Queue a reply on this socket in order with the pushes, waiting while the queue is full."""
         await self._queue.put(data)
 
@@ -62,7 +62,7 @@ class Receiver:
         try:
             while True:
                 data = await self._queue.get()
-                await self.ws.send_str(data)
+                await self.ws.send_frame(data, WSMsgType.TEXT)
         except ConnectionError:
             pass  # the peer went away; the socket handler's loop ends and unregisters us
 
@@ -154,12 +154,12 @@ class Hub:
                 if not mine:
                     del self._rooms[room]
 
-    def broadcast(self, room: str, data: str) -> None:
+    def broadcast(self, room: str, data: bytes) -> None:
         """Queue a text frame for every socket in `room`, the sender's own included (SPEC 5.4)."""
         for receiver in tuple(self._rooms.get(room, ())):
             receiver.put(data)
 
-    def push(self, phone: str, data: str) -> None:
+    def push(self, phone: str, data: bytes) -> None:
         """Queue a text frame for every receive socket of `phone` (none: nothing happens)."""
         for receiver in tuple(self._receivers.get(phone, ())):
             receiver.put(data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
@@ -18,7 +19,15 @@ from .commands import Conn
 from .hub import Hub
 from .keys import config_key, hub_key, store_key
 from .middlewares import same_origin
-from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, encode, error_frame, is_phone, now_micros, server_now
+from .protocol import (
+    GROUP_KEY_RE,
+    ROOM_NAME_RE,
+    error_frame,
+    is_phone,
+    now_micros,
+    per_recipient,
+    server_now,
+)
 from .store import Store, StoreClosed
 
 log = logging.getLogger(__name__)
@@ -42,19 +51,28 @@ async def _handshake(request: web.Request, *, own_path: bool = True) -> tuple[st
 
 async def _announce(store: Store, hub: Hub, phone: str, state: str) -> None:
     """Push `phone`'s presence to those of its contacts who are online (presence frames)."""
-    head = encode({"command": "presence", "msg_from": phone, "message": state,
-                   "sent_timestamp": server_now(), "msg_to": ""})[:-2]
+    addressed = per_recipient({"command": "presence", "msg_from": phone, "message": state,
+                               "sent_timestamp": server_now()})
     for watcher in await store.watchers_of(phone):
         if hub.is_online(watcher):
-            hub.push(watcher, f'{head}{watcher}"}}')
+            hub.push(watcher, addressed(watcher))
 
 
 def _socket(request: web.Request) -> web.WebSocketResponse:
     config = request.app[config_key]
     # aiohttp closes a frame over max_msg_size with 1009 itself (SPEC 5.5) and pings every
     # `heartbeat` seconds, closing a peer that does not answer within half of that (SPEC 5).
+    # No permessage-deflate: chat frames are small, and a zlib context per socket costs far more
+    # memory than an idle socket should.
     return web.WebSocketResponse(max_msg_size=config.limits.max_frame_bytes,
-                                 heartbeat=config.websocket.heartbeat)
+                                 heartbeat=config.websocket.heartbeat, compress=False)
+
+
+def _sender(ws: web.WebSocketResponse) -> Callable[[bytes], Awaitable[None]]:
+    """Send already-encoded UTF-8 JSON as a text frame (no str round trip)."""
+    async def send(data: bytes) -> None:
+        await ws.send_frame(data, WSMsgType.TEXT)
+    return send
 
 
 async def _binary_refused(conn: Conn) -> None:
@@ -99,7 +117,7 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
     ws = _socket(request)
     await ws.prepare(request)
     with hub.session_socket(sid_hash, ws):
-        await _serve(ws, Conn(phone, msg_to, ws.send_str, store, hub, request.app[config_key]),
+        await _serve(ws, Conn(phone, msg_to, _sender(ws), store, hub, request.app[config_key]),
                      commands.PERSONAL)
     return ws
 
@@ -130,7 +148,7 @@ async def group_socket(request: web.Request) -> web.WebSocketResponse:
     ws = _socket(request)
     await ws.prepare(request)
     with hub.session_socket(sid_hash, ws), hub.group_socket(grp, phone, ws):
-        await _serve(ws, Conn(phone, grp, ws.send_str, store, hub, request.app[config_key]),
+        await _serve(ws, Conn(phone, grp, _sender(ws), store, hub, request.app[config_key]),
                      commands.GROUP)
     return ws
 

@@ -25,6 +25,7 @@ from chatserver.protocol import (
     now_micros,
     parse_frame,
     parse_timestamp,
+    per_recipient,
     server_now,
     server_timestamp,
 )
@@ -324,11 +325,10 @@ def test_parse_frame_refuses_lone_surrogates(field: str, surrogate: str) -> None
         parse_frame(good_frame(**{field: surrogate}))
 
 
-def test_parse_frame_refuses_lone_surrogates_arriving_as_json() -> None:
-    data = decode(json.dumps(good_frame()).replace("hello", "\\ud800"))
-    assert data["message"] == "\ud800"
-    with pytest.raises(ProtocolError, match="message"):
-        parse_frame(data)
+def test_lone_surrogates_arriving_as_json_are_refused() -> None:
+    # orjson refuses them while decoding, before parse_frame sees the frame
+    with pytest.raises(ProtocolError, match="surrogate"):
+        decode(json.dumps(good_frame()).replace("hello", "\\ud800"))
 
 
 @pytest.mark.parametrize(
@@ -395,10 +395,17 @@ def test_error_frame_shape() -> None:
 
 def test_encode_is_compact_utf8_json() -> None:
     frame = {"message": "héllo 🎉", "command": "new_msg"}
-    text = encode(frame)
-    assert "héllo 🎉" in text
-    assert ", " not in text and ": " not in text
-    assert json.loads(text) == frame
+    data = encode(frame)
+    assert "héllo 🎉".encode() in data  # raw UTF-8, not \\u escapes
+    assert b", " not in data and b": " not in data
+    assert json.loads(data) == frame
+
+
+def test_per_recipient_frames_differ_only_in_msg_to() -> None:
+    frame = {"message": "hi \"there\"", "command": "new_msg", "msg_from": "AbCdEfGhIj-1234567890"}
+    addressed = per_recipient(frame)
+    for phone in ("1234567891", "123456789012345"):
+        assert json.loads(addressed(phone)) == {**frame, "msg_to": phone}
 
 
 # -- is_phone -----------------------------------------------------------------------------------
