@@ -6,10 +6,12 @@ are named exactly as in the protocol.
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 import orjson
@@ -27,6 +29,7 @@ _TIMESTAMP_RE: Final = re.compile(
     r"|T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?Z?)"
 )
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL: Final = _EPOCH.toordinal()
 
 # The five fields every frame on a send or room socket carries (SPEC 5).
 FRAME_FIELDS: Final = ("message", "command", "msg_from", "msg_to", "sent_timestamp")
@@ -41,6 +44,12 @@ def is_phone(value: object) -> bool:
     return isinstance(value, str) and PHONE_RE.fullmatch(value) is not None
 
 
+@functools.lru_cache(maxsize=4096)
+def _day_number(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to this date; raises ValueError for a date that does not exist."""
+    return date(year, month, day).toordinal() - _EPOCH_ORDINAL
+
+
 def parse_timestamp(value: str) -> int:
     """A client timestamp (SPEC 5) -> microseconds since the Unix epoch, UTC.
 
@@ -52,40 +61,42 @@ def parse_timestamp(value: str) -> int:
         raise ProtocolError(f"unparseable timestamp: {value[:40]!r}")
     g = m.groups()
     hh, mi, ss, frac = g[3:7] if g[3] is not None else g[7:11]
+    hour, minute, second = int(hh), int(mi), int(ss)
     try:
-        dt = datetime(
-            int(g[0]), int(g[1]), int(g[2]), int(hh), int(mi), int(ss),
-            int((frac or "0").ljust(6, "0")), tzinfo=UTC,
-        )
+        if hour > 23 or minute > 59 or second > 59:
+            raise ValueError("time out of range")
+        days = _day_number(int(g[0]), int(g[1]), int(g[2]))
     except ValueError as e:
         raise ProtocolError(f"unparseable timestamp: {value[:40]!r} ({e})") from None
-    delta = dt - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    seconds = ((days * 24 + hour) * 60 + minute) * 60 + second
+    return seconds * 1_000_000 + (int(frac.ljust(6, "0")) if frac else 0)
 
 
-def _from_micros(us: int) -> datetime:
-    return datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
+@functools.lru_cache(maxsize=1024)
+def _second_text(seconds: int) -> str:
+    """`YYYY-MM-DD HH:MM:SS` of a second since the epoch (cached: timestamps cluster in time)."""
+    d = _EPOCH + timedelta(seconds=seconds)
+    # not strftime: glibc's %Y does not zero-pad years before 1000
+    return (f"{d.year:04d}-{d.month:02d}-{d.day:02d} "
+            f"{d.hour:02d}:{d.minute:02d}:{d.second:02d}")
 
 
 def server_timestamp(us: int) -> str:
     """Microseconds since the epoch -> the server's format `YYYY-MM-DD HH:MM:SS.fff` (SPEC 5)."""
-    d = _from_micros(us)
-    # not strftime: glibc's %Y does not zero-pad years before 1000
-    return (f"{d.year:04d}-{d.month:02d}-{d.day:02d} "
-            f"{d.hour:02d}:{d.minute:02d}:{d.second:02d}.{d.microsecond // 1000:03d}")
+    seconds, micros = divmod(us, 1_000_000)
+    return f"{_second_text(seconds)}.{micros // 1000:03d}"
 
 
 def fetch_timestamp(us: int) -> str:
     """Microseconds since the epoch -> the fetch format `YYYY-MM-DDTHH:MM:SS.ffffffZ` (SPEC 5)."""
-    d = _from_micros(us)
-    return (f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
-            f"{d.hour:02d}:{d.minute:02d}:{d.second:02d}.{d.microsecond:06d}Z")
+    seconds, micros = divmod(us, 1_000_000)
+    text = _second_text(seconds)
+    return f"{text[:10]}T{text[11:]}.{micros:06d}Z"
 
 
 def now_micros() -> int:
     """The server's clock, microseconds since the epoch, UTC."""
-    delta = datetime.now(UTC) - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return time.time_ns() // 1000
 
 
 def server_now() -> str:
