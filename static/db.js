@@ -1,0 +1,247 @@
+// The history on this device: IndexedDB, one database per account (`chat-<phone>`).
+//
+// messages: one record per message, id "<conv> <from> <us>" — the protocol's identity
+//           (conversation, sender, instant to the microsecond), so a message fetched again after a
+//           lost acknowledgement, or stored by a second tab, is stored once.
+//           {id, conv, from, us, ts, body, mine, state?, rcv?, error?}
+//           `state` (own messages only): pending -> sent -> received -> read, or failed.
+// convs:    one record per conversation, id "p:<phone>", "g:<key>" or "r:<room>".
+//           {id, kind, ref, title, lastUs, lastText, lastFrom, unread, readUs, ...}
+//
+// Every write is one transaction; callers await it before they acknowledge anything.
+
+const VERSION = 1;
+const RANK = {failed: 0, pending: 0, sent: 1, received: 2, read: 3};
+
+function done(req) {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+export function messageId(conv, from, us) {
+  return `${conv} ${from} ${us}`;
+}
+
+export function convKind(id) {
+  return {p: "personal", g: "group", r: "room"}[id[0]];
+}
+
+export function newConv(id) {
+  return {id, kind: convKind(id), ref: id.slice(2), title: id.slice(2), lastUs: 0, lastText: "",
+          lastFrom: "", unread: 0, readUs: 0};
+}
+
+export class LocalDb {
+  constructor(idb) {
+    this.idb = idb;
+  }
+
+  /** Open (creating or upgrading) the history of `owner`. */
+  static async open(owner) {
+    const req = indexedDB.open(`chat-${owner}`, VERSION);
+    req.onupgradeneeded = () => {
+      const idb = req.result;
+      const messages = idb.createObjectStore("messages", {keyPath: "id"});
+      messages.createIndex("conv", ["conv", "us"]);
+      messages.createIndex("state", "state"); // own messages only: incoming ones have no state
+      idb.createObjectStore("convs", {keyPath: "id"});
+    };
+    const idb = await done(req);
+    // Another tab upgraded the schema: let it, and reload this one on its next start.
+    idb.onversionchange = () => idb.close();
+    return new LocalDb(idb);
+  }
+
+  /** Run `fn(stores)` in one transaction; resolves with its result once committed. */
+  async tx(names, mode, fn) {
+    const t = this.idb.transaction(names, mode, {durability: "strict"});
+    const committed = new Promise((resolve, reject) => {
+      t.oncomplete = resolve;
+      t.onerror = () => reject(t.error);
+      t.onabort = () => reject(t.error || new Error("transaction aborted"));
+    });
+    const stores = Object.fromEntries(names.map((n) => [n, t.objectStore(n)]));
+    let result;
+    try {
+      result = await fn(stores);
+    } catch (err) {
+      try { t.abort(); } catch { /* already finished */ }
+      throw err;
+    }
+    await committed;
+    return result;
+  }
+
+  // -- conversations -------------------------------------------------------------------------
+
+  async convs() {
+    return this.tx(["convs"], "readonly", ({convs}) => done(convs.getAll()));
+  }
+
+  async getConv(id) {
+    return this.tx(["convs"], "readonly", ({convs}) => done(convs.get(id)));
+  }
+
+  /** Read-modify-write one conversation (created when missing); resolves with the result. */
+  async updateConv(id, change) {
+    return this.tx(["convs"], "readwrite", async ({convs}) => {
+      const conv = (await done(convs.get(id))) || newConv(id);
+      change(conv);
+      convs.put(conv);
+      return conv;
+    });
+  }
+
+  // -- messages ------------------------------------------------------------------------------
+
+  /** Keep an outgoing message (state "pending") and make it its conversation's last message. */
+  async addOwn(msg) {
+    const record = {...msg, id: messageId(msg.conv, msg.from, msg.us), mine: 1, state: "pending"};
+    const conv = await this.tx(["messages", "convs"], "readwrite", async ({messages, convs}) => {
+      messages.put(record);
+      const c = (await done(convs.get(msg.conv))) || newConv(msg.conv);
+      bumpLast(c, record);
+      convs.put(c);
+      return c;
+    });
+    return {record, conv};
+  }
+
+  /**
+   * Store received messages in one transaction. Returns the ones that were new and the
+   * conversations they changed. `counted(conv)` says whether a new message counts as unread.
+   */
+  async storeIncoming(list, counted) {
+    return this.tx(["messages", "convs"], "readwrite", async ({messages, convs}) => {
+      const fresh = [];
+      const changed = new Map();
+      for (const msg of list) {
+        const record = {mine: 0, ...msg, id: messageId(msg.conv, msg.from, msg.us)};
+        if (await done(messages.getKey(record.id)) !== undefined) continue;
+        messages.put(record);
+        fresh.push(record);
+        let conv = changed.get(msg.conv);
+        if (!conv) {
+          conv = (await done(convs.get(msg.conv))) || newConv(msg.conv);
+          changed.set(msg.conv, conv);
+        }
+        bumpLast(conv, record);
+        if (counted(conv, record)) conv.unread = (conv.unread || 0) + 1;
+      }
+      for (const conv of changed.values()) convs.put(conv);
+      return {fresh, convs: [...changed.values()]};
+    });
+  }
+
+  /** Up to `limit` messages of `conv` older than `beforeUs`, oldest first. */
+  async page(conv, beforeUs = Infinity, limit = 50) {
+    return this.tx(["messages"], "readonly", ({messages}) => new Promise((resolve, reject) => {
+      const upper = Number.isFinite(beforeUs) ? [conv, beforeUs] : [conv, Infinity];
+      const range = IDBKeyRange.bound([conv, -Infinity], upper, false, true);
+      const out = [];
+      const req = messages.index("conv").openCursor(range, "prev");
+      req.onerror = () => reject(req.error);
+      req.onsuccess = () => {
+        const cursor = req.result;
+        if (!cursor || out.length >= limit) return resolve(out.reverse());
+        out.push(cursor.value);
+        cursor.continue();
+      };
+    }));
+  }
+
+  /** Own messages not yet acknowledged by the server, oldest first. */
+  async pending() {
+    const list = await this.tx(["messages"], "readonly",
+                               ({messages}) => done(messages.index("state").getAll("pending")));
+    return list.sort((a, b) => a.us - b.us);
+  }
+
+  /**
+   * Move one own message forward to `state` (never backwards, except pending <-> failed);
+   * `extra` fields are merged. Resolves with the record, or null when there is none.
+   */
+  async setState(conv, from, us, state, extra = {}) {
+    return this.tx(["messages"], "readwrite", async ({messages}) => {
+      const msg = await done(messages.get(messageId(conv, from, us)));
+      if (!msg || !msg.mine) return null;
+      const forward = RANK[state] > RANK[msg.state] ||
+        (RANK[state] === 0 && RANK[msg.state] === 0);
+      if (!forward && !Object.keys(extra).length) return msg;
+      if (forward) msg.state = state;
+      Object.assign(msg, extra);
+      if (RANK[msg.state] > 0) delete msg.error;
+      messages.put(msg);
+      return msg;
+    });
+  }
+
+  /** A group participant has this own message: add them to its `rcv` list. */
+  async addReceipt(conv, from, us, phone) {
+    return this.tx(["messages"], "readwrite", async ({messages}) => {
+      const msg = await done(messages.get(messageId(conv, from, us)));
+      if (!msg || !msg.mine) return null;
+      msg.rcv = [...new Set([...(msg.rcv || []), phone])];
+      if (msg.state === "pending") msg.state = "sent"; // a receipt implies the server stored it
+      messages.put(msg);
+      return msg;
+    });
+  }
+
+  /**
+   * Own messages of `conv` up to `us` move to `state` (received or read). Walks back from `us`
+   * and stops at the first one already there. Resolves with the records it changed.
+   */
+  async advanceUpTo(conv, us, state) {
+    return this.tx(["messages"], "readwrite", ({messages}) => new Promise((resolve, reject) => {
+      const range = IDBKeyRange.bound([conv, -Infinity], [conv, us]);
+      const changed = [];
+      const req = messages.index("conv").openCursor(range, "prev");
+      req.onerror = () => reject(req.error);
+      req.onsuccess = () => {
+        const cursor = req.result;
+        if (!cursor) return resolve(changed);
+        const msg = cursor.value;
+        if (msg.mine && RANK[msg.state] >= RANK[state]) return resolve(changed);
+        if (msg.mine && msg.state !== "pending" && msg.state !== "failed") {
+          msg.state = state;
+          cursor.update(msg);
+          changed.push(msg);
+        }
+        cursor.continue();
+      };
+    }));
+  }
+
+  /** The latest message received from someone else in `conv`, or null. */
+  async lastIncoming(conv) {
+    return this.tx(["messages"], "readonly", ({messages}) => new Promise((resolve, reject) => {
+      const range = IDBKeyRange.bound([conv, -Infinity], [conv, Infinity]);
+      const req = messages.index("conv").openCursor(range, "prev");
+      req.onerror = () => reject(req.error);
+      req.onsuccess = () => {
+        const cursor = req.result;
+        if (!cursor) return resolve(null);
+        if (!cursor.value.mine) return resolve(cursor.value);
+        cursor.continue();
+      };
+    }));
+  }
+
+  /** Delete one own message that the server refused (it was never stored there). */
+  async deleteOwn(conv, from, us) {
+    return this.tx(["messages"], "readwrite",
+                   ({messages}) => done(messages.delete(messageId(conv, from, us))));
+  }
+}
+
+function bumpLast(conv, msg) {
+  if (msg.us >= (conv.lastUs || 0)) {
+    conv.lastUs = msg.us;
+    conv.lastText = msg.body;
+    conv.lastFrom = msg.from;
+  }
+  if (msg.mine) conv.lastOwnUs = Math.max(conv.lastOwnUs || 0, msg.us);
+}

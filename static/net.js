@@ -1,0 +1,124 @@
+// The network: JSON requests, and `Link`, a WebSocket that reconnects by itself with backoff.
+
+const WS_BASE = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;
+const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
+const MAX_BACKOFF_MS = 10_000;
+
+/** A JSON request to the server. Resolves {ok, status, data}; a network failure is status 0. */
+export async function api(method, path, body) {
+  const init = {method, headers: {Accept: "application/json"}, credentials: "same-origin"};
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let resp;
+  try {
+    resp = await fetch(path, init);
+  } catch {
+    return {ok: false, status: 0, data: {error: "the server cannot be reached"}};
+  }
+  let data = {};
+  try { data = await resp.json(); } catch { /* not JSON: keep {} */ }
+  if (!resp.ok && !data.error) data.error = `the server answered ${resp.status}`;
+  return {ok: resp.ok, status: resp.status, data};
+}
+
+/**
+ * One socket that comes back after a network drop or a server restart.
+ *
+ * - `send(frame)` sends now when open, else keeps the frame and sends it once open
+ *   (`trySend` sends only when open and says whether it did).
+ * - after a close, it reconnects with backoff (0.5 s doubling to 10 s, with jitter) while
+ *   `wanted()` is true or frames wait; otherwise it rests until the next `send` or `wake`.
+ * - hooks: onOpen(link), onFrame(frame, link), onClose(link, {opened, code}).
+ */
+export class Link {
+  constructor(path, {onOpen, onFrame, onClose, wanted} = {}) {
+    this.url = WS_BASE + path;
+    this.onOpen = onOpen || (() => {});
+    this.onFrame = onFrame || (() => {});
+    this.onClose = onClose || (() => {});
+    this.wanted = wanted || (() => false);
+    this.ws = null;
+    this.queue = [];
+    this.failures = 0;
+    this.timer = null;
+    this.stopped = false;
+    this.retryAt = 0;
+  }
+
+  get isOpen() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  /** Connect now unless open or connecting. */
+  wake() {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.ws) return;
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      this.failures = 0;
+      this.onOpen(this);
+      for (const data of this.queue.splice(0)) ws.send(data);
+    };
+    ws.onmessage = (ev) => {
+      let frame;
+      try { frame = JSON.parse(ev.data); } catch { return; }
+      if (frame && typeof frame === "object") this.onFrame(frame, this);
+    };
+    ws.onclose = (ev) => {
+      this.ws = null;
+      if (!opened) this.failures += 1;
+      this.onClose(this, {opened, code: ev.code});
+      if (!this.stopped && (this.queue.length || this.wanted())) this.schedule();
+    };
+  }
+
+  /** Reconnect after the backoff for the failures so far. */
+  schedule() {
+    if (this.timer || this.stopped) return;
+    const base = this.failures === 0 ? 250
+      : Math.min(BACKOFF_MS[this.failures - 1] ?? MAX_BACKOFF_MS, MAX_BACKOFF_MS);
+    const delay = base * (0.8 + Math.random() * 0.4);
+    this.retryAt = Date.now() + delay;
+    this.timer = setTimeout(() => { this.timer = null; this.wake(); }, delay);
+  }
+
+  /** Send now if open, else keep it for when the socket opens (and make sure it will). */
+  send(frame) {
+    const data = JSON.stringify(frame);
+    if (this.isOpen) {
+      this.ws.send(data);
+    } else {
+      this.queue.push(data);
+      if (!this.timer) this.wake();
+    }
+  }
+
+  /** Send only if open; true when sent. */
+  trySend(frame) {
+    if (!this.isOpen) return false;
+    this.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  /** Close for good (logged out, left the group). */
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.queue = [];
+    if (this.ws) this.ws.close(1000);
+  }
+}
+
+export const paths = {
+  receive: (me) => `/ws/chat/special/${me}/`,
+  personal: (me, peer) => `/ws/chat/personal/${me}/${peer}/`,
+  group: (me, key) => `/ws/chat/group/${me}/${key}/`,
+  room: (name) => `/ws/chat/room/${encodeURIComponent(name)}/`,
+};

@@ -1,0 +1,98 @@
+// DOM helpers. Text a person typed only ever goes in through textContent (`text:`), never as HTML.
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+/** el("li", {class: "x", text: "...", attrs: {...}, data: {...}, on: {click}}, ...children) */
+export function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  if (props.class) node.className = props.class;
+  if (props.text !== undefined) node.textContent = props.text;
+  for (const [k, v] of Object.entries(props.attrs || {})) {
+    if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
+  }
+  Object.assign(node.dataset, props.data || {});
+  for (const [type, fn] of Object.entries(props.on || {})) node.addEventListener(type, fn);
+  node.append(...children.filter((c) => c !== null && c !== undefined && c !== false));
+  return node;
+}
+
+// 24x24 line icons, drawn with currentColor.
+const ICONS = {
+  tick: ["M4 12.5l5 5L20 6.5"],
+  ticks: ["M1.5 12.5l5 5L17 7", "M10 16.5l1 1L22 7"],
+  clock: ["M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18", "M12 7v5l3.5 2"],
+  alert: ["M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18", "M12 7.5v6", "M12 16.5v.5"],
+  back: ["M15 5l-7 7 7 7"],
+  send: ["M4 12L20 4l-5 16-3-7z", "M12 13L20 4"],
+  plus: ["M12 5v14", "M5 12h14"],
+  group: ["M9 4.5a3.5 3.5 0 1 0 0 7a3.5 3.5 0 1 0 0-7", "M2.5 20c0-3.6 2.9-6 6.5-6s6.5 2.4 6.5 6",
+          "M16 5.2a3 3 0 0 1 0 5.6", "M18 14.2c2 .6 3.5 2.6 3.5 5.3"],
+  hash: ["M10 4L8 20", "M16 4l-2 16", "M4.5 9h15", "M4 15h15"],
+  contacts: ["M12 4a4 4 0 1 0 0 8a4 4 0 1 0 0-8", "M4 21c0-4.4 3.6-7 8-7s8 2.6 8 7"],
+  logout: ["M14 4h5v16h-5", "M9.5 8l-4 4 4 4", "M5.5 12H15"],
+  info: ["M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18", "M12 11v5.5", "M12 7.5v.5"],
+  close: ["M6 6l12 12", "M18 6L6 18"],
+  lock: ["M6 11h12v9H6z", "M8.5 11V8a3.5 3.5 0 0 1 7 0v3"],
+};
+
+/** An inline SVG icon, hidden from screen readers (its button carries the label). */
+export function icon(name, cls = "") {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("class", `icon ${cls}`.trim());
+  for (const d of ICONS[name] || []) {
+    const path = document.createElementNS(SVG_NS, "path");
+    path.setAttribute("d", d);
+    svg.append(path);
+  }
+  return svg;
+}
+
+/** Put icons into every element that asks for one with data-icon (the static markup). */
+export function hydrateIcons(root = document) {
+  for (const node of root.querySelectorAll("[data-icon]")) {
+    node.prepend(icon(node.dataset.icon));
+    delete node.dataset.icon;
+  }
+}
+
+/** A well-mixed 32-bit hash (FNV-1a and a finaliser): "…01" and "…02" get far-apart colours. */
+export function hash(text) {
+  let h = 0x811c9dc5;
+  for (const ch of String(text)) h = Math.imul(h ^ ch.codePointAt(0), 0x01000193);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  return h >>> 0;
+}
+
+/** Up to two initials of a name (or the last two digits of a phone). */
+export function initials(title) {
+  const words = String(title).replace(/^#/, "").trim().split(/\s+/).filter(Boolean);
+  if (!words.length) return "?";
+  if (/^[0-9]+$/.test(words[0])) return words[0].slice(-2);
+  const letters = words.slice(0, 2).map((w) => Array.from(w)[0].toUpperCase());
+  return letters.join("");
+}
+
+/** A round avatar with initials and a colour derived from `seed` (set through the CSSOM). */
+export function avatar(title, seed, kind = "personal") {
+  const node = el("span", {class: `avatar avatar-${kind}`, attrs: {"aria-hidden": "true"}});
+  if (kind === "group") node.append(icon("group"));
+  else if (kind === "room") node.append(icon("hash"));
+  else node.textContent = initials(title);
+  node.style.setProperty("--hue", String(hash(seed) % 360));
+  return node;
+}
+
+let toastTimer = null;
+
+/** A short message at the bottom of the screen (errors from the server, confirmations). */
+export function toast(text) {
+  const node = document.getElementById("toast");
+  node.textContent = text;
+  node.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { node.hidden = true; }, 5000);
+}

@@ -1,0 +1,243 @@
+"""Browser tests: Playwright driving Debian's Chromium (headless, never a downloaded browser)
+against a real `python run.py serve` subprocess on a free port, with a fresh database per test.
+
+`make test` installs /usr/bin/chromium when it is missing (as root, with apt-get). Where it cannot,
+these tests are skipped with a warning at the start and the end of the run — except under CI
+(`CI` set), where a missing browser is an error: there they must run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+CHROMIUM = os.environ.get("CHAT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage"]
+SCREENSHOTS = REPO / "test-output" / "screenshots"
+PASSWORD = "correct horse"
+START_TIMEOUT = 20.0
+EXIT_TIMEOUT = 15.0
+# Playwright's waits (expect, wait_for_*), in milliseconds.
+WAIT_MS = 10_000
+
+
+def _why_missing() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return "the Python package playwright is not installed (requirements-dev.txt)"
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return (f"{CHROMIUM} is missing: `make test` installs it with apt-get when run as root; "
+                "otherwise `apt-get install chromium`")
+    return None
+
+
+MISSING = _why_missing()
+WARNING = f"BROWSER TESTS SKIPPED: {MISSING}" if MISSING else None
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if WARNING:
+        return f"\n{'!' * 78}\n!!! {WARNING}\n{'!' * 78}\n"
+    return f"browser tests: {CHROMIUM} (headless)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not MISSING:
+        return
+    if os.environ.get("CI"):
+        return  # CI must run them: the `browser` fixture fails instead
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.skip(reason=WARNING))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if WARNING:
+        terminalreporter.write_sep("!", WARNING, red=True, bold=True)
+
+
+# -- the server under test ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """`run.py serve` in a subprocess; `stop()` and `start()` again on the same port and data."""
+
+    tmp: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def db(self) -> Path:
+        return self.tmp / "chat.db"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "server.log"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def start(self) -> None:
+        config = self.tmp / "config.toml"
+        # Fast hashing; a rate limit no test reaches; a short scrub so nothing lingers.
+        config.write_text("[security]\nbcrypt_rounds = 4\n\n[limits]\nmessages_per_second = 500.0\n")
+        self.starts += 1
+        with open(self.log, "ab") as out:
+            out.write(f"\n--- start {self.starts} ---\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "run.py", "serve", "--port", str(self.port), "--db", str(self.db),
+                 "--config", str(config)],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + START_TIMEOUT
+        async with aiohttp.ClientSession() as session:
+            while True:
+                assert self.proc.poll() is None, f"server exited early:\n{self.output()}"
+                try:
+                    async with session.get(self.url("/login"),
+                                           timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        if resp.status == 200:
+                            return
+                except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+                    pass
+                assert time.monotonic() < deadline, f"server did not answer:\n{self.output()}"
+                await asyncio.sleep(0.05)  # polling interval, not synchronisation
+
+    async def stop(self) -> None:
+        """Stop it as an operator would (SIGTERM) and wait until it has exited."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(self.proc.wait, EXIT_TIMEOUT)
+        assert code == 0, self.output()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=EXIT_TIMEOUT)
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[LiveServer]:
+    server = LiveServer(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+    assert "Traceback" not in server.output(), server.output()
+
+
+# -- the browser --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[object]:
+    if MISSING:
+        pytest.fail(f"CI must run the browser tests: {MISSING}")
+    from playwright.async_api import async_playwright, expect
+    expect.set_options(timeout=WAIT_MS)
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@dataclass
+class User:
+    """A person with their own browser profile (context), logged in."""
+
+    phone: str
+    name: str
+    context: object
+    problems: list[str]
+
+    async def page(self, path: str = "/chat") -> object:
+        page = await self.context.new_page()
+        _watch(page, self.problems)
+        await page.goto(self.context.base + path)
+        await page.locator("body.ready").wait_for(timeout=WAIT_MS)
+        return page
+
+
+# Console errors a test causes on purpose: the server is down, or was refused a socket.
+_EXPECTED = ("WebSocket connection to", "Failed to load resource", "net::ERR_CONNECTION_REFUSED")
+
+
+def _watch(page: object, problems: list[str]) -> None:
+    """Collect uncaught errors and console errors (CSP violations are reported there)."""
+    page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+
+    def on_console(msg: object) -> None:
+        if msg.type == "error" and not any(e in msg.text for e in _EXPECTED):
+            problems.append(f"console error: {msg.text}")
+    page.on("console", on_console)
+
+
+UserFactory = Callable[..., Awaitable[User]]
+
+
+@pytest.fixture
+async def people(browser: object, live: LiveServer) -> AsyncIterator[UserFactory]:
+    """`await people(phone, name, **context options)` -> a registered, logged-in User."""
+    made: list[User] = []
+
+    async def make(phone: str, name: str, register: bool = True, **options: object) -> User:
+        options.setdefault("viewport", {"width": 1200, "height": 760})
+        context = await browser.new_context(**options)
+        context.base = live.base
+        user = User(phone, name, context, [])
+        made.append(user)
+        if register:
+            resp = await context.request.post(
+                live.url("/register"), form={"phone": phone, "name": name, "password": PASSWORD},
+                max_redirects=0)
+            assert resp.status == 302, await resp.text()
+        return user
+
+    yield make
+    problems = [p for u in made for p in u.problems]
+    for user in made:
+        await user.context.close()
+    assert not problems, "\n".join(problems)
+
+
+async def screenshot(page: object, name: str) -> Path:
+    """Save a screenshot under test-output/screenshots/ (look at them)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    await page.screenshot(path=str(path))
+    return path
