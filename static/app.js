@@ -19,7 +19,9 @@ const ME = meEl.dataset.phone;
 const MY_NAME = meEl.dataset.name;
 const PAGE = 50;
 const TYPING_SHOWN_MS = 2000;
-const TYPING_SENT_EVERY_MS = 1000;
+// The server passes one typing event a second per socket; a little more keeps clear of that edge
+// while the other side's indicator (2 s) stays on as long as the typing goes on.
+const TYPING_SENT_EVERY_MS = 1500;
 const PHONE_RE = /^[0-9]{10,15}$/;
 const $ = (id) => document.getElementById(id);
 
@@ -41,6 +43,8 @@ const state = {
   receive: null,
   online: false,
   lastTypingSent: 0,
+  typingTimer: null,
+  drafts: new Map(),    // conversation id -> unsent text
   pushes: Promise.resolve(),
 };
 
@@ -577,6 +581,7 @@ async function refreshGroup(key) {
   }
   if (!r.ok) return;
   const g = r.data;
+  for (const [phone, name] of Object.entries(g.names || {})) state.names.set(phone, name);
   await saveConv(id, (c) => {
     c.title = g.name;
     c.participants = g.participants;
@@ -596,10 +601,19 @@ async function refreshGroup(key) {
 
 // -- opening and closing conversations ------------------------------------------------------
 
+function keepDraft() {
+  if (state.open) state.drafts.set(state.open, $("text").value);
+  clearTimeout(state.typingTimer);
+  state.typingTimer = null;
+}
+
 async function openConv(id, {push = true} = {}) {
   const conv = state.convs.get(id) || await saveConv(id, () => {});
   if (conv.left) await saveConv(id, (c) => { c.left = false; });
+  keepDraft();
   state.open = id;
+  $("text").value = state.drafts.get(id) || "";
+  autosize();
   const messages = await state.db.page(id, Infinity, PAGE);
   state.view = {id, messages, nodes: new Map(), hasMore: messages.length === PAGE, loading: false};
   $("app").dataset.view = "conv";
@@ -619,6 +633,7 @@ async function openConv(id, {push = true} = {}) {
 }
 
 function closeConv({push = true} = {}) {
+  keepDraft();
   state.open = null;
   state.view = null;
   $("app").dataset.view = "list";
@@ -965,7 +980,15 @@ function sendTyping() {
   const conv = state.convs.get(state.open);
   if (!conv || conv.note) return;
   const now = Date.now();
-  if (now - state.lastTypingSent < TYPING_SENT_EVERY_MS) return;
+  const wait = state.lastTypingSent + TYPING_SENT_EVERY_MS - now;
+  if (wait > 0) {
+    // Too soon after the last one: send it at the end of the interval if typing goes on.
+    state.typingTimer ??= setTimeout(() => {
+      state.typingTimer = null;
+      if ($("text").value) sendTyping();
+    }, wait);
+    return;
+  }
   const command = {personal: "is_typing", group: "is_grp_typing", room: "is_room_typing"}[conv.kind];
   if (linkFor(conv.id).trySend(frame(command, conv.ref, ""))) state.lastTypingSent = now;
 }
