@@ -2,8 +2,10 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
+# The browser tests drive Debian's Chromium (never a browser that Playwright downloads).
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean browser
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,8 +15,21 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 run: $(VENV)/.installed
 	$(PY) run.py serve
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest
+
+# Chromium for tests/browser: installed with apt-get when missing and we are root; otherwise the
+# browser tests are skipped, with a warning at the start and the end of the run.
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the browser tests (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium fonts-noto-color-emoji >/dev/null) \
+	  || echo "WARNING: apt-get could not install chromium: the browser tests will be skipped" >&2; \
+	else \
+	  echo "WARNING: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get): the browser tests will be skipped" >&2; \
+	fi
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -185,11 +185,13 @@ class User:
     context: object
     problems: list[str]
 
-    async def page(self, path: str = "/chat") -> object:
+    async def page(self, path: str = "/chat", ready: bool = True) -> object:
+        """A new tab on `path`; with `ready`, once the client has started (its history loaded)."""
         page = await self.context.new_page()
         _watch(page, self.problems)
         await page.goto(self.context.base + path)
-        await page.locator("body.ready").wait_for(timeout=WAIT_MS)
+        if ready:
+            await page.locator("body.ready").wait_for(timeout=WAIT_MS)
         return page
 
 
