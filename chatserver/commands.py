@@ -3,16 +3,22 @@ socket accepts which, and `dispatch`, which turns one text frame into a command 
 
 Frame validation lives here and in protocol.py only. A command either completes or raises
 ProtocolError; `dispatch` renders that as the SPEC 5.5 error frame and nothing is stored.
+
+Pipelining: a command that writes hands its write to the store's group commit and registers what
+to do once it is committed (`Conn.later`) instead of waiting, so that one socket can have many
+frames in one batch. The store resolves futures in submission order and callbacks run in the
+order their futures resolve, so a sender's acknowledgements and pushes keep its order (SPEC 5.1).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from .config import Config
 from .hub import Hub
@@ -32,7 +38,10 @@ from .protocol import (
     server_now,
     server_timestamp,
 )
+from .hub import Outbox
 from .store import NotMember, Store, StoreClosed
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 # SPEC 5.1: at most one typing push per second per socket.
@@ -40,17 +49,22 @@ TYPING_INTERVAL: Final = 1.0
 _STORE_FAILED: Final = "the server could not store this just now; nothing was saved, try again"
 
 
+# Frames of one socket whose writes may wait for a commit at once; past that, the socket is not
+# read until some are committed (backpressure towards a client that sends faster than we commit).
+MAX_IN_FLIGHT: Final = 64
+
+
 @dataclass(slots=True)
 class Conn:
     """One open socket as the commands see it: whose it is, to whom it talks, how to answer.
 
-    `peer` is the dialogue's other phone on a personal socket and the user's own phone on a
-    receive socket. `send` writes one text frame back on this socket.
+    `peer` is the dialogue's other phone on a personal socket, the group key on a group socket,
+    the room name on a room socket and the user's own phone on a receive socket.
     """
 
     user: str
     peer: str
-    send: Callable[[bytes], Awaitable[None]]
+    outbox: Outbox
     store: Store
     hub: Hub
     config: Config
@@ -58,13 +72,51 @@ class Conn:
     tokens: float = 0.0
     refilled: float = field(default_factory=time.monotonic)
     last_typing: float = float("-inf")
+    in_flight: int = 0
+    _room: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.tokens = 2 * self.config.limits.messages_per_second
 
+    def put(self, frame: Mapping[str, Any]) -> None:
+        """Queue a frame back on this socket (never waits)."""
+        self.outbox.put(encode(frame))
+
     async def reply(self, frame: Mapping[str, Any]) -> None:
-        """Send a frame back on this socket."""
-        await self.send(encode(frame))
+        """Queue a frame back on this socket, waiting while its queue is full."""
+        await self.outbox.send(encode(frame))
+
+    def refuse(self, reason: str, type_: str) -> None:
+        """Answer the SPEC 5.5 error frame."""
+        self.put(error_frame(reason, type_, self.user, self.peer))
+
+    def later(self, type_: str, write: asyncio.Future[T], done: Callable[[T], None]) -> None:
+        """Run `done(result)` once `write` is committed; a ProtocolError it raises, or a failed
+        write, becomes an error frame of type `type_`."""
+        self.in_flight += 1
+
+        def committed(future: asyncio.Future[T]) -> None:
+            self.in_flight -= 1
+            if self.in_flight < MAX_IN_FLIGHT:
+                self._room.set()
+            try:
+                done(future.result())
+            except ProtocolError as e:
+                self.refuse(str(e), type_)
+            except NotMember:
+                self.refuse("you are not a participant of this group", type_)
+            except (sqlite3.Error, StoreClosed):
+                # Nothing was committed, so nothing was acknowledged: the client may retry.
+                log.exception("store failure during %s", type_)
+                self.refuse(_STORE_FAILED, type_)
+
+        write.add_done_callback(committed)
+
+    async def wait_in_flight(self) -> None:
+        """Return once fewer than MAX_IN_FLIGHT of this socket's writes await their commit."""
+        while self.in_flight >= MAX_IN_FLIGHT:
+            self._room.clear()
+            await self._room.wait()
 
     def take_message_token(self) -> None:
         """Spend one message of the rate limit; raises ProtocolError when it is exhausted."""
@@ -129,34 +181,37 @@ async def new_msg(conn: Conn, frame: Frame) -> None:
     check_message(conn, frame.message)
     refuse_if_blocked(conn, frame.msg_to)
     conn.take_message_token()
-    stored = await conn.store.add_personal(
-        frame.msg_from, frame.msg_to, frame.sent_us, frame.sent_timestamp, frame.message)
-    if stored:  # a retry of a message still stored was pushed the first time
-        conn.hub.push(frame.msg_to, encode(frame.wire()))
-    await conn.reply({
-        "message": frame.sent_timestamp,
-        "command": "msg_sent",
-        "msg_from": frame.msg_from,
-        "msg_to": frame.msg_to,
-        "sent_timestamp": server_now(),
-    })
+
+    def committed(stored: bool) -> None:
+        if stored:  # False: a retry of a message still stored, pushed the first time
+            conn.hub.push(frame.msg_to, encode(frame.wire()))
+        conn.put({"message": frame.sent_timestamp, "command": "msg_sent",
+                  "msg_from": frame.msg_from, "msg_to": frame.msg_to,
+                  "sent_timestamp": server_now()})
+
+    conn.later(frame.command, conn.store.add_personal(
+        frame.msg_from, frame.msg_to, frame.sent_us, frame.sent_timestamp, frame.message), committed)
 
 
 async def msg_received(conn: Conn, frame: Frame) -> None:
     """The user has stored the peer's message on their device: delete it, tell the peer."""
     sent_us = _acknowledged(frame)
-    deleted = await conn.store.ack_personal(
-        frame.msg_to, frame.msg_from, sent_us, server_timestamp(frame.sent_us))
-    if not deleted:
-        raise ProtocolError("couldn't find a message to delete")
-    conn.hub.push(frame.msg_to, encode(frame.wire()))
+
+    def committed(deleted: bool) -> None:
+        if not deleted:
+            raise ProtocolError("couldn't find a message to delete")
+        conn.hub.push(frame.msg_to, encode(frame.wire()))
+
+    conn.later(frame.command, conn.store.ack_personal(
+        frame.msg_to, frame.msg_from, sent_us, server_timestamp(frame.sent_us)), committed)
 
 
 async def msg_read(conn: Conn, frame: Frame) -> None:
     """The user has seen the peer's messages up to `message`: record it, tell the peer."""
     _acknowledged(frame)  # must name a timestamp, though no stored message is needed
-    await conn.store.read_personal(frame.msg_to, frame.msg_from, server_timestamp(frame.sent_us))
-    conn.hub.push(frame.msg_to, encode(frame.wire()))
+    conn.later(frame.command, conn.store.read_personal(
+        frame.msg_to, frame.msg_from, server_timestamp(frame.sent_us)),
+        lambda _: conn.hub.push(frame.msg_to, encode(frame.wire())))
 
 
 async def is_typing(conn: Conn, frame: Frame) -> None:
@@ -183,35 +238,36 @@ async def new_grp_msg(conn: Conn, frame: Frame) -> None:
     """Store durably, pending for every other participant; `msg_sent`; push to each of them."""
     check_message(conn, frame.message)
     conn.take_message_token()
-    try:
-        pending = await conn.store.add_group_message(
-            conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message)
-    except NotMember:
-        raise ProtocolError("you are not a participant of this group") from None
-    if pending:  # None: a retry of a message still stored, pushed the first time
-        addressed = per_recipient({"message": frame.message, "command": "new_msg",
-                                   "msg_from": _group_sender(conn),
-                                   "sent_timestamp": frame.sent_timestamp})
-        for phone in pending:
-            conn.hub.push(phone, addressed(phone))
-    await conn.reply({
-        "message": frame.sent_timestamp,
-        "command": "msg_sent",
-        "msg_from": frame.msg_from,
-        "msg_to": frame.msg_to,
-        "sent_timestamp": server_now(),
-    })
+
+    def committed(pending: list[str] | None) -> None:
+        if pending:  # None: a retry of a message still stored, pushed the first time
+            addressed = per_recipient({"message": frame.message, "command": "new_msg",
+                                       "msg_from": _group_sender(conn),
+                                       "sent_timestamp": frame.sent_timestamp})
+            for phone in pending:
+                conn.hub.push(phone, addressed(phone))
+        conn.put({"message": frame.sent_timestamp, "command": "msg_sent",
+                  "msg_from": frame.msg_from, "msg_to": frame.msg_to,
+                  "sent_timestamp": server_now()})
+
+    conn.later(frame.command, conn.store.add_group_message(
+        conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message), committed)
 
 
 async def grp_msg_received(conn: Conn, frame: Frame) -> None:
     """The user has stored the sender's group message: drop them from its pending list (the last
     one deletes it) and tell the sender."""
     sent_us = _acknowledged(frame)
-    if not await conn.store.ack_group(conn.peer, frame.msg_to, sent_us, conn.user):
-        raise ProtocolError("couldn't find a message to delete")
-    conn.hub.push(frame.msg_to, encode({
-        "message": frame.message, "command": "msg_received", "msg_from": _group_sender(conn),
-        "msg_to": frame.msg_to, "sent_timestamp": server_now()}))
+
+    def committed(removed: bool) -> None:
+        if not removed:
+            raise ProtocolError("couldn't find a message to delete")
+        conn.hub.push(frame.msg_to, encode({
+            "message": frame.message, "command": "msg_received", "msg_from": _group_sender(conn),
+            "msg_to": frame.msg_to, "sent_timestamp": server_now()}))
+
+    conn.later(frame.command, conn.store.ack_group(conn.peer, frame.msg_to, sent_us, conn.user),
+               committed)
 
 
 async def grp_msg_read(conn: Conn, frame: Frame) -> None:
@@ -219,10 +275,11 @@ async def grp_msg_read(conn: Conn, frame: Frame) -> None:
     sent_us = _acknowledged(frame)
     if not await conn.store.is_member(conn.peer, frame.msg_to):
         raise ProtocolError("msg_to is not a participant of this group")
-    await conn.store.read_group(conn.peer, conn.user, server_timestamp(sent_us))
-    conn.hub.push(frame.msg_to, encode({
-        "message": frame.message, "command": "msg_read", "msg_from": _group_sender(conn),
-        "msg_to": frame.msg_to, "sent_timestamp": server_now()}))
+    conn.later(frame.command, conn.store.read_group(conn.peer, conn.user, server_timestamp(sent_us)),
+               lambda _: conn.hub.push(frame.msg_to, encode({
+                   "message": frame.message, "command": "msg_read",
+                   "msg_from": _group_sender(conn), "msg_to": frame.msg_to,
+                   "sent_timestamp": server_now()})))
 
 
 async def is_grp_typing(conn: Conn, frame: Frame) -> None:
@@ -248,11 +305,15 @@ async def room_msg(conn: Conn, frame: Frame) -> None:
     conn.take_message_token()
     data = encode({"message": frame.message, "command": "room_msg", "msg_from": frame.msg_from,
                    "msg_to": frame.msg_to, "sent_timestamp": frame.sent_timestamp})
-    if await conn.store.add_room_message(conn.peer, frame.msg_from, frame.sent_us,
-                                         frame.sent_timestamp, frame.message):
-        conn.hub.broadcast(conn.peer, data)
-    else:  # a retry: everyone has it; confirm to the sender again
-        await conn.send(data)
+
+    def committed(seq: int | None) -> None:
+        if seq is not None:
+            conn.hub.broadcast(conn.peer, data, seq)
+        else:  # a retry: everyone has it; confirm to the sender again
+            conn.outbox.put(data)
+
+    conn.later(frame.command, conn.store.add_room_message(
+        conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message), committed)
 
 
 async def is_room_typing(conn: Conn, frame: Frame) -> None:
@@ -263,12 +324,14 @@ async def is_room_typing(conn: Conn, frame: Frame) -> None:
             "sent_timestamp": server_now()}))
 
 
-async def send_room_history(conn: Conn, limit: int) -> None:
-    """On connect: the room's latest messages, oldest first (SPEC 5.4)."""
+async def send_room_history(conn: Conn, limit: int) -> int:
+    """On connect: the room's latest messages, oldest first (SPEC 5.4). Returns the id of the
+    newest one sent (0 for none)."""
     history = await conn.store.room_history(conn.peer, limit)
     await conn.reply({"command": "fetch_room_msgs", "all": "True", "messages": [
         {"message": m.message, "command": "room_msg", "msg_from": m.msg_from, "msg_to": conn.peer,
          "sent_timestamp": fetch_timestamp(m.sent_us)} for m in history]})
+    return history[-1].id if history else 0
 
 
 # -- receive socket (SPEC 5.2) ----------------------------------------------------------------
@@ -351,11 +414,13 @@ async def dispatch(conn: Conn, table: Table, text: str) -> None:
             raise ProtocolError("msg_to must be the phone of the message's sender")
         await command.run(conn, frame)
     except ProtocolError as e:
-        await conn.reply(error_frame(str(e), type_, conn.user, conn.peer))
+        conn.refuse(str(e), type_)
     except (sqlite3.Error, StoreClosed):
         # Nothing was committed, so nothing was acknowledged: the client may safely retry.
         log.exception("store failure during %s", type_)
-        await conn.reply(error_frame(_STORE_FAILED, type_, conn.user, conn.peer))
+        conn.refuse(_STORE_FAILED, type_)
+    if conn.in_flight >= MAX_IN_FLIGHT:
+        await conn.wait_in_flight()
 
 
 async def dispatch_receive(conn: Conn, text: str) -> None:
@@ -377,8 +442,8 @@ async def dispatch_receive(conn: Conn, text: str) -> None:
             raise ProtocolError("msg_to must be the phone this socket belongs to")
         await handler(conn, data)
     except ProtocolError as e:
-        await conn.reply(error_frame(str(e), type_, conn.user, conn.peer))
+        conn.refuse(str(e), type_)
     except (sqlite3.Error, StoreClosed):
         # Nothing was committed, so nothing was acknowledged: the client may safely retry.
         log.exception("store failure during %s", type_)
-        await conn.reply(error_frame(_STORE_FAILED, type_, conn.user, conn.peer))
+        conn.refuse(_STORE_FAILED, type_)

@@ -34,29 +34,48 @@ async def close_socket(ws: web.WebSocketResponse, code: int, message: bytes) -> 
             ws._req.transport.abort()
 
 
-class Receiver:
-    """One open receive socket: its outgoing queue and the task that writes it out."""
+class Outbox:
+    """The outgoing side of one socket: a bounded queue and the one task that writes it out.
+
+    Pushes and replies are queued without waiting, so no sender ever waits for a slow receiver;
+    a socket that falls `size` frames behind is closed (backpressure by cut-off).
+    """
 
     __slots__ = ("ws", "_queue", "_task", "_hub")
 
-    def __init__(self, hub: Hub, ws: web.WebSocketResponse, queue_size: int) -> None:
+    def __init__(self, hub: Hub, ws: web.WebSocketResponse, size: int) -> None:
         self.ws = ws
         self._hub = hub
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(size)
         self._task = asyncio.create_task(self._drain())
 
     def put(self, data: bytes) -> None:
-        """Queue one text frame (UTF-8 JSON); close the socket if it is too far behind (backpressure)."""
+        """Queue one text frame (UTF-8 JSON); close the socket if it is too far behind."""
         try:
             self._queue.put_nowait(data)
         except asyncio.QueueFull:
-            log.warning("receive socket fell %d frames behind; closing it", self._queue.maxsize)
-            self._task.cancel()
-            self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER, b"too far behind"))
+            if not self._task.done():
+                log.warning("socket fell %d frames behind; closing it", self._queue.maxsize)
+                self._task.cancel()
+                self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER,
+                                             b"too far behind"))
 
     async def send(self, data: bytes) -> None:
-        """Queue a reply on this socket in order with the pushes, waiting while the queue is full."""
-        await self._queue.put(data)
+        """Queue one text frame, waiting while the queue is full (for long fetch answers).
+
+        Raises ConnectionResetError when the writer has stopped (the socket is closing), since
+        nothing would ever make room in the queue.
+        """
+        if self._queue.full():
+            put = asyncio.ensure_future(self._queue.put(data))
+            await asyncio.wait((put, self._task), return_when=asyncio.FIRST_COMPLETED)
+            if put.done():
+                return
+            put.cancel()
+        elif not self._task.done():
+            self._queue.put_nowait(data)
+            return
+        raise ConnectionResetError("the socket is closing")
 
     async def _drain(self) -> None:
         try:
@@ -79,32 +98,41 @@ class Hub:
 
     def __init__(self, queue_size: int) -> None:
         self._queue_size = queue_size
-        self._receivers: dict[str, set[Receiver]] = {}
+        self._receivers: dict[str, set[Outbox]] = {}
         self._sessions: dict[str, set[web.WebSocketResponse]] = {}
         self._group_sockets: dict[tuple[str, str], set[web.WebSocketResponse]] = {}
-        self._rooms: dict[str, set[Receiver]] = {}
+        # room -> its sockets; a socket that has not had its history yet holds its broadcasts
+        self._rooms: dict[str, dict[Outbox, list[tuple[int, bytes]] | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: object) -> None:
-        """Run a close in the background, keeping a reference until it ends."""
+        """Run a coroutine in the background, keeping a reference until it ends."""
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     @contextlib.contextmanager
-    def receiving(self, phone: str, ws: web.WebSocketResponse) -> Iterator[Receiver]:
-        """Register `ws` as a receive socket of `phone` for the duration of the block."""
-        receiver = Receiver(self, ws, self._queue_size)
-        self._receivers.setdefault(phone, set()).add(receiver)
+    def outbox(self, ws: web.WebSocketResponse) -> Iterator[Outbox]:
+        """An outbox for `ws` for the duration of the block (a send socket's replies)."""
+        outbox = Outbox(self, ws, self._queue_size)
         try:
-            yield receiver
+            yield outbox
         finally:
-            receiver.stop()
-            mine = self._receivers.get(phone)
-            if mine is not None:
-                mine.discard(receiver)
-                if not mine:
-                    del self._receivers[phone]
+            outbox.stop()
+
+    @contextlib.contextmanager
+    def receiving(self, phone: str, ws: web.WebSocketResponse) -> Iterator[Outbox]:
+        """Register `ws` as a receive socket of `phone` for the duration of the block."""
+        with self.outbox(ws) as outbox:
+            self._receivers.setdefault(phone, set()).add(outbox)
+            try:
+                yield outbox
+            finally:
+                mine = self._receivers.get(phone)
+                if mine is not None:
+                    mine.discard(outbox)
+                    if not mine:
+                        del self._receivers[phone]
 
     @contextlib.contextmanager
     def session_socket(self, sid_hash: str, ws: web.WebSocketResponse) -> Iterator[None]:
@@ -140,29 +168,44 @@ class Hub:
                                for ws in sockets))
 
     @contextlib.contextmanager
-    def in_room(self, room: str, ws: web.WebSocketResponse) -> Iterator[Receiver]:
-        """Register a room socket for the duration of the block; it gets every broadcast."""
-        receiver = Receiver(self, ws, self._queue_size)
-        self._rooms.setdefault(room, set()).add(receiver)
-        try:
-            yield receiver
-        finally:
-            receiver.stop()
-            mine = self._rooms.get(room)
-            if mine is not None:
-                mine.discard(receiver)
-                if not mine:
-                    del self._rooms[room]
+    def in_room(self, room: str, ws: web.WebSocketResponse) -> Iterator[Outbox]:
+        """Register a room socket for the duration of the block. Its broadcasts are held until
+        `release` (after its history is sent), so that none comes before the history, or twice."""
+        with self.outbox(ws) as outbox:
+            self._rooms.setdefault(room, {})[outbox] = []
+            try:
+                yield outbox
+            finally:
+                mine = self._rooms.get(room)
+                if mine is not None:
+                    mine.pop(outbox, None)
+                    if not mine:
+                        del self._rooms[room]
 
-    def broadcast(self, room: str, data: bytes) -> None:
-        """Queue a text frame for every socket in `room`, the sender's own included (SPEC 5.4)."""
-        for receiver in tuple(self._rooms.get(room, ())):
-            receiver.put(data)
+    def release(self, room: str, outbox: Outbox, after: int) -> None:
+        """The history up to message id `after` is sent: deliver the held broadcasts newer than it."""
+        held = self._rooms[room][outbox]
+        self._rooms[room][outbox] = None
+        for seq, data in held or ():
+            if seq > after:
+                outbox.put(data)
+
+    def broadcast(self, room: str, data: bytes, seq: int | None = None) -> None:
+        """Queue a text frame for every socket in `room`, the sender's own included (SPEC 5.4).
+
+        `seq` is a stored message's id; a frame without one (typing) is not held for a socket
+        still waiting for its history, but dropped there.
+        """
+        for outbox, held in tuple(self._rooms.get(room, {}).items()):
+            if held is None:
+                outbox.put(data)
+            elif seq is not None:
+                held.append((seq, data))
 
     def push(self, phone: str, data: bytes) -> None:
         """Queue a text frame for every receive socket of `phone` (none: nothing happens)."""
-        for receiver in tuple(self._receivers.get(phone, ())):
-            receiver.put(data)
+        for outbox in tuple(self._receivers.get(phone, ())):
+            outbox.put(data)
 
     def is_online(self, phone: str) -> bool:
         """True while `phone` holds at least one receive socket."""

@@ -157,7 +157,7 @@ def command_of(data: object) -> str:
     if isinstance(data, dict):
         command = data.get("command")
         if is_text(command):
-            return command[:64]  # echoed in the error frame: keep it short
+            return command  # whole, as SPEC 5.5 says; the frame size limit bounds it
     return "invalid"
 
 

@@ -103,6 +103,7 @@ class Room:
 
 @dataclass(frozen=True, slots=True)
 class RoomMessage:
+    id: int  # the room's order
     msg_from: str
     message: str
     sent_us: int
@@ -267,7 +268,7 @@ _INSERT_ROOM: Final = """
     INSERT INTO room_messages (room, msg_from, sent_us, sent_timestamp, message)
     SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?1) WHERE true
     ON CONFLICT DO NOTHING
-    RETURNING room, msg_from, sent_us"""
+    RETURNING room, msg_from, sent_us, id"""
 _TRIM_ROOMS: Final = """
     DELETE FROM room_messages WHERE id IN (
         SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY room ORDER BY id DESC) AS n
@@ -275,19 +276,15 @@ _TRIM_ROOMS: Final = """
         WHERE n > ?2)"""
 
 
-async def _add_room_many(db: aiosqlite.Connection, rows: list[Any]) -> list[bool]:
+async def _add_room_many(db: aiosqlite.Connection, rows: list[Any]) -> list[int | None]:
     """Append [room, msg_from, sent_us, sent_timestamp, message, keep] rows to room histories and
-    drop what falls beyond `keep`; True for each row stored, False for a repeated identity."""
-    inserted = {tuple(r) for r in await db.execute_fetchall(
+    drop what falls beyond `keep`; for each row its id (the room's order), or None for a
+    repeated identity."""
+    inserted = {(r[0], r[1], r[2]): r[3] for r in await db.execute_fetchall(
         _INSERT_ROOM, (_rows_json([row[:5] for row in rows]),))}
     rooms = sorted({row[0] for row in rows})
     await db.execute(_TRIM_ROOMS, (_rows_json(rooms), rows[0][5]))
-    results = []
-    for row in rows:
-        key = (row[0], row[1], row[2])
-        results.append(key in inserted)
-        inserted.discard(key)
-    return results
+    return [inserted.pop((row[0], row[1], row[2]), None) for row in rows]
 
 
 class Store:
@@ -410,7 +407,7 @@ class Store:
             for write in batch:
                 groups.setdefault(write.run, []).append(write)
             steps = ([(w.run, [w]) for w in batch] if alone else list(groups.items()))
-            results: list[tuple[_Write, Any]] = []
+            results: dict[int, Any] = {}  # id(write) -> result
             failed: tuple[list[_Write], sqlite3.Error] | None = None
             try:
                 await db.execute("BEGIN IMMEDIATE")
@@ -420,7 +417,7 @@ class Store:
                     except sqlite3.Error as e:  # these writes' fault, not the transaction's
                         failed = (writes, e)
                         break
-                    results.extend(zip(writes, outcome, strict=True))
+                    results.update(zip(map(id, writes), outcome, strict=True))
                 if failed is None:
                     await db.execute("COMMIT")
             except BaseException as e:  # the transaction itself failed: nothing is stored
@@ -433,9 +430,10 @@ class Store:
                     raise
                 return
             if failed is None:
-                for write, result in results:
+                # In submission order: a socket's callbacks then run in the order of its frames.
+                for write in batch:
                     if not write.future.done():  # the caller may have been cancelled
-                        write.future.set_result(result)
+                        write.future.set_result(results[id(write)])
                 return
             await self._rollback()
             writes, error = failed
@@ -575,23 +573,24 @@ class Store:
 
     # -- personal messages (group commit) -----------------------------------------------------
 
-    async def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
-                           message: str) -> bool:
-        """Store a message durably; returns after COMMIT. False when the same identity
+    def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
+                     message: str) -> asyncio.Future[bool]:
+        """Store a message durably; the future resolves after COMMIT. False when the same identity
         (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice (SPEC 5.1).
         The dialogue rows are created by a trigger (schema.sql)."""
-        return await self._submit(
+        return self._submit(
             _add_personal_many, [msg_from, msg_to, sent_us, sent_timestamp, message])
 
-    async def ack_personal(self, msg_from: str, msg_to: str, sent_us: int, received_at: str) -> bool:
+    def ack_personal(self, msg_from: str, msg_to: str, sent_us: int,
+                     received_at: str) -> asyncio.Future[bool]:
         """msg_to acknowledges msg_from's message `sent_us` (SPEC 5.1 `msg_received`): delete it and
         set last_received_receiver of msg_from -> msg_to. False when no such message is stored."""
-        return await self._submit(
+        return self._submit(
             _ack_personal_many, [msg_from, msg_to, sent_us, received_at], deletes=True)
 
-    async def read_personal(self, msg_from: str, msg_to: str, seen_at: str) -> None:
+    def read_personal(self, msg_from: str, msg_to: str, seen_at: str) -> asyncio.Future[None]:
         """msg_to has seen msg_from's messages (SPEC 5.1 `msg_read`): set last_seen_receiver."""
-        await self._submit(_read_personal_many, [msg_from, msg_to, seen_at])
+        return self._submit(_read_personal_many, [msg_from, msg_to, seen_at])
 
     async def pending_for(self, msg_to: str) -> list[StoredMessage]:
         """Personal messages stored for msg_to, in the order the server accepted them (SPEC 5.2)."""
@@ -672,24 +671,24 @@ class Store:
             "SELECT phone, last_read FROM group_members WHERE grp = ? ORDER BY phone", (key,))
         return {r[0]: r[1] for r in rows}
 
-    async def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                                message: str) -> list[str] | None:
+    def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
+                          message: str) -> asyncio.Future[list[str] | None]:
         """Store a group message durably, pending for every other participant (SPEC 5.3).
 
-        Returns after COMMIT the phones it is pending for, or None for a retry of a message still
-        stored. Raises NotMember when msg_from is not a participant.
+        Resolves after COMMIT to the phones it is pending for, or None for a retry of a message
+        still stored; fails with NotMember when msg_from is not a participant.
         """
-        return await self._submit(
+        return self._submit(
             _add_group_many, [grp, msg_from, sent_us, sent_timestamp, message])
 
-    async def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str) -> bool:
+    def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str) -> asyncio.Future[bool]:
         """`phone` acknowledges msg_from's message in grp: remove it from the pending list (the
         last acknowledgement deletes the message). False when it was not pending for `phone`."""
-        return await self._submit(_ack_group_many, [grp, msg_from, sent_us, phone], deletes=True)
+        return self._submit(_ack_group_many, [grp, msg_from, sent_us, phone], deletes=True)
 
-    async def read_group(self, grp: str, phone: str, up_to: str) -> None:
+    def read_group(self, grp: str, phone: str, up_to: str) -> asyncio.Future[None]:
         """Move `phone`'s read position in grp forward to `up_to` (server format)."""
-        await self._submit(_read_group_many, [grp, phone, up_to])
+        return self._submit(_read_group_many, [grp, phone, up_to])
 
     async def pending_group_for(self, phone: str) -> list[GroupMessage]:
         """Group messages still pending for `phone`, oldest first, each with its pending list."""
@@ -727,17 +726,18 @@ class Store:
             "SELECT name, created_by, password_hash FROM rooms ORDER BY name")
         return [Room(r[0], r[1], bytes(r[2]) if r[2] is not None else None) for r in rows]
 
-    async def add_room_message(self, room: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                               message: str) -> bool:
-        """Append to a room's history (keeping the latest `rooms_keep`); False for a retry."""
-        return await self._submit(
+    def add_room_message(self, room: str, msg_from: str, sent_us: int, sent_timestamp: str,
+                         message: str) -> asyncio.Future[int | None]:
+        """Append to a room's history (keeping the latest `rooms_keep`); resolves to the
+        message's id, or None for a retry."""
+        return self._submit(
             _add_room_many, [room, msg_from, sent_us, sent_timestamp, message, self._rooms_keep],
             deletes=True)
 
     async def room_history(self, room: str, limit: int) -> list[RoomMessage]:
         """The latest `limit` messages of a room, oldest first."""
         rows = await self._reader.execute_fetchall(
-            "SELECT msg_from, message, sent_us FROM (SELECT id, msg_from, message, sent_us"
+            "SELECT id, msg_from, message, sent_us FROM (SELECT id, msg_from, message, sent_us"
             " FROM room_messages WHERE room = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
             (room, limit))
         return [RoomMessage(*r) for r in rows]

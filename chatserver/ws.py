@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
@@ -64,20 +63,13 @@ def _socket(request: web.Request) -> web.WebSocketResponse:
     # `heartbeat` seconds, closing a peer that does not answer within half of that (SPEC 5).
     # No permessage-deflate: chat frames are small, and a zlib context per socket costs far more
     # memory than an idle socket should.
-    return web.WebSocketResponse(max_msg_size=config.limits.max_frame_bytes,
+    # aiohttp refuses a payload of max_msg_size bytes or more; SPEC 5.5 only those over the limit.
+    return web.WebSocketResponse(max_msg_size=config.limits.max_frame_bytes + 1,
                                  heartbeat=config.websocket.heartbeat, compress=False)
 
 
-def _sender(ws: web.WebSocketResponse) -> Callable[[bytes], Awaitable[None]]:
-    """Send already-encoded UTF-8 JSON as a text frame (no str round trip)."""
-    async def send(data: bytes) -> None:
-        await ws.send_frame(data, WSMsgType.TEXT)
-    return send
-
-
-async def _binary_refused(conn: Conn) -> None:
-    await conn.reply(error_frame("binary frames are not accepted; send JSON text",
-                                 "invalid", conn.user, conn.peer))
+def _binary_refused(conn: Conn) -> None:
+    conn.refuse("binary frames are not accepted; send JSON text", "invalid")
 
 
 async def receive_socket(request: web.Request) -> web.WebSocketResponse:
@@ -88,22 +80,31 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     came_online = not hub.is_online(phone)
     try:
-        with hub.session_socket(sid_hash, ws), hub.receiving(phone, ws) as receiver:
-            conn = Conn(phone, phone, receiver.send, store, hub, request.app[config_key])
+        with hub.session_socket(sid_hash, ws), hub.receiving(phone, ws) as outbox:
+            conn = Conn(phone, phone, outbox, store, hub, request.app[config_key])
             if came_online:
                 await _announce(store, hub, phone, "online")
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
                     await commands.dispatch_receive(conn, msg.data)
                 elif msg.type is WSMsgType.BINARY:
-                    await _binary_refused(conn)
+                    _binary_refused(conn)
                 # WSMsgType.ERROR (frame too big): aiohttp has already closed the socket with 1009
+    except ConnectionError:
+        pass  # the peer left while we answered
     finally:
         if not hub.is_online(phone):  # the last receive socket of this user closed
-            with contextlib.suppress(StoreClosed):  # shutting down: last seen is not recorded
-                await store.set_last_seen(phone, now_micros())
-                await _announce(store, hub, phone, "offline")
+            # In a task of its own: this handler may be being cancelled (the peer went away).
+            hub.spawn(_went_offline(store, hub, phone))
     return ws
+
+
+async def _went_offline(store: Store, hub: Hub, phone: str) -> None:
+    """Record when `phone` was last seen and tell its contacts it is offline."""
+    with contextlib.suppress(StoreClosed):  # shutting down: last seen is not recorded
+        await store.set_last_seen(phone, now_micros())
+        if not hub.is_online(phone):  # not back in the meantime
+            await _announce(store, hub, phone, "offline")
 
 
 async def personal_socket(request: web.Request) -> web.WebSocketResponse:
@@ -116,8 +117,8 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[hub_key]
     ws = _socket(request)
     await ws.prepare(request)
-    with hub.session_socket(sid_hash, ws):
-        await _serve(ws, Conn(phone, msg_to, _sender(ws), store, hub, request.app[config_key]),
+    with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox:
+        await _serve(ws, Conn(phone, msg_to, outbox, store, hub, request.app[config_key]),
                      commands.PERSONAL)
     return ws
 
@@ -129,7 +130,7 @@ async def _serve(ws: web.WebSocketResponse, conn: Conn, table: commands.Table) -
             if msg.type is WSMsgType.TEXT:
                 await commands.dispatch(conn, table, msg.data)
             elif msg.type is WSMsgType.BINARY:
-                await _binary_refused(conn)
+                _binary_refused(conn)
             # WSMsgType.ERROR (frame too big): aiohttp has already closed the socket with 1009
     except ConnectionError:
         pass  # the peer left while we answered; what was committed stays stored
@@ -147,8 +148,9 @@ async def group_socket(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPForbidden(reason="you are not a participant of this group")
     ws = _socket(request)
     await ws.prepare(request)
-    with hub.session_socket(sid_hash, ws), hub.group_socket(grp, phone, ws):
-        await _serve(ws, Conn(phone, grp, _sender(ws), store, hub, request.app[config_key]),
+    with hub.session_socket(sid_hash, ws), hub.group_socket(grp, phone, ws), \
+            hub.outbox(ws) as outbox:
+        await _serve(ws, Conn(phone, grp, outbox, store, hub, request.app[config_key]),
                      commands.GROUP)
     return ws
 
@@ -166,9 +168,9 @@ async def room_socket(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPForbidden(reason="this room is private: give its password first")
     ws = _socket(request)
     await ws.prepare(request)
-    with hub.session_socket(sid_hash, ws), hub.in_room(name, ws) as receiver:
-        conn = Conn(phone, name, receiver.send, store, hub, config)
-        await commands.send_room_history(conn, config.rooms.history)
+    with hub.session_socket(sid_hash, ws), hub.in_room(name, ws) as outbox:
+        conn = Conn(phone, name, outbox, store, hub, config)
+        hub.release(name, outbox, await commands.send_room_history(conn, config.rooms.history))
         await _serve(ws, conn, commands.ROOM)
     return ws
 

@@ -459,10 +459,6 @@ async def test_a_block_survives_a_restart(aiohttp_server: AiohttpServer,
 # the handler's `finally`, after the client has gone: aiohttp cancels that handler when the peer
 # disconnects (always in its TestServer, and under run_app(handler_cancellation=True)), so neither
 # happens.
-CANCELLED_DEPARTURE = ("bug: ws.receive_socket awaits set_last_seen/_announce('offline') in the "
-                       "handler's finally, which aiohttp cancels once the peer has disconnected: "
-                       "no offline push, last_seen never set")
-
 
 async def test_presence_online_reaches_who_has_the_user_as_a_contact(
         as_user: UserFactory) -> None:
@@ -485,7 +481,6 @@ async def test_presence_online_reaches_who_has_the_user_as_a_contact(
     await a1.close()
 
 
-@pytest.mark.xfail(strict=True, reason=CANCELLED_DEPARTURE)
 async def test_presence_offline_when_the_last_receive_socket_closes(as_user: UserFactory) -> None:
     a, b = new_phone(), new_phone()
     alice, bob = await as_user(a), await as_user(b)
@@ -576,11 +571,6 @@ async def test_a_removed_contact_gets_no_more_presence(as_user: UserFactory) -> 
     await assert_quiet(b_recv)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ws.receive_socket decides to announce 'offline' "
-                   "before awaiting set_last_seen, and does not look again: a socket opened "
-                   "meanwhile (a page reload) announces 'online' first, so contacts end up "
-                   "seeing 'offline' for a user who is online (also needs: " +
-                   CANCELLED_DEPARTURE + ")")
 async def test_presence_after_a_quick_reconnect_ends_online(store: Store, as_user: UserFactory,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A page reload: the last receive socket closes and a new one opens while the server is

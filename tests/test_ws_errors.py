@@ -160,9 +160,6 @@ async def test_an_unknown_command_is_refused_with_its_name_as_type(
     await refused(d, store, command)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: protocol.command_of cuts the error frame's `type` to 64 characters; SPEC 5.5 says "
-    "`type` is the frame's command"))
 async def test_a_long_unknown_command_is_echoed_whole(dialogue: Dialogue, store: Store) -> None:
     d = dialogue
     command = "c" * 100
@@ -523,10 +520,6 @@ async def test_a_frame_just_under_max_frame_bytes_is_accepted(
     assert (reply["command"], reply["message"]) == ("msg_sent", sent["sent_timestamp"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: ws._socket passes max_msg_size=limits.max_frame_bytes, and aiohttp refuses a payload "
-    "of exactly max_msg_size (>=), so a frame of exactly max_frame_bytes is closed with 1009; "
-    "SPEC 5.5 closes only frames over it"))
 async def test_a_frame_of_exactly_max_frame_bytes_is_accepted(
         dialogue: Dialogue, store: Store) -> None:
     d = dialogue

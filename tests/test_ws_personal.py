@@ -519,9 +519,6 @@ async def test_a_receiver_that_never_reads_does_not_block_the_sender_and_is_clos
     assert [m["message"][:6] for m in fetched] == [f"{i:06d}" for i in range(count)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: hub.Outbox.send waits on queue.put forever once the drain task has stopped "
-    "(overflow or peer gone), so the receive handler never ends and never unregisters"))
 async def test_a_receive_socket_closed_while_answering_a_fetch_is_released(
         aiohttp_client: ClientFactory, config: Config) -> None:
     """A receive socket that stops reading in the middle of a big fetch, and is then closed for

@@ -475,13 +475,7 @@ async def test_retry_of_a_room_msg_is_not_broadcast_twice(config: Config,
     await b_ws.close()
 
 
-HISTORY_RACE = ("bug: ws.room_socket registers the socket for broadcasts (hub.in_room) before "
-                "commands.send_room_history reads and sends the history: a room_msg committed in "
-                "between reaches the new socket before its fetch_room_msgs frame, and, when the "
-                "history is read after that commit, a second time inside it")
 
-
-@pytest.mark.xfail(strict=True, reason=HISTORY_RACE)
 @pytest.mark.parametrize("read", ["after", "before"])
 async def test_history_comes_first_and_holds_a_concurrent_message_once(
         store: Store, as_user: UserFactory, monkeypatch: pytest.MonkeyPatch, read: str) -> None:
