@@ -74,6 +74,7 @@ class Conn:
     last_typing: float = float("-inf")
     in_flight: int = 0
     _room: asyncio.Event = field(default_factory=asyncio.Event)
+    _tail: asyncio.Future[Any] | None = None  # the latest write still waiting for its commit
 
     def __post_init__(self) -> None:
         self.tokens = 2 * self.config.limits.messages_per_second
@@ -87,13 +88,19 @@ class Conn:
         await self.outbox.send(encode(frame))
 
     def refuse(self, reason: str, type_: str) -> None:
-        """Answer the SPEC 5.5 error frame."""
-        self.put(error_frame(reason, type_, self.user, self.peer))
+        """Answer the SPEC 5.5 error frame, after the answers to earlier frames still waiting for
+        their commit (so that a client sees its answers in the order of its frames)."""
+        frame = error_frame(reason, type_, self.user, self.peer)
+        if self.in_flight == 0 or self._tail is None:
+            self.put(frame)
+        else:  # done callbacks run in the order they were added: after the earlier answers
+            self._tail.add_done_callback(lambda _: self.put(frame))
 
     def later(self, type_: str, write: asyncio.Future[T], done: Callable[[T], None]) -> None:
         """Run `done(result)` once `write` is committed; a ProtocolError it raises, or a failed
         write, becomes an error frame of type `type_`."""
         self.in_flight += 1
+        self._tail = write
 
         def committed(future: asyncio.Future[T]) -> None:
             self.in_flight -= 1
@@ -102,13 +109,16 @@ class Conn:
             try:
                 done(future.result())
             except ProtocolError as e:
-                self.refuse(str(e), type_)
+                reason = str(e)
             except NotMember:
-                self.refuse("you are not a participant of this group", type_)
+                reason = "you are not a participant of this group"
             except (sqlite3.Error, StoreClosed):
                 # Nothing was committed, so nothing was acknowledged: the client may retry.
                 log.exception("store failure during %s", type_)
-                self.refuse(_STORE_FAILED, type_)
+                reason = _STORE_FAILED
+            else:
+                return
+            self.put(error_frame(reason, type_, self.user, self.peer))
 
         write.add_done_callback(committed)
 
