@@ -79,7 +79,37 @@ function merge(conv) {
 }
 
 async function saveConv(id, change) {
-  return merge(await state.db.updateConv(id, change));
+  const conv = merge(await state.db.updateConv(id, change));
+  notify(id);
+  return conv;
+}
+
+// Other tabs of this account share the database: tell them what changed, and follow theirs.
+const channel = "BroadcastChannel" in window ? new BroadcastChannel(`chat-${ME}`) : null;
+const notified = new Set();
+
+function notify(id) {
+  if (!channel || notified.has(id)) return;
+  notified.add(id);
+  queueMicrotask(() => {
+    notified.delete(id);
+    channel.postMessage({conv: id});
+  });
+}
+
+async function followOtherTab(id) {
+  const conv = await state.db.getConv(id);
+  if (!conv) return;
+  merge(conv);
+  if (state.view?.id === id) {
+    const view = state.view;
+    const messages = await state.db.page(id, Infinity, Math.max(PAGE, view.messages.length));
+    if (state.view !== view) return;
+    view.messages = messages;
+    renderMessages("append");
+    renderHeader();
+  }
+  renderList();
 }
 
 function viewing(id) {
@@ -184,6 +214,7 @@ async function receiveMessages(frames) {
 function afterIncoming(fresh, convs) {
   for (const conv of convs) {
     merge(conv);
+    notify(conv.id);
     if (conv.kind === "group" && !conv.participants) refreshGroup(conv.ref);
     if (conv.kind === "personal" && !state.names.has(conv.ref)) refreshInfoSoon();
   }
@@ -194,6 +225,8 @@ function afterIncoming(fresh, convs) {
   const shown = fresh.filter((m) => state.view && m.conv === state.view.id);
   if (shown.length) {
     for (const m of shown) insertIntoView(m);
+    const last = shown.at(-1);
+    if (!last.mine) $("announce").textContent = `${nameOf(last.from)}: ${last.body}`;
     renderMessages("append");
     markRead(state.open);
   }
@@ -286,7 +319,8 @@ function onPresence(f) {
 
 function linkFor(id) {
   let link = state.links.get(id);
-  if (link) return link;
+  if (link && !link.stopped) return link;
+  if (link && state.refused.has(id)) return link; // stays stopped: frames for it are dropped
   const kind = id[0];
   const ref = id.slice(2);
   const path = kind === "p" ? paths.personal(ME, ref)
@@ -307,6 +341,7 @@ function linkFor(id) {
       if (!opened && state.online) diagnose(id);
     },
   });
+  if (state.refused.has(id)) link.stop();
   state.links.set(id, link);
   return link;
 }
@@ -428,7 +463,6 @@ async function diagnose(id) {
     if (note) {
       state.refused.add(id);
       state.links.get(id)?.stop();
-      state.links.delete(id);
       await saveConv(id, (c) => { c.note = note; });
       if (state.open === id) renderConvState();
     }
@@ -472,6 +506,7 @@ async function joinRoom(name, password) {
   }
   const id = `r:${name}`;
   state.refused.delete(id);
+  if (state.links.get(id)?.stopped) state.links.delete(id);
   await saveConv(id, (c) => { c.left = false; c.note = null; });
   linkFor(id).wake();
   return openConv(id);
@@ -508,6 +543,7 @@ async function refreshReceipts() {
   for (const conv of state.convs.values()) {
     if (!conv.lastOwnUs || conv.note) continue;
     if (conv.kind === "personal" && conv.lastOwnUs > (conv.peerReadUs || 0)) {
+      const asOf = Date.now() * 1000; // "waiting" counts what was sent before this request
       const r = await api("GET", `/chat/info/personal?msg_to=${conv.ref}`);
       if (!r.ok) continue;
       const out = r.data.outgoing || {};
@@ -519,7 +555,7 @@ async function refreshReceipts() {
         for (const msg of await state.db.advanceUpTo(conv.id, upTo, "read")) updateBubble(msg);
       }
       if (out.waiting === 0) {
-        for (const msg of await state.db.advanceUpTo(conv.id, Infinity, "received")) updateBubble(msg);
+        for (const msg of await state.db.advanceUpTo(conv.id, asOf, "received")) updateBubble(msg);
       }
     } else if (conv.kind === "group") {
       await refreshGroup(conv.ref);
@@ -544,6 +580,7 @@ async function refreshInfo() {
     if (!known || known.title !== g.name || known.note) {
       await saveConv(id, (c) => { c.title = g.name; c.note = null; });
       state.refused.delete(id);
+      if (state.links.get(id)?.stopped) state.links.delete(id);
     }
   }
   state.rooms = info.rooms || [];
@@ -785,7 +822,7 @@ function renderConvState() {
   } else if (conv.note) {
     note.textContent = conv.note;
   } else if (blocked) {
-    note.textContent = "You have blocked this person. Unblock them in Contacts to chat again.";
+    note.textContent = "You have blocked this person: their messages do not reach you.";
   }
   note.hidden = !note.childNodes.length;
   $("compose").hidden = !!conv.note;
@@ -883,7 +920,7 @@ function renderMessages(mode) {
       nodes.push(el("li", {class: "day", attrs: {role: "separator"}},
                     el("span", {text: dayLabel(msg.us)})));
     }
-    const key = `${msg.id}|${prev?.id || ""}|${msg.state || ""}`;
+    const key = bubbleKey(msg, prev);
     let node = view.nodes.get(msg.id);
     if (!node || node.dataset.key !== key) {
       node = bubble(msg, prev, conv);
@@ -904,7 +941,13 @@ function renderMessages(mode) {
   }
 }
 
+/** What a bubble's looks depend on, besides the conversation: reuse it while this is the same. */
+function bubbleKey(msg, prev) {
+  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}`;
+}
+
 function updateBubble(msg) {
+  notify(msg.conv);
   const view = state.view;
   if (!view || view.id !== msg.conv) return;
   const i = view.messages.findIndex((m) => m.id === msg.id);
@@ -912,7 +955,7 @@ function updateBubble(msg) {
   view.messages[i] = msg;
   const old = view.nodes.get(msg.id);
   const fresh = bubble(msg, view.messages[i - 1], state.convs.get(view.id));
-  fresh.dataset.key = `${msg.id}|${view.messages[i - 1]?.id || ""}|${msg.state || ""}`;
+  fresh.dataset.key = bubbleKey(msg, view.messages[i - 1]);
   view.nodes.set(msg.id, fresh);
   old?.replaceWith(fresh);
 }
@@ -952,6 +995,7 @@ async function send(body) {
   const {us, ts} = newStamp(ME);
   const {record, conv: saved} = await state.db.addOwn({conv: id, from: ME, us, ts, body});
   merge(saved);
+  notify(id);
   pendingConvs.add(id);
   if (state.view?.id === id) {
     insertIntoView(record);
@@ -1224,8 +1268,8 @@ async function leaveGroup(conv) {
   $("dlg-info").close();
   state.refused.add(conv.id);
   state.links.get(conv.id)?.stop();
-  state.links.delete(conv.id);
   await saveConv(conv.id, (c) => { c.note = "You left this group."; });
+  notify(conv.id);
   renderConvState();
   renderList();
   return undefined;
@@ -1336,6 +1380,7 @@ function autosize() {
 
 async function main() {
   bind();
+  if (channel) channel.onmessage = (ev) => { followOtherTab(ev.data.conv).catch(console.error); };
   try {
     state.db = await LocalDb.open(ME);
   } catch (err) {

@@ -91,6 +91,7 @@ export class Link {
 
   /** Send now if open, else keep it for when the socket opens (and make sure it will). */
   send(frame) {
+    if (this.stopped) return; // refused for good: nothing to send it on
     const data = JSON.stringify(frame);
     if (this.isOpen) {
       this.ws.send(data);

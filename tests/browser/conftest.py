@@ -49,18 +49,18 @@ def _why_missing() -> str | None:
 
 
 MISSING = _why_missing()
-WARNING = f"BROWSER TESTS SKIPPED: {MISSING}" if MISSING else None
-
-
-def pytest_report_header(config: pytest.Config) -> str | None:
-    if WARNING:
-        return f"\n{'!' * 78}\n!!! {WARNING}\n{'!' * 78}\n"
-    return f"browser tests: {CHROMIUM} (headless)"
+WARNING = (f"BROWSER TESTS {'FAIL' if os.environ.get('CI') else 'SKIPPED'}: {MISSING}"
+           if MISSING else None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not MISSING:
         return
+    # This conftest loads during collection, after the report header: say it at once, loudly.
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_sep("!", WARNING, red=True, bold=True)
     if os.environ.get("CI"):
         return  # CI must run them: the `browser` fixture fails instead
     for item in items:

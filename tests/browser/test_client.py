@@ -189,10 +189,14 @@ async def test_a_reload_keeps_the_history(people: UserFactory, live: LiveServer)
     await expect(mine(pa, "first")).to_have_attribute("data-state", "read")
     await expect(theirs(pa, "second")).to_be_visible()
     await expect(pa.locator("#messages .msg")).to_have_count(2)
-    # A new tab of the same profile shows the same history.
+    # A new tab of the same profile shows the same history, and follows what the other tab sends
+    # (the server pushes nothing back to the sender: the tabs share their database).
     again = await bob.page()
     await row(again, "Alice").click()
     await expect(again.locator("#messages .msg")).to_have_count(2)
+    await send(pb, "from the first tab")
+    await expect(mine(again, "from the first tab")).to_have_attribute("data-state", "read")
+    await expect(row(again, "Alice").locator(".conv-last")).to_have_text("You: from the first tab")
 
 
 async def test_what_people_type_is_shown_as_text(people: UserFactory) -> None:
