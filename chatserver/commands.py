@@ -32,7 +32,6 @@ from .protocol import (
     fetch_timestamp,
     is_phone,
     per_recipient,
-    is_text,
     parse_frame,
     parse_timestamp,
     server_now,
@@ -440,7 +439,7 @@ async def dispatch_receive(conn: Conn, text: str) -> None:
         data = decode(text)
         type_ = command_of(data)
         command = data.get("command")
-        if not is_text(command):
+        if not isinstance(command, str):
             raise ProtocolError("the field 'command' is missing or not a string")
         handler = RECEIVE.get(command)
         if handler is None:

@@ -10,7 +10,6 @@ Each public method is one unit of work named for what it means; none returns a c
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiosqlite
+import orjson
 
 from .protocol import now_micros
 
@@ -127,7 +127,7 @@ class _Write:
 def _rows_json(rows: list[Any]) -> str:
     # One JSON array carries a whole batch into one statement (json_each) instead of one
     # round trip to the database thread per message.
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(rows).decode()
 
 
 async def _call_ops(db: aiosqlite.Connection, ops: list[Op]) -> list[Any]:
@@ -698,7 +698,7 @@ class Store:
             "  WHERE q.message_id = m.id ORDER BY phone))"
             " FROM group_pending AS p JOIN group_messages AS m ON m.id = p.message_id"
             " WHERE p.phone = ? ORDER BY m.id", (phone,))
-        return [GroupMessage(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return [GroupMessage(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
 
     # -- rooms (SPEC 5.4) ---------------------------------------------------------------------
 
