@@ -434,6 +434,7 @@ async function onLinkError(id, f) {
     setTimeout(() => flush(id), 1500);
     return undefined;
   }
+  sent.set.delete(us); // a retry sends it again on this socket
   const msg = await state.db.setState(id, ME, us, "failed", {error: f.message});
   if (msg) updateBubble(msg);
   flushDone(id);

@@ -115,6 +115,14 @@ async def test_two_people_chat_both_ways_and_ticks_go_to_read(people: UserFactor
     await screenshot(pa, "desktop-light-login")
     await pa.goto(alice.context.base + "/chat")
     await expect(pa).to_have_url(alice.context.base + "/login")
+    # Log in again: the history is still on this device.
+    await pa.fill("input[name=phone]", A)
+    await pa.fill("input[name=password]", PASSWORD)
+    await pa.press("input[name=password]", "Enter")
+    await expect(pa).to_have_url(alice.context.base + "/chat")
+    await row(pa, "Bob").click()
+    await expect(theirs(pa, "second line")).to_be_visible()
+    await expect(mine(pa, "Hello Bob")).to_have_attribute("data-state", "read")
 
 
 async def test_a_message_sent_while_the_receiver_is_away_appears_when_they_open(
@@ -373,6 +381,40 @@ async def test_rooms_join_chat_and_keep_history(people: UserFactory) -> None:
     await pb.locator("body.ready").wait_for()
     await expect(pb.locator("#messages .msg")).to_have_count(2)
     await expect(row(pb, "#lobby")).to_be_visible()
+
+
+async def test_block_refuses_and_unblock_lets_a_retry_through(people: UserFactory) -> None:
+    alice = await person(people, A, "Alice")
+    bob = await person(people, B, "Bob")
+    pa = await alice.page()
+    await open_dialogue(pa, B)
+    await send(pa, "hello?")
+    pb = await bob.page(f"/chat/personal/{B}/{A}/")
+    await expect(theirs(pb, "hello?")).to_be_visible()
+
+    # Bob blocks Alice from the conversation's info.
+    await pb.click("#conv-info")
+    await pb.get_by_role("button", name="Block").click()
+    await expect(pb.get_by_role("button", name="Unblock")).to_be_visible()
+    await pb.locator("#dlg-info [data-close]").click()
+    await expect(pb.locator("#conv-note")).to_contain_text("blocked")
+    await expect(pb.locator("#conv-sub")).to_contain_text("blocked")
+
+    # Alice's next message is refused: shown as not sent, with the reason and a retry.
+    await send(pa, "are you ignoring me")
+    refused = mine(pa, "are you ignoring me")
+    await expect(refused).to_have_attribute("data-state", "failed")
+    await expect(refused.locator(".failed-note")).to_contain_text("blocked")
+    await screenshot(pa, "desktop-light-refused")
+
+    # Bob lifts the block in Contacts; Alice retries and it arrives, once.
+    await pb.click("#show-contacts")
+    await pb.get_by_role("button", name="Unblock").click()
+    await expect(pb.locator("#blocked-list-empty")).to_be_visible()
+    await pb.locator("#dlg-contacts [data-close]").click()
+    await refused.get_by_role("button", name="Retry").click()
+    await expect(refused).to_have_attribute("data-state", "read")
+    await expect(theirs(pb, "are you ignoring me")).to_have_count(1)
 
 
 async def test_presence_of_contacts(people: UserFactory) -> None:
