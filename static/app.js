@@ -1360,7 +1360,15 @@ function bind() {
     if (!state.online) state.receive.wake();
     markRead(state.open);
   });
-  window.addEventListener("online", () => state.receive.wake());
+  // The browser knows before a silent TCP connection does: drop the sockets and come back with it.
+  window.addEventListener("offline", () => {
+    state.receive.drop();
+    for (const link of state.links.values()) link.drop();
+  });
+  window.addEventListener("online", () => {
+    state.receive.wake();
+    for (const [id, link] of state.links) if (link.wanted() && !state.refused.has(id)) link.wake();
+  });
   // Relative times ("just now", "14:05") age: refresh them twice a minute.
   setInterval(() => {
     for (const t of document.querySelectorAll("time[data-us]")) {

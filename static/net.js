@@ -3,6 +3,9 @@
 const WS_BASE = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
 const MAX_BACKOFF_MS = 10_000;
+// A socket that closes sooner than this after opening counts as a failure too (a server that
+// accepts and then drops at once, e.g. 1013 try again later, must not be hammered).
+const STABLE_MS = 10_000;
 
 /** A JSON request to the server. Resolves {ok, status, data}; a network failure is status 0. */
 export async function api(method, path, body) {
@@ -60,9 +63,10 @@ export class Link {
     const ws = new WebSocket(this.url);
     this.ws = ws;
     let opened = false;
+    let openedAt = 0;
     ws.onopen = () => {
       opened = true;
-      this.failures = 0;
+      openedAt = Date.now();
       this.onOpen(this);
       for (const data of this.queue.splice(0)) ws.send(data);
     };
@@ -73,7 +77,8 @@ export class Link {
     };
     ws.onclose = (ev) => {
       this.ws = null;
-      if (!opened) this.failures += 1;
+      if (opened && Date.now() - openedAt >= STABLE_MS) this.failures = 0;
+      else this.failures += 1;
       this.onClose(this, {opened, code: ev.code});
       if (!this.stopped && (this.queue.length || this.wanted())) this.schedule();
     };
@@ -82,8 +87,7 @@ export class Link {
   /** Reconnect after the backoff for the failures so far. */
   schedule() {
     if (this.timer || this.stopped) return;
-    const base = this.failures === 0 ? 250
-      : Math.min(BACKOFF_MS[this.failures - 1] ?? MAX_BACKOFF_MS, MAX_BACKOFF_MS);
+    const base = this.failures === 0 ? 250 : BACKOFF_MS[this.failures - 1] ?? MAX_BACKOFF_MS;
     const delay = base * (0.8 + Math.random() * 0.4);
     this.retryAt = Date.now() + delay;
     this.timer = setTimeout(() => { this.timer = null; this.wake(); }, delay);
@@ -106,6 +110,11 @@ export class Link {
     if (!this.isOpen) return false;
     this.ws.send(JSON.stringify(frame));
     return true;
+  }
+
+  /** Drop the current socket (the network is gone); it comes back under the usual policy. */
+  drop() {
+    if (this.ws) this.ws.close(4000, "network down");
   }
 
   /** Close for good (logged out, left the group). */

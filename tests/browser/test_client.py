@@ -174,6 +174,27 @@ async def test_the_page_survives_a_server_restart(people: UserFactory, live: Liv
     await expect(theirs(pa, "welcome back")).to_be_visible(timeout=RECONNECT_MS)
 
 
+async def test_the_page_comes_back_after_a_network_drop(people: UserFactory) -> None:
+    alice = await person(people, A, "Alice")
+    bob = await person(people, B, "Bob")
+    pa = await alice.page()
+    await open_dialogue(pa, B)
+    pb = await bob.page(f"/chat/personal/{B}/{A}/")
+    await send(pa, "still there?")
+    await expect(theirs(pb, "still there?")).to_be_visible()
+
+    await alice.context.set_offline(True)
+    await expect(pa.locator("#offline")).to_be_visible()
+    await send(pa, "written on the train")
+    await expect(mine(pa, "written on the train")).to_have_attribute("data-state", "pending")
+    await send(pb, "meanwhile at home")
+    await alice.context.set_offline(False)
+    await expect(pa.locator("#offline")).to_be_hidden(timeout=RECONNECT_MS)
+    await expect(theirs(pb, "written on the train")).to_be_visible(timeout=RECONNECT_MS)
+    await expect(theirs(pa, "meanwhile at home")).to_be_visible(timeout=RECONNECT_MS)
+    await expect(mine(pa, "written on the train")).to_have_attribute("data-state", "read")
+
+
 async def test_a_reload_keeps_the_history(people: UserFactory, live: LiveServer) -> None:
     alice = await person(people, A, "Alice")
     bob = await person(people, B, "Bob")
@@ -310,7 +331,6 @@ async def test_group_read_by_k_of_n(people: UserFactory) -> None:
     carol = await person(people, C, "Carol")
     pa = await alice.page()
     pb = await bob.page()
-    pc = await carol.page()
 
     # Contacts, through the dialog.
     await pa.click("#show-contacts")
@@ -335,7 +355,11 @@ async def test_group_read_by_k_of_n(people: UserFactory) -> None:
     await send(pa, "Pizza at one?")
     sent = mine(pa, "Pizza at one?")
     await expect(sent.locator(".readby")).to_have_text("read by 0 of 2")
-    await expect(sent).to_have_attribute("data-state", "received")  # both pages stored it
+    await expect(sent).to_have_attribute("data-state", "sent")  # Carol's page is closed
+    # Carol opens the chat: the group and its message come with fetch_grp_msgs.
+    pc = await carol.page()
+    await expect(row(pc, "Lunch crew").locator(".badge")).to_have_text("1")
+    await expect(sent).to_have_attribute("data-state", "received")  # both have it now
 
     group_b = row(pb, "Lunch crew")
     # Bob does not have Alice in his contacts: the server tells him her number, not her name.
