@@ -72,7 +72,7 @@ class Conn:
     refilled: float = field(default_factory=time.monotonic)
     last_typing: float = float("-inf")
     in_flight: int = 0
-    _room: asyncio.Event = field(default_factory=asyncio.Event)
+    _room: asyncio.Future[None] | None = None  # dispatch waiting for in_flight to drop
     _tail: asyncio.Future[Any] | None = None  # the latest write still waiting for its commit
 
     def __post_init__(self) -> None:
@@ -103,8 +103,10 @@ class Conn:
 
         def committed(future: asyncio.Future[T]) -> None:
             self.in_flight -= 1
-            if self.in_flight < MAX_IN_FLIGHT:
-                self._room.set()
+            if self._room is not None and self.in_flight < MAX_IN_FLIGHT:
+                if not self._room.done():
+                    self._room.set_result(None)
+                self._room = None
             try:
                 done(future.result())
             except ProtocolError as e:
@@ -124,8 +126,8 @@ class Conn:
     async def wait_in_flight(self) -> None:
         """Return once fewer than MAX_IN_FLIGHT of this socket's writes await their commit."""
         while self.in_flight >= MAX_IN_FLIGHT:
-            self._room.clear()
-            await self._room.wait()
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
 
     def take_message_token(self) -> None:
         """Spend one message of the rate limit; raises ProtocolError when it is exhausted."""

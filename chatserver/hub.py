@@ -10,10 +10,9 @@ methods.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
-from typing import Final
+from collections import deque
+from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -35,59 +34,117 @@ async def close_socket(ws: web.WebSocketResponse, code: int, message: bytes) -> 
 
 
 class Outbox:
-    """The outgoing side of one socket: a bounded queue and the one task that writes it out.
+    """The outgoing side of one socket: a bounded queue of frames and, while frames wait, the one
+    task that writes them out. Use it as a context manager: leaving the block stops it.
 
     Pushes and replies are queued without waiting, so no sender ever waits for a slow receiver;
-    a socket that falls `size` frames behind is closed (backpressure by cut-off).
+    a socket that falls `size` frames behind is closed (backpressure by cut-off). An idle socket
+    holds no task and no future (memory per idle socket is what a small box runs out of).
     """
 
-    __slots__ = ("ws", "_queue", "_task", "_hub")
+    __slots__ = ("ws", "_hub", "_size", "_frames", "_writer", "_space", "_closed")
 
     def __init__(self, hub: Hub, ws: web.WebSocketResponse, size: int) -> None:
         self.ws = ws
         self._hub = hub
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(size)
-        self._task = asyncio.create_task(self._drain())
+        self._size = size
+        self._frames: deque[bytes] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._space: asyncio.Future[None] | None = None  # a `send` waiting for room
+        self._closed = False
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def put(self, data: bytes) -> None:
         """Queue one text frame (UTF-8 JSON); close the socket if it is too far behind."""
-        try:
-            self._queue.put_nowait(data)
-        except asyncio.QueueFull:
-            if not self._task.done():
-                log.warning("socket fell %d frames behind; closing it", self._queue.maxsize)
-                self._task.cancel()
-                self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER,
-                                             b"too far behind"))
+        if self._closed:
+            return
+        if len(self._frames) >= self._size:
+            log.warning("socket fell %d frames behind; closing it", self._size)
+            self.stop()
+            self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER, b"too far behind"))
+            return
+        self._frames.append(data)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
 
     async def send(self, data: bytes) -> None:
         """Queue one text frame, waiting while the queue is full (for long fetch answers).
 
-        Raises ConnectionResetError when the writer has stopped (the socket is closing), since
-        nothing would ever make room in the queue.
+        Raises ConnectionResetError once the outbox is stopped (the socket is closing).
         """
-        if self._queue.full():
-            put = asyncio.ensure_future(self._queue.put(data))
-            await asyncio.wait((put, self._task), return_when=asyncio.FIRST_COMPLETED)
-            if put.done():
-                return
-            put.cancel()
-        elif not self._task.done():
-            self._queue.put_nowait(data)
-            return
-        raise ConnectionResetError("the socket is closing")
+        while len(self._frames) >= self._size and not self._closed:
+            self._space = asyncio.get_running_loop().create_future()
+            await self._space
+        if self._closed:
+            raise ConnectionResetError("the socket is closing")
+        self.put(data)
 
-    async def _drain(self) -> None:
+    async def _write(self) -> None:
         try:
-            while True:
-                data = await self._queue.get()
-                await self.ws.send_frame(data, WSMsgType.TEXT)
+            while self._frames:
+                await self.ws.send_frame(self._frames.popleft(), WSMsgType.TEXT)
+                self._wake_sender()
         except ConnectionError:
-            pass  # the peer went away; the socket handler's loop ends and unregisters us
+            self.stop()  # the peer went away; the socket handler's loop ends and unregisters us
+        finally:
+            self._writer = None
+
+    def _wake_sender(self) -> None:
+        if self._space is not None:
+            if not self._space.done():
+                self._space.set_result(None)
+            self._space = None
 
     def stop(self) -> None:
-        """Stop writing (the socket is closed)."""
-        self._task.cancel()
+        """Stop writing and drop what waits (the socket is closed or being closed)."""
+        self._closed = True
+        self._frames.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+        self._wake_sender()
+
+
+class _Membership:
+    """Context manager: `item` is in `index[key]` for the duration of the block."""
+
+    __slots__ = ("_index", "_key", "_item")
+
+    def __init__(self, index: dict[Any, set[Any]], key: Any, item: Any) -> None:
+        self._index, self._key, self._item = index, key, item
+
+    def __enter__(self) -> None:
+        self._index.setdefault(self._key, set()).add(self._item)
+
+    def __exit__(self, *exc: object) -> None:
+        mine = self._index.get(self._key)
+        if mine is not None:
+            mine.discard(self._item)
+            if not mine:
+                del self._index[self._key]
+
+
+class _RoomMembership:
+    """Context manager: a room socket is in its room, first holding broadcasts (see Hub.release)."""
+
+    __slots__ = ("_rooms", "_room", "_outbox")
+
+    def __init__(self, rooms: dict[str, dict[Outbox, Any]], room: str, outbox: Outbox) -> None:
+        self._rooms, self._room, self._outbox = rooms, room, outbox
+
+    def __enter__(self) -> None:
+        self._rooms.setdefault(self._room, {})[self._outbox] = []
+
+    def __exit__(self, *exc: object) -> None:
+        mine = self._rooms.get(self._room)
+        if mine is not None:
+            mine.pop(self._outbox, None)
+            if not mine:
+                del self._rooms[self._room]
 
 
 class Hub:
@@ -111,55 +168,21 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @contextlib.contextmanager
-    def outbox(self, ws: web.WebSocketResponse) -> Iterator[Outbox]:
-        """An outbox for `ws` for the duration of the block (a send socket's replies)."""
-        outbox = Outbox(self, ws, self._queue_size)
-        try:
-            yield outbox
-        finally:
-            outbox.stop()
+    def outbox(self, ws: web.WebSocketResponse) -> Outbox:
+        """A new outbox for `ws` (use it as a context manager)."""
+        return Outbox(self, ws, self._queue_size)
 
-    @contextlib.contextmanager
-    def receiving(self, phone: str, ws: web.WebSocketResponse) -> Iterator[Outbox]:
-        """Register `ws` as a receive socket of `phone` for the duration of the block."""
-        with self.outbox(ws) as outbox:
-            self._receivers.setdefault(phone, set()).add(outbox)
-            try:
-                yield outbox
-            finally:
-                mine = self._receivers.get(phone)
-                if mine is not None:
-                    mine.discard(outbox)
-                    if not mine:
-                        del self._receivers[phone]
+    def receiving(self, phone: str, outbox: Outbox) -> _Membership:
+        """Within the block, `outbox` gets every push for `phone` (a receive socket)."""
+        return _Membership(self._receivers, phone, outbox)
 
-    @contextlib.contextmanager
-    def session_socket(self, sid_hash: str, ws: web.WebSocketResponse) -> Iterator[None]:
-        """Remember that `ws` belongs to a login session, so that logging out closes it."""
-        self._sessions.setdefault(sid_hash, set()).add(ws)
-        try:
-            yield
-        finally:
-            mine = self._sessions.get(sid_hash)
-            if mine is not None:
-                mine.discard(ws)
-                if not mine:
-                    del self._sessions[sid_hash]
+    def session_socket(self, sid_hash: str, ws: web.WebSocketResponse) -> _Membership:
+        """Within the block, `ws` belongs to a login session: logging out closes it."""
+        return _Membership(self._sessions, sid_hash, ws)
 
-    @contextlib.contextmanager
-    def group_socket(self, grp: str, phone: str, ws: web.WebSocketResponse) -> Iterator[None]:
-        """Remember a group send socket, so that removing its user from the group closes it."""
-        key = (grp, phone)
-        self._group_sockets.setdefault(key, set()).add(ws)
-        try:
-            yield
-        finally:
-            mine = self._group_sockets.get(key)
-            if mine is not None:
-                mine.discard(ws)
-                if not mine:
-                    del self._group_sockets[key]
+    def group_socket(self, grp: str, phone: str, ws: web.WebSocketResponse) -> _Membership:
+        """Within the block, removing `phone` from group `grp` closes `ws`."""
+        return _Membership(self._group_sockets, (grp, phone), ws)
 
     async def close_group_member(self, grp: str, phone: str) -> None:
         """Close `phone`'s sockets of group `grp` (SPEC 5: removal from a group closes them)."""
@@ -167,20 +190,10 @@ class Hub:
         await asyncio.gather(*(close_socket(ws, WSCloseCode.POLICY_VIOLATION, b"removed from group")
                                for ws in sockets))
 
-    @contextlib.contextmanager
-    def in_room(self, room: str, ws: web.WebSocketResponse) -> Iterator[Outbox]:
-        """Register a room socket for the duration of the block. Its broadcasts are held until
-        `release` (after its history is sent), so that none comes before the history, or twice."""
-        with self.outbox(ws) as outbox:
-            self._rooms.setdefault(room, {})[outbox] = []
-            try:
-                yield outbox
-            finally:
-                mine = self._rooms.get(room)
-                if mine is not None:
-                    mine.pop(outbox, None)
-                    if not mine:
-                        del self._rooms[room]
+    def in_room(self, room: str, outbox: Outbox) -> _RoomMembership:
+        """Within the block, `outbox` gets the room's broadcasts — held until `release`, after
+        its history is sent, so that none comes before the history, or twice."""
+        return _RoomMembership(self._rooms, room, outbox)
 
     def release(self, room: str, outbox: Outbox, after: int) -> None:
         """The history up to message id `after` is sent: deliver the held broadcasts newer than it."""

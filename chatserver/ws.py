@@ -80,7 +80,8 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     came_online = not hub.is_online(phone)
     try:
-        with hub.session_socket(sid_hash, ws), hub.receiving(phone, ws) as outbox:
+        with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox, \
+                hub.receiving(phone, outbox):
             conn = Conn(phone, phone, outbox, store, hub, request.app[config_key])
             if came_online:
                 await _announce(store, hub, phone, "online")
@@ -168,7 +169,7 @@ async def room_socket(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPForbidden(reason="this room is private: give its password first")
     ws = _socket(request)
     await ws.prepare(request)
-    with hub.session_socket(sid_hash, ws), hub.in_room(name, ws) as outbox:
+    with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox, hub.in_room(name, outbox):
         conn = Conn(phone, name, outbox, store, hub, config)
         hub.release(name, outbox, await commands.send_room_history(conn, config.rooms.history))
         await _serve(ws, conn, commands.ROOM)
