@@ -160,10 +160,13 @@ async def open_receive(client: TestClient, phone: str) -> WS:
 
 
 async def settle(ws: WS, phone: str, key: str) -> None:
-    """One round trip on a group socket: an unknown command is answered with an error only once
-    the socket is registered, its loop runs and every frame sent before it has been handled."""
-    await ws.send_json(frame("hello", phone, key))
-    assert_error(await recv(ws), "hello", phone, key)
+    """One round trip on a group socket that also passes through the store: an acknowledgement
+    of nothing is refused only once the store has handled it, and the store commits a socket's
+    writes in the order they were submitted. So when this returns, the socket is registered, its
+    loop runs, and every write sent on it before has been committed (and its pushes queued)."""
+    await ws.send_json(frame("grp_msg_received", phone, phone, plain(new_instant())))
+    assert_error(await recv(ws), "grp_msg_received", phone, key,
+                 "couldn't find a message to delete")
 
 
 async def open_group(client: TestClient, phone: str, key: str, **kwargs: Any) -> WS:
