@@ -48,7 +48,7 @@ class Outbox:
         self.ws = ws
         self._hub = hub
         self._size = size
-        self._frames: deque[bytes] = deque()
+        self._frames: deque[bytes] | None = None  # made on first use: a deque is ~0.7 KB
         self._writer: asyncio.Task[None] | None = None
         self._space: asyncio.Future[None] | None = None  # a `send` waiting for room
         self._closed = False
@@ -63,7 +63,9 @@ class Outbox:
         """Queue one text frame (UTF-8 JSON); close the socket if it is too far behind."""
         if self._closed:
             return
-        if len(self._frames) >= self._size:
+        if self._frames is None:
+            self._frames = deque()
+        elif len(self._frames) >= self._size:
             log.warning("socket fell %d frames behind; closing it", self._size)
             self.stop()
             self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER, b"too far behind"))
@@ -77,7 +79,7 @@ class Outbox:
 
         Raises ConnectionResetError once the outbox is stopped (the socket is closing).
         """
-        while len(self._frames) >= self._size and not self._closed:
+        while self._frames is not None and len(self._frames) >= self._size and not self._closed:
             self._space = asyncio.get_running_loop().create_future()
             await self._space
         if self._closed:
@@ -85,10 +87,13 @@ class Outbox:
         self.put(data)
 
     async def _write(self) -> None:
+        frames = self._frames
+        assert frames is not None
         try:
-            while self._frames:
-                await self.ws.send_frame(self._frames.popleft(), WSMsgType.TEXT)
+            while frames:
+                await self.ws.send_frame(frames.popleft(), WSMsgType.TEXT)
                 self._wake_sender()
+            self._frames = None  # idle again: give the deque back
         except ConnectionError:
             self.stop()  # the peer went away; the socket handler's loop ends and unregisters us
         finally:
@@ -103,7 +108,8 @@ class Outbox:
     def stop(self) -> None:
         """Stop writing and drop what waits (the socket is closed or being closed)."""
         self._closed = True
-        self._frames.clear()
+        if self._frames is not None:
+            self._frames.clear()
         if self._writer is not None:
             self._writer.cancel()
         self._wake_sender()
