@@ -15,7 +15,7 @@ from .auth import load_secret
 from .config import Config
 from .hub import Hub
 from .keys import config_key, hub_key, store_key
-from .middlewares import cross_origin_guard, json_errors, security_headers
+from .middlewares import guard
 from .routes import setup_routes
 from .store import Store
 
@@ -41,16 +41,14 @@ async def close_sockets(app: web.Application) -> None:
 
 def create_app(config: Config) -> web.Application:
     """Build the application for `config`; the database opens when the app starts."""
-    # json_errors is outermost so that a 403 from the cross-origin guard is rendered as JSON too.
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE,
-                          middlewares=[security_headers, json_errors, cross_origin_guard])
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[guard])
     app[config_key] = config
     app[hub_key] = Hub(config.limits.outgoing_queue)
     app.cleanup_ctx.append(store_ctx)
     app.on_shutdown.append(close_sockets)
     secret = load_secret(config.security.cookie_secret, config.database.path)
     # The session middleware must wrap the handlers that call get_session: setup_session appends
-    # it after the middlewares above, so it runs inside them.
+    # it after `guard`, so it runs inside it.
     setup_session(app, EncryptedCookieStorage(
         secret, cookie_name="chat_session", httponly=True, samesite="Lax",
         secure=config.security.https, max_age=config.security.session_seconds))

@@ -284,6 +284,8 @@ async def grp_msg_received(conn: Conn, frame: Frame) -> None:
 async def grp_msg_read(conn: Conn, frame: Frame) -> None:
     """The user has read the group up to the sender's message: record it, tell the sender."""
     sent_us = _acknowledged(frame)
+    if not await conn.store.is_member(conn.peer, conn.user):
+        raise ProtocolError("you are not a participant of this group")
     if not await conn.store.is_member(conn.peer, frame.msg_to):
         raise ProtocolError("msg_to is not a participant of this group")
     conn.later(frame.command, conn.store.read_group(conn.peer, conn.user, server_timestamp(sent_us)),
@@ -298,8 +300,8 @@ async def is_grp_typing(conn: Conn, frame: Frame) -> None:
     if not conn.typing_allowed():
         return
     group = await conn.store.group(conn.peer)
-    if group is None:
-        return
+    if group is None or conn.user not in group.participants:
+        return  # removed meanwhile: typing is dropped silently like any other surplus
     addressed = per_recipient({"command": "is_typing", "msg_from": _group_sender(conn),
                                "sent_timestamp": server_now()})
     for phone in group.participants:

@@ -44,33 +44,24 @@ def wants_json(request: web.Request) -> bool:
 
 
 @web.middleware
-async def cross_origin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse state-changing requests from another site with 403 (SPEC 4)."""
-    if request.method not in _SAFE_METHODS and not same_origin(request):
-        log.info("refused cross-origin %s %s", request.method, request.path)
-        raise web.HTTPForbidden(reason="cross-origin request refused")
-    return await handler(request)
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse state-changing requests from another site with 403 (SPEC 4), render HTTP errors of
+    JSON endpoints as `{"error": reason}` (SPEC 4), and put security headers on every response.
 
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render HTTP errors of JSON endpoints as `{"error": reason}` with their status (SPEC 4)."""
+    One middleware, not three: each middleware's frame stays alive for as long as a WebSocket is
+    open (~0.3 KB per socket each).
+    """
     try:
-        return await handler(request)
-    except web.HTTPException as e:
-        if e.status < 400 or not wants_json(request):
-            raise
-        return web.json_response({"error": e.reason}, status=e.status)
-
-
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Headers that keep pages from being framed, sniffed or running inline script."""
-    try:
+        if request.method not in _SAFE_METHODS and not same_origin(request):
+            log.info("refused cross-origin %s %s", request.method, request.path)
+            raise web.HTTPForbidden(reason="cross-origin request refused")
         response = await handler(request)
     except web.HTTPException as e:  # raised errors and redirects are responses too
-        _secure(e.headers)
-        raise
+        if e.status >= 400 and wants_json(request):
+            response = web.json_response({"error": e.reason}, status=e.status)
+        else:
+            _secure(e.headers)
+            raise
     _secure(response.headers)
     return response
 
