@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .auth import check_password, current_user, hash_password
 from .forms import FormError, clean_name, clean_password
-from .keys import config_key, hub_key, store_key
+from .keys import config_key, hub_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone, server_timestamp
 from .store import Contact, DialogueSide, Group
 
@@ -264,9 +264,13 @@ async def join_room(request: web.Request) -> web.Response:
     if room is None:
         raise web.HTTPNotFound(reason="no such room")
     if room.password_hash is not None:
+        throttle, address = request.app[throttle_key], request.remote or ""
+        if throttle.login_blocked(address):  # room passwords share the login failure limit
+            raise web.HTTPTooManyRequests(reason="too many failed attempts; try again later")
         password = data.get("password")
         if not await check_password(password if isinstance(password, str) else "",
                                     room.password_hash):
+            throttle.login_failed(address)
             raise web.HTTPForbidden(reason="wrong password for this room")
         await store.grant_room(sid_hash, name)
     return web.json_response(_room_json(room.name, room.created_by, room.private))

@@ -14,10 +14,11 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from .auth import load_secret
 from .config import Config
 from .hub import Hub
-from .keys import config_key, hub_key, store_key
+from .keys import config_key, hub_key, store_key, throttle_key
 from .middlewares import guard
 from .routes import setup_routes
 from .store import Store
+from .throttle import Throttle
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 # Form posts and JSON bodies are small; anything bigger is refused with 413 before it is read.
@@ -44,6 +45,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[guard])
     app[config_key] = config
     app[hub_key] = Hub(config.limits.outgoing_queue)
+    app[throttle_key] = Throttle(config.limits)
     app.cleanup_ctx.append(store_ctx)
     app.on_shutdown.append(close_sockets)
     secret = load_secret(config.security.cookie_secret, config.database.path)

@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from .config import Config
@@ -39,6 +39,7 @@ from .protocol import (
 )
 from .hub import Outbox
 from .store import NotMember, Store, StoreClosed
+from .throttle import Throttle
 
 T = TypeVar("T")
 
@@ -67,16 +68,11 @@ class Conn:
     store: Store
     hub: Hub
     config: Config
-    # token bucket for `limits.messages_per_second`: burst of twice the rate
-    tokens: float = 0.0
-    refilled: float = field(default_factory=time.monotonic)
+    throttle: Throttle
     last_typing: float = float("-inf")
     in_flight: int = 0
     _room: asyncio.Future[None] | None = None  # dispatch waiting for in_flight to drop
     _tail: asyncio.Future[Any] | None = None  # the latest write still waiting for its commit
-
-    def __post_init__(self) -> None:
-        self.tokens = 2 * self.config.limits.messages_per_second
 
     def put(self, frame: Mapping[str, Any]) -> None:
         """Queue a frame back on this socket (never waits)."""
@@ -130,22 +126,19 @@ class Conn:
             await self._room
 
     def take_message_token(self) -> None:
-        """Spend one message of the rate limit; raises ProtocolError when it is exhausted."""
-        rate = self.config.limits.messages_per_second
-        now = time.monotonic()
-        self.tokens = min(2 * rate, self.tokens + (now - self.refilled) * rate)
-        self.refilled = now
-        if self.tokens < 1:
+        """Count one message against the user's rate; raises ProtocolError over the limit."""
+        if not self.throttle.allow_message(self.user):
+            rate = self.config.limits.messages_per_second
             raise ProtocolError(f"message rate limit exceeded ({rate:g} per second)")
-        self.tokens -= 1
 
     def typing_allowed(self) -> bool:
-        """True at most once per TYPING_INTERVAL seconds on this socket."""
+        """True at most once per TYPING_INTERVAL seconds on this socket, and within the user's
+        typing rate over all sockets."""
         now = time.monotonic()
         if now - self.last_typing < TYPING_INTERVAL:
             return False
         self.last_typing = now
-        return True
+        return self.throttle.allow_typing(self.user)
 
 
 Handler = Callable[[Conn, Frame], Awaitable[None]]

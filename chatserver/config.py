@@ -57,8 +57,16 @@ class Security:
 class Limits:
     max_message_chars: int = 4096
     max_frame_bytes: int = 65536
-    # Sustained `new_msg` rate per send socket; bursts up to twice this are allowed (SPEC 5.5).
+    # Messages (new_msg, new_grp_msg, room_msg) per second per user, all sockets together; bursts
+    # up to twice this pass (SPEC 5.5).
     messages_per_second: float = 20.0
+    # Typing events per second per user, on top of SPEC 5.1's one per second per socket.
+    typing_per_second: float = 3.0
+    # WebSocket handshakes per minute per client address (429 beyond).
+    handshakes_per_minute: int = 300
+    # Failed logins per client address within login_window_seconds, after which logins answer 429.
+    login_failures: int = 10
+    login_window_seconds: int = 900
     # Frames waiting for one receive socket; a socket that falls further behind is closed
     # (its messages stay stored and are fetched on reconnect).
     outgoing_queue: int = 1000
@@ -97,6 +105,10 @@ _POSITIVE = {
     ("limits", "max_message_chars"),
     ("limits", "max_frame_bytes"),
     ("limits", "messages_per_second"),
+    ("limits", "typing_per_second"),
+    ("limits", "handshakes_per_minute"),
+    ("limits", "login_failures"),
+    ("limits", "login_window_seconds"),
     ("limits", "outgoing_queue"),
     ("fetch", "chunk_size"),
     ("rooms", "history"),

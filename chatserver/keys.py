@@ -7,7 +7,9 @@ from aiohttp import web
 from .config import Config
 from .hub import Hub
 from .store import Store
+from .throttle import Throttle
 
 config_key: Final = web.AppKey("config", Config)
 store_key: Final = web.AppKey("store", Store)
 hub_key: Final = web.AppKey("hub", Hub)
+throttle_key: Final = web.AppKey("throttle", Throttle)

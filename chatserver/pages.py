@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .auth import check_password, current_user, hash_password, log_in, log_out
 from .forms import FormError, clean_name, clean_password, clean_phone
-from .keys import config_key, store_key
+from .keys import config_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,19 @@ async def login(request: web.Request) -> web.Response:
     """GET, POST /login: 302 to /chat, or 401 with one neutral message (SPEC 4)."""
     if request.method == "GET":
         return _form(request, "login.html", 200, None, {})
+    throttle, address = request.app[throttle_key], request.remote or ""
     form = await _post_form(request)
     phone, password = form.get("phone"), form.get("password")
     values = {"phone": phone if isinstance(phone, str) else ""}
+    if throttle.login_blocked(address):
+        return _form(request, "login.html", 429,
+                     "Too many failed attempts from your address; try again later.", values)
     user = await request.app[store_key].get_user(phone) if is_phone(phone) else None
     ok = await check_password(password if isinstance(password, str) else "",
                               user.password_hash if user else None,
                               request.app[config_key].security.bcrypt_rounds)
     if not ok or user is None:
+        throttle.login_failed(address)
         return _form(request, "login.html", 401, "Wrong phone number or password.", values)
     await log_in(request, user.phone)
     raise web.HTTPFound("/chat")

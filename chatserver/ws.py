@@ -15,8 +15,8 @@ from aiohttp import WSMsgType, web
 from . import commands
 from .auth import current_user
 from .commands import Conn
-from .hub import Hub
-from .keys import config_key, hub_key, store_key
+from .hub import Hub, Outbox
+from .keys import config_key, hub_key, store_key, throttle_key
 from .middlewares import same_origin
 from .protocol import (
     GROUP_KEY_RE,
@@ -40,6 +40,8 @@ async def _handshake(request: web.Request, *, own_path: bool = True) -> tuple[st
     """
     if not same_origin(request):
         raise web.HTTPForbidden(reason="cross-origin WebSocket refused")
+    if not request.app[throttle_key].allow_handshake(request.remote or ""):
+        raise web.HTTPTooManyRequests(reason="too many connections from your address; wait a minute")
     user = await current_user(request)
     if user is None:
         raise web.HTTPForbidden(reason="log in first")
@@ -68,6 +70,11 @@ def _socket(request: web.Request) -> web.WebSocketResponse:
                                  heartbeat=config.websocket.heartbeat, compress=False)
 
 
+def _conn(request: web.Request, phone: str, peer: str, outbox: Outbox) -> Conn:
+    app = request.app
+    return Conn(phone, peer, outbox, app[store_key], app[hub_key], app[config_key], app[throttle_key])
+
+
 def _binary_refused(conn: Conn) -> None:
     conn.refuse("binary frames are not accepted; send JSON text", "invalid")
 
@@ -82,7 +89,7 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
     try:
         with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox, \
                 hub.receiving(phone, outbox):
-            conn = Conn(phone, phone, outbox, store, hub, request.app[config_key])
+            conn = _conn(request, phone, phone, outbox)
             if came_online:
                 await _announce(store, hub, phone, "online")
             async for msg in ws:
@@ -119,8 +126,7 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
     ws = _socket(request)
     await ws.prepare(request)
     with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox:
-        await _serve(ws, Conn(phone, msg_to, outbox, store, hub, request.app[config_key]),
-                     commands.PERSONAL)
+        await _serve(ws, _conn(request, phone, msg_to, outbox), commands.PERSONAL)
     return ws
 
 
@@ -151,8 +157,7 @@ async def group_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     with hub.session_socket(sid_hash, ws), hub.group_socket(grp, phone, ws), \
             hub.outbox(ws) as outbox:
-        await _serve(ws, Conn(phone, grp, outbox, store, hub, request.app[config_key]),
-                     commands.GROUP)
+        await _serve(ws, _conn(request, phone, grp, outbox), commands.GROUP)
     return ws
 
 
@@ -170,7 +175,7 @@ async def room_socket(request: web.Request) -> web.WebSocketResponse:
     ws = _socket(request)
     await ws.prepare(request)
     with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox, hub.in_room(name, outbox):
-        conn = Conn(phone, name, outbox, store, hub, config)
+        conn = _conn(request, phone, name, outbox)
         hub.release(name, outbox, await commands.send_room_history(conn, config.rooms.history))
         await _serve(ws, conn, commands.ROOM)
     return ws

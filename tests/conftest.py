@@ -27,7 +27,7 @@ def config(tmp_path: Path) -> Config:
     return Config(
         database=Database(path=str(tmp_path / "chat.db"), scrub_seconds=0.2),
         security=Security(bcrypt_rounds=4),
-        limits=Limits(messages_per_second=1000.0),
+        limits=Limits(messages_per_second=1000.0, handshakes_per_minute=100_000),
     )
 
 
