@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import logging
 import resource
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from .app import create_app
 from .auth import hash_password
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
-from .store import CorruptDatabase, Store
+from .store import CorruptDatabase, Store, backup
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument("--password-stdin", action="store_true")
     delete = sub.add_parser("deluser", help="delete an account and everything stored for it")
     delete.add_argument("phone")
+    copy = sub.add_parser("backup", help="copy the database to a new file, also while serving")
+    copy.add_argument("path")
     # `--config` and `--db` are accepted after the subcommand too, as SPEC 3 writes them.
-    for p in (serve, add, passwd, delete):
+    for p in (serve, add, passwd, delete, copy):
         p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
         p.add_argument("--db", dest="sub_db", help=argparse.SUPPRESS)
     return parser
@@ -120,6 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(config)
+        if args.command == "backup":
+            try:
+                backup(config.database.path, args.path)
+            except (OSError, sqlite3.Error) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+            print(f"backed up {config.database.path} to {args.path}")
+            return 0
         phone = clean_phone(args.phone)
         if args.command == "adduser":
             name = clean_name(args.name)

@@ -287,6 +287,32 @@ async def _add_room_many(db: aiosqlite.Connection, rows: list[Any]) -> list[int 
     return [inserted.pop((row[0], row[1], row[2]), None) for row in rows]
 
 
+def backup(source: str | Path, target: str | Path) -> None:
+    """Copy the database at `source` into a new file `target` with SQLite's online backup API.
+
+    Safe while the server runs: it reads a consistent snapshot (WAL readers never block the
+    writer). Raises FileExistsError when `target` exists, FileNotFoundError when `source` does
+    not, sqlite3.Error when the copy fails (then no partial `target` is left).
+    """
+    target = Path(target)
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"no database at {source}")
+    if target.exists():
+        raise FileExistsError(f"{target} exists; choose a new file")
+    src = sqlite3.connect(f"file:{Path(source).resolve()}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    finally:
+        src.close()
+
+
 class Store:
     """All persistent state. Open with `await Store.open(...)`, close with `await store.close()`."""
 
