@@ -15,6 +15,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 run: $(VENV)/.installed
 	$(PY) run.py serve
 
+# Performance figures (bench/README.md), ~1-3 min; `make bench BENCH_ARGS=--quick` is a ~20 s smoke run.
+.PHONY: bench
+bench: $(VENV)/.installed
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
 test: $(VENV)/.installed browser
 	$(PY) -m pytest
 
