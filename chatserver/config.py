@@ -63,7 +63,7 @@ class Limits:
     # Typing events per second per user, on top of SPEC 5.1's one per second per socket.
     typing_per_second: float = 3.0
     # WebSocket handshakes per minute per client address (429 beyond).
-    handshakes_per_minute: int = 300
+    handshakes_per_minute: int = 1200
     # Failed logins per client address within login_window_seconds, after which logins answer 429.
     login_failures: int = 10
     login_window_seconds: int = 900
