@@ -85,16 +85,9 @@ CREATE TABLE IF NOT EXISTS group_pending (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS group_pending_message ON group_pending(message_id);
 
--- A new group message is pending for every member but its sender, as membership is at that commit.
-CREATE TRIGGER IF NOT EXISTS group_messages_pending
-AFTER INSERT ON group_messages
-BEGIN
-    INSERT INTO group_pending (phone, message_id)
-    SELECT phone, new.id FROM group_members WHERE grp = new.grp AND phone <> new.msg_from;
-    -- a group of one: nobody to deliver to, nothing to keep
-    DELETE FROM group_messages WHERE id = new.id
-        AND NOT EXISTS (SELECT 1 FROM group_pending WHERE message_id = new.id);
-END;
+-- A new group message is pending for every member but its sender, as membership is at that
+-- commit: store.py inserts those rows in the message's own batch (RETURNING gives them back).
+DROP TRIGGER IF EXISTS group_messages_pending;
 
 -- The last acknowledgement (or the removal of the last pending member) deletes the message.
 CREATE TRIGGER IF NOT EXISTS group_pending_last

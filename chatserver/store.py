@@ -199,9 +199,15 @@ _INSERT_GROUP: Final = """
     WHERE EXISTS (SELECT 1 FROM group_members WHERE grp = value->>0 AND phone = value->>1)
     ON CONFLICT DO NOTHING
     RETURNING id, grp, msg_from, sent_us"""
-_PENDING_OF: Final = """
-    SELECT message_id, phone FROM group_pending
-    WHERE message_id IN (SELECT value FROM json_each(?1)) ORDER BY phone"""
+# The pending list is made here rather than by a trigger, so that RETURNING hands it back in the
+# same statement (one pass over the new rows instead of an INSERT and a SELECT).
+_INSERT_PENDING: Final = """
+    INSERT INTO group_pending (phone, message_id)
+    SELECT m.phone, g.id FROM json_each(?1) AS j
+    JOIN group_messages AS g ON g.id = j.value
+    JOIN group_members AS m ON m.grp = g.grp AND m.phone <> g.msg_from
+    RETURNING message_id, phone"""
+_DELETE_UNADDRESSED: Final = "DELETE FROM group_messages WHERE id IN (SELECT value FROM json_each(?1))"
 _IS_MEMBER: Final = "SELECT 1 FROM group_members WHERE grp = ? AND phone = ?"
 
 
@@ -213,8 +219,12 @@ async def _add_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[lis
     ids = {(r[1], r[2], r[3]): r[0] for r in inserted}
     pending: dict[int, list[str]] = {i: [] for i in ids.values()}
     if ids:
-        for message_id, phone in await db.execute_fetchall(_PENDING_OF, (_rows_json(list(ids.values())),)):
+        for message_id, phone in await db.execute_fetchall(
+                _INSERT_PENDING, (_rows_json(list(ids.values())),)):
             pending[message_id].append(phone)
+        unaddressed = [i for i, phones in pending.items() if not phones]
+        if unaddressed:  # a group of one: nobody to deliver to, nothing to keep
+            await db.execute(_DELETE_UNADDRESSED, (_rows_json(unaddressed),))
     results: list[list[str] | None] = []
     for row in rows:
         message_id = ids.pop((row[0], row[1], row[2]), None)
