@@ -125,11 +125,13 @@ async def info_personal(request: web.Request) -> web.Response:
 # -- groups (SPEC 4) ----------------------------------------------------------------------------
 
 
-def _group_json(group: Group, read: dict[str, str | None] | None = None) -> dict[str, Any]:
+def _group_json(group: Group,
+                members: list[tuple[str, str, str | None]] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"key": group.key, "name": group.name,
                            "participants": group.participants, "admins": group.admins}
-    if read is not None:
-        out["read"] = read  # each participant's read position: "read by k of n"
+    if members is not None:
+        out["read"] = {phone: read for phone, _, read in members}  # "read by k of n"
+        out["names"] = {phone: name for phone, name, _ in members}
     return out
 
 
@@ -178,11 +180,11 @@ async def _member_group(request: web.Request, me: str) -> Group:
 
 
 async def info_group(request: web.Request) -> web.Response:
-    """GET /chat/info/group?key=KEY: the group and each participant's read position (members only)."""
+    """GET /chat/info/group?key=KEY: the group with each participant's read position and name
+    (participants only)."""
     me = await _user(request)
     group = await _member_group(request, me)
-    read = await request.app[store_key].read_positions(group.key)
-    return web.json_response(_group_json(group, read))
+    return web.json_response(_group_json(group, await request.app[store_key].members(group.key)))
 
 
 async def patch_group(request: web.Request) -> web.Response:
@@ -216,7 +218,7 @@ async def patch_group(request: web.Request) -> web.Response:
     if updated is None:  # the last participant left: the group is gone
         return web.json_response({"key": group.key, "name": group.name, "participants": [],
                                   "admins": []})
-    return web.json_response(_group_json(updated, await store.read_positions(group.key)))
+    return web.json_response(_group_json(updated, await store.members(group.key)))
 
 
 # -- rooms (SPEC 4, 5.4) ------------------------------------------------------------------------

@@ -63,6 +63,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             _secure(e.headers)
             raise
     _secure(response.headers)
+    if request.path.startswith("/static/"):
+        # Revalidate: after an upgrade, a browser must not mix old and new modules of the client.
+        response.headers.setdefault("Cache-Control", "no-cache")
     return response
 
 

@@ -701,11 +701,13 @@ class Store:
                 " AND NOT EXISTS (SELECT 1 FROM group_members WHERE grp = ?1)", (key,))
         await self._write(op, deletes=bool(remove))
 
-    async def read_positions(self, key: str) -> dict[str, str | None]:
-        """Each participant's read position in the group: the last message read (server format)."""
+    async def members(self, key: str) -> list[tuple[str, str, str | None]]:
+        """(phone, name, read position) of each participant, by phone; the read position is the
+        server time of the last message read, or None."""
         rows = await self._reader.execute_fetchall(
-            "SELECT phone, last_read FROM group_members WHERE grp = ? ORDER BY phone", (key,))
-        return {r[0]: r[1] for r in rows}
+            "SELECT m.phone, u.name, m.last_read FROM group_members AS m"
+            " JOIN users AS u ON u.phone = m.phone WHERE m.grp = ? ORDER BY m.phone", (key,))
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
                           message: str) -> asyncio.Future[list[str] | None]:

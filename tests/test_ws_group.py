@@ -117,9 +117,10 @@ async def test_create_group_answers_201_with_a_new_key_and_the_creator_as_admin(
     assert group["participants"] == sorted([a.phone, b.phone, c.phone])
     assert group["admins"] == [a.phone]
 
-    # GET answers the same object plus each participant's read position (none read yet)
+    # GET answers the same object plus each participant's read position (none read yet) and name
     got = await group_info(b.client, group["key"])
-    assert got == {**group, "read": {a.phone: None, b.phone: None, c.phone: None}}
+    assert got == {**group, "read": {a.phone: None, b.phone: None, c.phone: None},
+                   "names": {p.phone: f"user {p.phone}" for p in (a, b, c)}}
 
     # each participant sees it in /chat/info; a second group gets another key
     for member in (a, b, c):
@@ -647,7 +648,7 @@ async def test_patch_renames_the_group(as_user: UserFactory) -> None:
     key, (a, b) = await make_group(as_user, 2, online=0, name="old name")
     updated = await patch_ok(a.client, key, {"name": " new name "})
     assert updated["name"] == "new name"
-    assert set(updated) == GROUP_KEYS | {"read"}
+    assert set(updated) == GROUP_KEYS | {"read", "names"}
     assert (await group_info(b.client, key))["name"] == "new name"
     assert {"key": key, "name": "new name"} in (await (await b.client.get("/chat/info")).json())[
         "groups"]
