@@ -660,10 +660,12 @@ class GrpMsg:
     pushed: dict[str, int] = field(default_factory=dict)
     receipts: dict[str, int] = field(default_factory=dict)
     push_lat: list[float] = field(default_factory=list)
+    complete: bool = False
 
 
 class GroupRun:
-    def __init__(self, members: list[str], messages: int, window: int) -> None:
+    def __init__(self, members: list[str], messages: int, window: int, ack: bool = True) -> None:
+        self.ack = ack  # members acknowledge each push at once (else: after the measured phase)
         self.members, self.sender = members, members[0]
         self.others = members[1:]
         self.messages, self.window = messages, window
@@ -682,7 +684,9 @@ class GroupRun:
     def check_complete(self, msg: GrpMsg) -> None:
         self.tally.last_progress = time.perf_counter()
         n = len(self.others)
-        if msg.acks == 1 and len(msg.pushed) == n and len(msg.receipts) == n:
+        if (not msg.complete and msg.acks == 1 and len(msg.pushed) == n
+                and (not self.ack or len(msg.receipts) == n)):
+            msg.complete = True
             self.complete += 1
             if self.complete == self.messages:
                 self.done.set()
@@ -723,8 +727,9 @@ class GroupRun:
                 self.out_of_order += 1
             self.last_pushed[member] = max(self.last_pushed[member], msg.idx)
             self.check_complete(msg)
-            await self.grp_socks[member].send(frame(
-                "grp_msg_received", member, self.sender, msg.ts, self.clocks[member].next()))
+            if self.ack:
+                await self.grp_socks[member].send(frame(
+                    "grp_msg_received", member, self.sender, msg.ts, self.clocks[member].next()))
 
         return handle
 
@@ -753,12 +758,15 @@ class GroupRun:
             await sock.send(frame("new_grp_msg", self.sender, self.key, msg.text, ts))
 
 
-async def case_group(workdir: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
+async def case_group(workdir: Path, name: str, args: argparse.Namespace,
+                     ack: bool = True) -> dict[str, Any]:
+    """With ack=False ("fanout"), members acknowledge only after the measured phase, so the
+    figure is the cost of `new_grp_msg` alone: the store and the pushes."""
     server = Server(workdir, name, "FULL")
     await server.start()
     client = Client(server.base)
     members = [f"55520{i:05d}" for i in range(args.group)]
-    run = GroupRun(members, args.group_messages, args.window)
+    run = GroupRun(members, args.group_messages, args.window, ack)
     socks: list[Sock] = []
     try:
         await client.register(members)
@@ -787,6 +795,16 @@ async def case_group(workdir: Path, name: str, args: argparse.Namespace) -> dict
 
         msgs = list(run.by_ts.values())
         n = len(run.others)
+        if not ack:  # now acknowledge everything (not measured), so that nothing is left stored
+            # a message at a time: all at once would push receipts to the sender faster than it
+            # reads them, and the server rightly cuts a receive socket that falls that far behind
+            deadline = time.perf_counter() + args.stall_timeout
+            for m in msgs:
+                for p in m.pushed:
+                    await run.grp_socks[p].send(frame(
+                        "grp_msg_received", p, run.sender, m.ts, run.clocks[p].next()))
+                while len(m.receipts) < len(m.pushed) and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.002)
         pushes = sum(len(m.pushed) for m in msgs)
         push_lat = [x for m in msgs for x in m.push_lat]
         fanout_lat = [(m.t_last_push - m.t_send) * 1000 for m in msgs if len(m.pushed) == n]
@@ -799,7 +817,8 @@ async def case_group(workdir: Path, name: str, args: argparse.Namespace) -> dict
         checks = {
             # a group message is complete with its msg_sent, a push to each other member and
             # each member's receipt back at the sender
-            "incomplete": run.messages - run.complete,
+            "incomplete": run.messages - run.complete
+                          + sum(1 for m in msgs if len(m.receipts) < n),
             "lost": sum(n - len(m.pushed) for m in msgs if m.acks),
             "duplicate_pushes": sum(c - 1 for m in msgs for c in m.pushed.values())
                                 + sum(c - 1 for m in msgs for c in m.receipts.values()),
@@ -811,7 +830,7 @@ async def case_group(workdir: Path, name: str, args: argparse.Namespace) -> dict
         }
         cpu = measured["server_cpu_s"]
         return {
-            "case": "group",
+            "case": "group" if ack else "fanout",
             "members": args.group, "messages": run.messages, "window": args.window,
             "finished": finished, "sent": len(msgs), "pushes": pushes,
             "server_cpu_ms_per_group_msg": cpu / len(msgs) * 1000 if msgs else None,
@@ -967,7 +986,7 @@ def load_row(case: str, m: dict[str, float]) -> tuple[str, str, str, str]:
 def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     rows: list[tuple[str, str, str, str]] = []
     full, normal = results.get("full"), results.get("normal")
-    grp, idle = results.get("group"), results.get("idle")
+    grp, idle, fan = results.get("group"), results.get("idle"), results.get("fanout")
     shape = f"{args.pairs} pairs x {args.messages} msgs x window {args.window}"
     mib = 2 ** 20
 
@@ -1031,6 +1050,15 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                      f"{fmt(grp['push_ms']['p50'], 1)} / {fmt(grp['push_ms']['p99'], 1)}; "
                      f"{fmt(grp['fanout_ms']['p50'], 1)} / {fmt(grp['fanout_ms']['p99'], 1)}", "ms"))
         rows.append(load_row(case, grp["measured"]))
+    if fan:
+        case = f"5. group of {fan['members']}"
+        n = fan["members"] - 1
+        rows.append((case, f"server CPU per new_grp_msg alone: store and {n} pushes "
+                     "(acknowledged after the measured phase)",
+                     spread(fan, "server_cpu_ms_per_group_msg", 2), "CPU ms / group msg"))
+        rows.append((case, "the same per push", fmt(fan["server_cpu_us_per_push"], 1),
+                     "CPU µs / push"))
+        rows.append(load_row(case + ", send only", fan["measured"]))
     widths = [max(len(r[i]) for r in rows + [("case", "figure", "value", "unit")]) for i in range(4)]
     line = "  ".join("{:<%d}" % w for w in widths[:2]) + "  {:>%d}  {}" % widths[2]
     out = [line.format("case", "figure", "value", "unit"),
@@ -1040,7 +1068,8 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     out += ["", "6. nothing lost (counts over all runs of a case; every one must be 0)"]
     names = [(f"personal FULL x{len(full['runs'])}" if full else "", full),
              (f"personal NORMAL x{len(normal['runs'])}" if normal else "", normal),
-             (f"group x{len(grp['runs'])}" if grp else "", grp), ("idle", idle)]
+             (f"group x{len(grp['runs'])}" if grp else "", grp),
+             (f"group send-only x{len(fan['runs'])}" if fan else "", fan), ("idle", idle)]
     names = [(n, r) for n, r in names if r]
     head = ["check"] + [n for n, _ in names]
     body = [[c] + [fmt(r["checks"].get(c, 0)) for _, r in names] for c in CHECKS]
@@ -1115,6 +1144,9 @@ async def main_async(args: argparse.Namespace) -> int:
         if "group" in args.cases and args.group >= 2:
             plan += [("group", f"group-{i}", lambda n: case_group(workdir, n, args))
                      for i in range(1, args.repeat + 1)]
+        if "fanout" in args.cases and args.group >= 2:
+            plan += [("fanout", f"fanout-{i}", lambda n: case_group(workdir, n, args, ack=False))
+                     for i in range(1, args.repeat + 1)]
         if "idle" in args.cases and args.idle > 0:
             plan.append(("idle", "idle", lambda n: case_idle(workdir, n, args)))
         for key, name, case in plan:
@@ -1178,9 +1210,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds between opening the idle sockets and reading RSS (default 2)")
     p.add_argument("--group", type=int, help="group members incl. the sender (default 100; <2: skip)")
     p.add_argument("--group-messages", type=int, help="group messages sent (default 200)")
-    p.add_argument("--cases", default="full,normal,group,idle",
-                   help="which cases to run, comma-separated (default full,normal,group,idle: "
-                        "personal with synchronous=FULL, the same with NORMAL, group, idle)")
+    p.add_argument("--cases", default="full,normal,group,fanout,idle",
+                   help="which cases to run, comma-separated (default full,normal,group,fanout,"
+                        "idle: personal with synchronous=FULL, the same with NORMAL, group with "
+                        "acknowledgements, group send-only, idle)")
     p.add_argument("--repeat", type=int,
                    help="runs of the personal and group cases, each on a fresh server; figures are "
                         "medians (default 3, --quick 1)")
@@ -1204,8 +1237,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.idle_users = min(args.idle, 1000)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.cases = {c.strip() for c in args.cases.split(",") if c.strip()}
-    if not args.cases or args.cases - {"full", "normal", "group", "idle"}:
-        p.error("--cases takes some of full,normal,group,idle")
+    if not args.cases or args.cases - {"full", "normal", "group", "fanout", "idle"}:
+        p.error("--cases takes some of full,normal,group,fanout,idle")
     for key in ("pairs", "messages", "window", "group_messages", "repeat"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1")
