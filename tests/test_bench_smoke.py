@@ -22,9 +22,10 @@ def test_bench_quick_run_loses_nothing(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=50)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out.read_text())["results"]
-    assert set(results) == {"full", "normal", "group", "idle"}
+    assert set(results) == {"full", "normal", "group", "fanout", "idle"}
     for name, result in results.items():
         assert set(result["checks"].values()) == {0}, (name, result["checks"])
     assert results["full"]["delivered"] == 3 * 20
     assert results["group"]["pushes"] == 4 * 10
+    assert results["fanout"]["pushes"] == 4 * 10
     assert results["idle"]["answered_fetch"] == 40
