@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from .config import Config
-from .hub import Hub
+from .hub import Hub, Outbox
 from .protocol import (
     Frame,
     ProtocolError,
@@ -37,18 +37,16 @@ from .protocol import (
     server_now,
     server_timestamp,
 )
-from .hub import Outbox
 from .store import NotMember, Store, StoreClosed
 from .throttle import Throttle
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
 # SPEC 5.1: at most one typing push per second per socket.
 TYPING_INTERVAL: Final = 1.0
 _STORE_FAILED: Final = "the server could not store this just now; nothing was saved, try again"
-
-
 # Frames of one socket whose writes may wait for a commit at once; past that, the socket is not
 # read until some are committed (backpressure towards a client that sends faster than we commit).
 MAX_IN_FLIGHT: Final = 64
