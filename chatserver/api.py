@@ -60,7 +60,8 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; 400 otherwise."""
     try:
         data = await request.json(loads=json.loads)
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply to be a real request
+    except (ValueError, RecursionError, LookupError):
+        # RecursionError: nested too deeply to be a real request; LookupError: an unknown charset
         raise web.HTTPBadRequest(reason="the body must be JSON") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(reason="the body must be a JSON object")

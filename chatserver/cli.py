@@ -92,11 +92,13 @@ def _serve(config: Config) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"Serving on http://{config.server.host}:{config.server.port} "
-          f"(database {config.database.path}); Ctrl-C stops.", flush=True)
+    def serving(_: str) -> None:  # run_app calls it once the store is open and the port bound
+        print(f"Serving on http://{config.server.host}:{config.server.port} "
+              f"(database {config.database.path}); Ctrl-C stops.", flush=True)
+
     # uvloop: the event loop's own overhead per socket read and write is a large share of the
     # cost of a message (see README, Performance).
-    web.run_app(app, host=config.server.host, port=config.server.port, print=None,
+    web.run_app(app, host=config.server.host, port=config.server.port, print=serving,
                 loop=uvloop.new_event_loop(),
                 access_log=logging.getLogger("aiohttp.access") if config.server.access_log else None)
     return 0

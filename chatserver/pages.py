@@ -19,7 +19,7 @@ async def _post_form(request: web.Request) -> Any:
     """The posted form; 400 when it cannot be decoded (a field that is not UTF-8)."""
     try:
         return await request.post()
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, LookupError):  # not UTF-8 (UnicodeDecodeError), an unknown charset
         raise web.HTTPBadRequest(reason="the form could not be read") from None
 
 
