@@ -197,7 +197,8 @@ async def patch_group(request: web.Request) -> web.Response:
     data = await _json_object(request)
     unknown = set(data) - {"name", "add", "remove", "admins"}
     if unknown:
-        raise web.HTTPBadRequest(reason=f"unknown field(s): {', '.join(sorted(unknown))}")
+        # ascii(): client text in an HTTP reason must not carry line breaks or lone surrogates
+        raise web.HTTPBadRequest(reason=f"unknown field(s): {', '.join(map(ascii, sorted(unknown)))}")
     name = _name_arg(data["name"]) if "name" in data else None
     add = _phones_arg(data.get("add", []), "add")
     remove = _phones_arg(data.get("remove", []), "remove")

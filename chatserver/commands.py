@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from .config import Config
-from .hub import Hub, Outbox
+from .hub import CLOSE_TIMEOUT, Hub, Outbox
 from .protocol import (
     Frame,
     ProtocolError,
@@ -87,7 +87,21 @@ class Conn:
         if self.in_flight == 0 or self._tail is None:
             self.put(frame)
         else:  # done callbacks run in the order they were added: after the earlier answers
-            self._tail.add_done_callback(lambda _: self.put(frame))
+            self.in_flight += 1  # a deferred answer counts against MAX_IN_FLIGHT too
+
+            def answer(_: asyncio.Future[Any]) -> None:
+                self._settled()
+                self.put(frame)
+
+            self._tail.add_done_callback(answer)
+
+    def _settled(self) -> None:
+        """One frame of this socket no longer waits for a commit."""
+        self.in_flight -= 1
+        if self._room is not None and self.in_flight < MAX_IN_FLIGHT:
+            if not self._room.done():
+                self._room.set_result(None)
+            self._room = None
 
     def later(self, type_: str, write: asyncio.Future[T], done: Callable[[T], None]) -> None:
         """Run `done(result)` once `write` is committed; a ProtocolError it raises, or a failed
@@ -96,11 +110,7 @@ class Conn:
         self._tail = write
 
         def committed(future: asyncio.Future[T]) -> None:
-            self.in_flight -= 1
-            if self._room is not None and self.in_flight < MAX_IN_FLIGHT:
-                if not self._room.done():
-                    self._room.set_result(None)
-                self._room = None
+            self._settled()
             try:
                 done(future.result())
             except ProtocolError as e:
@@ -118,10 +128,22 @@ class Conn:
         write.add_done_callback(committed)
 
     async def wait_in_flight(self) -> None:
-        """Return once fewer than MAX_IN_FLIGHT of this socket's writes await their commit."""
+        """Return once fewer than MAX_IN_FLIGHT of this socket's frames await their commit."""
         while self.in_flight >= MAX_IN_FLIGHT:
             self._room = asyncio.get_running_loop().create_future()
             await self._room
+
+    async def wait_outbox(self) -> None:
+        """Backpressure on a client that sends faster than it reads its answers: stop reading its
+        frames while half its outbox waits; cut it off if that lasts CLOSE_TIMEOUT seconds."""
+        half = self.outbox.size // 2
+        if self.outbox.backlog() < half:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.outbox.room(half)
+        except TimeoutError:
+            self.outbox.cut_off()
 
     def take_message_token(self) -> None:
         """Count one message against the user's rate; raises ProtocolError over the limit."""
@@ -425,6 +447,7 @@ async def dispatch(conn: Conn, table: Table, text: str) -> None:
         conn.refuse(_STORE_FAILED, type_)
     if conn.in_flight >= MAX_IN_FLIGHT:
         await conn.wait_in_flight()
+    await conn.wait_outbox()
 
 
 async def dispatch_receive(conn: Conn, text: str) -> None:
@@ -451,3 +474,4 @@ async def dispatch_receive(conn: Conn, text: str) -> None:
         # Nothing was committed, so nothing was acknowledged: the client may safely retry.
         log.exception("store failure during %s", type_)
         conn.refuse(_STORE_FAILED, type_)
+    await conn.wait_outbox()

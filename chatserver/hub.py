@@ -66,25 +66,44 @@ class Outbox:
         if self._frames is None:
             self._frames = deque()
         elif len(self._frames) >= self._size:
-            log.warning("socket fell %d frames behind; closing it", self._size)
-            self.stop()
-            self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER, b"too far behind"))
+            self.cut_off()
             return
         self._frames.append(data)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write())
+
+    @property
+    def size(self) -> int:
+        """Frames that may wait before the socket is cut off."""
+        return self._size
+
+    def backlog(self) -> int:
+        """Frames waiting to be written."""
+        return len(self._frames) if self._frames is not None else 0
+
+    async def room(self, below: int) -> None:
+        """Return once fewer than `below` frames wait, or the outbox is stopped."""
+        while self.backlog() >= below and not self._closed:
+            if self._space is None:
+                self._space = asyncio.get_running_loop().create_future()
+            await self._space
 
     async def send(self, data: bytes) -> None:
         """Queue one text frame, waiting while the queue is full (for long fetch answers).
 
         Raises ConnectionResetError once the outbox is stopped (the socket is closing).
         """
-        while self._frames is not None and len(self._frames) >= self._size and not self._closed:
-            self._space = asyncio.get_running_loop().create_future()
-            await self._space
+        await self.room(self._size)
         if self._closed:
             raise ConnectionResetError("the socket is closing")
         self.put(data)
+
+    def cut_off(self) -> None:
+        """Close the socket with 1013: its peer is too far behind (its messages stay stored)."""
+        if not self._closed:
+            log.warning("socket fell %d frames behind; closing it", self._size)
+            self.stop()
+            self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER, b"too far behind"))
 
     async def _write(self) -> None:
         frames = self._frames
@@ -106,12 +125,15 @@ class Outbox:
             self._space = None
 
     def stop(self) -> None:
-        """Stop writing and drop what waits (the socket is closed or being closed)."""
+        """Drop what waits and take no more (the socket is closed or being closed).
+
+        The writer is not cancelled: it ends after the frame it is writing, or when the connection
+        is lost. Cancelling it mid-write would also cancel aiohttp's drain, and the close that
+        follows could then never time out and abort a peer that does not read.
+        """
         self._closed = True
         if self._frames is not None:
             self._frames.clear()
-        if self._writer is not None:
-            self._writer.cancel()
         self._wake_sender()
 
 

@@ -314,12 +314,6 @@ async def test_a_receiver_that_never_reads_is_cut_off_and_nobody_waits_for_it(
         server.kill()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Outbox.stop() (chatserver/hub.py) cancels a writer blocked in drain, which cancels "
-    "aiohttp's shared drain future; close_socket's ws.close() then raises CancelledError at once "
-    "(after a graceful transport.close() that never flushes), close_socket catches only "
-    "TimeoutError/ConnectionError, so the abort is skipped: the connection, its handler and its "
-    "buffers stay as long as the peer keeps the TCP connection, and the user stays online"))
 async def test_a_socket_cut_off_for_falling_behind_is_released_by_the_server(
         tmp_path: Path) -> None:
     """B's only receive socket never reads and is cut off: the server must then let go of the
@@ -551,7 +545,7 @@ async def test_a_flood_of_garbage_frames_from_a_client_that_never_reads_is_cut_o
     socket (1013, when the close frame gets through).
 
     It must be the client's not reading that fills the queue, not one read of more than a
-    queue's worth of frames (that case is the BURST_BUG tests below): the frames are 600 bytes
+    queue's worth of frames (that case is the burst tests below): the frames are 600 bytes
     each, so that one read of the server (at most 256 KiB, then aiohttp pauses reading until its
     handler has taken the frames) never holds 1000 of them."""
     queue = 1000
@@ -646,12 +640,6 @@ async def test_a_flood_of_garbage_frames_from_a_client_that_never_reads_is_cut_o
         server.kill()
 
 
-BURST_BUG = ("bug: a send socket's answers are queued with Outbox.put while its handler keeps "
-             "reading (chatserver/commands.py Conn.refuse / the refusals deferred on Conn._tail, "
-             "dispatch never waits for the outbox), so more than limits.outgoing_queue refused "
-             "frames read in one go overflow the outbox before its writer runs: a client that "
-             "reads promptly is closed with 1013 and loses the answers it was owed")
-
 
 async def _burst_answers(tmp_path: Path, limits: dict[str, object], frames: list[bytes],
                          a: str, b: str) -> dict[str, int]:
@@ -679,7 +667,6 @@ async def _burst_answers(tmp_path: Path, limits: dict[str, object], frames: list
         server.kill()
 
 
-@pytest.mark.xfail(strict=True, reason=BURST_BUG)
 async def test_a_burst_of_invalid_frames_from_a_client_that_reads_is_answered_in_full(
         tmp_path: Path) -> None:
     """Default outgoing queue (1000): 1001 frames that are not JSON, in one write."""
@@ -688,7 +675,6 @@ async def test_a_burst_of_invalid_frames_from_a_client_that_reads_is_answered_in
     assert answers == {"error": 1001}
 
 
-@pytest.mark.xfail(strict=True, reason=BURST_BUG)
 async def test_a_backlog_flushed_over_the_rate_limit_is_answered_in_full(tmp_path: Path) -> None:
     """Default limits (20 messages per second, queue 1000): a client back online pipelines a
     backlog of 1001 messages; 40 pass, the rest get the rate-limit error, all must be answered."""
