@@ -84,11 +84,20 @@ async def logout(request: web.Request) -> web.Response:
     raise web.HTTPFound("/login")
 
 
-async def _chat_page(request: web.Request, opened: dict[str, str] | None) -> web.Response:
+async def _page_user(request: web.Request, *, own_path: bool = False) -> str:
+    """The logged-in phone; 302 to /login without a login; 403 when `own_path` and the path's
+    msg_from is someone else (SPEC 4)."""
     user = await current_user(request)
     if user is None:
         raise web.HTTPFound("/login")
-    account = await request.app[store_key].get_user(user[0])
+    if own_path and request.match_info["msg_from"] != user[0]:
+        raise web.HTTPForbidden(reason="that page belongs to someone else")
+    return user[0]
+
+
+async def _chat_page(request: web.Request, phone: str,
+                     opened: dict[str, str] | None = None) -> web.Response:
+    account = await request.app[store_key].get_user(phone)
     if account is None:  # deleted while logged in
         raise web.HTTPFound("/login")
     return aiohttp_jinja2.render_template(
@@ -97,43 +106,34 @@ async def _chat_page(request: web.Request, opened: dict[str, str] | None) -> web
 
 async def chat(request: web.Request) -> web.Response:
     """GET /chat: the chat client (login required)."""
-    return await _chat_page(request, None)
+    return await _chat_page(request, await _page_user(request))
 
 
 async def chat_personal(request: web.Request) -> web.Response:
     """GET /chat/personal/<msg_from>/<msg_to>/: the client opened on a dialogue (SPEC 4)."""
-    user = await current_user(request)
-    if user is None:
-        raise web.HTTPFound("/login")
-    if request.match_info["msg_from"] != user[0]:
-        raise web.HTTPForbidden(reason="that is not your dialogue")
+    phone = await _page_user(request, own_path=True)
     msg_to = request.match_info["msg_to"]
     if not is_phone(msg_to) or not await request.app[store_key].user_exists(msg_to):
         raise web.HTTPNotFound(reason="no such user")
-    return await _chat_page(request, {"kind": "personal", "id": msg_to})
+    return await _chat_page(request, phone, {"kind": "personal", "id": msg_to})
 
 
 async def chat_group(request: web.Request) -> web.Response:
     """GET /chat/group/<msg_from>/<grp>/: the client opened on a group; members only (SPEC 4)."""
-    user = await current_user(request)
-    if user is None:
-        raise web.HTTPFound("/login")
-    if request.match_info["msg_from"] != user[0]:
-        raise web.HTTPForbidden(reason="that is not your group page")
+    phone = await _page_user(request, own_path=True)
     grp = request.match_info["grp"]
     group = await request.app[store_key].group(grp) if GROUP_KEY_RE.fullmatch(grp) else None
     if group is None:
         raise web.HTTPNotFound(reason="no such group")
-    if user[0] not in group.participants:
+    if phone not in group.participants:
         raise web.HTTPForbidden(reason="you are not a participant of this group")
-    return await _chat_page(request, {"kind": "group", "id": grp})
+    return await _chat_page(request, phone, {"kind": "group", "id": grp})
 
 
 async def chat_room(request: web.Request) -> web.Response:
     """GET /chat/room/<room_name>/: the client opened on a room (SPEC 4)."""
-    if await current_user(request) is None:
-        raise web.HTTPFound("/login")
+    phone = await _page_user(request)
     name = request.match_info["room_name"]
     if not ROOM_NAME_RE.fullmatch(name) or await request.app[store_key].room(name) is None:
         raise web.HTTPNotFound(reason="no such room")
-    return await _chat_page(request, {"kind": "room", "id": name})
+    return await _chat_page(request, phone, {"kind": "room", "id": name})
