@@ -192,6 +192,12 @@ def refuse_if_blocked(conn: Conn, recipient: str) -> None:
         raise ProtocolError("the recipient has blocked you; nothing was sent")
 
 
+def _msg_sent(frame: Frame) -> dict[str, str]:
+    """The acknowledgement of a stored message (SPEC 5.1, 5.3): `message` is its timestamp."""
+    return {"message": frame.sent_timestamp, "command": "msg_sent", "msg_from": frame.msg_from,
+            "msg_to": frame.msg_to, "sent_timestamp": server_now()}
+
+
 def _acknowledged(frame: Frame) -> int:
     """The `sent_timestamp` an acknowledgement's `message` names, in microseconds."""
     return parse_timestamp(frame.message)
@@ -209,9 +215,7 @@ async def new_msg(conn: Conn, frame: Frame) -> None:
     def committed(stored: bool) -> None:
         if stored:  # False: a retry of a message still stored, pushed the first time
             conn.hub.push(frame.msg_to, encode(frame.wire()))
-        conn.put({"message": frame.sent_timestamp, "command": "msg_sent",
-                  "msg_from": frame.msg_from, "msg_to": frame.msg_to,
-                  "sent_timestamp": server_now()})
+        conn.put(_msg_sent(frame))
 
     conn.later(frame.command, conn.store.add_personal(
         frame.msg_from, frame.msg_to, frame.sent_us, frame.sent_timestamp, frame.message), committed)
@@ -270,9 +274,7 @@ async def new_grp_msg(conn: Conn, frame: Frame) -> None:
                                        "sent_timestamp": frame.sent_timestamp})
             for phone in pending:
                 conn.hub.push(phone, addressed(phone))
-        conn.put({"message": frame.sent_timestamp, "command": "msg_sent",
-                  "msg_from": frame.msg_from, "msg_to": frame.msg_to,
-                  "sent_timestamp": server_now()})
+        conn.put(_msg_sent(frame))
 
     conn.later(frame.command, conn.store.add_group_message(
         conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message), committed)
