@@ -44,7 +44,7 @@ def create_app(config: Config) -> web.Application:
     """Build the application for `config`; the database opens when the app starts."""
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[guard])
     app[config_key] = config
-    app[hub_key] = Hub(config.limits.outgoing_queue)
+    app[hub_key] = Hub(config.limits.outgoing_queue, config.websocket.close_timeout)
     app[throttle_key] = Throttle(config.limits)
     app.cleanup_ctx.append(store_ctx)
     app.on_shutdown.append(close_sockets)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from .config import Config
-from .hub import CLOSE_TIMEOUT, Hub, Outbox
+from .hub import Hub, Outbox
 from .protocol import (
     Frame,
     ProtocolError,
@@ -135,12 +135,12 @@ class Conn:
 
     async def wait_outbox(self) -> None:
         """Backpressure on a client that sends faster than it reads its answers: stop reading its
-        frames while half its outbox waits; cut it off if that lasts CLOSE_TIMEOUT seconds."""
+        frames while half its outbox waits; cut it off if that lasts `websocket.close_timeout`."""
         half = self.outbox.size // 2
         if self.outbox.backlog() < half:
             return
         try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
+            async with asyncio.timeout(self.hub.close_timeout):
                 await self.outbox.room(half)
         except TimeoutError:
             self.outbox.cut_off()

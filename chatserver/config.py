@@ -87,6 +87,9 @@ class Rooms:
 class WebSocket:
     # Seconds between pings; a peer that does not answer within half of it is closed.
     heartbeat: float = 25.0
+    # Seconds a closing handshake may take (RFC 6455 7.1.1) before the connection is dropped; also
+    # how long a client may leave half of its outgoing queue unread before it is cut off.
+    close_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,7 @@ _POSITIVE = {
     ("rooms", "history"),
     ("rooms", "keep"),
     ("websocket", "heartbeat"),
+    ("websocket", "close_timeout"),
     ("security", "session_seconds"),
 }
 

@@ -12,21 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Final
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 log = logging.getLogger(__name__)
 
-# Seconds a closing handshake may take before the connection is dropped outright: a peer that does
-# not read cannot take our close frame either.
-CLOSE_TIMEOUT: Final = 5.0
-
-
-async def close_socket(ws: web.WebSocketResponse, code: int, message: bytes) -> None:
-    """Close `ws` with `code`; abort the connection when the peer does not take the close frame."""
+async def close_socket(ws: web.WebSocketResponse, code: int, message: bytes,
+                       timeout: float) -> None:
+    """Close `ws` with `code`, waiting at most `timeout` seconds for the peer's close frame; abort
+    the connection when it does not come (a peer that does not read cannot take ours either)."""
     try:
-        async with asyncio.timeout(CLOSE_TIMEOUT):
+        async with asyncio.timeout(timeout):
             await ws.close(code=code, message=message)
     except (TimeoutError, ConnectionError):
         if ws._req is not None and ws._req.transport is not None:  # noqa: SLF001 - no public handle
@@ -103,7 +100,8 @@ class Outbox:
         if not self._closed:
             log.warning("socket fell %d frames behind; closing it", self._size)
             self.stop()
-            self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER, b"too far behind"))
+            self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER, b"too far behind",
+                                         self._hub.close_timeout))
 
     async def _write(self) -> None:
         frames = self._frames
@@ -156,6 +154,27 @@ class _Membership:
                 del self._index[self._key]
 
 
+class _SessionSocket(_Membership):
+    """A socket of a login session, with the task that serves it (so that `Hub.close` can ask
+    that task to close its socket itself)."""
+
+    __slots__ = ("_handlers",)
+
+    def __init__(self, hub: Hub, sid_hash: str, ws: web.WebSocketResponse) -> None:
+        super().__init__(hub._sessions, sid_hash, ws)  # noqa: SLF001 - the hub's own registry
+        self._handlers = hub._handlers  # noqa: SLF001
+
+    def __enter__(self) -> None:
+        super().__enter__()
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers[self._item] = task
+
+    def __exit__(self, *exc: object) -> None:
+        self._handlers.pop(self._item, None)
+        super().__exit__(*exc)
+
+
 class _RoomMembership:
     """Context manager: a room socket is in its room, first holding broadcasts (see Hub.release)."""
 
@@ -181,10 +200,14 @@ class Hub:
     `push(phone, data)` never blocks and never raises for a bad socket.
     """
 
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, close_timeout: float) -> None:
         self._queue_size = queue_size
+        self.close_timeout = close_timeout  # seconds a closing handshake may take
         self._receivers: dict[str, set[Outbox]] = {}
         self._sessions: dict[str, set[web.WebSocketResponse]] = {}
+        # the task serving each socket, and the closes asked of them (see `close`)
+        self._handlers: dict[web.WebSocketResponse, asyncio.Task[Any]] = {}
+        self._close_requests: dict[web.WebSocketResponse, tuple[int, bytes]] = {}
         self._group_sockets: dict[tuple[str, str], set[web.WebSocketResponse]] = {}
         # room -> its sockets; a socket that has not had its history yet holds its broadcasts
         self._rooms: dict[str, dict[Outbox, list[tuple[int, bytes]] | None]] = {}
@@ -204,9 +227,30 @@ class Hub:
         """Within the block, `outbox` gets every push for `phone` (a receive socket)."""
         return _Membership(self._receivers, phone, outbox)
 
-    def session_socket(self, sid_hash: str, ws: web.WebSocketResponse) -> _Membership:
-        """Within the block, `ws` belongs to a login session: logging out closes it."""
-        return _Membership(self._sessions, sid_hash, ws)
+    def session_socket(self, sid_hash: str, ws: web.WebSocketResponse) -> _SessionSocket:
+        """Within the block, `ws` belongs to a login session (logging out closes it) and is
+        served by the current task."""
+        return _SessionSocket(self, sid_hash, ws)
+
+    async def close(self, ws: web.WebSocketResponse, code: int, message: bytes) -> None:
+        """Close `ws` with a full closing handshake (RFC 6455 7.1.1: wait for the client's close
+        frame, at most `close_timeout` seconds). aiohttp's `close()` called from another task than
+        the one reading the socket drops the connection right after our close frame, so the
+        serving task is asked to close it itself: it is cancelled, finds the request with
+        `close_requested`, and closes. Returns when it has."""
+        task = self._handlers.get(ws)
+        if task is None or task.done() or task is asyncio.current_task():
+            await close_socket(ws, code, message, self.close_timeout)
+            return
+        self._close_requests[ws] = (code, message)
+        task.cancel()
+        await asyncio.wait({task}, timeout=2 * self.close_timeout)
+        if not task.done():
+            await close_socket(ws, code, message, self.close_timeout)
+
+    def close_requested(self, ws: web.WebSocketResponse) -> tuple[int, bytes] | None:
+        """(code, message) when `close` cancelled the task serving `ws`, else None."""
+        return self._close_requests.pop(ws, None)
 
     def group_socket(self, grp: str, phone: str, ws: web.WebSocketResponse) -> _Membership:
         """Within the block, removing `phone` from group `grp` closes `ws`."""
@@ -215,7 +259,7 @@ class Hub:
     async def close_group_member(self, grp: str, phone: str) -> None:
         """Close `phone`'s sockets of group `grp` (SPEC 5: removal from a group closes them)."""
         sockets = tuple(self._group_sockets.get((grp, phone), ()))
-        await asyncio.gather(*(close_socket(ws, WSCloseCode.POLICY_VIOLATION, b"removed from group")
+        await asyncio.gather(*(self.close(ws, WSCloseCode.POLICY_VIOLATION, b"removed from group")
                                for ws in sockets))
 
     def in_room(self, room: str, outbox: Outbox) -> _RoomMembership:
@@ -255,13 +299,13 @@ class Hub:
     async def close_session(self, sid_hash: str) -> None:
         """Close every socket of a login session (SPEC 4 /logout) with 1008 policy violation."""
         sockets = tuple(self._sessions.get(sid_hash, ()))
-        await asyncio.gather(*(close_socket(ws, WSCloseCode.POLICY_VIOLATION, b"logged out")
+        await asyncio.gather(*(self.close(ws, WSCloseCode.POLICY_VIOLATION, b"logged out")
                                for ws in sockets))
 
     async def close_all(self) -> None:
         """Close every socket with 1001 going away (server shutdown)."""
         sockets = {ws for group in self._sessions.values() for ws in group}
-        await asyncio.gather(*(close_socket(ws, WSCloseCode.GOING_AWAY, b"server shutdown")
+        await asyncio.gather(*(self.close(ws, WSCloseCode.GOING_AWAY, b"server shutdown")
                                for ws in sockets))
         for task in tuple(self._tasks):
             task.cancel()

@@ -7,15 +7,18 @@ in order (SPEC 5.1). No task is spawned per frame.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
 from . import commands
 from .auth import current_user
 from .commands import Conn
-from .hub import Hub, Outbox
+from .hub import Hub, Outbox, close_socket
 from .keys import config_key, hub_key, store_key, throttle_key
 from .middlewares import same_origin
 from .protocol import (
@@ -92,14 +95,7 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
             conn = _conn(request, phone, phone, outbox)
             if came_online:
                 await _announce(store, hub, phone, "online")
-            async for msg in ws:
-                if msg.type is WSMsgType.TEXT:
-                    await commands.dispatch_receive(conn, msg.data)
-                elif msg.type is WSMsgType.BINARY:
-                    _binary_refused(conn)
-                # WSMsgType.ERROR (frame too big): aiohttp has already closed the socket with 1009
-    except ConnectionError:
-        pass  # the peer left while we answered
+            await _serve(ws, conn, functools.partial(commands.dispatch_receive, conn))
     finally:
         if not hub.is_online(phone):  # the last receive socket of this user closed
             # In a task of its own: this handler may be being cancelled (the peer went away).
@@ -126,21 +122,33 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
     ws = _socket(request)
     await ws.prepare(request)
     with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox:
-        await _serve(ws, _conn(request, phone, msg_to, outbox), commands.PERSONAL)
+        conn = _conn(request, phone, msg_to, outbox)
+        await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.PERSONAL))
     return ws
 
 
-async def _serve(ws: web.WebSocketResponse, conn: Conn, table: commands.Table) -> None:
-    """The receive loop of a send or room socket: each text frame through `table`, in order."""
+async def _serve(ws: web.WebSocketResponse, conn: Conn,
+                 handle: Callable[[str], Awaitable[None]]) -> None:
+    """The receive loop of a socket: each text frame to `handle`, one at a time, in order.
+
+    When the hub closes the socket (shutdown, logout, removal from a group) it cancels this task
+    and the socket is closed from here, with the client's answer awaited (see Hub.close).
+    """
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
-                await commands.dispatch(conn, table, msg.data)
+                await handle(msg.data)
             elif msg.type is WSMsgType.BINARY:
                 _binary_refused(conn)
             # WSMsgType.ERROR (frame too big): aiohttp has already closed the socket with 1009
     except ConnectionError:
         pass  # the peer left while we answered; what was committed stays stored
+    except asyncio.CancelledError:
+        request = conn.hub.close_requested(ws)
+        if request is None:
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]  # asked for: not a cancel
+        await close_socket(ws, *request, conn.hub.close_timeout)
 
 
 async def group_socket(request: web.Request) -> web.WebSocketResponse:
@@ -157,7 +165,8 @@ async def group_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     with hub.session_socket(sid_hash, ws), hub.group_socket(grp, phone, ws), \
             hub.outbox(ws) as outbox:
-        await _serve(ws, _conn(request, phone, grp, outbox), commands.GROUP)
+        conn = _conn(request, phone, grp, outbox)
+        await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.GROUP))
     return ws
 
 
@@ -177,6 +186,6 @@ async def room_socket(request: web.Request) -> web.WebSocketResponse:
     with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox, hub.in_room(name, outbox):
         conn = _conn(request, phone, name, outbox)
         hub.release(name, outbox, await commands.send_room_history(conn, config.rooms.history))
-        await _serve(ws, conn, commands.ROOM)
+        await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.ROOM))
     return ws
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from chatserver.app import create_app
-from chatserver.config import Config, Database, Limits, Security
+from chatserver.config import Config, Database, Limits, Security, WebSocket
 from chatserver.keys import store_key
 from chatserver.store import Store
 
@@ -28,6 +28,8 @@ def config(tmp_path: Path) -> Config:
         database=Database(path=str(tmp_path / "chat.db"), scrub_seconds=0.2),
         security=Security(bcrypt_rounds=4),
         limits=Limits(messages_per_second=1000.0, handshakes_per_minute=100_000),
+        # test clients left open at teardown do not answer the shutdown's close frame
+        websocket=WebSocket(close_timeout=0.1),
     )
 
 
@@ -52,7 +54,9 @@ UserFactory = Callable[..., Awaitable[TestClient]]
 
 @pytest.fixture
 def as_user(aiohttp_client, server: TestServer) -> UserFactory:
-    """Register `phone` (or log in again when it exists) and return its own logged-in client."""
+    """Register `phone` (or log in again when it exists) and return its own logged-in client.
+
+    """
     async def login(phone: str, password: str = PASSWORD, name: str | None = None) -> TestClient:
         client = await aiohttp_client(server)
         resp = await client.post("/register", data={"phone": phone, "name": name or f"user {phone}",

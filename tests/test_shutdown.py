@@ -180,12 +180,9 @@ def buffered(sock: socket.socket) -> bytes:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the TCP state with Linux's TCP_INFO")
-@pytest.mark.xfail(strict=True, reason="bug: on shutdown the server drops the TCP connection "
-                   "right after its 1001 close frame instead of waiting (up to hub.CLOSE_TIMEOUT) "
-                   "for the client's answer; a client still sending then gets a reset and 1006")
 async def test_shutdown_waits_for_the_clients_answer_to_its_close_frame(tmp_path: Path) -> None:
     """RFC 6455 7.1.1 / hub.close_socket: after sending its close frame the server keeps the
-    connection until the client answers (or CLOSE_TIMEOUT passes). Dropping it at once resets
+    connection until the client answers (or websocket.close_timeout passes). Dropping it at once resets
     connections with unread input, and a client that is sending loses the 1001 (under load: 1006)."""
     db = tmp_path / "chat.db"
     config = write_config(tmp_path / "config.toml", load_config_tables())

@@ -55,7 +55,7 @@ from loadutil import (
 KIB = 1024
 # Latency every bystander (and the flooding sender's msg_sent) must keep, p99.
 P99_LIMIT_MS = 1000.0
-# The server's own close timeout (chatserver/hub.py CLOSE_TIMEOUT), plus slack for a busy box.
+# The server's own close timeout (websocket.close_timeout), plus slack for a busy box.
 CLOSE_WAIT = 5.0 + 10.0
 
 

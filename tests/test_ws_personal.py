@@ -20,8 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from chatserver.app import create_app
 from chatserver.commands import TYPING_INTERVAL
-from chatserver.config import Config
-from chatserver.hub import CLOSE_TIMEOUT
+from chatserver.config import Config, WebSocket
 from chatserver.keys import hub_key, store_key
 from chatserver.store import Store
 from conftest import TIMEOUT, UserFactory, with_limits
@@ -45,6 +44,9 @@ from wsutil import (
     server_form,
     users_on,
 )
+
+# the default close timeout: an upper bound for the tests' smaller one
+CLOSE_TIMEOUT = WebSocket().close_timeout
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
 ServerFactory = Callable[..., Awaitable[TestServer]]
