@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import json
 import re
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from chatserver.app import create_app
 from chatserver.config import Config, Rooms
 from chatserver.store import Store
 from conftest import PASSWORD, QUIET, TIMEOUT, UserFactory
+from wsutil import assert_json_error, assert_quiet, recv
 
 WS = aiohttp.ClientWebSocketResponse
 SERVER_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}")
@@ -73,33 +73,6 @@ def room_frame(command: str, msg_from: str, room: str, message: str = "",
     """A room-socket frame with the five fields of SPEC 5."""
     return {"message": message, "command": command, "msg_from": msg_from, "msg_to": room,
             "sent_timestamp": sent_timestamp if sent_timestamp is not None else plain(new_instant())}
-
-
-async def recv(ws: WS, timeout: float = TIMEOUT) -> dict[str, Any]:
-    """The next text frame on `ws` as a JSON object, waiting at most `timeout`."""
-    msg = await ws.receive(timeout=timeout)
-    assert msg.type is WSMsgType.TEXT, f"expected a text frame, got {msg.type!r} {msg.data!r}"
-    data = json.loads(msg.data)
-    assert isinstance(data, dict), data
-    return data
-
-
-async def assert_quiet(ws: WS) -> None:
-    """Nothing arrives on `ws` within QUIET seconds."""
-    try:
-        msg = await ws.receive(timeout=QUIET)
-    except TimeoutError:
-        return
-    raise AssertionError(f"expected nothing, got {msg.type!r} {msg.data!r}")
-
-
-async def assert_json_error(resp: aiohttp.ClientResponse, status: int) -> None:
-    """`resp` is exactly `{"error": <non-empty str>}` with `status` (SPEC 4)."""
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/json"
-    body = await resp.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    assert isinstance(body["error"], str) and body["error"], body
 
 
 def assert_error(data: dict[str, Any], type_: str, msg_from: str, room: str) -> None:

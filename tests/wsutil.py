@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
@@ -97,6 +98,15 @@ async def assert_quiet(ws: WS) -> None:
     except TimeoutError:
         return
     raise AssertionError(f"expected nothing, got {msg.type!r} {msg.data!r}")
+
+
+async def assert_json_error(resp: aiohttp.ClientResponse, status: int) -> None:
+    """`resp` is exactly `{"error": <non-empty str>}` with `status` (SPEC 4)."""
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert isinstance(body["error"], str) and body["error"], body
 
 
 def near_now(text: str, slack: float = 60.0) -> bool:
