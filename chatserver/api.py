@@ -107,7 +107,7 @@ async def info(request: web.Request) -> web.Response:
         dialogues.append({"msg_to": phone, "name": peer.name if peer else None})
     groups = [{"key": key, "name": name} for key, name in await store.groups_of(me)]
     rooms = [_room_json(r.name, r.created_by, r.private) for r in await store.rooms()]
-    contacts = [_contact_json(request, c) for c in await store.contacts_of(me)]
+    contacts = [await _contact_json(request, c) for c in await store.contacts_of(me)]
     return web.json_response({"phone": me, "name": account.name, "dialogues": dialogues,
                               "groups": groups, "rooms": rooms, "contacts": contacts})
 
@@ -269,12 +269,12 @@ async def join_room(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(reason="no such room")
     if room.password_hash is not None:
         throttle, address = request.app[throttle_key], request.remote or ""
-        if throttle.login_blocked(address):  # room passwords share the login failure limit
+        if await throttle.login_blocked(address):  # room passwords share the login failure limit
             raise web.HTTPTooManyRequests(reason="too many failed attempts; try again later")
         password = data.get("password")
         if not await check_password(password if isinstance(password, str) else "",
                                     room.password_hash):
-            throttle.login_failed(address)
+            await throttle.login_failed(address)
             raise web.HTTPForbidden(reason="wrong password for this room")
         await store.grant_room(sid_hash, name)
     return web.json_response(_room_json(room.name, room.created_by, room.private))
@@ -293,9 +293,9 @@ async def info_room(request: web.Request) -> web.Response:
 # -- contacts and blocks --------------------------------------------------------------------------
 
 
-def _contact_json(request: web.Request, contact: Contact) -> dict[str, Any]:
+async def _contact_json(request: web.Request, contact: Contact) -> dict[str, Any]:
     return {"phone": contact.phone, "name": contact.name,
-            "online": request.app[hub_key].is_online(contact.phone),
+            "online": await request.app[hub_key].is_online(contact.phone),
             "last_seen": server_timestamp(contact.last_seen_us) if contact.last_seen_us else None}
 
 
@@ -304,7 +304,7 @@ async def info_contacts(request: web.Request) -> web.Response:
     me = await _user(request)
     store = request.app[store_key]
     return web.json_response({
-        "contacts": [_contact_json(request, c) for c in await store.contacts_of(me)],
+        "contacts": [await _contact_json(request, c) for c in await store.contacts_of(me)],
         "blocked": await store.blocked_by(me)})
 
 
@@ -319,7 +319,7 @@ async def special_contact(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(reason="no such user")
     await store.set_contact(me, phone, name)
     contact = next(c for c in await store.contacts_of(me) if c.phone == phone)
-    return web.json_response(_contact_json(request, contact), status=201)
+    return web.json_response(await _contact_json(request, contact), status=201)
 
 
 async def delete_contact(request: web.Request) -> web.Response:

@@ -25,14 +25,39 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 CLIENT_MAX_SIZE = 64 * 1024
 
 
+async def open_store(config: Config) -> Store:
+    """The store `config` asks for: PostgreSQL when `[database] url` is set, else SQLite at
+    `[database] path`. Both have the same methods (chatserver/store.py documents them)."""
+    db = config.database
+    if db.url:
+        from .pgstore import PgStore  # asyncpg is loaded only by deployments that use it
+        return await PgStore.open(db.url, scrub_seconds=db.scrub_seconds,  # type: ignore[return-value]
+                                  rooms_keep=config.rooms.keep)
+    return await Store.open(db.path, synchronous=db.synchronous, scrub_seconds=db.scrub_seconds,
+                            rooms_keep=config.rooms.keep)
+
+
+def make_hub(config: Config) -> Hub:
+    """The hub `config` asks for: Redis when `[hub] url` is set, else in memory."""
+    if config.hub.url:
+        from .redishub import RedisHub
+        return RedisHub(config.limits.outgoing_queue, config.websocket.close_timeout,
+                        url=config.hub.url, prefix=config.hub.prefix)
+    return Hub(config.limits.outgoing_queue, config.websocket.close_timeout)
+
+
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open the Store before serving, close it (finishing the commit in flight) after."""
-    db = app[config_key].database
-    app[store_key] = await Store.open(db.path, synchronous=db.synchronous,
-                                      scrub_seconds=db.scrub_seconds,
-                                      rooms_keep=app[config_key].rooms.keep)
-    yield
-    await app[store_key].close()
+    """Open the store and start the hub before serving; after, stop the hub and close the store
+    (finishing the commit in flight)."""
+    app[store_key] = await open_store(app[config_key])
+    try:
+        await app[hub_key].start()
+        try:
+            yield
+        finally:
+            await app[hub_key].stop()
+    finally:
+        await app[store_key].close()
 
 
 async def close_sockets(app: web.Application) -> None:
@@ -44,8 +69,8 @@ def create_app(config: Config) -> web.Application:
     """Build the application for `config`; the database opens when the app starts."""
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[guard])
     app[config_key] = config
-    app[hub_key] = Hub(config.limits.outgoing_queue, config.websocket.close_timeout)
-    app[throttle_key] = Throttle(config.limits)
+    app[hub_key] = make_hub(config)
+    app[throttle_key] = Throttle(config.limits, config.hub.url, config.hub.prefix)
     app.cleanup_ctx.append(store_ctx)
     app.on_shutdown.append(close_sockets)
     secret = load_secret(config.security.cookie_secret, config.database.path)

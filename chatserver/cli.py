@@ -15,11 +15,11 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from .app import create_app
+from .app import create_app, open_store
 from .auth import hash_password
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
-from .store import CorruptDatabase, Store, backup
+from .store import CorruptDatabase, backup
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ def _serve(config: Config) -> int:
 
 
 async def _with_store(config: Config, action):  # type: ignore[no-untyped-def]
-    store = await Store.open(config.database.path, synchronous=config.database.synchronous,
-                             scrub_seconds=config.database.scrub_seconds)
+    store = await open_store(config)
     try:
         return await action(store)
     finally:

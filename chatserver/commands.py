@@ -145,20 +145,20 @@ class Conn:
         except TimeoutError:
             self.outbox.cut_off()
 
-    def take_message_token(self) -> None:
+    async def take_message_token(self) -> None:
         """Count one message against the user's rate; raises ProtocolError over the limit."""
-        if not self.throttle.allow_message(self.user):
+        if not await self.throttle.allow_message(self.user):
             rate = self.config.limits.messages_per_second
             raise ProtocolError(f"message rate limit exceeded ({rate:g} per second)")
 
-    def typing_allowed(self) -> bool:
+    async def typing_allowed(self) -> bool:
         """True at most once per TYPING_INTERVAL seconds on this socket, and within the user's
         typing rate over all sockets."""
         now = time.monotonic()
         if now - self.last_typing < TYPING_INTERVAL:
             return False
         self.last_typing = now
-        return self.throttle.allow_typing(self.user)
+        return await self.throttle.allow_typing(self.user)
 
 
 Handler = Callable[[Conn, Frame], Awaitable[None]]
@@ -210,7 +210,7 @@ async def new_msg(conn: Conn, frame: Frame) -> None:
     """Store durably, then `msg_sent` to the sender and the frame as sent to the recipient."""
     check_message(conn, frame.message)
     refuse_if_blocked(conn, frame.msg_to)
-    conn.take_message_token()
+    await conn.take_message_token()
 
     def committed(stored: bool) -> None:
         if stored:  # False: a retry of a message still stored, pushed the first time
@@ -245,7 +245,7 @@ async def msg_read(conn: Conn, frame: Frame) -> None:
 async def is_typing(conn: Conn, frame: Frame) -> None:
     """Tell the peer the user is typing; never stored; over the rate, dropped silently."""
     refuse_if_blocked(conn, frame.msg_to)
-    if conn.typing_allowed():
+    if await conn.typing_allowed():
         conn.hub.push(frame.msg_to, encode({
             "command": "is_typing",
             "msg_from": frame.msg_from,
@@ -265,7 +265,7 @@ def _group_sender(conn: Conn) -> str:
 async def new_grp_msg(conn: Conn, frame: Frame) -> None:
     """Store durably, pending for every other participant; `msg_sent`; push to each of them."""
     check_message(conn, frame.message)
-    conn.take_message_token()
+    await conn.take_message_token()
 
     def committed(pending: list[str] | None) -> None:
         if pending:  # None: a retry of a message still stored, pushed the first time
@@ -312,7 +312,7 @@ async def grp_msg_read(conn: Conn, frame: Frame) -> None:
 
 async def is_grp_typing(conn: Conn, frame: Frame) -> None:
     """Tell every other participant; never stored; over one a second, dropped silently."""
-    if not conn.typing_allowed():
+    if not await conn.typing_allowed():
         return
     group = await conn.store.group(conn.peer)
     if group is None or conn.user not in group.participants:
@@ -330,7 +330,7 @@ async def is_grp_typing(conn: Conn, frame: Frame) -> None:
 async def room_msg(conn: Conn, frame: Frame) -> None:
     """Append to the room's history and broadcast to every socket in it, the sender's included."""
     check_message(conn, frame.message)
-    conn.take_message_token()
+    await conn.take_message_token()
     data = encode({"message": frame.message, "command": "room_msg", "msg_from": frame.msg_from,
                    "msg_to": frame.msg_to, "sent_timestamp": frame.sent_timestamp})
 
@@ -346,7 +346,7 @@ async def room_msg(conn: Conn, frame: Frame) -> None:
 
 async def is_room_typing(conn: Conn, frame: Frame) -> None:
     """Broadcast as `is_typing`; never stored; over one a second, dropped silently."""
-    if conn.typing_allowed():
+    if await conn.typing_allowed():
         conn.hub.broadcast(conn.peer, encode({
             "command": "is_typing", "msg_from": frame.msg_from, "msg_to": frame.msg_to,
             "sent_timestamp": server_now()}))

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+HUB_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ConfigError(ValueError):
@@ -36,6 +40,9 @@ class Database:
     synchronous: str = "FULL"
     # SPEC 6: deleted bodies are gone from the file and its WAL within this many seconds.
     scrub_seconds: float = 5.0
+    # Empty: the SQLite file at `path` (one process). "postgresql://user@host:5432/db": the
+    # PostgreSQL store, shared by several processes and hosts (README "Scaling out").
+    url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,15 @@ class WebSocket:
 
 
 @dataclass(frozen=True, slots=True)
+class HubSettings:
+    # Empty: the in-memory hub (one process). "redis://host:6379/0": the Redis hub, which carries
+    # pushes, presence and typing between processes and hosts, and holds the rate limits.
+    url: str = ""
+    # Prefix of every Redis channel and key, so that several deployments can share one Redis.
+    prefix: str = "chat"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: Server = field(default_factory=Server)
     database: Database = field(default_factory=Database)
@@ -101,6 +117,12 @@ class Config:
     fetch: Fetch = field(default_factory=Fetch)
     rooms: Rooms = field(default_factory=Rooms)
     websocket: WebSocket = field(default_factory=WebSocket)
+    hub: HubSettings = field(default_factory=HubSettings)
+
+    @property
+    def scaled_out(self) -> bool:
+        """True when both shared engines are configured: what `serve --workers N` needs."""
+        return bool(self.database.url and self.hub.url)
 
 
 _POSITIVE = {
@@ -170,6 +192,13 @@ def _build(data: dict[str, Any]) -> Config:
         raise ConfigError("[security] bcrypt_rounds must be between 4 and 31")
     if config.database.scrub_seconds < 0:
         raise ConfigError("[database] scrub_seconds must not be negative")
+    if config.database.url and not config.database.url.startswith(POSTGRES_SCHEMES):
+        raise ConfigError("[database] url must be empty (SQLite) or start with postgresql://")
+    if config.hub.url and not config.hub.url.startswith(REDIS_SCHEMES):
+        raise ConfigError("[hub] url must be empty (in-memory hub) or start with redis://, "
+                          "rediss:// or unix://")
+    if not HUB_PREFIX_RE.fullmatch(config.hub.prefix):
+        raise ConfigError("[hub] prefix must be 1 to 64 letters, digits, '_', '-' or '.'")
     return config
 
 

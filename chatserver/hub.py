@@ -213,6 +213,12 @@ class Hub:
         self._rooms: dict[str, dict[Outbox, list[tuple[int, bytes]] | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    async def start(self) -> None:
+        """Called once before serving (a hub shared by processes connects here)."""
+
+    async def stop(self) -> None:
+        """Called once after every socket is closed."""
+
     def spawn(self, coro: object) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -292,8 +298,13 @@ class Hub:
         for outbox in tuple(self._receivers.get(phone, ())):
             outbox.put(data)
 
-    def is_online(self, phone: str) -> bool:
-        """True while `phone` holds at least one receive socket."""
+    def has_receivers(self, phone: str) -> bool:
+        """True while `phone` holds at least one receive socket in this process."""
+        return phone in self._receivers
+
+    async def is_online(self, phone: str) -> bool:
+        """True while `phone` holds at least one receive socket (in any process, for a hub
+        shared by several)."""
         return phone in self._receivers
 
     async def close_session(self, sid_hash: str) -> None:

@@ -64,7 +64,7 @@ async def login(request: web.Request) -> web.Response:
     form = await _post_form(request)
     phone, password = form.get("phone"), form.get("password")
     values = {"phone": phone if isinstance(phone, str) else ""}
-    if throttle.login_blocked(address):
+    if await throttle.login_blocked(address):
         return _form(request, "login.html", 429,
                      "Too many failed attempts from your address; try again later.", values)
     user = await request.app[store_key].get_user(phone) if is_phone(phone) else None
@@ -72,7 +72,7 @@ async def login(request: web.Request) -> web.Response:
                               user.password_hash if user else None,
                               request.app[config_key].security.bcrypt_rounds)
     if not ok or user is None:
-        throttle.login_failed(address)
+        await throttle.login_failed(address)
         return _form(request, "login.html", 401, "Wrong phone number or password.", values)
     await log_in(request, user.phone)
     raise web.HTTPFound("/chat")

@@ -1,4 +1,5 @@
-"""Rate limits, in memory, on the `limits` library's fixed windows.
+"""Rate limits on the `limits` library's fixed windows: in memory for one process, in Redis when the
+Redis hub is configured, so that they hold across processes and hosts (`limits`' own Redis storage).
 
 - messages per user (SPEC 5.5 `limits.messages_per_second`): `new_msg`, `new_grp_msg` and
   `room_msg` from all of a user's sockets together; over the limit, the error frame.
@@ -15,6 +16,8 @@ the rate through, as a client reconnecting with a backlog needs.
 from __future__ import annotations
 
 from limits import RateLimitItemPerMinute, RateLimitItemPerSecond, storage, strategies
+from limits.aio import storage as aio_storage
+from limits.aio import strategies as aio_strategies
 
 from .config import Limits
 
@@ -24,32 +27,53 @@ def _per_second(rate: float) -> RateLimitItemPerSecond:
 
 
 class Throttle:
-    """The server's rate limits; `allow_*` methods count one event and say whether it may pass."""
+    """The server's rate limits; `allow_*` methods count one event and say whether it may pass.
 
-    def __init__(self, limits: Limits) -> None:
+    `redis_url` (the `[hub] url`): count in Redis under keys starting with `prefix`, shared by
+    every process; empty: count in this process's memory.
+    """
+
+    def __init__(self, limits: Limits, redis_url: str = "", prefix: str = "chat") -> None:
         # Fixed windows: O(1) per event (a moving window keeps every event of the window).
-        self._limiter = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
+        self._local: strategies.FixedWindowRateLimiter | None = None
+        self._shared: aio_strategies.FixedWindowRateLimiter | None = None
+        if redis_url:
+            self._storage = aio_storage.RedisStorage(
+                "async+" + redis_url, implementation="redispy", key_prefix=f"{prefix}:limits")
+            self._shared = aio_strategies.FixedWindowRateLimiter(self._storage)
+        else:
+            # In memory the synchronous limiter is used: it costs no coroutine per message.
+            self._local = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
         self._message = _per_second(limits.messages_per_second)
         self._typing = _per_second(limits.typing_per_second)
         self._handshake = RateLimitItemPerMinute(limits.handshakes_per_minute)
         self._login = RateLimitItemPerSecond(limits.login_failures, limits.login_window_seconds)
 
-    def allow_message(self, phone: str) -> bool:
+    async def _hit(self, item: RateLimitItemPerSecond | RateLimitItemPerMinute, *keys: str) -> bool:
+        if self._local is not None:
+            return self._local.hit(item, *keys)
+        assert self._shared is not None
+        return await self._shared.hit(item, *keys)
+
+    async def allow_message(self, phone: str) -> bool:
         """Count a message from `phone`; False when over `limits.messages_per_second`."""
-        return self._limiter.hit(self._message, "message", phone)
+        return await self._hit(self._message, "message", phone)
 
-    def allow_typing(self, phone: str) -> bool:
+    async def allow_typing(self, phone: str) -> bool:
         """Count a typing event from `phone`; False when over `limits.typing_per_second`."""
-        return self._limiter.hit(self._typing, "typing", phone)
+        return await self._hit(self._typing, "typing", phone)
 
-    def allow_handshake(self, address: str) -> bool:
+    async def allow_handshake(self, address: str) -> bool:
         """Count a WebSocket handshake from `address`; False when over the per-minute limit."""
-        return self._limiter.hit(self._handshake, "handshake", address)
+        return await self._hit(self._handshake, "handshake", address)
 
-    def login_blocked(self, address: str) -> bool:
+    async def login_blocked(self, address: str) -> bool:
         """True while `address` has used up its failed logins for the window."""
-        return not self._limiter.test(self._login, "login", address)
+        if self._local is not None:
+            return not self._local.test(self._login, "login", address)
+        assert self._shared is not None
+        return not await self._shared.test(self._login, "login", address)
 
-    def login_failed(self, address: str) -> None:
+    async def login_failed(self, address: str) -> None:
         """Count a failed login from `address`."""
-        self._limiter.hit(self._login, "login", address)
+        await self._hit(self._login, "login", address)

@@ -43,7 +43,7 @@ async def _handshake(request: web.Request, *, own_path: bool = True) -> tuple[st
     """
     if not same_origin(request):
         raise web.HTTPForbidden(reason="cross-origin WebSocket refused")
-    if not request.app[throttle_key].allow_handshake(request.remote or ""):
+    if not await request.app[throttle_key].allow_handshake(request.remote or ""):
         raise web.HTTPTooManyRequests(reason="too many connections from your address; wait a minute")
     user = await current_user(request)
     if user is None:
@@ -58,8 +58,7 @@ async def _announce(store: Store, hub: Hub, phone: str, state: str) -> None:
     addressed = per_recipient({"command": "presence", "msg_from": phone, "message": state,
                                "sent_timestamp": server_now()})
     for watcher in await store.watchers_of(phone):
-        if hub.is_online(watcher):
-            hub.push(watcher, addressed(watcher))
+        hub.push(watcher, addressed(watcher))  # nothing happens for one who is offline
 
 
 def _socket(request: web.Request) -> web.WebSocketResponse:
@@ -88,7 +87,7 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
     hub, store = request.app[hub_key], request.app[store_key]
     ws = _socket(request)
     await ws.prepare(request)
-    came_online = not hub.is_online(phone)
+    came_online = not await hub.is_online(phone)
     try:
         with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox, \
                 hub.receiving(phone, outbox):
@@ -97,7 +96,7 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
                 await _announce(store, hub, phone, "online")
             await _serve(ws, conn, functools.partial(commands.dispatch_receive, conn))
     finally:
-        if not hub.is_online(phone):  # the last receive socket of this user closed
+        if not hub.has_receivers(phone):  # the last receive socket here closed
             # In a task of its own: this handler may be being cancelled (the peer went away).
             hub.spawn(_went_offline(store, hub, phone))
     return ws
@@ -107,7 +106,7 @@ async def _went_offline(store: Store, hub: Hub, phone: str) -> None:
     """Record when `phone` was last seen and tell its contacts it is offline."""
     with contextlib.suppress(StoreClosed):  # shutting down: last seen is not recorded
         await store.set_last_seen(phone, now_micros())
-        if not hub.is_online(phone):  # not back in the meantime
+        if not await hub.is_online(phone):  # not back in the meantime, nor elsewhere
             await _announce(store, hub, phone, "offline")
 
 

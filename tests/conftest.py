@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from chatserver.app import create_app
-from chatserver.config import Config, Database, Limits, Security, WebSocket
+from chatserver.config import Config, Database, HubSettings, Limits, Security, WebSocket
 from chatserver.keys import store_key
 from chatserver.store import Store
+
+import backends
 
 PASSWORD = "correct horse"
 # Every receive_json() in the tests waits at most this long; "nothing arrives" uses QUIET.
@@ -21,15 +23,44 @@ TIMEOUT = 5.0
 QUIET = 0.3
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"WARNING: {line}" for line in backends.missing()]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in backends.missing():
+        terminalreporter.write_line(f"WARNING: {line}", yellow=True, bold=True)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules marked `backends` run each test once per store/hub backend (tests/backends.py)."""
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends"):
+        metafunc.parametrize("backend", backends.ALL, indirect=True)
+
+
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    """Spec defaults, except a fast bcrypt cost and a database in tmp_path."""
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[backends.Backend]:
+    """The store/hub engines of this test: the local default unless parametrised."""
+    name = getattr(request, "param", backends.LOCAL)
+    reason = backends.skip_reason(name)
+    if reason:
+        pytest.skip(reason)
+    async with backends.backend(name) as chosen:
+        yield chosen
+
+
+@pytest.fixture
+def config(tmp_path: Path, backend: backends.Backend) -> Config:
+    """Spec defaults, except a fast bcrypt cost and a database in tmp_path (or a fresh schema of
+    PostgreSQL, and a fresh Redis prefix, for those backends)."""
     return Config(
-        database=Database(path=str(tmp_path / "chat.db"), scrub_seconds=0.2),
+        database=Database(path=str(tmp_path / "chat.db"), scrub_seconds=0.2,
+                          url=backend.database_url),
         security=Security(bcrypt_rounds=4),
         limits=Limits(messages_per_second=1000.0, handshakes_per_minute=100_000),
         # test clients left open at teardown do not answer the shutdown's close frame
         websocket=WebSocket(close_timeout=0.1),
+        hub=HubSettings(url=backend.hub_url, prefix=backend.hub_prefix),
     )
 
 

@@ -16,10 +16,13 @@ from pytest_aiohttp import AiohttpClient
 
 from conftest import TIMEOUT, UserFactory
 
-# aiohttp-session 2.12 stores its state under str keys; aiohttp 3.14 warns once per key, which
-# `filterwarnings = error` turns into a 500 for whichever test makes the process's first request.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::aiohttp.web_exceptions.NotAppKeyWarning:aiohttp_session")
+# The same tests on every store and hub (tests/backends.py). aiohttp-session 2.12 stores its state
+# under str keys; aiohttp 3.14 warns once per key, which `filterwarnings = error` turns into a 500
+# for whichever test makes the process's first request.
+pytestmark = [
+    pytest.mark.backends,
+    pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning:aiohttp_session"),
+]
 
 SERVER_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}")
 EMPTY_SIDE = {"last_received_receiver": None, "last_seen_receiver": None, "waiting": 0}

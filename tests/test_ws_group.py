@@ -59,6 +59,9 @@ from grouputil import (
     wait_closed,
 )
 
+# The same tests on every store and hub (tests/backends.py).
+pytestmark = pytest.mark.backends
+
 
 @dataclass
 class Member:

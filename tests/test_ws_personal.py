@@ -45,6 +45,9 @@ from wsutil import (
     users_on,
 )
 
+# The same tests on every store and hub (tests/backends.py).
+pytestmark = pytest.mark.backends
+
 # the default close timeout: an upper bound for the tests' smaller one
 CLOSE_TIMEOUT = WebSocket().close_timeout
 
@@ -552,7 +555,7 @@ async def test_a_receive_socket_closed_while_answering_a_fetch_is_released(
         # The closed socket must leave the hub: wait (bounded) for its handler to finish.
         hub = server.app[hub_key]
         async with asyncio.timeout(TIMEOUT):
-            while hub.is_online(b):
+            while hub.has_receivers(b):
                 await asyncio.sleep(0.05)
     finally:
         await server.close()

@@ -28,6 +28,9 @@ from chatserver.store import Store
 from conftest import PASSWORD, QUIET, TIMEOUT, UserFactory
 from wsutil import assert_json_error, assert_quiet, recv
 
+# The same tests on every store and hub (tests/backends.py).
+pytestmark = pytest.mark.backends
+
 WS = aiohttp.ClientWebSocketResponse
 SERVER_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}")
 FETCH_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
