@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import logging
+import multiprocessing
+import os
 import resource
+import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
+from multiprocessing import connection as mp_connection
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import uvloop
 from aiohttp import web
 
 from .app import create_app, open_store
-from .auth import hash_password
+from .auth import hash_password, load_secret
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
 from .store import CorruptDatabase, backup
@@ -24,6 +30,8 @@ from .store import CorruptDatabase, backup
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "config.toml"
+# What a store or hub that cannot be reached raises at start-up: a clear line, not a traceback.
+STARTUP_ERRORS: tuple[type[BaseException], ...] = (OSError,)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve HTTP and WebSockets")
     serve.add_argument("--host", help="address to listen on (overrides [server] host)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides [server] port)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes sharing the port (SO_REUSEPORT); more than 1 needs "
+                            "[database] url (PostgreSQL) and [hub] url (Redis)")
     add = sub.add_parser("adduser", help="create an account")
     add.add_argument("phone")
     add.add_argument("--name", required=True)
@@ -84,24 +95,101 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def _serve(config: Config) -> int:
+def _where(config: Config) -> str:
+    """The database, for the start-up line; a URL's password is not printed."""
+    if not config.database.url:
+        return f"database {config.database.path}"
+    url = urlsplit(config.database.url)
+    host = url.hostname or "localhost"
+    return f"PostgreSQL {host}:{url.port or 5432}{url.path}" + (
+        ", Redis hub" if config.hub.url else "")
+
+
+def _serve(config: Config, workers: int = 1) -> int:
+    """Serve until SIGINT/SIGTERM; with `workers` > 1, as that many processes on one port."""
+    if workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1 and not config.scaled_out:
+        print("error: --workers > 1 needs the PostgreSQL store and the Redis hub ([database] url "
+              "and [hub] url): the SQLite store and the in-memory hub live in one process",
+              file=sys.stderr)
+        return 2
     limit = raise_fd_limit()
-    log.info("open-file limit %d: at most about %d sockets", limit, limit - 50)
+    log.info("open-file limit %d: at most about %d sockets per process", limit, limit - 50)
+    if workers == 1:
+        return _serve_one(config, reuse_port=False)
+    try:
+        # Read (or create) the cookie secret once, before any worker starts: they must share it.
+        config = dataclasses.replace(config, security=dataclasses.replace(
+            config.security, cookie_secret=load_secret(config.security.cookie_secret,
+                                                       config.database.path)))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return _supervise(config, workers)
+
+
+def _serve_one(config: Config, *, reuse_port: bool) -> int:
     try:
         app = create_app(config)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
     def serving(_: str) -> None:  # run_app calls it once the store is open and the port bound
-        print(f"Serving on http://{config.server.host}:{config.server.port} "
-              f"(database {config.database.path}); Ctrl-C stops.", flush=True)
+        print(f"Serving on http://{config.server.host}:{config.server.port} ({_where(config)}, "
+              f"process {os.getpid()}); Ctrl-C stops.", flush=True)
 
     # uvloop: the event loop's own overhead per socket read and write is a large share of the
     # cost of a message (see README, Performance).
-    web.run_app(app, host=config.server.host, port=config.server.port, print=serving,
-                loop=uvloop.new_event_loop(),
-                access_log=logging.getLogger("aiohttp.access") if config.server.access_log else None)
+    try:
+        web.run_app(app, host=config.server.host, port=config.server.port, print=serving,
+                    loop=uvloop.new_event_loop(), reuse_port=reuse_port,
+                    access_log=(logging.getLogger("aiohttp.access") if config.server.access_log
+                                else None))
+    except STARTUP_ERRORS as e:
+        print(f"error: cannot start: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _supervise(config: Config, workers: int) -> int:
+    """Start `workers` processes serving on one port (the kernel spreads connections over them,
+    SO_REUSEPORT) and wait. SIGTERM or SIGINT is passed on to every worker; when one worker
+    exits, the others are stopped too, and the worst exit status is ours (a process manager such
+    as systemd restarts the whole)."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state shared by fork
+    procs = [ctx.Process(target=_worker, args=(config,), name=f"worker-{i}") for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    sentinels = {proc.sentinel: proc for proc in procs}
+    while sentinels:
+        for ready in mp_connection.wait(list(sentinels)):
+            proc = sentinels.pop(ready)  # type: ignore[call-overload]
+            proc.join()
+            if not stopping:
+                log.error("%s exited with status %s: stopping the others", proc.name, proc.exitcode)
+                stop(signal.SIGTERM, None)
+    codes = [proc.exitcode or 0 for proc in procs]
+    return max(codes, key=abs)
+
+
+def _worker(config: Config) -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    sys.exit(_serve_one(config, reuse_port=True))
 
 
 async def _with_store(config: Config, action):  # type: ignore[no-untyped-def]
@@ -123,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "serve":
-            return _serve(config)
+            return _serve(config, args.workers)
         if args.command == "backup":
             try:
                 backup(config.database.path, args.path)
