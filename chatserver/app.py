@@ -56,6 +56,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
         finally:
             await app[hub_key].stop()
+            await app[throttle_key].close()
     finally:
         await app[store_key].close()
 

@@ -15,6 +15,7 @@ the rate through, as a client reconnecting with a backlog needs.
 
 from __future__ import annotations
 
+import redis.asyncio as redis
 from limits import RateLimitItemPerMinute, RateLimitItemPerSecond, storage, strategies
 from limits.aio import storage as aio_storage
 from limits.aio import strategies as aio_strategies
@@ -37,10 +38,13 @@ class Throttle:
         # Fixed windows: O(1) per event (a moving window keeps every event of the window).
         self._local: strategies.FixedWindowRateLimiter | None = None
         self._shared: aio_strategies.FixedWindowRateLimiter | None = None
+        self._pool: redis.ConnectionPool | None = None
         if redis_url:
-            self._storage = aio_storage.RedisStorage(
-                "async+" + redis_url, implementation="redispy", key_prefix=f"{prefix}:limits")
-            self._shared = aio_strategies.FixedWindowRateLimiter(self._storage)
+            # Our own pool, so that `close` can release its connections.
+            self._pool = redis.ConnectionPool.from_url(redis_url)
+            self._shared = aio_strategies.FixedWindowRateLimiter(aio_storage.RedisStorage(
+                "async+" + redis_url, implementation="redispy", key_prefix=f"{prefix}:limits",
+                connection_pool=self._pool))
         else:
             # In memory the synchronous limiter is used: it costs no coroutine per message.
             self._local = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
@@ -48,6 +52,11 @@ class Throttle:
         self._typing = _per_second(limits.typing_per_second)
         self._handshake = RateLimitItemPerMinute(limits.handshakes_per_minute)
         self._login = RateLimitItemPerSecond(limits.login_failures, limits.login_window_seconds)
+
+    async def close(self) -> None:
+        """Release the Redis connections (nothing to do in memory)."""
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def _hit(self, item: RateLimitItemPerSecond | RateLimitItemPerMinute, *keys: str) -> bool:
         if self._local is not None:

@@ -1,0 +1,89 @@
+"""The throttle's counters (chatserver/throttle.py): in memory, one process's own; in Redis, shared by
+every process that uses the same Redis and prefix (issue "Scale out": rate limits and login
+throttling hold across processes). Two Throttle objects stand for two server processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+import backends
+from chatserver.config import Limits
+from chatserver.throttle import Throttle
+
+TIMEOUT = 10.0
+LIMITS = Limits(messages_per_second=2.0, typing_per_second=1.0, handshakes_per_minute=3,
+                login_failures=2, login_window_seconds=60)
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    if not backends.REDIS_URL:
+        pytest.skip(f"{backends.REDIS_ENV} not set: Redis throttle skipped")
+    async with backends.redis_prefix() as chosen:
+        yield chosen
+
+
+@pytest.fixture
+async def shared(prefix: str) -> AsyncIterator[Callable[[str], Throttle]]:
+    """Make Throttles on Redis (closed at the end); the argument is the prefix."""
+    made: list[Throttle] = []
+
+    def make(chosen: str) -> Throttle:
+        made.append(Throttle(LIMITS, backends.REDIS_URL, chosen))
+        return made[-1]
+    yield make
+    for throttle in made:
+        await throttle.close()
+
+
+async def count_allowed(throttles: list[Throttle], n: int, what: str, key: str) -> int:
+    """Send `n` events of kind `what` round-robin over `throttles`; how many passed."""
+    allowed = 0
+    for i in range(n):
+        check = getattr(throttles[i % len(throttles)], f"allow_{what}")
+        allowed += await asyncio.wait_for(check(key), TIMEOUT)
+    return allowed
+
+
+async def test_in_memory_counters_are_per_process() -> None:
+    one, two = Throttle(LIMITS), Throttle(LIMITS)
+    # messages_per_second 2.0: a budget of 4 per two-second window, in each process
+    assert await count_allowed([one], 6, "message", "5550000001") == 4
+    assert await count_allowed([two], 6, "message", "5550000001") == 4
+
+
+@pytest.mark.parametrize(("what", "budget"), [("message", 4), ("typing", 2), ("handshake", 3)])
+async def test_redis_counters_are_shared_by_processes(
+        prefix: str, shared: Callable[[str], Throttle], what: str, budget: int) -> None:
+    one = shared(prefix)
+    two = shared(prefix)
+    assert await count_allowed([one, two], budget + 3, what, "5550000002") == budget
+    # the other key has its own budget
+    assert await count_allowed([two, one], budget + 3, what, "5550000003") == budget
+
+
+async def test_redis_failed_logins_block_every_process(
+        prefix: str, shared: Callable[[str], Throttle]) -> None:
+    one = shared(prefix)
+    two = shared(prefix)
+    address = "192.0.2.7"
+    assert not await one.login_blocked(address)
+    await one.login_failed(address)
+    assert not await two.login_blocked(address)
+    await two.login_failed(address)  # login_failures = 2: now blocked everywhere
+    assert await one.login_blocked(address)
+    assert await two.login_blocked(address)
+    assert not await two.login_blocked("192.0.2.8")
+
+
+async def test_redis_prefixes_keep_deployments_apart(
+        prefix: str, shared: Callable[[str], Throttle]) -> None:
+    async with backends.redis_prefix() as other_prefix:
+        mine = shared(prefix)
+        other = shared(other_prefix)
+        assert await count_allowed([mine], 6, "message", "5550000004") == 4
+        assert await count_allowed([other], 6, "message", "5550000004") == 4
