@@ -1,3 +1,4 @@
 from chatserver.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # `serve --workers N` spawns workers that import this file again
+    raise SystemExit(main())

@@ -24,6 +24,12 @@ exit status is 1. Exit status 2: a case could not run (the server did not start,
 
 Set-up (registration, group creation, connecting) is never measured. Server CPU is utime + stime of
 the server process (all its threads) from /proc/PID/stat over the measured phase only.
+
+Scaled mode (`--database-url postgresql://... --hub-url redis://... --workers 2`): every run's server
+is `run.py serve --workers N` on the PostgreSQL store (a fresh schema per run, dropped after) and the
+Redis hub (a fresh key prefix per run, deleted after). Server CPU is then the sum over the parent
+and all its worker processes, and the CPU of the PostgreSQL server processes (comm `postgres`) and
+of `redis-server` over the same phase is reported apart, with the total of the three.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import resource
+import secrets
 import signal
 import socket
 import statistics
@@ -47,6 +55,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -88,6 +97,81 @@ def proc_mem(pid: int) -> dict[str, int]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Proc:
+    """One line of /proc/PID/stat: enough to find a process tree and to add up CPU."""
+
+    pid: int
+    comm: str
+    ppid: int
+    start: int  # starttime (field 22): with the pid, tells a reused pid apart
+    cpu: float  # utime + stime, seconds
+
+
+def processes() -> dict[int, Proc]:
+    """Every process on the machine, from /proc/PID/stat (those that vanish meanwhile skipped)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        head, _, rest = text.rpartition(")")
+        fields = rest.split()
+        out[int(name)] = Proc(int(name), head.partition("(")[2], int(fields[1]), int(fields[19]),
+                              (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def tree(pid: int, procs: dict[int, Proc]) -> list[Proc]:
+    """Process `pid` and all its descendants (a `--workers N` server: the parent and workers)."""
+    children: dict[int, list[Proc]] = {}
+    for p in procs.values():
+        children.setdefault(p.ppid, []).append(p)
+    found, todo = [], [procs[pid]] if pid in procs else []
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p.pid, [])
+    return found
+
+
+CpuSnapshot = dict[tuple[int, int], float]
+
+
+def snapshot(procs: list[Proc]) -> CpuSnapshot:
+    return {(p.pid, p.start): p.cpu for p in procs}
+
+
+def cpu_since(before: CpuSnapshot, after: CpuSnapshot) -> float:
+    """CPU seconds used between two snapshots of a set of processes; a process started meanwhile
+    counts whole, one that ended meanwhile is not seen after it ended."""
+    return sum(cpu - before.get(key, 0.0) for key, cpu in after.items())
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds used so far by the server `pid` with all its worker processes."""
+    return sum(p.cpu for p in tree(pid, processes()))
+
+
+def server_mem(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of the server `pid`, summed over it and its worker processes."""
+    out = {"VmRSS": 0, "VmHWM": 0}
+    for p in tree(pid, processes()):
+        with contextlib.suppress(OSError):
+            for key, value in proc_mem(p.pid).items():
+                out[key] += value
+    return out
+
+
+# The engines of the scaled deployment, found by process name (comm); what each one used is
+# reported apart from the server's CPU (`--database-url`, `--hub-url`).
+ENGINES = {"postgres": "postgres", "redis": "redis-server"}
+
+
 def machine_busy() -> tuple[float, float]:
     """CPU seconds the whole machine has been busy (all cores; idle and iowait excluded, time
     stolen by the hypervisor included), and the part of it spent in interrupts and softirqs
@@ -105,25 +189,41 @@ def client_cpu() -> float:
 
 @dataclass
 class Meter:
-    """Server CPU, client CPU and the rest of the machine's load over one measured phase."""
+    """Server CPU, client CPU and the rest of the machine's load over one measured phase.
+
+    The server is process `pid` with its worker processes; with `engines`, the CPU of the
+    PostgreSQL and Redis server processes is measured too (ENGINES)."""
 
     pid: int
+    engines: bool = False
     t0: float = 0.0
-    server0: float = 0.0
+    server0: CpuSnapshot = field(default_factory=dict)
+    engines0: dict[str, CpuSnapshot] = field(default_factory=dict)
     client0: float = 0.0
     machine0: float = 0.0
     irq0: float = 0.0
     result: dict[str, float] = field(default_factory=dict)
 
+    def _engines(self, procs: dict[int, Proc]) -> dict[str, CpuSnapshot]:
+        if not self.engines:
+            return {}
+        return {name: snapshot([p for p in procs.values() if p.comm == comm])
+                for name, comm in ENGINES.items()}
+
     def start(self) -> None:
+        procs = processes()
         self.t0 = time.perf_counter()
-        self.server0 = proc_cpu(self.pid)
+        self.server0 = snapshot(tree(self.pid, procs))
+        self.engines0 = self._engines(procs)
         self.client0 = client_cpu()
         self.machine0, self.irq0 = machine_busy()
 
     def stop(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self.t0
-        server = proc_cpu(self.pid) - self.server0
+        procs = processes()
+        server = cpu_since(self.server0, snapshot(tree(self.pid, procs)))
+        engines = {name: cpu_since(self.engines0[name], after)
+                   for name, after in self._engines(procs).items()}
         client = client_cpu() - self.client0
         machine, irq = machine_busy()
         machine, irq = machine - self.machine0, irq - self.irq0
@@ -135,8 +235,14 @@ class Meter:
             "client_cores": client / elapsed if elapsed else 0.0,
             "irq_cores": irq / elapsed if elapsed else 0.0,
             # anything else running on the box meanwhile (should be ~0 for clean numbers)
-            "other_cores": max(0.0, machine - irq - server - client) / elapsed if elapsed else 0.0,
+            "other_cores": max(0.0, machine - irq - server - client - sum(engines.values()))
+                           / elapsed if elapsed else 0.0,
         }
+        for name, cpu in engines.items():
+            self.result[f"{name}_cpu_s"] = cpu
+            self.result[f"{name}_cores"] = cpu / elapsed if elapsed else 0.0
+        if engines:
+            self.result["total_cpu_s"] = server + sum(engines.values())
         return self.result
 
 
@@ -168,9 +274,14 @@ BENCH_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def bench_config(synchronous: str) -> str:
-    """The TOML config of a bench server."""
+def bench_config(synchronous: str, database_url: str = "", hub_url: str = "",
+                 hub_prefix: str = "") -> str:
+    """The TOML config of a bench server (with the engines of the scaled mode when given)."""
     tables: dict[str, dict[str, Any]] = {"database": {"synchronous": synchronous}}
+    if database_url:
+        tables["database"]["url"] = database_url
+    if hub_url:
+        tables["hub"] = {"url": hub_url, "prefix": hub_prefix}
     for table, keys in BENCH_SETTINGS.items():
         tables.setdefault(table, {}).update(keys)
     known = {f.name: {g.name for g in dataclasses.fields(f.default_factory)}  # type: ignore[arg-type]
@@ -184,17 +295,57 @@ def bench_config(synchronous: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Server:
-    """`run.py serve` on a free port with a fresh database and a bench config."""
+def with_search_path(url: str, schema: str) -> str:
+    """`url` with `search_path=schema` added to its query (asyncpg passes it to the server)."""
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode({"search_path": schema})) if q)
+    return urlunsplit(parts._replace(query=query))
 
-    def __init__(self, workdir: Path, name: str, synchronous: str) -> None:
+
+@dataclass(frozen=True)
+class Deployment:
+    """What every bench server runs on: by default one process with SQLite and the in-memory
+    hub; in the scaled mode, `workers` processes on PostgreSQL and Redis."""
+
+    database_url: str = ""
+    hub_url: str = ""
+    workers: int = 1
+
+    @property
+    def engines(self) -> bool:
+        return bool(self.database_url or self.hub_url)
+
+    def describe(self) -> str:
+        if not self.engines:
+            return "1 process, SQLite, in-memory hub"
+        store = "PostgreSQL store" if self.database_url else "SQLite"
+        hub = "Redis hub" if self.hub_url else "in-memory hub"
+        return (f"{self.workers} worker process{'es' if self.workers > 1 else ''} on one port, "
+                f"{store} (a fresh schema per run), {hub} (a fresh prefix per run)")
+
+
+# Not anchored at a line start: workers print at about the same time, and print() writes the
+# text and its newline apart, so two start-up lines can come out glued together.
+SERVING_LINE = re.compile(r"Serving on ")
+
+
+class Server:
+    """`run.py serve` on a free port with a fresh database and a bench config: a fresh SQLite
+    file, or in the scaled mode a fresh PostgreSQL schema and Redis prefix (removed at `stop`)."""
+
+    def __init__(self, workdir: Path, name: str, synchronous: str,
+                 deployment: Deployment = Deployment()) -> None:
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = self.dir / "server.log"
         self.config = self.dir / "bench.toml"
-        self.config.write_text(bench_config(synchronous))
+        self.synchronous = synchronous
+        self.deployment = deployment
+        self.schema = f"bench_{secrets.token_hex(6)}" if deployment.database_url else ""
+        self.prefix = f"bench{secrets.token_hex(6)}" if deployment.hub_url else ""
+        self.schema_made = False
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -203,10 +354,33 @@ class Server:
         return self.proc.pid
 
     async def start(self) -> None:
+        """Start it and wait until it (every worker) serves; on failure nothing is left behind."""
+        try:
+            await self._start()
+        except BaseException:
+            self.stop()
+            with contextlib.suppress(Exception):
+                await self.drop_engines()
+            raise
+
+    async def _start(self) -> None:
+        d = self.deployment
+        database_url = ""
+        if d.database_url:
+            import asyncpg  # only the scaled mode needs it
+            conn = await asyncpg.connect(d.database_url)
+            try:
+                await conn.execute(f"CREATE SCHEMA {self.schema}")
+                self.schema_made = True
+            finally:
+                await conn.close()
+            database_url = with_search_path(d.database_url, self.schema)
+        self.config.write_text(bench_config(self.synchronous, database_url, d.hub_url, self.prefix))
+        workers = ["--workers", str(d.workers)] if d.workers > 1 else []
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "run.py", "serve", "--config", str(self.config),
-                 "--port", str(self.port), "--db", str(self.dir / "chat.db")],
+                 "--port", str(self.port), "--db", str(self.dir / "chat.db"), *workers],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + START_TIMEOUT
@@ -217,23 +391,50 @@ class Server:
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                     async with session.get(f"{self.base}/login",
                                            timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                        if resp.status == 200:
+                        # with workers, every one of them must have said it serves
+                        if resp.status == 200 and self.serving() >= d.workers:
                             return
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server did not answer within {START_TIMEOUT} s:\n{self.tail()}")
                 await asyncio.sleep(0.05)
 
+    def serving(self) -> int:
+        """Processes that have printed their start-up line so far."""
+        return len(SERVING_LINE.findall(self.log.read_text(errors="replace")))
+
     def stop(self) -> int | None:
-        """SIGTERM (the server commits and closes sockets), SIGKILL after STOP_TIMEOUT."""
+        """SIGTERM (the server commits and closes sockets), SIGKILL after STOP_TIMEOUT (to the
+        whole process group: the workers too)."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # start_new_session: pgid == pid
             self.proc.wait()
             return -9
+
+    async def drop_engines(self) -> None:
+        """Remove this run's PostgreSQL schema and Redis keys (after `stop`)."""
+        d = self.deployment
+        if self.schema_made:
+            import asyncpg
+            conn = await asyncpg.connect(d.database_url)
+            try:
+                await conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
+            finally:
+                await conn.close()
+        if self.prefix:
+            import redis.asyncio as redis
+            client = redis.Redis.from_url(d.hub_url)
+            try:
+                keys = [k async for k in client.scan_iter(match=f"{self.prefix}*", count=1000)]
+                if keys:
+                    await client.delete(*keys)
+            finally:
+                await client.aclose()
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -563,7 +764,7 @@ class PersonalRun:
 
 async def case_personal(workdir: Path, name: str, synchronous: str,
                         args: argparse.Namespace) -> dict[str, Any]:
-    server = Server(workdir, name, synchronous)
+    server = Server(workdir, name, synchronous, args.deployment)
     await server.start()
     client = Client(server.base)
     run = PersonalRun(args.pairs, args.messages, args.window)
@@ -582,15 +783,15 @@ async def case_personal(workdir: Path, name: str, synchronous: str,
             p.r_send = await client.connect(p.r, f"/ws/chat/personal/{p.r}/{p.s}/", t)
             socks += [p.s_send, p.s_recv, p.r_recv, p.r_send]
         await asyncio.sleep(0.5)  # let connection set-up work (presence, ...) finish
-        mem_before = proc_mem(server.pid)
+        mem_before = server_mem(server.pid)
 
-        meter = Meter(server.pid)
+        meter = Meter(server.pid, args.deployment.engines)
         meter.start()
         t.last_progress = time.perf_counter()
         senders = [asyncio.ensure_future(p.send_all()) for p in pairs]
         finished = await wait_done(run.done, t, args.stall_timeout)
         measured = meter.stop()
-        mem_after = proc_mem(server.pid)
+        mem_after = server_mem(server.pid)
         for task in senders:
             task.cancel()
         await asyncio.gather(*senders, return_exceptions=True)
@@ -629,6 +830,9 @@ async def case_personal(workdir: Path, name: str, synchronous: str,
             "delivered_per_s": len(pushed) / span if span > 0 else 0.0,
             "server_cpu_s_per_1000": measured["server_cpu_s"] / len(pushed) * 1000 if pushed else None,
             "client_cpu_s_per_1000": measured["client_cpu_s"] / len(pushed) * 1000 if pushed else None,
+            **{f"{name}_cpu_s_per_1000": measured[f"{name}_cpu_s"] / len(pushed) * 1000
+               if pushed else None
+               for name in (*ENGINES, "total") if f"{name}_cpu_s" in measured},
             "push_ms": {"p50": percentile(push_lat, 50), "p99": percentile(push_lat, 99),
                         "max": max(push_lat, default=None)},
             "ack_ms": {"p50": percentile(ack_lat, 50), "p99": percentile(ack_lat, 99)},
@@ -641,7 +845,7 @@ async def case_personal(workdir: Path, name: str, synchronous: str,
     finally:
         await close_all(socks)
         await client.close()
-        finish_server(server)
+        await finish_server(server)
 
 
 # -- case: a group with everyone online -------------------------------------------------------
@@ -762,7 +966,7 @@ async def case_group(workdir: Path, name: str, args: argparse.Namespace,
                      ack: bool = True) -> dict[str, Any]:
     """With ack=False ("fanout"), members acknowledge only after the measured phase, so the
     figure is the cost of `new_grp_msg` alone: the store and the pushes."""
-    server = Server(workdir, name, "FULL")
+    server = Server(workdir, name, "FULL", args.deployment)
     await server.start()
     client = Client(server.base)
     members = [f"55520{i:05d}" for i in range(args.group)]
@@ -784,7 +988,7 @@ async def case_group(workdir: Path, name: str, args: argparse.Namespace,
             socks += [recv[p], run.grp_socks[p]]
         await asyncio.sleep(0.5)
 
-        meter = Meter(server.pid)
+        meter = Meter(server.pid, args.deployment.engines)
         meter.start()
         t.last_progress = time.perf_counter()
         sender = asyncio.ensure_future(run.send_all())
@@ -845,14 +1049,14 @@ async def case_group(workdir: Path, name: str, args: argparse.Namespace,
     finally:
         await close_all(socks)
         await client.close()
-        finish_server(server)
+        await finish_server(server)
 
 
 # -- case: idle receive sockets ---------------------------------------------------------------
 
 
 async def case_idle(workdir: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
-    server = Server(workdir, name, "FULL")
+    server = Server(workdir, name, "FULL", args.deployment)
     await server.start()
     client = Client(server.base)
     k = args.idle
@@ -863,7 +1067,7 @@ async def case_idle(workdir: Path, name: str, args: argparse.Namespace) -> dict[
     try:
         await client.register(users)
         await asyncio.sleep(1.0)
-        rss_before = proc_mem(server.pid)["VmRSS"]
+        rss_before = server_mem(server.pid)["VmRSS"]
         sem = asyncio.Semaphore(100)
 
         async def open_one(i: int) -> None:
@@ -872,13 +1076,13 @@ async def case_idle(workdir: Path, name: str, args: argparse.Namespace) -> dict[
                 socks.append(await client.connect(phone, f"/ws/chat/special/{phone}/", tally))
                 owners.append(phone)
 
-        cpu0, t0 = proc_cpu(server.pid), time.perf_counter()
+        cpu0, t0 = server_cpu(server.pid), time.perf_counter()
         results = await asyncio.gather(*(open_one(i) for i in range(k)), return_exceptions=True)
         open_s = time.perf_counter() - t0
-        open_cpu = proc_cpu(server.pid) - cpu0
+        open_cpu = server_cpu(server.pid) - cpu0
         refused = [r for r in results if isinstance(r, BaseException)]
         await asyncio.sleep(args.settle)
-        rss_after = proc_mem(server.pid)["VmRSS"]
+        rss_after = server_mem(server.pid)["VmRSS"]
         client_rss = proc_mem(os.getpid())["VmRSS"]
         # every idle socket must still answer
         answers = []
@@ -890,7 +1094,7 @@ async def case_idle(workdir: Path, name: str, args: argparse.Namespace) -> dict[
         await close_all(socks)
         socks = []
         await asyncio.sleep(1.0)
-        rss_closed = proc_mem(server.pid)["VmRSS"]
+        rss_closed = server_mem(server.pid)["VmRSS"]
         checks = {
             "incomplete": k - answered,  # sockets that could not be opened or did not answer
             "lost": 0, "duplicate_pushes": 0, "out_of_order": 0,
@@ -914,7 +1118,7 @@ async def case_idle(workdir: Path, name: str, args: argparse.Namespace) -> dict[
     finally:
         await close_all(socks)
         await client.close()
-        finish_server(server)
+        await finish_server(server)
 
 
 # -- running and reporting --------------------------------------------------------------------
@@ -923,12 +1127,21 @@ async def case_idle(workdir: Path, name: str, args: argparse.Namespace) -> dict[
 SERVER_NOTES: dict[str, dict[str, Any]] = {}
 
 
-def finish_server(server: Server) -> None:
-    """Stop the server and keep what its log says (errors fail the run's `server_errors` check)."""
-    code = server.stop()
+async def finish_server(server: Server) -> None:
+    """Stop the server and keep what its log says (errors fail the run's `server_errors` check);
+    then drop its PostgreSQL schema and Redis keys, if any."""
+    code = await asyncio.to_thread(server.stop)
+    try:
+        await server.drop_engines()
+    except Exception as e:  # noqa: BLE001 - a leftover schema is worth a line, not the run
+        print(f"[bench] could not drop {server.schema or server.prefix}: {e}", file=sys.stderr,
+              flush=True)
     SERVER_NOTES[server.dir.name] = {
         "exit_code": code, "errors": server.errors_logged(), "warnings": server.warnings_logged(),
         "log": str(server.log)}
+    if server.deployment.engines:  # scaled mode: which schema and prefix the run used (dropped)
+        SERVER_NOTES[server.dir.name]["engines"] = {"schema": server.schema,
+                                                    "prefix": server.prefix}
 
 
 def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -983,6 +1196,14 @@ def load_row(case: str, m: dict[str, float]) -> tuple[str, str, str, str]:
             f" / {m['other_cores']:.2f}", "cores")
 
 
+def engine_rows(case: str, m: dict[str, float]) -> list[tuple[str, str, str, str]]:
+    """The load of the PostgreSQL and Redis server processes (scaled mode only)."""
+    if "total_cpu_s" not in m:
+        return []
+    return [(case, "load: PostgreSQL (postgres) / Redis (redis-server) processes",
+             f"{m['postgres_cores']:.2f} / {m['redis_cores']:.2f}", "cores")]
+
+
 def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     rows: list[tuple[str, str, str, str]] = []
     full, normal = results.get("full"), results.get("normal")
@@ -998,6 +1219,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                      f"{fmt(r['ack_ms']['p50'], 1)} / {fmt(r['ack_ms']['p99'], 1)}; "
                      f"{fmt(r['receipt_ms']['p50'], 1)} / {fmt(r['receipt_ms']['p99'], 1)}", "ms"))
         rows.append(load_row(case, r["measured"]))
+        rows.extend(engine_rows(case, r["measured"]))
         rows.append((case, "client CPU per 1000 messages", fmt(r["client_cpu_s_per_1000"], 3),
                      "CPU s / 1000 msgs"))
         rows.append((case, "server RSS before / after / peak",
@@ -1009,6 +1231,14 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             rows.append(("1. CPU per message", f"server CPU per 1000 delivered messages, "
                          f"synchronous={label} (new_msg..receipt push)",
                          spread(r, "server_cpu_s_per_1000", 3), "CPU s / 1000 msgs"))
+            if r.get("total_cpu_s_per_1000") is not None:  # scaled mode: the engines' share
+                rows.append(("1. CPU per message", f"PostgreSQL / Redis server processes' CPU per "
+                             f"1000 delivered messages, synchronous={label}",
+                             f"{fmt(r['postgres_cpu_s_per_1000'], 3)} / "
+                             f"{fmt(r['redis_cpu_s_per_1000'], 3)}", "CPU s / 1000 msgs"))
+                rows.append(("1. CPU per message", f"total CPU (server + PostgreSQL + Redis) per "
+                             f"1000 delivered messages, synchronous={label}",
+                             spread(r, "total_cpu_s_per_1000", 3), "CPU s / 1000 msgs"))
     if full:
         personal_rows("2. throughput FULL", full)
     if idle:
@@ -1050,6 +1280,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                      f"{fmt(grp['push_ms']['p50'], 1)} / {fmt(grp['push_ms']['p99'], 1)}; "
                      f"{fmt(grp['fanout_ms']['p50'], 1)} / {fmt(grp['fanout_ms']['p99'], 1)}", "ms"))
         rows.append(load_row(case, grp["measured"]))
+        rows.extend(engine_rows(case, grp["measured"]))
     if fan:
         case = f"5. group of {fan['members']}"
         n = fan["members"] - 1
@@ -1059,6 +1290,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         rows.append((case, "the same per push", fmt(fan["server_cpu_us_per_push"], 1),
                      "CPU µs / push"))
         rows.append(load_row(case + ", send only", fan["measured"]))
+        rows.extend(engine_rows(case + ", send only", fan["measured"]))
     widths = [max(len(r[i]) for r in rows + [("case", "figure", "value", "unit")]) for i in range(4)]
     line = "  ".join("{:<%d}" % w for w in widths[:2]) + "  {:>%d}  {}" % widths[2]
     out = [line.format("case", "figure", "value", "unit"),
@@ -1117,6 +1349,8 @@ async def run_case(name: str, case: Callable[[str], Awaitable[dict[str, Any]]]) 
     result["checks"]["server_errors"] = len(errors)
     result["server_errors_logged"] = errors[:20]
     result["server_warnings"] = note.get("warnings", 0)
+    if "engines" in note:
+        result["engines"] = note["engines"]
     bad = {k: v for k, v in result["checks"].items() if v}
     print(f"[bench] {name} done in {time.perf_counter() - t0:.1f} s"
           + (f"; FAILED checks {bad}" if bad else ""), file=sys.stderr, flush=True)
@@ -1169,6 +1403,12 @@ async def main_async(args: argparse.Namespace) -> int:
           f"{args.load_at_start}, at end {info['loadavg']}; Python {info['python']}, "
           f"aiohttp {info['aiohttp']}, uvloop {info['uvloop']}. Every run on a fresh server and "
           f"database; personal and group figures are medians of {args.repeat} run(s) (min-max).")
+    if args.deployment.engines:
+        print(f"Scaled mode: {args.deployment.describe()}. Server CPU is the sum over the parent "
+              "and its workers; PostgreSQL and Redis CPU is every `postgres` / `redis-server` "
+              "process on the machine over the measured phase"
+              + ("; `synchronous` is SQLite's and does not apply to PostgreSQL."
+                 if args.deployment.database_url else "."))
     print()
     print(table(results, args))
     others = [r["measured"]["other_cores"] for rs in runs.values() for r in rs if "measured" in r]
@@ -1221,6 +1461,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="give up a run after this many seconds without progress (default 15)")
     p.add_argument("--drain-timeout", type=float, default=5.0,
                    help="seconds to wait for fetch_msgs to come back empty after a run (default 5)")
+    p.add_argument("--database-url", default="",
+                   help="scaled mode: run every server on this PostgreSQL server "
+                        "(postgresql://user@host:port/db), each run in a fresh schema dropped after")
+    p.add_argument("--hub-url", default="",
+                   help="scaled mode: run every server with the Redis hub at this URL "
+                        "(redis://host:port/db), each run with a fresh key prefix deleted after")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes on one port (`run.py serve --workers N`, default 1); "
+                        "more than 1 needs --database-url and --hub-url")
     p.add_argument("--json", help="also write every figure and count to this JSON file")
     p.add_argument("--keep", action="store_true",
                    help="keep each server's database, config and log (printed path) instead of "
@@ -1244,6 +1493,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{key.replace('_', '-')} must be at least 1")
     if args.idle_users < 1 and args.idle > 0:
         p.error("--idle-users must be at least 1")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    if args.workers > 1 and not (args.database_url and args.hub_url):
+        p.error("--workers > 1 needs --database-url and --hub-url (PostgreSQL and Redis)")
+    if args.database_url and not args.database_url.startswith(chat_config.POSTGRES_SCHEMES):
+        p.error("--database-url must start with postgresql://")
+    if args.hub_url and not args.hub_url.startswith(chat_config.REDIS_SCHEMES):
+        p.error("--hub-url must start with redis://, rediss:// or unix://")
+    args.deployment = Deployment(args.database_url, args.hub_url, args.workers)
     return args
 
 

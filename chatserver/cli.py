@@ -138,8 +138,10 @@ def _serve_one(config: Config, *, reuse_port: bool) -> int:
         return 2
 
     def serving(_: str) -> None:  # run_app calls it once the store is open and the port bound
-        print(f"Serving on http://{config.server.host}:{config.server.port} ({_where(config)}, "
-              f"process {os.getpid()}); Ctrl-C stops.", flush=True)
+        # One write per line: workers share stdout, and print() writes the newline separately.
+        sys.stdout.write(f"Serving on http://{config.server.host}:{config.server.port} "
+                         f"({_where(config)}, process {os.getpid()}); Ctrl-C stops.\n")
+        sys.stdout.flush()
 
     # uvloop: the event loop's own overhead per socket read and write is a large share of the
     # cost of a message (see README, Performance).
@@ -182,8 +184,10 @@ def _supervise(config: Config, workers: int) -> int:
             if not stopping:
                 log.error("%s exited with status %s: stopping the others", proc.name, proc.exitcode)
                 stop(signal.SIGTERM, None)
-    codes = [proc.exitcode or 0 for proc in procs]
-    return max(codes, key=abs)
+    # A worker killed by signal N has exitcode -N: reported as 128 + N, as a shell would.
+    codes = [128 - proc.exitcode if (proc.exitcode or 0) < 0 else proc.exitcode or 0
+             for proc in procs]
+    return max(codes)
 
 
 def _worker(config: Config) -> None:
@@ -213,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(config, args.workers)
         if args.command == "backup":
+            if config.database.url:  # SQLite's online backup API; PostgreSQL has its own tools
+                print("error: backup copies the SQLite file; for a PostgreSQL [database] url "
+                      "use pg_dump", file=sys.stderr)
+                return 2
             try:
                 backup(config.database.path, args.path)
             except (OSError, sqlite3.Error) as e:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from .protocol import (
     server_now,
     server_timestamp,
 )
-from .store import NotMember, Store, StoreClosed
+from .store import DATABASE_ERRORS, NotMember, Store, StoreClosed
 from .throttle import Throttle
 
 T = TypeVar("T")
@@ -117,7 +116,7 @@ class Conn:
                 reason = str(e)
             except NotMember:
                 reason = "you are not a participant of this group"
-            except (sqlite3.Error, StoreClosed):
+            except (*DATABASE_ERRORS, StoreClosed):
                 # Nothing was committed, so nothing was acknowledged: the client may retry.
                 log.exception("store failure during %s", type_)
                 reason = _STORE_FAILED
@@ -443,7 +442,7 @@ async def dispatch(conn: Conn, table: Table, text: str) -> None:
         await command.run(conn, frame)
     except ProtocolError as e:
         conn.refuse(str(e), type_)
-    except (sqlite3.Error, StoreClosed):
+    except (*DATABASE_ERRORS, StoreClosed):
         # Nothing was committed, so nothing was acknowledged: the client may safely retry.
         log.exception("store failure during %s", type_)
         conn.refuse(_STORE_FAILED, type_)
@@ -472,7 +471,7 @@ async def dispatch_receive(conn: Conn, text: str) -> None:
         await handler(conn, data)
     except ProtocolError as e:
         conn.refuse(str(e), type_)
-    except (sqlite3.Error, StoreClosed):
+    except (*DATABASE_ERRORS, StoreClosed):
         # Nothing was committed, so nothing was acknowledged: the client may safely retry.
         log.exception("store failure during %s", type_)
         conn.refuse(_STORE_FAILED, type_)

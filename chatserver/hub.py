@@ -3,8 +3,12 @@
 The hub holds only who is connected; the database is the truth about messages. Each receive socket
 has a bounded outgoing queue drained by one writer task, so a slow or dead receiver never blocks a
 sender or other receivers: a socket whose queue overflows is closed (its messages stay stored and
-its client fetches them on reconnect). A Redis hub for several processes will offer the same
-methods.
+its client fetches them on reconnect).
+
+`chatserver/redishub.py` (`[hub] url`) subclasses `Hub` for several processes, on one host or many:
+the same methods, with pushes, room broadcasts, presence, logouts and removals carried between
+processes by Redis. Registering a receive socket or a room socket is therefore an `async with`
+block: a shared hub subscribes before the socket's first frame is read.
 """
 
 from __future__ import annotations
@@ -154,6 +158,21 @@ class _Membership:
                 del self._index[self._key]
 
 
+class _Receiving(_Membership):
+    """Async context manager: `outbox` gets every push for `phone` within the block. The block's
+    value is True when this is the phone's first receive socket (the user came online)."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> bool:
+        first = self._key not in self._index
+        self.__enter__()
+        return first
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
+
 class _SessionSocket(_Membership):
     """A socket of a login session, with the task that serves it (so that `Hub.close` can ask
     that task to close its socket itself)."""
@@ -176,17 +195,18 @@ class _SessionSocket(_Membership):
 
 
 class _RoomMembership:
-    """Context manager: a room socket is in its room, first holding broadcasts (see Hub.release)."""
+    """Async context manager: a room socket is in its room, first holding broadcasts (see
+    Hub.release)."""
 
     __slots__ = ("_rooms", "_room", "_outbox")
 
     def __init__(self, rooms: dict[str, dict[Outbox, Any]], room: str, outbox: Outbox) -> None:
         self._rooms, self._room, self._outbox = rooms, room, outbox
 
-    def __enter__(self) -> None:
+    async def __aenter__(self) -> None:
         self._rooms.setdefault(self._room, {})[self._outbox] = []
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         mine = self._rooms.get(self._room)
         if mine is not None:
             mine.pop(self._outbox, None)
@@ -229,9 +249,11 @@ class Hub:
         """A new outbox for `ws` (use it as a context manager)."""
         return Outbox(self, ws, self._queue_size)
 
-    def receiving(self, phone: str, outbox: Outbox) -> _Membership:
-        """Within the block, `outbox` gets every push for `phone` (a receive socket)."""
-        return _Membership(self._receivers, phone, outbox)
+    def receiving(self, phone: str, outbox: Outbox) -> _Receiving:
+        """`async with hub.receiving(phone, outbox) as came_online:` within the block, `outbox`
+        gets every push for `phone` (a receive socket). `came_online` is True when `phone` had no
+        receive socket before (in any process, for a hub shared by several)."""
+        return _Receiving(self._receivers, phone, outbox)
 
     def session_socket(self, sid_hash: str, ws: web.WebSocketResponse) -> _SessionSocket:
         """Within the block, `ws` belongs to a login session (logging out closes it) and is
@@ -269,8 +291,8 @@ class Hub:
                                for ws in sockets))
 
     def in_room(self, room: str, outbox: Outbox) -> _RoomMembership:
-        """Within the block, `outbox` gets the room's broadcasts — held until `release`, after
-        its history is sent, so that none comes before the history, or twice."""
+        """`async with`: within the block, `outbox` gets the room's broadcasts — held until
+        `release`, after its history is sent, so that none comes before the history, or twice."""
         return _RoomMembership(self._rooms, room, outbox)
 
     def release(self, room: str, outbox: Outbox, after: int) -> None:

@@ -35,8 +35,27 @@ class StoreClosed(RuntimeError):
     """A write was submitted after `Store.close()` began."""
 
 
-class NotMember(sqlite3.IntegrityError):
+class StoreError(Exception):
+    """The database refused or failed an operation; a failed write committed nothing.
+
+    PgStore (pgstore.py) raises it, with the driver's error as `__cause__`; this SQLite Store
+    raises sqlite3.Error as it always has. Callers catch both as DATABASE_ERRORS.
+    """
+
+
+class IntegrityError(StoreError):
+    """A constraint refused a write, e.g. a foreign key: a phone that has no account."""
+
+
+class NotMember(IntegrityError, sqlite3.IntegrityError):
     """A group write by someone who is not (or no longer) a participant of the group."""
+
+
+# What a caller catches for "the store failed; nothing was committed, the client may retry",
+# whichever store it has: then it need not import sqlite3 or asyncpg.
+DATABASE_ERRORS: Final = (sqlite3.Error, StoreError)
+# A write refused by a constraint, from either store.
+INTEGRITY_ERRORS: Final = (sqlite3.IntegrityError, IntegrityError)
 
 
 class CorruptDatabase(RuntimeError):

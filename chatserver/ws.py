@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
@@ -87,14 +87,15 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
     hub, store = request.app[hub_key], request.app[store_key]
     ws = _socket(request)
     await ws.prepare(request)
-    came_online = not await hub.is_online(phone)
     try:
-        with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox, \
-                hub.receiving(phone, outbox):
-            conn = _conn(request, phone, phone, outbox)
-            if came_online:
-                await _announce(store, hub, phone, "online")
-            await _serve(ws, conn, functools.partial(commands.dispatch_receive, conn))
+        with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox:
+            # Registered (with a shared hub: subscribed) before the first frame is read, so that
+            # no push sent after the client's first fetch can miss this socket.
+            async with _closable(hub, ws), hub.receiving(phone, outbox) as came_online:
+                conn = _conn(request, phone, phone, outbox)
+                if came_online:
+                    await _announce(store, hub, phone, "online")
+                await _serve(ws, conn, functools.partial(commands.dispatch_receive, conn))
     finally:
         if not hub.has_receivers(phone):  # the last receive socket here closed
             # In a task of its own: this handler may be being cancelled (the peer went away).
@@ -124,6 +125,20 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
         conn = _conn(request, phone, msg_to, outbox)
         await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.PERSONAL))
     return ws
+
+
+@contextlib.asynccontextmanager
+async def _closable(hub: Hub, ws: web.WebSocketResponse) -> AsyncIterator[None]:
+    """Honour a close the hub asked for (see Hub.close) while the socket is still being set up
+    (registering, announcing, sending history); `_serve` does the same once it reads frames."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        request = hub.close_requested(ws)
+        if request is None:
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]  # asked for: not a cancel
+        await close_socket(ws, *request, hub.close_timeout)
 
 
 async def _serve(ws: web.WebSocketResponse, conn: Conn,
@@ -182,9 +197,12 @@ async def room_socket(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPForbidden(reason="this room is private: give its password first")
     ws = _socket(request)
     await ws.prepare(request)
-    with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox, hub.in_room(name, outbox):
-        conn = _conn(request, phone, name, outbox)
-        hub.release(name, outbox, await commands.send_room_history(conn, config.rooms.history))
-        await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.ROOM))
+    with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox:
+        # In the room (with a shared hub: subscribed) before its history is read: a message
+        # stored after that read is broadcast to this socket, one stored before is in it.
+        async with _closable(hub, ws), hub.in_room(name, outbox):
+            conn = _conn(request, phone, name, outbox)
+            hub.release(name, outbox, await commands.send_room_history(conn, config.rooms.history))
+            await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.ROOM))
     return ws
 

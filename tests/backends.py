@@ -14,12 +14,20 @@ afterwards.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import re
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from chatserver.config import Database
 
 POSTGRES_ENV = "CHAT_TEST_POSTGRES_URL"
 REDIS_ENV = "CHAT_TEST_REDIS_URL"
@@ -120,3 +128,40 @@ async def backend(name: str) -> AsyncIterator[Backend]:
             yield Backend(name, database_url=url, hub_url=REDIS_URL, hub_prefix=prefix)
     else:
         yield Backend(LOCAL)
+
+
+# -- looking at what the store holds, whichever it is -------------------------------------------
+
+# Why a test's checks of the bytes of the database file (and its WAL) run on SQLite only.
+FILES_ARE_SQLITE: Final = (
+    "PostgreSQL keeps a deleted body's bytes until they are overwritten (chatserver/pgstore.py's "
+    "docstring): the checks of the database file's bytes are SQLite's")
+
+
+def has_files(database: Database) -> bool:
+    """True when the store is the SQLite file at `database.path`, whose bytes a test may read."""
+    return not database.url
+
+
+def db_rows(database: Database, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of one query on a connection of its own, closed before returning: the SQLite file
+    read-only (so it holds no snapshot that would keep the server's checkpoint from truncating
+    the log), or PostgreSQL at `database.url`, where `?` placeholders become $1, $2, ..."""
+    if has_files(database):
+        with contextlib.closing(sqlite3.connect(f"file:{database.path}?mode=ro", uri=True)) as con:
+            return con.execute(sql, params).fetchall()
+    numbers = iter(range(1, len(params) + 1))
+    query = re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        import asyncpg
+
+        conn = await asyncpg.connect(database.url)
+        try:
+            return [tuple(r) for r in await conn.fetch(query, *params)]
+        finally:
+            await conn.close()
+
+    # Called from synchronous helpers inside async tests: its own event loop, on its own thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, fetch()).result(timeout=10.0)

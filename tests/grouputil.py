@@ -1,6 +1,6 @@
 """Helpers for the group tests (tests/test_ws_group.py): unique phones and client timestamps, the
 group JSON endpoints, group and receive sockets opened and proven served, timed receives, and
-read-only looks at the database file.
+read-only looks at the database (backends.db_rows) and at the SQLite file's bytes.
 
 Every receive here has a timeout (TIMEOUT); "nothing arrives" waits QUIET and expects a timeout.
 """
@@ -8,12 +8,10 @@ Every receive here has a timeout (TIMEOUT); "nothing arrives" waits QUIET and ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
 import re
-import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +21,8 @@ import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
+from backends import FILES_ARE_SQLITE, db_rows, has_files
+from chatserver.config import Database
 from conftest import PASSWORD, QUIET, TIMEOUT
 
 WS = ClientWebSocketResponse
@@ -266,36 +266,32 @@ def users_on(aiohttp_client: Callable[..., Awaitable[TestClient]],
     return login
 
 
-# -- the database file, read-only (SPEC 6) --------------------------------------------------
+# -- the database, read-only (SPEC 6) ------------------------------------------------------------
 
 
-def db_rows(path: str | Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Rows of a query on a read-only connection of its own, closed before returning (so it
-    holds no snapshot that would keep the server's checkpoint from truncating the log)."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
-        return con.execute(sql, params).fetchall()
-
-
-def group_messages(path: str | Path, key: str) -> list[tuple[str, str, str]]:
+def group_messages(database: Database, key: str) -> list[tuple[str, str, str]]:
     """(msg_from, sent_timestamp, message) of every stored message of group `key`, by id."""
     return [tuple(r) for r in db_rows(  # type: ignore[misc]
-        path, "SELECT msg_from, sent_timestamp, message FROM group_messages WHERE grp = ?"
+        database, "SELECT msg_from, sent_timestamp, message FROM group_messages WHERE grp = ?"
         " ORDER BY id", (key,))]
 
 
-def pending_of(path: str | Path, key: str) -> dict[str, list[str]]:
+def pending_of(database: Database, key: str) -> dict[str, list[str]]:
     """{message body: sorted phones still pending} for group `key`."""
     out: dict[str, list[str]] = {}
     for message, phone in db_rows(
-            path, "SELECT m.message, p.phone FROM group_messages AS m"
+            database, "SELECT m.message, p.phone FROM group_messages AS m"
             " JOIN group_pending AS p ON p.message_id = m.id WHERE m.grp = ?"
             " ORDER BY m.id, p.phone", (key,)):
         out.setdefault(message, []).append(phone)
     return out
 
 
-def files_holding(path: str | Path, needle: bytes) -> list[str]:
-    """Names of the files (the database and its -wal) whose bytes contain `needle`."""
+def files_holding(database: Database, needle: bytes) -> list[str]:
+    """Names of the files (the database and its -wal) whose bytes contain `needle` (SQLite only:
+    backends.FILES_ARE_SQLITE)."""
+    assert has_files(database), FILES_ARE_SQLITE
+    path = database.path
     found = []
     for p in (Path(path), Path(f"{path}-wal")):
         if p.exists() and needle in p.read_bytes():

@@ -1,5 +1,5 @@
-"""Helpers for the tests that run the real server process (tests/test_crash.py and
-tests/test_shutdown.py).
+"""Helpers for the tests that run the real server process (tests/test_crash.py,
+tests/test_shutdown.py and tests/test_scaleout.py).
 
 - The process: `python run.py serve` on a free port with a TOML config written by the test, waited
   for until it answers HTTP, stopped with a signal or killed with SIGKILL on the server's own pid
@@ -26,13 +26,15 @@ import itertools
 import json
 import os
 import random
+import re
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -116,6 +118,9 @@ class ServerProcess:
     db: Path
     stdout: Path
     stderr: Path
+    # Started in a process group of its own (`serve --workers N`): `ensure_dead` kills the
+    # whole group, so that no worker outlives a failed test.
+    group: bool = False
 
     @property
     def pid(self) -> int:
@@ -146,18 +151,23 @@ class ServerProcess:
         return self.stdout.read_text(errors="replace")
 
 
-def start_server(db: Path, config: Path, log_dir: Path, port: int | None = None) -> ServerProcess:
-    """Start `python run.py serve` (the server itself is the child: its pid is the server's)."""
+def start_server(db: Path, config: Path, log_dir: Path, port: int | None = None,
+                 extra_args: Sequence[str] = (), group: bool = False) -> ServerProcess:
+    """Start `python run.py serve` (the server itself is the child: its pid is the server's).
+
+    `extra_args` go after the others (e.g. `--workers 2`); `group` starts it in a new session and
+    process group, so that `ensure_dead` can kill the workers it starts along with it.
+    """
     port = port if port is not None else free_port()
     n = next(_logs)
     out, err = log_dir / f"server-{n}-{port}.out", log_dir / f"server-{n}-{port}.err"
     with open(out, "wb") as fout, open(err, "wb") as ferr:
         proc = subprocess.Popen(
             [sys.executable, "run.py", "serve", "--port", str(port), "--db", str(db),
-             "--config", str(config)],
+             "--config", str(config), *extra_args],
             cwd=REPO, stdout=fout, stderr=ferr, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return ServerProcess(proc, port, db, out, err)
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=group)
+    return ServerProcess(proc, port, db, out, err, group)
 
 
 async def wait_serving(server: ServerProcess, timeout: float = START_TIMEOUT) -> None:
@@ -186,11 +196,86 @@ async def wait_exit(server: ServerProcess, timeout: float = EXIT_TIMEOUT) -> int
 
 
 def ensure_dead(server: ServerProcess) -> None:
-    """Kill the process if it still runs (for `finally` blocks) and reap it."""
+    """Kill the process if it still runs (for `finally` blocks) and reap it; for a server started
+    with `group=True`, every process left in its group too (the workers)."""
+    if server.group:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # its own group: the pgid is its pid
     if server.proc.poll() is None:
         server.proc.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):
         server.proc.wait(timeout=EXIT_TIMEOUT)
+
+
+# Not anchored at a line start: workers print their lines to one stdout at about the same time,
+# and print() writes the text and its newline apart, so two lines can come out glued together.
+_SERVING_PID = re.compile(r"Serving on [^\n]*?\bprocess ([0-9]+)\)")
+
+
+def serving_pids(server: ServerProcess) -> list[int]:
+    """The pids that the start-up lines on the server's stdout name ("... process <pid>); ..."),
+    one per serving process, in the order they started serving."""
+    return [int(pid) for pid in _SERVING_PID.findall(server.out())]
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of `pid` (/proc/PID/stat), or None when `pid` is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rpartition(")")[2].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def is_gone(pid: int) -> bool:
+    """True when no process `pid` runs (a zombie not yet reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process `pid` holds open (/proc/PID/fd -> "socket:[N]")."""
+    inodes = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(f"{fd_dir}/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _established(port: int) -> dict[int, int]:
+    """Server ends of the established IPv4 TCP connections on local port `port`:
+    {remote (client) port: socket inode}, from /proc/net/tcp."""
+    out = {}
+    with open("/proc/net/tcp") as fh:
+        next(fh)  # header
+        for line in fh:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+            if state == "01" and int(local.rpartition(":")[2], 16) == port:
+                out[int(remote.rpartition(":")[2], 16)] = inode
+    return out
+
+
+def serving_process(ws: WS, port: int, pids: Iterable[int]) -> int | None:
+    """Which of `pids` holds the server end of the client socket `ws` (matched by the client's
+    local port in /proc/net/tcp and the socket inodes in /proc/PID/fd); None when none does."""
+    sockname = ws.get_extra_info("sockname")
+    if sockname is None:
+        return None
+    inode = _established(port).get(sockname[1])
+    if inode is None:
+        return None
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if inode in _socket_inodes(pid):
+                return pid
+    return None
 
 
 @contextlib.asynccontextmanager
@@ -263,6 +348,14 @@ async def ws_open(session: aiohttp.ClientSession, url: URL) -> WS:
     """Open a WebSocket, the handshake bounded by NET_TIMEOUT."""
     async with asyncio.timeout(NET_TIMEOUT):
         return await session.ws_connect(url, autoping=True)
+
+
+async def login(session: aiohttp.ClientSession, server: ServerProcess, phone: str) -> None:
+    """Log `phone` in (a new session); the cookie stays in `session`'s jar."""
+    async with session.post(server.url("/login"), allow_redirects=False,
+                            data={"phone": phone, "password": PASSWORD},
+                            timeout=aiohttp.ClientTimeout(total=NET_TIMEOUT)) as resp:
+        assert resp.status == 302, await resp.text()
 
 
 # -- client timestamps and message identities ---------------------------------------------------

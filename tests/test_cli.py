@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import os
+import secrets
 import sqlite3
 import stat
 import sys
@@ -14,10 +15,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
 import bcrypt
 import pytest
 from cryptography.fernet import Fernet
 
+import backends
 from chatserver.auth import load_secret
 from chatserver.cli import main
 from chatserver.store import Store
@@ -309,3 +312,53 @@ def test_damaged_secret_file_raises_valueerror(tmp_path: Path) -> None:
     Path(f"{db_path}.secret").write_text("garbage\n")
     with pytest.raises(ValueError):
         load_secret("", db_path)
+
+
+# -- on PostgreSQL ([database] url) -------------------------------------------------------------
+
+
+def test_the_account_commands_work_on_postgresql_and_backup_refuses_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """adduser / passwd / deluser open the PostgreSQL store when `[database] url` is set (a fresh
+    schema here); `backup` is SQLite's and says to use pg_dump instead."""
+    reason = backends.skip_reason(backends.POSTGRES)
+    if reason:
+        pytest.skip(reason)
+    schema = "t_" + secrets.token_hex(6)
+    url = backends.with_search_path(backends.POSTGRES_URL, schema)
+
+    async def execute(sql: str, *args: object, on: str = backends.POSTGRES_URL) -> list[tuple]:
+        conn = await asyncio.wait_for(asyncpg.connect(on), TIMEOUT)
+        try:
+            return [tuple(r) for r in await asyncio.wait_for(conn.fetch(sql, *args), TIMEOUT)]
+        finally:
+            await conn.close()
+
+    def accounts() -> dict[str, tuple[str, bytes]]:
+        return {phone: (name, hash_) for phone, name, hash_ in asyncio.run(
+            execute("SELECT phone, name, password_hash FROM users", on=url))}
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[security]\nbcrypt_rounds = 4\n[database]\nurl = "{url}"\n', encoding="utf-8")
+
+    def cli(*args: str, stdin: str = "") -> int:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        return main(["--config", str(cfg), *args])
+
+    asyncio.run(execute(f"CREATE SCHEMA {schema}"))
+    try:
+        assert cli("adduser", PHONE, "--name", "Ada", "--password-stdin", stdin=PASSWORD + "\n") == 0
+        assert cli("adduser", PHONE, "--name", "Eve", "--password-stdin", stdin="other one\n") == 1
+        name, first_hash = accounts()[PHONE]
+        assert name == "Ada" and bcrypt.checkpw(PASSWORD.encode(), first_hash)
+        assert cli("passwd", PHONE, "--password-stdin", stdin="a new password\n") == 0
+        assert bcrypt.checkpw(b"a new password", accounts()[PHONE][1])
+        assert cli("deluser", PHONE) == 0
+        assert accounts() == {}
+        assert cli("deluser", PHONE) == 1
+        capsys.readouterr()
+        assert cli("backup", str(tmp_path / "copy.db")) == 2
+        assert "pg_dump" in capsys.readouterr().err
+        assert not (tmp_path / "copy.db").exists()
+    finally:
+        asyncio.run(execute(f"DROP SCHEMA {schema} CASCADE"))

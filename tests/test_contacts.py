@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from backends import db_rows
 from chatserver.app import create_app
 from chatserver.config import Config
 from chatserver.store import Store
@@ -127,13 +127,9 @@ async def block(client: TestClient, phone: str) -> dict[str, Any]:
 
 
 def stored_personal(config: Config) -> list[tuple[str, str, str]]:
-    """(msg_from, msg_to, message) of every stored personal message, read-only from the file."""
-    db = sqlite3.connect(f"file:{config.database.path}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT msg_from, msg_to, message FROM personal_messages"
-                          " ORDER BY id").fetchall()
-    finally:
-        db.close()
+    """(msg_from, msg_to, message) of every stored personal message, on a connection of its own."""
+    return db_rows(config.database,  # type: ignore[return-value]
+                   "SELECT msg_from, msg_to, message FROM personal_messages ORDER BY id")
 
 
 def entry(phone: str, name: str, online: bool = False,

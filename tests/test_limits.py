@@ -38,6 +38,10 @@ from wsutil import (
     users_on,
 )
 
+# The same tests on every store and hub (tests/backends.py): with the Redis hub, the limits are
+# counted in Redis.
+pytestmark = pytest.mark.backends
+
 ClientFactory = Callable[..., Awaitable[TestClient]]
 ServerFactory = Callable[..., Awaitable[TestServer]]
 WINDOW: Final = 2.0  # seconds of one per-second limit's window

@@ -22,8 +22,9 @@ from aiohttp import WSCloseCode, WSServerHandshakeError
 from aiohttp.test_utils import TestClient, TestServer
 
 from chatserver.app import create_app
-from chatserver.config import Config, Fetch
+from chatserver.config import Config, Database, Fetch
 from chatserver.store import Store
+from backends import FILES_ARE_SQLITE, has_files
 from conftest import TIMEOUT, UserFactory
 from grouputil import (
     FETCH_TS,
@@ -141,7 +142,7 @@ async def test_create_group_with_an_unknown_participant_is_404_and_creates_nothi
                                json={"name": "g", "participants": [b.phone, ghost]})
     assert ghost in await json_error(resp, 404)
     assert (await (await a.client.get("/chat/info")).json())["groups"] == []
-    assert db_rows(config.database.path, "SELECT count(*) FROM groups") == [(0,)]
+    assert db_rows(config.database, "SELECT count(*) FROM groups") == [(0,)]
 
 
 @pytest.mark.parametrize("body", [
@@ -163,7 +164,7 @@ async def test_create_group_refuses_a_bad_name_or_participants_with_400(
     a = (await make_members(as_user, 1, online=0))[0]
     resp = await a.client.post("/chat/special/group", json=body)
     await json_error(resp, 400)
-    assert db_rows(config.database.path, "SELECT count(*) FROM groups") == [(0,)]
+    assert db_rows(config.database, "SELECT count(*) FROM groups") == [(0,)]
 
 
 async def test_create_group_with_a_body_that_is_not_json_is_400(as_user: UserFactory) -> None:
@@ -180,7 +181,7 @@ async def test_create_group_logged_out_is_401(aiohttp_client: Any, server: TestS
     resp = await anonymous.post("/chat/special/group",
                                 json={"name": "g", "participants": [b.phone]})
     await json_error(resp, 401)
-    assert db_rows(config.database.path, "SELECT count(*) FROM groups") == [(0,)]
+    assert db_rows(config.database, "SELECT count(*) FROM groups") == [(0,)]
 
 
 async def test_a_user_who_blocked_the_creator_cannot_be_put_in_their_group(
@@ -221,9 +222,9 @@ async def test_new_grp_msg_is_stored_answered_and_pushed_to_every_other_particip
     assert pushed(sent, key, b.phone)["msg_from"] == f"{key}-{a.phone}"
     await assert_quiet(inbox(a), ws, inbox(b), b_second, inbox(c))  # not to the sender, once each
 
-    assert group_messages(config.database.path, key) == [(a.phone, sent["sent_timestamp"],
+    assert group_messages(config.database, key) == [(a.phone, sent["sent_timestamp"],
                                                           "hello all")]
-    assert pending_of(config.database.path, key) == {"hello all": sorted([b.phone, c.phone])}
+    assert pending_of(config.database, key) == {"hello all": sorted([b.phone, c.phone])}
 
 
 async def test_messages_sent_without_waiting_are_answered_pushed_and_fetched_in_order(
@@ -253,13 +254,13 @@ async def test_a_retried_new_grp_msg_is_answered_again_but_stored_and_pushed_onc
     retry = await send_grp(ws, a.phone, key, "only once", iso(when))
     assert retry["sent_timestamp"] != first["sent_timestamp"]
     await assert_quiet(inbox(b))
-    assert group_messages(config.database.path, key) == [(a.phone, plain(when), "only once")]
-    assert pending_of(config.database.path, key) == {"only once": [b.phone]}
+    assert group_messages(config.database, key) == [(a.phone, plain(when), "only once")]
+    assert pending_of(config.database, key) == {"only once": [b.phone]}
 
     # control: another identity with the same text is a new message, stored and pushed
     later = await send_grp(ws, a.phone, key, "only once")
     assert await recv(inbox(b)) == pushed(later, key, b.phone)
-    assert len(group_messages(config.database.path, key)) == 2
+    assert len(group_messages(config.database, key)) == 2
 
 
 async def test_a_group_of_one_stores_nothing_but_answers_msg_sent(
@@ -269,8 +270,8 @@ async def test_a_group_of_one_stores_nothing_but_answers_msg_sent(
     ws = await open_group(a.client, a.phone, key)
     await send_grp(ws, a.phone, key, "note to self")
     await assert_quiet(inbox(a))
-    assert group_messages(config.database.path, key) == []
-    assert db_rows(config.database.path, "SELECT count(*) FROM group_pending") == [(0,)]
+    assert group_messages(config.database, key) == []
+    assert db_rows(config.database, "SELECT count(*) FROM group_pending") == [(0,)]
 
 
 # -- grp_msg_received and the three-member scenario (SPEC 5.3, 6) ---------------------------------
@@ -294,21 +295,21 @@ async def test_grp_msg_received_removes_one_recipient_and_tells_the_sender(
     assert push["message"] == sent["sent_timestamp"]
     assert_server_time(push["sent_timestamp"])
     await assert_quiet(ws_b, inbox(b), inbox(c))
-    assert pending_of(config.database.path, key) == {"ack me": [c.phone]}
+    assert pending_of(config.database, key) == {"ack me": [c.phone]}
 
     # a second acknowledgement by B finds nothing of B's left to delete
     await ws_b.send_json(frame("grp_msg_received", b.phone, a.phone, sent["sent_timestamp"]))
     assert_error(await recv(ws_b), "grp_msg_received", b.phone, key,
                  "couldn't find a message to delete")
     await assert_quiet(inbox(a))
-    assert pending_of(config.database.path, key) == {"ack me": [c.phone]}
+    assert pending_of(config.database, key) == {"ack me": [c.phone]}
 
 
 async def test_three_members_one_offline_the_row_goes_only_with_the_last_ack(
         as_user: UserFactory, config: Config, store: Store) -> None:
     """A and B online, C offline; C fetches later and acknowledges last: only then the stored row
     and its pending entries go, and after a scrub the body is in neither the file nor the WAL."""
-    path = config.database.path
+    db = config.database
     key, (a, b, c) = await make_group(as_user, 3, online=2)
     marker = f"group-body-{new_phone()}"
     body = f"{marker} meet at noon"
@@ -316,13 +317,13 @@ async def test_three_members_one_offline_the_row_goes_only_with_the_last_ack(
     when = new_instant()
     sent = await send_grp(ws_a, a.phone, key, body, plain(when))
     assert await recv(inbox(b)) == pushed(sent, key, b.phone)
-    assert db_rows(path, "SELECT count(*) FROM group_messages WHERE grp = ?", (key,)) == [(1,)]
-    assert pending_of(path, key) == {body: sorted([b.phone, c.phone])}
+    assert db_rows(db, "SELECT count(*) FROM group_messages WHERE grp = ?", (key,)) == [(1,)]
+    assert pending_of(db, key) == {body: sorted([b.phone, c.phone])}
 
     ws_b = await open_group(b.client, b.phone, key)
     await ws_b.send_json(frame("grp_msg_received", b.phone, a.phone, sent["sent_timestamp"]))
     assert (await recv(inbox(a)))["msg_from"] == f"{key}-{b.phone}"
-    assert pending_of(path, key) == {body: [c.phone]}  # still stored: C has not got it
+    assert pending_of(db, key) == {body: [c.phone]}  # still stored: C has not got it
 
     # C comes online and fetches: the message, still pending for C alone
     c.inbox = await open_receive(c.client, c.phone)
@@ -330,9 +331,10 @@ async def test_three_members_one_offline_the_row_goes_only_with_the_last_ack(
     assert replies == [{"command": "fetch_grp_msgs", "all": "True", "messages": [{
         "msg_from": f"{key}-{a.phone}", "msg_to": c.phone, "message": body,
         "command": "new_msg", "sent_timestamp": iso(when), "pending": [c.phone]}]}]
-    assert pending_of(path, key) == {body: [c.phone]}  # fetching deletes nothing
+    assert pending_of(db, key) == {body: [c.phone]}  # fetching deletes nothing
     await store.scrub()
-    assert files_holding(path, marker.encode()), "control: the stored body is in the files"
+    if has_files(db):  # else FILES_ARE_SQLITE
+        assert files_holding(db, marker.encode()), "control: the stored body is in the files"
 
     ws_c = await open_group(c.client, c.phone, key)
     # the same instant in the other form names the same message (SPEC 5)
@@ -340,19 +342,20 @@ async def test_three_members_one_offline_the_row_goes_only_with_the_last_ack(
     push = await recv(inbox(a))
     assert (push["command"], push["msg_from"], push["msg_to"]) == (
         "msg_received", f"{key}-{c.phone}", a.phone)
-    assert db_rows(path, "SELECT count(*) FROM group_messages") == [(0,)]
-    assert db_rows(path, "SELECT count(*) FROM group_pending") == [(0,)]
+    assert db_rows(db, "SELECT count(*) FROM group_messages") == [(0,)]
+    assert db_rows(db, "SELECT count(*) FROM group_pending") == [(0,)]
     assert (await fetch_grp(inbox(c), c.phone))[0]["messages"] == []
 
     await asyncio.wait_for(store.scrub(), TIMEOUT)
-    assert files_holding(path, marker.encode()) == []
+    if has_files(db):
+        assert files_holding(db, marker.encode()) == []
 
 
-async def gone_within_scrub_seconds(path: str, needle: bytes, scrub_seconds: float) -> None:
+async def gone_within_scrub_seconds(db: Database, needle: bytes, scrub_seconds: float) -> None:
     """Poll the files (no fixed wait) until `needle` is in neither; fail past the deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + scrub_seconds + 3.0  # generous slack for a loaded machine
-    while found := files_holding(path, needle):
+    while found := files_holding(db, needle):
         assert loop.time() < deadline, f"body still in {found}"
         await asyncio.sleep(0.02)
 
@@ -361,7 +364,9 @@ async def gone_within_scrub_seconds(path: str, needle: bytes, scrub_seconds: flo
 async def test_the_writer_scrubs_a_deleted_group_body_by_itself(
         as_user: UserFactory, config: Config, store: Store, how: str) -> None:
     """SPEC 6: within `database.scrub_seconds` of the deletion, without anyone asking for it."""
-    path = config.database.path
+    db = config.database
+    if not has_files(db):
+        pytest.skip(FILES_ARE_SQLITE)
     key, (a, b) = await make_group(as_user, 2)
     marker = f"auto-scrub-{new_phone()}"
     ws_a = await open_group(a.client, a.phone, key)
@@ -371,7 +376,7 @@ async def test_the_writer_scrubs_a_deleted_group_body_by_itself(
     # settle() acknowledges nothing, which may have scheduled a scrub: have it done now, so
     # that only the deletion below can schedule the next one
     await asyncio.wait_for(store.scrub(), TIMEOUT)
-    assert files_holding(path, marker.encode()), "control: the stored body is in the files"
+    assert files_holding(db, marker.encode()), "control: the stored body is in the files"
     if how == "last-ack":
         await ws_b.send_json(frame("grp_msg_received", b.phone, a.phone, sent["sent_timestamp"]))
         await recv(inbox(a))
@@ -379,8 +384,8 @@ async def test_the_writer_scrubs_a_deleted_group_body_by_itself(
         resp, _ = await asyncio.gather(patch(a.client, key, {"remove": [b.phone]}),
                                        wait_closed(ws_b))
         assert resp.status == 200, await resp.text()
-    assert group_messages(path, key) == []
-    await gone_within_scrub_seconds(path, marker.encode(), config.database.scrub_seconds)
+    assert group_messages(db, key) == []
+    await gone_within_scrub_seconds(db, marker.encode(), config.database.scrub_seconds)
 
 
 async def test_an_acknowledgement_on_one_groups_socket_cannot_touch_another_groups_message(
@@ -398,7 +403,7 @@ async def test_an_acknowledgement_on_one_groups_socket_cannot_touch_another_grou
     assert_error(await recv(ws_b1), "grp_msg_received", b.phone, key1,
                  "couldn't find a message to delete")
     await assert_quiet(inbox(x), inbox(a))
-    assert pending_of(config.database.path, key2) == {"for b in g2": [b.phone]}
+    assert pending_of(config.database, key2) == {"for b in g2": [b.phone]}
 
 
 # -- fetch_grp_msgs (SPEC 5.2) ----------------------------------------------------------------
@@ -488,7 +493,7 @@ async def test_grp_msg_read_tells_the_sender_and_moves_the_read_position_forward
     read = (await group_info(c.client, key))["read"]
     assert read == {a.phone: None, b.phone: server_form(late), c.phone: None}
     # reading deletes nothing
-    assert pending_of(config.database.path, key) == {"first": sorted([b.phone, c.phone]),
+    assert pending_of(config.database, key) == {"first": sorted([b.phone, c.phone]),
                                                      "second": sorted([b.phone, c.phone])}
 
     # an older message read later does not move the position back (still told to the sender)
@@ -533,7 +538,7 @@ async def test_is_grp_typing_reaches_every_other_participant_once_a_second_per_s
     await ws_a2.send_json(frame("is_grp_typing", a.phone, key))
     assert (await recv(inbox(c)))["command"] == "is_typing"
     assert (await recv(inbox(b)))["command"] == "is_typing"
-    assert db_rows(config.database.path, "SELECT count(*) FROM group_messages") == [(0,)]
+    assert db_rows(config.database, "SELECT count(*) FROM group_messages") == [(0,)]
 
 
 # -- refused frames (SPEC 5.5) ----------------------------------------------------------------
@@ -566,7 +571,7 @@ async def test_a_refused_group_frame_gets_an_error_stores_nothing_and_the_socket
     await ws.send_json(bad)
     assert_error(await recv(ws), bad["command"], a.phone, key, says)
     await assert_quiet(inbox(a), inbox(b), inbox(x))
-    assert db_rows(config.database.path, "SELECT count(*) FROM group_messages") == [(0,)]
+    assert db_rows(config.database, "SELECT count(*) FROM group_messages") == [(0,)]
 
     sent = await send_grp(ws, a.phone, key, "still open")  # the socket still works
     assert await recv(inbox(b)) == pushed(sent, key, b.phone)
@@ -625,7 +630,7 @@ async def test_the_group_socket_handshake_accepts_the_servers_own_origin(
 
 async def test_acknowledgements_arriving_together_delete_the_message_once_all_are_in(
         as_user: UserFactory, config: Config) -> None:
-    path = config.database.path
+    db = config.database
     key, members = await make_group(as_user, 4)
     a, others = members[0], members[1:]
     ws_a = await open_group(a.client, a.phone, key)
@@ -639,8 +644,8 @@ async def test_acknowledgements_arriving_together_delete_the_message_once_all_ar
     pushes = [await recv(inbox(a)) for _ in others]
     assert sorted(p["msg_from"] for p in pushes) == sorted(f"{key}-{m.phone}" for m in others)
     assert all(p["command"] == "msg_received" and p["msg_to"] == a.phone for p in pushes)
-    assert db_rows(path, "SELECT count(*) FROM group_messages") == [(0,)]
-    assert db_rows(path, "SELECT count(*) FROM group_pending") == [(0,)]
+    assert db_rows(db, "SELECT count(*) FROM group_messages") == [(0,)]
+    assert db_rows(db, "SELECT count(*) FROM group_pending") == [(0,)]
     await assert_quiet(*sockets)  # no error for anyone
 
 
@@ -679,7 +684,7 @@ async def test_an_added_member_gets_later_messages_not_earlier_ones(
     assert await recv(inbox(b)) == pushed(after, key, b.phone)
     fetched = [m for r in await fetch_grp(inbox(d), d.phone) for m in r["messages"]]
     assert [m["message"] for m in fetched] == ["after D"]
-    assert pending_of(config.database.path, key) == {
+    assert pending_of(config.database, key) == {
         "before D": [b.phone], "after D": sorted([b.phone, d.phone])}
 
     ws_d = await open_group(d.client, d.phone, key)  # and D may now send
@@ -689,7 +694,7 @@ async def test_an_added_member_gets_later_messages_not_earlier_ones(
 
 async def test_removing_a_member_drops_their_pending_entries_and_closes_their_group_socket(
         as_user: UserFactory, config: Config, store: Store) -> None:
-    path = config.database.path
+    db = config.database
     key, (a, b, c) = await make_group(as_user, 3)
     # B's pending entries in another group stay
     other = (await create_group(c.client, "other", [b.phone]))["key"]
@@ -707,7 +712,7 @@ async def test_removing_a_member_drops_their_pending_entries_and_closes_their_gr
         await recv(inbox(c))
     await ws_c.send_json(frame("grp_msg_received", c.phone, a.phone, only_b["sent_timestamp"]))
     await recv(inbox(a))
-    assert pending_of(path, key) == {"left for b only": [b.phone],
+    assert pending_of(db, key) == {"left for b only": [b.phone],
                                      "for b and c": sorted([b.phone, c.phone])}
 
     # B's socket of the group in another login session (another device) is closed too
@@ -725,12 +730,13 @@ async def test_removing_a_member_drops_their_pending_entries_and_closes_their_gr
     assert b.phone not in updated["read"]
 
     # the message left with no one pending is deleted; B is gone from the other's list
-    assert pending_of(path, key) == {"for b and c": [c.phone]}
-    assert [m[2] for m in group_messages(path, key)] == ["for b and c"]
-    assert pending_of(path, other) == {"in the other group": [b.phone]}
+    assert pending_of(db, key) == {"for b and c": [c.phone]}
+    assert [m[2] for m in group_messages(db, key)] == ["for b and c"]
+    assert pending_of(db, other) == {"in the other group": [b.phone]}
     await asyncio.wait_for(store.scrub(), TIMEOUT)
-    assert files_holding(path, b"left for b only") == []
-    assert files_holding(path, b"for b and c"), "control: a body still pending stays"
+    if has_files(db):  # else FILES_ARE_SQLITE
+        assert files_holding(db, b"left for b only") == []
+        assert files_holding(db, b"for b and c"), "control: a body still pending stays"
     fetched = [m for r in await fetch_grp(inbox(b), b.phone) for m in r["messages"]]
     assert [m["message"] for m in fetched] == ["in the other group"]
 
@@ -829,7 +835,7 @@ async def test_a_participant_may_leave_without_being_admin(
     assert resp.status == 200, await resp.text()
     assert code == (WSCloseCode.POLICY_VIOLATION, b"removed from group")
     assert (await resp.json())["participants"] == sorted([a.phone, c.phone])
-    assert pending_of(config.database.path, key) == {"pending for b and c": [c.phone]}
+    assert pending_of(config.database, key) == {"pending for b and c": [c.phone]}
     assert {"key": key, "name": "friends"} not in (await (await b.client.get("/chat/info")).json())[
         "groups"]
     await json_error(await b.client.get("/chat/info/group", params={"key": key}), 403)
@@ -851,14 +857,14 @@ async def test_when_the_last_admin_leaves_the_longest_standing_member_becomes_ad
 
 async def test_when_the_last_member_leaves_the_group_is_deleted(
         as_user: UserFactory, config: Config) -> None:
-    path = config.database.path
+    db = config.database
     key, (a, b) = await make_group(as_user, 2, name="short-lived")
     ws_b = await open_group(b.client, b.phone, key)
     await send_grp(ws_b, b.phone, key, "pending for a")
     await recv(inbox(a))
     resp, _ = await asyncio.gather(patch(b.client, key, {"remove": [b.phone]}), wait_closed(ws_b))
     assert resp.status == 200, await resp.text()
-    assert pending_of(path, key) == {"pending for a": [a.phone]}
+    assert pending_of(db, key) == {"pending for a": [a.phone]}
 
     ws_a = await open_group(a.client, a.phone, key)
     resp, code = await asyncio.gather(patch(a.client, key, {"remove": [a.phone]}),
@@ -869,8 +875,8 @@ async def test_when_the_last_member_leaves_the_group_is_deleted(
                                  "admins": []}
     await json_error(await a.client.get("/chat/info/group", params={"key": key}), 404)
     for table, column in (("groups", "key"), ("group_members", "grp"), ("group_messages", "grp")):
-        assert db_rows(path, f"SELECT count(*) FROM {table} WHERE {column} = ?", (key,)) == [(0,)]
-    assert db_rows(path, "SELECT count(*) FROM group_pending") == [(0,)]
+        assert db_rows(db, f"SELECT count(*) FROM {table} WHERE {column} = ?", (key,)) == [(0,)]
+    assert db_rows(db, "SELECT count(*) FROM group_pending") == [(0,)]
 
 
 # -- the page /chat/group/<msg_from>/<grp>/ (SPEC 4) ------------------------------------------

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import itertools
 import re
-import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +21,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from backends import db_rows
 from chatserver.app import create_app
 from chatserver.config import Config, Rooms
 from chatserver.store import Store
@@ -140,13 +140,9 @@ async def send_room_msg(ws: WS, msg_from: str, room: str, text: str,
 
 
 def stored_room_messages(config: Config, room: str) -> list[tuple[str, str]]:
-    """(msg_from, message) of every stored row of `room`, read from the file (read-only)."""
-    db = sqlite3.connect(f"file:{config.database.path}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT msg_from, message FROM room_messages WHERE room = ? ORDER BY id",
-                          (room,)).fetchall()
-    finally:
-        db.close()
+    """(msg_from, message) of every stored row of `room`, read on a connection of its own."""
+    return db_rows(config.database,  # type: ignore[return-value]
+                   "SELECT msg_from, message FROM room_messages WHERE room = ? ORDER BY id", (room,))
 
 
 LoginOn = Callable[[TestServer, str], Awaitable[TestClient]]
@@ -664,11 +660,7 @@ async def test_private_room_needs_its_password_once_per_session(
         await ws.close()
 
     # The password is stored as a bcrypt hash, never as given.
-    db = sqlite3.connect(f"file:{config.database.path}?mode=ro", uri=True)
-    try:
-        (stored,), = db.execute("SELECT password_hash FROM rooms WHERE name = ?", (name,))
-    finally:
-        db.close()
+    (stored,), = db_rows(config.database, "SELECT password_hash FROM rooms WHERE name = ?", (name,))
     assert bytes(stored).startswith(b"$2") and ROOM_PASSWORD.encode() not in bytes(stored)
 
 
