@@ -25,13 +25,13 @@ from .app import create_app, open_store
 from .auth import hash_password, load_secret
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
-from .store import CorruptDatabase, backup
+from .store import CorruptDatabase, StoreError, backup
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "config.toml"
 # What a store or hub that cannot be reached raises at start-up: a clear line, not a traceback.
-STARTUP_ERRORS: tuple[type[BaseException], ...] = (OSError,)
+STARTUP_ERRORS: tuple[type[BaseException], ...] = (OSError, StoreError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FormError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except CorruptDatabase as e:
+    except (CorruptDatabase, *STARTUP_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

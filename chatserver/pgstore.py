@@ -357,10 +357,14 @@ class PgStore:
         for their changes.
 
         Applying the schema is idempotent and takes an advisory lock per schema, so processes
-        starting at once do it one after the other. Raises asyncpg's errors (and OSError) when
-        the server cannot be reached or refuses.
+        starting at once do it one after the other. Raises OSError when
+        the server cannot be reached, StoreError when it refuses the connection.
         """
-        writer = await asyncpg.connect(url)
+        try:
+            writer = await asyncpg.connect(url)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            # e.g. an unknown role or database: one line for `run.py`, not a traceback
+            raise StoreError(f"cannot use the PostgreSQL database: {e}") from e
         pool: asyncpg.Pool | None = None
         try:
             async with writer.transaction():
