@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,6 +56,9 @@ import asyncpg
 from .protocol import now_micros
 from .store import (
     Contact,
+    GroupCommitStore,
+    QueuedWrite,
+    Runners,
     DialogueSide,
     Group,
     GroupMessage,
@@ -98,12 +100,6 @@ _CONNECTION_ERRORS: Final = (asyncpg.InterfaceError, asyncpg.PostgresConnectionE
                              asyncpg.exceptions.OperatorInterventionError)
 
 
-@dataclass(slots=True)
-class _Write:
-    run: Runner
-    args: Any
-    future: asyncio.Future[Any]
-    deletes: bool  # leaves dead message tuples behind: the tables must be vacuumed (SPEC 6)
 
 
 def _columns(rows: list[Any], n: int) -> list[list[Any]]:
@@ -320,12 +316,16 @@ def _room(r: Any) -> Room:
     return Room(r[0], r[1], bytes(r[2]) if r[2] is not None else None)
 
 
-class PgStore:
+class PgStore(GroupCommitStore):
     """All persistent state, in PostgreSQL. Open with `await PgStore.open(url)`, close with
     `await store.close()`. Every public method is `store.Store`'s, with the same arguments and
     results (read its docstrings); what differs is said here. Errors: where Store raises
     sqlite3.Error this raises store.StoreError (store.IntegrityError for a constraint, such as
     an unknown phone), with asyncpg's error as its cause; NotMember and StoreClosed as Store."""
+
+    RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,
+                      _add_group_many, _ack_group_many, _read_group_many, _add_room_many,
+                      _call_ops)
 
     def __init__(self, url: str, writer: Conn, pool: asyncpg.Pool, channel: str,
                  scrub_seconds: float, rooms_keep: int) -> None:
@@ -342,7 +342,7 @@ class PgStore:
         self._relisten: asyncio.Task[None] | None = None
         # Set (and replaced) whenever a notification has been applied: tests await it.
         self._mirror_updated = asyncio.Event()
-        self._queue: list[_Write] = []
+        self._queue: list[QueuedWrite] = []
         self._wakeup = asyncio.Event()
         self._closing = False
         self._scrub_at: float | None = None  # loop time when the message tables must be vacuumed
@@ -476,15 +476,6 @@ class PgStore:
 
     # -- group commit ---------------------------------------------------------------------------
 
-    def _submit(self, run: Runner, args: Any, *, deletes: bool = False) -> asyncio.Future[Any]:
-        """Queue one write for the next batch; the future resolves after its COMMIT."""
-        if self._closing:
-            raise StoreClosed("the store is closing")
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Write(run, args, future, deletes))
-        self._wakeup.set()
-        return future
-
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -511,7 +502,7 @@ class PgStore:
             self._writer = writer
         return self._writer
 
-    async def _commit(self, batch: list[_Write]) -> None:
+    async def _commit(self, batch: list[QueuedWrite]) -> None:
         """Run `batch` in one transaction, one statement per kind of write.
 
         When a statement fails, the batch is rolled back and run again with every write on its
@@ -521,12 +512,12 @@ class PgStore:
         alone = False
         attempts = 0
         while batch:
-            groups: dict[Runner, list[_Write]] = {}
+            groups: dict[Runner, list[QueuedWrite]] = {}
             for write in batch:
                 groups.setdefault(write.run, []).append(write)
             steps = [(w.run, [w]) for w in batch] if alone else list(groups.items())
             results: dict[int, Any] = {}  # id(write) -> result
-            failed: tuple[list[_Write], BaseException] | None = None
+            failed: tuple[list[QueuedWrite], BaseException] | None = None
             db: Conn | None = None
             try:
                 db = await self._connection()
@@ -578,10 +569,6 @@ class PgStore:
             # The connection is in an unknown state: drop it, the next batch makes a new one.
             log.warning("ROLLBACK failed; the writer connection is dropped")
             db.terminate()
-
-    async def _write(self, op: Op, *, deletes: bool = False) -> Any:
-        """Run a rare write (one small coroutine) in the next batch."""
-        return await self._submit(_call_ops, op, deletes=deletes)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -731,26 +718,6 @@ class PgStore:
 
     # -- personal messages (group commit) -------------------------------------------------------
 
-    def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
-                     message: str) -> asyncio.Future[bool]:
-        """Store a message durably; the future resolves after COMMIT. False when the same identity
-        (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice (SPEC 5.1).
-        The dialogue rows are created by a trigger (schema-postgres.sql). Fails with
-        IntegrityError for a phone that has no account."""
-        return self._submit(
-            _add_personal_many, [msg_from, msg_to, sent_us, sent_timestamp, message])
-
-    def ack_personal(self, msg_from: str, msg_to: str, sent_us: int,
-                     received_at: str) -> asyncio.Future[bool]:
-        """msg_to acknowledges msg_from's message `sent_us` (SPEC 5.1 `msg_received`): delete it and
-        set last_received_receiver of msg_from -> msg_to. False when no such message is stored."""
-        return self._submit(
-            _ack_personal_many, [msg_from, msg_to, sent_us, received_at], deletes=True)
-
-    def read_personal(self, msg_from: str, msg_to: str, seen_at: str) -> asyncio.Future[None]:
-        """msg_to has seen msg_from's messages (SPEC 5.1 `msg_read`): set last_seen_receiver."""
-        return self._submit(_read_personal_many, [msg_from, msg_to, seen_at])
-
     async def pending_for(self, msg_to: str) -> list[StoredMessage]:
         """Personal messages stored for msg_to, in the order the server accepted them (SPEC 5.2)."""
         rows = await self._fetch(
@@ -840,25 +807,6 @@ class PgStore:
             " JOIN users AS u ON u.phone = m.phone WHERE m.grp = $1 ORDER BY m.phone", key)
         return [(r[0], r[1], r[2]) for r in rows]
 
-    def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                          message: str) -> asyncio.Future[list[str] | None]:
-        """Store a group message durably, pending for every other participant (SPEC 5.3).
-
-        Resolves after COMMIT to the phones it is pending for (sorted), or None for a retry of a
-        message still stored; fails with NotMember when msg_from is not a participant.
-        """
-        return self._submit(
-            _add_group_many, [grp, msg_from, sent_us, sent_timestamp, message])
-
-    def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str) -> asyncio.Future[bool]:
-        """`phone` acknowledges msg_from's message in grp: remove it from the pending list (the
-        last acknowledgement deletes the message). False when it was not pending for `phone`."""
-        return self._submit(_ack_group_many, [grp, msg_from, sent_us, phone], deletes=True)
-
-    def read_group(self, grp: str, phone: str, up_to: str) -> asyncio.Future[None]:
-        """Move `phone`'s read position in grp forward to `up_to` (server format)."""
-        return self._submit(_read_group_many, [grp, phone, up_to])
-
     async def pending_group_for(self, phone: str) -> list[GroupMessage]:
         """Group messages still pending for `phone`, oldest first, each with its pending list."""
         rows = await self._fetch(
@@ -890,15 +838,6 @@ class PgStore:
         """Every room, by name."""
         rows = await self._fetch("SELECT name, created_by, password_hash FROM rooms ORDER BY name")
         return [_room(r) for r in rows]
-
-    def add_room_message(self, room: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                         message: str) -> asyncio.Future[int | None]:
-        """Append to a room's history (keeping the latest `rooms_keep`); resolves to the
-        message's id, or None for a retry. Ids come from one sequence shared by every process:
-        they increase in each process's commit order."""
-        return self._submit(
-            _add_room_many, [room, msg_from, sent_us, sent_timestamp, message, self._rooms_keep],
-            deletes=True)
 
     async def room_history(self, room: str, limit: int) -> list[RoomMessage]:
         """The latest `limit` messages of a room, oldest first."""
@@ -981,8 +920,3 @@ class PgStore:
         rows = await self._fetch(
             "SELECT blocked FROM blocks WHERE blocker = $1 ORDER BY blocked", blocker)
         return [r[0] for r in rows]
-
-    def is_blocked(self, blocker: str, blocked: str) -> bool:
-        """True when `blocker` has blocked `blocked` (from memory: checked on every message; kept
-        up to date across processes by the blocks' notifications)."""
-        return (blocker, blocked) in self._blocks

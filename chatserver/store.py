@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import aiosqlite
 import orjson
@@ -136,7 +136,7 @@ class Contact:
 
 
 @dataclass(slots=True)
-class _Write:
+class QueuedWrite:
     run: Runner
     args: Any
     future: asyncio.Future[Any]
@@ -342,8 +342,112 @@ def backup(source: str | Path, target: str | Path) -> None:
         src.close()
 
 
-class Store:
+@dataclass(frozen=True, slots=True)
+class Runners:
+    """A store's batch runners, one per kind of write: each runs its argument lists in the open
+    transaction and returns one result per list (chatserver/store.py, chatserver/pgstore.py)."""
+
+    add_personal: Runner
+    ack_personal: Runner
+    read_personal: Runner
+    add_group: Runner
+    ack_group: Runner
+    read_group: Runner
+    add_room: Runner
+    call_ops: Runner  # the rare writes: one small coroutine each
+
+
+class GroupCommitStore:
+    """What the SQLite store and the PostgreSQL store share: the queue of writes for the next
+    batch (group commit), the writes of SPEC 5 put on it, and the blocks mirrored in memory.
+
+    A subclass sets RUNNERS and, in its __init__, `_queue`, `_wakeup`, `_closing`, `_rooms_keep`
+    and `_blocks`; its writer task takes everything queued while a commit is in flight as the
+    next batch and resolves each future after the COMMIT that holds its row, in submission order.
+    """
+
+    RUNNERS: ClassVar[Runners]
+    _queue: list[QueuedWrite]
+    _wakeup: asyncio.Event
+    _closing: bool
+    _rooms_keep: int
+    _blocks: set[tuple[str, str]]  # (blocker, blocked) pairs
+
+    def _submit(self, run: Runner, args: Any, *, deletes: bool = False) -> asyncio.Future[Any]:
+        """Queue one write for the next batch; the future resolves after its COMMIT.
+
+        Raises StoreClosed once `close()` has begun."""
+        if self._closing:
+            raise StoreClosed("the store is closing")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(QueuedWrite(run, args, future, deletes))
+        self._wakeup.set()
+        return future
+
+    async def _write(self, op: Op, *, deletes: bool = False) -> Any:
+        """Run a rare write (one small coroutine taking the writer connection) in the next batch."""
+        return await self._submit(self.RUNNERS.call_ops, op, deletes=deletes)
+
+    def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
+                     message: str) -> asyncio.Future[bool]:
+        """Store a message durably; the future resolves after COMMIT. False when the same identity
+        (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice (SPEC 5.1).
+        The dialogue rows are created by a trigger (schema.sql, schema-postgres.sql). Fails with
+        the database's integrity error for a phone that has no account."""
+        return self._submit(
+            self.RUNNERS.add_personal, [msg_from, msg_to, sent_us, sent_timestamp, message])
+
+    def ack_personal(self, msg_from: str, msg_to: str, sent_us: int,
+                     received_at: str) -> asyncio.Future[bool]:
+        """msg_to acknowledges msg_from's message `sent_us` (SPEC 5.1 `msg_received`): delete it and
+        set last_received_receiver of msg_from -> msg_to. False when no such message is stored."""
+        return self._submit(
+            self.RUNNERS.ack_personal, [msg_from, msg_to, sent_us, received_at], deletes=True)
+
+    def read_personal(self, msg_from: str, msg_to: str, seen_at: str) -> asyncio.Future[None]:
+        """msg_to has seen msg_from's messages (SPEC 5.1 `msg_read`): set last_seen_receiver."""
+        return self._submit(self.RUNNERS.read_personal, [msg_from, msg_to, seen_at])
+
+    def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
+                          message: str) -> asyncio.Future[list[str] | None]:
+        """Store a group message durably, pending for every other participant (SPEC 5.3).
+
+        Resolves after COMMIT to the phones it is pending for, or None for a retry of a message
+        still stored; fails with NotMember when msg_from is not a participant.
+        """
+        return self._submit(
+            self.RUNNERS.add_group, [grp, msg_from, sent_us, sent_timestamp, message])
+
+    def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str) -> asyncio.Future[bool]:
+        """`phone` acknowledges msg_from's message in grp: remove it from the pending list (the
+        last acknowledgement deletes the message). False when it was not pending for `phone`."""
+        return self._submit(self.RUNNERS.ack_group, [grp, msg_from, sent_us, phone], deletes=True)
+
+    def read_group(self, grp: str, phone: str, up_to: str) -> asyncio.Future[None]:
+        """Move `phone`'s read position in grp forward to `up_to` (server format)."""
+        return self._submit(self.RUNNERS.read_group, [grp, phone, up_to])
+
+    def add_room_message(self, room: str, msg_from: str, sent_us: int, sent_timestamp: str,
+                         message: str) -> asyncio.Future[int | None]:
+        """Append to a room's history (keeping the latest `rooms_keep`); resolves to the
+        message's id, or None for a retry. On PostgreSQL the ids come from one sequence shared by
+        every process: they increase in each process's commit order."""
+        return self._submit(
+            self.RUNNERS.add_room,
+            [room, msg_from, sent_us, sent_timestamp, message, self._rooms_keep], deletes=True)
+
+    def is_blocked(self, blocker: str, blocked: str) -> bool:
+        """True when `blocker` has blocked `blocked` (from memory: checked on every message; on
+        PostgreSQL kept up to date across processes by the blocks' notifications)."""
+        return (blocker, blocked) in self._blocks
+
+
+class Store(GroupCommitStore):
     """All persistent state. Open with `await Store.open(...)`, close with `await store.close()`."""
+
+    RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,
+                      _add_group_many, _ack_group_many, _read_group_many, _add_room_many,
+                      _call_ops)
 
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection,
                  scrub_seconds: float, rooms_keep: int, blocks: set[tuple[str, str]]) -> None:
@@ -353,7 +457,7 @@ class Store:
         self._rooms_keep = rooms_keep
         # (blocker, blocked) pairs, mirrored in memory: every new_msg is checked against them.
         self._blocks = blocks
-        self._queue: list[_Write] = []
+        self._queue: list[QueuedWrite] = []
         self._wakeup = asyncio.Event()
         self._closing = False
         self._scrub_at: float | None = None  # loop time when the WAL must next be truncated
@@ -419,15 +523,6 @@ class Store:
 
     # -- group commit -------------------------------------------------------------------------
 
-    def _submit(self, run: Runner, args: Any, *, deletes: bool = False) -> asyncio.Future[Any]:
-        """Queue one write for the next batch; the future resolves after its COMMIT."""
-        if self._closing:
-            raise StoreClosed("the store is closing")
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Write(run, args, future, deletes))
-        self._wakeup.set()
-        return future
-
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -449,7 +544,7 @@ class Store:
             if self._scrub_at is None and any(w.deletes for w in batch):
                 self._scrub_at = loop.time() + self._scrub_seconds
 
-    async def _commit(self, batch: list[_Write]) -> None:
+    async def _commit(self, batch: list[QueuedWrite]) -> None:
         """Run `batch` in one transaction, one statement per kind of write.
 
         When a statement fails, the batch is rolled back and run again with every write on its
@@ -458,12 +553,12 @@ class Store:
         db = self._writer
         alone = False
         while batch:
-            groups: dict[Runner, list[_Write]] = {}
+            groups: dict[Runner, list[QueuedWrite]] = {}
             for write in batch:
                 groups.setdefault(write.run, []).append(write)
             steps = ([(w.run, [w]) for w in batch] if alone else list(groups.items()))
             results: dict[int, Any] = {}  # id(write) -> result
-            failed: tuple[list[_Write], sqlite3.Error] | None = None
+            failed: tuple[list[QueuedWrite], sqlite3.Error] | None = None
             try:
                 await db.execute("BEGIN IMMEDIATE")
                 for run, writes in steps:
@@ -504,10 +599,6 @@ class Store:
             await self._writer.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # no transaction was open
-
-    async def _write(self, op: Op, *, deletes: bool = False) -> Any:
-        """Run a rare write (one small coroutine) in the next batch."""
-        return await self._submit(_call_ops, op, deletes=deletes)
 
     async def _scrub(self) -> None:
         """Checkpoint and truncate the WAL (between batches, on the writer task only)."""
@@ -628,25 +719,6 @@ class Store:
 
     # -- personal messages (group commit) -----------------------------------------------------
 
-    def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
-                     message: str) -> asyncio.Future[bool]:
-        """Store a message durably; the future resolves after COMMIT. False when the same identity
-        (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice (SPEC 5.1).
-        The dialogue rows are created by a trigger (schema.sql)."""
-        return self._submit(
-            _add_personal_many, [msg_from, msg_to, sent_us, sent_timestamp, message])
-
-    def ack_personal(self, msg_from: str, msg_to: str, sent_us: int,
-                     received_at: str) -> asyncio.Future[bool]:
-        """msg_to acknowledges msg_from's message `sent_us` (SPEC 5.1 `msg_received`): delete it and
-        set last_received_receiver of msg_from -> msg_to. False when no such message is stored."""
-        return self._submit(
-            _ack_personal_many, [msg_from, msg_to, sent_us, received_at], deletes=True)
-
-    def read_personal(self, msg_from: str, msg_to: str, seen_at: str) -> asyncio.Future[None]:
-        """msg_to has seen msg_from's messages (SPEC 5.1 `msg_read`): set last_seen_receiver."""
-        return self._submit(_read_personal_many, [msg_from, msg_to, seen_at])
-
     async def pending_for(self, msg_to: str) -> list[StoredMessage]:
         """Personal messages stored for msg_to, in the order the server accepted them (SPEC 5.2)."""
         rows = await self._reader.execute_fetchall(
@@ -728,25 +800,6 @@ class Store:
             " JOIN users AS u ON u.phone = m.phone WHERE m.grp = ? ORDER BY m.phone", (key,))
         return [(r[0], r[1], r[2]) for r in rows]
 
-    def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                          message: str) -> asyncio.Future[list[str] | None]:
-        """Store a group message durably, pending for every other participant (SPEC 5.3).
-
-        Resolves after COMMIT to the phones it is pending for, or None for a retry of a message
-        still stored; fails with NotMember when msg_from is not a participant.
-        """
-        return self._submit(
-            _add_group_many, [grp, msg_from, sent_us, sent_timestamp, message])
-
-    def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str) -> asyncio.Future[bool]:
-        """`phone` acknowledges msg_from's message in grp: remove it from the pending list (the
-        last acknowledgement deletes the message). False when it was not pending for `phone`."""
-        return self._submit(_ack_group_many, [grp, msg_from, sent_us, phone], deletes=True)
-
-    def read_group(self, grp: str, phone: str, up_to: str) -> asyncio.Future[None]:
-        """Move `phone`'s read position in grp forward to `up_to` (server format)."""
-        return self._submit(_read_group_many, [grp, phone, up_to])
-
     async def pending_group_for(self, phone: str) -> list[GroupMessage]:
         """Group messages still pending for `phone`, oldest first, each with its pending list."""
         rows = await self._reader.execute_fetchall(
@@ -782,14 +835,6 @@ class Store:
         rows = await self._reader.execute_fetchall(
             "SELECT name, created_by, password_hash FROM rooms ORDER BY name")
         return [Room(r[0], r[1], bytes(r[2]) if r[2] is not None else None) for r in rows]
-
-    def add_room_message(self, room: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                         message: str) -> asyncio.Future[int | None]:
-        """Append to a room's history (keeping the latest `rooms_keep`); resolves to the
-        message's id, or None for a retry."""
-        return self._submit(
-            _add_room_many, [room, msg_from, sent_us, sent_timestamp, message, self._rooms_keep],
-            deletes=True)
 
     async def room_history(self, room: str, limit: int) -> list[RoomMessage]:
         """The latest `limit` messages of a room, oldest first."""
@@ -872,7 +917,3 @@ class Store:
         rows = await self._reader.execute_fetchall(
             "SELECT blocked FROM blocks WHERE blocker = ? ORDER BY blocked", (blocker,))
         return [r[0] for r in rows]
-
-    def is_blocked(self, blocker: str, blocked: str) -> bool:
-        """True when `blocker` has blocked `blocked` (from memory: checked on every message)."""
-        return (blocker, blocked) in self._blocks
