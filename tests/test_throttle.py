@@ -6,6 +6,7 @@ throttling hold across processes). Two Throttle objects stand for two server pro
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -87,3 +88,22 @@ async def test_redis_prefixes_keep_deployments_apart(
         other = shared(other_prefix)
         assert await count_allowed([mine], 6, "message", "5550000004") == 4
         assert await count_allowed([other], 6, "message", "5550000004") == 4
+
+
+async def test_unreachable_redis_falls_back_to_counting_in_memory(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as probe:  # a port on which nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    throttle = Throttle(LIMITS, f"redis://127.0.0.1:{port}/0", "unreachable")
+    try:
+        # neither lifted nor refusing everything: the per-process budget of 4 holds
+        assert await count_allowed([throttle], 6, "message", "5550000005") == 4
+        await throttle.login_failed("192.0.2.9")
+        assert not await throttle.login_blocked("192.0.2.9")
+        await throttle.login_failed("192.0.2.9")
+        assert await throttle.login_blocked("192.0.2.9")
+    finally:
+        await throttle.close()
+    warnings = [r for r in caplog.records if "counted in this process only" in r.getMessage()]
+    assert len(warnings) == 1  # logged once per OUTAGE_LOG_SECONDS, not per event
