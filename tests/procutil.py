@@ -1,5 +1,5 @@
 """Helpers for the tests that run the real server process (tests/test_crash.py,
-tests/test_shutdown.py and tests/test_scaleout.py).
+tests/test_crash_scaled.py, tests/test_shutdown.py and tests/test_scaleout.py).
 
 - The process: `python run.py serve` on a free port with a TOML config written by the test, waited
   for until it answers HTTP, stopped with a signal or killed with SIGKILL on the server's own pid
@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -600,19 +600,12 @@ class ChatUser:
     async def _pump(self, ws: WS, kind: str, target: str, recipients: list[str],
                     stop: asyncio.Event) -> None:
         window = self.windows[target]
-        command = "new_msg" if kind == "p" else "new_grp_msg"
         while not stop.is_set():
             await window.acquire()
             if stop.is_set() or ws.closed:
                 return
-            us, stamp = next_stamp()
-            mid = (kind, self.phone, target, us)
-            text = _body(mid, self.ledger.rng)
-            self.ledger.written(mid, text, recipients)
             try:
-                await ws.send_str(json.dumps({"message": text, "command": command,
-                                              "msg_from": self.phone, "msg_to": target,
-                                              "sent_timestamp": stamp}))
+                await self._write_one(ws, kind, target, recipients)
             except (ConnectionError, RuntimeError):
                 return
 
@@ -724,6 +717,32 @@ class ChatUser:
                 self.ledger.order.append(f"{where}: {key} {us} after {last[key]}")
             last[key] = us
 
+    async def flush(self, group_members: list[str], timeout: float) -> None:
+        """Write one more message on each of this user's open send sockets, then wait until
+        every message it wrote has its msg_sent. A socket's writes commit in the order of its
+        frames, so every frame written on them before (acknowledgements too) is committed by
+        then. For a server that keeps serving while another is killed."""
+        for peer, ws in self.personal.items():
+            await self._write_one(ws, "p", peer, [peer])
+        if self.group is not None:
+            await self._write_one(self.group, "g", self.group_key,
+                                  [m for m in group_members if m != self.phone])
+        mine = [mid for mid in self.ledger.texts if mid[1] == self.phone]
+        await until(lambda: all(mid in self.ledger.confirmed for mid in mine), timeout,
+                    lambda: f"{self.phone}: msg_sent of "
+                            f"{sum(mid not in self.ledger.confirmed for mid in mine)} of "
+                            f"{len(mine)} messages")
+
+    async def _write_one(self, ws: WS, kind: str, target: str, recipients: list[str]) -> None:
+        """Write one new message (recorded in the ledger first) on send socket `ws`."""
+        command = "new_msg" if kind == "p" else "new_grp_msg"
+        us, stamp = next_stamp()
+        mid = (kind, self.phone, target, us)
+        text = _body(mid, self.ledger.rng)
+        self.ledger.written(mid, text, recipients)
+        await ws.send_str(json.dumps({"message": text, "command": command, "msg_from": self.phone,
+                                      "msg_to": target, "sent_timestamp": stamp}))
+
     async def send_acks(self) -> list[Unit]:
         """Send the acknowledgements collected after the restart; returns their units."""
         units = []
@@ -779,8 +798,18 @@ async def make_party(server: ServerProcess, phones: list[str], pairs: list[tuple
     return party
 
 
+# Where a ChatNet's users connect: one server for all, or each phone's own (the scaled
+# deployment: several processes sharing one store and one hub).
+Where = ServerProcess | Mapping[str, ServerProcess]
+
+
+def server_of(where: Where, phone: str) -> ServerProcess:
+    return where if isinstance(where, ServerProcess) else where[phone]
+
+
 class ChatNet:
-    """Every user of a party connected to one server, recording into one ledger."""
+    """Every user of a party connected to one server (or each to theirs, see `Where`), recording
+    into one ledger."""
 
     def __init__(self, party: Party, ledger: Ledger) -> None:
         self.party = party
@@ -788,13 +817,14 @@ class ChatNet:
         self.users = [ChatUser(p, party.sessions[p], ledger) for p in party.phones]
         self.stop = asyncio.Event()
 
-    async def connect(self, server: ServerProcess, window: int) -> None:
+    async def connect(self, server: Where, window: int) -> None:
         """Open every socket, then prove every receive socket served (a fetch round trip each:
         pushes are registered before a receive socket reads its first frame)."""
         self.stop = asyncio.Event()
         for user in self.users:
             grp = self.party.group_key if user.phone in self.party.members else None
-            await user.connect(server, self.party.peers(user.phone), grp, window)
+            await user.connect(server_of(server, user.phone), self.party.peers(user.phone), grp,
+                               window)
         for user in self.users:
             await user.fetch_both()
 
@@ -821,9 +851,10 @@ class ChatNet:
         for user in self.users:
             await user.close()
 
-    async def drain(self, server: ServerProcess, db: Path) -> None:
+    async def drain(self, server: Where, db: Path | Callable[[], Awaitable[dict[str, int]]]) -> None:
         """After a restart: connect, fetch everything (recorded as delivered after), acknowledge
-        it all, wait for every receipt, fetch again (must be empty), and find no message rows."""
+        it all, wait for every receipt, fetch again (must be empty), and find no message rows
+        (in the SQLite file `db`, or as counted by `db()`, e.g. in PostgreSQL)."""
         self.ledger.phase = "after"
         await self.connect(server, window=1)
         units = [u for user in self.users for u in await user.send_acks()]
@@ -836,5 +867,5 @@ class ChatNet:
             await user.fetch_both()
         again = sum(self.ledger.delivered["after"].values()) - before
         assert again == 0, f"{again} messages still fetched after every acknowledgement"
-        rows = db_rows(db, MESSAGE_TABLES)
+        rows = db_rows(db, MESSAGE_TABLES) if isinstance(db, Path) else await db()
         assert rows == dict.fromkeys(MESSAGE_TABLES, 0), f"rows left after the drain: {rows}"
