@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The browser tests drive Debian's Chromium (never a browser that Playwright downloads).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test lint clean browser
+.PHONY: run test clean browser
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
