@@ -12,10 +12,10 @@ import secrets
 import sqlite3
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import pytest
@@ -865,3 +865,32 @@ async def test_pg_after_scrub_no_tuple_holds_an_acknowledged_body(
         await pg_store.scrub()
         assert await other.fetchval(tuples_holding, marker.encode()) == 0
         assert [m.message for m in await pg_store.pending_for(B)] == ["another message that stays"]
+
+
+async def test_pg_a_batch_that_loses_a_deadlock_is_run_again(pg_store: PgStore, pg_url: str) -> None:
+    """Two processes' batches that lock the same rows in opposite orders deadlock; PostgreSQL
+    aborts one (after its deadlock_timeout, 1 s by default), and that store runs its batch again
+    instead of failing its writes (pgstore MAX_ATTEMPTS). The two writes are made to meet inside
+    their transactions by events, so the deadlock happens every time."""
+    first_locked, second_locked = asyncio.Event(), asyncio.Event()
+    runs = {"first": 0, "second": 0}
+
+    def crossing(name: str, mine: asyncio.Event, theirs: asyncio.Event,
+                 one: str, two: str) -> Callable[[Any], Awaitable[None]]:
+        async def op(db: Any) -> None:
+            runs[name] += 1
+            await db.execute("UPDATE users SET name = name || '.' WHERE phone = $1", one)
+            mine.set()
+            await asyncio.wait_for(theirs.wait(), TIMEOUT)
+            await db.execute("UPDATE users SET name = name || '.' WHERE phone = $1", two)
+        return op
+
+    async with asyncio.timeout(3 * TIMEOUT), opened(pg_url) as second:
+        assert isinstance(second, PgStore)
+        await asyncio.gather(
+            pg_store._write(crossing("first", first_locked, second_locked, A, B)),  # noqa: SLF001
+            second._write(crossing("second", second_locked, first_locked, B, A)))  # noqa: SLF001
+        assert sorted(runs.values()) == [1, 2]  # the loser ran again, and nothing failed
+        names = {u.phone: u.name for u in [await second.get_user(A), await second.get_user(B)]
+                 if u is not None}
+        assert names == {A: f"user {A}..", B: f"user {B}.."}  # both writes committed, once each
