@@ -174,24 +174,37 @@ class _Receiving(_Membership):
 
 
 class _SessionSocket(_Membership):
-    """A socket of a login session, with the task that serves it (so that `Hub.close` can ask
-    that task to close its socket itself)."""
+    """Async context manager: a socket of a login session, served by the current task, within the
+    block. `Hub.close` asks for a close by cancelling that task; the block's exit honours it: it
+    closes the socket from the serving task itself, with the client's answer awaited (aiohttp
+    drops the connection when another task closes it), and ends the cancellation."""
 
-    __slots__ = ("_handlers",)
+    __slots__ = ("_hub",)
 
     def __init__(self, hub: Hub, sid_hash: str, ws: web.WebSocketResponse) -> None:
         super().__init__(hub._sessions, sid_hash, ws)  # noqa: SLF001 - the hub's own registry
-        self._handlers = hub._handlers  # noqa: SLF001
+        self._hub = hub
 
-    def __enter__(self) -> None:
-        super().__enter__()
+    async def __aenter__(self) -> None:
+        self.__enter__()
         task = asyncio.current_task()
         if task is not None:
-            self._handlers[self._item] = task
+            self._hub._handlers[self._item] = task  # noqa: SLF001
 
-    def __exit__(self, *exc: object) -> None:
-        self._handlers.pop(self._item, None)
-        super().__exit__(*exc)
+    async def __aexit__(self, kind: type[BaseException] | None, *exc: object) -> bool:
+        hub, ws = self._hub, self._item
+        try:
+            if kind is None or not issubclass(kind, asyncio.CancelledError):
+                return False
+            request = hub._close_requests.pop(ws, None)  # noqa: SLF001
+            if request is None:
+                return False  # a real cancellation (the peer went away, the server stops)
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # asked for
+            await close_socket(ws, *request, hub.close_timeout)
+            return True
+        finally:
+            hub._handlers.pop(ws, None)  # noqa: SLF001
+            self.__exit__()
 
 
 class _RoomMembership:
@@ -256,16 +269,17 @@ class Hub:
         return _Receiving(self._receivers, phone, outbox)
 
     def session_socket(self, sid_hash: str, ws: web.WebSocketResponse) -> _SessionSocket:
-        """Within the block, `ws` belongs to a login session (logging out closes it) and is
-        served by the current task."""
+        """`async with`: within the block, `ws` belongs to a login session (logging out closes
+        it) and is served by the current task; a close asked by `close` is carried out when the
+        block is left."""
         return _SessionSocket(self, sid_hash, ws)
 
     async def close(self, ws: web.WebSocketResponse, code: int, message: bytes) -> None:
         """Close `ws` with a full closing handshake (RFC 6455 7.1.1: wait for the client's close
         frame, at most `close_timeout` seconds). aiohttp's `close()` called from another task than
         the one reading the socket drops the connection right after our close frame, so the
-        serving task is asked to close it itself: it is cancelled, finds the request with
-        `close_requested`, and closes. Returns when it has."""
+        serving task is asked to close it itself: it is cancelled, and its `session_socket`
+        block closes the socket on the way out. Returns when it has."""
         task = self._handlers.get(ws)
         if task is None or task.done() or task is asyncio.current_task():
             await close_socket(ws, code, message, self.close_timeout)
@@ -275,10 +289,6 @@ class Hub:
         await asyncio.wait({task}, timeout=2 * self.close_timeout)
         if not task.done():
             await close_socket(ws, code, message, self.close_timeout)
-
-    def close_requested(self, ws: web.WebSocketResponse) -> tuple[int, bytes] | None:
-        """(code, message) when `close` cancelled the task serving `ws`, else None."""
-        return self._close_requests.pop(ws, None)
 
     def group_socket(self, grp: str, phone: str, ws: web.WebSocketResponse) -> _Membership:
         """Within the block, removing `phone` from group `grp` closes `ws`."""

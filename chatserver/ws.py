@@ -7,7 +7,6 @@ in order (SPEC 5.1). No task is spawned per frame.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -18,7 +17,7 @@ from aiohttp import WSMsgType, web
 from . import commands
 from .auth import current_user
 from .commands import Conn
-from .hub import Hub, Outbox, close_socket
+from .hub import Hub, Outbox
 from .keys import config_key, hub_key, store_key, throttle_key
 from .middlewares import same_origin
 from .protocol import (
@@ -88,14 +87,15 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
     ws = _socket(request)
     await ws.prepare(request)
     try:
-        with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox:
-            # Registered (with a shared hub: subscribed) before the first frame is read, so that
-            # no push sent after the client's first fetch can miss this socket.
-            async with _closable(hub, ws), hub.receiving(phone, outbox) as came_online:
-                conn = _conn(request, phone, phone, outbox)
-                if came_online:
-                    await _announce(store, hub, phone, "online")
-                await _serve(ws, conn, functools.partial(commands.dispatch_receive, conn))
+        async with hub.session_socket(sid_hash, ws):
+            with hub.outbox(ws) as outbox:
+                # Registered (with a shared hub: subscribed) before the first frame is read, so
+                # that no push sent after the client's first fetch can miss this socket.
+                async with hub.receiving(phone, outbox) as came_online:
+                    conn = _conn(request, phone, phone, outbox)
+                    if came_online:
+                        await _announce(store, hub, phone, "online")
+                    await _serve(ws, conn, functools.partial(commands.dispatch_receive, conn))
     finally:
         if not hub.has_receivers(phone):  # the last receive socket here closed
             # In a task of its own: this handler may be being cancelled (the peer went away).
@@ -121,43 +121,19 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[hub_key]
     ws = _socket(request)
     await ws.prepare(request)
-    with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox:
-        conn = _conn(request, phone, msg_to, outbox)
-        await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.PERSONAL))
+    async with hub.session_socket(sid_hash, ws):
+        with hub.outbox(ws) as outbox:
+            conn = _conn(request, phone, msg_to, outbox)
+            await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.PERSONAL))
     return ws
-
-
-class _closable:  # noqa: N801 - used like a function, as contextlib's managers are
-    """Async context manager: honour a close the hub asked for (see Hub.close) while the socket
-    is still being set up (registering, announcing, sending history); `_serve` does the same once
-    it reads frames. A class with slots, not @asynccontextmanager: it lives as long as the socket,
-    and an async generator costs about 1 KiB more per idle socket (bench/bench.py, case 3)."""
-
-    __slots__ = ("_hub", "_ws")
-
-    def __init__(self, hub: Hub, ws: web.WebSocketResponse) -> None:
-        self._hub, self._ws = hub, ws
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, kind: type[BaseException] | None, *exc: object) -> bool:
-        if kind is None or not issubclass(kind, asyncio.CancelledError):
-            return False
-        request = self._hub.close_requested(self._ws)
-        if request is None:
-            return False
-        asyncio.current_task().uncancel()  # type: ignore[union-attr]  # asked for: not a cancel
-        await close_socket(self._ws, *request, self._hub.close_timeout)
-        return True
 
 
 async def _serve(ws: web.WebSocketResponse, conn: Conn,
                  handle: Callable[[str], Awaitable[None]]) -> None:
     """The receive loop of a socket: each text frame to `handle`, one at a time, in order.
 
-    When the hub closes the socket (shutdown, logout, removal from a group) it cancels this task
-    and the socket is closed from here, with the client's answer awaited (see Hub.close).
+    When the hub closes the socket (shutdown, logout, removal from a group) it cancels this task;
+    the handler's `hub.session_socket` block then closes the socket (see Hub.close).
     """
     try:
         async for msg in ws:
@@ -168,12 +144,6 @@ async def _serve(ws: web.WebSocketResponse, conn: Conn,
             # WSMsgType.ERROR (frame too big): aiohttp has already closed the socket with 1009
     except ConnectionError:
         pass  # the peer left while we answered; what was committed stays stored
-    except asyncio.CancelledError:
-        request = conn.hub.close_requested(ws)
-        if request is None:
-            raise
-        asyncio.current_task().uncancel()  # type: ignore[union-attr]  # asked for: not a cancel
-        await close_socket(ws, *request, conn.hub.close_timeout)
 
 
 async def group_socket(request: web.Request) -> web.WebSocketResponse:
@@ -188,10 +158,10 @@ async def group_socket(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPForbidden(reason="you are not a participant of this group")
     ws = _socket(request)
     await ws.prepare(request)
-    with hub.session_socket(sid_hash, ws), hub.group_socket(grp, phone, ws), \
-            hub.outbox(ws) as outbox:
-        conn = _conn(request, phone, grp, outbox)
-        await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.GROUP))
+    async with hub.session_socket(sid_hash, ws):
+        with hub.group_socket(grp, phone, ws), hub.outbox(ws) as outbox:
+            conn = _conn(request, phone, grp, outbox)
+            await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.GROUP))
     return ws
 
 
@@ -208,12 +178,14 @@ async def room_socket(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPForbidden(reason="this room is private: give its password first")
     ws = _socket(request)
     await ws.prepare(request)
-    with hub.session_socket(sid_hash, ws), hub.outbox(ws) as outbox:
-        # In the room (with a shared hub: subscribed) before its history is read: a message
-        # stored after that read is broadcast to this socket, one stored before is in it.
-        async with _closable(hub, ws), hub.in_room(name, outbox):
-            conn = _conn(request, phone, name, outbox)
-            hub.release(name, outbox, await commands.send_room_history(conn, config.rooms.history))
-            await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.ROOM))
+    async with hub.session_socket(sid_hash, ws):
+        with hub.outbox(ws) as outbox:
+            # In the room (with a shared hub: subscribed) before its history is read: a message
+            # stored after that read is broadcast to this socket, one stored before is in it.
+            async with hub.in_room(name, outbox):
+                conn = _conn(request, phone, name, outbox)
+                history = await commands.send_room_history(conn, config.rooms.history)
+                hub.release(name, outbox, history)
+                await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.ROOM))
     return ws
 

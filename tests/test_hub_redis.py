@@ -35,7 +35,6 @@ from aiohttp.test_utils import TestClient, TestServer
 import backends
 from chatserver.app import create_app
 from chatserver.config import Config, Database, HubSettings, Security
-from chatserver.hub import close_socket
 from chatserver.redishub import HubUnavailable, RedisHub
 from conftest import TIMEOUT
 from procutil import REPO, free_port, write_config
@@ -59,20 +58,12 @@ ClientFactory = Callable[..., Awaitable[TestClient]]
 # -- two "processes" --------------------------------------------------------------------------
 
 
-async def _serve(hub: RedisHub, ws: web.WebSocketResponse,
-                 answer: Callable[[str], dict[str, Any]]) -> None:
-    """Answer each text frame with `answer(text)` until the socket closes; honour a close the hub
-    asks for, as ws._serve does."""
-    try:
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                await ws.send_json(answer(msg.data))
-    except asyncio.CancelledError:
-        request = hub.close_requested(ws)
-        if request is None:
-            raise
-        asyncio.current_task().uncancel()  # type: ignore[union-attr]
-        await close_socket(ws, *request, hub.close_timeout)
+async def _serve(ws: web.WebSocketResponse, answer: Callable[[str], dict[str, Any]]) -> None:
+    """Answer each text frame with `answer(text)` until the socket closes (a close the hub asks
+    for is carried out by the handler's `session_socket` block, as in chatserver/ws.py)."""
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            await ws.send_json(answer(msg.data))
 
 
 async def receive_handler(request: web.Request) -> web.WebSocketResponse:
@@ -84,9 +75,10 @@ async def receive_handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse()
     await ws.prepare(request)
     try:
-        with hub.session_socket(sid, ws), hub.outbox(ws) as outbox:
-            async with hub.receiving(phone, outbox) as came_online:
-                await _serve(hub, ws, lambda _: {"came_online": came_online})
+        async with hub.session_socket(sid, ws):
+            with hub.outbox(ws) as outbox:
+                async with hub.receiving(phone, outbox) as came_online:
+                    await _serve(ws, lambda _: {"came_online": came_online})
     finally:
         request.app[left_key].put_nowait(phone)
     return ws
@@ -99,15 +91,16 @@ async def room_handler(request: web.Request) -> web.WebSocketResponse:
     room = request.match_info["room"]
     ws = web.WebSocketResponse()
     await ws.prepare(request)
-    with hub.session_socket("room", ws), hub.outbox(ws) as outbox:
-        async with hub.in_room(room, outbox):
-            def answer(text: str) -> dict[str, Any]:
-                if text.startswith("release "):
-                    after = int(text.split()[1])
-                    hub.release(room, outbox, after)
-                    return {"released": after}
-                return {"in_room": True}
-            await _serve(hub, ws, answer)
+    async with hub.session_socket("room", ws):
+        with hub.outbox(ws) as outbox:
+            async with hub.in_room(room, outbox):
+                def answer(text: str) -> dict[str, Any]:
+                    if text.startswith("release "):
+                        after = int(text.split()[1])
+                        hub.release(room, outbox, after)
+                        return {"released": after}
+                    return {"in_room": True}
+                await _serve(ws, answer)
     return ws
 
 
@@ -117,8 +110,9 @@ async def group_handler(request: web.Request) -> web.WebSocketResponse:
     grp, phone, sid = (request.match_info[k] for k in ("grp", "phone", "sid"))
     ws = web.WebSocketResponse()
     await ws.prepare(request)
-    with hub.session_socket(sid, ws), hub.group_socket(grp, phone, ws):
-        await _serve(hub, ws, lambda _: {"in_group": grp})
+    async with hub.session_socket(sid, ws):
+        with hub.group_socket(grp, phone, ws):
+            await _serve(ws, lambda _: {"in_group": grp})
     return ws
 
 
