@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import pytest
+
 from chatserver.config import Database
 
 POSTGRES_ENV = "CHAT_TEST_POSTGRES_URL"
@@ -57,6 +59,14 @@ def skip_reason(name: str) -> str | None:
     if "redis" in name and not REDIS_URL:
         return f"{REDIS_ENV} not set: Redis hub skipped"
     return None
+
+
+def require(name: str) -> None:
+    """Skip the calling test (or fixture) when backend `name`'s engine is not configured here;
+    with the variables set (as `.ci/run` sets them) it runs, and can fail."""
+    reason = skip_reason(name)
+    if reason:
+        pytest.skip(reason)
 
 
 @dataclass(frozen=True)

@@ -33,18 +33,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Modules marked `backends` run each test once per store/hub backend (tests/backends.py)."""
-    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends"):
-        metafunc.parametrize("backend", backends.ALL, indirect=True)
+    """Tests marked `backends` run once per store/hub backend (tests/backends.py): every one, or
+    those the marker names, e.g. `@pytest.mark.backends(backends.LOCAL, backends.REDIS)`."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if "backend" in metafunc.fixturenames and marker is not None:
+        metafunc.parametrize("backend", marker.args or backends.ALL, indirect=True)
 
 
 @pytest.fixture
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[backends.Backend]:
     """The store/hub engines of this test: the local default unless parametrised."""
     name = getattr(request, "param", backends.LOCAL)
-    reason = backends.skip_reason(name)
-    if reason:
-        pytest.skip(reason)
+    backends.require(name)
     async with backends.backend(name) as chosen:
         yield chosen
 

@@ -321,9 +321,7 @@ def test_the_account_commands_work_on_postgresql_and_backup_refuses_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """adduser / passwd / deluser open the PostgreSQL store when `[database] url` is set (a fresh
     schema here); `backup` is SQLite's and says to use pg_dump instead."""
-    reason = backends.skip_reason(backends.POSTGRES)
-    if reason:
-        pytest.skip(reason)
+    backends.require(backends.POSTGRES)
     schema = "t_" + secrets.token_hex(6)
     url = backends.with_search_path(backends.POSTGRES_URL, schema)
 

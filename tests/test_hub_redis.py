@@ -177,9 +177,7 @@ async def close_sockets(app: web.Application) -> None:
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
     """A fresh key and channel prefix on CHAT_TEST_REDIS_URL (its keys are deleted afterwards)."""
-    reason = backends.skip_reason(backends.REDIS)
-    if reason:
-        pytest.skip(reason)
+    backends.require(backends.REDIS)
     async with backends.redis_prefix() as chosen:
         yield chosen
 

@@ -74,9 +74,7 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     """The URL of a fresh PostgreSQL schema, dropped afterwards; skipped without the variable."""
-    reason = backends.skip_reason(backends.POSTGRES)
-    if reason:
-        pytest.skip(reason)
+    backends.require(backends.POSTGRES)
     async with backends.postgres_schema() as url:
         yield url
 

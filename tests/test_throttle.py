@@ -22,8 +22,7 @@ LIMITS = Limits(messages_per_second=2.0, typing_per_second=1.0, handshakes_per_m
 
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
-    if not backends.REDIS_URL:
-        pytest.skip(f"{backends.REDIS_ENV} not set: Redis throttle skipped")
+    backends.require(backends.REDIS)
     async with backends.redis_prefix() as chosen:
         yield chosen
 

@@ -24,7 +24,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from chatserver.app import create_app
 from chatserver.config import Config, Database, Fetch
 from chatserver.store import Store
-from backends import FILES_ARE_SQLITE, has_files
+import backends
+from backends import has_files
 from conftest import TIMEOUT, UserFactory
 from grouputil import (
     FETCH_TS,
@@ -360,13 +361,13 @@ async def gone_within_scrub_seconds(db: Database, needle: bytes, scrub_seconds: 
         await asyncio.sleep(0.02)
 
 
+# Reads the SQLite file's bytes: not on PostgreSQL (FILES_ARE_SQLITE).
+@pytest.mark.backends(backends.LOCAL, backends.REDIS)
 @pytest.mark.parametrize("how", ["last-ack", "removal"])
 async def test_the_writer_scrubs_a_deleted_group_body_by_itself(
         as_user: UserFactory, config: Config, store: Store, how: str) -> None:
     """SPEC 6: within `database.scrub_seconds` of the deletion, without anyone asking for it."""
     db = config.database
-    if not has_files(db):
-        pytest.skip(FILES_ARE_SQLITE)
     key, (a, b) = await make_group(as_user, 2)
     marker = f"auto-scrub-{new_phone()}"
     ws_a = await open_group(a.client, a.phone, key)
