@@ -622,18 +622,6 @@ class PgStore(GroupCommitStore):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def scrub(self) -> None:
-        """VACUUM the message tables now, and return when it is done (SPEC 6: see the module
-        docstring for what that does and does not remove). The store does this by itself within
-        `scrub_seconds` of a delete. Raises StoreClosed once close() has begun."""
-        if self._closing:
-            raise StoreClosed("the store is closing")
-        waiter = asyncio.get_running_loop().create_future()
-        self._scrub_waiters.append(waiter)
-        self._scrub_at = asyncio.get_running_loop().time()
-        self._scrub_wakeup.set()
-        await waiter
-
     # -- users and sessions ---------------------------------------------------------------------
 
     async def add_user(self, phone: str, name: str, password_hash: bytes) -> bool:

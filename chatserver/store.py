@@ -372,6 +372,9 @@ class GroupCommitStore:
     _closing: bool
     _rooms_keep: int
     _blocks: set[tuple[str, str]]  # (blocker, blocked) pairs
+    _scrub_at: float | None  # loop time of the next scrub
+    _scrub_waiters: list[asyncio.Future[None]]  # `scrub` callers, answered after the next one
+    _scrub_wakeup: asyncio.Event  # wakes the task that scrubs
 
     def _submit(self, run: Runner, args: Any, *, deletes: bool = False) -> asyncio.Future[Any]:
         """Queue one write for the next batch; the future resolves after its COMMIT.
@@ -436,6 +439,22 @@ class GroupCommitStore:
             self.RUNNERS.add_room,
             [room, msg_from, sent_us, sent_timestamp, message, self._rooms_keep], deletes=True)
 
+    async def scrub(self) -> None:
+        """Make deleted bodies go now, and return when it is done (SPEC 6). SQLite: checkpoint
+        and truncate the WAL, so that they are gone from every file. PostgreSQL: VACUUM the
+        message tables (pgstore.py's docstring says what that does and does not remove).
+
+        The store does this by itself within `scrub_seconds` of a delete. Raises StoreClosed once
+        close() has begun.
+        """
+        if self._closing:
+            raise StoreClosed("the store is closing")
+        waiter = asyncio.get_running_loop().create_future()
+        self._scrub_waiters.append(waiter)
+        self._scrub_at = asyncio.get_running_loop().time()
+        self._scrub_wakeup.set()
+        await waiter
+
     def is_blocked(self, blocker: str, blocked: str) -> bool:
         """True when `blocker` has blocked `blocked` (from memory: checked on every message; on
         PostgreSQL kept up to date across processes by the blocks' notifications)."""
@@ -462,6 +481,7 @@ class Store(GroupCommitStore):
         self._closing = False
         self._scrub_at: float | None = None  # loop time when the WAL must next be truncated
         self._scrub_waiters: list[asyncio.Future[None]] = []
+        self._scrub_wakeup = self._wakeup  # the writer task scrubs, between batches
         self._task = asyncio.create_task(self._write_loop(), name="store-writer")
 
     @classmethod
@@ -616,20 +636,6 @@ class Store(GroupCommitStore):
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-
-    async def scrub(self) -> None:
-        """Truncate the WAL now, so that deleted bodies are gone from every file (SPEC 6).
-
-        The writer task does this by itself within `scrub_seconds` of a delete; this asks for it
-        at once and returns when the log has been checkpointed and truncated.
-        """
-        if self._closing:
-            raise StoreClosed("the store is closing")
-        waiter = asyncio.get_running_loop().create_future()
-        self._scrub_waiters.append(waiter)
-        self._scrub_at = asyncio.get_running_loop().time()
-        self._wakeup.set()
-        await waiter
 
     # -- users and sessions -------------------------------------------------------------------
 
