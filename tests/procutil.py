@@ -53,6 +53,10 @@ EXIT_TIMEOUT = 15.0
 NET_TIMEOUT = 10.0
 # Polling interval of `until` (a poll, not a synchronisation).
 POLL = 0.01
+# The crash tests (marker `crash`): kills per test, and the seed of their random kill moments
+# (printed, so that CRASH_SEED repeats a run).
+CRASH_RUNS = int(os.environ.get("CRASH_RUNS", "3"))
+CRASH_SEED = int(os.environ.get("CRASH_SEED", str(time.time_ns() % 1_000_000_007)))
 
 WS = ClientWebSocketResponse
 # (kind "p" personal / "g" group, sender, recipient phone or group key, sent_timestamp in µs)
@@ -193,6 +197,20 @@ async def wait_exit(server: ServerProcess, timeout: float = EXIT_TIMEOUT) -> int
         return await asyncio.to_thread(server.proc.wait, timeout)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"server did not exit within {timeout} s:\n{server.output()}") from None
+
+
+async def kill_9(server: ServerProcess, net: ChatNet | None = None) -> None:
+    """SIGKILL the server process itself (stopping `net`'s pumps at once) and reap it."""
+    os.kill(server.pid, signal.SIGKILL)
+    if net is not None:
+        net.stop_load()
+    code = await wait_exit(server)
+    assert code == -signal.SIGKILL, f"exit status {code}:\n{server.output()}"
+
+
+def phones(n: int, prefix: str) -> list[str]:
+    """`n` phones unique to this process and prefix (SPEC 1: 10-15 digits)."""
+    return [f"{prefix}{os.getpid() % 100_000:05d}{i:04d}" for i in range(n)]
 
 
 def ensure_dead(server: ServerProcess) -> None:

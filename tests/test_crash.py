@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from procutil import (
+    CRASH_RUNS,
+    CRASH_SEED,
+    kill_9,
+    phones,
     MESSAGE_TABLES,
     NET_TIMEOUT,
     WS,
@@ -49,33 +50,16 @@ from procutil import (
     next_stamp,
     register,
     start_server,
-    wait_exit,
     wait_serving,
     write_config,
     ws_open,
 )
 
-CRASH_RUNS = int(os.environ.get("CRASH_RUNS", "3"))
-CRASH_SEED = int(os.environ.get("CRASH_SEED", str(time.time_ns() % 1_000_000_007)))
 # Frames each send socket keeps waiting for their msg_sent (the server reads up to 64 ahead).
 WINDOW = 40
 # The kill must find at least this many messages written and not yet proven acknowledged.
 MIN_IN_FLIGHT = 200
 KILL_AFTER = (0.2, 1.5)
-
-
-def phones(n: int, prefix: str) -> list[str]:
-    """`n` phones unique to this process and prefix (SPEC 1: 10-15 digits)."""
-    return [f"{prefix}{os.getpid() % 100_000:05d}{i:04d}" for i in range(n)]
-
-
-async def kill_9(server: ServerProcess, net: ChatNet | None = None) -> None:
-    """SIGKILL the server process itself (stopping `net`'s pumps at once) and reap it."""
-    os.kill(server.pid, signal.SIGKILL)
-    if net is not None:
-        net.stop_load()
-    code = await wait_exit(server)
-    assert code == -signal.SIGKILL, f"exit status {code}:\n{server.output()}"
 
 
 @pytest.mark.crash

@@ -29,10 +29,7 @@ CHAT_TEST_POSTGRES_URL and CHAT_TEST_REDIS_URL are set.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +39,10 @@ from cryptography.fernet import Fernet
 
 import backends
 from procutil import (
+    CRASH_RUNS,
+    CRASH_SEED,
+    kill_9,
+    phones,
     MESSAGE_TABLES,
     NET_TIMEOUT,
     ChatNet,
@@ -52,13 +53,10 @@ from procutil import (
     make_party,
     start_server,
     until,
-    wait_exit,
     wait_serving,
     write_config,
 )
 
-CRASH_RUNS = int(os.environ.get("CRASH_RUNS", "3"))
-CRASH_SEED = int(os.environ.get("CRASH_SEED", str(time.time_ns() % 1_000_000_007)))
 # Frames each send socket keeps waiting for their msg_sent.
 WINDOW = 40
 # The kill must find at least this many messages written and not yet proven acknowledged.
@@ -69,11 +67,6 @@ pytestmark = pytest.mark.skipif(
     not (backends.POSTGRES_URL and backends.REDIS_URL),
     reason=f"{backends.POSTGRES_ENV} and {backends.REDIS_ENV} must both be set: the scaled crash "
            "test needs a PostgreSQL store and a Redis hub")
-
-
-def phones(n: int, prefix: str) -> list[str]:
-    """`n` phones unique to this process and prefix (SPEC 1: 10-15 digits)."""
-    return [f"{prefix}{os.getpid() % 100_000:05d}{i:04d}" for i in range(n)]
 
 
 async def count_rows(database_url: str) -> dict[str, int]:
@@ -101,11 +94,8 @@ async def kill_one_and_rest_two(load: ChatNet, one: ServerProcess, two: ServerPr
     """SIGKILL server 1 (stopping the pumps at once), wait for its sockets to end, then bring
     server 2 to rest: nothing more acknowledged, one more message on each of its users' send
     sockets, every msg_sent they are owed seen."""
-    os.kill(one.pid, signal.SIGKILL)
-    load.stop_load()
-    load.ledger.ack_probability = 0.0  # from now on nothing more is acknowledged
-    code = await wait_exit(one)
-    assert code == -signal.SIGKILL, f"exit status {code}:\n{one.output()}"
+    load.ledger.ack_probability = 0.0  # from the kill on, nothing more is acknowledged
+    await kill_9(one, load)
     killed = [t for u in load.users if u.phone in on_one for t in u.readers]
     await until(lambda: all(t.done() for t in killed), NET_TIMEOUT,
                 lambda: f"{sum(not t.done() for t in killed)} sockets of the killed server open")

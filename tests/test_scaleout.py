@@ -210,6 +210,25 @@ GROUP_PENDING = ("SELECT count(*) FROM group_pending p JOIN group_messages m ON 
 # -- two servers, two ports -----------------------------------------------------------------------
 
 
+async def _one_message_across(shared: Shared, x: str, x_send: WS, x_recv: WS,
+                              y: str, y_send: WS, y_recv: WS, text: str) -> None:
+    """x sends `text` to y, whose sockets are on the other process: stored, pushed live, the row
+    there until y acknowledges; the receipt and the read receipt cross back after the commit."""
+    message = frame("new_msg", x, y, text)
+    await send(x_send, message)
+    msg_sent(await recv(x_send), message)
+    assert await recv(y_recv) == message
+    assert await shared.count(PERSONAL_ROWS, x, y) == 1
+    ack = frame("msg_received", y, x, message["sent_timestamp"])
+    await send(y_send, ack)
+    assert await recv(x_recv) == ack
+    assert await shared.count(PERSONAL_ROWS, x, y) == 0
+    seen = frame("msg_read", y, x, message["sent_timestamp"])
+    await send(y_send, seen)
+    assert await recv(x_recv) == seen
+
+
+
 @needs_engines
 async def test_personal_chat_across_processes(
         shared: Shared, two: tuple[ServerProcess, ServerProcess],
@@ -222,34 +241,9 @@ async def test_personal_chat_across_processes(
     b_recv = await clients.receive_socket(bob, p2, b)
     b_send = await clients.ws(bob, p2, f"/ws/chat/personal/{b}/{a}/")
 
-    # A (process 1) -> B (process 2): stored, pushed live, the row there until B acknowledges.
-    hello = frame("new_msg", a, b, "hello from process 1")
-    await send(a_send, hello)
-    msg_sent(await recv(a_send), hello)
-    assert await recv(b_recv) == hello
-    assert await shared.count(PERSONAL_ROWS, a, b) == 1
-
-    ack = frame("msg_received", b, a, hello["sent_timestamp"])
-    await send(b_send, ack)
-    assert await recv(a_recv) == ack  # the receipt crosses back to process 1 after the commit
-    assert await shared.count(PERSONAL_ROWS, a, b) == 0
-    seen = frame("msg_read", b, a, hello["sent_timestamp"])
-    await send(b_send, seen)
-    assert await recv(a_recv) == seen
-
-    # B (process 2) -> A (process 1), acknowledged on process 1.
-    reply = frame("new_msg", b, a, "and back from process 2")
-    await send(b_send, reply)
-    msg_sent(await recv(b_send), reply)
-    assert await recv(a_recv) == reply
-    assert await shared.count(PERSONAL_ROWS, b, a) == 1
-    ack = frame("msg_received", a, b, reply["sent_timestamp"])
-    await send(a_send, ack)
-    assert await recv(b_recv) == ack
-    assert await shared.count(PERSONAL_ROWS, b, a) == 0
-    seen = frame("msg_read", a, b, reply["sent_timestamp"])
-    await send(a_send, seen)
-    assert await recv(b_recv) == seen
+    # A (process 1) -> B (process 2), then back, each acknowledged and read on the other process.
+    await _one_message_across(shared, a, a_send, a_recv, b, b_send, b_recv, "hello from process 1")
+    await _one_message_across(shared, b, b_send, b_recv, a, a_send, a_recv, "and back from process 2")
 
     # Typing crosses too; the dialogue's state is the same seen from either process.
     await send(a_send, frame("is_typing", a, b))
