@@ -27,6 +27,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from procutil import Listening, free_port
+
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse"
 COOKIE = "chat_session"
@@ -43,12 +45,6 @@ OP_CONT, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x8, 0x9, 0xA
 
 # -- the server process ------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, **tables: dict[str, object]) -> Path:
@@ -68,26 +64,10 @@ def write_config(path: Path, **tables: dict[str, object]) -> Path:
 
 
 @dataclass
-class Server:
+class Server(Listening):
     """A `python run.py serve` subprocess (its pid is the server's own: no shell in between)."""
 
-    proc: subprocess.Popen[bytes]
-    port: int
     log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def base(self) -> URL:
-        return URL(f"http://127.0.0.1:{self.port}")
-
-    def url(self, path: str) -> URL:
-        return self.base.with_path(path)
-
-    def ws_url(self, path: str) -> URL:
-        return URL(f"ws://127.0.0.1:{self.port}").with_path(path)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -114,17 +114,12 @@ _logs = itertools.count(1)
 
 
 @dataclass
-class ServerProcess:
-    """A `run.py serve` subprocess, where it listens and where its output goes."""
+class Listening:
+    """A `run.py serve` subprocess (the server itself: its pid is the server's) and the port it
+    listens on, with the URLs to reach it. The test modules' server records extend it."""
 
     proc: subprocess.Popen[bytes]
     port: int
-    db: Path
-    stdout: Path
-    stderr: Path
-    # Started in a process group of its own (`serve --workers N`): `ensure_dead` kills the
-    # whole group, so that no worker outlives a failed test.
-    group: bool = False
 
     @property
     def pid(self) -> int:
@@ -139,6 +134,18 @@ class ServerProcess:
 
     def ws_url(self, path: str) -> URL:
         return URL(f"ws://127.0.0.1:{self.port}").with_path(path)
+
+
+@dataclass
+class ServerProcess(Listening):
+    """A `run.py serve` subprocess, where it listens and where its output goes."""
+
+    db: Path
+    stdout: Path
+    stderr: Path
+    # Started in a process group of its own (`serve --workers N`): `ensure_dead` kills the
+    # whole group, so that no worker outlives a failed test.
+    group: bool = False
 
     def alive(self) -> bool:
         return self.proc.poll() is None

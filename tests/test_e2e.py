@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 from conftest import PASSWORD, TIMEOUT
+from procutil import Listening, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 COOKIE = "chat_session"
@@ -32,32 +31,14 @@ A, B = "5553000001", "5553000002"
 
 
 @dataclass
-class Running:
+class Running(Listening):
     """A server subprocess and where it listens."""
 
-    proc: subprocess.Popen[bytes]
-    port: int
     log: Path
-
-    @property
-    def base(self) -> URL:
-        return URL(f"http://127.0.0.1:{self.port}")
-
-    def url(self, path: str) -> URL:
-        return self.base.with_path(path)
-
-    def ws_url(self, path: str) -> URL:
-        return URL(f"ws://127.0.0.1:{self.port}").with_path(path)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp_path: Path) -> Path:
