@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The browser tests drive Debian's Chromium (never a browser that Playwright downloads).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test clean browser
+.PHONY: run test lint clean browser
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ run: $(VENV)/.installed
 .PHONY: bench
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py $(BENCH_ARGS)
+
+# The gates: ruff (style, imports, bugbear, pyupgrade) and mypy on chatserver/ (pyproject.toml).
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: $(VENV)/.installed browser
 	$(PY) -m pytest
