@@ -173,11 +173,12 @@ def _coerce(table: str, key: str, want: Any, value: Any) -> Any:
 
 def _build(data: dict[str, Any]) -> Config:
     tables: dict[str, Any] = {}
+    defaults = Config()
     for f in dataclasses.fields(Config):
         raw = data.pop(f.name, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"[{f.name}] must be a table")
-        cls = f.default_factory  # type: ignore[misc]
+        cls = type(getattr(defaults, f.name))  # the table's dataclass, e.g. Limits
         known = {g.name: g.type for g in dataclasses.fields(cls)}
         unknown = set(raw) - set(known)
         if unknown:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Final
+from typing import Any, Final
 
 import redis.asyncio as redis
 from limits import RateLimitItemPerMinute, RateLimitItemPerSecond, storage, strategies
@@ -62,9 +62,12 @@ class Throttle:
             # that an unreachable Redis costs a message little before it falls back to memory.
             self._pool = redis.ConnectionPool.from_url(
                 redis_url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT)
+            # limits types RedisStorage's **options as scalars, but passes them to redis-py,
+            # whose connection_pool is what we mean.
+            options: dict[str, Any] = {"connection_pool": self._pool}
             self._shared = aio_strategies.FixedWindowRateLimiter(aio_storage.RedisStorage(
                 "async+" + redis_url, implementation="redispy", key_prefix=f"{prefix}:limits",
-                connection_pool=self._pool, wrap_exceptions=True))
+                wrap_exceptions=True, **options))
         self._message = _per_second(limits.messages_per_second)
         self._typing = _per_second(limits.typing_per_second)
         self._handshake = RateLimitItemPerMinute(limits.handshakes_per_minute)
