@@ -1,0 +1,268 @@
+"""The load client: simulated users over HTTP and WebSockets, speaking only the wire protocol
+(SPEC 4, 5.1-5.3), and the counts of what went wrong (`Tally`, `CHECKS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from chatserver.protocol import fetch_timestamp, now_micros
+
+PASSWORD = "bench-password"
+COOKIE = "chat_session"
+# What every case counts, in the report's order; every one must be 0 (`server_errors` is added
+# from the server's log by bench.run_case).
+CHECKS = ("incomplete", "lost", "duplicate_pushes", "out_of_order", "error_frames",
+          "leftover_stored", "closed_unexpectedly", "corrupted", "server_errors")
+
+
+class Clock:
+    """A sender's clock: microseconds, bumped by 1 µs on a tie, so every timestamp is unique."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self) -> str:
+        """The next `sent_timestamp`, "YYYY-MM-DD HH:MM:SS.ffffff" (UTC)."""
+        us = now_micros()
+        if us <= self.last:
+            us = self.last + 1
+        self.last = us
+        t = fetch_timestamp(us)  # YYYY-MM-DDTHH:MM:SS.ffffffZ
+        return f"{t[:10]} {t[11:-1]}"  # YYYY-MM-DD HH:MM:SS.ffffff
+
+
+def frame(command: str, msg_from: str, msg_to: str, message: str, sent_timestamp: str) -> str:
+    """A client frame (SPEC 4) as JSON text."""
+    return orjson.dumps({"message": message, "command": command, "msg_from": msg_from,
+                         "msg_to": msg_to, "sent_timestamp": sent_timestamp}).decode()
+
+
+def text_of(i: int, msg_from: str, msg_to: str) -> str:
+    """The body of message `i`: ~64 characters, a typical short chat line."""
+    return f"bench message {i:06d} from {msg_from} to {msg_to} ...".ljust(64, ".")
+
+
+@dataclass(slots=True)
+class Sent:
+    """One message a case sent (`idx`-th of its sender, `ts` its sent_timestamp, `text` its body),
+    when it was written and answered by `msg_sent` (perf_counter seconds), and how many
+    `msg_sent` came; the personal and group cases add what their pushes and receipts need."""
+
+    idx: int
+    ts: str
+    text: str
+    t_send: float = 0.0
+    t_ack: float = 0.0
+    acks: int = 0
+
+
+@dataclass
+class Tally:
+    """What went wrong in one case (every count must be 0), and what else arrived."""
+
+    error_frames: int = 0
+    error_texts: dict[str, int] = field(default_factory=dict)
+    closed_unexpectedly: int = 0
+    corrupted: int = 0
+    other_frames: dict[str, int] = field(default_factory=dict)
+    last_progress: float = field(default_factory=time.perf_counter)
+
+    def error(self, f: dict[str, Any]) -> None:
+        """Count an `error` frame, by its type and text."""
+        self.error_frames += 1
+        text = f"{f.get('type')}: {f.get('message')}"
+        self.error_texts[text] = self.error_texts.get(text, 0) + 1
+
+    def other(self, command: object) -> None:
+        """Count a frame nobody waited for, by its command."""
+        key = str(command)
+        self.other_frames[key] = self.other_frames.get(key, 0) + 1
+
+    def checks(self, *, incomplete: int, lost: int, duplicate_pushes: int, out_of_order: int,
+               leftover_stored: int) -> dict[str, int]:
+        """A case's counts (CHECKS but `server_errors`), with those this tally kept."""
+        return {
+            "incomplete": incomplete, "lost": lost, "duplicate_pushes": duplicate_pushes,
+            "out_of_order": out_of_order,
+            "error_frames": self.error_frames,
+            "leftover_stored": leftover_stored,
+            "closed_unexpectedly": self.closed_unexpectedly,
+            "corrupted": self.corrupted,
+        }
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+class Sock:
+    """One client WebSocket with its reader task: frames go to a handler per `command`; the
+    answers to `fetch_msgs` / `fetch_grp_msgs` are collected for `fetch`."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, tally: Tally,
+                 on: dict[str, Handler] | None = None) -> None:
+        self.ws = ws
+        self.tally = tally
+        self.on = on or {}
+        self.closing = False
+        self._fetch: asyncio.Future[list[Any]] | None = None
+        self._fetched: list[Any] = []
+        self.task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        on = self.on
+        try:
+            async for m in self.ws:
+                if m.type is not aiohttp.WSMsgType.TEXT:
+                    self.tally.corrupted += 1
+                    continue
+                try:
+                    f = orjson.loads(m.data)
+                    command = f.get("command")
+                except (orjson.JSONDecodeError, AttributeError):
+                    self.tally.corrupted += 1
+                    continue
+                handler = on.get(command)
+                if handler is not None:
+                    result = handler(f)
+                    if result is not None:
+                        await result
+                elif command == "error":
+                    self.tally.error(f)
+                elif command in ("fetch_msgs", "fetch_grp_msgs") and self._fetch is not None:
+                    self._fetched.extend(f.get("messages", []))
+                    if f.get("all") == "True" and not self._fetch.done():
+                        self._fetch.set_result(self._fetched)
+                else:
+                    self.tally.other(command)
+        except (aiohttp.ClientError, ConnectionError):
+            pass
+        if not self.closing:
+            self.tally.closed_unexpectedly += 1
+
+    async def send(self, text: str) -> None:
+        """Send one text frame."""
+        await self.ws.send_str(text)
+
+    async def fetch(self, command: str, phone: str, timeout: float) -> list[Any] | None:
+        """Send `command` (fetch_msgs / fetch_grp_msgs) and return every stored message of the
+        answer's chunks; None when no complete answer came within `timeout`."""
+        self._fetch = asyncio.get_running_loop().create_future()
+        self._fetched = []
+        try:
+            await self.ws.send_str(orjson.dumps({"command": command, "msg_to": phone}).decode())
+            return await asyncio.wait_for(self._fetch, timeout)
+        except (TimeoutError, aiohttp.ClientError, ConnectionError):
+            return None
+        finally:
+            self._fetch = None
+
+    async def close(self) -> None:
+        """Close the socket (not counted as unexpected) and end its reader."""
+        self.closing = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 10)
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
+class Client:
+    """One HTTP client for every simulated user: cookies are kept per user by hand; the sockets it
+    opened are kept until `close_sockets`."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.ws_base = base.replace("http://", "ws://")
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar())
+        self.cookies: dict[str, str] = {}
+        self.socks: list[Sock] = []
+
+    async def close(self) -> None:
+        """Close every socket still open, then the HTTP session."""
+        await self.close_sockets()
+        await self.session.close()
+
+    async def close_sockets(self) -> None:
+        """Close every socket opened so far, 500 at a time."""
+        socks, self.socks = self.socks, []
+        for i in range(0, len(socks), 500):
+            await asyncio.gather(*(s.close() for s in socks[i:i + 500]))
+
+    def headers(self, phone: str) -> dict[str, str]:
+        """The session cookie of `phone` and our Origin (the server checks it)."""
+        return {"Cookie": f"{COOKIE}={self.cookies[phone]}", "Origin": self.base}
+
+    async def register(self, phones: list[str], concurrency: int = 16) -> None:
+        """POST /register for each phone (set-up, not measured); keeps each session cookie."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(phone: str) -> None:
+            async with sem, self.session.post(
+                    f"{self.base}/register", allow_redirects=False, headers={"Origin": self.base},
+                    data={"phone": phone, "name": f"bench {phone}", "password": PASSWORD}) as resp:
+                if resp.status != 302 or COOKIE not in resp.cookies:
+                    raise RuntimeError(f"register {phone}: HTTP {resp.status} {await resp.text()}")
+                self.cookies[phone] = resp.cookies[COOKIE].value
+
+        await asyncio.gather(*(one(p) for p in phones))
+
+    async def post_json(self, phone: str, path: str, body: Any) -> Any:
+        """POST `body` as JSON to `path` as `phone`; the JSON answer (RuntimeError if not 200/201)."""
+        async with self.session.post(f"{self.base}{path}", json=body,
+                                     headers=self.headers(phone)) as resp:
+            if resp.status not in (200, 201):
+                raise RuntimeError(f"POST {path}: HTTP {resp.status} {await resp.text()}")
+            return await resp.json()
+
+    async def connect(self, phone: str, path: str, tally: Tally,
+                      on: dict[str, Handler] | None = None) -> Sock:
+        """Open the socket at `path` as `phone`, its frames dispatched to `on`."""
+        ws = await self.session.ws_connect(f"{self.ws_base}{path}", headers=self.headers(phone),
+                                           compress=0, autoclose=True, autoping=True,
+                                           max_msg_size=0)
+        sock = Sock(ws, tally, on)
+        self.socks.append(sock)
+        return sock
+
+
+async def wait_done(done: asyncio.Event, tally: Tally, stall_timeout: float) -> bool:
+    """Wait for `done`; give up after `stall_timeout` s without progress. True when done."""
+    while not done.is_set():
+        try:
+            await asyncio.wait_for(done.wait(), 0.5)
+        except TimeoutError:
+            if time.perf_counter() - tally.last_progress > stall_timeout:
+                return False
+    return True
+
+
+async def leftover(socks: dict[str, Sock], commands: tuple[str, ...], drain_timeout: float,
+                   tally: Tally) -> int:
+    """Messages still stored for these users (`fetch_msgs` etc. on their receive sockets), polled
+    up to `drain_timeout` s until empty. An unanswered fetch counts as a corrupted exchange."""
+    deadline = time.perf_counter() + drain_timeout
+    while True:
+        total = 0
+        for command in commands:
+            answers = await asyncio.gather(*(s.fetch(command, phone, 10.0)
+                                             for phone, s in socks.items()))
+            for a in answers:
+                if a is None:
+                    tally.corrupted += 1
+                else:
+                    total += len(a)
+        if total == 0 or time.perf_counter() > deadline:
+            return total
+        await asyncio.sleep(0.5)

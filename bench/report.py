@@ -1,0 +1,243 @@
+"""Figures from runs: percentiles, the median over repeated runs, and the report printed at the end
+(the table of figures with units, then the counts that must all be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+from typing import Any
+
+import aiohttp
+import uvloop
+
+from client import CHECKS
+from measure import load_average
+
+Row = tuple[str, str, str, str]  # case, figure, value, unit
+MIB = 2 ** 20
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """The `p`-th percentile (0-100) of `values` by the nearest rank; None when there are none."""
+    if not values:
+        return None
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from repeated runs: the median of every figure, checks and counts summed."""
+    out: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        values: list[Any] = [r.get(key) for r in runs]
+        if key in ("checks", "error_texts", "other_frames"):
+            merged: dict[str, int] = {}
+            for v in values:
+                for k, n in (v or {}).items():
+                    merged[k] = merged.get(k, 0) + n
+            out[key] = merged
+        elif key == "finished":
+            out[key] = all(values)
+        elif isinstance(first, dict):
+            out[key] = merge(values)
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            out[key] = statistics.median_low(values)  # counts and sizes stay integers
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            out[key] = statistics.median(values)
+        elif isinstance(first, list):
+            out[key] = [x for v in values for x in (v or [])]
+        else:
+            out[key] = first
+    return out
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A figure for the table: thousands separated, `digits` decimals for floats, "-" for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def spread(r: dict[str, Any], key: str, digits: int) -> str:
+    """The median of `key` over a case's runs, with min-max when there were several."""
+    runs = r.get("runs", [])
+    text = fmt(r.get(key), digits)
+    values = [x[key] for x in runs if x.get(key) is not None]
+    if len(values) > 1:
+        text += f" ({fmt(min(values), digits)}-{fmt(max(values), digits)})"
+    return text
+
+
+def p50_p99(latency: dict[str, float | None]) -> str:
+    """"p50 / p99" of a latency's percentiles, in ms to 0.1."""
+    return f"{fmt(latency['p50'], 1)} / {fmt(latency['p99'], 1)}"
+
+
+def load_rows(case: str, m: dict[str, float]) -> list[Row]:
+    """Where the CPU went during a measured phase, in cores; in the scaled mode also the load of
+    the PostgreSQL and Redis server processes."""
+    rows = [(case, "load: server / client / irq+softirq / other processes",
+             f"{m['server_cores']:.2f} / {m['client_cores']:.2f} / {m['irq_cores']:.2f}"
+             f" / {m['other_cores']:.2f}", "cores")]
+    if "total_cpu_s" in m:
+        rows.append((case, "load: PostgreSQL (postgres) / Redis (redis-server) processes",
+                     f"{m['postgres_cores']:.2f} / {m['redis_cores']:.2f}", "cores"))
+    return rows
+
+
+def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    """The table of figures (sections 1-5), then the counts of section 6 and what they saw."""
+    rows: list[Row] = []
+    full, normal = results.get("full"), results.get("normal")
+    grp, idle, fan = results.get("group"), results.get("idle"), results.get("fanout")
+    shape = f"{args.pairs} pairs x {args.messages} msgs x window {args.window}"
+
+    def personal_rows(case: str, r: dict[str, Any]) -> None:
+        rows.append((case, f"delivered messages, {shape}", spread(r, "delivered_per_s", 0), "msg/s"))
+        rows.append((case, "send -> push latency p50 / p99", p50_p99(r["push_ms"]), "ms"))
+        rows.append((case, "send -> msg_sent p50 / p99; send -> receipt push p50 / p99",
+                     f"{p50_p99(r['ack_ms'])}; {p50_p99(r['receipt_ms'])}", "ms"))
+        rows.extend(load_rows(case, r["measured"]))
+        rows.append((case, "client CPU per 1000 messages", fmt(r["client_cpu_s_per_1000"], 3),
+                     "CPU s / 1000 msgs"))
+        rows.append((case, "server RSS before / after / peak",
+                     f"{r['server_rss_before'] / MIB:.1f} / {r['server_rss_after'] / MIB:.1f}"
+                     f" / {r['server_rss_peak'] / MIB:.1f}", "MiB"))
+
+    for label, r in (("FULL", full), ("NORMAL", normal)):
+        if r:
+            rows.append(("1. CPU per message", f"server CPU per 1000 delivered messages, "
+                         f"synchronous={label} (new_msg..receipt push)",
+                         spread(r, "server_cpu_s_per_1000", 3), "CPU s / 1000 msgs"))
+            if r.get("total_cpu_s_per_1000") is not None:  # scaled mode: the engines' share
+                rows.append(("1. CPU per message", f"PostgreSQL / Redis server processes' CPU per "
+                             f"1000 delivered messages, synchronous={label}",
+                             f"{fmt(r['postgres_cpu_s_per_1000'], 3)} / "
+                             f"{fmt(r['redis_cpu_s_per_1000'], 3)}", "CPU s / 1000 msgs"))
+                rows.append(("1. CPU per message", f"total CPU (server + PostgreSQL + Redis) per "
+                             f"1000 delivered messages, synchronous={label}",
+                             spread(r, "total_cpu_s_per_1000", 3), "CPU s / 1000 msgs"))
+    if full:
+        personal_rows("2. throughput FULL", full)
+    if idle:
+        case = "3. idle sockets"
+        rows.append((case, f"server RSS per idle receive socket ({idle['sockets']:,} sockets of "
+                     f"{idle['users']:,} users)", fmt(idle["bytes_per_socket"] / 1024, 1),
+                     "KiB / socket"))
+        rows.append((case, "server RSS before / with the sockets / after closing them",
+                     f"{idle['server_rss_before'] / MIB:.1f} / {idle['server_rss_after'] / MIB:.1f}"
+                     f" / {idle['server_rss_after_close'] / MIB:.1f}", "MiB"))
+        rows.append((case, "the client process holding them: RSS",
+                     f"{idle['client_rss_with_sockets'] / MIB:.1f}", "MiB"))
+        rows.append((case, "idle sockets that answered fetch_msgs",
+                     f"{idle['answered_fetch']:,} of {idle['sockets']:,}", "sockets"))
+        rows.append((case, "opening them: handshakes per second; server CPU per handshake",
+                     f"{fmt(idle['open_per_s'], 0)}; {fmt(idle['server_cpu_ms_per_open'], 2)}",
+                     "1/s; CPU ms"))
+    if normal:
+        personal_rows("4. throughput NORMAL", normal)
+    if full and normal and normal["delivered_per_s"]:
+        rows.append(("4. FULL vs NORMAL", "throughput FULL / NORMAL (medians)",
+                     fmt(full["delivered_per_s"] / normal["delivered_per_s"], 2), "ratio"))
+        if normal["server_cpu_s_per_1000"]:
+            rows.append(("4. FULL vs NORMAL", "server CPU per message FULL / NORMAL (medians)",
+                         fmt(full["server_cpu_s_per_1000"] / normal["server_cpu_s_per_1000"], 2),
+                         "ratio"))
+    if grp:
+        case = f"5. group of {grp['members']}"
+        n = grp["members"] - 1
+        rows.append((case, f"server CPU per group message: store, {n} pushes, {n} "
+                     f"grp_msg_received, {n} receipt pushes",
+                     spread(grp, "server_cpu_ms_per_group_msg", 2), "CPU ms / group msg"))
+        rows.append((case, "the same per member reached", fmt(grp["server_cpu_us_per_push"], 1),
+                     "CPU µs / member"))
+        rows.append((case, f"group messages ({grp['messages']}, window {grp['window']}); "
+                     "pushes delivered", f"{fmt(grp['group_msgs_per_s'], 1)}; "
+                     f"{fmt(grp['pushes_per_s'], 0)}", "msg/s; pushes/s"))
+        rows.append((case, "send -> push p50 / p99; send -> push to the last member p50 / p99",
+                     f"{p50_p99(grp['push_ms'])}; {p50_p99(grp['fanout_ms'])}", "ms"))
+        rows.extend(load_rows(case, grp["measured"]))
+    if fan:
+        case = f"5. group of {fan['members']}"
+        n = fan["members"] - 1
+        rows.append((case, f"server CPU per new_grp_msg alone: store and {n} pushes "
+                     "(acknowledged after the measured phase)",
+                     spread(fan, "server_cpu_ms_per_group_msg", 2), "CPU ms / group msg"))
+        rows.append((case, "the same per push", fmt(fan["server_cpu_us_per_push"], 1),
+                     "CPU µs / push"))
+        rows.extend(load_rows(case + ", send only", fan["measured"]))
+    widths = [max(len(r[i]) for r in rows + [("case", "figure", "value", "unit")]) for i in range(4)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths[:2]) + f"  {{:>{widths[2]}}}  {{}}"
+    out = [line.format("case", "figure", "value", "unit"),
+           line.format(*("-" * w for w in widths[:3]), "-" * widths[3])]
+    out += [line.format(*r) for r in rows]
+
+    out += ["", "6. nothing lost (counts over all runs of a case; every one must be 0)"]
+    columns = [(f"personal FULL x{len(full['runs'])}" if full else "", full),
+               (f"personal NORMAL x{len(normal['runs'])}" if normal else "", normal),
+               (f"group x{len(grp['runs'])}" if grp else "", grp),
+               (f"group send-only x{len(fan['runs'])}" if fan else "", fan), ("idle", idle)]
+    names = [(n, r) for n, r in columns if r]
+    head = ["check"] + [n for n, _ in names]
+    body = [[c] + [fmt(r["checks"].get(c, 0)) for _, r in names] for c in CHECKS]
+    cw = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    for row in [head] + body:
+        out.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                             for i, (v, w) in enumerate(zip(row, cw, strict=True))))
+    for n, r in names:
+        for text, count in r.get("error_texts", {}).items():
+            out.append(f"  {n}: {count} x error frame {text}")
+        if r.get("other_frames"):
+            out.append(f"  {n}: other frames received (not errors): {r['other_frames']}")
+        for line_ in r.get("server_errors_logged", [])[:5]:
+            out.append(f"  {n}: server log: {line_}")
+    return "\n".join(out)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPUs, load average now, and the versions that matter to the figures."""
+    return {"cpus": os.cpu_count(), "loadavg": load_average(), "python": platform.python_version(),
+            "aiohttp": aiohttp.__version__, "uvloop": uvloop.__version__,
+            "kernel": platform.release()}
+
+
+def problems(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Every count that is not 0, as "case: check = count"."""
+    return [f"{n}: {c} = {v}" for n, r in results.items() for c, v in r["checks"].items() if v]
+
+
+def report(args: argparse.Namespace, info: dict[str, Any], runs: dict[str, list[dict[str, Any]]],
+           results: dict[str, dict[str, Any]], failed: list[str]) -> str:
+    """The whole report: a header (machine, command, deployment), the table, a note when the
+    machine was busy, the cases that could not run, and the verdict."""
+    out = ["",
+           f"chatserver benchmark ({' '.join(['bench/bench.py', *args.argv])}): "
+           f"{info['cpus']} CPUs shared by client and server; load average at start "
+           f"{args.load_at_start}, at end {info['loadavg']}; Python {info['python']}, "
+           f"aiohttp {info['aiohttp']}, uvloop {info['uvloop']}. Every run on a fresh server and "
+           f"database; personal and group figures are medians of {args.repeat} run(s) (min-max)."]
+    if args.deployment.engines:
+        out.append(f"Scaled mode: {args.deployment.describe()}. Server CPU is the sum over the "
+                   "parent and its workers; PostgreSQL and Redis CPU is every `postgres` / "
+                   "`redis-server` process on the machine over the measured phase"
+                   + ("; `synchronous` is SQLite's and does not apply to PostgreSQL."
+                      if args.deployment.database_url else "."))
+    out += ["", table(results, args)]
+    others = [r["measured"]["other_cores"] for rs in runs.values() for r in rs if "measured" in r]
+    if others and max(others) > 0.15:
+        out += ["", f"note: other processes used up to {max(others):.2f} core(s) during a measured "
+                "phase: the machine was busy and the figures are pessimistic; re-run on a quiet one"]
+    out += [f"could not run: {f}" for f in failed]
+    if problems(results):
+        out += ["", "FAILED checks: " + "; ".join(problems(results))]
+    elif not failed:
+        out += ["", "all checks passed"]
+    return "\n".join(out)
