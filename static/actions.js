@@ -101,6 +101,7 @@ export async function leaveRoom(conv) {
 
 // -- contacts and blocks --------------------------------------------------------------------
 
+/** Save `phone` as a contact named `name` (or rename it). */
 export async function addContact(phone, name) {
   if (!PHONE_RE.test(phone)) return refused(NOT_A_PHONE);
   const r = await api("POST", "/chat/special/contact", {phone, name});
@@ -109,6 +110,7 @@ export async function addContact(phone, name) {
   return undefined;
 }
 
+/** Remove `phone` from the contacts (the dialogue and its history stay). */
 export async function removeContact(phone) {
   const r = await api("DELETE", `/chat/special/contact?phone=${phone}`);
   if (!r.ok) return refused(r.data.error);
@@ -124,6 +126,7 @@ export async function block(phone) {
   return undefined;
 }
 
+/** Unblock `phone`: their new messages reach me again. */
 export async function unblock(phone) {
   const r = await api("DELETE", `/chat/special/block?phone=${phone}`);
   if (!r.ok) return refused(r.data.error);

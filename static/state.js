@@ -42,15 +42,18 @@ export const state = {
  */
 const listeners = new Map();
 
+/** Call `fn(detail)` on every `type` event (see the list above). */
 export function on(type, fn) {
   if (!listeners.has(type)) listeners.set(type, []);
   listeners.get(type).push(fn);
 }
 
+/** Tell the listeners of `type`, in the order they subscribed. */
 export function emit(type, detail) {
   for (const fn of listeners.get(type) || []) fn(detail);
 }
 
+/** This page's account (phone and registered name); joins the other tabs' channel. */
 export function setAccount(phone, name) {
   ME = phone;
   MY_NAME = name;
@@ -62,28 +65,33 @@ export function viewing(id) {
   return state.open === id && state.visible;
 }
 
+/** Conversation `id` (or null: none) is now the one on screen. */
 export function setOpen(id) {
   state.open = id;
   emit("open", id);
 }
 
+/** The page became visible or hidden (document.visibilityState). */
 export function setVisible(visible) {
   state.visible = visible;
 }
 
 // -- names and titles -----------------------------------------------------------------------
 
+/** The name to show for `phone`: my contact name, else their registered name, else the phone. */
 export function nameOf(phone) {
   if (phone === ME) return MY_NAME;
   return state.contacts.get(phone)?.name || state.names.get(phone) || phone;
 }
 
+/** The title of a conversation record, as the list and the header show it. */
 export function titleOf(conv) {
   if (conv.kind === "personal") return conv.ref === ME ? `${MY_NAME} (you)` : nameOf(conv.ref);
   if (conv.kind === "room") return `#${conv.ref}`;
   return conv.title || "Group";
 }
 
+/** A group's participants other than me (phones). */
 export function others(conv) {
   return (conv.participants || []).filter((p) => p !== ME);
 }
@@ -96,11 +104,13 @@ export function groupSender(msgFrom) {
 
 // -- conversation records -------------------------------------------------------------------
 
+/** Keep `conv` (a record read from IndexedDB) as the current state of its conversation. */
 export function merge(conv) {
   state.convs.set(conv.id, conv);
   return conv;
 }
 
+/** Apply `change(record)` to conversation `id` in IndexedDB (created when missing); resolves with it. */
 export async function saveConv(id, change) {
   const conv = merge(await state.db.updateConv(id, change));
   notify(id);
@@ -122,6 +132,7 @@ function startChannel() {
   channel.onmessage = (ev) => { followOtherTab(ev.data.conv).catch(console.error); };
 }
 
+/** Tell the other tabs that conversation `id` changed (once per microtask). */
 export function notify(id) {
   if (!channel || notified.has(id)) return;
   notified.add(id);

@@ -92,6 +92,7 @@ export function networkDown() {
   for (const link of links.values()) link.drop();
 }
 
+/** The network is back: reconnect the sockets that are wanted. */
 export function networkUp() {
   receive.wake();
   for (const [id, link] of links) if (link.wanted() && !refused.has(id)) link.wake();
@@ -543,11 +544,13 @@ export async function refreshInfo() {
 
 let infoTimer = null;
 
+/** refreshInfo in 300 ms, once for a burst of new names. */
 export function refreshInfoSoon() {
   clearTimeout(infoTimer);
   infoTimer = setTimeout(refreshInfo, 300);
 }
 
+/** Contacts with their presence, and the blocked phones, from /chat/info/contacts. */
 export async function refreshContacts() {
   const r = await api("GET", "/chat/info/contacts");
   if (!r.ok) return;
@@ -562,6 +565,7 @@ export async function refreshContacts() {
   emit("contacts");
 }
 
+/** Group `key`'s name, members, admins and read positions from /chat/info/group. */
 export async function refreshGroup(key) {
   const r = await api("GET", `/chat/info/group?key=${encodeURIComponent(key)}`);
   const id = `g:${key}`;

@@ -17,6 +17,7 @@ const growable = CSS.supports("field-sizing", "content");
 let view = null;             // {id, messages: [...], nodes: Map(id -> li), hasMore, loading}
 const drafts = new Map();    // conversation id -> unsent text
 
+/** Follow the state's events and bind the compose box, the back button and the scroller. */
 export function mount() {
   on("header", (id) => { if (state.open && (id === null || id === state.open)) renderHeader(); });
   on("note", (id) => { if (state.open && (id === null || id === state.open)) renderConvState(); });
@@ -77,6 +78,7 @@ function keepDraft() {
   sync.stopTyping();
 }
 
+/** Show conversation `id` (its latest page of messages); `push` adds it to the browser history. */
 export async function openConv(id, {push = true} = {}) {
   const conv = state.convs.get(id) || await saveConv(id, () => {});
   if (conv.left) await saveConv(id, (c) => { c.left = false; });
@@ -101,6 +103,7 @@ export async function openConv(id, {push = true} = {}) {
   if (!matchMedia("(pointer: coarse)").matches) $("text").focus();
 }
 
+/** Back to the list alone (on a phone, the list screen). */
 export function closeConv({push = true} = {}) {
   keepDraft();
   view = null;
@@ -132,6 +135,7 @@ export function markRead(id) {
 
 // -- header and note ------------------------------------------------------------------------
 
+/** The open conversation's title, avatar, and its line below: typing, presence, members. */
 export function renderHeader() {
   const conv = state.convs.get(state.open);
   if (!conv) return;

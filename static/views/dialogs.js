@@ -10,6 +10,7 @@ import {closeConv, joinAndOpen, openConv} from "./conversation.js";
 
 const $ = (id) => document.getElementById(id);
 
+/** Bind the buttons that open the dialogs, their forms, and their close buttons. */
 export function mount() {
   on("contacts", () => { if ($("dlg-contacts").open) renderContacts(); });
   $("conv-info").addEventListener("click", openInfoDialog);

@@ -8,6 +8,7 @@ import {openConv} from "./conversation.js";
 
 const $ = (id) => document.getElementById(id);
 
+/** Follow the state's events; bind the start-a-dialogue form and the arrow keys. */
 export function mount() {
   on("list", renderList);
   on("open", renderList);
@@ -50,6 +51,7 @@ function sortedConvs() {
           titleOf(a).localeCompare(titleOf(b)));
 }
 
+/** Rebuild the list (newest first), keeping the focus on the same row; the tab title counts unread. */
 export function renderList() {
   const list = $("conversations");
   const focused = document.activeElement?.closest?.(".conv")?.dataset.id;

@@ -6,6 +6,7 @@ import {reconnect, retryInSeconds} from "../sync.js";
 const $ = (id) => document.getElementById(id);
 let timer = null;
 
+/** Follow the receive socket's state; "Retry now" reconnects at once. */
 export function mount() {
   on("online", show);
   $("reconnect").addEventListener("click", reconnect);
