@@ -1,0 +1,136 @@
+// What a person asks of the server through its JSON API (SPEC 4), and the local consequences:
+// dialogues, groups, rooms, contacts, blocks. No DOM: a refusal is a "notice" event, and each
+// function resolves with what the view needs next (a conversation to open, or whether it worked).
+
+import {api} from "./net.js";
+import {ME, PHONE_RE, emit, notify, saveConv} from "./state.js";
+import * as sync from "./sync.js";
+
+const NOT_A_PHONE = "A phone number is 10 to 15 digits";
+
+/** A refused request: tell the person, and give `result` back. */
+function refused(message, result = undefined) {
+  emit("notice", message);
+  return result;
+}
+
+/** Start a dialogue with `phone`; resolves with its conversation id, or null. */
+export async function startDialogue(phone) {
+  if (!PHONE_RE.test(phone)) return refused(NOT_A_PHONE, null);
+  const r = await api("POST", "/chat/special/personal", {msg_to: phone});
+  if (!r.ok) return refused(r.status === 404 ? "No account has this phone number" : r.data.error, null);
+  await saveConv(`p:${phone}`, () => {});
+  sync.refreshInfoSoon();
+  return `p:${phone}`;
+}
+
+// -- groups ---------------------------------------------------------------------------------
+
+/** Create group `name` with `participants` (phones); resolves with its conversation id, or null. */
+export async function createGroup(name, participants) {
+  const r = await api("POST", "/chat/special/group", {name, participants});
+  if (!r.ok) return refused(r.data.error, null);
+  const g = r.data;
+  await saveConv(`g:${g.key}`, (c) => {
+    c.title = g.name;
+    c.participants = g.participants;
+    c.admins = g.admins;
+  });
+  return `g:${g.key}`;
+}
+
+/** Add or remove members ({add: [phone]} or {remove: [phone]}); resolves true when done. */
+export async function patchGroup(conv, change) {
+  const r = await api("PATCH", `/chat/info/group?key=${conv.ref}`, change);
+  if (!r.ok) return refused(r.data.error, false);
+  await sync.refreshGroup(conv.ref);
+  return true;
+}
+
+/** Leave a group: its socket closes for good, the history stays; resolves true when done. */
+export async function leaveGroup(conv) {
+  const r = await api("PATCH", `/chat/info/group?key=${conv.ref}`, {remove: [ME]});
+  if (!r.ok) return refused(r.data.error, false);
+  sync.refuse(conv.id);
+  await saveConv(conv.id, (c) => { c.note = "You left this group."; });
+  notify(conv.id);
+  emit("note", conv.id);
+  emit("list");
+  return true;
+}
+
+// -- rooms ----------------------------------------------------------------------------------
+
+/** Join room `name` (with its password when private); resolves with its id, or null. */
+export async function joinRoom(name, password) {
+  if (password !== undefined) {
+    const r = await api("POST", "/chat/special/room/join", {room_name: name, password});
+    if (!r.ok) return refused(r.data.error, null);
+  }
+  const id = `r:${name}`;
+  sync.allow(id);
+  await saveConv(id, (c) => { c.left = false; c.note = null; });
+  sync.wake(id);
+  return id;
+}
+
+/** Follow a link to room `name` (no password asked); resolves with its id, or null. */
+export async function joinRoomFromUrl(name) {
+  const r = await api("GET", `/chat/info/room?room_name=${encodeURIComponent(name)}`);
+  if (!r.ok) return refused(r.data.error, null);
+  const id = `r:${name}`;
+  await saveConv(id, (c) => { c.left = false; });
+  sync.wake(id);
+  return id;
+}
+
+/** Create room `name` (private with a password); resolves true when created. */
+export async function createRoom(name, password) {
+  const body = {room_name: name};
+  if (password) body.password = password;
+  const r = await api("POST", "/chat/special/room", body);
+  if (!r.ok) return refused(r.data.error, false);
+  return true;
+}
+
+/** Leave the room of `conv`: its socket closes, the history stays on the device. */
+export async function leaveRoom(conv) {
+  sync.close(conv.id);
+  await saveConv(conv.id, (c) => { c.left = true; });
+}
+
+// -- contacts and blocks --------------------------------------------------------------------
+
+/** Save `phone` as a contact named `name` (or rename it). */
+export async function addContact(phone, name) {
+  if (!PHONE_RE.test(phone)) return refused(NOT_A_PHONE);
+  const r = await api("POST", "/chat/special/contact", {phone, name});
+  if (!r.ok) return refused(r.status === 404 ? "No account has this phone number" : r.data.error);
+  await sync.refreshContacts();
+  return undefined;
+}
+
+/** Remove `phone` from the contacts (the dialogue and its history stay). */
+export async function removeContact(phone) {
+  const r = await api("DELETE", `/chat/special/contact?phone=${phone}`);
+  if (!r.ok) return refused(r.data.error);
+  return sync.refreshContacts();
+}
+
+/** Block `phone`: their messages no longer reach me (SPEC 5.5). */
+export async function block(phone) {
+  const r = await api("POST", "/chat/special/block", {phone});
+  if (!r.ok) return refused(r.data.error);
+  await sync.refreshContacts();
+  emit("note", null);
+  return undefined;
+}
+
+/** Unblock `phone`: their new messages reach me again. */
+export async function unblock(phone) {
+  const r = await api("DELETE", `/chat/special/block?phone=${phone}`);
+  if (!r.ok) return refused(r.data.error);
+  await sync.refreshContacts();
+  emit("note", null);
+  return undefined;
+}

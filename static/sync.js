@@ -1,0 +1,646 @@
+// The protocol's flows (SPEC 5, 6), without the DOM: the receive socket, the send and room
+// sockets, storing and acknowledging, the outbox, receipts, reads, typing, presence, and the
+// server's view of names, contacts and groups. What changes is announced with `emit` (state.js).
+// See docs/client.md.
+
+import {LocalDb} from "./db.js";
+import {Link, api, paths} from "./net.js";
+import {
+  ME, emit, groupSender, merge, notify, saveConv, state, viewing,
+} from "./state.js";
+import {newStamp, parseTs} from "./time.js";
+
+const TYPING_SHOWN_MS = 2000;
+// The server passes one typing event a second per socket; a little more keeps clear of that edge
+// while the other side's indicator (2 s) stays on as long as the typing goes on.
+const TYPING_SENT_EVERY_MS = 1500;
+
+let receive = null;              // the receive socket (Link)
+const links = new Map();         // conversation id -> Link (send socket, or room socket)
+const sentOn = new Map();        // conversation id -> {fifo: [us], set: Set(us)} on the current socket
+const flushing = new Map();      // conversation id -> the flush in progress
+const refused = new Set();       // conversations whose sockets are refused (left, gone, locked)
+const pendingConvs = new Set();  // conversations with own messages not yet stored by the server
+let pushes = Promise.resolve();  // frames are handled one at a time, in order
+let lastTypingSent = 0;
+let typingTimer = null;
+
+// -- start ----------------------------------------------------------------------------------
+
+/** Open this account's history on the device; throws when IndexedDB is unavailable. */
+export async function open() {
+  state.db = await LocalDb.open(ME);
+}
+
+/** Load the conversations and the outbox from the device. */
+export async function load() {
+  for (const conv of await state.db.convs()) merge(conv);
+  for (const msg of await state.db.pending()) pendingConvs.add(msg.conv);
+  for (const conv of state.convs.values()) if (conv.kind === "room" && !conv.left) linkFor(conv.id);
+}
+
+/** Connect the receive socket and the sockets of the joined rooms. */
+export function connect() {
+  startReceiving();
+  for (const conv of state.convs.values()) if (conv.kind === "room" && !conv.left) linkFor(conv.id).wake();
+}
+
+/** Queue `fn` behind every frame already being handled. */
+function inOrder(fn) {
+  pushes = pushes.then(fn).catch((err) => console.error(err));
+}
+
+// -- the receive socket ---------------------------------------------------------------------
+
+function startReceiving() {
+  receive = new Link(paths.receive(ME), {
+    wanted: () => true,
+    onOpen: (link) => {
+      setOnline(true);
+      link.send({command: "fetch_msgs", msg_to: ME});
+      link.send({command: "fetch_grp_msgs", msg_to: ME});
+      for (const [id, l] of links) if (!refused.has(id) && l.wanted()) l.wake();
+      flushAll();
+      refreshInfo();
+      refreshContacts();
+      refreshReceipts();
+    },
+    // One push at a time, in order: each waits for the database writes of the one before.
+    onFrame: (frame) => inOrder(() => onPush(frame)),
+    onClose: (link, {opened, code}) => {
+      setOnline(false);
+      if (!opened || code === 1008) checkSession();
+    },
+  });
+  receive.wake();
+}
+
+/** Seconds until the receive socket tries again; 0 while it is connecting. */
+export function retryInSeconds() {
+  const left = Math.ceil((receive.retryAt - Date.now()) / 1000);
+  return receive.ws || left <= 0 ? 0 : left;
+}
+
+/** Reconnect the receive socket now. */
+export function reconnect() {
+  receive.wake();
+}
+
+/** The browser says the network is gone: drop the sockets, they come back with it. */
+export function networkDown() {
+  receive.drop();
+  for (const link of links.values()) link.drop();
+}
+
+/** The network is back: reconnect the sockets that are wanted. */
+export function networkUp() {
+  receive.wake();
+  for (const [id, link] of links) if (link.wanted() && !refused.has(id)) link.wake();
+}
+
+async function checkSession() {
+  const {status} = await api("GET", "/chat/info");
+  if (status === 401) emit("logged-out");
+}
+
+function setOnline(online) {
+  state.online = online;
+  emit("online", online);
+}
+
+async function onPush(f) {
+  switch (f.command) {
+    case "new_msg": return receiveMessages([f]);
+    case "fetch_msgs":
+    case "fetch_grp_msgs": return receiveMessages(Array.isArray(f.messages) ? f.messages : []);
+    case "msg_received": return onReceipt(f);
+    case "msg_read": return onRead(f);
+    case "is_typing": return onTyping(f);
+    case "presence": return onPresence(f);
+    case "error": console.warn("server:", f.message); return undefined;
+    default: return undefined;
+  }
+}
+
+async function receiveMessages(frames) {
+  const items = [];
+  for (const f of frames) {
+    const us = parseTs(f.sent_timestamp);
+    if (Number.isNaN(us) || typeof f.message !== "string" || typeof f.msg_from !== "string") continue;
+    const grp = groupSender(f.msg_from);
+    const conv = grp ? `g:${grp.key}` : `p:${f.msg_from}`;
+    const from = grp ? grp.sender : f.msg_from;
+    items.push({conv, from, us, ts: f.sent_timestamp, body: f.message, grp: !!grp});
+  }
+  if (!items.length) return;
+  const {fresh, convs} = await storeThenAcknowledge(items);
+  afterIncoming(fresh, convs);
+}
+
+/**
+ * The one place where received messages are acknowledged (SPEC 5.1, 5.3, 6): each is committed
+ * to this device first, and only then answered msg_received / grp_msg_received — the server
+ * deletes what is acknowledged. A message fetched again (its acknowledgement lost) is stored
+ * once and acknowledged again.
+ */
+async function storeThenAcknowledge(items) {
+  const stored = await state.db.storeIncoming(
+    items.map(({grp, ...msg}) => msg),
+    (conv, msg) => !msg.mine && msg.from !== ME && !viewing(conv.id));
+  for (const m of items) {
+    const peer = m.conv.slice(2);
+    linkFor(m.conv).send(m.grp
+      ? frame("grp_msg_received", peer, m.ts, m.from)
+      : frame("msg_received", peer, m.ts));
+  }
+  return stored;
+}
+
+function afterIncoming(fresh, convs) {
+  for (const conv of convs) {
+    merge(conv);
+    notify(conv.id);
+    if (conv.kind === "group" && !conv.participants) refreshGroup(conv.ref);
+    if (conv.kind === "personal" && !state.names.has(conv.ref)) refreshInfoSoon();
+  }
+  for (const msg of fresh) {
+    const t = state.typing.get(msg.conv);
+    if (t && t.who === msg.from) clearTyping(msg.conv);
+  }
+  emit("incoming", fresh);
+  emit("list");
+}
+
+/** A frame on a send or room socket: the five fields of SPEC 5. */
+function frame(command, msgTo, message, overrideTo) {
+  return {message, command, msg_from: ME, msg_to: overrideTo ?? msgTo,
+          sent_timestamp: newStamp(ME).ts};
+}
+
+/** One own message changed on the device: other tabs and the views follow. */
+function changed(msg) {
+  notify(msg.conv);
+  emit("message", msg);
+}
+
+// -- receipts, reads, typing, presence --------------------------------------------------------
+
+async function onReceipt(f) {
+  const us = parseTs(f.message);
+  if (Number.isNaN(us)) return;
+  const grp = groupSender(f.msg_from);
+  let msg;
+  if (grp) {
+    msg = await state.db.addReceipt(`g:${grp.key}`, ME, us, grp.sender);
+  } else {
+    msg = await state.db.setState(`p:${f.msg_from}`, ME, us, "received");
+  }
+  if (msg) changed(msg);
+}
+
+async function onRead(f) {
+  const us = parseTs(f.message);
+  if (Number.isNaN(us)) return;
+  const grp = groupSender(f.msg_from);
+  if (grp) {
+    const id = `g:${grp.key}`;
+    if (!state.convs.has(id)) return;
+    await saveConv(id, (c) => {
+      c.readPos = c.readPos || {};
+      c.readPos[grp.sender] = Math.max(c.readPos[grp.sender] || 0, us);
+    });
+    emit("receipts", id);
+    return;
+  }
+  const id = `p:${f.msg_from}`;
+  await saveConv(id, (c) => { c.peerReadUs = Math.max(c.peerReadUs || 0, us); });
+  for (const msg of await state.db.advanceUpTo(id, us, "read")) changed(msg);
+}
+
+function onTyping(f) {
+  let id;
+  let who;
+  const grp = groupSender(f.msg_from);
+  if (grp) {
+    id = `g:${grp.key}`;
+    who = grp.sender;
+  } else {
+    id = `p:${f.msg_from}`;
+    who = f.msg_from;
+  }
+  showTyping(id, who);
+}
+
+function showTyping(id, who) {
+  if (who === ME || !state.convs.has(id)) return;
+  const current = state.typing.get(id);
+  if (current) clearTimeout(current.timer);
+  state.typing.set(id, {who, timer: setTimeout(() => clearTyping(id), TYPING_SHOWN_MS)});
+  emit("list");
+  emit("header", id);
+}
+
+function clearTyping(id) {
+  const t = state.typing.get(id);
+  if (!t) return;
+  clearTimeout(t.timer);
+  state.typing.delete(id);
+  emit("list");
+  emit("header", id);
+}
+
+function onPresence(f) {
+  const online = f.message === "online";
+  const before = state.presence.get(f.msg_from) || {};
+  state.presence.set(f.msg_from, {
+    online, lastSeenUs: online ? before.lastSeenUs : Date.now() * 1000});
+  emit("list");
+  emit("header", `p:${f.msg_from}`);
+  emit("contacts");
+}
+
+// -- send sockets and the outbox ------------------------------------------------------------
+
+function linkFor(id) {
+  let link = links.get(id);
+  if (link && !link.stopped) return link;
+  if (link && refused.has(id)) return link; // stays stopped: frames for it are dropped
+  const kind = id[0];
+  const ref = id.slice(2);
+  const path = kind === "p" ? paths.personal(ME, ref)
+    : kind === "g" ? paths.group(ME, ref) : paths.room(ref);
+  link = new Link(path, {
+    wanted: () => !refused.has(id) &&
+      (state.open === id || kind === "r" || pendingConvs.has(id)),
+    onOpen: () => {
+      sentOn.set(id, {fifo: [], set: new Set()});
+      flush(id);
+    },
+    onFrame: (f) => inOrder(() => onLinkFrame(id, f)),
+    onClose: (l, {opened}) => {
+      sentOn.delete(id);
+      // Refused at the handshake while the server is up: find out why, once.
+      if (!opened && state.online) diagnose(id);
+    },
+  });
+  if (refused.has(id)) link.stop();
+  links.set(id, link);
+  return link;
+}
+
+/** Connect conversation `id`'s socket unless the server refuses it for good. */
+export function wake(id) {
+  if (!refused.has(id)) linkFor(id).wake();
+}
+
+/** Close conversation `id`'s socket (I left the room); joining again opens a new one. */
+export function close(id) {
+  links.get(id)?.stop();
+  links.delete(id);
+}
+
+/** Allow conversation `id`'s socket again (rejoined, back in the group). */
+export function allow(id) {
+  refused.delete(id);
+  if (links.get(id)?.stopped) links.delete(id);
+}
+
+/** Close conversation `id`'s socket for good (left the group, or the server refuses it). */
+export function refuse(id) {
+  refused.add(id);
+  links.get(id)?.stop();
+}
+
+/** Send, in order, every pending message of `id` not yet sent on its current socket. */
+function flush(id) {
+  const running = flushing.get(id);
+  if (running) {
+    running.again = true;
+    return;
+  }
+  const job = {again: false};
+  flushing.set(id, job);
+  (async () => {
+    do {
+      job.again = false;
+      const pending = (await state.db.pending()).filter((m) => m.conv === id);
+      if (pending.length) pendingConvs.add(id); else pendingConvs.delete(id);
+      const link = linkFor(id);
+      if (!link.isOpen) {
+        if (pending.length && !refused.has(id)) link.wake();
+        break;
+      }
+      const sent = sentOn.get(id);
+      for (const msg of pending) {
+        if (!sent || sent.set.has(msg.us)) continue;
+        // Resent after a reconnect with its original sent_timestamp: the server stores it once.
+        if (link.trySend(outgoingFrame(msg))) {
+          sent.fifo.push(msg.us);
+          sent.set.add(msg.us);
+        }
+      }
+    } while (job.again);
+  })().catch((e) => console.error(e)).finally(() => flushing.delete(id));
+}
+
+async function flushAll() {
+  const pending = await state.db.pending();
+  for (const id of new Set(pending.map((m) => m.conv))) {
+    pendingConvs.add(id);
+    if (!refused.has(id)) flush(id);
+  }
+}
+
+function outgoingFrame(msg) {
+  const ref = msg.conv.slice(2);
+  const command = {p: "new_msg", g: "new_grp_msg", r: "room_msg"}[msg.conv[0]];
+  return {message: msg.body, command, msg_from: ME, msg_to: ref, sent_timestamp: msg.ts};
+}
+
+async function onLinkFrame(id, f) {
+  const sent = sentOn.get(id);
+  if (f.command === "msg_sent") {
+    const us = parseTs(f.message);
+    if (sent) sent.fifo = sent.fifo.filter((x) => x !== us);
+    const msg = await state.db.setState(id, ME, us, "sent");
+    if (msg) changed(msg);
+    flushDone(id);
+  } else if (f.command === "room_msg" || f.command === "fetch_room_msgs") {
+    await onRoomFrames(id, f.command === "room_msg" ? [f] : f.messages || [], f.command);
+  } else if (f.command === "is_typing") {
+    if (id[0] === "r") showTyping(id, f.msg_from);
+  } else if (f.command === "error") {
+    await onLinkError(id, f);
+  }
+}
+
+async function flushDone(id) {
+  const pending = (await state.db.pending()).some((m) => m.conv === id);
+  if (!pending) pendingConvs.delete(id);
+}
+
+/** A refused frame. The error frame does not say which message it was about; replies come in
+ *  order, so for a refused message it is the oldest one still waiting for its reply. */
+async function onLinkError(id, f) {
+  if (!["new_msg", "new_grp_msg", "room_msg"].includes(f.type)) {
+    if (!/received|read|typing/.test(f.type)) emit("notice", f.message);
+    return;
+  }
+  const sent = sentOn.get(id);
+  const us = sent?.fifo.shift();
+  if (us === undefined) {
+    emit("notice", f.message);
+    return;
+  }
+  if (/rate limit|try again/i.test(f.message)) {
+    sent.set.delete(us); // not stored: send it again shortly, same sent_timestamp
+    setTimeout(() => flush(id), 1500);
+    return;
+  }
+  sent.set.delete(us); // a retry sends it again on this socket
+  const msg = await state.db.setState(id, ME, us, "failed", {error: f.message});
+  if (msg) changed(msg);
+  flushDone(id);
+}
+
+const diagnosing = new Set();
+
+/** Why does the server refuse this conversation's socket? Stop retrying when it is for good. */
+async function diagnose(id) {
+  const conv = state.convs.get(id);
+  if (!conv || diagnosing.has(id)) return;
+  diagnosing.add(id);
+  try {
+    const ref = encodeURIComponent(conv.ref);
+    let note = null;
+    if (conv.kind === "personal") {
+      const r = await api("GET", `/chat/info/personal?msg_to=${ref}`);
+      if (r.status === 404) note = "This account no longer exists.";
+    } else if (conv.kind === "group") {
+      const r = await api("GET", `/chat/info/group?key=${ref}`);
+      if (r.status === 403 || r.status === 404) note = "You are no longer in this group.";
+    } else {
+      const r = await api("GET", `/chat/info/room?room_name=${ref}`);
+      if (r.status === 404) note = "This room no longer exists.";
+      else if (r.ok && r.data.private) note = "locked";
+    }
+    if (note) {
+      refuse(id);
+      await saveConv(id, (c) => { c.note = note; });
+      emit("note", id);
+    }
+  } finally {
+    diagnosing.delete(id);
+  }
+}
+
+// -- rooms ----------------------------------------------------------------------------------
+
+async function onRoomFrames(id, frames, command) {
+  const items = [];
+  const mine = [];
+  for (const f of frames) {
+    const us = parseTs(f.sent_timestamp);
+    if (Number.isNaN(us) || typeof f.message !== "string") continue;
+    if (f.msg_from === ME) mine.push(us);
+    items.push({conv: id, from: f.msg_from, us, ts: f.sent_timestamp, body: f.message,
+                ...(f.msg_from === ME ? {mine: 1, state: "sent"} : {})});
+  }
+  const conv = state.convs.get(id);
+  const first = command === "fetch_room_msgs" && conv && !conv.seenHistory;
+  // Rooms are not acknowledged: the server keeps their history (SPEC 5.4).
+  const {fresh, convs} = await state.db.storeIncoming(
+    items, (c, msg) => !first && !msg.mine && !viewing(c.id));
+  // The room echoes my own messages: that is their confirmation.
+  const sent = sentOn.get(id);
+  for (const us of mine) {
+    if (sent) sent.fifo = sent.fifo.filter((x) => x !== us);
+    const msg = await state.db.setState(id, ME, us, "sent");
+    if (msg) changed(msg);
+  }
+  if (mine.length) flushDone(id);
+  if (first) await saveConv(id, (c) => { c.seenHistory = true; });
+  afterIncoming(fresh, convs);
+}
+
+// -- reading --------------------------------------------------------------------------------
+
+/** `messages` of conversation `id` are on screen: tell their senders, clear the badge. */
+export async function markRead(id, messages) {
+  const conv = state.convs.get(id);
+  if (!conv) return;
+  const readUs = conv.readUs || 0;
+  const unseen = messages.filter((m) => !m.mine && m.from !== ME && m.us > readUs);
+  if (!unseen.length && !conv.unread) return;
+  const last = unseen.at(-1);
+  if (last && conv.kind === "personal") {
+    linkFor(id).send(frame("msg_read", conv.ref, last.ts));
+  } else if (last && conv.kind === "group") {
+    // One read mark to each sender: each of them learns that I have read their messages.
+    const latest = new Map();
+    for (const m of unseen) latest.set(m.from, m);
+    for (const m of latest.values()) linkFor(id).send(frame("grp_msg_read", conv.ref, m.ts, m.from));
+  }
+  await saveConv(id, (c) => {
+    c.unread = 0;
+    if (last) c.readUs = Math.max(c.readUs || 0, last.us);
+  });
+  emit("list");
+}
+
+/** After a reconnect: what did peers receive and read while this page was away? */
+async function refreshReceipts() {
+  for (const conv of state.convs.values()) {
+    if (!conv.lastOwnUs || conv.note) continue;
+    if (conv.kind === "personal" && conv.lastOwnUs > (conv.peerReadUs || 0)) {
+      const asOf = Date.now() * 1000; // "waiting" counts what was sent before this request
+      const r = await api("GET", `/chat/info/personal?msg_to=${conv.ref}`);
+      if (!r.ok) continue;
+      const out = r.data.outgoing || {};
+      const seen = parseTs(out.last_seen_receiver);
+      // Server timestamps are to the millisecond: everything up to the end of it.
+      if (!Number.isNaN(seen)) {
+        const upTo = seen + 999;
+        await saveConv(conv.id, (c) => { c.peerReadUs = Math.max(c.peerReadUs || 0, upTo); });
+        for (const msg of await state.db.advanceUpTo(conv.id, upTo, "read")) changed(msg);
+      }
+      if (out.waiting === 0) {
+        for (const msg of await state.db.advanceUpTo(conv.id, asOf, "received")) changed(msg);
+      }
+    } else if (conv.kind === "group") {
+      await refreshGroup(conv.ref);
+    }
+  }
+}
+
+// -- server info ----------------------------------------------------------------------------
+
+/** Names, dialogues, groups, rooms and contacts from /chat/info (SPEC 4). */
+export async function refreshInfo() {
+  const r = await api("GET", "/chat/info");
+  if (r.status === 401) {
+    emit("logged-out");
+    return;
+  }
+  if (!r.ok) return;
+  const info = r.data;
+  for (const d of info.dialogues || []) {
+    if (d.name) state.names.set(d.msg_to, d.name);
+    if (!state.convs.has(`p:${d.msg_to}`)) await saveConv(`p:${d.msg_to}`, () => {});
+  }
+  for (const g of info.groups || []) {
+    const id = `g:${g.key}`;
+    const known = state.convs.get(id);
+    if (!known || known.title !== g.name || known.note) {
+      await saveConv(id, (c) => { c.title = g.name; c.note = null; });
+      allow(id);
+    }
+  }
+  state.rooms = info.rooms || [];
+  for (const c of info.contacts || []) state.contacts.set(c.phone, c);
+  emit("list");
+  emit("header", null);
+}
+
+let infoTimer = null;
+
+/** refreshInfo in 300 ms, once for a burst of new names. */
+export function refreshInfoSoon() {
+  clearTimeout(infoTimer);
+  infoTimer = setTimeout(refreshInfo, 300);
+}
+
+/** Contacts with their presence, and the blocked phones, from /chat/info/contacts. */
+export async function refreshContacts() {
+  const r = await api("GET", "/chat/info/contacts");
+  if (!r.ok) return;
+  state.contacts = new Map(r.data.contacts.map((c) => [c.phone, c]));
+  for (const c of r.data.contacts) {
+    state.presence.set(c.phone, {online: c.online,
+                                 lastSeenUs: c.last_seen ? parseTs(c.last_seen) : undefined});
+  }
+  state.blocked = new Set(r.data.blocked || []);
+  emit("list");
+  emit("header", null);
+  emit("contacts");
+}
+
+/** Group `key`'s name, members, admins and read positions from /chat/info/group. */
+export async function refreshGroup(key) {
+  const r = await api("GET", `/chat/info/group?key=${encodeURIComponent(key)}`);
+  const id = `g:${key}`;
+  if (r.status === 403 || r.status === 404) {
+    if (state.convs.has(id)) await saveConv(id, (c) => { c.note = "You are no longer in this group."; });
+    return;
+  }
+  if (!r.ok) return;
+  const g = r.data;
+  for (const [phone, name] of Object.entries(g.names || {})) state.names.set(phone, name);
+  await saveConv(id, (c) => {
+    c.title = g.name;
+    c.participants = g.participants;
+    c.admins = g.admins;
+    c.readPos = c.readPos || {};
+    for (const [phone, last] of Object.entries(g.read || {})) {
+      const us = parseTs(last);
+      if (!Number.isNaN(us)) c.readPos[phone] = Math.max(c.readPos[phone] || 0, us + 999);
+    }
+  });
+  emit("list");
+  emit("header", id);
+  emit("receipts", id);
+}
+
+// -- sending --------------------------------------------------------------------------------
+
+/** Write `body` in conversation `id`: kept "pending" on the device, then sent. */
+export async function send(id, body) {
+  const conv = state.convs.get(id);
+  if (!conv || conv.note) return;
+  const {us, ts} = newStamp(ME);
+  const {record, conv: saved} = await state.db.addOwn({conv: id, from: ME, us, ts, body});
+  merge(saved);
+  notify(id);
+  pendingConvs.add(id);
+  emit("outgoing", record);
+  emit("list");
+  flush(id);
+}
+
+/** Send a failed message again, with its sent_timestamp. */
+export async function retry(msg) {
+  const again = await state.db.setState(msg.conv, ME, msg.us, "pending", {error: null});
+  if (again) changed(again);
+  pendingConvs.add(msg.conv);
+  flush(msg.conv);
+}
+
+/** Delete a failed message from the device (the server never stored it). */
+export async function discard(msg) {
+  await state.db.deleteOwn(msg.conv, ME, msg.us);
+  emit("removed", msg);
+}
+
+/** Typing in the open conversation; `goesOn()` says, when a delayed one is due, if it still is. */
+export function sendTyping(goesOn) {
+  const conv = state.convs.get(state.open);
+  if (!conv || conv.note) return;
+  const now = Date.now();
+  const wait = lastTypingSent + TYPING_SENT_EVERY_MS - now;
+  if (wait > 0) {
+    // Too soon after the last one: send it at the end of the interval if typing goes on.
+    typingTimer ??= setTimeout(() => {
+      typingTimer = null;
+      if (goesOn()) sendTyping(goesOn);
+    }, wait);
+    return;
+  }
+  const command = {personal: "is_typing", group: "is_grp_typing", room: "is_room_typing"}[conv.kind];
+  if (linkFor(conv.id).trySend(frame(command, conv.ref, ""))) lastTypingSent = now;
+}
+
+/** The conversation on screen changes: a delayed typing event is not sent. */
+export function stopTyping() {
+  clearTimeout(typingTimer);
+  typingTimer = null;
+}

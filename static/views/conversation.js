@@ -1,0 +1,301 @@
+// The open conversation: its header, its note (left, gone, locked, blocked), the messages with
+// their history paging, and the compose box (drafts, typing, sending).
+
+import {joinRoom} from "../actions.js";
+import {
+  ME, nameOf, on, page, saveConv, setOpen, state, titleOf, viewing,
+} from "../state.js";
+import * as sync from "../sync.js";
+import {dayKey, dayLabel, lastSeenLabel} from "../time.js";
+import {avatar, el} from "../ui.js";
+import {bubble, bubbleKey} from "./bubble.js";
+
+const PAGE = 50;
+const $ = (id) => document.getElementById(id);
+const growable = CSS.supports("field-sizing", "content");
+
+let view = null;             // {id, messages: [...], nodes: Map(id -> li), hasMore, loading}
+const drafts = new Map();    // conversation id -> unsent text
+
+/** Follow the state's events and bind the compose box, the back button and the scroller. */
+export function mount() {
+  on("header", (id) => { if (state.open && (id === null || id === state.open)) renderHeader(); });
+  on("note", (id) => { if (state.open && (id === null || id === state.open)) renderConvState(); });
+  on("message", updateBubble);
+  on("receipts", refreshOwnBubbles);
+  on("incoming", showIncoming);
+  on("outgoing", (record) => {
+    if (view?.id !== record.conv) return;
+    insertIntoView(record);
+    renderMessages("append");
+  });
+  on("removed", (msg) => {
+    if (view?.id !== msg.conv) return;
+    view.messages = view.messages.filter((m) => m.id !== msg.id);
+    renderMessages("update");
+  });
+  on("elsewhere", (id) => { reload(id).catch(console.error); });
+
+  $("compose").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = $("text");
+    const body = text.value;
+    if (!body.trim()) return;
+    text.value = "";
+    autosize();
+    sync.send(state.open, body);
+  });
+  $("text").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      $("compose").requestSubmit();
+    } else if (ev.key === "Escape" && $("app").dataset.view === "conv") {
+      closeConv();
+    }
+  });
+  const stillTyping = () => !!$("text").value;
+  $("text").addEventListener("input", () => {
+    autosize();
+    if (stillTyping()) sync.sendTyping(stillTyping);
+  });
+  $("back").addEventListener("click", () => closeConv());
+  $("scroller").addEventListener("scroll", () => {
+    if ($("scroller").scrollTop < 200) loadOlder();
+  }, {passive: true});
+}
+
+/** The page path of a conversation (SPEC 4), kept in the address bar. */
+function convUrl(conv) {
+  if (conv.kind === "personal") return `/chat/personal/${ME}/${conv.ref}/`;
+  if (conv.kind === "group") return `/chat/group/${ME}/${conv.ref}/`;
+  return `/chat/room/${conv.ref}/`;
+}
+
+// -- opening and closing --------------------------------------------------------------------
+
+function keepDraft() {
+  if (state.open) drafts.set(state.open, $("text").value);
+  sync.stopTyping();
+}
+
+/** Show conversation `id` (its latest page of messages); `push` adds it to the browser history. */
+export async function openConv(id, {push = true} = {}) {
+  const conv = state.convs.get(id) || await saveConv(id, () => {});
+  if (conv.left) await saveConv(id, (c) => { c.left = false; });
+  keepDraft();
+  setOpen(id);
+  $("text").value = drafts.get(id) || "";
+  autosize();
+  const messages = await page(id, Infinity, PAGE);
+  view = {id, messages, nodes: new Map(), hasMore: messages.length === PAGE, loading: false};
+  $("app").dataset.view = "conv";
+  $("placeholder").hidden = true;
+  $("conv-head").hidden = false;
+  $("scroller").hidden = false;
+  renderHeader();
+  renderConvState();
+  renderMessages("bottom");
+  if (push && location.pathname !== convUrl(conv)) history.pushState({id}, "", convUrl(conv));
+  sync.wake(id);
+  if (conv.kind === "group") sync.refreshGroup(conv.ref);
+  await fillUp();
+  markRead(id);
+  if (!matchMedia("(pointer: coarse)").matches) $("text").focus();
+}
+
+/** Back to the list alone (on a phone, the list screen). */
+export function closeConv({push = true} = {}) {
+  keepDraft();
+  view = null;
+  setOpen(null);
+  $("app").dataset.view = "list";
+  $("placeholder").hidden = false;
+  $("conv-head").hidden = true;
+  $("scroller").hidden = true;
+  $("compose").hidden = true;
+  $("conv-note").hidden = true;
+  $("messages").replaceChildren();
+  if (push && location.pathname !== "/chat") history.pushState({}, "", "/chat");
+  const current = document.querySelector(".conv[aria-current='true']") ||
+    document.querySelector(".conv");
+  current?.focus();
+}
+
+/** Join room `name` (with its password when private) and open it. */
+export async function joinAndOpen(name, password) {
+  const id = await joinRoom(name, password);
+  return id ? openConv(id) : undefined;
+}
+
+/** The conversation is on screen: tell the senders, clear the badge. */
+export function markRead(id) {
+  if (!id || !viewing(id) || !view || view.id !== id) return undefined;
+  return sync.markRead(id, view.messages);
+}
+
+// -- header and note ------------------------------------------------------------------------
+
+/** The open conversation's title, avatar, and its line below: typing, presence, members. */
+export function renderHeader() {
+  const conv = state.convs.get(state.open);
+  if (!conv) return;
+  const title = titleOf(conv);
+  $("conv-title").textContent = title;
+  $("conv-avatar").replaceChildren(avatar(title, conv.id, conv.kind));
+  const sub = $("conv-sub");
+  const t = state.typing.get(conv.id);
+  sub.classList.toggle("typing", !!t);
+  if (t) {
+    sub.textContent = conv.kind === "personal" ? "typing…" : `${nameOf(t.who)} is typing…`;
+  } else if (conv.kind === "personal") {
+    const p = state.presence.get(conv.ref);
+    const parts = [];
+    if (title !== conv.ref && conv.ref !== ME) parts.push(conv.ref);
+    if (p?.online) parts.push("online");
+    else if (p?.lastSeenUs) parts.push(lastSeenLabel(p.lastSeenUs));
+    if (state.blocked.has(conv.ref)) parts.push("blocked");
+    sub.textContent = parts.join(" · ");
+  } else if (conv.kind === "group") {
+    const n = (conv.participants || []).length;
+    sub.textContent = n ? `${n} members` : "group";
+  } else {
+    sub.textContent = "public room";
+  }
+}
+
+function renderConvState() {
+  const conv = state.convs.get(state.open);
+  if (!conv) return;
+  const note = $("conv-note");
+  const locked = conv.note === "locked";
+  const blocked = conv.kind === "personal" && state.blocked.has(conv.ref);
+  note.replaceChildren();
+  if (locked) {
+    const input = el("input", {attrs: {type: "password", "aria-label": "Room password",
+                                       placeholder: "Room password"}});
+    const form = el("form", {class: "inline-form row", on: {submit: (ev) => {
+      ev.preventDefault();
+      joinAndOpen(conv.ref, input.value);
+    }}}, input, el("button", {class: "btn primary", text: "Enter", attrs: {type: "submit"}}));
+    note.append(el("span", {text: "This room is private: give its password."}), form);
+  } else if (conv.note) {
+    note.textContent = conv.note;
+  } else if (blocked) {
+    note.textContent = "You have blocked this person: their messages do not reach you.";
+  }
+  note.hidden = !note.childNodes.length;
+  $("compose").hidden = !!conv.note;
+}
+
+// -- the messages ---------------------------------------------------------------------------
+
+function showIncoming(fresh) {
+  const shown = fresh.filter((m) => view && m.conv === view.id);
+  if (!shown.length) return;
+  for (const m of shown) insertIntoView(m);
+  const last = shown.at(-1);
+  if (!last.mine) $("announce").textContent = `${nameOf(last.from)}: ${last.body}`;
+  renderMessages("append");
+  markRead(state.open);
+}
+
+/** Another tab changed conversation `id`: read its messages again from the device. */
+async function reload(id) {
+  if (view?.id !== id) return;
+  const current = view;
+  const messages = await page(id, Infinity, Math.max(PAGE, current.messages.length));
+  if (view !== current) return;
+  current.messages = messages;
+  renderMessages("append");
+  renderHeader();
+}
+
+function insertIntoView(msg) {
+  const list = view.messages;
+  let i = list.length;
+  while (i > 0 && list[i - 1].us > msg.us) i -= 1;
+  if (list[i - 1]?.id === msg.id) list[i - 1] = msg; else list.splice(i, 0, msg);
+}
+
+/**
+ * Rebuild the list from view.messages, reusing bubbles. `mode`: "bottom" scrolls to the end;
+ * "prepend" keeps what is on screen in place (older history above); "append" follows the end
+ * only when the reader was already there.
+ */
+function renderMessages(mode) {
+  const conv = state.convs.get(view.id);
+  const scroller = $("scroller");
+  const fromBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
+  const nodes = [];
+  let prev = null;
+  const keep = new Map();
+  for (const msg of view.messages) {
+    if (!prev || dayKey(prev.us) !== dayKey(msg.us)) {
+      nodes.push(el("li", {class: "day", attrs: {role: "separator"}},
+                    el("span", {text: dayLabel(msg.us)})));
+    }
+    const key = bubbleKey(msg, prev);
+    let node = view.nodes.get(msg.id);
+    if (!node || node.dataset.key !== key) {
+      node = bubble(msg, prev, conv);
+      node.dataset.key = key;
+    }
+    keep.set(msg.id, node);
+    nodes.push(node);
+    prev = msg;
+  }
+  view.nodes = keep;
+  $("messages").replaceChildren(...nodes);
+  $("history-top").hidden = view.hasMore || !view.messages.length;
+  const lastMine = view.messages.at(-1)?.mine;
+  if (mode === "bottom" || (mode === "append" && (fromBottom < 80 || lastMine))) {
+    scroller.scrollTop = scroller.scrollHeight;
+  } else if (mode === "prepend") {
+    scroller.scrollTop = scroller.scrollHeight - scroller.clientHeight - fromBottom;
+  }
+}
+
+function updateBubble(msg) {
+  if (!view || view.id !== msg.conv) return;
+  const i = view.messages.findIndex((m) => m.id === msg.id);
+  if (i < 0) return;
+  view.messages[i] = msg;
+  const old = view.nodes.get(msg.id);
+  const fresh = bubble(msg, view.messages[i - 1], state.convs.get(view.id));
+  fresh.dataset.key = bubbleKey(msg, view.messages[i - 1]);
+  view.nodes.set(msg.id, fresh);
+  old?.replaceWith(fresh);
+}
+
+function refreshOwnBubbles(id) {
+  if (!view || view.id !== id) return;
+  for (const msg of view.messages) if (msg.mine) updateBubble(msg);
+}
+
+async function loadOlder() {
+  const current = view;
+  if (!current || current.loading || !current.hasMore) return;
+  current.loading = true;
+  const oldest = current.messages[0]?.us ?? Infinity;
+  const older = await page(current.id, oldest, PAGE);
+  if (view !== current) return;
+  current.hasMore = older.length === PAGE;
+  current.messages.unshift(...older);
+  renderMessages("prepend");
+  current.loading = false;
+}
+
+/** Load older pages until the screen is full (or the history ends). */
+async function fillUp() {
+  const scroller = $("scroller");
+  while (view?.hasMore && scroller.scrollHeight <= scroller.clientHeight + 40) {
+    await loadOlder();
+  }
+}
+
+function autosize() {
+  if (growable) return;
+  const text = $("text");
+  text.style.height = "auto";
+  text.style.height = `${Math.min(text.scrollHeight, 160)}px`;
+}

@@ -1,0 +1,236 @@
+// The dialogs: a new group, the rooms, the contacts and blocked people, and the info panel of
+// the open conversation (contact name, block, members, leave).
+
+import * as actions from "../actions.js";
+import {ME, MY_NAME, PHONE_RE, nameOf, on, state, titleOf} from "../state.js";
+import {refreshContacts, refreshInfo} from "../sync.js";
+import {lastSeenLabel} from "../time.js";
+import {avatar, el, toast} from "../ui.js";
+import {closeConv, joinAndOpen, openConv} from "./conversation.js";
+
+const $ = (id) => document.getElementById(id);
+
+/** Bind the buttons that open the dialogs, their forms, and their close buttons. */
+export function mount() {
+  on("contacts", () => { if ($("dlg-contacts").open) renderContacts(); });
+  $("conv-info").addEventListener("click", openInfoDialog);
+  $("new-group").addEventListener("click", openGroupDialog);
+  $("group-form").addEventListener("submit", createGroup);
+  $("show-rooms").addEventListener("click", openRoomsDialog);
+  $("room-form").addEventListener("submit", createRoom);
+  $("show-contacts").addEventListener("click", openContactsDialog);
+  $("contact-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    await actions.addContact($("contact-phone").value.trim(), $("contact-name").value.trim());
+    $("contact-form").reset();
+  });
+  for (const button of document.querySelectorAll("dialog [data-close]")) {
+    button.addEventListener("click", () => button.closest("dialog").close());
+  }
+}
+
+/** Message someone (a contact's "Message" button): start the dialogue and open it. */
+async function startDialogue(phone) {
+  const id = await actions.startDialogue(phone);
+  return id ? openConv(id) : undefined;
+}
+
+function presenceText(phone) {
+  const p = state.presence.get(phone);
+  if (p?.online) return "online";
+  if (p?.lastSeenUs) return lastSeenLabel(p.lastSeenUs);
+  return "";
+}
+
+// -- a new group ----------------------------------------------------------------------------
+
+function knownPeople() {
+  const phones = new Set(state.contacts.keys());
+  for (const c of state.convs.values()) if (c.kind === "personal") phones.add(c.ref);
+  phones.delete(ME);
+  return [...phones].filter((p) => !state.blocked.has(p))
+    .sort((a, b) => nameOf(a).localeCompare(nameOf(b)));
+}
+
+function openGroupDialog() {
+  const people = knownPeople();
+  $("group-people").replaceChildren(...people.map((phone) => el("li", {},
+    el("label", {class: "pick"},
+       el("input", {attrs: {type: "checkbox", value: phone, name: "participant"}}),
+       avatar(nameOf(phone), `p:${phone}`),
+       el("span", {class: "pick-text"}, el("span", {text: nameOf(phone)}),
+          el("span", {class: "muted", text: phone}))))));
+  $("group-people-empty").hidden = people.length > 0;
+  $("group-form").reset();
+  $("dlg-group").showModal();
+}
+
+async function createGroup(ev) {
+  ev.preventDefault();
+  const name = $("group-name").value.trim();
+  const picked = [...$("group-people").querySelectorAll("input:checked")].map((i) => i.value);
+  const typed = $("group-phones").value.split(/[\s,;]+/).filter(Boolean);
+  const bad = typed.find((p) => !PHONE_RE.test(p));
+  if (bad) return toast(`${bad} is not a phone number (10 to 15 digits)`);
+  const participants = [...new Set([...picked, ...typed])];
+  if (!name) return toast("Give the group a title");
+  const id = await actions.createGroup(name, participants);
+  if (!id) return undefined;
+  $("dlg-group").close();
+  return openConv(id);
+}
+
+// -- rooms ----------------------------------------------------------------------------------
+
+async function openRoomsDialog() {
+  await refreshInfo();
+  renderRooms();
+  $("room-form").reset();
+  $("dlg-rooms").showModal();
+}
+
+function renderRooms() {
+  const items = state.rooms.map((room) => {
+    const id = `r:${room.room_name}`;
+    const joined = state.convs.has(id) && !state.convs.get(id).left;
+    const pw = el("input", {attrs: {type: "password", placeholder: "password",
+                                    "aria-label": `Password of ${room.room_name}`}});
+    const action = el("button", {
+      class: "btn", text: joined ? "Open" : "Join", attrs: {type: "button"},
+      on: {click: async () => {
+        $("dlg-rooms").close();
+        if (joined) return openConv(id);
+        return joinAndOpen(room.room_name, room.private ? pw.value : undefined);
+      }},
+    });
+    return el("li", {class: "pick"},
+              avatar(room.room_name, id, "room"),
+              el("span", {class: "pick-text"},
+                 el("span", {text: `#${room.room_name}`}),
+                 el("span", {class: "muted", text: room.private ? "private" : "public"})),
+              room.private && !joined ? pw : null, action);
+  });
+  $("room-list").replaceChildren(...items);
+  $("room-list-empty").hidden = items.length > 0;
+}
+
+async function createRoom(ev) {
+  ev.preventDefault();
+  const name = $("room-name").value.trim();
+  if (!await actions.createRoom(name, $("room-password").value)) return undefined;
+  $("dlg-rooms").close();
+  return joinAndOpen(name);
+}
+
+// -- contacts and blocks --------------------------------------------------------------------
+
+async function openContactsDialog() {
+  $("contact-form").reset();
+  renderContacts();
+  $("dlg-contacts").showModal();
+  refreshContacts();
+}
+
+function renderContacts() {
+  const items = [...state.contacts.values()].map((c) => el("li", {class: "pick"},
+    avatar(c.name, `p:${c.phone}`),
+    el("span", {class: "pick-text"}, el("span", {text: c.name}),
+       el("span", {class: "muted", text: [c.phone, presenceText(c.phone)].filter(Boolean).join(" · ")})),
+    el("button", {class: "btn", text: "Message", attrs: {type: "button"}, on: {click: () => {
+      $("dlg-contacts").close();
+      startDialogue(c.phone);
+    }}}),
+    el("button", {class: "btn", text: "Remove", attrs: {type: "button",
+                                                        "aria-label": `Remove ${c.name}`},
+                  on: {click: () => actions.removeContact(c.phone)}}),
+    el("button", {class: "btn danger", text: "Block", attrs: {type: "button",
+                                                              "aria-label": `Block ${c.name}`},
+                  on: {click: () => actions.block(c.phone)}})));
+  $("contact-list").replaceChildren(...items);
+  $("contact-list-empty").hidden = items.length > 0;
+  const blocked = [...state.blocked].map((phone) => el("li", {class: "pick"},
+    avatar(nameOf(phone), `p:${phone}`),
+    el("span", {class: "pick-text"}, el("span", {text: nameOf(phone)}),
+       el("span", {class: "muted", text: phone})),
+    el("button", {class: "btn", text: "Unblock", attrs: {type: "button",
+                                                         "aria-label": `Unblock ${nameOf(phone)}`},
+                  on: {click: () => actions.unblock(phone)}})));
+  $("blocked-list").replaceChildren(...blocked);
+  $("blocked-list-empty").hidden = blocked.length > 0;
+}
+
+// -- the open conversation's info -----------------------------------------------------------
+
+function openInfoDialog() {
+  const conv = state.convs.get(state.open);
+  if (!conv) return;
+  $("dlg-info-title").textContent = titleOf(conv);
+  const body = $("info-body");
+  body.replaceChildren();
+  if (conv.kind === "personal") {
+    const contact = state.contacts.get(conv.ref);
+    const nameInput = el("input", {attrs: {maxlength: "64", required: true,
+                                           value: contact?.name || state.names.get(conv.ref) || ""}});
+    body.append(
+      el("p", {class: "muted", text: [conv.ref, presenceText(conv.ref)].filter(Boolean).join(" · ")}),
+      el("form", {class: "inline-form", on: {submit: async (ev) => {
+        ev.preventDefault();
+        // The list and the header follow the contact's name through the "list"/"header" events.
+        await actions.addContact(conv.ref, nameInput.value.trim());
+        openInfoDialog();
+      }}}, el("label", {text: contact ? "Contact name " : "Save as contact, name "}, nameInput),
+         el("button", {class: "btn primary", text: contact ? "Rename" : "Add to contacts",
+                       attrs: {type: "submit"}})));
+    if (conv.ref !== ME) {
+      const blocked = state.blocked.has(conv.ref);
+      body.append(el("p", {}, el("button", {
+        class: `btn${blocked ? "" : " danger"}`, text: blocked ? "Unblock" : "Block",
+        attrs: {type: "button"},
+        on: {click: async () => {
+          await (blocked ? actions.unblock : actions.block)(conv.ref);
+          openInfoDialog();
+        }},
+      })));
+    }
+  } else if (conv.kind === "group") {
+    const admin = (conv.admins || []).includes(ME);
+    const members = (conv.participants || []).map((p) => el("li", {class: "pick"},
+      avatar(nameOf(p), `p:${p}`),
+      el("span", {class: "pick-text"}, el("span", {text: p === ME ? `${MY_NAME} (you)` : nameOf(p)}),
+         el("span", {class: "muted", text: (conv.admins || []).includes(p) ? `${p} · admin` : p})),
+      admin && p !== ME ? el("button", {class: "btn", text: "Remove", attrs: {type: "button"},
+        on: {click: () => patchGroup(conv, {remove: [p]})}}) : null));
+    body.append(el("ul", {class: "pick-list"}, ...members));
+    if (admin) {
+      const add = el("input", {attrs: {inputmode: "numeric", placeholder: "phone number",
+                                       "aria-label": "Phone number to add"}});
+      body.append(el("form", {class: "inline-form row", on: {submit: (ev) => {
+        ev.preventDefault();
+        if (!PHONE_RE.test(add.value.trim())) return toast("A phone number is 10 to 15 digits");
+        return patchGroup(conv, {add: [add.value.trim()]});
+      }}}, add, el("button", {class: "btn primary", text: "Add", attrs: {type: "submit"}})));
+    }
+    body.append(el("p", {}, el("button", {class: "btn danger", text: "Leave group",
+      attrs: {type: "button"}, on: {click: () => leaveGroup(conv)}})));
+  } else {
+    body.append(el("p", {class: "muted", text: "Public rooms keep their latest messages on the server; " +
+                                              "this device keeps everything it has seen."}),
+                el("p", {}, el("button", {class: "btn danger", text: "Leave room",
+                  attrs: {type: "button"}, on: {click: () => leaveRoom(conv)}})));
+  }
+  if (!$("dlg-info").open) $("dlg-info").showModal();
+}
+
+async function patchGroup(conv, change) {
+  if (await actions.patchGroup(conv, change)) openInfoDialog();
+}
+
+async function leaveGroup(conv) {
+  if (await actions.leaveGroup(conv)) $("dlg-info").close();
+}
+
+async function leaveRoom(conv) {
+  $("dlg-info").close();
+  await actions.leaveRoom(conv);
+  closeConv();
+}

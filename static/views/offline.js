@@ -1,0 +1,35 @@
+// The offline banner: shown while the receive socket is closed, with the reconnection countdown.
+
+import {on} from "../state.js";
+import {reconnect, retryInSeconds} from "../sync.js";
+
+const $ = (id) => document.getElementById(id);
+let timer = null;
+
+/** Follow the receive socket's state; "Retry now" reconnects at once. */
+export function mount() {
+  on("online", show);
+  $("reconnect").addEventListener("click", reconnect);
+}
+
+function show(online) {
+  document.body.classList.toggle("is-offline", !online);
+  clearInterval(timer);
+  $("offline").hidden = online;
+  if (!online) {
+    const tick = () => {
+      const left = retryInSeconds();
+      $("offline-text").textContent = left ? `Offline — reconnecting in ${left} s`
+        : "Offline — connecting…";
+    };
+    tick();
+    timer = setInterval(tick, 500);
+  }
+}
+
+/** The history cannot be kept on this device: the chat cannot run. */
+export function showNoStorage() {
+  $("offline").hidden = false;
+  $("offline-text").textContent =
+    "This browser does not let the chat keep its history (IndexedDB is unavailable).";
+}
