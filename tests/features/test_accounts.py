@@ -19,8 +19,8 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from chatserver.app import create_app
 from chatserver.config import Config
 from chatserver.store import Store
-
-from conftest import PASSWORD, TIMEOUT, UserFactory
+from helpers.accounts import PASSWORD, UserFactory
+from helpers.timing import TIMEOUT
 
 # aiohttp-session 2.12 stores its state under str keys; aiohttp 3.14 warns once per key, which
 # `filterwarnings = error` turns into a 500 for whichever test makes the process's first request.

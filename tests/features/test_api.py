@@ -4,19 +4,18 @@ one error shape `{"error": str}` for every refusal."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 
-from conftest import TIMEOUT, UserFactory
+from helpers.accounts import UserFactory
+from helpers.frames import SERVER_TS, frame, new_phone
+from helpers.ws import assert_json_error, recv, send_new_msg
 
-# The same tests on every store and hub (tests/backends.py). aiohttp-session 2.12 stores its state
+# The same tests on every store and hub (tests/helpers/backends.py). aiohttp-session 2.12 stores its state
 # under str keys; aiohttp 3.14 warns once per key, which `filterwarnings = error` turns into a 500
 # for whichever test makes the process's first request.
 pytestmark = [
@@ -24,47 +23,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning:aiohttp_session"),
 ]
 
-SERVER_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}")
 EMPTY_SIDE = {"last_received_receiver": None, "last_seen_receiver": None, "waiting": 0}
-_phones = itertools.count(5_552_000_000)
-
-
-def new_phone() -> str:
-    """A phone number (10 digits) no other test in this module uses."""
-    return str(next(_phones))
-
-
-async def assert_json_error(resp: aiohttp.ClientResponse, status: int) -> str:
-    """`resp` is exactly `{"error": <non-empty str>}` with `status`; returns the message."""
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/json"
-    body = await resp.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    assert isinstance(body["error"], str) and body["error"], body
-    return body["error"]
-
-
-def frame(command: str, msg_from: str, msg_to: str, message: str,
-          sent_timestamp: str) -> dict[str, str]:
-    """A client frame with the five fields of SPEC 5."""
-    return {"message": message, "command": command, "msg_from": msg_from, "msg_to": msg_to,
-            "sent_timestamp": sent_timestamp}
-
-
-async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    """The next JSON frame on `ws`, waiting at most TIMEOUT."""
-    data = await ws.receive_json(timeout=TIMEOUT)
-    assert isinstance(data, dict)
-    return data
-
-
-async def send_new_msg(ws: aiohttp.ClientWebSocketResponse, msg_from: str, msg_to: str,
-                       text: str, sent_timestamp: str) -> None:
-    """Send a `new_msg` and wait for its `msg_sent` (the message is then committed)."""
-    await ws.send_json(frame("new_msg", msg_from, msg_to, text, sent_timestamp))
-    reply = await receive(ws)
-    assert reply["command"] == "msg_sent", reply
-    assert reply["message"] == sent_timestamp
 
 
 async def personal_info(client: TestClient, msg_to: str) -> dict[str, Any]:
@@ -280,7 +239,7 @@ async def test_info_personal_counts_and_receipts(as_user: UserFactory) -> None:
     # B acknowledges the first message; A's receive socket gets the receipt after the commit.
     ack = frame("msg_received", b, a, sent[0], "2030-01-02T03:04:05.678901Z")
     await b_send.send_json(ack)
-    assert await receive(a_recv) == ack
+    assert await recv(a_recv) == ack
     mine = await personal_info(alice, b)
     assert mine["outgoing"] == {"last_received_receiver": "2030-01-02 03:04:05.678",
                                 "last_seen_receiver": None, "waiting": 2}
@@ -291,7 +250,7 @@ async def test_info_personal_counts_and_receipts(as_user: UserFactory) -> None:
     # B has read up to the first message.
     read = frame("msg_read", b, a, sent[0], "2030-01-02 03:04:06.5")
     await b_send.send_json(read)
-    assert await receive(a_recv) == read
+    assert await recv(a_recv) == read
     mine = await personal_info(alice, b)
     assert mine["outgoing"] == {"last_received_receiver": "2030-01-02 03:04:05.678",
                                 "last_seen_receiver": "2030-01-02 03:04:06.500", "waiting": 2}
@@ -300,7 +259,7 @@ async def test_info_personal_counts_and_receipts(as_user: UserFactory) -> None:
     # The last message, acknowledged under its other spelling of the same instant.
     ack = frame("msg_received", b, a, "2030-01-01 00:00:03.000003", "2030-01-02 03:04:07")
     await b_send.send_json(ack)
-    assert await receive(a_recv) == ack
+    assert await recv(a_recv) == ack
     mine = await personal_info(alice, b)
     assert mine["outgoing"] == {"last_received_receiver": "2030-01-02 03:04:07.000",
                                 "last_seen_receiver": "2030-01-02 03:04:06.500", "waiting": 1}
@@ -324,7 +283,7 @@ async def test_info_personal_incoming_direction(as_user: UserFactory) -> None:
 
     ack = frame("msg_received", a, b, "2030-01-01 00:00:01", "2030-02-03 04:05:06.007")
     await a_send.send_json(ack)
-    assert await receive(b_recv) == ack
+    assert await recv(b_recv) == ack
     expected = {"last_received_receiver": "2030-02-03 04:05:06.007", "last_seen_receiver": None,
                 "waiting": 0}
     assert (await personal_info(alice, b))["incoming"] == expected

@@ -20,10 +20,10 @@ import bcrypt
 import pytest
 from cryptography.fernet import Fernet
 
-import backends
 from chatserver.auth import load_secret
 from chatserver.cli import main
 from chatserver.store import Store
+from helpers import backends
 
 PHONE = "1234567890"
 OTHER = "1234567891"

@@ -8,9 +8,6 @@ and `online` / `last_seen` in /chat/info."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import re
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -18,51 +15,21 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from backends import db_rows
 from chatserver.app import create_app
 from chatserver.config import Config
 from chatserver.store import Store
-from conftest import PASSWORD, QUIET, TIMEOUT, UserFactory
-from wsutil import assert_json_error, assert_quiet, recv
+from helpers.accounts import PASSWORD, UserFactory
+from helpers.backends import db_rows
+from helpers.frames import SERVER_TS, assert_error, frame, near_now, new_phone
+from helpers.timing import QUIET, TIMEOUT
+from helpers.ws import assert_json_error, assert_quiet, open_receive, recv
 
-# The same tests on every store and hub (tests/backends.py).
+# The same tests on every store and hub (tests/helpers/backends.py).
 pytestmark = pytest.mark.backends
 
 WS = aiohttp.ClientWebSocketResponse
-SERVER_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}")
-ERROR_KEYS = frozenset({"message", "command", "type", "msg_from", "msg_to", "sent_timestamp"})
 PRESENCE_KEYS = frozenset({"command", "msg_from", "msg_to", "message", "sent_timestamp"})
 EVIL = {"Origin": "http://evil.example"}
-
-_phones = itertools.count(7_880_000_000)
-_instants = itertools.count(1)
-_BASE = datetime(2032, 2, 3, 4, 0, 0, 250_000, tzinfo=UTC)
-
-
-def new_phone() -> str:
-    """A 10-digit phone no other test in this module uses."""
-    return str(next(_phones))
-
-
-def stamp() -> str:
-    """A fresh client `sent_timestamp`, far from the server's clock."""
-    return (_BASE + timedelta(seconds=next(_instants))).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def frame(command: str, msg_from: str, msg_to: str, message: str = "") -> dict[str, str]:
-    """A send-socket frame with the five fields of SPEC 5."""
-    return {"message": message, "command": command, "msg_from": msg_from, "msg_to": msg_to,
-            "sent_timestamp": stamp()}
-
-
-def assert_error(data: dict[str, Any], type_: str, msg_from: str, msg_to: str) -> None:
-    """`data` is a SPEC 5.5 error frame of exactly that shape."""
-    assert set(data) == ERROR_KEYS, data
-    assert (data["command"], data["type"]) == ("error", type_), data
-    assert isinstance(data["message"], str) and data["message"].strip(), data
-    assert (data["msg_from"], data["msg_to"]) == (msg_from, msg_to), data
-    assert SERVER_TS.fullmatch(data["sent_timestamp"]), data
-
 
 def assert_presence(data: dict[str, Any], msg_from: str, msg_to: str, state: str) -> None:
     """`data` is the presence push of `msg_from` being `state`, addressed to `msg_to`."""
@@ -70,21 +37,6 @@ def assert_presence(data: dict[str, Any], msg_from: str, msg_to: str, state: str
     assert (data["command"], data["msg_from"], data["msg_to"], data["message"]) == (
         "presence", msg_from, msg_to, state), data
     assert SERVER_TS.fullmatch(data["sent_timestamp"]), data
-
-
-def near_now(text: str) -> bool:
-    """True when a server-format timestamp is within a minute of this machine's clock."""
-    when = datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
-    return abs((datetime.now(UTC) - when).total_seconds()) < 60
-
-
-async def open_receive(client: TestClient, phone: str) -> WS:
-    """Open `phone`'s receive socket and wait for one round trip: its presence has then been
-    announced (that happens before the socket's loop answers anything)."""
-    ws = await client.ws_connect(f"/ws/chat/special/{phone}/")
-    await ws.send_json({"command": "fetch_grp_msgs", "msg_to": phone})
-    assert await recv(ws) == {"command": "fetch_grp_msgs", "all": "True", "messages": []}
-    return ws
 
 
 async def fetch_msgs(ws: WS, phone: str) -> list[dict[str, Any]]:

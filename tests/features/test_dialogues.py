@@ -18,35 +18,38 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
-from backends import FILES_ARE_SQLITE, db_rows, has_files
 from chatserver.app import create_app
 from chatserver.commands import TYPING_INTERVAL
 from chatserver.config import Config, WebSocket
 from chatserver.keys import hub_key, store_key
 from chatserver.store import Store
-from conftest import TIMEOUT, UserFactory, with_limits
-from wsutil import (
+from helpers.accounts import UserFactory, users_on
+from helpers.backends import FILES_ARE_SQLITE, db_rows, has_files
+from helpers.configs import with_limits
+from helpers.frames import (
     FETCH_TS,
     FRAME_KEYS,
-    ProductionServer,
-    assert_quiet,
     assert_server_time,
-    fetch_all,
     frame,
     iso,
     new_instant,
     new_phone,
+    plain,
+    server_form,
+)
+from helpers.timing import TIMEOUT
+from helpers.ws import (
+    ProductionServer,
+    assert_quiet,
+    fetch_all,
     open_personal,
     open_receive,
-    plain,
     recv,
     recv_many,
     send_new_msg,
-    server_form,
-    users_on,
 )
 
-# The same tests on every store and hub (tests/backends.py).
+# The same tests on every store and hub (tests/helpers/backends.py).
 pytestmark = pytest.mark.backends
 
 # the default close timeout: an upper bound for the tests' smaller one

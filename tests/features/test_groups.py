@@ -24,44 +24,40 @@ from aiohttp.test_utils import TestClient, TestServer
 from chatserver.app import create_app
 from chatserver.config import Config, Database, Fetch
 from chatserver.store import Store
-import backends
-from backends import has_files
-from conftest import TIMEOUT, UserFactory
-from grouputil import (
+from helpers import backends
+from helpers.accounts import UserFactory, users_on
+from helpers.backends import db_rows, has_files
+from helpers.frames import (
     FETCH_TS,
     GROUP_KEY,
     GROUP_KEYS,
-    WS,
     assert_error,
-    assert_quiet,
     assert_server_time,
-    create_group,
-    db_rows,
-    fetch_grp,
-    files_holding,
     frame,
-    group_info,
-    group_messages,
     iso,
-    json_error,
     new_instant,
     new_phone,
+    plain,
+    server_form,
+)
+from helpers.groups import (
+    create_group,
+    fetch_grp,
+    files_holding,
+    group_info,
+    group_messages,
     open_group,
-    open_receive,
     patch,
     patch_ok,
     pending_of,
-    plain,
     pushed,
-    recv,
     send_grp,
-    server_form,
     settle,
-    users_on,
-    wait_closed,
 )
+from helpers.timing import TIMEOUT
+from helpers.ws import WS, assert_json_error, assert_quiet, open_receive, recv, wait_closed
 
-# The same tests on every store and hub (tests/backends.py).
+# The same tests on every store and hub (tests/helpers/backends.py).
 pytestmark = pytest.mark.backends
 
 
@@ -141,7 +137,7 @@ async def test_create_group_with_an_unknown_participant_is_404_and_creates_nothi
     ghost = new_phone()  # never registered
     resp = await a.client.post("/chat/special/group",
                                json={"name": "g", "participants": [b.phone, ghost]})
-    assert ghost in await json_error(resp, 404)
+    assert ghost in await assert_json_error(resp, 404)
     assert (await (await a.client.get("/chat/info")).json())["groups"] == []
     assert db_rows(config.database, "SELECT count(*) FROM groups") == [(0,)]
 
@@ -164,7 +160,7 @@ async def test_create_group_refuses_a_bad_name_or_participants_with_400(
         as_user: UserFactory, config: Config, body: object) -> None:
     a = (await make_members(as_user, 1, online=0))[0]
     resp = await a.client.post("/chat/special/group", json=body)
-    await json_error(resp, 400)
+    await assert_json_error(resp, 400)
     assert db_rows(config.database, "SELECT count(*) FROM groups") == [(0,)]
 
 
@@ -172,7 +168,7 @@ async def test_create_group_with_a_body_that_is_not_json_is_400(as_user: UserFac
     a = (await make_members(as_user, 1, online=0))[0]
     resp = await a.client.post("/chat/special/group", data=b"{name",
                                headers={"Content-Type": "application/json"})
-    await json_error(resp, 400)
+    await assert_json_error(resp, 400)
 
 
 async def test_create_group_logged_out_is_401(aiohttp_client: Any, server: TestServer,
@@ -181,7 +177,7 @@ async def test_create_group_logged_out_is_401(aiohttp_client: Any, server: TestS
     anonymous = await aiohttp_client(server)
     resp = await anonymous.post("/chat/special/group",
                                 json={"name": "g", "participants": [b.phone]})
-    await json_error(resp, 401)
+    await assert_json_error(resp, 401)
     assert db_rows(config.database, "SELECT count(*) FROM groups") == [(0,)]
 
 
@@ -193,11 +189,11 @@ async def test_a_user_who_blocked_the_creator_cannot_be_put_in_their_group(
 
     resp = await a.client.post("/chat/special/group",
                                json={"name": "g", "participants": [c.phone, b.phone]})
-    await json_error(resp, 403)
+    await assert_json_error(resp, 403)
     assert (await (await c.client.get("/chat/info")).json())["groups"] == []
 
     group = await create_group(a.client, "g", [c.phone])
-    await json_error(await patch(a.client, group["key"], {"add": [b.phone]}), 403)
+    await assert_json_error(await patch(a.client, group["key"], {"add": [b.phone]}), 403)
     assert (await group_info(a.client, group["key"]))["participants"] == sorted([a.phone, c.phone])
 
     # the block is B's: C (not blocked by B) may still add B
@@ -752,12 +748,12 @@ async def test_removing_a_member_drops_their_pending_entries_and_closes_their_gr
     with pytest.raises(WSServerHandshakeError) as refused:
         await b.client.ws_connect(f"/ws/chat/group/{b.phone}/{key}/")
     assert refused.value.status == 403
-    await json_error(await b.client.get("/chat/info/group", params={"key": key}), 403)
+    await assert_json_error(await b.client.get("/chat/info/group", params={"key": key}), 403)
 
 
 async def test_granting_admin_lets_that_member_change_the_group(as_user: UserFactory) -> None:
     key, (a, b, c) = await make_group(as_user, 3, online=0)
-    await json_error(await patch(b.client, key, {"name": "by b"}), 403)
+    await assert_json_error(await patch(b.client, key, {"name": "by b"}), 403)
     updated = await patch_ok(a.client, key, {"admins": [b.phone]})
     assert updated["admins"] == sorted([a.phone, b.phone])
     updated = await patch_ok(b.client, key, {"name": "by b", "admins": [c.phone]})
@@ -780,7 +776,7 @@ async def test_a_non_admin_may_not_change_the_group(
     names = {"<outsider>": outsider.phone, "<b>": b.phone, "<c>": c.phone}
     filled = {k: [names[p] for p in v] if isinstance(v, list) else v for k, v in body.items()}
     before = await group_info(a.client, key)
-    await json_error(await patch(b.client, key, filled), 403)
+    await assert_json_error(await patch(b.client, key, filled), 403)
     assert await group_info(a.client, key) == before
 
 
@@ -806,20 +802,20 @@ async def test_a_bad_patch_is_400_and_changes_nothing(
         return names.get(v, v) if isinstance(v, str) else v
 
     before = await group_info(a.client, key)
-    await json_error(await patch(a.client, key, {k: fill(v) for k, v in body.items()}), 400)
+    await assert_json_error(await patch(a.client, key, {k: fill(v) for k, v in body.items()}), 400)
     assert await group_info(a.client, key) == before
 
 
 async def test_patch_and_get_by_a_non_member_or_for_an_unknown_group(as_user: UserFactory) -> None:
     key, (a, b) = await make_group(as_user, 2, online=0)
     x = (await make_members(as_user, 1, online=0))[0]
-    await json_error(await x.client.get("/chat/info/group", params={"key": key}), 403)
-    await json_error(await patch(x.client, key, {"remove": [x.phone]}), 403)
-    await json_error(await patch(x.client, key, {"add": [x.phone]}), 403)
+    await assert_json_error(await x.client.get("/chat/info/group", params={"key": key}), 403)
+    await assert_json_error(await patch(x.client, key, {"remove": [x.phone]}), 403)
+    await assert_json_error(await patch(x.client, key, {"add": [x.phone]}), 403)
     assert x.phone not in (await group_info(a.client, key))["participants"]
     for missing in (other_key(key), "short", key + "x"):
-        await json_error(await a.client.get("/chat/info/group", params={"key": missing}), 404)
-        await json_error(await patch(a.client, missing, {"name": "n"}), 404)
+        await assert_json_error(await a.client.get("/chat/info/group", params={"key": missing}), 404)
+        await assert_json_error(await patch(a.client, missing, {"name": "n"}), 404)
 
 
 async def test_a_participant_may_leave_without_being_admin(
@@ -839,7 +835,7 @@ async def test_a_participant_may_leave_without_being_admin(
     assert pending_of(config.database, key) == {"pending for b and c": [c.phone]}
     assert {"key": key, "name": "friends"} not in (await (await b.client.get("/chat/info")).json())[
         "groups"]
-    await json_error(await b.client.get("/chat/info/group", params={"key": key}), 403)
+    await assert_json_error(await b.client.get("/chat/info/group", params={"key": key}), 403)
 
 
 async def test_when_the_last_admin_leaves_the_longest_standing_member_becomes_admin(
@@ -874,7 +870,7 @@ async def test_when_the_last_member_leaves_the_group_is_deleted(
     assert code == (WSCloseCode.POLICY_VIOLATION, b"removed from group")
     assert await resp.json() == {"key": key, "name": "short-lived", "participants": [],
                                  "admins": []}
-    await json_error(await a.client.get("/chat/info/group", params={"key": key}), 404)
+    await assert_json_error(await a.client.get("/chat/info/group", params={"key": key}), 404)
     for table, column in (("groups", "key"), ("group_members", "grp"), ("group_messages", "grp")):
         assert db_rows(db, f"SELECT count(*) FROM {table} WHERE {column} = ?", (key,)) == [(0,)]
     assert db_rows(db, "SELECT count(*) FROM group_pending") == [(0,)]

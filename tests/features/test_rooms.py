@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,34 +20,29 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from backends import db_rows
 from chatserver.app import create_app
 from chatserver.config import Config, Rooms
 from chatserver.store import Store
-from conftest import PASSWORD, QUIET, TIMEOUT, UserFactory
-from wsutil import assert_json_error, assert_quiet, recv
+from helpers import frames
+from helpers.accounts import PASSWORD, UserFactory
+from helpers.backends import db_rows
+from helpers.frames import FETCH_TS, SERVER_TS, assert_error, iso, new_phone
+from helpers.timing import QUIET, TIMEOUT
+from helpers.ws import assert_json_error, assert_quiet, recv
 
-# The same tests on every store and hub (tests/backends.py).
+# The same tests on every store and hub (tests/helpers/backends.py).
 pytestmark = pytest.mark.backends
 
 WS = aiohttp.ClientWebSocketResponse
-SERVER_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}")
-FETCH_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
-ERROR_KEYS = frozenset({"message", "command", "type", "msg_from", "msg_to", "sent_timestamp"})
 ROOM_PASSWORD = "open sesame"
 # How long a test lets a frame take that a correct server may also hold back on purpose.
 HELD = 2.0
 
-_phones = itertools.count(7_710_000_000)
 _rooms = itertools.count(1)
 _instants = itertools.count(1)
-# Client clocks far from the server's, so that a server time is never mistaken for one.
+# Client clocks far from the server's, so that a server time is never mistaken for one; whole
+# milliseconds, so that the ms form a client sends is the instant itself.
 _BASE = datetime(2031, 5, 6, 7, 0, 0, 230_000, tzinfo=UTC)
-
-
-def new_phone() -> str:
-    """A 10-digit phone no other test in this module uses."""
-    return str(next(_phones))
 
 
 def new_room() -> str:
@@ -66,26 +60,11 @@ def plain(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def fetch_form(dt: datetime) -> str:
-    """The fetch-result form of SPEC 5: `YYYY-MM-DDTHH:MM:SS.ffffffZ`."""
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def room_frame(command: str, msg_from: str, room: str, message: str = "",
                sent_timestamp: str | None = None) -> dict[str, str]:
-    """A room-socket frame with the five fields of SPEC 5."""
-    return {"message": message, "command": command, "msg_from": msg_from, "msg_to": room,
-            "sent_timestamp": sent_timestamp if sent_timestamp is not None else plain(new_instant())}
-
-
-def assert_error(data: dict[str, Any], type_: str, msg_from: str, room: str) -> None:
-    """`data` is a SPEC 5.5 error frame of exactly that shape, sent on `room`'s socket."""
-    assert set(data) == ERROR_KEYS, data
-    assert data["command"] == "error", data
-    assert data["type"] == type_, data
-    assert isinstance(data["message"], str) and data["message"].strip(), data
-    assert (data["msg_from"], data["msg_to"]) == (msg_from, room), data
-    assert SERVER_TS.fullmatch(data["sent_timestamp"]), data
+    """A room-socket frame (SPEC 5), by default at a fresh instant of this module's clock."""
+    return frames.frame(command, msg_from, room, message,
+                        sent_timestamp if sent_timestamp is not None else plain(new_instant()))
 
 
 def history_frame(messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -95,7 +74,7 @@ def history_frame(messages: list[dict[str, str]]) -> dict[str, Any]:
 
 def as_history(sent: dict[str, str], when: datetime) -> dict[str, str]:
     """A sent `room_msg` as the history lists it: the same, with the fetch-format timestamp."""
-    return {**sent, "sent_timestamp": fetch_form(when)}
+    return {**sent, "sent_timestamp": iso(when)}
 
 
 async def create_room(client: TestClient, name: str, password: str | None = None,
@@ -356,7 +335,7 @@ async def test_history_on_connect_oldest_first_in_fetch_format(as_user: UserFact
         assert await recv(ws) == frame
         sent.append(frame)
     b_ws, first = await open_room(bob, name)
-    assert first == history_frame([as_history(s, when) for s, (when, _) in zip(sent, spellings)])
+    assert first == history_frame([as_history(s, when) for s, (when, _) in zip(sent, spellings, strict=True)])
     for m in first["messages"]:
         assert FETCH_TS.fullmatch(m["sent_timestamp"]), m
     # B's later messages follow in the history of the next socket, after A's.
@@ -430,7 +409,7 @@ async def test_retry_of_a_room_msg_is_not_broadcast_twice(config: Config,
     assert await recv(a_ws) == sent
     assert await recv(b_ws) == sent
     # The same identity, the same instant spelled in the ISO form: confirmed to the sender again.
-    retry = {**sent, "sent_timestamp": fetch_form(when)}
+    retry = {**sent, "sent_timestamp": iso(when)}
     await a_ws.send_json(retry)
     assert await recv(a_ws) == retry
     await assert_quiet(b_ws)

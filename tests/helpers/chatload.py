@@ -1,9 +1,5 @@
-"""Helpers for the tests that run the real server process (tests/test_crash.py,
-tests/test_crash_scaled.py, tests/test_shutdown.py and tests/test_scaleout.py).
+"""Chat loads against server processes (helpers.server), for the tests of tests/system.
 
-- The process: `python run.py serve` on a free port with a TOML config written by the test, waited
-  for until it answers HTTP, stopped with a signal or killed with SIGKILL on the server's own pid
-  (run.py is started directly, no shell in between), and always killed at the end.
 - A chat load (`ChatNet`): users with one receive socket each, a personal send socket to their
   partner and a group send socket, pumps that keep a window of `new_msg` / `new_grp_msg` frames
   waiting for their `msg_sent`, and receivers that acknowledge what they get.
@@ -12,6 +8,8 @@ tests/test_crash_scaled.py, tests/test_shutdown.py and tests/test_scaleout.py).
   acknowledgement proven committed (the receipt pushed to the sender's receive socket, which the
   server pushes only after the commit), and delivered after the restart. `Ledger.verdict()` turns
   it into the figures the tests assert on.
+
+- A `Pair` that keeps chatting one message at a time and measures its latencies (slow peers).
 
 Nothing here synchronises with a sleep: waits poll a condition with a deadline (`until`), and every
 network wait a test makes has a timeout. Background socket readers have none; they end when their
@@ -24,17 +22,13 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import random
-import re
 import signal
-import socket
-import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,17 +36,14 @@ from typing import Any
 
 import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMsgType
-from yarl import URL
 
-REPO = Path(__file__).resolve().parent.parent
-PASSWORD = "correct horse"
-# Seconds: the server must answer HTTP this soon after it is started, exit this soon after a
-# signal or a kill, and answer any single request or handshake this soon.
-START_TIMEOUT = 20.0
-EXIT_TIMEOUT = 15.0
-NET_TIMEOUT = 10.0
-# Polling interval of `until` (a poll, not a synchronisation).
-POLL = 0.01
+from chatserver.config import Database
+from helpers.accounts import client, create_group, register, ws_open
+from helpers.backends import db_rows
+from helpers.frames import frame, micros
+from helpers.server import ServerProcess
+from helpers.timing import NET_TIMEOUT, until
+
 # The crash tests (marker `crash`): kills per test, and the seed of their random kill moments
 # (printed, so that CRASH_SEED repeats a run).
 CRASH_RUNS = int(os.environ.get("CRASH_RUNS", "3"))
@@ -65,153 +56,15 @@ MsgId = tuple[str, str, str, int]
 Unit = tuple[MsgId, str]
 
 
-# -- the server process -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, int | float):
-        return repr(value)
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def write_config(path: Path, tables: dict[str, dict[str, object]]) -> Path:
-    """Write a TOML config of `tables` ({"limits": {"messages_per_second": 1e5}, ...})."""
-    lines: list[str] = []
-    for name, keys in tables.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in keys.items())
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
-def load_config_tables(**overrides: dict[str, object]) -> dict[str, dict[str, object]]:
-    """The config the load tests use: FULL sync (the guarantee is about FULL), a quick WAL scrub
-    (so that checkpoints run during the load), a fast bcrypt, and limits no test load reaches."""
-    tables: dict[str, dict[str, object]] = {
-        "database": {"synchronous": "FULL", "scrub_seconds": 0.2},
-        "security": {"bcrypt_rounds": 4},
-        "limits": {"messages_per_second": 1_000_000.0, "handshakes_per_minute": 1_000_000,
-                   "outgoing_queue": 1_000_000},
-    }
-    for name, keys in overrides.items():
-        tables.setdefault(name, {}).update(keys)
-    return tables
-
-
-_logs = itertools.count(1)
-
-
-@dataclass
-class Listening:
-    """A `run.py serve` subprocess (the server itself: its pid is the server's) and the port it
-    listens on, with the URLs to reach it. The test modules' server records extend it."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def base(self) -> URL:
-        return URL(f"http://127.0.0.1:{self.port}")
-
-    def url(self, path: str) -> URL:
-        return self.base.with_path(path)
-
-    def ws_url(self, path: str) -> URL:
-        return URL(f"ws://127.0.0.1:{self.port}").with_path(path)
-
-
-@dataclass
-class ServerProcess(Listening):
-    """A `run.py serve` subprocess, where it listens and where its output goes."""
-
-    db: Path
-    stdout: Path
-    stderr: Path
-    # Started in a process group of its own (`serve --workers N`): `ensure_dead` kills the
-    # whole group, so that no worker outlives a failed test.
-    group: bool = False
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        """Both streams, for assertion messages."""
-        return (f"--- stdout\n{self.stdout.read_text(errors='replace')}"
-                f"--- stderr\n{self.stderr.read_text(errors='replace')}")
-
-    def err(self) -> str:
-        return self.stderr.read_text(errors="replace")
-
-    def out(self) -> str:
-        return self.stdout.read_text(errors="replace")
-
-
-def start_server(db: Path, config: Path, log_dir: Path, port: int | None = None,
-                 extra_args: Sequence[str] = (), group: bool = False) -> ServerProcess:
-    """Start `python run.py serve` (the server itself is the child: its pid is the server's).
-
-    `extra_args` go after the others (e.g. `--workers 2`); `group` starts it in a new session and
-    process group, so that `ensure_dead` can kill the workers it starts along with it.
-    """
-    port = port if port is not None else free_port()
-    n = next(_logs)
-    out, err = log_dir / f"server-{n}-{port}.out", log_dir / f"server-{n}-{port}.err"
-    with open(out, "wb") as fout, open(err, "wb") as ferr:
-        proc = subprocess.Popen(
-            [sys.executable, "run.py", "serve", "--port", str(port), "--db", str(db),
-             "--config", str(config), *extra_args],
-            cwd=REPO, stdout=fout, stderr=ferr, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=group)
-    return ServerProcess(proc, port, db, out, err, group)
-
-
-async def wait_serving(server: ServerProcess, timeout: float = START_TIMEOUT) -> None:
-    """Poll until the server answers HTTP; fail early when the process has died."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            assert server.alive(), f"server exited early ({server.proc.returncode}):\n{server.output()}"
-            try:
-                async with session.get(server.url("/login"),
-                                       timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, f"server did not answer:\n{server.output()}"
-            await asyncio.sleep(0.05)  # polling interval
-
-
-async def wait_exit(server: ServerProcess, timeout: float = EXIT_TIMEOUT) -> int:
-    """The process's exit status, waiting at most `timeout` seconds."""
-    try:
-        return await asyncio.to_thread(server.proc.wait, timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"server did not exit within {timeout} s:\n{server.output()}") from None
+# -- the server process under load --------------------------------------------------------------
 
 
 async def kill_9(server: ServerProcess, net: ChatNet | None = None) -> None:
     """SIGKILL the server process itself (stopping `net`'s pumps at once) and reap it."""
-    os.kill(server.pid, signal.SIGKILL)
+    server.send_signal(signal.SIGKILL)
     if net is not None:
         net.stop_load()
-    code = await wait_exit(server)
+    code = await server.wait_exit()
     assert code == -signal.SIGKILL, f"exit status {code}:\n{server.output()}"
 
 
@@ -220,170 +73,16 @@ def phones(n: int, prefix: str) -> list[str]:
     return [f"{prefix}{os.getpid() % 100_000:05d}{i:04d}" for i in range(n)]
 
 
-def ensure_dead(server: ServerProcess) -> None:
-    """Kill the process if it still runs (for `finally` blocks) and reap it; for a server started
-    with `group=True`, every process left in its group too (the workers)."""
-    if server.group:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)  # its own group: the pgid is its pid
-    if server.proc.poll() is None:
-        server.proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        server.proc.wait(timeout=EXIT_TIMEOUT)
-
-
-# Not anchored at a line start: workers print their lines to one stdout at about the same time,
-# and print() writes the text and its newline apart, so two lines can come out glued together.
-_SERVING_PID = re.compile(r"Serving on [^\n]*?\bprocess ([0-9]+)\)")
-
-
-def serving_pids(server: ServerProcess) -> list[int]:
-    """The pids that the start-up lines on the server's stdout name ("... process <pid>); ..."),
-    one per serving process, in the order they started serving."""
-    return [int(pid) for pid in _SERVING_PID.findall(server.out())]
-
-
-def parent_pid(pid: int) -> int | None:
-    """The parent of `pid` (/proc/PID/stat), or None when `pid` is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rpartition(")")[2].split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def is_gone(pid: int) -> bool:
-    """True when no process `pid` runs (a zombie not yet reaped counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-
-
-def _socket_inodes(pid: int) -> set[int]:
-    """The inodes of the sockets process `pid` holds open (/proc/PID/fd -> "socket:[N]")."""
-    inodes = set()
-    fd_dir = f"/proc/{pid}/fd"
-    for fd in os.listdir(fd_dir):
-        with contextlib.suppress(OSError):  # closed meanwhile
-            target = os.readlink(f"{fd_dir}/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    return inodes
-
-
-def _established(port: int) -> dict[int, int]:
-    """Server ends of the established IPv4 TCP connections on local port `port`:
-    {remote (client) port: socket inode}, from /proc/net/tcp."""
-    out = {}
-    with open("/proc/net/tcp") as fh:
-        next(fh)  # header
-        for line in fh:
-            fields = line.split()
-            local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
-            if state == "01" and int(local.rpartition(":")[2], 16) == port:
-                out[int(remote.rpartition(":")[2], 16)] = inode
-    return out
-
-
-def serving_process(ws: WS, port: int, pids: Iterable[int]) -> int | None:
-    """Which of `pids` holds the server end of the client socket `ws` (matched by the client's
-    local port in /proc/net/tcp and the socket inodes in /proc/PID/fd); None when none does."""
-    sockname = ws.get_extra_info("sockname")
-    if sockname is None:
-        return None
-    inode = _established(port).get(sockname[1])
-    if inode is None:
-        return None
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            if inode in _socket_inodes(pid):
-                return pid
-    return None
-
-
-@contextlib.asynccontextmanager
-async def running(db: Path, config: Path, log_dir: Path,
-                  port: int | None = None) -> AsyncIterator[ServerProcess]:
-    """A serving `run.py serve`; killed at the end whatever happened."""
-    server = start_server(db, config, log_dir, port)
-    try:
-        await wait_serving(server)
-        yield server
-    finally:
-        ensure_dead(server)
-
-
-def refuses_connections(port: int) -> bool:
-    """True when a TCP connect to 127.0.0.1:port is refused."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2.0):
-            return False
-    except ConnectionRefusedError:
-        return True
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
-    """Poll `condition` until it holds; AssertionError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: "
-                                 f"{what() if callable(what) else what}")
-        await asyncio.sleep(POLL)
-
-
-def db_rows(db: Path, tables: Iterable[str]) -> dict[str, int]:
-    """Row counts of `tables`, read from the file by a read-only connection."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
-
-
 MESSAGE_TABLES = ("personal_messages", "group_messages", "group_pending")
 
 
-# -- HTTP clients -------------------------------------------------------------------------------
+def message_rows(db: Path) -> dict[str, int]:
+    """Row counts of MESSAGE_TABLES in the SQLite file `db` (read-only: helpers.backends.db_rows)."""
+    database = Database(path=str(db))
+    return {t: db_rows(database, f"SELECT count(*) FROM {t}")[0][0] for t in MESSAGE_TABLES}
 
 
-def client() -> aiohttp.ClientSession:
-    """A browser-like client: its own cookie jar, which keeps cookies of an IP address."""
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-
-async def register(session: aiohttp.ClientSession, server: ServerProcess, phone: str) -> None:
-    """Register `phone`; the session cookie stays in `session`'s jar."""
-    async with session.post(server.url("/register"), allow_redirects=False,
-                            data={"phone": phone, "name": f"user {phone}", "password": PASSWORD},
-                            timeout=aiohttp.ClientTimeout(total=NET_TIMEOUT)) as resp:
-        assert resp.status == 302, await resp.text()
-
-
-async def create_group(session: aiohttp.ClientSession, server: ServerProcess, name: str,
-                       participants: list[str]) -> str:
-    """Create a group as the session's user; returns its key."""
-    async with session.post(server.url("/chat/special/group"),
-                            json={"name": name, "participants": participants},
-                            timeout=aiohttp.ClientTimeout(total=NET_TIMEOUT)) as resp:
-        assert resp.status == 201, await resp.text()
-        return str((await resp.json())["key"])
-
-
-async def ws_open(session: aiohttp.ClientSession, url: URL) -> WS:
-    """Open a WebSocket, the handshake bounded by NET_TIMEOUT."""
-    async with asyncio.timeout(NET_TIMEOUT):
-        return await session.ws_connect(url, autoping=True)
-
-
-async def login(session: aiohttp.ClientSession, server: ServerProcess, phone: str) -> None:
-    """Log `phone` in (a new session); the cookie stays in `session`'s jar."""
-    async with session.post(server.url("/login"), allow_redirects=False,
-                            data={"phone": phone, "password": PASSWORD},
-                            timeout=aiohttp.ClientTimeout(total=NET_TIMEOUT)) as resp:
-        assert resp.status == 302, await resp.text()
-
-
-# -- client timestamps and message identities ---------------------------------------------------
+# -- client timestamps -----------------------------------------------------------------------------
 
 # Client clocks years away from the server's; every call a new instant with a non-zero µs part.
 _instants = itertools.count(1)
@@ -395,14 +94,6 @@ def next_stamp() -> tuple[int, str]:
     """A fresh client timestamp: (µs since the epoch, `YYYY-MM-DD HH:MM:SS.ffffff`)."""
     dt = _BASE + timedelta(milliseconds=next(_instants), microseconds=17)
     return (dt - _EPOCH) // timedelta(microseconds=1), dt.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def micros(text: str) -> int:
-    """µs since the epoch of a client or fetch timestamp (`... HH:MM:SS.ffffff` or ISO with Z)."""
-    dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // timedelta(microseconds=1)
 
 
 # -- the ledger ---------------------------------------------------------------------------------
@@ -715,13 +406,11 @@ class ChatUser:
             return mid
         ledger.delivered[ledger.phase][unit] += 1
         if grp is None:
-            ws, ack = self.personal.get(mid[1]), {
-                "message": sent, "command": "msg_received", "msg_from": self.phone,
-                "msg_to": mid[1], "sent_timestamp": next_stamp()[1]}
+            ws = self.personal.get(mid[1])
+            ack = frame("msg_received", self.phone, mid[1], sent, next_stamp()[1])
         else:
-            ws, ack = self.group, {
-                "message": sent, "command": "grp_msg_received", "msg_from": self.phone,
-                "msg_to": mid[1], "sent_timestamp": next_stamp()[1]}
+            ws = self.group
+            ack = frame("grp_msg_received", self.phone, mid[1], sent, next_stamp()[1])
         if ws is None:
             ledger.bad.append(f"{where}: no socket to acknowledge {mid}")
             return mid
@@ -765,8 +454,7 @@ class ChatUser:
         mid = (kind, self.phone, target, us)
         text = _body(mid, self.ledger.rng)
         self.ledger.written(mid, text, recipients)
-        await ws.send_str(json.dumps({"message": text, "command": command, "msg_from": self.phone,
-                                      "msg_to": target, "sent_timestamp": stamp}))
+        await ws.send_str(json.dumps(frame(command, self.phone, target, text, stamp)))
 
     async def send_acks(self) -> list[Unit]:
         """Send the acknowledgements collected after the restart; returns their units."""
@@ -892,5 +580,77 @@ class ChatNet:
             await user.fetch_both()
         again = sum(self.ledger.delivered["after"].values()) - before
         assert again == 0, f"{again} messages still fetched after every acknowledgement"
-        rows = db_rows(db, MESSAGE_TABLES) if isinstance(db, Path) else await db()
+        rows = message_rows(db) if isinstance(db, Path) else await db()
         assert rows == dict.fromkeys(MESSAGE_TABLES, 0), f"rows left after the drain: {rows}"
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The nearest-rank percentile (0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+# -- a pair that keeps chatting -------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    """Two users: `sender` writes on its personal socket to `receiver`, whose receive socket gets
+    the push. `chat` sends one message at a time and records send -> push latencies."""
+
+    sender: str
+    receiver: str
+    send_ws: aiohttp.ClientWebSocketResponse
+    recv_ws: aiohttp.ClientWebSocketResponse
+    latencies: list[float] = field(default_factory=list)  # seconds, send -> push
+    ack_latencies: list[float] = field(default_factory=list)  # seconds, send -> msg_sent
+
+    @classmethod
+    async def open(cls, server: ServerProcess, session_s: aiohttp.ClientSession,
+                   session_r: aiohttp.ClientSession, sender: str, receiver: str) -> Pair:
+        await register(session_s, server, sender)
+        await register(session_r, server, receiver)
+        recv_ws = await ws_open(session_r, server.ws_url(f"/ws/chat/special/{receiver}/"))
+        send_ws = await ws_open(session_s, server.ws_url(f"/ws/chat/personal/{sender}/{receiver}/"))
+        pair = cls(sender, receiver, send_ws, recv_ws)
+        await pair.one()  # the receive socket is registered: pushes reach it from here on
+        pair.latencies.clear()
+        pair.ack_latencies.clear()
+        return pair
+
+    async def one(self) -> None:
+        """One message: sent, pushed to the receiver, acknowledged to the sender."""
+        sent = frame("new_msg", self.sender, self.receiver, "are you still there?")
+        t0 = time.perf_counter()
+        await self.send_ws.send_json(sent)
+        async with asyncio.timeout(NET_TIMEOUT):
+            while (push := await self.recv_ws.receive_json()).get("command") != "new_msg":
+                pass  # presence and the like
+        self.latencies.append(time.perf_counter() - t0)
+        assert push == sent, push
+        ack = await self.send_ws.receive_json(timeout=NET_TIMEOUT)
+        self.ack_latencies.append(time.perf_counter() - t0)
+        assert ack["command"] == "msg_sent" and ack["message"] == sent["sent_timestamp"], ack
+
+    async def chat(self, stop: asyncio.Event, interval: float = 0.02) -> None:
+        """Send messages one after the other, `interval` apart, until `stop` is set."""
+        while not stop.is_set():
+            await self.one()
+            try:
+                await asyncio.wait_for(stop.wait(), interval)  # pacing, not synchronisation
+            except TimeoutError:
+                pass
+
+    def summary(self) -> str:
+        ms = [x * 1000 for x in self.latencies]
+        return (f"{len(ms)} messages, send->push p50 {percentile(ms, 50):.1f} ms, "
+                f"p99 {percentile(ms, 99):.1f} ms, max {max(ms, default=0):.1f} ms")
+
+    def p99_ms(self) -> float:
+        return percentile([x * 1000 for x in self.latencies], 99)
+
+    async def close(self) -> None:
+        await self.send_ws.close()
+        await self.recv_ws.close()

@@ -1,17 +1,14 @@
-"""Helpers shared by the WebSocket tests: unique phones and timestamps, frame builders, timed
-receives, the format checks of SPEC 5 and 5.5, and logging in against a server built by the test.
+"""WebSocket clients of an in-process server (aiohttp's TestServer): timed receives, "nothing
+arrives", sockets opened and proven served, sending a message and fetching, and a TestServer with
+production's handler settings.
 
 Every receive here has a timeout (TIMEOUT); "nothing arrives" waits QUIET and expects a timeout.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import json
-import os
-import re
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -19,62 +16,10 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 
-from conftest import PASSWORD, QUIET, TIMEOUT
-
-# SPEC 5: timestamps the server makes, and timestamps in fetch results.
-SERVER_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}")
-FETCH_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
-# SPEC 5.5: the exact keys of an error frame.
-ERROR_KEYS = frozenset({"message", "command", "type", "msg_from", "msg_to", "sent_timestamp"})
-# A frame as a client sends it on a send socket (SPEC 5).
-FRAME_KEYS = ("message", "command", "msg_from", "msg_to", "sent_timestamp")
-
-# Unique per process and per call: 13 digits, "4" + 5 digits of the pid + a 7-digit counter.
-_phones = itertools.count(1)
-# Client clocks far from the server's, so that a server time can never be mistaken for one.
-_instants = itertools.count(1)
-_BASE = datetime(2026, 11, 28, 10, 0, 0, tzinfo=UTC)
+from helpers.frames import frame
+from helpers.timing import QUIET, TIMEOUT
 
 WS = ClientWebSocketResponse
-UserFactory = Callable[..., Awaitable[TestClient]]
-
-
-def new_phone() -> str:
-    """A phone number (SPEC 1) no other call in this process returns."""
-    return f"4{os.getpid() % 100_000:05d}{next(_phones):07d}"
-
-
-def new_instant() -> datetime:
-    """A client instant no other call in this process returns, with a non-zero microsecond part."""
-    return _BASE + timedelta(seconds=next(_instants), microseconds=123_456)
-
-
-def plain(dt: datetime, digits: int = 6) -> str:
-    """`YYYY-MM-DD HH:MM:SS.f{digits}` (SPEC 5's first client form)."""
-    text = dt.strftime("%Y-%m-%d %H:%M:%S.%f")
-    return text[: len(text) - 6 + digits] if digits else text[:-7]
-
-
-def iso(dt: datetime) -> str:
-    """`YYYY-MM-DDTHH:MM:SS.ffffffZ` (ISO 8601; also the fetch form of SPEC 5)."""
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def server_form(dt: datetime) -> str:
-    """The server's own format `YYYY-MM-DD HH:MM:SS.fff` for an instant (milliseconds cut)."""
-    return dt.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def stamp() -> str:
-    """A fresh client `sent_timestamp` in the plain form with milliseconds."""
-    return plain(new_instant(), 3)
-
-
-def frame(command: str, msg_from: str, msg_to: str, message: str = "",
-          sent_timestamp: str | None = None) -> dict[str, str]:
-    """A send-socket frame with the five fields of SPEC 5 (a fresh timestamp unless given)."""
-    return {"message": message, "command": command, "msg_from": msg_from, "msg_to": msg_to,
-            "sent_timestamp": sent_timestamp if sent_timestamp is not None else stamp()}
 
 
 async def recv(ws: WS, timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -91,58 +36,53 @@ async def recv_many(ws: WS, n: int) -> list[dict[str, Any]]:
     return [await recv(ws) for _ in range(n)]
 
 
-async def assert_quiet(ws: WS) -> None:
-    """Nothing arrives on `ws` within QUIET seconds."""
-    try:
-        msg = await ws.receive(timeout=QUIET)
-    except TimeoutError:
-        return
-    raise AssertionError(f"expected nothing, got {msg.type!r} {msg.data!r}")
+async def assert_quiet(*sockets: WS) -> None:
+    """Nothing arrives on any of `sockets` within QUIET seconds (waited once, for all together)."""
+    async def one(ws: WS) -> str | None:
+        try:
+            msg = await ws.receive(timeout=QUIET)
+        except TimeoutError:
+            return None
+        return f"{msg.type!r} {msg.data!r}"
+    got = [g for g in await asyncio.gather(*(one(ws) for ws in sockets)) if g is not None]
+    assert not got, f"expected nothing, got {got}"
 
 
-async def assert_json_error(resp: aiohttp.ClientResponse, status: int) -> None:
-    """`resp` is exactly `{"error": <non-empty str>}` with `status` (SPEC 4)."""
+async def wait_closed(ws: WS, timeout: float = TIMEOUT) -> tuple[int, bytes] | None:
+    """Read until the socket ends (any frame still buffered is skipped). Returns the code and
+    reason of the server's close frame, or None when the connection ended without one.
+
+    The code is taken from the close frame itself, not `ws.close_code`: the client overwrites
+    that with 1006 when its own close reply cannot be written any more.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.CLOSE:
+                return msg.data, msg.extra.encode() if isinstance(msg.extra, str) else msg.extra
+            if msg.type in (WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
+                return None
+
+
+async def assert_json_error(resp: aiohttp.ClientResponse, status: int) -> str:
+    """`resp` is exactly `{"error": <non-empty str>}` with `status` (SPEC 4); returns the text."""
     assert resp.status == status, await resp.text()
     assert resp.content_type == "application/json"
     body = await resp.json()
     assert isinstance(body, dict) and set(body) == {"error"}, body
     assert isinstance(body["error"], str) and body["error"], body
-
-
-def near_now(text: str, slack: float = 60.0) -> bool:
-    """True when a server-format timestamp is within `slack` seconds of this machine's clock."""
-    when = datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
-    return abs((datetime.now(UTC) - when).total_seconds()) < slack
-
-
-def assert_server_time(text: object) -> None:
-    """`text` is the server's clock in the server's format (SPEC 5)."""
-    assert isinstance(text, str) and SERVER_TS.fullmatch(text), text
-    assert near_now(text), text
-
-
-def assert_error(data: dict[str, Any], type_: str, msg_from: str, msg_to: str | None) -> None:
-    """`data` is a SPEC 5.5 error frame of exactly that shape (msg_to None: any string)."""
-    assert set(data) == ERROR_KEYS, data
-    assert data["command"] == "error", data
-    assert data["type"] == type_, data
-    assert isinstance(data["message"], str) and data["message"].strip(), data
-    assert data["msg_from"] == msg_from, data
-    if msg_to is None:
-        assert isinstance(data["msg_to"], str), data
-    else:
-        assert data["msg_to"] == msg_to, data
-    assert_server_time(data["sent_timestamp"])
+    return body["error"]
 
 
 async def send_new_msg(ws: WS, msg_from: str, msg_to: str, message: str,
                        sent_timestamp: str | None = None) -> dict[str, str]:
-    """Send a `new_msg`, wait for its `msg_sent`, and return the frame as sent."""
+    """Send a `new_msg`, wait for its `msg_sent` (SPEC 5.1), and return the frame as sent."""
     sent = frame("new_msg", msg_from, msg_to, message, sent_timestamp)
     await ws.send_json(sent)
     reply = await recv(ws)
     assert reply["command"] == "msg_sent", reply
     assert reply["message"] == sent["sent_timestamp"], reply
+    assert (reply["msg_from"], reply["msg_to"]) == (msg_from, msg_to), reply
     return sent
 
 
@@ -151,16 +91,19 @@ async def assert_alive(ws: WS, msg_from: str, msg_to: str) -> dict[str, str]:
     return await send_new_msg(ws, msg_from, msg_to, "still open")
 
 
-async def open_receive(client: TestClient, phone: str, **kwargs: Any) -> WS:
+async def open_receive(client: TestClient, phone: str, probe: str = "fetch_grp_msgs",
+                       **kwargs: Any) -> WS:
     """Open `phone`'s receive socket and wait until the server serves it (one round trip).
 
-    `fetch_grp_msgs` is answered only once the socket's loop runs, and the socket is registered
-    for pushes before that loop starts, so no push can be missed after this returns.
+    `probe` is a fetch that finds nothing at this point of the test (`fetch_msgs` where group
+    messages may be waiting). A fetch is answered only once the socket's loop runs, and the
+    socket is registered for pushes before that loop starts, so no push can be missed after this
+    returns.
     """
     ws = await client.ws_connect(f"/ws/chat/special/{phone}/", **kwargs)
-    await ws.send_json({"command": "fetch_grp_msgs", "msg_to": phone})
+    await ws.send_json({"command": probe, "msg_to": phone})
     reply = await recv(ws)
-    assert reply == {"command": "fetch_grp_msgs", "all": "True", "messages": []}, reply
+    assert reply == {"command": probe, "all": "True", "messages": []}, reply
     return ws
 
 
@@ -181,19 +124,6 @@ async def fetch_all(ws: WS, phone: str, command: str = "fetch_msgs") -> list[lis
         chunks.append(reply["messages"])
         if reply["all"] == "True":
             return chunks
-
-
-def users_on(aiohttp_client: Callable[..., Awaitable[TestClient]],
-             server: TestServer) -> UserFactory:
-    """`as_user` for a server a test built itself (e.g. with other limits)."""
-    async def login(phone: str) -> TestClient:
-        client = await aiohttp_client(server)
-        resp = await client.post("/register", data={"phone": phone, "name": f"user {phone}",
-                                                    "password": PASSWORD},
-                                 allow_redirects=False)
-        assert resp.status == 302, await resp.text()
-        return client
-    return login
 
 
 class ProductionServer(TestServer):

@@ -4,7 +4,7 @@ sockets.
 
 The servers here are small: their socket handlers use the hub exactly as `ws.py` does (register,
 then serve frames; honour `Hub.close`) without a store, so the two "processes" share nothing but
-Redis. `tests/test_scaleout.py` runs the whole server in real processes.
+Redis. `tests/system/test_scaleout.py` runs the whole server in real processes.
 
 Covered: pushes across hubs, in order, delivered once; room broadcasts across hubs, held until the
 history is sent; logout and removal from a group closing sockets in the other hub; presence across
@@ -32,13 +32,13 @@ import redis.asyncio as redis
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-import backends
 from chatserver.app import create_app
 from chatserver.config import Config, Database, HubSettings, Security
 from chatserver.redishub import HubUnavailable, RedisHub
-from conftest import TIMEOUT
-from procutil import REPO, free_port, write_config
-from wsutil import WS, assert_quiet, recv
+from helpers import backends
+from helpers.server import REPO, free_port, write_config
+from helpers.timing import TIMEOUT
+from helpers.ws import WS, assert_quiet, recv
 
 QUEUE: Final = 1000
 CLOSE_TIMEOUT: Final = 0.5
@@ -175,14 +175,6 @@ async def close_sockets(app: web.Application) -> None:
 
 
 @pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    """A fresh key and channel prefix on CHAT_TEST_REDIS_URL (its keys are deleted afterwards)."""
-    backends.require(backends.REDIS)
-    async with backends.redis_prefix() as chosen:
-        yield chosen
-
-
-@pytest.fixture
 async def rds() -> AsyncIterator[redis.Redis]:
     """A plain client of the test Redis, to look at keys and connections."""
     client = redis.Redis.from_url(backends.REDIS_URL)
@@ -194,10 +186,10 @@ async def rds() -> AsyncIterator[redis.Redis]:
 
 @pytest.fixture
 def start_proc(aiohttp_server: ServerFactory, aiohttp_client: ClientFactory,
-               prefix: str) -> Callable[..., Awaitable[Proc]]:
+               redis_prefix: str) -> Callable[..., Awaitable[Proc]]:
     """Start one more "process" on the test's prefix."""
     async def start(**kwargs: Any) -> Proc:
-        hub = RedisHub(QUEUE, CLOSE_TIMEOUT, url=backends.REDIS_URL, prefix=prefix, **kwargs)
+        hub = RedisHub(QUEUE, CLOSE_TIMEOUT, url=backends.REDIS_URL, prefix=redis_prefix, **kwargs)
         app = web.Application()
         app[hub_key] = hub
         app[left_key] = asyncio.Queue()
@@ -266,7 +258,7 @@ async def test_pushes_reach_every_receive_socket_in_both_hubs_once_and_in_order(
 
 
 async def test_a_receive_socket_is_not_served_before_its_subscription_is_confirmed(
-        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, prefix: str) -> None:
+        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, redis_prefix: str) -> None:
     """No frame is read before the subscription is confirmed: a push made after the socket's first
     answer can never miss it."""
     p1, p2 = await start_proc(), await start_proc()
@@ -275,17 +267,17 @@ async def test_a_receive_socket_is_not_served_before_its_subscription_is_confirm
         ws = await p2.client.ws_connect("/recv/300/s")
         await ws.send_str("hello")
         await assert_quiet(ws)  # not served: the subscription is not there yet
-        assert await subscribers(rds, f"{prefix}:user:300") == 0
+        assert await subscribers(rds, f"{redis_prefix}:user:300") == 0
     assert await recv(ws) == {"came_online": True}
     p1.hub.push("300", encode({"n": 1}))
     assert await recv(ws) == {"n": 1}
 
 
 async def test_a_hub_unsubscribes_when_the_last_socket_leaves(
-        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, prefix: str) -> None:
+        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, redis_prefix: str) -> None:
     """A process receives only what concerns its own sockets."""
     p1 = await start_proc()
-    channel = f"{prefix}:user:400"
+    channel = f"{redis_prefix}:user:400"
     first, _ = await p1.receive("400")
     second, _ = await p1.receive("400")
     assert await subscribers(rds, channel) == 1  # one subscription for both sockets
@@ -298,13 +290,13 @@ async def test_a_hub_unsubscribes_when_the_last_socket_leaves(
     await until(unsubscribed)
 
     room_ws = await p1.room("lobby")
-    assert await subscribers(rds, f"{prefix}:room:lobby") == 1
+    assert await subscribers(rds, f"{redis_prefix}:room:lobby") == 1
     await room_ws.close()
 
     async def room_unsubscribed() -> bool:
-        return await subscribers(rds, f"{prefix}:room:lobby") == 0
+        return await subscribers(rds, f"{redis_prefix}:room:lobby") == 0
     await until(room_unsubscribed)
-    assert await subscribers(rds, f"{prefix}:control") == 1  # the control channel stays
+    assert await subscribers(rds, f"{redis_prefix}:control") == 1  # the control channel stays
 
 
 # -- rooms --------------------------------------------------------------------------------------
@@ -413,10 +405,10 @@ async def test_presence_spans_both_hubs(start_proc: Callable[..., Awaitable[Proc
 
 
 async def test_a_dead_process_stops_counting_users_as_online_within_its_claims_lifetime(
-        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, prefix: str) -> None:
+        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, redis_prefix: str) -> None:
     doomed = await start_proc(presence_ttl=SHORT_TTL)
     p2 = await start_proc(presence_ttl=SHORT_TTL)
-    key = f"{prefix}:online:900"
+    key = f"{redis_prefix}:online:900"
     await doomed.receive("900")
     assert await p2.hub.is_online("900")
 
@@ -449,13 +441,13 @@ async def test_a_dead_process_stops_counting_users_as_online_within_its_claims_l
 
 
 async def test_the_subscriptions_come_back_after_the_connection_is_killed(
-        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, prefix: str,
+        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, redis_prefix: str,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="chatserver.redishub")
     p1, p2 = await start_proc(), await start_proc()
     inbox, _ = await p2.receive("1000")
     room_ws = await p2.room("k")
-    name = f"{prefix}:hub:{p2.hub.id}:sub"
+    name = f"{redis_prefix}:hub:{p2.hub.id}:sub"
 
     async def connection_id() -> int | None:
         return next((int(c["id"]) for c in await rds.client_list() if c["name"] == name), None)
@@ -467,9 +459,9 @@ async def test_the_subscriptions_come_back_after_the_connection_is_killed(
     async def resubscribed() -> bool:
         current = await connection_id()
         return (current not in (None, killed)
-                and await subscribers(rds, f"{prefix}:user:1000") == 1
-                and await subscribers(rds, f"{prefix}:room:k") == 1
-                and await subscribers(rds, f"{prefix}:control") == 2)
+                and await subscribers(rds, f"{redis_prefix}:user:1000") == 1
+                and await subscribers(rds, f"{redis_prefix}:room:k") == 1
+                and await subscribers(rds, f"{redis_prefix}:control") == 2)
     await until(resubscribed)
 
     for n in range(20):
@@ -488,12 +480,12 @@ async def test_the_subscriptions_come_back_after_the_connection_is_killed(
 
 
 async def test_pushes_go_on_after_the_publishing_connection_is_killed(
-        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, prefix: str) -> None:
+        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, redis_prefix: str) -> None:
     p1, p2 = await start_proc(), await start_proc()
     inbox, _ = await p2.receive("1100")
     p1.hub.push("1100", encode({"n": 0}))
     assert await recv(inbox) == {"n": 0}
-    name = f"{prefix}:hub:{p1.hub.id}"
+    name = f"{redis_prefix}:hub:{p1.hub.id}"
     for c in await rds.client_list():
         if c["name"] == name:
             await rds.client_kill_filter(_id=int(c["id"]))
@@ -538,12 +530,12 @@ def test_serve_exits_2_with_one_line_when_redis_cannot_be_reached(tmp_path: Path
 
 
 async def test_a_publication_read_before_is_dropped(
-        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, prefix: str) -> None:
+        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, redis_prefix: str) -> None:
     """A batch sent again after a failure (see RedisHub._execute) may repeat publications that
     went out the first time: receivers keep, per origin, the number of the latest one read."""
     p1 = await start_proc()
     inbox, _ = await p1.receive("1200")
-    channel = f"{prefix}:user:1200"
+    channel = f"{redis_prefix}:user:1200"
     for number, n in ((5, 1), (5, 1), (4, 0), (6, 2), (7, 3), (6, 2)):
         await rds.publish(channel, b"0123456789abcdef %d -\n%s" % (number, encode({"n": n})))
     await rds.publish(channel, b"fedcba9876543210 1 -\n" + encode({"n": 4}))  # another origin

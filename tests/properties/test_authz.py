@@ -37,18 +37,9 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from chatserver.app import create_app
 from chatserver.config import Config
-from conftest import PASSWORD, UserFactory
-from wsutil import (
-    WS,
-    assert_error,
-    fetch_all,
-    frame,
-    new_phone,
-    open_personal,
-    open_receive,
-    recv,
-    send_new_msg,
-)
+from helpers.accounts import PASSWORD, UserFactory
+from helpers.frames import assert_error, frame, new_phone
+from helpers.ws import WS, fetch_all, open_personal, open_receive, recv, send_new_msg
 
 WHO: Final = ("none", "A", "B", "C")
 ROOM_PASSWORD: Final = "room password P"

@@ -22,21 +22,19 @@ from chatserver.app import create_app
 from chatserver.config import Config
 from chatserver.keys import store_key
 from chatserver.store import Store
-from conftest import TIMEOUT, UserFactory, with_limits
-from wsutil import (
-    FRAME_KEYS,
+from helpers.accounts import UserFactory, users_on
+from helpers.configs import with_limits
+from helpers.frames import FRAME_KEYS, assert_error, frame, new_phone
+from helpers.timing import TIMEOUT
+from helpers.ws import (
     WS,
     assert_alive,
-    assert_error,
     assert_quiet,
     fetch_all,
-    frame,
-    new_phone,
     open_personal,
     open_receive,
     recv,
     send_new_msg,
-    users_on,
 )
 
 ClientFactory = Callable[..., Awaitable[TestClient]]

@@ -48,19 +48,11 @@ from yarl import URL
 
 from chatserver.app import create_app
 from chatserver.config import Config, WebSocket
-from conftest import PASSWORD, TIMEOUT, UserFactory, with_limits
-from wsutil import (
-    FRAME_KEYS,
-    WS,
-    assert_error,
-    fetch_all,
-    frame,
-    new_phone,
-    open_personal,
-    open_receive,
-    recv,
-    send_new_msg,
-)
+from helpers.accounts import PASSWORD, UserFactory
+from helpers.configs import with_limits
+from helpers.frames import FRAME_KEYS, assert_error, frame, new_phone
+from helpers.timing import TIMEOUT
+from helpers.ws import WS, fetch_all, open_personal, open_receive, recv, send_new_msg
 
 T = TypeVar("T")
 
@@ -259,9 +251,8 @@ async def _prove_alive(w: World) -> None:
     await s["group"].send_json(g)
     reply = await recv(s["group"])
     assert (reply["command"], reply["message"]) == ("msg_sent", g["sent_timestamp"]), reply
-    assert await recv(w.inbox_b) == {"message": "proof: group", "command": "new_msg",
-                                     "msg_from": f"{w.group}-{a}", "msg_to": b,
-                                     "sent_timestamp": g["sent_timestamp"]}
+    assert await recv(w.inbox_b) == frame("new_msg", f"{w.group}-{a}", b, "proof: group",
+                                          g["sent_timestamp"])
 
     r = frame("room_msg", a, w.room, "proof: room")
     await s["room"].send_json(r)
@@ -477,7 +468,7 @@ not_phones: SearchStrategy[Any] = st.one_of(
     not_strings, strings_except().filter(lambda s: not is_phone(s)),
     st.sampled_from(["123456789", "1234567890123456", other_digits("1234567890", 1),
                      other_digits("1234567890", 0), "+1234567890", "12345 67890", "١٢٣٤٥٦٧٨٩٠"]))
-# Registered phones start with 4 (wsutil.new_phone): these are never registered.
+# Registered phones start with 4 (helpers.frames.new_phone): these are never registered.
 unregistered_phones: SearchStrategy[str] = st.from_regex(r"\A9[0-9]{9,14}\Z")
 
 bad_room_names: SearchStrategy[Any] = st.one_of(
@@ -641,8 +632,7 @@ def base_frame(spec: SocketSpec) -> dict[str, str]:
     command = sorted(spec.commands)[0] if spec.kind == "receive" else next(iter(spec.commands))
     if spec.kind == "receive":
         return {"command": command, "msg_to": spec.user}
-    return {"message": "hello", "command": command, "msg_from": spec.user, "msg_to": spec.peer,
-            "sent_timestamp": VALID_TS}
+    return frame(command, spec.user, spec.peer, "hello", VALID_TS)
 
 
 def specials(spec: SocketSpec) -> list[str]:

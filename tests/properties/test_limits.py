@@ -25,20 +25,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from chatserver.app import create_app
 from chatserver.config import Config
 from chatserver.keys import store_key
-from conftest import PASSWORD, TIMEOUT, with_limits
-from wsutil import (
-    WS,
-    assert_error,
-    frame,
-    new_phone,
-    open_personal,
-    open_receive,
-    recv,
-    send_new_msg,
-    users_on,
-)
+from helpers.accounts import PASSWORD, users_on
+from helpers.configs import with_limits
+from helpers.frames import assert_error, frame, new_phone
+from helpers.timing import TIMEOUT
+from helpers.ws import WS, open_personal, open_receive, recv, send_new_msg
 
-# The same tests on every store and hub (tests/backends.py): with the Redis hub, the limits are
+# The same tests on every store and hub (tests/helpers/backends.py): with the Redis hub, the limits are
 # counted in Redis.
 pytestmark = pytest.mark.backends
 

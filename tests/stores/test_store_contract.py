@@ -1,5 +1,5 @@
 """The stores, one per test: the SQLite Store on tmp_path and, when CHAT_TEST_POSTGRES_URL is set,
-the PostgreSQL PgStore on a fresh schema (tests/backends.py). Both: store-and-forward, group
+the PostgreSQL PgStore on a fresh schema (tests/helpers/backends.py). Both: store-and-forward, group
 commit, sessions, users. SQLite only: secure delete checked on the bytes of the database file and
 its WAL, corruption. PostgreSQL only: two stores on one schema (as two processes would have), the
 blocks mirror kept by NOTIFY, concurrent start-up, VACUUM as its scrub, lost connections."""
@@ -20,7 +20,6 @@ from typing import Any, Final
 import asyncpg
 import pytest
 
-import backends
 from chatserver.pgstore import PgStore
 from chatserver.protocol import now_micros, parse_timestamp
 from chatserver.store import (
@@ -32,6 +31,10 @@ from chatserver.store import (
     StoredMessage,
     StoreError,
 )
+from helpers import backends
+
+# The contract tests (those that take `store` or `place`) run once per store engine.
+pytestmark = pytest.mark.backends(backends.LOCAL, backends.POSTGRES)
 
 A, B, C = "1000000001", "1000000002", "1000000003"
 NOT_A_USER = "1999999999"
@@ -72,19 +75,9 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    """The URL of a fresh PostgreSQL schema, dropped afterwards; skipped without the variable."""
-    backends.require(backends.POSTGRES)
-    async with backends.postgres_schema() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def place(request: pytest.FixtureRequest, db_path: Path) -> Place:
-    """Each store in turn: its SQLite file, or its PostgreSQL URL."""
-    if request.param == "sqlite":
-        return db_path
-    return request.getfixturevalue("pg_url")
+def place(backend: backends.Backend, db_path: Path) -> Place:
+    """The store of this test's engine: its SQLite file, or its PostgreSQL URL (a fresh schema)."""
+    return backend.database_url or db_path
 
 
 @pytest.fixture

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import backends
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import backends
+from helpers.server import REPO
 
 
 def test_bench_quick_run_loses_nothing(tmp_path: Path) -> None:

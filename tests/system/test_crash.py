@@ -3,7 +3,7 @@ serve`) is killed with SIGKILL, on its own pid, while senders send and receivers
 hundreds of personal and group messages; it is restarted on the same database and every client
 fetches and acknowledges everything.
 
-What a client can know, and so what is asserted (tests/procutil.py, `Ledger.verdict`):
+What a client can know, and so what is asserted (tests/helpers/chatload.py, `Ledger.verdict`):
 - a message is known committed when its sender saw `msg_sent`, or anyone got it pushed or fetched
   (the server answers and pushes only after the commit); such a message is delivered at least
   once in total, and after the restart to every recipient who had not sent an acknowledgement;
@@ -29,31 +29,13 @@ from typing import Any
 
 import pytest
 
-from procutil import (
-    CRASH_RUNS,
-    CRASH_SEED,
-    kill_9,
-    phones,
-    MESSAGE_TABLES,
-    NET_TIMEOUT,
-    WS,
-    ChatNet,
-    Ledger,
-    ServerProcess,
-    client,
-    create_group,
-    db_rows,
-    ensure_dead,
-    load_config_tables,
-    make_party,
-    micros,
-    next_stamp,
-    register,
-    start_server,
-    wait_serving,
-    write_config,
-    ws_open,
-)
+from helpers.accounts import client, create_group, register, ws_open
+from helpers.chatload import CRASH_RUNS, CRASH_SEED, ChatNet, Ledger, kill_9, make_party, message_rows, phones
+from helpers.configs import load_config_tables
+from helpers.frames import frame, micros
+from helpers.server import ServerProcess, start_server, write_config
+from helpers.timing import NET_TIMEOUT
+from helpers.ws import WS, recv
 
 # Frames each send socket keeps waiting for their msg_sent (the server reads up to 64 ahead).
 WINDOW = 40
@@ -76,7 +58,7 @@ async def test_kill_9_under_load_loses_nothing_and_repeats_nothing_acknowledged(
     servers: list[ServerProcess] = [start_server(db, config, tmp_path)]
     party = None
     try:
-        await wait_serving(servers[-1])
+        await servers[-1].wait_serving()
         party = await make_party(servers[-1], users, pairs, members)
         figures = []
         for run in range(1, CRASH_RUNS + 1):
@@ -94,7 +76,7 @@ async def test_kill_9_under_load_loses_nothing_and_repeats_nothing_acknowledged(
                 await load.close()
 
                 servers.append(start_server(db, config, tmp_path, port=server.port))
-                await wait_serving(servers[-1])
+                await servers[-1].wait_serving()
                 await drain.drain(servers[-1], db)
             finally:
                 await load.close()
@@ -115,25 +97,16 @@ async def test_kill_9_under_load_loses_nothing_and_repeats_nothing_acknowledged(
         if party is not None:
             await party.close()
         for server in servers:
-            ensure_dead(server)
+            server.kill()
 
 
 # -- one deterministic kill ---------------------------------------------------------------------
 
 
-async def recv_json(ws: WS) -> dict[str, Any]:
-    """The next text frame as an object, within NET_TIMEOUT."""
-    msg = await ws.receive(timeout=NET_TIMEOUT)
-    assert msg.type.name == "TEXT", (msg.type, msg.data)
-    data = json.loads(msg.data)
-    assert isinstance(data, dict)
-    return data
-
-
 async def recv_command(ws: WS, command: str) -> dict[str, Any]:
     """The next frame with this `command`, skipping presence pushes."""
     while True:
-        data = await recv_json(ws)
+        data = await recv(ws, NET_TIMEOUT)
         if data.get("command") != "presence":
             assert data.get("command") == command, data
             return data
@@ -150,11 +123,6 @@ async def fetch(ws: WS, phone: str, command: str) -> list[dict[str, Any]]:
             return out
 
 
-def frame(command: str, msg_from: str, msg_to: str, message: str) -> dict[str, str]:
-    return {"message": message, "command": command, "msg_from": msg_from, "msg_to": msg_to,
-            "sent_timestamp": next_stamp()[1]}
-
-
 async def test_kill_9_keeps_a_message_just_confirmed_and_drops_one_just_acknowledged(
         tmp_path: Path) -> None:
     """A kill right after a `msg_sent`: that message is fetched after the restart; messages
@@ -166,7 +134,7 @@ async def test_kill_9_keeps_a_message_just_confirmed_and_drops_one_just_acknowle
     sessions = {p: client() for p in (a, b, c)}
     try:
         server = servers[0]
-        await wait_serving(server)
+        await server.wait_serving()
         for p in (a, b, c):
             await register(sessions[p], server, p)
         grp = await create_group(sessions[a], server, "trio", [b, c])
@@ -206,7 +174,7 @@ async def test_kill_9_keeps_a_message_just_confirmed_and_drops_one_just_acknowle
 
         servers.append(start_server(db, config, tmp_path, port=server.port))
         server = servers[-1]
-        await wait_serving(server)
+        await server.wait_serving()
         b_recv = await ws_open(sessions[b], server.ws_url(f"/ws/chat/special/{b}/"))
         c_recv = await ws_open(sessions[c], server.ws_url(f"/ws/chat/special/{c}/"))
         fetched = await fetch(b_recv, b, "fetch_msgs")
@@ -217,10 +185,10 @@ async def test_kill_9_keeps_a_message_just_confirmed_and_drops_one_just_acknowle
         assert [(m["msg_from"], m["message"], m["pending"]) for m in fetched] == \
             [(f"{grp}-{a}", "to the group", [c])], fetched
         assert await fetch(c_recv, c, "fetch_msgs") == []
-        rows = db_rows(db, MESSAGE_TABLES)
+        rows = message_rows(db)
         assert rows == {"personal_messages": 1, "group_messages": 1, "group_pending": 1}, rows
     finally:
         for session in sessions.values():
             await session.close()
         for server in servers:
-            ensure_dead(server)
+            server.kill()

@@ -10,7 +10,7 @@ Who is where: users 0, 2, 4 on server 1 and 1, 3, 5 on server 2. The three dialo
 or as a receiver's (the acknowledgements) dies with it, while pushes and receipts for its users
 cross over Redis. The group (0, 2 on server 1; 3, 5 on server 2) spans both.
 
-What is asserted is test_crash.py's `Ledger.verdict` (tests/procutil.py): nothing known committed
+What is asserted is test_crash.py's `Ledger.verdict` (tests/helpers/chatload.py): nothing known committed
 (msg_sent seen, or pushed or fetched to anyone) is lost, nothing whose acknowledgement was proven
 (its receipt pushed to the sender) comes back, nothing unknown, altered, twice in one phase or out
 of order, no error frame, and no message row left in PostgreSQL after the drain.
@@ -37,25 +37,20 @@ import asyncpg
 import pytest
 from cryptography.fernet import Fernet
 
-import backends
-from procutil import (
+from helpers import backends
+from helpers.chatload import (
     CRASH_RUNS,
     CRASH_SEED,
-    kill_9,
-    phones,
     MESSAGE_TABLES,
-    NET_TIMEOUT,
     ChatNet,
     Ledger,
-    ServerProcess,
-    ensure_dead,
-    load_config_tables,
+    kill_9,
     make_party,
-    start_server,
-    until,
-    wait_serving,
-    write_config,
+    phones,
 )
+from helpers.configs import load_config_tables
+from helpers.server import ServerProcess, start_server, write_config
+from helpers.timing import NET_TIMEOUT, until
 
 # Frames each send socket keeps waiting for their msg_sent.
 WINDOW = 40
@@ -133,7 +128,7 @@ async def test_kill_9_of_one_of_two_servers_loses_nothing_and_repeats_nothing_ac
         party = None
         try:
             for server in servers:
-                await wait_serving(server)
+                await server.wait_serving()
             party = await make_party(one, users, pairs, members)
             figures = []
             for n in range(1, CRASH_RUNS + 1):
@@ -154,7 +149,7 @@ async def test_kill_9_of_one_of_two_servers_loses_nothing_and_repeats_nothing_ac
 
                     one = start("one", port=one.port)
                     servers.append(one)
-                    await wait_serving(one)
+                    await one.wait_serving()
                     where |= dict.fromkeys(on_one, one)
                     await drain.drain(where, lambda: count_rows(database_url))
                 finally:
@@ -180,4 +175,4 @@ async def test_kill_9_of_one_of_two_servers_loses_nothing_and_repeats_nothing_ac
             if party is not None:
                 await party.close()
             for server in servers:
-                ensure_dead(server)
+                server.kill()

@@ -10,7 +10,7 @@ store (`[database] url`) and one Redis hub (`[hub] url`, `[hub] prefix`).
 - `serve --workers 2` without both URLs refuses to start (status 2) and listens nowhere.
 
 Each test gets a schema of its own in PostgreSQL and a key prefix of its own in Redis
-(tests/backends.py); without CHAT_TEST_POSTGRES_URL and CHAT_TEST_REDIS_URL those tests are skipped.
+(tests/helpers/backends.py); without CHAT_TEST_POSTGRES_URL and CHAT_TEST_REDIS_URL those tests are skipped.
 Every wait has a timeout (NET_TIMEOUT, TIMEOUT, EXIT_TIMEOUT); nothing synchronises with a sleep;
 every process is killed at the end.
 """
@@ -33,34 +33,14 @@ import pytest
 from aiohttp import WSMsgType
 from cryptography.fernet import Fernet
 
-import backends
-from conftest import TIMEOUT
-from procutil import (
-    EXIT_TIMEOUT,
-    NET_TIMEOUT,
-    REPO,
-    WS,
-    ServerProcess,
-    client,
-    create_group,
-    ensure_dead,
-    free_port,
-    is_gone,
-    load_config_tables,
-    login,
-    parent_pid,
-    refuses_connections,
-    register,
-    serving_pids,
-    serving_process,
-    start_server,
-    until,
-    wait_exit,
-    wait_serving,
-    write_config,
-    ws_open,
-)
-from wsutil import assert_quiet, assert_server_time, frame, new_phone, recv
+from helpers import backends
+from helpers.accounts import client, create_group, login, register, ws_open
+from helpers.configs import load_config_tables
+from helpers.frames import assert_server_time, frame, new_phone
+from helpers.procs import is_gone, parent_pid, refuses_connections, serving_pids, serving_process
+from helpers.server import REPO, ServerProcess, free_port, start_server, write_config
+from helpers.timing import EXIT_TIMEOUT, NET_TIMEOUT, TIMEOUT, until
+from helpers.ws import WS, assert_quiet, recv
 
 needs_engines = pytest.mark.skipif(
     not (backends.POSTGRES_URL and backends.REDIS_URL),
@@ -113,7 +93,7 @@ async def shared(tmp_path: Path) -> AsyncIterator[Shared]:
 
 async def wait_started(server: ServerProcess) -> None:
     """The server answers HTTP and has printed its start-up line, naming its own pid."""
-    await wait_serving(server)
+    await server.wait_serving()
     await until(lambda: serving_pids(server) == [server.pid], NET_TIMEOUT,
                 lambda: f"the start-up line naming {server.pid}:\n{server.output()}")
 
@@ -128,7 +108,7 @@ async def two(shared: Shared) -> AsyncIterator[tuple[ServerProcess, ServerProces
         yield servers[0], servers[1]
     finally:
         for server in servers:
-            ensure_dead(server)
+            server.kill()
 
 
 class Clients:
@@ -282,9 +262,8 @@ async def test_group_across_processes(
     await send(grp_ws[a], sent)
     msg_sent(await recv(grp_ws[a]), sent)
     for p in (b, c):
-        assert await recv(recv_ws[p]) == {
-            "message": "to the group", "command": "new_msg", "msg_from": f"{key}-{a}",
-            "msg_to": p, "sent_timestamp": sent["sent_timestamp"]}
+        assert await recv(recv_ws[p]) == frame("new_msg", f"{key}-{a}", p, "to the group",
+                                               sent["sent_timestamp"])
     assert await shared.count(GROUP_ROWS, key) == 1
 
     # B acknowledges on process 2: still stored for C; then C on process 1: gone.
@@ -439,12 +418,12 @@ async def workers_server(shared: Shared) -> AsyncIterator[ServerProcess]:
     try:
         yield server
     finally:
-        ensure_dead(server)
+        server.kill()
 
 
 async def wait_workers(server: ServerProcess) -> list[int]:
     """Wait until `serve --workers 2` serves; returns its two workers' pids."""
-    await wait_serving(server)
+    await server.wait_serving()
     await until(lambda: len(serving_pids(server)) == 2 or not server.alive(), NET_TIMEOUT,
                 lambda: f"two start-up lines:\n{server.output()}")
     workers = serving_pids(server)
@@ -490,7 +469,7 @@ async def test_workers_share_one_port_and_stop_together(
 
     # SIGTERM to the parent: both workers stop (closing their sockets), then the parent, 0.
     server.proc.send_signal(signal.SIGTERM)
-    assert await wait_exit(server) == 0, server.output()
+    assert await server.wait_exit() == 0, server.output()
     assert all(is_gone(pid) for pid in workers), workers
     assert refuses_connections(server.port)
     for ws in (a_recv, a_send, b_send, *b_recvs):
@@ -505,7 +484,7 @@ async def test_a_worker_killed_stops_the_other_and_the_parent_fails(
     a, alice = await clients.user(server)  # both serve before one is killed
     await clients.receive_socket(alice, server, a)
     os.kill(workers[0], signal.SIGKILL)
-    code = await wait_exit(server)
+    code = await server.wait_exit()
     assert code != 0, server.output()
     assert all(is_gone(pid) for pid in workers), workers
     assert refuses_connections(server.port)
@@ -525,10 +504,10 @@ async def test_workers_need_postgres_and_redis(
     server = start_server(tmp_path / "chat.db", config, tmp_path, port=free_port(),
                           extra_args=("--workers", "2"), group=True)
     try:
-        assert await wait_exit(server, EXIT_TIMEOUT) == 2, server.output()
+        assert await server.wait_exit(EXIT_TIMEOUT) == 2, server.output()
         assert "[database] url" in server.err() and "[hub] url" in server.err(), server.output()
         assert "Serving on" not in server.out(), server.output()
         assert refuses_connections(server.port)
         assert not (tmp_path / "chat.db").exists()
     finally:
-        ensure_dead(server)
+        server.kill()

@@ -4,7 +4,7 @@
   accepting connections first, closes every open socket with 1001 (going away), finishes the
   queued writes, leaves no write-ahead log behind and exits 0; after a restart on the same
   database, clients reconnect and every message that got `msg_sent` is delivered, and none whose
-  acknowledgement was proven (receipt pushed) comes back (tests/procutil.py, `Ledger`).
+  acknowledgement was proven (receipt pushed) comes back (tests/helpers/chatload.py, `Ledger`).
 - `run.py backup PATH` while the server runs under load: SQLite's online backup; the copy passes
   PRAGMA quick_check and holds every user and only intact messages; the server keeps serving;
   an existing PATH is refused (exit 1) and left untouched.
@@ -28,27 +28,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from procutil import (
-    EXIT_TIMEOUT,
-    NET_TIMEOUT,
-    POLL,
-    REPO,
-    ChatNet,
-    Ledger,
-    ServerProcess,
-    client,
-    ensure_dead,
-    load_config_tables,
-    make_party,
-    refuses_connections,
-    register,
-    start_server,
-    until,
-    wait_exit,
-    wait_serving,
-    write_config,
-    ws_open,
-)
+from helpers.accounts import client, register, ws_open
+from helpers.chatload import ChatNet, Ledger, make_party
+from helpers.configs import load_config_tables
+from helpers.procs import refuses_connections
+from helpers.server import REPO, ServerProcess, start_server, write_config
+from helpers.timing import EXIT_TIMEOUT, NET_TIMEOUT, POLL, until
 
 GOING_AWAY = 1001
 # Seconds a connection must stay as it is to count as left alone.
@@ -107,7 +92,7 @@ async def test_graceful_stop_under_load_closes_1001_refuses_new_and_loses_nothin
     unfinished: socket.socket | None = None
     try:
         server = servers[0]
-        await wait_serving(server)
+        await server.wait_serving()
         party = await make_party(server, [a, b, c], [(a, b)], [a, b, c])
         load, drain = ChatNet(party, ledger), ChatNet(party, ledger)
         await load.connect(server, window=3)
@@ -138,14 +123,14 @@ async def test_graceful_stop_under_load_closes_1001_refuses_new_and_loses_nothin
                 pass  # (nothing is sent on it, so nothing is answered)
         assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == GOING_AWAY, msg
 
-        assert await wait_exit(server) == 0, server.output()
+        assert await server.wait_exit() == 0, server.output()
         assert not unexpected_tracebacks(server.output()), server.output()
         assert not os.path.exists(f"{db}-wal") or os.path.getsize(f"{db}-wal") == 0, \
             "the write-ahead log was left behind"
         await load.close()
 
         servers.append(start_server(db, config, tmp_path, port=server.port))
-        await wait_serving(servers[-1])
+        await servers[-1].wait_serving()
         await drain.drain(servers[-1], db)
         verdict = ledger.verdict()
         print(f"\n{sig.name}: {verdict.summary()}")
@@ -160,7 +145,7 @@ async def test_graceful_stop_under_load_closes_1001_refuses_new_and_loses_nothin
         if party is not None:
             await party.close()
         for s in servers:
-            ensure_dead(s)
+            s.kill()
 
 
 TCP_ESTABLISHED = 1
@@ -189,11 +174,11 @@ async def test_shutdown_waits_for_the_clients_answer_to_its_close_frame(tmp_path
     (a,) = phones(1, "36")
     server = start_server(db, config, tmp_path)
     try:
-        await wait_serving(server)
+        await server.wait_serving()
         async with client() as session:
             await register(session, server, a)
             ws = await ws_open(session, server.ws_url(f"/ws/chat/special/{a}/"))
-            await ws.send_str('{"command": "fetch_msgs", "msg_to": "%s"}' % a)
+            await ws.send_str(f'{{"command": "fetch_msgs", "msg_to": "{a}"}}')
             assert (await ws.receive_json(timeout=NET_TIMEOUT))["command"] == "fetch_msgs"
             transport = ws._response.connection.transport  # noqa: SLF001 - the raw socket's fd
             raw = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
@@ -215,9 +200,9 @@ async def test_shutdown_waits_for_the_clients_answer_to_its_close_frame(tmp_path
                 raw.close()
             msg = await ws.receive(timeout=NET_TIMEOUT)
             assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == GOING_AWAY, msg
-        assert await wait_exit(server) == 0, server.output()
+        assert await server.wait_exit() == 0, server.output()
     finally:
-        ensure_dead(server)
+        server.kill()
 
 
 # -- backup while serving -----------------------------------------------------------------------
@@ -250,7 +235,7 @@ async def test_backup_while_serving_under_load(tmp_path: Path) -> None:
     load: ChatNet | None = None
     server = start_server(db, config, tmp_path)
     try:
-        await wait_serving(server)
+        await server.wait_serving()
         party = await make_party(server, users, [(users[0], users[1]), (users[2], users[3])],
                                  users[:3])
         load = ChatNet(party, ledger)
@@ -288,7 +273,7 @@ async def test_backup_while_serving_under_load(tmp_path: Path) -> None:
             await load.close()
         if party is not None:
             await party.close()
-        ensure_dead(server)
+        server.kill()
 
 
 # -- integrity check on start -------------------------------------------------------------------
@@ -308,7 +293,7 @@ def start_refused(db: Path, config: Path, log_dir: Path) -> tuple[ServerProcess,
             time.sleep(POLL)  # polling interval
         return server, time.monotonic() - started, connected
     finally:
-        ensure_dead(server)
+        server.kill()
 
 
 def assert_refused(server: ServerProcess, ran: float, connected: bool, db: Path) -> None:
@@ -334,13 +319,13 @@ async def make_database(tmp_path: Path, db: Path, config: Path) -> None:
     """A real database: served, a user registered, stopped cleanly (WAL folded into the file)."""
     server = start_server(db, config, tmp_path)
     try:
-        await wait_serving(server)
+        await server.wait_serving()
         async with client() as session:
             await register(session, server, phones(1, "35")[0])
         server.proc.send_signal(signal.SIGTERM)
-        assert await wait_exit(server) == 0, server.output()
+        assert await server.wait_exit() == 0, server.output()
     finally:
-        ensure_dead(server)
+        server.kill()
 
 
 async def test_serve_refuses_a_database_with_a_damaged_page(tmp_path: Path) -> None:

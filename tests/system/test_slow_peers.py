@@ -27,30 +27,27 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from loadutil import (
-    MB,
-    NET_TIMEOUT,
-    OP_CLOSE,
-    OP_CONT,
-    OP_TEXT,
-    Pair,
-    RawSocket,
-    Server,
-    client,
-    client_frame,
-    close_code,
-    cookies_for,
-    new_msg,
-    percentile,
-    register,
-    server_end_state,
-    start_server,
-    stamp,
-    until,
-    wait_serving,
-    wait_serving_sync,
-    write_config,
-)
+from helpers.accounts import client, cookies_for, register
+from helpers.chatload import Pair, percentile
+from helpers.configs import quick_config_tables
+from helpers.frames import frame
+from helpers.procs import server_end_state
+from helpers.rawws import MB, OP_CLOSE, OP_CONT, OP_TEXT, RawSocket, client_frame, close_code
+from helpers.server import ServerProcess, start_server, write_config
+from helpers.timing import NET_TIMEOUT, until
+
+
+def start_quick(tmp: Path, **tables: dict[str, object]) -> ServerProcess:
+    """A server started on the QUICK settings (helpers.configs) with `tables` on top; its
+    database, config and logs in `tmp`."""
+    config = write_config(tmp / "config.toml", quick_config_tables(**tables))
+    return start_server(tmp / "chat.db", config, tmp)
+
+
+def cutoffs(server: ServerProcess) -> int:
+    """How many sockets the server has closed for falling behind (its log says so)."""
+    return server.output().count("frames behind; closing it")
+
 
 KIB = 1024
 # Latency every bystander (and the flooding sender's msg_sent) must keep, p99.
@@ -91,7 +88,7 @@ PARTIAL_REQUEST = (b"GET /ws/chat/special/5550000001/ HTTP/1.1\r\nHost: 127.0.0.
 class Stalled:
     """A server holding STALLED connections that never complete a request."""
 
-    server: Server
+    server: ServerProcess
     socks: dict[str, list[socket.socket]]
     opened_at: float  # time.monotonic() once the last one was connected
     rss_before: int
@@ -116,12 +113,12 @@ def _dribble(socks: list[socket.socket], stop: threading.Event, count: list[int]
 def stalled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stalled]:
     tmp = tmp_path_factory.mktemp("stalled")
     raise_fd_limit()
-    server = start_server(tmp, write_config(tmp / "config.toml"))
+    server = start_quick(tmp)
     socks: dict[str, list[socket.socket]] = {"silent": [], "partial": [], "dribble": []}
     stop = threading.Event()
     dribbler: threading.Thread | None = None
     try:
-        wait_serving_sync(server)
+        server.wait_serving_sync()
         rss_before, fds_before = server.rss(), server.open_fds()
         for kind, n in (("silent", STALLED_SILENT), ("partial", STALLED_PARTIAL),
                         ("dribble", STALLED_DRIBBLE)):
@@ -156,7 +153,7 @@ def stalled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stalled]:
 def _closed_by_peer(s: socket.socket) -> bool:
     """True when the server has closed (EOF) or reset the connection; never blocks."""
     try:
-        while chunk := s.recv(4096):
+        while s.recv(4096):
             pass  # an HTTP error answer would be fine too: read past it to the EOF
         return True
     except BlockingIOError:
@@ -195,12 +192,12 @@ async def test_a_receiver_that_never_reads_is_cut_off_and_nobody_waits_for_it(
         tmp_path: Path) -> None:
     """The default outgoing queue (1000 frames) and FULL sync, messages of 4000 characters.
     (That the server then lets go of the connection is the next test.)"""
-    server = start_server(tmp_path, write_config(tmp_path / "config.toml"))
+    server = start_quick(tmp_path)
     a, b = "5550200001", "5550200002"
     window, extra, cap = 32, 200, 8000
     slow: RawSocket | None = None
     try:
-        await wait_serving(server)
+        await server.wait_serving()
         async with client() as sa, client() as sb, client() as sc, client() as sd:
             await register(sa, server, a)
             cookie_b = await register(sb, server, b)
@@ -244,7 +241,7 @@ async def test_a_receiver_that_never_reads_is_cut_off_and_nobody_waits_for_it(
                     room.release()
 
             async def watch_log() -> None:
-                await until(lambda: server.cutoffs() > 0, 60.0, "the slow socket to be cut off",
+                await until(lambda: cutoffs(server) > 0, 60.0, "the slow socket to be cut off",
                             poll=0.02)
                 cut_info["at"], cut_info["sent"] = time.perf_counter(), len(sent)
                 cut.set()
@@ -259,7 +256,7 @@ async def test_a_receiver_that_never_reads_is_cut_off_and_nobody_waits_for_it(
                         break
                     async with asyncio.timeout(NET_TIMEOUT):
                         await room.acquire()
-                    msg = new_msg(a, b, f"{i:06d} " + "x" * 3993)
+                    msg = frame("new_msg", a, b, f"{i:06d} " + "x" * 3993)
                     sent_at[msg["sent_timestamp"]] = time.perf_counter()
                     sent.append(f"{i:06d}")
                     await send.send_json(msg)
@@ -297,7 +294,7 @@ async def test_a_receiver_that_never_reads_is_cut_off_and_nobody_waits_for_it(
         peak = mem1["VmHWM"] - mem0["VmRSS"]
         print(f"\n[slow receiver] {len(sent)} messages of 4000 chars in {flood_s:.1f} s; cut off "
               f"after {cut_info['sent']:.0f} (outgoing_queue 1000); sockets cut off: "
-              f"{server.cutoffs()}")
+              f"{cutoffs(server)}")
         print(f"[slow receiver] sender send->msg_sent p50 {percentile(ack_ms, 50):.1f} ms, "
               f"p99 {percentile(ack_ms, 99):.1f} ms, max {max(ack_ms):.1f} ms")
         print(f"[slow receiver] bystander pair: {pair.summary()}")
@@ -306,7 +303,7 @@ async def test_a_receiver_that_never_reads_is_cut_off_and_nobody_waits_for_it(
         assert percentile(ack_ms, 99) < P99_LIMIT_MS
         assert pair.p99_ms() < P99_LIMIT_MS
         assert peak < 50 * MB
-        assert server.cutoffs() == 1, server.output()  # the slow tab only
+        assert cutoffs(server) == 1, server.output()  # the slow tab only
         assert fetched == sent
     finally:
         if slow is not None:
@@ -318,12 +315,11 @@ async def test_a_socket_cut_off_for_falling_behind_is_released_by_the_server(
         tmp_path: Path) -> None:
     """B's only receive socket never reads and is cut off: the server must then let go of the
     connection (within its close timeout) and B must be reported offline to its contacts."""
-    server = start_server(tmp_path, write_config(tmp_path / "config.toml",
-                                                 limits={"outgoing_queue": 50}))
+    server = start_quick(tmp_path, limits={"outgoing_queue": 50})
     a, b = "5550210001", "5550210002"
     slow: RawSocket | None = None
     try:
-        await wait_serving(server)
+        await server.wait_serving()
         async with client() as sa, client() as sb:
             await register(sa, server, a)
             cookie_b = await register(sb, server, b)
@@ -336,9 +332,9 @@ async def test_a_socket_cut_off_for_falling_behind_is_released_by_the_server(
             assert (await slow.recv_json())["command"] == "fetch_grp_msgs"
             send = await sa.ws_connect(server.ws_url(f"/ws/chat/personal/{a}/{b}/"))
             sent = 0
-            while server.cutoffs() == 0:
+            while cutoffs(server) == 0:
                 assert sent < 5000, "no cut-off"
-                await send.send_json(new_msg(a, b, "z" * 4000))
+                await send.send_json(frame("new_msg", a, b, "z" * 4000))
                 assert (await send.receive_json(timeout=NET_TIMEOUT))["command"] == "msg_sent"
                 sent += 1
             t0 = time.perf_counter()
@@ -376,13 +372,12 @@ async def test_thousands_of_idle_sockets_cost_little_memory_and_nobody_waits(
     assert raise_fd_limit() > total + 200
     # The raw sockets do not answer pings: a heartbeat longer than the test keeps them open
     # (the per-socket heartbeat timer exists all the same).
-    server = start_server(tmp_path, write_config(tmp_path / "config.toml",
-                                                 websocket={"heartbeat": 300.0}))
+    server = start_quick(tmp_path, websocket={"heartbeat": 300.0})
     phones = [f"55503{i:05d}" for i in range(users)]
     owner = "5550399999"
     socks: list[RawSocket] = []
     try:
-        await wait_serving(server)
+        await server.wait_serving()
         cookies = await cookies_for(server, phones)
         async with client() as so, client() as s1, client() as s2:
             await register(so, server, owner)
@@ -427,8 +422,7 @@ async def test_thousands_of_idle_sockets_cost_little_memory_and_nobody_waits(
 
             # Every idle socket still works: one group message reaches all of them.
             text = "hello everyone"
-            await group_ws.send_json({"message": text, "command": "new_grp_msg",
-                                      "msg_from": owner, "msg_to": key, "sent_timestamp": stamp()})
+            await group_ws.send_json(frame("new_grp_msg", owner, key, text))
             ack = await group_ws.receive_json(timeout=NET_TIMEOUT)
             assert ack["command"] == "msg_sent", ack
 
@@ -473,30 +467,29 @@ async def test_a_flood_of_messages_beyond_the_rate_limit_is_refused_and_not_stor
         tmp_path: Path) -> None:
     rate = 5.0  # messages per second per user: round(2 * rate) = 10 per two-second window
     flood = 200
-    server = start_server(tmp_path, write_config(tmp_path / "config.toml",
-                                                 limits={"messages_per_second": rate}))
+    server = start_quick(tmp_path, limits={"messages_per_second": rate})
     a, b, c = "5550400001", "5550400002", "5550400003"
     try:
-        await wait_serving(server)
+        await server.wait_serving()
         async with client() as sa, client() as sb, client() as sc:
             for session, phone in ((sa, a), (sb, b), (sc, c)):
                 await register(session, server, phone)
             send = await sa.ws_connect(server.ws_url(f"/ws/chat/personal/{a}/{b}/"))
-            frames = [new_msg(a, b, f"flood {i}") for i in range(flood)]
+            frames = [frame("new_msg", a, b, f"flood {i}") for i in range(flood)]
             t0 = time.perf_counter()
             for f in frames:  # as fast as possible, reading nothing meanwhile
                 await send.send_json(f)
             burst_s = time.perf_counter() - t0
             # Another user is not limited by A's flood.
             other = await sc.ws_connect(server.ws_url(f"/ws/chat/personal/{c}/{b}/"))
-            mine = new_msg(c, b, "not me")
+            mine = frame("new_msg", c, b, "not me")
             await other.send_json(mine)
             reply = await other.receive_json(timeout=NET_TIMEOUT)
             assert reply["command"] == "msg_sent", reply
 
             answers = [await send.receive_json(timeout=NET_TIMEOUT) for _ in frames]
             answered_s = time.perf_counter() - t0
-            acked = [f["sent_timestamp"] for f, r in zip(frames, answers)
+            acked = [f["sent_timestamp"] for f, r in zip(frames, answers, strict=True)
                      if r["command"] == "msg_sent"]
             refused = [r for r in answers if r["command"] == "error"]
             assert len(acked) + len(refused) == flood, answers
@@ -522,7 +515,7 @@ async def test_a_flood_of_messages_beyond_the_rate_limit_is_refused_and_not_stor
             # The flooder is throttled, not cut off: once the window has passed, it may send again.
             deadline = time.monotonic() + 3 * 2.0
             while True:
-                await send.send_json(new_msg(a, b, "later"))
+                await send.send_json(frame("new_msg", a, b, "later"))
                 reply = await send.receive_json(timeout=NET_TIMEOUT)
                 if reply["command"] == "msg_sent":
                     break
@@ -549,11 +542,11 @@ async def test_a_flood_of_garbage_frames_from_a_client_that_never_reads_is_cut_o
     each, so that one read of the server (at most 256 KiB, then aiohttp pauses reading until its
     handler has taken the frames) never holds 1000 of them."""
     queue = 1000
-    server = start_server(tmp_path, write_config(tmp_path / "config.toml"))
+    server = start_quick(tmp_path)
     a, b = "5550500001", "5550500002"
     flooder: RawSocket | None = None
     try:
-        await wait_serving(server)
+        await server.wait_serving()
         async with client() as sa, client() as sb, client() as sc, client() as sd:
             cookie_a = await register(sa, server, a)
             await register(sb, server, b)
@@ -583,11 +576,11 @@ async def test_a_flood_of_garbage_frames_from_a_client_that_never_reads_is_cut_o
             t0 = time.perf_counter()
             flooding = asyncio.create_task(flood())
             try:
-                await until(lambda: server.cutoffs() > 0 or flooding.done(), 30.0,
+                await until(lambda: cutoffs(server) > 0 or flooding.done(), 30.0,
                             lambda: f"a cut-off, after {frames} frames", poll=0.005)
                 cut_s = time.perf_counter() - t0
                 flooding.cancel()
-                assert server.cutoffs() > 0, f"the flood ended without a cut-off: {ended}"
+                assert cutoffs(server) > 0, f"the flood ended without a cut-off: {ended}"
                 # The pair's figures are those of the flood (reading the backlog below would
                 # only measure this client's own parsing).
                 await until(lambda: len(pair.latencies) >= 20, NET_TIMEOUT, "the pair to chat")
@@ -620,18 +613,18 @@ async def test_a_flood_of_garbage_frames_from_a_client_that_never_reads_is_cut_o
             mem1 = server.memory()
             # The user itself is not banned: a new socket works.
             again = await sa.ws_connect(server.ws_url(f"/ws/chat/personal/{a}/{b}/"))
-            await again.send_json(new_msg(a, b, "sorry"))
+            await again.send_json(frame("new_msg", a, b, "sorry"))
             assert (await again.receive_json(timeout=NET_TIMEOUT))["command"] == "msg_sent"
             await again.close()
             await pair.close()
         peak = mem1["VmHWM"] - mem0["VmRSS"]
         print(f"\n[garbage flood] {frames} garbage frames sent in {cut_s:.2f} s before the cut-off "
               f"(outgoing_queue {queue}); {errors} error frames were read, then {ending}; "
-              f"sockets cut off: {server.cutoffs()}")
+              f"sockets cut off: {cutoffs(server)}")
         print(f"[garbage flood] bystander pair: {pair.summary()}")
         print(f"[garbage flood] server RSS {mb(mem0['VmRSS'])} -> {mb(mem1['VmRSS'])}, "
               f"peak growth {mb(peak)}")
-        assert server.cutoffs() == 1, server.output()
+        assert cutoffs(server) == 1, server.output()
         assert pair.p99_ms() < P99_LIMIT_MS
         assert peak < 50 * MB
     finally:
@@ -645,10 +638,10 @@ async def _burst_answers(tmp_path: Path, limits: dict[str, object], frames: list
                          a: str, b: str) -> dict[str, int]:
     """Send `frames` on A's personal socket in one write, read every answer as it comes; the
     count of answers per command (a close frame fails the test)."""
-    server = start_server(tmp_path, write_config(tmp_path / "config.toml", limits=limits))
+    server = start_quick(tmp_path, limits=limits)
     s: RawSocket | None = None
     try:
-        await wait_serving(server)
+        await server.wait_serving()
         cookies = await cookies_for(server, [a, b])
         s = await RawSocket.connect(server.port, f"/ws/chat/personal/{a}/{b}/", cookies[a])
         await s.send(b"".join(frames))
@@ -679,7 +672,7 @@ async def test_a_backlog_flushed_over_the_rate_limit_is_answered_in_full(tmp_pat
     """Default limits (20 messages per second, queue 1000): a client back online pipelines a
     backlog of 1001 messages; 40 pass, the rest get the rate-limit error, all must be answered."""
     a, b = "5550460001", "5550460002"
-    frames = [client_frame(json.dumps(new_msg(a, b, f"backlog {i}")).encode())
+    frames = [client_frame(json.dumps(frame("new_msg", a, b, f"backlog {i}")).encode())
               for i in range(1001)]
     answers = await _burst_answers(tmp_path, {"messages_per_second": 20.0}, frames, a, b)
     assert answers["msg_sent"] + answers["error"] == 1001, answers
@@ -687,11 +680,11 @@ async def test_a_backlog_flushed_over_the_rate_limit_is_answered_in_full(tmp_pat
 
 async def test_frames_over_the_size_limit_close_the_socket_with_1009(tmp_path: Path) -> None:
     limit = 65536  # limits.max_frame_bytes, the default
-    server = start_server(tmp_path, write_config(tmp_path / "config.toml"))
+    server = start_quick(tmp_path)
     a, b = "5550600001", "5550600002"
     socks: list[RawSocket] = []
     try:
-        await wait_serving(server)
+        await server.wait_serving()
         async with client() as sa, client() as sb:
             cookie = await register(sa, server, a)
             await register(sb, server, b)
@@ -707,8 +700,8 @@ async def test_frames_over_the_size_limit_close_the_socket_with_1009(tmp_path: P
             # Exactly the limit: refused as a message (too long), the socket stays open.
             s = await RawSocket.connect(server.port, path, cookie)
             socks.append(s)
-            body = json.dumps(new_msg(a, b, "")).encode()
-            at_limit = json.dumps(new_msg(a, b, "y" * (limit - len(body)))).encode()
+            body = json.dumps(frame("new_msg", a, b, "")).encode()
+            at_limit = json.dumps(frame("new_msg", a, b, "y" * (limit - len(body)))).encode()
             assert len(at_limit) == limit
             await s.send(client_frame(at_limit))
             reply = await s.recv_json()
@@ -745,7 +738,7 @@ async def test_frames_over_the_size_limit_close_the_socket_with_1009(tmp_path: P
 
             # The user's other sockets are unaffected.
             ws = await sa.ws_connect(server.ws_url(path))
-            await ws.send_json(new_msg(a, b, "fine"))
+            await ws.send_json(frame("new_msg", a, b, "fine"))
             assert (await ws.receive_json(timeout=NET_TIMEOUT))["command"] == "msg_sent"
             await ws.close()
         print(f"\n[big frames] {limit + 1}-byte frame and {80002}-byte fragmented message: 1009; "

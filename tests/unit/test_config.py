@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from chatserver.config import Config, ConfigError, load_config
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers.server import REPO
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-import backends
 from chatserver.config import Limits
 from chatserver.throttle import Throttle
+from helpers import backends
 
 TIMEOUT = 10.0
 LIMITS = Limits(messages_per_second=2.0, typing_per_second=1.0, handshakes_per_minute=3,
@@ -21,14 +21,7 @@ LIMITS = Limits(messages_per_second=2.0, typing_per_second=1.0, handshakes_per_m
 
 
 @pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    backends.require(backends.REDIS)
-    async with backends.redis_prefix() as chosen:
-        yield chosen
-
-
-@pytest.fixture
-async def shared(prefix: str) -> AsyncIterator[Callable[[str], Throttle]]:
+async def shared(redis_prefix: str) -> AsyncIterator[Callable[[str], Throttle]]:
     """Make Throttles on Redis (closed at the end); the argument is the prefix."""
     made: list[Throttle] = []
 
@@ -58,18 +51,18 @@ async def test_in_memory_counters_are_per_process() -> None:
 
 @pytest.mark.parametrize(("what", "budget"), [("message", 4), ("typing", 2), ("handshake", 3)])
 async def test_redis_counters_are_shared_by_processes(
-        prefix: str, shared: Callable[[str], Throttle], what: str, budget: int) -> None:
-    one = shared(prefix)
-    two = shared(prefix)
+        redis_prefix: str, shared: Callable[[str], Throttle], what: str, budget: int) -> None:
+    one = shared(redis_prefix)
+    two = shared(redis_prefix)
     assert await count_allowed([one, two], budget + 3, what, "5550000002") == budget
     # the other key has its own budget
     assert await count_allowed([two, one], budget + 3, what, "5550000003") == budget
 
 
 async def test_redis_failed_logins_block_every_process(
-        prefix: str, shared: Callable[[str], Throttle]) -> None:
-    one = shared(prefix)
-    two = shared(prefix)
+        redis_prefix: str, shared: Callable[[str], Throttle]) -> None:
+    one = shared(redis_prefix)
+    two = shared(redis_prefix)
     address = "192.0.2.7"
     assert not await one.login_blocked(address)
     await one.login_failed(address)
@@ -81,9 +74,9 @@ async def test_redis_failed_logins_block_every_process(
 
 
 async def test_redis_prefixes_keep_deployments_apart(
-        prefix: str, shared: Callable[[str], Throttle]) -> None:
+        redis_prefix: str, shared: Callable[[str], Throttle]) -> None:
     async with backends.redis_prefix() as other_prefix:
-        mine = shared(prefix)
+        mine = shared(redis_prefix)
         other = shared(other_prefix)
         assert await count_allowed([mine], 6, "message", "5550000004") == 4
         assert await count_allowed([other], 6, "message", "5550000004") == 4
