@@ -19,7 +19,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from chatserver.app import create_app
 from chatserver.config import Config
 from chatserver.store import Store
-from helpers.accounts import PASSWORD, UserFactory
+from helpers.accounts import COOKIE, PASSWORD, UserFactory
 from helpers.timing import TIMEOUT
 
 # aiohttp-session 2.12 stores its state under str keys; aiohttp 3.14 warns once per key, which
@@ -27,7 +27,6 @@ from helpers.timing import TIMEOUT
 pytestmark = pytest.mark.filterwarnings(
     "ignore::aiohttp.web_exceptions.NotAppKeyWarning:aiohttp_session")
 
-COOKIE = "chat_session"
 _phones = itertools.count(5_551_000_000)
 
 

@@ -24,10 +24,10 @@ from chatserver.auth import load_secret
 from chatserver.cli import main
 from chatserver.store import Store
 from helpers import backends
+from helpers.accounts import PASSWORD
 
 PHONE = "1234567890"
 OTHER = "1234567891"
-PASSWORD = "correct horse"
 TIMEOUT = 10.0
 T = TypeVar("T")
 Cli = Callable[..., int]

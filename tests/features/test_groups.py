@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +56,14 @@ from helpers.groups import (
     settle,
 )
 from helpers.timing import TIMEOUT
-from helpers.ws import WS, assert_json_error, assert_quiet, open_receive, recv, wait_closed
+from helpers.ws import WS, assert_json_error, assert_quiet, recv, wait_closed
+from helpers.ws import open_receive as open_receive_probed
 
 # The same tests on every store and hub (tests/helpers/backends.py).
 pytestmark = pytest.mark.backends
+
+# A receive socket is proven served with `fetch_msgs`: group messages may be waiting for it.
+open_receive = functools.partial(open_receive_probed, probe="fetch_msgs")
 
 
 @dataclass

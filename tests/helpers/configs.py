@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from cryptography.fernet import Fernet
+
 from chatserver.config import Config
+from helpers import backends
 from helpers.server import Tables, merge_tables
 
 # Fast bcrypt, and limits no test reaches unless it says otherwise.
@@ -20,6 +23,17 @@ LOAD: Tables = merge_tables(QUICK, {
     "database": {"synchronous": "FULL", "scrub_seconds": 0.2},
     "limits": {"outgoing_queue": 1_000_000},
 })
+
+
+def scaled_config_tables(database_url: str, hub_prefix: str) -> dict[str, dict[str, object]]:
+    """LOAD for servers that share one PostgreSQL schema and one Redis prefix (the scaled
+    deployment): both engines, one cookie secret (a login on one process is valid on all), and a
+    short close timeout."""
+    return load_config_tables(
+        database={"url": database_url},
+        hub={"url": backends.REDIS_URL, "prefix": hub_prefix},
+        security={"cookie_secret": Fernet.generate_key().decode()},
+        websocket={"close_timeout": 1.0})
 
 
 def with_limits(config: Config, **changes: object) -> Config:

@@ -37,7 +37,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from chatserver.app import create_app
 from chatserver.config import Config
-from helpers.accounts import PASSWORD, UserFactory
+from helpers.accounts import COOKIE, PASSWORD, UserFactory
 from helpers.frames import assert_error, frame, new_phone
 from helpers.ws import WS, fetch_all, open_personal, open_receive, recv, send_new_msg
 
@@ -45,7 +45,6 @@ WHO: Final = ("none", "A", "B", "C")
 ROOM_PASSWORD: Final = "room password P"
 SECRETS: Final = ("secret A to B", "secret B to A", "secret group message", "Secret Family",
                   "Bee Secret", "room secret P")
-COOKIE: Final = "chat_session"
 _rooms = itertools.count(1)
 
 

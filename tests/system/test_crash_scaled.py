@@ -35,7 +35,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from cryptography.fernet import Fernet
 
 from helpers import backends
 from helpers.chatload import (
@@ -48,7 +47,7 @@ from helpers.chatload import (
     make_party,
     phones,
 )
-from helpers.configs import load_config_tables
+from helpers.configs import scaled_config_tables
 from helpers.server import ServerProcess, start_server, write_config
 from helpers.timing import NET_TIMEOUT, until
 
@@ -113,11 +112,7 @@ async def test_kill_9_of_one_of_two_servers_loses_nothing_and_repeats_nothing_ac
     members = [users[0], users[2], users[3], users[5]]
     on_one, on_two = users[0::2], users[1::2]
     async with backends.postgres_schema() as database_url, backends.redis_prefix() as prefix:
-        config = write_config(tmp_path / "scaled.toml", load_config_tables(
-            database={"url": database_url},
-            hub={"url": backends.REDIS_URL, "prefix": prefix},
-            security={"cookie_secret": Fernet.generate_key().decode()},
-            websocket={"close_timeout": 1.0}))
+        config = write_config(tmp_path / "scaled.toml", scaled_config_tables(database_url, prefix))
 
         def start(name: str, port: int | None = None) -> ServerProcess:
             # The SQLite path is unused: PostgreSQL holds the data.

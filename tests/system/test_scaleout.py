@@ -31,11 +31,10 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import WSMsgType
-from cryptography.fernet import Fernet
 
 from helpers import backends
 from helpers.accounts import client, create_group, login, register, ws_open
-from helpers.configs import load_config_tables
+from helpers.configs import load_config_tables, scaled_config_tables
 from helpers.frames import assert_server_time, frame, new_phone
 from helpers.procs import is_gone, parent_pid, refuses_connections, serving_pids, serving_process
 from helpers.server import REPO, ServerProcess, free_port, start_server, write_config
@@ -83,11 +82,7 @@ async def shared(tmp_path: Path) -> AsyncIterator[Shared]:
     """A fresh PostgreSQL schema and Redis prefix, and the TOML config of every server of the
     test: both engines, fast bcrypt, one cookie secret (a login on one process is valid on all)."""
     async with backends.postgres_schema() as database_url, backends.redis_prefix() as prefix:
-        config = write_config(tmp_path / "scaled.toml", load_config_tables(
-            database={"url": database_url},
-            hub={"url": backends.REDIS_URL, "prefix": prefix},
-            security={"cookie_secret": Fernet.generate_key().decode()},
-            websocket={"close_timeout": 1.0}))
+        config = write_config(tmp_path / "scaled.toml", scaled_config_tables(database_url, prefix))
         yield Shared(database_url, config, tmp_path)
 
 

@@ -29,24 +29,17 @@ import aiohttp
 import pytest
 
 from helpers.accounts import client, register, ws_open
-from helpers.chatload import ChatNet, Ledger, make_party
+from helpers.chatload import ChatNet, Ledger, make_party, phones
 from helpers.configs import load_config_tables
 from helpers.procs import refuses_connections
 from helpers.server import REPO, ServerProcess, start_server, write_config
-from helpers.timing import EXIT_TIMEOUT, NET_TIMEOUT, POLL, until
+from helpers.timing import EXIT_TIMEOUT, NET_TIMEOUT, POLL, QUIET, until
 
 GOING_AWAY = 1001
-# Seconds a connection must stay as it is to count as left alone.
-QUIET = 0.3
 # How many messages the light load must have committed before the test acts.
 WARM_UP = 60
 # A refused start must end within this many seconds.
 REFUSE_TIMEOUT = 10.0
-
-
-def phones(n: int, prefix: str) -> list[str]:
-    """`n` phones unique to this process and prefix (SPEC 1: 10-15 digits)."""
-    return [f"{prefix}{os.getpid() % 100_000:05d}{i:04d}" for i in range(n)]
 
 
 async def warm_up(ledger: Ledger, server: ServerProcess, n: int = WARM_UP) -> None:
