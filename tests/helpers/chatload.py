@@ -8,7 +8,6 @@
   acknowledgement proven committed (the receipt pushed to the sender's receive socket, which the
   server pushes only after the commit), and delivered after the restart. `Ledger.verdict()` turns
   it into the figures the tests assert on.
-
 - A `Pair` that keeps chatting one message at a time and measures its latencies (slow peers).
 
 Nothing here synchronises with a sleep: waits poll a condition with a deadline (`until`), and every
@@ -87,13 +86,13 @@ def message_rows(db: Path) -> dict[str, int]:
 # Client clocks years away from the server's; every call a new instant with a non-zero µs part.
 _instants = itertools.count(1)
 _BASE = datetime(2034, 3, 4, 5, 6, 7, tzinfo=UTC)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def next_stamp() -> tuple[int, str]:
     """A fresh client timestamp: (µs since the epoch, `YYYY-MM-DD HH:MM:SS.ffffff`)."""
-    dt = _BASE + timedelta(milliseconds=next(_instants), microseconds=17)
-    return (dt - _EPOCH) // timedelta(microseconds=1), dt.strftime("%Y-%m-%d %H:%M:%S.%f")
+    text = (_BASE + timedelta(milliseconds=next(_instants), microseconds=17)).strftime(
+        "%Y-%m-%d %H:%M:%S.%f")
+    return micros(text), text
 
 
 # -- the ledger ---------------------------------------------------------------------------------
