@@ -78,9 +78,9 @@ class ServerProcess:
     """`python run.py serve --port PORT --db DB --config CONFIG [extra_args]`, its output in
     `log_dir` (stdout and stderr apart: start-up lines go to stdout, logging to stderr).
 
-    `start()` may be called again after a stop, on the same port and database; each start writes
-    new log files. With `group`, the server runs in a session and process group of its own, and
-    `kill()` kills the whole group, so that no worker of `serve --workers N` outlives a test.
+    `start()` may be called again after a stop, on the same port and database. With `group`,
+    the server runs in a session and process group of its own, and `kill()` kills the whole
+    group, so that no worker of `serve --workers N` outlives a test.
     """
 
     db: Path
@@ -92,6 +92,7 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     stdout: Path = Path(os.devnull)
     stderr: Path = Path(os.devnull)
+    starts: int = 0  # how many times `start()` has run
 
     # -- where it listens
 
@@ -116,11 +117,20 @@ class ServerProcess:
         return self.proc.pid
 
     def start(self) -> ServerProcess:
-        """Start the process (not waited for: see `wait_serving`); returns self."""
-        n = next(_starts)
-        self.stdout = self.log_dir / f"server-{n}-{self.port}.out"
-        self.stderr = self.log_dir / f"server-{n}-{self.port}.err"
-        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+        """Start the process (not waited for: see `wait_serving`); returns self. A start after a
+        stop appends to the same log files, after a `--- start N ---` line, so that `output()`
+        covers every run of this server."""
+        assert not self.alive(), "already running"
+        self.starts += 1
+        if self.starts == 1:
+            n = next(_starts)
+            self.stdout = self.log_dir / f"server-{n}-{self.port}.out"
+            self.stderr = self.log_dir / f"server-{n}-{self.port}.err"
+        else:
+            for path in (self.stdout, self.stderr):
+                with open(path, "ab") as log:
+                    log.write(f"--- start {self.starts} ---\n".encode())
+        with open(self.stdout, "ab") as out, open(self.stderr, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "run.py", "serve", "--port", str(self.port), "--db", str(self.db),
                  "--config", str(self.config), *self.extra_args],
