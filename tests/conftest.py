@@ -1,10 +1,32 @@
-"""Shared fixtures: a Config on a temporary database, a real server on a real socket, and
-`as_user(phone)` -> a client logged in as that phone with its own cookie jar."""
+"""Fixtures for every test, and how the suite is laid out.
+
+    unit/        plain functions: protocol, config, throttle (no server)
+    stores/      the store contract, run against every engine
+    hubs/        the hub on Redis, several "processes" in one test
+    features/    one module per feature, against an in-process server (aiohttp's TestServer)
+    properties/  what must hold everywhere: authorization, hostile input, limits, error frames
+    system/      real `run.py serve` processes: e2e, crash, shutdown, scale-out, slow peers, bench
+    browser/     Playwright on Debian's Chromium against a server process
+    helpers/     the helpers package, imported as `from helpers.ws import recv` (pytest.ini puts
+                 tests/ on sys.path): frames, sockets, accounts, configs, engines, the one
+                 server-process harness (helpers/server.py), chat loads
+
+Markers (pytest.ini):
+- `system`: set here on everything under tests/system and tests/browser (real processes, a
+  browser: minutes). `pytest -m "not system"` is the fast loop.
+- `backends`: a test (or module) so marked runs once per store/hub engine (helpers/backends.py),
+  or once per engine it names: `@pytest.mark.backends(backends.LOCAL, backends.POSTGRES)`. It
+  is the one way to run a test per engine; an engine whose variable (CHAT_TEST_POSTGRES_URL,
+  CHAT_TEST_REDIS_URL) is not set is skipped, and the run says so at its start and end.
+
+Fixtures: `config` (a Config on a temporary database, or a fresh PostgreSQL schema / Redis
+prefix for those engines), `server` (create_app(config) on a real socket), `store`, and
+`as_user(phone)` -> a client logged in as that phone with its own cookie jar.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +36,19 @@ from chatserver.app import create_app
 from chatserver.config import Config, Database, HubSettings, Limits, Security, WebSocket
 from chatserver.keys import store_key
 from chatserver.store import Store
+from helpers import backends
+from helpers.accounts import PASSWORD, UserFactory
 
-import backends
+TESTS = Path(__file__).resolve().parent
+# Real processes and a browser: what `-m "not system"` leaves out.
+SYSTEM_DIRS = (TESTS / "system", TESTS / "browser")
 
-PASSWORD = "correct horse"
-# Every receive_json() in the tests waits at most this long; "nothing arrives" uses QUIET.
-TIMEOUT = 5.0
-QUIET = 0.3
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark everything under SYSTEM_DIRS `system`."""
+    for item in items:
+        if any(d in item.path.parents for d in SYSTEM_DIRS):
+            item.add_marker(pytest.mark.system)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -33,7 +61,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests marked `backends` run once per store/hub backend (tests/backends.py): every one, or
+    """Tests marked `backends` run once per store/hub backend (helpers/backends.py): every one, or
     those the marker names, e.g. `@pytest.mark.backends(backends.LOCAL, backends.REDIS)`."""
     marker = metafunc.definition.get_closest_marker("backends")
     if "backend" in metafunc.fixturenames and marker is not None:
@@ -46,6 +74,24 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[backends.Back
     name = getattr(request, "param", backends.LOCAL)
     backends.require(name)
     async with backends.backend(name) as chosen:
+        yield chosen
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """The URL of a fresh PostgreSQL schema, dropped afterwards (for tests of that engine alone);
+    skipped without CHAT_TEST_POSTGRES_URL."""
+    backends.require(backends.POSTGRES)
+    async with backends.postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A fresh key and channel prefix on CHAT_TEST_REDIS_URL, its keys deleted afterwards (for
+    tests of that engine alone); skipped without the variable."""
+    backends.require(backends.REDIS)
+    async with backends.redis_prefix() as chosen:
         yield chosen
 
 
@@ -64,11 +110,6 @@ def config(tmp_path: Path, backend: backends.Backend) -> Config:
     )
 
 
-def with_limits(config: Config, **changes: object) -> Config:
-    """`config` with some `[limits]` keys changed."""
-    return dataclasses.replace(config, limits=dataclasses.replace(config.limits, **changes))
-
-
 @pytest.fixture
 async def server(aiohttp_server, config: Config) -> TestServer:
     return await aiohttp_server(create_app(config))
@@ -78,9 +119,6 @@ async def server(aiohttp_server, config: Config) -> TestServer:
 def store(server: TestServer) -> Store:
     """The running server's store."""
     return server.app[store_key]
-
-
-UserFactory = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture

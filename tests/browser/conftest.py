@@ -8,30 +8,22 @@ these tests are skipped with a warning at the start and the end of the run — e
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers.accounts import PASSWORD
+from helpers.server import REPO, ServerProcess, write_config
+
 HERE = Path(__file__).resolve().parent
 CHROMIUM = os.environ.get("CHAT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-dev-shm-usage"]
 SCREENSHOTS = REPO / "test-output" / "screenshots"
-PASSWORD = "correct horse"
-START_TIMEOUT = 20.0
-EXIT_TIMEOUT = 15.0
 # Playwright's waits (expect, wait_for_*), in milliseconds.
 WAIT_MS = 10_000
 
@@ -76,83 +68,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 # -- the server under test ----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class LiveServer:
-    """`run.py serve` in a subprocess; `stop()` and `start()` again on the same port and data."""
-
-    tmp: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    @property
-    def db(self) -> Path:
-        return self.tmp / "chat.db"
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.tmp / "server.log"
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    async def start(self) -> None:
-        config = self.tmp / "config.toml"
-        # Fast hashing; a rate limit no test reaches; a short scrub so nothing lingers.
-        config.write_text("[security]\nbcrypt_rounds = 4\n\n[limits]\nmessages_per_second = 500.0\n")
-        self.starts += 1
-        with open(self.log, "ab") as out:
-            out.write(f"\n--- start {self.starts} ---\n".encode())
-            self.proc = subprocess.Popen(
-                [sys.executable, "run.py", "serve", "--port", str(self.port), "--db", str(self.db),
-                 "--config", str(config)],
-                cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + START_TIMEOUT
-        async with aiohttp.ClientSession() as session:
-            while True:
-                assert self.proc.poll() is None, f"server exited early:\n{self.output()}"
-                try:
-                    async with session.get(self.url("/login"),
-                                           timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                        if resp.status == 200:
-                            return
-                except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
-                    pass
-                assert time.monotonic() < deadline, f"server did not answer:\n{self.output()}"
-                await asyncio.sleep(0.05)  # polling interval, not synchronisation
-
-    async def stop(self) -> None:
-        """Stop it as an operator would (SIGTERM) and wait until it has exited."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(self.proc.wait, EXIT_TIMEOUT)
-        assert code == 0, self.output()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=EXIT_TIMEOUT)
-
-
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[LiveServer]:
-    server = LiveServer(tmp_path)
-    await server.start()
+async def live(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    """A serving `run.py serve` on a fresh database; a test may `stop()` and `start()` it again
+    on the same port and data. No traceback may appear in its output."""
+    # Fast hashing; a rate limit no test reaches.
+    config = write_config(tmp_path / "config.toml", {"security": {"bcrypt_rounds": 4},
+                                                     "limits": {"messages_per_second": 500.0}})
+    server = ServerProcess(tmp_path / "chat.db", config, tmp_path).start()
     try:
+        await server.wait_serving()
         yield server
     finally:
         server.kill()
@@ -213,7 +138,7 @@ UserFactory = Callable[..., Awaitable[User]]
 
 
 @pytest.fixture
-async def people(browser: object, live: LiveServer) -> AsyncIterator[UserFactory]:
+async def people(browser: object, live: ServerProcess) -> AsyncIterator[UserFactory]:
     """`await people(phone, name, **context options)` -> a registered, logged-in User."""
     made: list[User] = []
 

@@ -15,7 +15,11 @@ import aiohttp
 import pytest
 from playwright.async_api import Page, expect
 
-from .conftest import PASSWORD, LiveServer, User, UserFactory, screenshot
+from helpers.accounts import PASSWORD
+from helpers.frames import frame
+from helpers.server import ServerProcess
+
+from .conftest import User, UserFactory, screenshot
 
 A, B, C = "5550000001", "5550000002", "5550000003"
 # After a server restart the client reconnects with backoff (at most ~12 s between tries).
@@ -145,7 +149,7 @@ async def test_a_message_sent_while_the_receiver_is_away_appears_when_they_open(
 
 
 @pytest.mark.timeout(150)
-async def test_the_page_survives_a_server_restart(people: UserFactory, live: LiveServer) -> None:
+async def test_the_page_survives_a_server_restart(people: UserFactory, live: ServerProcess) -> None:
     alice = await person(people, A, "Alice")
     bob = await person(people, B, "Bob")
     pa = await alice.page()
@@ -154,7 +158,7 @@ async def test_the_page_survives_a_server_restart(people: UserFactory, live: Liv
     await send(pa, "before the restart")
     await expect(theirs(pb, "before the restart")).to_be_visible()
 
-    await live.stop()
+    assert await live.stop() == 0, live.output()
     await expect(pa.locator("#offline")).to_be_visible()
     await expect(pb.locator("#offline")).to_be_visible()
     await screenshot(pa, "desktop-light-offline")
@@ -162,7 +166,7 @@ async def test_the_page_survives_a_server_restart(people: UserFactory, live: Liv
     await send(pa, "typed while down")
     await expect(mine(pa, "typed while down")).to_have_attribute("data-state", "pending")
 
-    await live.start()
+    await live.start().wait_serving()
     await expect(pa.locator("#offline")).to_be_hidden(timeout=RECONNECT_MS)
     await expect(pb.locator("#offline")).to_be_hidden(timeout=RECONNECT_MS)
     await expect(theirs(pb, "typed while down")).to_be_visible(timeout=RECONNECT_MS)
@@ -195,7 +199,7 @@ async def test_the_page_comes_back_after_a_network_drop(people: UserFactory) -> 
     await expect(mine(pa, "written on the train")).to_have_attribute("data-state", "read")
 
 
-async def test_a_reload_keeps_the_history(people: UserFactory, live: LiveServer) -> None:
+async def test_a_reload_keeps_the_history(people: UserFactory, live: ServerProcess) -> None:
     alice = await person(people, A, "Alice")
     bob = await person(people, B, "Bob")
     pa = await alice.page()
@@ -460,7 +464,7 @@ async def test_presence_of_contacts(people: UserFactory) -> None:
     await expect(row(pa, "Bobby").locator(".dot")).to_have_count(0)
 
 
-async def test_older_history_loads_as_you_scroll_up(people: UserFactory, live: LiveServer) -> None:
+async def test_older_history_loads_as_you_scroll_up(people: UserFactory, live: ServerProcess) -> None:
     bob = await person(people, B, "Bob")
     # Alice sends 130 messages from a plain WebSocket client while Bob's page is closed.
     start = datetime.now(UTC) - timedelta(hours=3)
@@ -471,8 +475,7 @@ async def test_older_history_loads_as_you_scroll_up(people: UserFactory, live: L
         ws = await alice.ws_connect(live.url(f"/ws/chat/personal/{A}/{B}/"))
         for i in range(1, 131):
             ts = (start + timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S.%f")
-            await ws.send_json({"message": f"message {i}", "command": "new_msg", "msg_from": A,
-                                "msg_to": B, "sent_timestamp": ts})
+            await ws.send_json(frame("new_msg", A, B, f"message {i}", ts))
             reply = await ws.receive_json(timeout=10)
             assert reply["command"] == "msg_sent", reply
         await ws.close()

@@ -1,0 +1,887 @@
+"""The stores, one per test: the SQLite Store on tmp_path and, when CHAT_TEST_POSTGRES_URL is set,
+the PostgreSQL PgStore on a fresh schema (tests/helpers/backends.py). Both: store-and-forward, group
+commit, sessions, users. SQLite only: secure delete checked on the bytes of the database file and
+its WAL, corruption. PostgreSQL only: two stores on one schema (as two processes would have), the
+blocks mirror kept by NOTIFY, concurrent start-up, VACUUM as its scrub, lost connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import sqlite3
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+import pytest
+
+from chatserver.pgstore import PgStore
+from chatserver.protocol import now_micros, parse_timestamp
+from chatserver.store import (
+    INTEGRITY_ERRORS,
+    CorruptDatabase,
+    DialogueSide,
+    Store,
+    StoreClosed,
+    StoredMessage,
+    StoreError,
+)
+from helpers import backends
+
+# The contract tests (those that take `store` or `place`) run once per store engine.
+pytestmark = pytest.mark.backends(backends.LOCAL, backends.POSTGRES)
+
+A, B, C = "1000000001", "1000000002", "1000000003"
+NOT_A_USER = "1999999999"
+TIMEOUT = 10.0  # every test body and every fixture await is bounded by this
+T1 = parse_timestamp("2026-03-14 17:11:06.23")
+T2 = parse_timestamp("2026-03-14 17:11:07")
+T3 = parse_timestamp("2026-03-14 17:11:08")
+
+AnyStore = Store | PgStore
+# Where a store lives: a SQLite file, or a PostgreSQL URL (its test schema in search_path).
+Place = Path | str
+
+
+async def open_store(place: Place, scrub_seconds: float = 60.0) -> AnyStore:
+    """Open the store at `place` (bounded by TIMEOUT)."""
+    if isinstance(place, Path):
+        return await asyncio.wait_for(
+            Store.open(place, synchronous="FULL", scrub_seconds=scrub_seconds), TIMEOUT)
+    return await asyncio.wait_for(PgStore.open(place, scrub_seconds=scrub_seconds), TIMEOUT)
+
+
+@asynccontextmanager
+async def opened(place: Place, scrub_seconds: float = 60.0) -> AsyncIterator[AnyStore]:
+    """A store at `place` with users A, B and C; closed on exit."""
+    store = await open_store(place, scrub_seconds)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            for phone in (A, B, C):
+                await store.add_user(phone, f"user {phone}", b"hash")
+        yield store
+    finally:
+        await asyncio.wait_for(store.close(), TIMEOUT)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "chat.db"
+
+
+@pytest.fixture
+def place(backend: backends.Backend, db_path: Path) -> Place:
+    """The store of this test's engine: its SQLite file, or its PostgreSQL URL (a fresh schema)."""
+    return backend.database_url or db_path
+
+
+@pytest.fixture
+async def store(place: Place) -> AsyncIterator[AnyStore]:
+    """A fresh standalone store (not the server's) whose automatic scrub stays out of the way."""
+    async with opened(place) as store:
+        yield store
+
+
+@pytest.fixture
+async def sqlite_store(db_path: Path) -> AsyncIterator[Store]:
+    """The SQLite Store alone: for the checks of its file's bytes."""
+    async with opened(db_path) as store:
+        assert isinstance(store, Store)
+        yield store
+
+
+@pytest.fixture
+async def pg_store(pg_url: str) -> AsyncIterator[PgStore]:
+    """The PostgreSQL store alone."""
+    async with opened(pg_url) as store:
+        assert isinstance(store, PgStore)
+        yield store
+
+
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own to the PostgreSQL schema at `url`."""
+    conn = await asyncio.wait_for(asyncpg.connect(url), TIMEOUT)
+    try:
+        yield conn
+    finally:
+        await asyncio.wait_for(conn.close(), TIMEOUT)
+
+
+def file_bytes(db_path: Path) -> dict[str, bytes]:
+    """The raw bytes of the database file and of its write-ahead log, when present."""
+    found = {}
+    for path in (db_path, Path(f"{db_path}-wal")):
+        if path.exists():
+            found[path.name] = path.read_bytes()
+    return found
+
+
+def files_holding(db_path: Path, needle: bytes) -> list[str]:
+    """Names of the files (database, -wal) whose bytes contain `needle`."""
+    return [name for name, data in file_bytes(db_path).items() if needle in data]
+
+
+class Trace:
+    """Every SQL statement the writer connection runs, stripped and upper-cased."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, statement: str) -> None:
+        self.statements.append(statement.strip().upper())
+
+    def count(self, statement: str) -> int:
+        return self.statements.count(statement)
+
+    def starting(self, prefix: str) -> int:
+        """How many statements start with `prefix` (upper case)."""
+        return sum(s.startswith(prefix) for s in self.statements)
+
+
+async def trace_writer(store: AnyStore) -> Trace:
+    """Trace the store's writer connection (private: the only way to count real COMMITs):
+    sqlite3's trace callback, or asyncpg's query logger (called soon after each query, before
+    the futures of its batch are resolved)."""
+    trace = Trace()
+    if isinstance(store, PgStore):
+        assert store._writer is not None
+        store._writer.add_query_logger(lambda record: trace(record.query))
+    else:
+        await store._writer.set_trace_callback(trace)
+    return trace
+
+
+async def until(store: PgStore, predicate: Callable[[], bool]) -> None:
+    """Wait, without polling, until `predicate()` holds after a notification has been applied
+    to the store's blocks mirror (the caller bounds the wait)."""
+    while True:
+        event = store._mirror_updated
+        if predicate():
+            return
+        await event.wait()
+
+
+# -- store and forward --------------------------------------------------------------------------
+
+
+async def test_add_personal_is_stored_once_and_a_retry_returns_false(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "hello") is True
+        # the same identity (msg_from, msg_to, instant), spelled differently: a retry
+        assert await store.add_personal(A, B, T1, "2026-03-14T17:11:06.230000Z", "hello") is False
+        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "changed") is False
+        assert await store.pending_for(B) == [StoredMessage(A, B, "hello", T1)]
+        assert (await store.dialogue_side(A, B)).waiting == 1
+
+
+async def test_identity_includes_sender_and_recipient(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.add_personal(A, B, T1, "t", "a to b")
+        assert await store.add_personal(A, C, T1, "t", "a to c")
+        assert await store.add_personal(C, B, T1, "t", "c to b")
+        assert await store.add_personal(B, A, T1, "t", "b to a")
+        assert [m.message for m in await store.pending_for(B)] == ["a to b", "c to b"]
+        assert [m.message for m in await store.pending_for(C)] == ["a to c"]
+        assert [m.message for m in await store.pending_for(A)] == ["b to a"]
+
+
+async def test_pending_for_is_acceptance_order_not_timestamp_order(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.pending_for(B) == []
+        assert await store.add_personal(A, B, T3, "t3", "first")
+        assert await store.add_personal(C, B, T1, "t1", "second")
+        assert await store.add_personal(A, B, T1, "t1", "third")
+        assert await store.add_personal(A, B, T2, "t2", "fourth")
+        assert await store.pending_for(B) == [
+            StoredMessage(A, B, "first", T3),
+            StoredMessage(C, B, "second", T1),
+            StoredMessage(A, B, "third", T1),
+            StoredMessage(A, B, "fourth", T2),
+        ]
+        assert await store.pending_for(A) == []
+
+
+async def test_stored_body_is_kept_exactly(store: AnyStore) -> None:
+    body = "héllo 🎉\n\t\"quoted\" ' ; DROP TABLE users; --" + "x" * 5000
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.add_personal(A, B, T1, "t", body)
+        assert [m.message for m in await store.pending_for(B)] == [body]
+
+
+async def test_ack_personal_deletes_and_sets_last_received_receiver(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.add_personal(A, B, T1, "t1", "one")
+        assert await store.add_personal(A, B, T2, "t2", "two")
+        assert await store.dialogue_side(A, B) == DialogueSide(None, None, 2)
+        # B has stored A's first message on its device
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is True
+        assert await store.pending_for(B) == [StoredMessage(A, B, "two", T2)]
+        assert await store.dialogue_side(A, B) == DialogueSide("2026-03-14 17:12:00.000", None, 1)
+        assert await store.dialogue_side(B, A) == DialogueSide(None, None, 0)  # the other direction
+        assert await store.ack_personal(A, B, T2, "2026-03-14 17:12:01.000") is True
+        assert await store.pending_for(B) == []
+        assert await store.dialogue_side(A, B) == DialogueSide("2026-03-14 17:12:01.000", None, 0)
+
+
+async def test_ack_personal_of_no_such_message_returns_false_and_changes_nothing(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is False  # nothing stored
+        assert await store.add_personal(A, B, T1, "t1", "one")
+        assert await store.ack_personal(B, A, T1, "2026-03-14 17:12:00.000") is False  # wrong direction
+        assert await store.ack_personal(A, C, T1, "2026-03-14 17:12:00.000") is False  # wrong recipient
+        assert await store.ack_personal(A, B, T2, "2026-03-14 17:12:00.000") is False  # wrong instant
+        assert await store.pending_for(B) == [StoredMessage(A, B, "one", T1)]
+        assert await store.dialogue_side(A, B) == DialogueSide(None, None, 1)
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is True
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:13:00.000") is False  # twice
+        assert (await store.dialogue_side(A, B)).last_received_receiver == "2026-03-14 17:12:00.000"
+
+
+async def test_after_ack_the_same_identity_can_be_stored_again(store: AnyStore) -> None:
+    """The retry guard lasts while the first copy is stored (SPEC 5.1), not forever."""
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.add_personal(A, B, T1, "t1", "one")
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+        assert await store.add_personal(A, B, T1, "t1", "one again") is True
+        assert [m.message for m in await store.pending_for(B)] == ["one again"]
+
+
+async def test_read_personal_sets_last_seen_receiver_and_deletes_nothing(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.add_personal(A, B, T1, "t1", "one")
+        await store.read_personal(A, B, "2026-03-14 17:12:00.000")
+        assert await store.dialogue_side(A, B) == DialogueSide(None, "2026-03-14 17:12:00.000", 1)
+        assert await store.dialogue_side(B, A) == DialogueSide(None, None, 0)
+        assert len(await store.pending_for(B)) == 1
+        # needs no stored message and no dialogue before it
+        await store.read_personal(C, A, "2026-03-14 17:12:05.000")
+        assert await store.dialogue_side(C, A) == DialogueSide(None, "2026-03-14 17:12:05.000", 0)
+        # a later read moves it; the received mark is independent
+        await store.read_personal(A, B, "2026-03-14 17:13:00.000")
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:30.000")
+        assert await store.dialogue_side(A, B) == DialogueSide(
+            "2026-03-14 17:12:30.000", "2026-03-14 17:13:00.000", 0)
+
+
+async def test_dialogues(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.dialogues_of(A) == []
+        assert await store.add_personal(A, B, T1, "t1", "one")
+        assert await store.dialogues_of(A) == [B]
+        assert await store.dialogues_of(B) == [A]
+        await store.open_dialogue(C, A)
+        await store.open_dialogue(C, A)  # idempotent
+        await store.open_dialogue(A, C)
+        assert await store.dialogues_of(A) == [B, C]
+        assert await store.dialogues_of(C) == [A]
+
+
+async def test_unknown_recipient_is_refused_by_the_foreign_key(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(INTEGRITY_ERRORS):
+            await store.add_personal(A, NOT_A_USER, T1, "t1", "to nobody")
+        assert await store.pending_for(NOT_A_USER) == []
+        assert await store.add_personal(A, B, T1, "t1", "still works")
+
+
+async def test_reopening_keeps_stored_messages(place: Place) -> None:
+    async with opened(place) as store:
+        async with asyncio.timeout(TIMEOUT):
+            assert await store.add_personal(A, B, T1, "t1", "survives a restart")
+    async with opened(place) as store:  # add_user of A, B, C again: taken, no harm
+        async with asyncio.timeout(TIMEOUT):
+            assert await store.pending_for(B) == [StoredMessage(A, B, "survives a restart", T1)]
+
+
+async def test_close_finishes_the_write_in_flight(place: Place) -> None:
+    store = await open_store(place)
+    closed = False
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await store.add_user(A, "a", b"h")
+            await store.add_user(B, "b", b"h")
+            # gather starts add_personal first: its write is queued when close() begins
+            stored, _ = await asyncio.gather(store.add_personal(A, B, T1, "t1", "queued"), store.close())
+        closed = True
+        assert stored is True
+        with pytest.raises(StoreClosed):
+            await asyncio.wait_for(store.add_personal(A, B, T2, "t2", "too late"), TIMEOUT)
+        with pytest.raises(StoreClosed):
+            await asyncio.wait_for(store.scrub(), TIMEOUT)
+    finally:
+        if not closed:
+            await asyncio.wait_for(store.close(), TIMEOUT)
+    async with opened(place) as reopened:
+        async with asyncio.timeout(TIMEOUT):
+            assert [m.message for m in await reopened.pending_for(B)] == ["queued"]
+
+
+# -- group commit -------------------------------------------------------------------------------
+
+
+async def test_sequential_writes_commit_one_by_one(store: AnyStore) -> None:
+    """Control for the batching test: the trace really sees one COMMIT per lone write."""
+    async with asyncio.timeout(TIMEOUT):
+        trace = await trace_writer(store)
+        for i in range(5):
+            assert await store.add_personal(A, B, i, f"t{i}", f"m{i}")
+        assert trace.count("COMMIT") == 5
+
+
+async def test_group_commit_batches_concurrent_writes(store: AnyStore) -> None:
+    """200 concurrent add_personal share a few transactions, and each caller hears after COMMIT."""
+    n = 200
+    async with asyncio.timeout(TIMEOUT):
+        trace = await trace_writer(store)
+        results = await asyncio.gather(*(
+            store.add_personal(A if i % 2 else C, B, i, f"t{i}", f"message {i}") for i in range(n)))
+        assert results == [True] * n
+        commits = trace.count("COMMIT")
+        assert 1 <= commits <= n // 20, f"{n} concurrent writes took {commits} commits"
+        assert trace.starting("BEGIN") == commits
+        if isinstance(store, PgStore):  # sqlite3's trace repeats the text for each trigger run
+            # one statement per kind of write per batch, whatever the batch's size
+            assert trace.starting("INSERT INTO PERSONAL_MESSAGES") == commits
+        # acceptance order is submission order, also inside one batch
+        assert [m.message for m in await store.pending_for(B)] == [f"message {i}" for i in range(n)]
+
+
+async def test_group_commit_resolves_only_after_commit(sqlite_store: Store, db_path: Path) -> None:
+    """msg_sent may go out only after the commit holding the row: when add_personal returns, an
+    independent connection already sees the row (WAL readers see committed data only)."""
+    async with asyncio.timeout(TIMEOUT):
+        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as other:
+            visible: list[int] = []
+
+            async def add(i: int) -> None:
+                assert await sqlite_store.add_personal(A, B, i, f"t{i}", f"m{i}")
+                # checked at once, on this thread, before anything else can run
+                (count,) = other.execute(
+                    "SELECT count(*) FROM personal_messages WHERE sent_us = ?", (i,)).fetchone()
+                visible.append(count)
+
+            await asyncio.gather(*(add(i) for i in range(50)))
+            assert visible == [1] * 50
+
+
+async def test_a_failing_op_fails_alone_in_its_batch(store: AnyStore) -> None:
+    """A foreign-key violation in one write of a batch fails that write only."""
+    async with asyncio.timeout(TIMEOUT):
+        trace = await trace_writer(store)
+        results = await asyncio.gather(
+            store.add_personal(A, B, T1, "t1", "before"),
+            store.add_personal(A, NOT_A_USER, T1, "t1", "to nobody"),
+            store.add_personal(C, B, T1, "t1", "after"),
+            return_exceptions=True,
+        )
+        assert results[0] is True
+        assert isinstance(results[1], INTEGRITY_ERRORS)
+        assert results[2] is True
+        # they did share a transaction: it was rolled back, and the good writes committed together
+        assert trace.count("ROLLBACK") >= 1
+        assert trace.count("COMMIT") == 1
+        assert [m.message for m in await store.pending_for(B)] == ["before", "after"]
+        assert await store.pending_for(NOT_A_USER) == []
+        # the writer is still alive
+        assert await store.add_personal(A, B, T2, "t2", "later") is True
+
+
+async def test_several_failing_ops_in_one_batch(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        results = await asyncio.gather(*(
+            store.add_personal(A, B if i % 3 else NOT_A_USER, i, f"t{i}", f"m{i}") for i in range(30)),
+            return_exceptions=True)
+        for i, result in enumerate(results):
+            if i % 3:
+                assert result is True
+            else:
+                assert isinstance(result, INTEGRITY_ERRORS)
+        assert [m.message for m in await store.pending_for(B)] == [f"m{i}" for i in range(30) if i % 3]
+
+
+# -- secure delete (SPEC 6) ---------------------------------------------------------------------
+
+
+def unique_body(size: int) -> tuple[str, bytes]:
+    """A message body that cannot occur by chance in a database file, and the bytes to look for."""
+    marker = f"secret-{uuid.uuid4().hex}"
+    body = (marker + " ") * max(1, size // (len(marker) + 1))
+    return body, marker.encode()
+
+
+@pytest.mark.parametrize("size", [40, 20_000], ids=["in-page", "overflow-pages"])
+async def test_scrub_removes_an_acknowledged_body_from_the_file_and_the_wal(
+        sqlite_store: Store, db_path: Path, size: int) -> None:
+    body, needle = unique_body(size)
+    async with asyncio.timeout(TIMEOUT):
+        assert await sqlite_store.add_personal(A, B, T1, "t1", body)
+        assert await sqlite_store.add_personal(A, B, T2, "t2", "another message that stays")
+        assert files_holding(db_path, needle), "control: the stored body is in the files"
+        assert await sqlite_store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+        await sqlite_store.scrub()
+        assert files_holding(db_path, needle) == []
+        assert [m.message for m in await sqlite_store.pending_for(B)] == ["another message that stays"]
+
+
+async def test_the_writer_scrubs_by_itself_within_scrub_seconds(db_path: Path) -> None:
+    scrub_seconds = 0.3
+    body, needle = unique_body(40)
+    async with opened(db_path, scrub_seconds=scrub_seconds) as store:
+        async with asyncio.timeout(TIMEOUT):
+            loop = asyncio.get_running_loop()
+            assert await store.add_personal(A, B, T1, "t1", body)
+            assert files_holding(db_path, needle), "control: the stored body is in the files"
+            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+            acked = loop.time()
+            deadline = acked + scrub_seconds + 3.0  # generous slack for a loaded machine
+            while files_holding(db_path, needle):  # poll for the background effect, no fixed wait
+                assert loop.time() < deadline, f"body still in {files_holding(db_path, needle)}"
+                await asyncio.sleep(0.02)
+
+
+async def test_scrub_after_delete_user_removes_their_messages(sqlite_store: Store, db_path: Path) -> None:
+    body, needle = unique_body(40)
+    async with asyncio.timeout(TIMEOUT):
+        assert await sqlite_store.add_personal(A, B, T1, "t1", body)
+        assert files_holding(db_path, needle), "control: the stored body is in the files"
+        assert await sqlite_store.delete_user(A)
+        await sqlite_store.scrub()
+        assert files_holding(db_path, needle) == []
+
+
+async def test_close_leaves_no_acknowledged_body_behind(db_path: Path) -> None:
+    body, needle = unique_body(40)
+    async with opened(db_path) as store:
+        async with asyncio.timeout(TIMEOUT):
+            assert await store.add_personal(A, B, T1, "t1", body)
+            assert files_holding(db_path, needle), "control: the stored body is in the files"
+            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+    assert files_holding(db_path, needle) == []
+
+
+async def test_scrub_keeps_unacknowledged_messages(sqlite_store: Store, db_path: Path) -> None:
+    body, needle = unique_body(40)
+    async with asyncio.timeout(TIMEOUT):
+        assert await sqlite_store.add_personal(A, B, T1, "t1", body)
+        await sqlite_store.scrub()
+        assert files_holding(db_path, needle) == [db_path.name]  # checkpointed into the main file
+        assert [m.message for m in await sqlite_store.pending_for(B)] == [body]
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+async def test_sessions_add_lookup_delete(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        await store.add_session("hash-a", A)
+        await store.add_session("hash-b", B)
+        assert await store.session_user("hash-a", 3600) == A
+        assert await store.session_user("hash-b", 3600) == B
+        assert await store.session_user("no-such-hash", 3600) is None
+        await store.delete_session("hash-a")
+        assert await store.session_user("hash-a", 3600) is None
+        assert await store.session_user("hash-b", 3600) == B
+        await store.delete_session("no-such-hash")  # harmless
+
+
+async def test_session_of_an_unknown_phone_is_refused(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(INTEGRITY_ERRORS):
+            await store.add_session("hash-x", NOT_A_USER)
+        assert await store.session_user("hash-x", 3600) is None
+
+
+async def test_session_expires_after_max_age(store: AnyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        two_hours_ago = now_micros() - 2 * 3600 * 1_000_000
+        with monkeypatch.context() as m:  # the clock of the store's own module
+            m.setattr(sys.modules[type(store).__module__], "now_micros", lambda: two_hours_ago)
+            await store.add_session("old", A)
+        await store.add_session("new", A)
+        assert await store.session_user("old", 3600) is None
+        assert await store.session_user("old", 3 * 3600) == A
+        assert await store.session_user("new", 3600) == A
+
+
+# -- users --------------------------------------------------------------------------------------
+
+
+async def test_add_user_of_a_taken_phone_returns_false(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.add_user(A, "someone else", b"other hash") is False
+        user = await store.get_user(A)
+        assert user is not None
+        assert (user.phone, user.name, user.password_hash) == (A, f"user {A}", b"hash")
+        assert await store.add_user("1000000009", "new", b"h") is True
+        assert await store.user_exists("1000000009")
+        assert not await store.user_exists(NOT_A_USER)
+        assert await store.get_user(NOT_A_USER) is None
+
+
+async def test_set_password_replaces_the_hash_and_ends_sessions(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        await store.add_session("a-1", A)
+        await store.add_session("a-2", A)
+        await store.add_session("b-1", B)
+        assert await store.set_password(A, b"new hash") is True
+        user = await store.get_user(A)
+        assert user is not None and user.password_hash == b"new hash"
+        assert await store.session_user("a-1", 3600) is None
+        assert await store.session_user("a-2", 3600) is None
+        assert await store.session_user("b-1", 3600) == B  # someone else's sessions stay
+        assert await store.set_password(NOT_A_USER, b"x") is False
+
+
+async def test_delete_user_cascades(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.add_personal(A, B, T1, "t1", "from a")
+        assert await store.add_personal(B, A, T1, "t1", "to a")
+        assert await store.add_personal(C, B, T1, "t1", "from c")
+        await store.add_session("a-1", A)
+        await store.read_personal(A, C, "2026-03-14 17:12:00.000")
+        assert await store.delete_user(A) is True
+        assert await store.get_user(A) is None
+        assert await store.pending_for(A) == []
+        assert await store.pending_for(B) == [StoredMessage(C, B, "from c", T1)]
+        assert await store.session_user("a-1", 3600) is None
+        assert await store.dialogues_of(B) == [C]
+        assert await store.dialogues_of(C) == [B]
+        assert await store.dialogue_side(A, B) == DialogueSide(None, None, 0)
+        assert await store.delete_user(A) is False
+        # the phone is free again
+        assert await store.add_user(A, "new a", b"h") is True
+        assert await store.pending_for(A) == []
+
+
+# -- corruption ---------------------------------------------------------------------------------
+
+
+def build_db(path: Path) -> None:
+    """A real database with a few rows, closed cleanly (WAL checkpointed into the file)."""
+    async def build() -> None:
+        async with opened(path) as store:
+            for i in range(20):
+                await store.add_personal(A, B, i, f"t{i}", "body" * 40)
+            await store.add_session("s", A)
+    asyncio.run(build())
+
+
+def corrupt_root_page(path: Path, name: str) -> None:
+    """Overwrite the first 100 bytes of the root page of table or index `name`."""
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        (rootpage,) = con.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    with open(path, "r+b") as fh:
+        fh.seek((rootpage - 1) * page_size)
+        fh.write(b"\xff" * 100)
+
+
+async def test_open_refuses_a_damaged_index_page(tmp_path: Path) -> None:
+    path = tmp_path / "chat.db"
+    await asyncio.to_thread(build_db, path)
+    corrupt_root_page(path, "sessions_phone")
+    with pytest.raises(CorruptDatabase):
+        store = await asyncio.wait_for(Store.open(path), TIMEOUT)
+        await asyncio.wait_for(store.close(), TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    "damage", ["garbage-file", "table-root-page"])
+async def test_open_refuses_a_corrupt_file(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "chat.db"
+    if damage == "garbage-file":
+        path.write_bytes(bytes(range(256)) * 64)
+    else:
+        await asyncio.to_thread(build_db, path)
+        corrupt_root_page(path, "personal_messages")
+    with pytest.raises(CorruptDatabase):
+        store = await asyncio.wait_for(Store.open(path), TIMEOUT)
+        await asyncio.wait_for(store.close(), TIMEOUT)
+
+
+# -- PostgreSQL only ----------------------------------------------------------------------------
+
+
+async def test_pg_a_write_resolves_after_its_commit_is_visible_to_another_connection(
+        pg_store: PgStore, pg_url: str) -> None:
+    """msg_sent may go out only after the commit holding the row: when add_personal returns,
+    another session (another process) already sees the row."""
+    async with asyncio.timeout(TIMEOUT), connected(pg_url) as other:
+        visible: list[int] = []
+        one_at_a_time = asyncio.Lock()  # one connection runs one query at a time
+
+        async def add(i: int) -> None:
+            assert await pg_store.add_personal(A, B, i, f"t{i}", f"m{i}")
+            async with one_at_a_time:
+                visible.append(await other.fetchval(
+                    "SELECT count(*) FROM personal_messages WHERE sent_us = $1", i))
+
+        await asyncio.gather(*(add(i) for i in range(50)))
+        assert visible == [1] * 50
+
+
+async def test_pg_a_write_whose_commit_fails_is_not_acknowledged(
+        pg_store: PgStore, pg_url: str) -> None:
+    """Every statement of the batch succeeds, then COMMIT fails (a deferred constraint trigger
+    the test adds): the future fails, so it was not resolved before the COMMIT, and nothing is
+    stored. Later writes go through."""
+    async with asyncio.timeout(TIMEOUT), connected(pg_url) as other:
+        await other.execute("""
+            CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.message = 'refused at commit' THEN RAISE EXCEPTION 'refused at commit'; END IF;
+                RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON personal_messages
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();""")
+        with pytest.raises(StoreError):
+            await pg_store.add_personal(A, B, T1, "t1", "refused at commit")
+        assert await pg_store.pending_for(B) == []
+        assert await pg_store.add_personal(A, B, T2, "t2", "accepted") is True
+        assert [m.message for m in await pg_store.pending_for(B)] == ["accepted"]
+
+
+async def test_pg_two_stores_on_one_schema_see_each_others_writes(
+        pg_store: PgStore, pg_url: str) -> None:
+    """Two stores on one schema, as two server processes have: what one commits, the other reads;
+    an identity stored by both at once is stored once."""
+    async with asyncio.timeout(TIMEOUT), opened(pg_url) as second:
+        assert await pg_store.add_personal(A, B, T1, "t1", "from the first")
+        assert await second.pending_for(B) == [StoredMessage(A, B, "from the first", T1)]
+        assert await second.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is True
+        assert await pg_store.pending_for(B) == []
+        assert await pg_store.dialogue_side(A, B) == DialogueSide("2026-03-14 17:12:00.000", None, 0)
+        assert await pg_store.ack_personal(A, B, T1, "2026-03-14 17:12:01.000") is False
+
+        for i in range(20):  # the same retry reaching both processes at once
+            results = await asyncio.gather(pg_store.add_personal(A, C, i, f"t{i}", "once"),
+                                           second.add_personal(A, C, i, f"t{i}", "once"))
+            assert sorted(results) == [False, True]
+        assert len(await second.pending_for(C)) == 20
+
+        assert await pg_store.create_group("G123456789", "g", A, [B, C])
+        group = await second.group("G123456789")
+        assert group is not None and group.participants == [A, B, C]
+        assert await second.add_group_message("G123456789", B, T1, "t1", "hi") == [A, C]
+        assert [m.message for m in await pg_store.pending_group_for(C)] == ["hi"]
+
+
+async def test_pg_the_blocks_mirror_follows_every_process(pg_store: PgStore, pg_url: str) -> None:
+    """is_blocked answers from memory; a block, an unblock or an account deletion made by another
+    process reaches it by NOTIFY (waited for as an event, never a fixed sleep)."""
+    async with asyncio.timeout(TIMEOUT), opened(pg_url) as second:
+        assert isinstance(second, PgStore)
+        assert not second.is_blocked(A, B)
+        await pg_store.block(A, B)
+        assert pg_store.is_blocked(A, B)  # the process that blocked knows at once
+        await until(second, lambda: second.is_blocked(A, B))
+        assert not second.is_blocked(B, A)  # one way
+
+        await second.unblock(A, B)
+        assert not second.is_blocked(A, B)
+        await until(pg_store, lambda: not pg_store.is_blocked(A, B))
+
+        # a cascade (deluser) announces its deleted blocks too
+        await pg_store.block(C, A)
+        await pg_store.block(B, C)
+        await until(second, lambda: second.is_blocked(C, A) and second.is_blocked(B, C))
+        assert await second.delete_user(C)
+        await until(pg_store, lambda: not pg_store.is_blocked(C, A) and not pg_store.is_blocked(B, C))
+        await until(second, lambda: not second.is_blocked(C, A) and not second.is_blocked(B, C))
+
+        # a process started later reads the blocks at start
+        await second.block(A, B)
+        async with opened(pg_url) as third:
+            assert third.is_blocked(A, B) and not third.is_blocked(B, A)
+
+
+async def test_pg_the_blocks_listener_reconnects_and_rereads(pg_store: PgStore, pg_url: str) -> None:
+    """A listener whose connection is lost (here: terminated by the server) listens again and
+    reads the table again, so that a change made meanwhile is not missed."""
+    async with asyncio.timeout(TIMEOUT), opened(pg_url) as second, connected(pg_url) as admin:
+        assert isinstance(second, PgStore)
+        lost = second._listener
+        assert lost is not None
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", lost.get_server_pid())
+        await pg_store.block(A, B)  # maybe before, maybe after the new LISTEN: both must work
+        await until(second, lambda: second._listener not in (None, lost) and second.is_blocked(A, B))
+        await pg_store.unblock(A, B)  # heard on the new connection
+        await until(second, lambda: not second.is_blocked(A, B))
+
+
+async def test_pg_the_writer_reconnects_after_losing_its_connection(
+        pg_store: PgStore, pg_url: str) -> None:
+    """A write that meets the lost connection fails as StoreError (nothing committed: the client
+    may retry); the next batch runs on a new connection."""
+    async with asyncio.timeout(TIMEOUT), connected(pg_url) as admin:
+        assert pg_store._writer is not None
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)",
+                                    pg_store._writer.get_server_pid())
+        try:  # whether the client has noticed yet is a race: either outcome is correct
+            first = await pg_store.add_personal(A, B, T1, "t1", "maybe")
+        except StoreError:
+            first = False
+        assert await pg_store.add_personal(A, B, T2, "t2", "surely") is True
+        expected = ["maybe", "surely"] if first else ["surely"]
+        assert [m.message for m in await pg_store.pending_for(B)] == expected
+
+
+async def test_pg_stores_opening_a_fresh_schema_at_once_all_start(pg_url: str) -> None:
+    """Several processes starting together on an empty schema: the advisory lock makes them
+    apply the schema one after the other (CREATE ... IF NOT EXISTS alone races)."""
+    results = await asyncio.wait_for(asyncio.gather(
+        *(PgStore.open(pg_url) for _ in range(6)), return_exceptions=True), TIMEOUT)
+    stores = [r for r in results if isinstance(r, PgStore)]
+    try:
+        assert len(stores) == len(results), [r for r in results if not isinstance(r, PgStore)]
+        async with asyncio.timeout(TIMEOUT):
+            assert await stores[0].add_user(A, "a", b"h")
+            assert await stores[-1].user_exists(A)
+    finally:
+        for store in stores:
+            await asyncio.wait_for(store.close(), TIMEOUT)
+
+
+async def test_pg_last_acknowledgements_in_two_processes_delete_the_message(
+        pg_store: PgStore, pg_url: str) -> None:
+    """B's and C's acknowledgements of the same messages, committed at the same moment by two
+    processes: each must see the other's (the trigger locks the message), so every message goes."""
+    n = 20
+    async with asyncio.timeout(TIMEOUT), opened(pg_url) as second, connected(pg_url) as other:
+        assert await pg_store.create_group("G123456789", "g", A, [B, C])
+        for round_ in range(5):  # the first round also prepares the statements on both writers
+            sent = range(round_ * n, (round_ + 1) * n)
+            for i in sent:
+                assert await pg_store.add_group_message("G123456789", A, i, "t", "m") == [B, C]
+            acks = await asyncio.gather(*(pg_store.ack_group("G123456789", A, i, B) for i in sent),
+                                        *(second.ack_group("G123456789", A, i, C) for i in sent))
+            assert acks == [True] * (2 * n)
+            assert await other.fetchval("SELECT count(*) FROM group_pending") == 0
+            assert await other.fetchval("SELECT count(*) FROM group_messages") == 0, f"round {round_}"
+
+
+async def test_pg_a_member_removed_while_another_process_stores_messages_is_never_pending(
+        pg_store: PgStore, pg_url: str) -> None:
+    """C is removed by one process while the other stores messages for the group: no message may
+    stay pending for C (it would never be acknowledged, so never deleted)."""
+    async with asyncio.timeout(TIMEOUT), opened(pg_url) as second:
+        for round_ in range(10):
+            key = f"G{round_:09d}"
+            assert await pg_store.create_group(key, "g", A, [B, C])
+            results = await asyncio.gather(
+                *(second.add_group_message(key, A, i, f"t{i}", f"m{i}") for i in range(20)),
+                pg_store.update_group(key, remove=[C]))
+            assert all(r in ([B], [B, C]) for r in results[:-1])
+            assert [m.message for m in await pg_store.pending_group_for(C)] == []
+
+
+async def test_pg_scrub_vacuums_the_message_tables(pg_store: PgStore, pg_url: str) -> None:
+    async with asyncio.timeout(TIMEOUT), connected(pg_url) as other:
+        counts = ("SELECT relname, vacuum_count FROM pg_stat_user_tables"
+                  " WHERE schemaname = current_schema() AND relname LIKE '%messages' ORDER BY 1")
+        before = dict(await other.fetch(counts))
+        assert set(before) == {"group_messages", "personal_messages", "room_messages"}
+        await pg_store.scrub()
+        after = dict(await other.fetch(counts))
+        assert all(after[t] == before[t] + 1 for t in before), (before, after)
+
+
+async def test_pg_the_writer_vacuums_by_itself_within_scrub_seconds(pg_url: str) -> None:
+    scrub_seconds = 0.3
+    count = ("SELECT vacuum_count FROM pg_stat_user_tables"
+             " WHERE schemaname = current_schema() AND relname = 'personal_messages'")
+    async with opened(pg_url, scrub_seconds=scrub_seconds) as store, connected(pg_url) as other:
+        async with asyncio.timeout(TIMEOUT):
+            loop = asyncio.get_running_loop()
+            assert await store.add_personal(A, B, T1, "t1", "body")
+            before = await other.fetchval(count)
+            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+            deadline = loop.time() + scrub_seconds + 3.0  # generous slack for a loaded machine
+            while await other.fetchval(count) == before:  # poll the background effect
+                assert loop.time() < deadline, "no VACUUM within scrub_seconds of the delete"
+                await asyncio.sleep(0.02)
+
+
+async def test_pg_close_vacuums_after_an_unscrubbed_delete(pg_url: str) -> None:
+    count = ("SELECT vacuum_count FROM pg_stat_user_tables"
+             " WHERE schemaname = current_schema() AND relname = 'personal_messages'")
+    async with connected(pg_url) as other:
+        async with opened(pg_url) as store:  # scrub_seconds 60: only close() can vacuum here
+            async with asyncio.timeout(TIMEOUT):
+                assert await store.add_personal(A, B, T1, "t1", "body")
+                assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+                before = await other.fetchval(count)
+        assert await asyncio.wait_for(other.fetchval(count), TIMEOUT) == before + 1
+
+
+# Tuples of personal_messages and of its TOAST table whose data hold $1 (pageinspect).
+_TUPLES_HOLDING: Final = """
+    SELECT count(*) FROM (VALUES ('personal_messages'::regclass), ((SELECT reltoastrelid FROM pg_class
+                                  WHERE oid = 'personal_messages'::regclass)::regclass)) AS r(rel),
+         generate_series(0, pg_relation_size(r.rel) / current_setting('block_size')::int - 1) AS b,
+         {schema}.heap_page_items({schema}.get_raw_page(r.rel::text, b::int)) AS t
+    WHERE position($1::bytea IN t.t_data) > 0"""
+
+
+@pytest.mark.parametrize("size", [40, 20_000], ids=["in-page", "toasted"])
+async def test_pg_after_scrub_no_tuple_holds_an_acknowledged_body(
+        pg_store: PgStore, pg_url: str, size: int) -> None:
+    """What VACUUM does and the delete alone does not: the deleted tuple, which still holds the
+    body after the commit, is removed. (Its bytes may stay in the page's free space until
+    overwritten: pgstore.py's docstring. This looks at tuples, not at free space.)"""
+    marker = f"secret-{uuid.uuid4().hex}"
+    # random hex does not compress: the large body goes to the TOAST table as it is
+    body = marker + " " + secrets.token_hex(size // 2)
+    async with asyncio.timeout(TIMEOUT), connected(pg_url) as other:
+        try:
+            await other.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")  # in the test schema
+            schema = await other.fetchval(
+                "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pageinspect'")
+            tuples_holding = _TUPLES_HOLDING.format(schema=schema)
+            await other.fetchval(tuples_holding, b"x")
+        except asyncpg.PostgresError as e:  # not installed, or not a superuser
+            pytest.skip(f"pageinspect is not usable here: {e}")
+        assert await pg_store.add_personal(A, B, T1, "t1", body)
+        assert await pg_store.add_personal(A, B, T2, "t2", "another message that stays")
+        assert await other.fetchval(tuples_holding, marker.encode()) == 1, "control: stored"
+        assert await pg_store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+        assert await other.fetchval(tuples_holding, marker.encode()) == 1, \
+            "control: a deleted row stays in its tuple until VACUUM"
+        await pg_store.scrub()
+        assert await other.fetchval(tuples_holding, marker.encode()) == 0
+        assert [m.message for m in await pg_store.pending_for(B)] == ["another message that stays"]
+
+
+async def test_pg_a_batch_that_loses_a_deadlock_is_run_again(pg_store: PgStore, pg_url: str) -> None:
+    """Two processes' batches that lock the same rows in opposite orders deadlock; PostgreSQL
+    aborts one (after its deadlock_timeout, 1 s by default), and that store runs its batch again
+    instead of failing its writes (pgstore MAX_ATTEMPTS). The two writes are made to meet inside
+    their transactions by events, so the deadlock happens every time."""
+    first_locked, second_locked = asyncio.Event(), asyncio.Event()
+    runs = {"first": 0, "second": 0}
+
+    def crossing(name: str, mine: asyncio.Event, theirs: asyncio.Event,
+                 one: str, two: str) -> Callable[[Any], Awaitable[None]]:
+        async def op(db: Any) -> None:
+            runs[name] += 1
+            await db.execute("UPDATE users SET name = name || '.' WHERE phone = $1", one)
+            mine.set()
+            await asyncio.wait_for(theirs.wait(), TIMEOUT)
+            await db.execute("UPDATE users SET name = name || '.' WHERE phone = $1", two)
+        return op
+
+    async with asyncio.timeout(3 * TIMEOUT), opened(pg_url) as second:
+        assert isinstance(second, PgStore)
+        await asyncio.gather(
+            pg_store._write(crossing("first", first_locked, second_locked, A, B)),  # noqa: SLF001
+            second._write(crossing("second", second_locked, first_locked, B, A)))  # noqa: SLF001
+        assert sorted(runs.values()) == [1, 2]  # the loser ran again, and nothing failed
+        names = {u.phone: u.name for u in [await second.get_user(A), await second.get_user(B)]
+                 if u is not None}
+        assert names == {A: f"user {A}..", B: f"user {B}.."}  # both writes committed, once each
