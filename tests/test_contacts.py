@@ -21,7 +21,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from backends import db_rows
 from chatserver.app import create_app
 from chatserver.config import Config
-from chatserver.store import Store
+from chatserver.stores.base import Store
 from conftest import PASSWORD, QUIET, TIMEOUT, UserFactory
 from wsutil import assert_json_error, assert_quiet, recv
 

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from chatserver.app import create_app
 from chatserver.config import Config, Database, Fetch
-from chatserver.store import Store
+from chatserver.stores.base import Store
 import backends
 from backends import has_files
 from conftest import TIMEOUT, UserFactory

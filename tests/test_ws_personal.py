@@ -23,7 +23,7 @@ from chatserver.app import create_app
 from chatserver.commands import TYPING_INTERVAL
 from chatserver.config import Config, WebSocket
 from chatserver.keys import hub_key, store_key
-from chatserver.store import Store
+from chatserver.stores.base import Store
 from conftest import TIMEOUT, UserFactory, with_limits
 from wsutil import (
     FETCH_TS,
