@@ -12,9 +12,10 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from multiprocessing import connection as mp_connection
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import uvloop
@@ -25,7 +26,9 @@ from .auth import hash_password, load_secret
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
 from .stores import backup, open_store
-from .stores.base import BackupUnsupported, CorruptDatabase, SchemaTooNew, StoreError
+from .stores.base import BackupUnsupported, CorruptDatabase, SchemaTooNew, Store, StoreError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +202,8 @@ def _worker(config: Config) -> None:
     sys.exit(_serve_one(config, reuse_port=True))
 
 
-async def _with_store(config: Config, action):  # type: ignore[no-untyped-def]
+async def _with_store(config: Config, action: Callable[[Store], Awaitable[T]]) -> T:
+    """`await action(store)` on the configured store, closed afterwards."""
     store = await open_store(config)
     try:
         return await action(store)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
 
@@ -39,7 +39,7 @@ class ProtocolError(Exception):
     """A refused frame; `str(error)` is the reason shown to a person (SPEC 5.5)."""
 
 
-def is_phone(value: object) -> bool:
+def is_phone(value: object) -> TypeGuard[str]:
     """True for a string of 10 to 15 ASCII digits (SPEC 1)."""
     return isinstance(value, str) and PHONE_RE.fullmatch(value) is not None
 
