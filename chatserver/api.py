@@ -39,7 +39,7 @@ async def _user(request: web.Request) -> str:
 def _phone_arg(value: object, field: str) -> str:
     if not is_phone(value):
         raise web.HTTPBadRequest(reason=f"{field} must be a phone number of 10 to 15 digits")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _phones_arg(value: object, field: str) -> list[str]:
