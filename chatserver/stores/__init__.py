@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 from ..config import Config
 from .base import Store, StoreError
 
-# URL scheme -> "module:Class" (the module relative to this package).
+# URL scheme of `[database] url` -> "module:Class" (the module relative to this package); no URL
+# at all means the SQLite file at `[database] path`.
 ENGINES: Final = {
-    "sqlite": ".sqlite:SqliteStore",
+    "": ".sqlite:SqliteStore",
     "postgresql": ".postgres:PgStore",
     "postgres": ".postgres:PgStore",
 }
@@ -26,13 +27,12 @@ ENGINES: Final = {
 
 def engine_class(config: Config) -> Any:
     """The engine class `config` asks for, imported now. Raises StoreError for an unknown scheme."""
-    url = config.database.url
-    scheme = urlsplit(url).scheme if url else "sqlite"
+    scheme = urlsplit(config.database.url).scheme
     try:
         module_name, class_name = ENGINES[scheme].split(":")
     except KeyError:
         raise StoreError(f"[database] url: unknown scheme {scheme!r}; "
-                         f"expected one of {', '.join(sorted(ENGINES))}") from None
+                         f"expected one of {', '.join(s for s in sorted(ENGINES) if s)}") from None
     return getattr(importlib.import_module(module_name, __name__), class_name)
 
 
