@@ -234,8 +234,9 @@ def _statements(script: str) -> list[str]:
     statements, buffer = [], ""
     for piece in script.split(";"):
         buffer += piece + ";"
-        if sqlite3.complete_statement(buffer):  # a trigger's body holds `;` too
-            statements.append(buffer)
+        if sqlite3.complete_statement(buffer):  # a trigger's body or a string holds `;` too
+            if buffer.strip(" \t\n;"):
+                statements.append(buffer)
             buffer = ""
     if buffer.strip(" \t\n;"):
         statements.append(buffer)
