@@ -1,4 +1,5 @@
--- The whole schema, applied on every start (every statement is idempotent).
+-- Version 1 of the SQLite schema: applied to an empty database only. A change is a new migration
+-- (chatserver/stores/migrations/sqlite/), never an edit of this file (docs/storage.md).
 -- Timestamps ending in _us are microseconds since the Unix epoch, UTC; text timestamps are as the
 -- protocol shows them (SPEC 5).
 
@@ -86,7 +87,7 @@ CREATE TABLE IF NOT EXISTS group_pending (
 CREATE INDEX IF NOT EXISTS group_pending_message ON group_pending(message_id);
 
 -- A new group message is pending for every member but its sender, as membership is at that
--- commit: store.py inserts those rows in the message's own batch (RETURNING gives them back).
+-- commit: chatserver/stores/sqlite.py inserts those rows in the message's own batch (RETURNING gives them back).
 DROP TRIGGER IF EXISTS group_messages_pending;
 
 -- The last acknowledgement (or the removal of the last pending member) deletes the message.

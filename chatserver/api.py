@@ -17,7 +17,7 @@ from .auth import check_password, current_user, hash_password
 from .forms import FormError, clean_name, clean_password
 from .keys import config_key, hub_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone, server_timestamp
-from .store import Contact, DialogueSide, Group
+from .stores.base import Contact, DialogueSide, Group
 
 # A group is for people who know each other: a bound keeps one request's work bounded too.
 MAX_PARTICIPANTS: Final = 1000

@@ -17,24 +17,12 @@ from .hub import Hub
 from .keys import config_key, hub_key, store_key, throttle_key
 from .middlewares import guard
 from .routes import setup_routes
-from .store import Store
+from .stores import open_store
 from .throttle import Throttle
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 # Form posts and JSON bodies are small; anything bigger is refused with 413 before it is read.
 CLIENT_MAX_SIZE = 64 * 1024
-
-
-async def open_store(config: Config) -> Store:
-    """The store `config` asks for: PostgreSQL when `[database] url` is set, else SQLite at
-    `[database] path`. Both have the same methods (chatserver/store.py documents them)."""
-    db = config.database
-    if db.url:
-        from .pgstore import PgStore  # asyncpg is loaded only by deployments that use it
-        return await PgStore.open(db.url, scrub_seconds=db.scrub_seconds,  # type: ignore[return-value]
-                                  rooms_keep=config.rooms.keep)
-    return await Store.open(db.path, synchronous=db.synchronous, scrub_seconds=db.scrub_seconds,
-                            rooms_keep=config.rooms.keep)
 
 
 def make_hub(config: Config) -> Hub:

@@ -11,26 +11,30 @@ import multiprocessing
 import os
 import resource
 import signal
-import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from multiprocessing import connection as mp_connection
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import uvloop
 from aiohttp import web
 
-from .app import create_app, open_store
+from .app import create_app
 from .auth import hash_password, load_secret
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
-from .store import CorruptDatabase, StoreError, backup
+from .stores import backup, open_store
+from .stores.base import BackupUnsupported, CorruptDatabase, SchemaTooNew, Store, StoreError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "config.toml"
-# What a store or hub that cannot be reached raises at start-up: a clear line, not a traceback.
+# What a store or hub that cannot be used raises at start-up (also CorruptDatabase, SchemaTooNew):
+# a clear line, not a traceback.
 STARTUP_ERRORS: tuple[type[BaseException], ...] = (OSError, StoreError)
 
 
@@ -150,6 +154,8 @@ def _serve_one(config: Config, *, reuse_port: bool) -> int:
                     loop=uvloop.new_event_loop(), reuse_port=reuse_port,
                     access_log=(logging.getLogger("aiohttp.access") if config.server.access_log
                                 else None))
+    except (CorruptDatabase, SchemaTooNew):
+        raise  # a database refused, not one out of reach: main() says it in one line
     except STARTUP_ERRORS as e:
         print(f"error: cannot start: {e}", file=sys.stderr)
         return 2
@@ -196,7 +202,8 @@ def _worker(config: Config) -> None:
     sys.exit(_serve_one(config, reuse_port=True))
 
 
-async def _with_store(config: Config, action):  # type: ignore[no-untyped-def]
+async def _with_store(config: Config, action: Callable[[Store], Awaitable[T]]) -> T:
+    """`await action(store)` on the configured store, closed afterwards."""
     store = await open_store(config)
     try:
         return await action(store)
@@ -217,16 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(config, args.workers)
         if args.command == "backup":
-            if config.database.url:  # SQLite's online backup API; PostgreSQL has its own tools
-                print("error: backup copies the SQLite file; for a PostgreSQL [database] url "
-                      "use pg_dump", file=sys.stderr)
-                return 2
             try:
-                backup(config.database.path, args.path)
-            except (OSError, sqlite3.Error) as e:
+                copied = backup(config, args.path)
+            except BackupUnsupported as e:  # the engine has its own tools
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            except (OSError, StoreError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 1
-            print(f"backed up {config.database.path} to {args.path}")
+            print(f"backed up {copied} to {args.path}")
             return 0
         phone = clean_phone(args.phone)
         if args.command == "adduser":
@@ -254,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FormError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (CorruptDatabase, *STARTUP_ERRORS) as e:
+    except STARTUP_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -36,7 +36,7 @@ from .protocol import (
     server_now,
     server_timestamp,
 )
-from .store import DATABASE_ERRORS, NotMember, Store, StoreClosed
+from .stores.base import NotMember, Store, StoreError
 from .throttle import Throttle
 
 T = TypeVar("T")
@@ -116,7 +116,7 @@ class Conn:
                 reason = str(e)
             except NotMember:
                 reason = "you are not a participant of this group"
-            except (*DATABASE_ERRORS, StoreClosed):
+            except StoreError:  # StoreClosed too
                 # Nothing was committed, so nothing was acknowledged: the client may retry.
                 log.exception("store failure during %s", type_)
                 reason = _STORE_FAILED
@@ -442,7 +442,7 @@ async def dispatch(conn: Conn, table: Table, text: str) -> None:
         await command.run(conn, frame)
     except ProtocolError as e:
         conn.refuse(str(e), type_)
-    except (*DATABASE_ERRORS, StoreClosed):
+    except StoreError:  # StoreClosed too
         # Nothing was committed, so nothing was acknowledged: the client may safely retry.
         log.exception("store failure during %s", type_)
         conn.refuse(_STORE_FAILED, type_)
@@ -471,7 +471,7 @@ async def dispatch_receive(conn: Conn, text: str) -> None:
         await handler(conn, data)
     except ProtocolError as e:
         conn.refuse(str(e), type_)
-    except (*DATABASE_ERRORS, StoreClosed):
+    except StoreError:  # StoreClosed too
         # Nothing was committed, so nothing was acknowledged: the client may safely retry.
         log.exception("store failure during %s", type_)
         conn.refuse(_STORE_FAILED, type_)

@@ -33,7 +33,7 @@ def clean_phone(raw: object) -> str:
     """A phone number: 10 to 15 ASCII digits (SPEC 1)."""
     if not is_phone(raw):
         raise FormError("The phone number must be 10 to 15 digits, nothing else.")
-    return raw  # type: ignore[return-value]
+    return raw
 
 
 def clean_password(raw: object) -> str:

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from .config import Config
 from .hub import Hub
-from .store import Store
+from .stores.base import Store
 from .throttle import Throttle
 
 config_key: Final = web.AppKey("config", Config)

@@ -29,7 +29,7 @@ from .protocol import (
     per_recipient,
     server_now,
 )
-from .store import Store, StoreClosed
+from .stores.base import Store, StoreClosed
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from chatserver.app import create_app
 from chatserver.config import Config, Database, HubSettings, Limits, Security, WebSocket
 from chatserver.keys import store_key
-from chatserver.store import Store
+from chatserver.stores.base import Store
 from helpers import backends
 from helpers.accounts import PASSWORD, UserFactory
 

@@ -18,7 +18,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from chatserver.app import create_app
 from chatserver.config import Config
-from chatserver.store import Store
+from chatserver.stores.base import Store
 from helpers.accounts import COOKIE, PASSWORD, UserFactory
 from helpers.timing import TIMEOUT
 

@@ -22,7 +22,8 @@ from cryptography.fernet import Fernet
 
 from chatserver.auth import load_secret
 from chatserver.cli import main
-from chatserver.store import Store
+from chatserver.stores.base import Store
+from chatserver.stores.sqlite import SqliteStore
 from helpers import backends
 from helpers.accounts import PASSWORD
 
@@ -70,9 +71,9 @@ def count(db: Path, table: str) -> int:
 
 
 def in_store(db: Path, action: Callable[[Store], Awaitable[T]]) -> T:
-    """Run `await action(store)` on a Store of `db` (for set-up the CLI does not offer)."""
+    """Run `await action(store)` on a SqliteStore of `db` (for set-up the CLI does not offer)."""
     async def go() -> T:
-        store = await asyncio.wait_for(Store.open(db), TIMEOUT)
+        store = await asyncio.wait_for(SqliteStore.open(db), TIMEOUT)
         try:
             return await asyncio.wait_for(action(store), TIMEOUT)
         finally:

@@ -17,7 +17,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from chatserver.app import create_app
 from chatserver.config import Config
-from chatserver.store import Store
+from chatserver.stores.base import Store
 from helpers.accounts import PASSWORD, UserFactory
 from helpers.backends import db_rows
 from helpers.frames import SERVER_TS, assert_error, frame, near_now, new_phone

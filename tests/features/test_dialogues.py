@@ -22,7 +22,7 @@ from chatserver.app import create_app
 from chatserver.commands import TYPING_INTERVAL
 from chatserver.config import Config, WebSocket
 from chatserver.keys import hub_key, store_key
-from chatserver.store import Store
+from chatserver.stores.base import Store
 from helpers.accounts import UserFactory, users_on
 from helpers.backends import FILES_ARE_SQLITE, db_rows, has_files
 from helpers.configs import with_limits

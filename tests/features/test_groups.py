@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from chatserver.app import create_app
 from chatserver.config import Config, Database, Fetch
-from chatserver.store import Store
+from chatserver.stores.base import Store
 from helpers import backends
 from helpers.accounts import UserFactory, users_on
 from helpers.backends import db_rows, has_files

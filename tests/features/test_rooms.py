@@ -22,7 +22,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from chatserver.app import create_app
 from chatserver.config import Config, Rooms
-from chatserver.store import Store
+from chatserver.stores.base import Store
 from helpers import frames
 from helpers.accounts import PASSWORD, UserFactory
 from helpers.backends import db_rows

@@ -144,8 +144,8 @@ async def backend(name: str) -> AsyncIterator[Backend]:
 
 # Why a test's checks of the bytes of the database file (and its WAL) run on SQLite only.
 FILES_ARE_SQLITE: Final = (
-    "PostgreSQL keeps a deleted body's bytes until they are overwritten (chatserver/pgstore.py's "
-    "docstring): the checks of the database file's bytes are SQLite's")
+    "PostgreSQL keeps a deleted body's bytes until they are overwritten (docs/storage.md, "
+    "\"Deletion on PostgreSQL\"): the checks of the database file's bytes are SQLite's")
 
 
 def has_files(database: Database) -> bool:

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from chatserver.app import create_app
 from chatserver.config import Config
 from chatserver.keys import store_key
-from chatserver.store import Store
+from chatserver.stores.base import Store
 from helpers.accounts import UserFactory, users_on
 from helpers.configs import with_limits
 from helpers.frames import FRAME_KEYS, assert_error, frame, new_phone

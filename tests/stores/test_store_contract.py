@@ -20,17 +20,17 @@ from typing import Any, Final
 import asyncpg
 import pytest
 
-from chatserver.pgstore import PgStore
 from chatserver.protocol import now_micros, parse_timestamp
-from chatserver.store import (
-    INTEGRITY_ERRORS,
+from chatserver.stores.base import (
     CorruptDatabase,
     DialogueSide,
-    Store,
+    IntegrityError,
     StoreClosed,
     StoredMessage,
     StoreError,
 )
+from chatserver.stores.postgres import PgStore
+from chatserver.stores.sqlite import SqliteStore
 from helpers import backends
 
 # The contract tests (those that take `store` or `place`) run once per store engine.
@@ -43,7 +43,7 @@ T1 = parse_timestamp("2026-03-14 17:11:06.23")
 T2 = parse_timestamp("2026-03-14 17:11:07")
 T3 = parse_timestamp("2026-03-14 17:11:08")
 
-AnyStore = Store | PgStore
+AnyStore = SqliteStore | PgStore
 # Where a store lives: a SQLite file, or a PostgreSQL URL (its test schema in search_path).
 Place = Path | str
 
@@ -52,7 +52,7 @@ async def open_store(place: Place, scrub_seconds: float = 60.0) -> AnyStore:
     """Open the store at `place` (bounded by TIMEOUT)."""
     if isinstance(place, Path):
         return await asyncio.wait_for(
-            Store.open(place, synchronous="FULL", scrub_seconds=scrub_seconds), TIMEOUT)
+            SqliteStore.open(place, synchronous="FULL", scrub_seconds=scrub_seconds), TIMEOUT)
     return await asyncio.wait_for(PgStore.open(place, scrub_seconds=scrub_seconds), TIMEOUT)
 
 
@@ -88,10 +88,10 @@ async def store(place: Place) -> AsyncIterator[AnyStore]:
 
 
 @pytest.fixture
-async def sqlite_store(db_path: Path) -> AsyncIterator[Store]:
-    """The SQLite Store alone: for the checks of its file's bytes."""
+async def sqlite_store(db_path: Path) -> AsyncIterator[SqliteStore]:
+    """The SQLite store alone: for the checks of its file's bytes."""
     async with opened(db_path) as store:
-        assert isinstance(store, Store)
+        assert isinstance(store, SqliteStore)
         yield store
 
 
@@ -161,7 +161,7 @@ async def until(store: PgStore, predicate: Callable[[], bool]) -> None:
     """Wait, without polling, until `predicate()` holds after a notification has been applied
     to the store's blocks mirror (the caller bounds the wait)."""
     while True:
-        event = store._mirror_updated
+        event = store._mirror.updated
         if predicate():
             return
         await event.wait()
@@ -284,7 +284,7 @@ async def test_dialogues(store: AnyStore) -> None:
 
 async def test_unknown_recipient_is_refused_by_the_foreign_key(store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
-        with pytest.raises(INTEGRITY_ERRORS):
+        with pytest.raises(IntegrityError):
             await store.add_personal(A, NOT_A_USER, T1, "t1", "to nobody")
         assert await store.pending_for(NOT_A_USER) == []
         assert await store.add_personal(A, B, T1, "t1", "still works")
@@ -352,7 +352,7 @@ async def test_group_commit_batches_concurrent_writes(store: AnyStore) -> None:
         assert [m.message for m in await store.pending_for(B)] == [f"message {i}" for i in range(n)]
 
 
-async def test_group_commit_resolves_only_after_commit(sqlite_store: Store, db_path: Path) -> None:
+async def test_group_commit_resolves_only_after_commit(sqlite_store: SqliteStore, db_path: Path) -> None:
     """msg_sent may go out only after the commit holding the row: when add_personal returns, an
     independent connection already sees the row (WAL readers see committed data only)."""
     async with asyncio.timeout(TIMEOUT):
@@ -381,7 +381,7 @@ async def test_a_failing_op_fails_alone_in_its_batch(store: AnyStore) -> None:
             return_exceptions=True,
         )
         assert results[0] is True
-        assert isinstance(results[1], INTEGRITY_ERRORS)
+        assert isinstance(results[1], IntegrityError)
         assert results[2] is True
         # they did share a transaction: it was rolled back, and the good writes committed together
         assert trace.count("ROLLBACK") >= 1
@@ -401,7 +401,7 @@ async def test_several_failing_ops_in_one_batch(store: AnyStore) -> None:
             if i % 3:
                 assert result is True
             else:
-                assert isinstance(result, INTEGRITY_ERRORS)
+                assert isinstance(result, IntegrityError)
         assert [m.message for m in await store.pending_for(B)] == [f"m{i}" for i in range(30) if i % 3]
 
 
@@ -417,7 +417,7 @@ def unique_body(size: int) -> tuple[str, bytes]:
 
 @pytest.mark.parametrize("size", [40, 20_000], ids=["in-page", "overflow-pages"])
 async def test_scrub_removes_an_acknowledged_body_from_the_file_and_the_wal(
-        sqlite_store: Store, db_path: Path, size: int) -> None:
+        sqlite_store: SqliteStore, db_path: Path, size: int) -> None:
     body, needle = unique_body(size)
     async with asyncio.timeout(TIMEOUT):
         assert await sqlite_store.add_personal(A, B, T1, "t1", body)
@@ -445,7 +445,7 @@ async def test_the_writer_scrubs_by_itself_within_scrub_seconds(db_path: Path) -
                 await asyncio.sleep(0.02)
 
 
-async def test_scrub_after_delete_user_removes_their_messages(sqlite_store: Store, db_path: Path) -> None:
+async def test_scrub_after_delete_user_removes_their_messages(sqlite_store: SqliteStore, db_path: Path) -> None:
     body, needle = unique_body(40)
     async with asyncio.timeout(TIMEOUT):
         assert await sqlite_store.add_personal(A, B, T1, "t1", body)
@@ -465,7 +465,7 @@ async def test_close_leaves_no_acknowledged_body_behind(db_path: Path) -> None:
     assert files_holding(db_path, needle) == []
 
 
-async def test_scrub_keeps_unacknowledged_messages(sqlite_store: Store, db_path: Path) -> None:
+async def test_scrub_keeps_unacknowledged_messages(sqlite_store: SqliteStore, db_path: Path) -> None:
     body, needle = unique_body(40)
     async with asyncio.timeout(TIMEOUT):
         assert await sqlite_store.add_personal(A, B, T1, "t1", body)
@@ -492,7 +492,7 @@ async def test_sessions_add_lookup_delete(store: AnyStore) -> None:
 
 async def test_session_of_an_unknown_phone_is_refused(store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
-        with pytest.raises(INTEGRITY_ERRORS):
+        with pytest.raises(IntegrityError):
             await store.add_session("hash-x", NOT_A_USER)
         assert await store.session_user("hash-x", 3600) is None
 
@@ -500,8 +500,8 @@ async def test_session_of_an_unknown_phone_is_refused(store: AnyStore) -> None:
 async def test_session_expires_after_max_age(store: AnyStore, monkeypatch: pytest.MonkeyPatch) -> None:
     async with asyncio.timeout(TIMEOUT):
         two_hours_ago = now_micros() - 2 * 3600 * 1_000_000
-        with monkeypatch.context() as m:  # the clock of the store's own module
-            m.setattr(sys.modules[type(store).__module__], "now_micros", lambda: two_hours_ago)
+        with monkeypatch.context() as m:  # the clock of the shared queries
+            m.setattr(sys.modules["chatserver.stores.queries"], "now_micros", lambda: two_hours_ago)
             await store.add_session("old", A)
         await store.add_session("new", A)
         assert await store.session_user("old", 3600) is None
@@ -587,7 +587,7 @@ async def test_open_refuses_a_damaged_index_page(tmp_path: Path) -> None:
     await asyncio.to_thread(build_db, path)
     corrupt_root_page(path, "sessions_phone")
     with pytest.raises(CorruptDatabase):
-        store = await asyncio.wait_for(Store.open(path), TIMEOUT)
+        store = await asyncio.wait_for(SqliteStore.open(path), TIMEOUT)
         await asyncio.wait_for(store.close(), TIMEOUT)
 
 
@@ -601,7 +601,7 @@ async def test_open_refuses_a_corrupt_file(tmp_path: Path, damage: str) -> None:
         await asyncio.to_thread(build_db, path)
         corrupt_root_page(path, "personal_messages")
     with pytest.raises(CorruptDatabase):
-        store = await asyncio.wait_for(Store.open(path), TIMEOUT)
+        store = await asyncio.wait_for(SqliteStore.open(path), TIMEOUT)
         await asyncio.wait_for(store.close(), TIMEOUT)
 
 
@@ -706,11 +706,11 @@ async def test_pg_the_blocks_listener_reconnects_and_rereads(pg_store: PgStore, 
     reads the table again, so that a change made meanwhile is not missed."""
     async with asyncio.timeout(TIMEOUT), opened(pg_url) as second, connected(pg_url) as admin:
         assert isinstance(second, PgStore)
-        lost = second._listener
+        lost = second._mirror.listener
         assert lost is not None
         assert await admin.fetchval("SELECT pg_terminate_backend($1)", lost.get_server_pid())
         await pg_store.block(A, B)  # maybe before, maybe after the new LISTEN: both must work
-        await until(second, lambda: second._listener not in (None, lost) and second.is_blocked(A, B))
+        await until(second, lambda: second._mirror.listener not in (None, lost) and second.is_blocked(A, B))
         await pg_store.unblock(A, B)  # heard on the new connection
         await until(second, lambda: not second.is_blocked(A, B))
 
@@ -834,7 +834,7 @@ async def test_pg_after_scrub_no_tuple_holds_an_acknowledged_body(
         pg_store: PgStore, pg_url: str, size: int) -> None:
     """What VACUUM does and the delete alone does not: the deleted tuple, which still holds the
     body after the commit, is removed. (Its bytes may stay in the page's free space until
-    overwritten: pgstore.py's docstring. This looks at tuples, not at free space.)"""
+    overwritten: docs/storage.md. This looks at tuples, not at free space.)"""
     marker = f"secret-{uuid.uuid4().hex}"
     # random hex does not compress: the large body goes to the TOAST table as it is
     body = marker + " " + secrets.token_hex(size // 2)
@@ -861,7 +861,7 @@ async def test_pg_after_scrub_no_tuple_holds_an_acknowledged_body(
 async def test_pg_a_batch_that_loses_a_deadlock_is_run_again(pg_store: PgStore, pg_url: str) -> None:
     """Two processes' batches that lock the same rows in opposite orders deadlock; PostgreSQL
     aborts one (after its deadlock_timeout, 1 s by default), and that store runs its batch again
-    instead of failing its writes (pgstore MAX_ATTEMPTS). The two writes are made to meet inside
+    instead of failing its writes (stores.groupcommit.MAX_ATTEMPTS). The two writes are made to meet inside
     their transactions by events, so the deadlock happens every time."""
     first_locked, second_locked = asyncio.Event(), asyncio.Event()
     runs = {"first": 0, "second": 0}

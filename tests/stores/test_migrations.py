@@ -1,0 +1,313 @@
+"""Versioned schema migrations (SPEC 10, "Upgrades"), on both engines.
+
+The fixtures were made by release version 1 (before versions were recorded), with the store of
+that release: tests/fixtures/chat-v1.db (SQLite) and tests/fixtures/chat-v1-postgres.sql (pg_dump
+of a schema named chat_v1_fixture). They hold users, sessions, dialogues with receipts, personal
+messages, a group with pending messages, rooms with history and a grant, contacts, last seen and
+blocks. The PostgreSQL tests run when CHAT_TEST_POSTGRES_URL is set, each in a fresh schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import shutil
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+import pytest
+
+from helpers import backends
+from chatserver.cli import main
+from chatserver.protocol import server_timestamp
+from chatserver.stores.base import (
+    Contact,
+    DialogueSide,
+    Group,
+    GroupMessage,
+    Room,
+    RoomMessage,
+    SchemaTooNew,
+    StoredMessage,
+    StoreError,
+)
+from chatserver.stores.postgres import PgStore
+from chatserver.stores.sqlite import SqliteStore
+
+FIXTURES: Final = Path(__file__).resolve().parent.parent / "fixtures"
+V1_SQLITE: Final = FIXTURES / "chat-v1.db"
+V1_POSTGRES: Final = FIXTURES / "chat-v1-postgres.sql"
+FIXTURE_SCHEMA: Final = "chat_v1_fixture"  # the schema the dump was taken from
+TIMEOUT: Final = 10.0
+# What the fixtures hold (the script that made them used these values).
+A, B, C, D = "15550000001", "15550000002", "15550000003", "15550000004"
+HASH: Final = b"$2b$04$abcdefghijklmnopqrstuu5Yb3mCXO0kYyW0y1z1Zb5rQy6dQ1nKa"
+T0: Final = 1_780_000_000_000_000
+GROUP_KEY: Final = "Grp0000001"
+ALICE_SESSION, BOB_SESSION = "s" * 64, "t" * 64
+AGES: Final = 10**9  # seconds: the fixture's sessions are not expired for this test
+
+ADD_COLUMN: Final = "ALTER TABLE users ADD COLUMN nickname TEXT;\n"
+# Changes the schema, then fails: the whole upgrade must be undone.
+FAILS_HALFWAY: Final = ("ALTER TABLE users ADD COLUMN motto TEXT;\n"
+                        "DELETE FROM contacts;\n"
+                        "INSERT INTO no_such_table VALUES (1);\n")
+
+AnyStore = SqliteStore | PgStore
+
+
+async def assert_v1_contents(store: AnyStore) -> None:
+    """Everything the v1 fixture holds is found through the store's methods."""
+    alice = await store.get_user(A)
+    assert alice is not None and (alice.name, alice.password_hash) == ("Alice", HASH)
+    assert [await store.user_exists(p) for p in (A, B, C, D, "15559999999")] == [True] * 4 + [False]
+    assert await store.session_user(ALICE_SESSION, AGES) == A
+    assert await store.session_user(BOB_SESSION, AGES) == B
+    assert await store.dialogues_of(A) == [B, C]
+    assert await store.dialogue_side(A, B) == DialogueSide(
+        server_timestamp(T0 + 100), server_timestamp(T0 + 200), 2)
+    assert await store.pending_for(B) == [
+        StoredMessage(A, B, "hello 1", T0 + 1), StoredMessage(A, B, "hello 2", T0 + 2)]
+    assert await store.pending_for(A) == [StoredMessage(C, A, "from carol", T0 + 5)]
+    assert await store.group(GROUP_KEY) == Group(GROUP_KEY, "Friends", [A, B, C], [A])
+    assert await store.groups_of(B) == [(GROUP_KEY, "Friends")]
+    assert await store.pending_group_for(C) == [
+        GroupMessage(GROUP_KEY, A, "group one", T0 + 10, [C]),
+        GroupMessage(GROUP_KEY, B, "group two", T0 + 11, [A, C])]
+    assert await store.pending_group_for(B) == []
+    assert (await store.members(GROUP_KEY))[1] == (B, "Bob", server_timestamp(T0 + 10))
+    assert await store.rooms() == [Room("lobby", A, None), Room("secret", B, HASH)]
+    assert await store.room_history("lobby", 10) == [
+        RoomMessage(i + 1, [A, B, C][i], f"room {i}", T0 + 20 + i) for i in range(3)]
+    assert await store.room_granted(BOB_SESSION, "secret")
+    assert not await store.room_granted(ALICE_SESSION, "secret")
+    assert await store.contacts_of(A) == [Contact(B, "Bobby", T0 + 30), Contact(C, "Carol C", None)]
+    assert await store.watchers_of(A) == [B, C]
+    assert store.is_blocked(C, D) and store.is_blocked(A, D) and not store.is_blocked(D, C)
+    assert await store.blocked_by(A) == [D]
+    # ... and the upgraded database takes new writes where the old ones left off.
+    assert await store.ack_personal(A, B, T0 + 1, server_timestamp(T0 + 300))
+    assert await store.add_room_message("lobby", D, T0 + 40, server_timestamp(T0 + 40), "new") == 4
+    assert await store.add_group_message(GROUP_KEY, C, T0 + 41, server_timestamp(T0 + 41), "g") == [A, B]
+
+
+def write_migration(folder: Path, name: str, sql: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(sql, encoding="utf-8")
+    return folder
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def v1_file(tmp_path: Path) -> Path:
+    """A copy of the v1 SQLite fixture (opening upgrades it in place)."""
+    path = tmp_path / "chat.db"
+    shutil.copyfile(V1_SQLITE, path)
+    return path
+
+
+def sqlite_version(path: Path) -> int | None:
+    """The version the file records, or None (a file made before versions were recorded)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchall():
+            return None
+        return con.execute("SELECT version FROM schema_version").fetchone()[0]
+
+
+def sqlite_dump(path: Path) -> list[str]:
+    """Every table, index, trigger and row of the file, as SQL."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+        return list(con.iterdump())
+
+
+@contextlib.asynccontextmanager
+async def opened(place: Path | str) -> AsyncIterator[AnyStore]:
+    if isinstance(place, Path):
+        store: AnyStore = await asyncio.wait_for(SqliteStore.open(place), TIMEOUT)
+    else:
+        store = await asyncio.wait_for(PgStore.open(place), TIMEOUT)
+    try:
+        yield store
+    finally:
+        await asyncio.wait_for(store.close(), TIMEOUT)
+
+
+async def open_and_close(place: Path | str) -> None:
+    """Open the store at `place` and close it (so that a store that should have been refused
+    does not keep the test's process alive)."""
+    async with opened(place):
+        pass
+
+
+async def test_the_v1_file_opens_and_everything_in_it_is_found(v1_file: Path) -> None:
+    assert sqlite_version(v1_file) is None
+    async with opened(v1_file) as store:
+        await assert_v1_contents(store)
+    assert sqlite_version(v1_file) == 1
+
+
+async def test_a_new_database_records_the_latest_version(tmp_path: Path) -> None:
+    async with opened(tmp_path / "new.db") as store:
+        assert await store.add_user(A, "Alice", HASH)
+    assert sqlite_version(tmp_path / "new.db") == 1
+    async with opened(tmp_path / "new.db") as store:  # opened again: nothing to apply
+        assert await store.user_exists(A)
+    assert sqlite_version(tmp_path / "new.db") == 1
+
+
+async def test_a_migration_upgrades_the_v1_file(
+        v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_migration(tmp_path / "migrations", "0002_user_nickname.sql", ADD_COLUMN)
+    monkeypatch.setattr(SqliteStore, "MIGRATIONS", folder)
+    async with opened(v1_file) as store:
+        await assert_v1_contents(store)
+    assert sqlite_version(v1_file) == 2
+    with contextlib.closing(sqlite3.connect(v1_file)) as con:
+        assert con.execute("SELECT phone, nickname FROM users WHERE phone = ?", (A,)).fetchall() == [
+            (A, None)]
+
+
+async def test_a_migration_that_fails_halfway_changes_nothing(
+        v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_migration(tmp_path / "migrations", "0002_user_nickname.sql", ADD_COLUMN)
+    write_migration(folder, "0003_broken.sql", FAILS_HALFWAY)
+    monkeypatch.setattr(SqliteStore, "MIGRATIONS", folder)
+    before = sqlite_dump(v1_file)
+    with pytest.raises(StoreError, match="no_such_table"):
+        await open_and_close(v1_file)
+    assert sqlite_version(v1_file) is None  # still version 1, as made by that release
+    assert sqlite_dump(v1_file) == before
+
+
+async def test_a_database_newer_than_the_release_is_refused(
+        v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_migration(tmp_path / "migrations", "0002_user_nickname.sql", ADD_COLUMN)
+    monkeypatch.setattr(SqliteStore, "MIGRATIONS", folder)
+    async with opened(v1_file):
+        pass
+    assert sqlite_version(v1_file) == 2
+    monkeypatch.undo()  # this release again: it knows version 1 only
+    before = sqlite_dump(v1_file)
+    with pytest.raises(SchemaTooNew, match="version 2, newer than this release's 1"):
+        await open_and_close(v1_file)
+    assert sqlite_dump(v1_file) == before
+
+
+def test_the_command_line_refuses_a_newer_database_in_one_line(
+        v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit status 2 and one line, as for a damaged file; the file is left alone."""
+    with contextlib.closing(sqlite3.connect(v1_file)) as con, con:
+        con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        con.execute("INSERT INTO schema_version VALUES (7)")
+    before = sqlite_dump(v1_file)
+    config = tmp_path / "config.toml"
+    config.write_text("", encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    capsys.readouterr()
+    assert main(["--config", str(config), "--db", str(v1_file), "deluser", A]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {v1_file} has schema version 7, newer than this release's 1: it was "
+                   "upgraded by a newer release; run that release (or newer) on it\n")
+    assert sqlite_dump(v1_file) == before
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+
+async def execute(url: str, sql: str) -> None:
+    conn = await asyncio.wait_for(asyncpg.connect(url), TIMEOUT)
+    try:
+        await asyncio.wait_for(conn.execute(sql), TIMEOUT)
+    finally:
+        await conn.close()
+
+
+async def fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
+    conn = await asyncio.wait_for(asyncpg.connect(url), TIMEOUT)
+    try:
+        return [tuple(r) for r in await asyncio.wait_for(conn.fetch(sql), TIMEOUT)]
+    finally:
+        await conn.close()
+
+
+async def restore_v1(url: str) -> None:
+    """Load the v1 dump into the (empty) schema of `url`: its name replaces the fixture's."""
+    schema = (await fetch(url, "SELECT current_schema()"))[0][0]
+    lines = [line for line in V1_POSTGRES.read_text(encoding="utf-8").splitlines()
+             if not line.startswith("\\")]  # psql's own commands (\restrict)
+    dump = "\n".join(lines).replace(f"CREATE SCHEMA {FIXTURE_SCHEMA};", "")
+    await execute(url, dump.replace(FIXTURE_SCHEMA, schema))
+
+
+async def pg_version(url: str) -> int | None:
+    if not (await fetch(url, "SELECT to_regclass('schema_version') IS NOT NULL"))[0][0]:
+        return None
+    return (await fetch(url, "SELECT version FROM schema_version"))[0][0]
+
+
+async def pg_snapshot(url: str) -> dict[str, Any]:
+    """Every column of every table of the schema, and every row of each table."""
+    columns = await fetch(url, "SELECT table_name, column_name, data_type FROM information_schema.columns"
+                               " WHERE table_schema = current_schema() ORDER BY 1, 2")
+    tables = sorted({c[0] for c in columns})
+    return {"columns": columns,
+            **{t: sorted(map(repr, await fetch(url, f"SELECT * FROM {t}"))) for t in tables}}
+
+
+@pytest.fixture
+async def pg_v1() -> AsyncIterator[str]:
+    """A fresh schema holding the v1 PostgreSQL fixture; yields its URL."""
+    backends.require(backends.POSTGRES)
+    async with backends.postgres_schema() as url:
+        await restore_v1(url)
+        yield url
+
+
+async def test_pg_the_v1_schema_opens_and_everything_in_it_is_found(pg_v1: str) -> None:
+    assert await pg_version(pg_v1) is None
+    async with opened(pg_v1) as store:
+        await assert_v1_contents(store)
+    assert await pg_version(pg_v1) == 1
+
+
+async def test_pg_a_migration_upgrades_the_v1_schema(
+        pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_migration(tmp_path / "migrations", "0002_user_nickname.sql", ADD_COLUMN)
+    monkeypatch.setattr(PgStore, "MIGRATIONS", folder)
+    async with opened(pg_v1) as store:
+        await assert_v1_contents(store)
+    assert await pg_version(pg_v1) == 2
+    assert await fetch(pg_v1, f"SELECT phone, nickname FROM users WHERE phone = '{A}'") == [(A, None)]
+
+
+async def test_pg_a_migration_that_fails_halfway_changes_nothing(
+        pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_migration(tmp_path / "migrations", "0002_user_nickname.sql", ADD_COLUMN)
+    write_migration(folder, "0003_broken.sql", FAILS_HALFWAY)
+    monkeypatch.setattr(PgStore, "MIGRATIONS", folder)
+    before = await pg_snapshot(pg_v1)
+    with pytest.raises(StoreError, match="no_such_table"):
+        await open_and_close(pg_v1)
+    assert await pg_version(pg_v1) is None
+    assert await pg_snapshot(pg_v1) == before
+
+
+async def test_pg_a_schema_newer_than_the_release_is_refused(
+        pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_migration(tmp_path / "migrations", "0002_user_nickname.sql", ADD_COLUMN)
+    monkeypatch.setattr(PgStore, "MIGRATIONS", folder)
+    async with opened(pg_v1):
+        pass
+    monkeypatch.undo()
+    before = await pg_snapshot(pg_v1)
+    with pytest.raises(SchemaTooNew, match="version 2, newer than this release's 1"):
+        await open_and_close(pg_v1)
+    assert await pg_snapshot(pg_v1) == before
