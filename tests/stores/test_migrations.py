@@ -22,7 +22,6 @@ from typing import Any, Final
 import asyncpg
 import pytest
 
-from helpers import backends
 from chatserver.cli import main
 from chatserver.protocol import server_timestamp
 from chatserver.stores.base import (
@@ -38,6 +37,7 @@ from chatserver.stores.base import (
 )
 from chatserver.stores.postgres import PgStore
 from chatserver.stores.sqlite import SqliteStore
+from helpers import backends
 
 FIXTURES: Final = Path(__file__).resolve().parent.parent / "fixtures"
 V1_SQLITE: Final = FIXTURES / "chat-v1.db"

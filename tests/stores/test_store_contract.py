@@ -445,7 +445,8 @@ async def test_the_writer_scrubs_by_itself_within_scrub_seconds(db_path: Path) -
                 await asyncio.sleep(0.02)
 
 
-async def test_scrub_after_delete_user_removes_their_messages(sqlite_store: SqliteStore, db_path: Path) -> None:
+async def test_scrub_after_delete_user_removes_their_messages(
+        sqlite_store: SqliteStore, db_path: Path) -> None:
     body, needle = unique_body(40)
     async with asyncio.timeout(TIMEOUT):
         assert await sqlite_store.add_personal(A, B, T1, "t1", body)
