@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from backends import FILES_ARE_SQLITE, db_rows, has_files
 from chatserver.app import create_app
-from chatserver.commands import TYPING_INTERVAL
 from chatserver.config import Config, WebSocket
+from chatserver.connection import TYPING_INTERVAL
 from chatserver.keys import hub_key, store_key
 from chatserver.store import Store
 from conftest import TIMEOUT, UserFactory, with_limits
