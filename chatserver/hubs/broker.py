@@ -3,9 +3,9 @@ versions: `Broker` (publish and subscribe between the processes sharing one depl
 `Presence` (which of those processes hold a receive socket of a phone). docs/hub.md explains
 how the hub composes them; `chatserver/hubs/redis.py` has the Redis versions.
 
-The in-process versions do nothing: with one process, every socket is in the local registries of
-the hub, and a method of theirs is one call that returns at once (no await suspends, nothing is
-allocated), so the hot path of a single process stays that of a plain in-memory hub.
+The in-process versions do nothing: with one process, every socket is in the hub's own registries.
+Their methods return at once (no await suspends, nothing is allocated), and the hub does not even
+call the in-process broker's publish methods on its hot path (push, broadcast).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from .broker import Broker, Presence
+from .broker import Broker, LocalBroker, Presence
 from .outbox import Outbox, close_socket
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,9 @@ class Hub:
         self._queue_size = queue_size
         self.close_timeout = close_timeout
         self._broker, self._presence = broker, presence
+        # The in-process broker has nobody to publish to: push and broadcast skip the call, so
+        # that one process's hot path costs what a plain in-memory hub's does.
+        self._publishing = not isinstance(broker, LocalBroker)
         self._receivers: dict[str, set[Outbox]] = {}
         self._sessions: dict[str, set[web.WebSocketResponse]] = {}
         # the task serving each socket, and the closes asked of them (see `close`)
@@ -243,7 +246,8 @@ class Hub:
         processes through the broker (none: nothing happens)."""
         for outbox in tuple(self._receivers.get(phone, ())):
             outbox.put(data)
-        self._broker.publish_user(phone, data)
+        if self._publishing:
+            self._broker.publish_user(phone, data)
 
     def broadcast(self, room: str, data: bytes, seq: int | None = None) -> None:
         """Queue a text frame for every socket in `room`, the sender's own included (SPEC 5.4),
@@ -257,7 +261,8 @@ class Hub:
                 outbox.put(data)
             elif seq is not None:
                 held.append((seq, data))
-        self._broker.publish_room(room, data, seq)
+        if self._publishing:
+            self._broker.publish_room(room, data, seq)
 
     def deliver_push(self, phone: str, data: bytes) -> None:
         """Another process's push: to the receive sockets of `phone` here."""
