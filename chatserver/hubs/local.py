@@ -61,6 +61,8 @@ class _Receiving:
             await hub._broker.subscribe_user(phone)
             others = await claim if claim is not None else 1
         except BaseException:
+            if isinstance(claim, Coroutine):
+                claim.close()  # never awaited now: say so to Python, not as a warning at exit
             self._leave()
             raise
         return first_here and not others  # None (unknown): counted as came online
