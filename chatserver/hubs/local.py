@@ -138,7 +138,9 @@ class _SessionSocket(_Membership):
             request = hub._close_requests.pop(ws, None)
             if request is None:
                 return False  # a real cancellation (the peer went away, the server stops)
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # a task: it was cancelled
+            task = asyncio.current_task()
+            assert task is not None  # it was cancelled: it is a task
+            task.uncancel()  # asked for: the close below is what the cancellation meant
             await close_socket(ws, *request, hub.close_timeout)
             return True
         finally:
