@@ -13,7 +13,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from .auth import load_secret
 from .config import Config
-from .hub import Hub
+from .hubs import make_hub
 from .keys import config_key, hub_key, store_key, throttle_key
 from .middlewares import guard
 from .routes import setup_routes
@@ -25,28 +25,37 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 CLIENT_MAX_SIZE = 64 * 1024
 
 
-def make_hub(config: Config) -> Hub:
-    """The hub `config` asks for: Redis when `[hub] url` is set, else in memory."""
-    if config.hub.url:
-        from .redishub import RedisHub
-        return RedisHub(config.limits.outgoing_queue, config.websocket.close_timeout,
-                        url=config.hub.url, prefix=config.hub.prefix)
-    return Hub(config.limits.outgoing_queue, config.websocket.close_timeout)
-
-
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open the store and start the hub before serving; after, stop the hub and close the store
-    (finishing the commit in flight)."""
+    """Open the store before serving (first: the others may need it); close it after everything
+    else, finishing the commit in flight."""
     app[store_key] = await open_store(app[config_key])
     try:
-        await app[hub_key].start()
-        try:
-            yield
-        finally:
-            await app[hub_key].stop()
-            await app[throttle_key].close()
+        yield
     finally:
         await app[store_key].close()
+
+
+async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Release the rate limiter's Redis connections after serving."""
+    yield
+    await app[throttle_key].close()
+
+
+async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Start the hub before serving (with a broker: connect it to the other processes); stop it
+    after every socket is closed, before the store closes."""
+    try:
+        await app[hub_key].start()
+    except BaseException:
+        # A failed start-up leaves the contexts started before this one open (web.run_app calls
+        # no cleanup then, and the store's threads would keep the process alive): close them.
+        # Application.cleanup() runs just those while the app is not frozen.
+        await app.cleanup()
+        raise
+    try:
+        yield
+    finally:
+        await app[hub_key].stop()
 
 
 async def close_sockets(app: web.Application) -> None:
@@ -60,7 +69,9 @@ def create_app(config: Config) -> web.Application:
     app[config_key] = config
     app[hub_key] = make_hub(config)
     app[throttle_key] = Throttle(config.limits, config.hub.url, config.hub.prefix)
-    app.cleanup_ctx.append(store_ctx)
+    # Started in this order and cleaned up in the reverse one (aiohttp's cleanup_ctx): the hub
+    # stops first, then the throttle closes, and the store closes last.
+    app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx])
     app.on_shutdown.append(close_sockets)
     secret = load_secret(config.security.cookie_secret, config.database.path)
     # The session middleware must wrap the handlers that call get_session: setup_session appends

@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import getpass
 import logging
-import multiprocessing
 import os
 import resource
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from multiprocessing import connection as mp_connection
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -27,6 +25,7 @@ from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
 from .stores import backup, open_store
 from .stores.base import BackupUnsupported, CorruptDatabase, SchemaTooNew, Store, StoreError
+from .supervisor import supervise
 
 T = TypeVar("T")
 
@@ -131,7 +130,7 @@ def _serve(config: Config, workers: int = 1) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return _supervise(config, workers)
+    return supervise(functools.partial(_serve_one, reuse_port=True), config, workers)
 
 
 def _serve_one(config: Config, *, reuse_port: bool) -> int:
@@ -160,46 +159,6 @@ def _serve_one(config: Config, *, reuse_port: bool) -> int:
         print(f"error: cannot start: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-def _supervise(config: Config, workers: int) -> int:
-    """Start `workers` processes serving on one port (the kernel spreads connections over them,
-    SO_REUSEPORT) and wait. SIGTERM or SIGINT is passed on to every worker; when one worker
-    exits, the others are stopped too, and the worst exit status is ours (a process manager such
-    as systemd restarts the whole)."""
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state shared by fork
-    procs = [ctx.Process(target=_worker, args=(config,), name=f"worker-{i}") for i in range(workers)]
-    for proc in procs:
-        proc.start()
-    stopping = False
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    sentinels = {proc.sentinel: proc for proc in procs}
-    while sentinels:
-        for ready in mp_connection.wait(list(sentinels)):
-            proc = sentinels.pop(ready)  # type: ignore[call-overload]
-            proc.join()
-            if not stopping:
-                log.error("%s exited with status %s: stopping the others", proc.name, proc.exitcode)
-                stop(signal.SIGTERM, None)
-    # A worker killed by signal N has exitcode -N: reported as 128 + N, as a shell would.
-    codes = [128 - proc.exitcode if (proc.exitcode or 0) < 0 else proc.exitcode or 0
-             for proc in procs]
-    return max(codes)
-
-
-def _worker(config: Config) -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
-    sys.exit(_serve_one(config, reuse_port=True))
 
 
 async def _with_store(config: Config, action: Callable[[Store], Awaitable[T]]) -> T:

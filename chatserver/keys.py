@@ -5,7 +5,7 @@ from typing import Final
 from aiohttp import web
 
 from .config import Config
-from .hub import Hub
+from .hubs.local import Hub
 from .stores.base import Store
 from .throttle import Throttle
 

@@ -7,7 +7,6 @@ in order (SPEC 5.1). No task is spawned per frame.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,20 +15,12 @@ from aiohttp import WSMsgType, web
 
 from . import commands
 from .auth import current_user
-from .commands import Conn
-from .hub import Hub, Outbox
+from .connection import Conn
+from .hubs.outbox import Outbox
 from .keys import config_key, hub_key, store_key, throttle_key
 from .middlewares import same_origin
-from .protocol import (
-    GROUP_KEY_RE,
-    ROOM_NAME_RE,
-    error_frame,
-    is_phone,
-    now_micros,
-    per_recipient,
-    server_now,
-)
-from .stores.base import Store, StoreClosed
+from .presence import announce, went_offline
+from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +41,6 @@ async def _handshake(request: web.Request, *, own_path: bool = True) -> tuple[st
     if own_path and request.match_info["msg_from"] != user[0]:
         raise web.HTTPForbidden(reason="msg_from is not the logged-in user")
     return user
-
-
-async def _announce(store: Store, hub: Hub, phone: str, state: str) -> None:
-    """Push `phone`'s presence to those of its contacts who are online (presence frames)."""
-    addressed = per_recipient({"command": "presence", "msg_from": phone, "message": state,
-                               "sent_timestamp": server_now()})
-    for watcher in await store.watchers_of(phone):
-        hub.push(watcher, addressed(watcher))  # nothing happens for one who is offline
 
 
 def _socket(request: web.Request) -> web.WebSocketResponse:
@@ -94,21 +77,13 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
                 async with hub.receiving(phone, outbox) as came_online:
                     conn = _conn(request, phone, phone, outbox)
                     if came_online:
-                        await _announce(store, hub, phone, "online")
+                        await announce(store, hub, phone, "online")
                     await _serve(ws, conn, functools.partial(commands.dispatch_receive, conn))
     finally:
         if not hub.has_receivers(phone):  # the last receive socket here closed
             # In a task of its own: this handler may be being cancelled (the peer went away).
-            hub.spawn(_went_offline(store, hub, phone))
+            hub.spawn(went_offline(store, hub, phone))
     return ws
-
-
-async def _went_offline(store: Store, hub: Hub, phone: str) -> None:
-    """Record when `phone` was last seen and tell its contacts it is offline."""
-    with contextlib.suppress(StoreClosed):  # shutting down: last seen is not recorded
-        await store.set_last_seen(phone, now_micros())
-        if not await hub.is_online(phone):  # not back in the meantime, nor elsewhere
-            await _announce(store, hub, phone, "offline")
 
 
 async def personal_socket(request: web.Request) -> web.WebSocketResponse:

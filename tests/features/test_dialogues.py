@@ -19,8 +19,8 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from chatserver.app import create_app
-from chatserver.commands import TYPING_INTERVAL
 from chatserver.config import Config, WebSocket
+from chatserver.connection import TYPING_INTERVAL
 from chatserver.keys import hub_key, store_key
 from chatserver.stores.base import Store
 from helpers.accounts import UserFactory, users_on

@@ -1,6 +1,6 @@
-"""The Redis hub across processes (chatserver/redishub.py): two RedisHub instances on one prefix in
-one test, as two server processes would be, each behind an aiohttp server of its own with real
-sockets.
+"""The Redis broker and presence (chatserver/hubs/redis.py): two hubs composed with them on one
+prefix in one test, as two server processes would be, each behind an aiohttp server of its own
+with real sockets; and the broker and the presence on their own.
 
 The servers here are small: their socket handlers use the hub exactly as `ws.py` does (register,
 then serve frames; honour `Hub.close`) without a store, so the two "processes" share nothing but
@@ -8,7 +8,8 @@ Redis. `tests/system/test_scaleout.py` runs the whole server in real processes.
 
 Covered: pushes across hubs, in order, delivered once; room broadcasts across hubs, held until the
 history is sent; logout and removal from a group closing sockets in the other hub; presence across
-hubs and the lapse of a dead process's claims; subscription before the first frame and release
+hubs and the lapse of a dead process's claims (presence alone); publications delivered once per
+origin and never back to their publisher (broker alone); subscription before the first frame and release
 after the last socket; resubscription after `CLIENT KILL`; a clear start-up error when Redis cannot
 be reached. Without CHAT_TEST_REDIS_URL these tests are skipped, except the start-up error ones,
 which need no Redis. Every wait has a timeout.
@@ -22,7 +23,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -34,7 +35,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from chatserver.app import create_app
 from chatserver.config import Config, Database, HubSettings, Security
-from chatserver.redishub import HubUnavailable, RedisHub
+from chatserver.hubs.broker import HubUnavailable
+from chatserver.hubs.local import Hub
+from chatserver.hubs.redis import RedisBroker, RedisPresence
 from helpers import backends
 from helpers.server import REPO, free_port, write_config
 from helpers.timing import TIMEOUT
@@ -48,7 +51,7 @@ SHORT_TTL: Final = 1.0
 # Nothing listens on port 1: the connection is refused at once.
 UNREACHABLE: Final = "redis://:s3cret@127.0.0.1:1/0"
 
-hub_key: Final = web.AppKey("hub", RedisHub)
+hub_key: Final = web.AppKey("hub", Hub)
 left_key: Final = web.AppKey("left", asyncio.Queue)
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -118,9 +121,12 @@ async def group_handler(request: web.Request) -> web.WebSocketResponse:
 
 @dataclass
 class Proc:
-    """One "server process": its hub, its server, and a client to open sockets on it."""
+    """One "server process": its hub (with its broker and presence), its server, and a client to
+    open sockets on it."""
 
-    hub: RedisHub
+    hub: Hub
+    broker: RedisBroker
+    presence: RedisPresence
     server: TestServer
     client: TestClient
 
@@ -188,8 +194,10 @@ async def rds() -> AsyncIterator[redis.Redis]:
 def start_proc(aiohttp_server: ServerFactory, aiohttp_client: ClientFactory,
                redis_prefix: str) -> Callable[..., Awaitable[Proc]]:
     """Start one more "process" on the test's prefix."""
-    async def start(**kwargs: Any) -> Proc:
-        hub = RedisHub(QUEUE, CLOSE_TIMEOUT, url=backends.REDIS_URL, prefix=redis_prefix, **kwargs)
+    async def start() -> Proc:
+        broker = RedisBroker(backends.REDIS_URL, redis_prefix)
+        presence = RedisPresence(backends.REDIS_URL, redis_prefix, broker.id)
+        hub = Hub(QUEUE, CLOSE_TIMEOUT, broker, presence)
         app = web.Application()
         app[hub_key] = hub
         app[left_key] = asyncio.Queue()
@@ -199,8 +207,39 @@ def start_proc(aiohttp_server: ServerFactory, aiohttp_client: ClientFactory,
         app.cleanup_ctx.append(hub_ctx)
         app.on_shutdown.append(close_sockets)
         server = await aiohttp_server(app)
-        return Proc(hub, server, await aiohttp_client(server))
+        return Proc(hub, broker, presence, server, await aiohttp_client(server))
     return start
+
+
+@pytest.fixture
+async def start_presence(redis_prefix: str) -> AsyncIterator[Callable[..., Awaitable[RedisPresence]]]:
+    """Start one more process's presence on the test's prefix (stopped after the test)."""
+    started: list[RedisPresence] = []
+
+    async def start(**kwargs: Any) -> RedisPresence:
+        presence = RedisPresence(backends.REDIS_URL, redis_prefix, **kwargs)
+        await presence.start()
+        started.append(presence)
+        return presence
+    yield start
+    for presence in started:
+        await presence.stop(CLOSE_TIMEOUT)
+
+
+@pytest.fixture
+async def start_broker(redis_prefix: str) -> AsyncIterator[Callable[[], Awaitable[tuple[RedisBroker,
+                                                                                     Recorded]]]]:
+    """Start one more process's broker on the test's prefix, delivering to a `Recorded`."""
+    started: list[RedisBroker] = []
+
+    async def start() -> tuple[RedisBroker, Recorded]:
+        broker, heard = RedisBroker(backends.REDIS_URL, redis_prefix), Recorded(asyncio.Queue())
+        await broker.start(heard)
+        started.append(broker)
+        return broker, heard
+    yield start
+    for broker in started:
+        await broker.stop(CLOSE_TIMEOUT)
 
 
 def frames(*numbers: int) -> list[dict[str, int]]:
@@ -263,7 +302,7 @@ async def test_a_receive_socket_is_not_served_before_its_subscription_is_confirm
     answer can never miss it."""
     p1, p2 = await start_proc(), await start_proc()
     # Keep p2 from sending SUBSCRIBE for a while (the lock its subscription sender takes).
-    async with p2.hub._sub_lock:  # noqa: SLF001
+    async with p2.broker._sub_lock:  # noqa: SLF001
         ws = await p2.client.ws_connect("/recv/300/s")
         await ws.send_str("hello")
         await assert_quiet(ws)  # not served: the subscription is not there yet
@@ -405,30 +444,31 @@ async def test_presence_spans_both_hubs(start_proc: Callable[..., Awaitable[Proc
 
 
 async def test_a_dead_process_stops_counting_users_as_online_within_its_claims_lifetime(
-        start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, redis_prefix: str) -> None:
-    doomed = await start_proc(presence_ttl=SHORT_TTL)
-    p2 = await start_proc(presence_ttl=SHORT_TTL)
+        start_presence: Callable[..., Awaitable[RedisPresence]], rds: redis.Redis,
+        redis_prefix: str) -> None:
+    doomed = await start_presence(ttl=SHORT_TTL)
+    other = await start_presence(ttl=SHORT_TTL)
     key = f"{redis_prefix}:online:900"
-    await doomed.receive("900")
-    assert await p2.hub.is_online("900")
+    assert await doomed.claim("900") == 0
+    assert await other.others("900") == 1
 
     # While it lives, its claim is renewed: still online once its first claim has lapsed.
-    first_claim = await rds.zscore(key, doomed.hub.id)
+    first_claim = await rds.zscore(key, doomed.id)
     assert first_claim is not None
 
     async def past_first_claim() -> bool:
         seconds, micros = await rds.time()
         return seconds * 1000 + micros // 1000 > first_claim + 100
     await until(past_first_claim)
-    assert await p2.hub.is_online("900")
+    assert await other.others("900") == 1
 
     # Killed: no renewal, no withdrawal (what kill -9 leaves behind).
-    for task in doomed.hub._workers:  # noqa: SLF001
+    for task in doomed._workers:  # noqa: SLF001
         task.cancel()
     killed = time.monotonic()
 
     async def offline() -> bool:
-        return not await p2.hub.is_online("900")
+        return await other.others("900") == 0
     await until(offline, timeout=SHORT_TTL + TIMEOUT)
     assert time.monotonic() - killed < SHORT_TTL + 1.0
 
@@ -437,17 +477,95 @@ async def test_a_dead_process_stops_counting_users_as_online_within_its_claims_l
     await until(key_gone)  # expires with its newest claim
 
 
+async def test_presence_counts_other_processes_in_the_order_asked(
+        start_presence: Callable[..., Awaitable[RedisPresence]], rds: redis.Redis,
+        redis_prefix: str) -> None:
+    """Claims, releases and counts of one process reach Redis in the order they were made: a
+    process that releases a phone and then asks never counts itself, nor a released claim."""
+    one, two = await start_presence(), await start_presence()
+    assert await one.others("950") == 0
+    assert await one.claim("950") == 0
+    assert await two.claim("950") == 1
+    assert (await one.others("950"), await two.others("950")) == (1, 1)
+    two.release("950")
+    assert await two.others("950") == 1  # asked after its release: only `one` counts
+    assert await one.others("950") == 0
+    one.release("950")
+    assert await one.others("950") == 0
+    assert not await rds.zrange(f"{redis_prefix}:online:950", 0, -1)
+
+
+async def test_a_stopped_presence_withdraws_its_claims(
+        start_presence: Callable[..., Awaitable[RedisPresence]]) -> None:
+    leaving, staying = await start_presence(), await start_presence()
+    leaving.claim("960")
+    leaving.claim("961")
+    await leaving.stop(CLOSE_TIMEOUT)
+    assert (await staying.others("960"), await staying.others("961")) == (0, 0)
+
+
+# -- the broker alone -------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    """A `Deliveries` that writes down what its broker hands it."""
+
+    calls: asyncio.Queue[tuple[Any, ...]]
+
+    def deliver_push(self, phone: str, data: bytes) -> None:
+        self.calls.put_nowait(("push", phone, data))
+
+    def deliver_broadcast(self, room: str, data: bytes, seq: int | None) -> None:
+        self.calls.put_nowait(("broadcast", room, data, seq))
+
+    def deliver_control(self, request: Mapping[str, str]) -> None:
+        self.calls.put_nowait(("control", dict(request)))
+
+    async def next(self) -> tuple[Any, ...]:
+        async with asyncio.timeout(TIMEOUT):
+            return await self.calls.get()
+
+
+async def test_a_broker_carries_what_its_hub_subscribed_to_and_nothing_back(
+        start_broker: Callable[[], Awaitable[tuple[RedisBroker, Recorded]]]) -> None:
+    (one, heard_one), (two, heard_two) = await start_broker(), await start_broker()
+    await two.subscribe_user("970")
+    await two.subscribe_room("lobby")
+    one.publish_user("970", b"a")
+    one.publish_user("971", b"not subscribed")
+    one.publish_room("lobby", b"b", 7)
+    one.publish_room("lobby", b"typing", None)
+    await one.publish_control({"op": "close_session", "sid_hash": "x"})
+    assert [await heard_two.next() for _ in range(4)] == [
+        ("push", "970", b"a"), ("broadcast", "lobby", b"b", 7),
+        ("broadcast", "lobby", b"typing", None), ("control", {"op": "close_session", "sid_hash": "x"})]
+    # The publisher hears none of it, its own control request included.
+    await one.subscribe_user("970")
+    one.publish_user("970", b"c")
+    assert await heard_two.next() == ("push", "970", b"c")
+    assert heard_one.calls.empty()
+    # Unsubscribed: no longer delivered (a later publication shows the earlier one was skipped).
+    two.unsubscribe_user("970")
+    two.unsubscribe_room("lobby")
+    await two.subscribe_user("972")
+    one.publish_user("970", b"gone")
+    one.publish_user("972", b"d")
+    assert await heard_two.next() == ("push", "972", b"d")
+    assert heard_two.calls.empty()
+
+
 # -- failures -------------------------------------------------------------------------------------
 
 
 async def test_the_subscriptions_come_back_after_the_connection_is_killed(
         start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, redis_prefix: str,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="chatserver.redishub")
+    caplog.set_level(logging.WARNING, logger="chatserver.hubs.redis")
     p1, p2 = await start_proc(), await start_proc()
     inbox, _ = await p2.receive("1000")
     room_ws = await p2.room("k")
-    name = f"{redis_prefix}:hub:{p2.hub.id}:sub"
+    name = f"{redis_prefix}:hub:{p2.broker.id}:sub"
 
     async def connection_id() -> int | None:
         return next((int(c["id"]) for c in await rds.client_list() if c["name"] == name), None)
@@ -474,7 +592,7 @@ async def test_the_subscriptions_come_back_after_the_connection_is_killed(
     p1.hub.push("1001", encode({"n": 7}))
     assert await recv(late) == {"n": 7}
 
-    messages = [r.getMessage() for r in caplog.records if r.name == "chatserver.redishub"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "chatserver.hubs.redis"]
     assert any("pub/sub failed" in m for m in messages), messages
     assert any("subscribed again" in m for m in messages), messages
 
@@ -485,7 +603,7 @@ async def test_pushes_go_on_after_the_publishing_connection_is_killed(
     inbox, _ = await p2.receive("1100")
     p1.hub.push("1100", encode({"n": 0}))
     assert await recv(inbox) == {"n": 0}
-    name = f"{redis_prefix}:hub:{p1.hub.id}"
+    name = f"{redis_prefix}:hub:{p1.broker.id}"
     for c in await rds.client_list():
         if c["name"] == name:
             await rds.client_kill_filter(_id=int(c["id"]))
@@ -496,13 +614,24 @@ async def test_pushes_go_on_after_the_publishing_connection_is_killed(
 
 
 async def test_start_fails_clearly_when_redis_cannot_be_reached() -> None:
-    hub = RedisHub(QUEUE, CLOSE_TIMEOUT, url=UNREACHABLE, prefix="chat")
+    hub = Hub(QUEUE, CLOSE_TIMEOUT, RedisBroker(UNREACHABLE, "chat"),
+              RedisPresence(UNREACHABLE, "chat"))
     with pytest.raises(HubUnavailable) as caught:
         await hub.start()
     message = str(caught.value)
     assert message.startswith("cannot reach the Redis hub at redis://:***@127.0.0.1:1/0"), message
     assert "s3cret" not in message
     await hub.stop()  # nothing to stop; does not raise
+
+
+async def test_presence_start_fails_clearly_when_redis_cannot_be_reached() -> None:
+    presence = RedisPresence(UNREACHABLE, "chat")
+    with pytest.raises(HubUnavailable) as caught:
+        await presence.start()
+    message = str(caught.value)
+    assert message.startswith("cannot reach the Redis hub at redis://:***@127.0.0.1:1/0"), message
+    assert "s3cret" not in message
+    await presence.stop(CLOSE_TIMEOUT)  # nothing to stop; does not raise
 
 
 async def test_an_app_with_an_unreachable_hub_does_not_start(
@@ -531,8 +660,9 @@ def test_serve_exits_2_with_one_line_when_redis_cannot_be_reached(tmp_path: Path
 
 async def test_a_publication_read_before_is_dropped(
         start_proc: Callable[..., Awaitable[Proc]], rds: redis.Redis, redis_prefix: str) -> None:
-    """A batch sent again after a failure (see RedisHub._execute) may repeat publications that
-    went out the first time: receivers keep, per origin, the number of the latest one read."""
+    """A batch sent again after a failure (see `_Commands.execute` in chatserver/hubs/redis.py) may
+    repeat publications that went out the first time: receivers keep, per origin, the number of
+    the latest one read."""
     p1 = await start_proc()
     inbox, _ = await p1.receive("1200")
     channel = f"{redis_prefix}:user:1200"

@@ -1,0 +1,141 @@
+"""`Conn`: one open socket as the commands see it: whose it is, to whom it talks, and how to
+answer, with pipelining (commands waiting for the group commit), the answers' order, and
+backpressure on a client that sends faster than it is served. See docs/connection.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from .config import Config
+from .hubs.local import Hub
+from .hubs.outbox import Outbox
+from .protocol import ProtocolError, encode, error_frame
+from .stores.base import NotMember, Store, StoreError
+from .throttle import Throttle
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# SPEC 5.1: at most one typing push per second per socket.
+TYPING_INTERVAL: Final = 1.0
+# The error frame's reason when the store failed: nothing was committed, the client may retry.
+STORE_FAILED: Final = "the server could not store this just now; nothing was saved, try again"
+# Frames of one socket whose writes may wait for a commit at once; past that, the socket is not
+# read until some are committed (backpressure towards a client that sends faster than we commit).
+MAX_IN_FLIGHT: Final = 64
+
+
+@dataclass(slots=True)
+class Conn:
+    """One open socket as the commands see it: whose it is, to whom it talks, how to answer.
+
+    `peer` is the dialogue's other phone on a personal socket, the group key on a group socket,
+    the room name on a room socket and the user's own phone on a receive socket.
+    """
+
+    user: str
+    peer: str
+    outbox: Outbox
+    store: Store
+    hub: Hub
+    config: Config
+    throttle: Throttle
+    last_typing: float = float("-inf")
+    in_flight: int = 0
+    _space: asyncio.Future[None] | None = None  # dispatch waiting for in_flight to drop
+    _tail: asyncio.Future[Any] | None = None  # the latest write still waiting for its commit
+
+    def put(self, frame: Mapping[str, Any]) -> None:
+        """Queue a frame back on this socket (never waits)."""
+        self.outbox.put(encode(frame))
+
+    async def reply(self, frame: Mapping[str, Any]) -> None:
+        """Queue a frame back on this socket, waiting while its queue is full."""
+        await self.outbox.send(encode(frame))
+
+    def refuse(self, reason: str, type_: str) -> None:
+        """Answer the SPEC 5.5 error frame, after the answers to earlier frames still waiting for
+        their commit (so that a client sees its answers in the order of its frames)."""
+        frame = error_frame(reason, type_, self.user, self.peer)
+        if self.in_flight == 0 or self._tail is None:
+            self.put(frame)
+        else:  # done callbacks run in the order they were added: after the earlier answers
+            self.in_flight += 1  # a deferred answer counts against MAX_IN_FLIGHT too
+
+            def answer(_: asyncio.Future[Any]) -> None:
+                self._settled()
+                self.put(frame)
+
+            self._tail.add_done_callback(answer)
+
+    def _settled(self) -> None:
+        """One frame of this socket no longer waits for a commit."""
+        self.in_flight -= 1
+        if self._space is not None and self.in_flight < MAX_IN_FLIGHT:
+            if not self._space.done():
+                self._space.set_result(None)
+            self._space = None
+
+    def later(self, type_: str, write: asyncio.Future[T], done: Callable[[T], None]) -> None:
+        """Run `done(result)` once `write` is committed; a ProtocolError it raises, or a failed
+        write, becomes an error frame of type `type_`."""
+        self.in_flight += 1
+        self._tail = write
+
+        def committed(future: asyncio.Future[T]) -> None:
+            self._settled()
+            try:
+                done(future.result())
+            except ProtocolError as e:
+                reason = str(e)
+            except NotMember:
+                reason = "you are not a participant of this group"
+            except StoreError:  # StoreClosed too
+                # Nothing was committed, so nothing was acknowledged: the client may retry.
+                log.exception("store failure during %s", type_)
+                reason = STORE_FAILED
+            else:
+                return
+            self.put(error_frame(reason, type_, self.user, self.peer))
+
+        write.add_done_callback(committed)
+
+    async def wait_in_flight(self) -> None:
+        """Return once fewer than MAX_IN_FLIGHT of this socket's frames await their commit."""
+        while self.in_flight >= MAX_IN_FLIGHT:
+            self._space = asyncio.get_running_loop().create_future()
+            await self._space
+
+    async def wait_outbox(self) -> None:
+        """Backpressure on a client that sends faster than it reads its answers: stop reading its
+        frames while half its outbox waits; cut it off if that lasts `websocket.close_timeout`."""
+        half = self.outbox.size // 2
+        if self.outbox.backlog() < half:
+            return
+        try:
+            async with asyncio.timeout(self.hub.close_timeout):
+                await self.outbox.wait_for_space(half)
+        except TimeoutError:
+            self.outbox.cut_off()
+
+    async def take_message_token(self) -> None:
+        """Count one message against the user's rate; raises ProtocolError over the limit."""
+        if not await self.throttle.allow_message(self.user):
+            rate = self.config.limits.messages_per_second
+            raise ProtocolError(f"message rate limit exceeded ({rate:g} per second)")
+
+    async def typing_allowed(self) -> bool:
+        """True at most once per TYPING_INTERVAL seconds on this socket, and within the user's
+        typing rate over all sockets."""
+        now = time.monotonic()
+        if now - self.last_typing < TYPING_INTERVAL:
+            return False
+        self.last_typing = now
+        return await self.throttle.allow_typing(self.user)

@@ -1,0 +1,355 @@
+"""`Hub`: who is connected to this process (receive, group, room and session sockets), delivery
+of pushes and room broadcasts to them, and closing them; the other processes are reached through
+a `Broker` and counted through a `Presence` (chatserver/hubs/broker.py). See docs/hub.md.
+
+Each registration is a context manager of a slotted class rather than an async generator: one
+lives as long as its socket, and memory per idle socket is what a small box runs out of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from .broker import Broker, LocalBroker, Presence
+from .outbox import Outbox, close_socket
+
+log = logging.getLogger(__name__)
+
+
+class _Membership:
+    """Context manager: `item` is in `index[key]` for the duration of the block."""
+
+    __slots__ = ("_index", "_key", "_item")
+
+    def __init__(self, index: dict[Any, set[Any]], key: Any, item: Any) -> None:
+        self._index, self._key, self._item = index, key, item
+
+    def __enter__(self) -> None:
+        self._index.setdefault(self._key, set()).add(self._item)
+
+    def __exit__(self, *exc: object) -> None:
+        mine = self._index.get(self._key)
+        if mine is not None:
+            mine.discard(self._item)
+            if not mine:
+                del self._index[self._key]
+
+
+class _Receiving:
+    """`Hub.receiving`: registered, subscribed and claimed within the block."""
+
+    __slots__ = ("_hub", "_phone", "_outbox")
+
+    def __init__(self, hub: Hub, phone: str, outbox: Outbox) -> None:
+        self._hub, self._phone, self._outbox = hub, phone, outbox
+
+    async def __aenter__(self) -> bool:
+        hub, phone = self._hub, self._phone
+        receivers = hub._receivers
+        first_here = phone not in receivers
+        # Registered at once: the socket is open, and a publication heard right after the
+        # subscription is confirmed must find it.
+        receivers.setdefault(phone, set()).add(self._outbox)
+        # The claim and the subscription are under way together.
+        claim = hub._presence.claim(phone) if first_here else None
+        try:
+            await hub._broker.subscribe_user(phone)
+            others = await claim if claim is not None else 1
+        except BaseException:
+            if isinstance(claim, Coroutine):
+                claim.close()  # never awaited now: say so to Python, not as a warning at exit
+            self._leave()
+            raise
+        return first_here and not others  # None (unknown): counted as came online
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        hub, phone = self._hub, self._phone
+        mine = hub._receivers.get(phone)
+        if mine is not None:
+            mine.discard(self._outbox)
+            if not mine:
+                del hub._receivers[phone]
+                hub._presence.release(phone)
+        hub._broker.unsubscribe_user(phone)
+
+
+class _InRoom:
+    """`Hub.in_room`: in the room (holding its broadcasts until `Hub.release`) and subscribed to
+    it within the block."""
+
+    __slots__ = ("_hub", "_room", "_outbox")
+
+    def __init__(self, hub: Hub, room: str, outbox: Outbox) -> None:
+        self._hub, self._room, self._outbox = hub, room, outbox
+
+    async def __aenter__(self) -> None:
+        self._hub._rooms.setdefault(self._room, {})[self._outbox] = []  # holding from now on
+        try:
+            await self._hub._broker.subscribe_room(self._room)
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        hub = self._hub
+        mine = hub._rooms.get(self._room)
+        if mine is not None:
+            mine.pop(self._outbox, None)
+            if not mine:
+                del hub._rooms[self._room]
+        hub._room_after.pop(self._outbox, None)
+        hub._broker.unsubscribe_room(self._room)
+
+
+class _SessionSocket(_Membership):
+    """Async context manager: a socket of a login session, served by the current task, within the
+    block. `Hub.close` asks for a close by cancelling that task; the block's exit honours it: it
+    closes the socket from the serving task itself, with the client's answer awaited (aiohttp
+    drops the connection when another task closes it), and ends the cancellation."""
+
+    __slots__ = ("_hub",)
+
+    def __init__(self, hub: Hub, sid_hash: str, ws: web.WebSocketResponse) -> None:
+        super().__init__(hub._sessions, sid_hash, ws)
+        self._hub = hub
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+        task = asyncio.current_task()
+        if task is not None:
+            self._hub._handlers[self._item] = task
+
+    async def __aexit__(self, kind: type[BaseException] | None, *exc: object) -> bool:
+        hub, ws = self._hub, self._item
+        try:
+            if kind is None or not issubclass(kind, asyncio.CancelledError):
+                return False
+            request = hub._close_requests.pop(ws, None)
+            if request is None:
+                return False  # a real cancellation (the peer went away, the server stops)
+            task = asyncio.current_task()
+            assert task is not None  # it was cancelled: it is a task
+            task.uncancel()  # asked for: the close below is what the cancellation meant
+            await close_socket(ws, *request, hub.close_timeout)
+            return True
+        finally:
+            hub._handlers.pop(ws, None)
+            self.__exit__()
+
+
+class Hub:
+    """The sockets of this process: receive sockets per phone, group sockets per (group, phone),
+    room sockets per room, and every socket per login session; `broker` carries pushes,
+    broadcasts and closes to and from the other processes, `presence` counts their receive
+    sockets (chatserver/hubs/broker.py: the in-process versions for one process).
+
+    `queue_size`: frames a socket's outbox holds before the socket is cut off (`[limits]
+    outgoing_queue`); `close_timeout`: seconds a closing handshake may take (`[websocket]
+    close_timeout`). `push` and `broadcast` never block and never raise for a bad socket.
+    Call `start()` before serving and `stop()` after every socket is closed.
+    """
+
+    def __init__(self, queue_size: int, close_timeout: float, broker: Broker,
+                 presence: Presence) -> None:
+        self._queue_size = queue_size
+        self.close_timeout = close_timeout
+        self._broker, self._presence = broker, presence
+        # The in-process broker has nobody to publish to: push and broadcast skip the call, so
+        # that one process's hot path costs what a plain in-memory hub's does.
+        self._publishing = not isinstance(broker, LocalBroker)
+        self._receivers: dict[str, set[Outbox]] = {}
+        self._sessions: dict[str, set[web.WebSocketResponse]] = {}
+        # the task serving each socket, and the closes asked of them (see `close`)
+        self._handlers: dict[web.WebSocketResponse, asyncio.Task[Any]] = {}
+        self._close_requests: dict[web.WebSocketResponse, tuple[int, bytes]] = {}
+        self._group_sockets: dict[tuple[str, str], set[web.WebSocketResponse]] = {}
+        # room -> its sockets; a socket that has not had its history yet holds its broadcasts
+        self._rooms: dict[str, dict[Outbox, list[tuple[int, bytes]] | None]] = {}
+        # room socket -> the newest message id of the history it was sent (see deliver_broadcast)
+        self._room_after: dict[Outbox, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the broker, then the presence. Raises HubUnavailable when either cannot reach
+        what it shares with the other processes (nothing is left running)."""
+        await self._broker.start(self)
+        try:
+            await self._presence.start()
+        except BaseException:
+            await self._broker.stop(self.close_timeout)
+            raise
+
+    async def stop(self) -> None:
+        """Called once after every socket is closed: send what waits and release this process's
+        presence claims, each within `close_timeout` seconds, then disconnect."""
+        await asyncio.gather(self._broker.stop(self.close_timeout),
+                             self._presence.stop(self.close_timeout))
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def outbox(self, ws: web.WebSocketResponse) -> Outbox:
+        """A new outbox for `ws` (use it as a context manager)."""
+        return Outbox(self, ws, self._queue_size)
+
+    def receiving(self, phone: str, outbox: Outbox) -> _Receiving:
+        """`async with hub.receiving(phone, outbox) as came_online:` within the block, `outbox`
+        gets every push for `phone` (a receive socket). On entry the broker's subscription is
+        live and the phone claimed for this process; `came_online` is True when no process held
+        a receive socket of `phone` before."""
+        return _Receiving(self, phone, outbox)
+
+    def session_socket(self, sid_hash: str, ws: web.WebSocketResponse) -> _SessionSocket:
+        """`async with`: within the block, `ws` belongs to a login session (logging out closes
+        it) and is served by the current task; a close asked by `close` is carried out when the
+        block is left."""
+        return _SessionSocket(self, sid_hash, ws)
+
+    def group_socket(self, grp: str, phone: str, ws: web.WebSocketResponse) -> _Membership:
+        """Within the block, removing `phone` from group `grp` closes `ws`."""
+        return _Membership(self._group_sockets, (grp, phone), ws)
+
+    def in_room(self, room: str, outbox: Outbox) -> _InRoom:
+        """`async with`: within the block, `outbox` gets the room's broadcasts, held until
+        `release`, after its history is sent, so that none comes before the history, or twice.
+        On entry the broker's subscription to the room is live."""
+        return _InRoom(self, room, outbox)
+
+    def release(self, room: str, outbox: Outbox, after: int) -> None:
+        """The history up to message id `after` is sent: deliver the held broadcasts newer than it
+        (and drop those up to it that another process's broker brings later)."""
+        self._room_after[outbox] = after
+        held = self._rooms[room][outbox]
+        self._rooms[room][outbox] = None
+        for seq, data in held or ():
+            if seq > after:
+                outbox.put(data)
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    def push(self, phone: str, data: bytes) -> None:
+        """Queue a text frame for every receive socket of `phone`, here at once and in the other
+        processes through the broker (none: nothing happens)."""
+        for outbox in tuple(self._receivers.get(phone, ())):
+            outbox.put(data)
+        if self._publishing:
+            self._broker.publish_user(phone, data)
+
+    def broadcast(self, room: str, data: bytes, seq: int | None = None) -> None:
+        """Queue a text frame for every socket in `room`, the sender's own included (SPEC 5.4),
+        here and through the broker.
+
+        `seq` is a stored message's id; a frame without one (typing) is not held for a socket
+        still waiting for its history, but dropped there.
+        """
+        for outbox, held in tuple(self._rooms.get(room, {}).items()):
+            if held is None:
+                outbox.put(data)
+            elif seq is not None:
+                held.append((seq, data))
+        if self._publishing:
+            self._broker.publish_room(room, data, seq)
+
+    def deliver_push(self, phone: str, data: bytes) -> None:
+        """Another process's push: to the receive sockets of `phone` here."""
+        for outbox in tuple(self._receivers.get(phone, ())):
+            outbox.put(data)
+
+    def deliver_broadcast(self, room: str, data: bytes, seq: int | None) -> None:
+        """Another process's broadcast: to the sockets in `room` here, held as local ones are;
+        once released, a socket drops those already in its history (late from elsewhere)."""
+        for outbox, held in tuple(self._rooms.get(room, {}).items()):
+            if held is None:
+                if seq is None or seq > self._room_after.get(outbox, 0):
+                    outbox.put(data)
+            elif seq is not None:
+                held.append((seq, data))
+
+    def deliver_control(self, request: Mapping[str, str]) -> None:
+        """Another process's close request (see `close_session`, `close_group_member`)."""
+        op = request.get("op")
+        if op == "close_session":
+            self.spawn(self._close_session_here(request["sid_hash"]))
+        elif op == "close_group_member":
+            self.spawn(self._close_group_member_here(request["grp"], request["phone"]))
+        else:
+            log.warning("hub: unknown control request %r", op)
+
+    def has_receivers(self, phone: str) -> bool:
+        """True while `phone` holds at least one receive socket in this process."""
+        return phone in self._receivers
+
+    async def is_online(self, phone: str) -> bool:
+        """True while `phone` holds a receive socket here, or in another process by its presence
+        claim (presence unreachable: False for a phone with no socket here)."""
+        if phone in self._receivers:
+            return True
+        return bool(await self._presence.others(phone))
+
+    # -- closing --------------------------------------------------------------------------------
+
+    async def close(self, ws: web.WebSocketResponse, code: int, message: bytes) -> None:
+        """Close `ws` with a full closing handshake (RFC 6455 7.1.1: wait for the client's close
+        frame, at most `close_timeout` seconds). aiohttp's `close()` called from another task than
+        the one reading the socket drops the connection right after our close frame, so the
+        serving task is asked to close it itself: it is cancelled, and its `session_socket`
+        block closes the socket on the way out. Returns when it has."""
+        task = self._handlers.get(ws)
+        if task is None or task.done() or task is asyncio.current_task():
+            await close_socket(ws, code, message, self.close_timeout)
+            return
+        self._close_requests[ws] = (code, message)
+        task.cancel()
+        await asyncio.wait({task}, timeout=2 * self.close_timeout)
+        if not task.done():
+            await close_socket(ws, code, message, self.close_timeout)
+
+    async def close_session(self, sid_hash: str) -> None:
+        """Close every socket of a login session with 1008 policy violation (SPEC 4 /logout), in
+        every process: returns once this process's are closed and the request is published; the
+        other processes close theirs when it reaches them."""
+        await self._broker.publish_control({"op": "close_session", "sid_hash": sid_hash})
+        await self._close_session_here(sid_hash)
+
+    async def close_group_member(self, grp: str, phone: str) -> None:
+        """Close `phone`'s sockets of group `grp` (SPEC 5: removal from a group closes them), in
+        every process; returns as `close_session` does."""
+        await self._broker.publish_control({"op": "close_group_member", "grp": grp,
+                                            "phone": phone})
+        await self._close_group_member_here(grp, phone)
+
+    async def _close_session_here(self, sid_hash: str) -> None:
+        sockets = tuple(self._sessions.get(sid_hash, ()))
+        await asyncio.gather(*(self.close(ws, WSCloseCode.POLICY_VIOLATION, b"logged out")
+                               for ws in sockets))
+
+    async def _close_group_member_here(self, grp: str, phone: str) -> None:
+        sockets = tuple(self._group_sockets.get((grp, phone), ()))
+        await asyncio.gather(*(self.close(ws, WSCloseCode.POLICY_VIOLATION, b"removed from group")
+                               for ws in sockets))
+
+    async def close_all(self) -> None:
+        """Close every socket of this process with 1001 going away (server shutdown)."""
+        sockets = {ws for group in self._sessions.values() for ws in group}
+        await asyncio.gather(*(self.close(ws, WSCloseCode.GOING_AWAY, b"server shutdown")
+                               for ws in sockets))
+        for task in tuple(self._tasks):
+            task.cancel()
