@@ -152,11 +152,12 @@ class ServerProcess:
         """Poll until `GET /login` answers 200 and at least `processes` start-up lines are on its
         stdout (`serving_pids`; with `--workers N`, N: one per worker, so that every worker
         serves; 0: the lines are not looked at); AssertionError with its output when the process
-        dies first or `timeout` seconds pass."""
+        dies first or `timeout` seconds pass (raised, not asserted: bench/ may run under -O)."""
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while True:
-                assert self.alive(), f"server exited early ({self.returncode()}):\n{self.output()}"
+                if not self.alive():
+                    raise AssertionError(f"server exited early ({self.returncode()}):\n{self.output()}")
                 try:
                     async with session.get(self.url("/login"),
                                            timeout=aiohttp.ClientTimeout(total=2)) as resp:
@@ -164,9 +165,10 @@ class ServerProcess:
                             return
                 except (aiohttp.ClientConnectionError, TimeoutError):
                     pass
-                assert time.monotonic() < deadline, (
-                    f"server did not answer{f' from {processes} processes' if processes else ''} "
-                    f"within {timeout} s:\n{self.output()}")
+                if time.monotonic() >= deadline:
+                    raise AssertionError(
+                        f"server did not answer{f' from {processes} processes' if processes else ''} "
+                        f"within {timeout} s:\n{self.output()}")
                 await asyncio.sleep(0.05)  # polling interval, not synchronisation
 
     def wait_serving_sync(self, timeout: float = START_TIMEOUT) -> None:
