@@ -260,7 +260,8 @@ class ServerProcess:
 
     def serving_pids(self) -> list[int]:
         """The pids that the start-up lines on its stdout name ("... process <pid>); ..."), one
-        per serving process (with `--workers N`, per worker), in the order they started serving."""
+        per serving process (with `--workers N`, per worker), in the order they started serving;
+        after a restart (`start()` again), the earlier runs' lines too."""
         return [int(pid) for pid in _SERVING_PID.findall(self.out())]
 
     def _lines(self) -> list[str]:
