@@ -25,6 +25,11 @@ import uvloop
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # chatserver, imported by the modules below
+# The one server-process harness (`helpers.server`, tests/helpers/server.py) for deployment.py.
+# It stays in the tests' helpers package, where STYLE.md puts it and where every test imports it
+# from, and bench borrows it: moving it to a top-level package would change every test's import
+# for one more user. Appended, so that the modules beside this one still win on a bare name.
+sys.path.append(str(REPO / "tests"))
 
 from chatserver import config as chat_config  # noqa: E402
 

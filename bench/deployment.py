@@ -1,6 +1,6 @@
 """What every bench server runs on, and one run's server: its folder, its config, a fresh database
 (a SQLite file, or in the scaled mode a PostgreSQL schema and a Redis key prefix of its own, removed
-after the run) and the process (`server.ServerProcess`).
+after the run) and the process (the tests' harness, `helpers.server.ServerProcess`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import secrets
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from chatserver import config as chat_config
+from helpers.server import ServerProcess
 
-from server import ServerProcess
+START_TIMEOUT = 30.0  # seconds until every process of a bench server serves
+STOP_TIMEOUT = 20.0  # seconds after SIGTERM before SIGKILL to the server's process group
 
 # What the benchmark changes from the defaults. A key that this version of the server does not
 # have (chatserver/config.py) is left out, since the server refuses unknown keys.
@@ -84,8 +87,10 @@ class Deployment:
 
 
 class BenchServer:
-    """One run's server in `workdir/name` (config, SQLite file, log) with a bench config: a fresh
-    SQLite file, or in the scaled mode a fresh PostgreSQL schema and Redis prefix."""
+    """One run's server in `workdir/name` (config, SQLite file, the server's stdout and stderr)
+    with a bench config: a fresh SQLite file, or in the scaled mode a fresh PostgreSQL schema and
+    Redis prefix. Its process runs in a process group of its own, so that a kill takes its workers
+    with it."""
 
     def __init__(self, workdir: Path, name: str, synchronous: str, deployment: Deployment) -> None:
         self.dir = workdir / name
@@ -96,18 +101,23 @@ class BenchServer:
         self.schema = f"bench_{secrets.token_hex(6)}" if deployment.database_url else ""
         self.prefix = f"bench{secrets.token_hex(6)}" if deployment.hub_url else ""
         self.schema_made = False
-        self.process = ServerProcess(self.config, self.dir / "chat.db", self.dir / "server.log",
-                                     deployment.workers)
+        workers = ("--workers", str(deployment.workers)) if deployment.workers > 1 else ()
+        self.process = ServerProcess(self.dir / "chat.db", self.config, self.dir, extra_args=workers,
+                                     group=True)
 
     async def start(self) -> None:
-        """Make its schema, write its config, start it and wait until it (every worker) serves; on
-        failure nothing is left behind (RuntimeError from `ServerProcess.start`, or the driver's)."""
+        """Make its schema, write its config, start it and wait until it answers HTTP and every
+        process (each worker) has printed its start-up line; on failure nothing is left behind
+        (AssertionError with the server's output when it exits first or is not up within
+        START_TIMEOUT seconds, or the driver's error)."""
         try:
             database_url = await self._make_schema()
             self.config.write_text(bench_config(self.synchronous, database_url,
                                                 self.deployment.hub_url, self.prefix))
-            await self.process.start()
+            self.process.start()
+            await self.process.wait_serving(START_TIMEOUT, processes=self.deployment.workers)
         except BaseException:
+            self.process.stop_or_kill(signal.SIGTERM, STOP_TIMEOUT)  # None when it never started
             with contextlib.suppress(Exception):
                 await self.drop_engines()
             raise
@@ -150,18 +160,18 @@ class BenchServer:
                 await client.aclose()
 
     async def finish(self) -> dict[str, Any]:
-        """Stop the server, drop its PostgreSQL schema and Redis keys, and say what its log holds:
-        {"exit_code", "errors" (lines), "warnings" (count), "log" (path)[, "engines": {"schema",
-        "prefix"}]}. A schema that cannot be dropped is reported on stderr, not raised."""
-        code = await asyncio.to_thread(self.process.stop)
+        """Stop the server (SIGTERM, SIGKILL to its group after STOP_TIMEOUT seconds), drop its
+        PostgreSQL schema and Redis keys, and say what its output holds: {"exit_code" (-9 when
+        killed), "errors" (lines), "warnings" (count)[, "engines": {"schema", "prefix"}]}. A
+        schema that cannot be dropped is reported on stderr, not raised."""
+        code = await asyncio.to_thread(self.process.stop_or_kill, signal.SIGTERM, STOP_TIMEOUT)
         try:
             await self.drop_engines()
         except Exception as e:  # noqa: BLE001 - a leftover schema is worth a line, not the run
             print(f"[bench] could not drop {self.schema or self.prefix}: {e}", file=sys.stderr,
                   flush=True)
-        note: dict[str, Any] = {
-            "exit_code": code, "errors": self.process.errors_logged(),
-            "warnings": self.process.warnings_logged(), "log": str(self.process.log)}
+        note: dict[str, Any] = {"exit_code": code, "errors": self.process.errors_logged(),
+                                "warnings": self.process.warnings_logged()}
         if self.deployment.engines:  # scaled mode: which schema and prefix the run used (dropped)
             note["engines"] = {"schema": self.schema, "prefix": self.prefix}
         return note

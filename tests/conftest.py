@@ -9,7 +9,7 @@
     browser/     Playwright on Debian's Chromium against a server process
     helpers/     the helpers package, imported as `from helpers.ws import recv` (pytest.ini puts
                  tests/ on sys.path): frames, sockets, accounts, configs, engines, the one
-                 server-process harness (helpers/server.py), chat loads
+                 server-process harness (helpers/server.py, bench/'s too), chat loads
 
 Markers (pytest.ini):
 - `system`: set here on everything under tests/system and tests/browser (real processes, a

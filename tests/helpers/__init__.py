@@ -6,7 +6,7 @@
 - `accounts`: the password, logging in (in-process), browser-like clients of a server process
 - `configs`: Config changes (in-process) and TOML tables for a server process
 - `backends`: the store/hub engines a test runs on (the `backends` marker), database reads
-- `server`: the one server-process harness (no pytest: bench/ can use it), free_port
+- `server`: the one server-process harness (no pytest: bench/ uses it too), free_port
 - `procs`: what /proc says about server processes and their connections
 - `chatload`: chat loads with a ledger (crash, shutdown, scale-out), a latency-measuring pair
 - `rawws`: a WebSocket client on a raw TCP socket (slow peers)

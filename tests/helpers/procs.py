@@ -1,34 +1,20 @@
-"""What the kernel and the server's output say about server processes and their connections:
-which processes serve (their start-up lines), parents, whether a pid is gone, which process holds
-the server end of a client socket (/proc/PID/fd and /proc/net/tcp), refused connections.
-Linux only, like the server's deployment."""
+"""What the kernel says about server processes and their connections: parents, whether a pid is
+gone, which process holds the server end of a client socket (/proc/PID/fd and /proc/net/tcp),
+refused connections. Linux only, like the server's deployment. (Which processes serve, from their
+start-up lines: `helpers.server.ServerProcess.serving_pids`.)"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 from collections.abc import Iterable
 from pathlib import Path
 
 from aiohttp import ClientWebSocketResponse
 
-from helpers.server import ServerProcess
-
 # Linux TCP states (include/net/tcp_states.h), as TCP_INFO's first byte and /proc/net/tcp show them.
 TCP_ESTABLISHED, TCP_CLOSE, TCP_CLOSE_WAIT = 1, 7, 8
-
-
-# Not anchored at a line start: workers print their lines to one stdout at about the same time,
-# and print() writes the text and its newline apart, so two lines can come out glued together.
-_SERVING_PID = re.compile(r"Serving on [^\n]*?\bprocess ([0-9]+)\)")
-
-
-def serving_pids(server: ServerProcess) -> list[int]:
-    """The pids that the start-up lines on the server's stdout name ("... process <pid>); ..."),
-    one per serving process, in the order they started serving."""
-    return [int(pid) for pid in _SERVING_PID.findall(server.out())]
 
 
 def parent_pid(pid: int) -> int | None:

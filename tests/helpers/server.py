@@ -1,9 +1,10 @@
 """The one harness for a real server process: `python run.py serve` on a free port, with a TOML
 config written for it, waited for until it answers HTTP, stopped with a signal, killed at the end.
 
-No pytest in here (only the standard library, aiohttp and this package's timing), so that
-bench/bench.py can drive its servers with it too. The server is started directly (no shell in
-between): `ServerProcess.pid` is the server's own pid (with `--workers N`, the supervisor's).
+No pytest in here (only the standard library, aiohttp and this package's timing): bench/ drives
+its servers with it too (bench/bench.py puts tests/ on sys.path). The server is started directly
+(no shell in between): `ServerProcess.pid` is the server's own pid (with `--workers N`, the
+supervisor's).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +33,11 @@ HOST = "127.0.0.1"
 
 # TOML tables: {"limits": {"messages_per_second": 1e5}, ...}
 Tables = Mapping[str, Mapping[str, object]]
+
+# The start-up line each serving process prints ("Serving on http://... (..., process <pid>); ...").
+# Not anchored at a line start: workers print their lines to one stdout at about the same time,
+# and print() writes the text and its newline apart, so two lines can come out glued together.
+_SERVING_PID = re.compile(r"Serving on [^\n]*?\bprocess ([0-9]+)\)")
 
 
 def free_port() -> int:
@@ -141,21 +148,27 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    async def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
-        """Poll until `GET /login` answers 200; AssertionError when the process dies first or
-        `timeout` seconds pass."""
+    async def wait_serving(self, timeout: float = START_TIMEOUT, processes: int = 0) -> None:
+        """Poll until `GET /login` answers 200 and at least `processes` start-up lines are on its
+        stdout (`serving_pids`; with `--workers N`, N: one per worker, so that every worker
+        serves; 0: the lines are not looked at); AssertionError with its output when the process
+        dies first or `timeout` seconds pass (raised, not asserted: bench/ may run under -O)."""
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while True:
-                assert self.alive(), f"server exited early ({self.returncode()}):\n{self.output()}"
+                if not self.alive():
+                    raise AssertionError(f"server exited early ({self.returncode()}):\n{self.output()}")
                 try:
                     async with session.get(self.url("/login"),
                                            timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                        if resp.status == 200:
+                        if resp.status == 200 and len(self.serving_pids()) >= processes:
                             return
                 except (aiohttp.ClientConnectionError, TimeoutError):
                     pass
-                assert time.monotonic() < deadline, f"server did not answer:\n{self.output()}"
+                if time.monotonic() >= deadline:
+                    raise AssertionError(
+                        f"server did not answer{f' from {processes} processes' if processes else ''} "
+                        f"within {timeout} s:\n{self.output()}")
                 await asyncio.sleep(0.05)  # polling interval, not synchronisation
 
     def wait_serving_sync(self, timeout: float = START_TIMEOUT) -> None:
@@ -200,6 +213,24 @@ class ServerProcess:
         self.send_signal(sig)
         return await self.wait_exit(timeout)
 
+    def stop_or_kill(self, sig: signal.Signals = signal.SIGTERM,
+                     timeout: float = EXIT_TIMEOUT) -> int | None:
+        """Stop it and wait, blocking (for synchronous callers, or through `asyncio.to_thread`):
+        `sig` to the server process, and when it has not exited `timeout` seconds later, `kill()`.
+        Returns the exit status (0 for a clean stop; negative for a signal as subprocess reports
+        it, -9 when it had to be killed), or None when it was never started (or, after a kill,
+        is still not reaped EXIT_TIMEOUT seconds later). Never raises: unlike `stop`, a server
+        that does not stop is a figure to report, not a failed assertion."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
     def kill(self) -> None:
         """SIGKILL it if it still runs (and its whole group, with `group`), and reap it: for
         `finally` blocks. Never raises."""
@@ -226,6 +257,27 @@ class ServerProcess:
     def output(self) -> str:
         """Both streams, for assertion messages."""
         return f"--- stdout\n{self.out()}--- stderr\n{self.err()}"
+
+    def serving_pids(self) -> list[int]:
+        """The pids that the start-up lines on its stdout name ("... process <pid>); ..."), one
+        per serving process (with `--workers N`, per worker), in the order they started serving;
+        after a restart (`start()` again), the earlier runs' lines too."""
+        return [int(pid) for pid in _SERVING_PID.findall(self.out())]
+
+    def _lines(self) -> list[str]:
+        """The lines of both streams (stdout's, then stderr's)."""
+        return self.out().splitlines() + self.err().splitlines()
+
+    def errors_logged(self) -> list[str]:
+        """The lines of either stream that report an error: a traceback's first line, or a log
+        record at level ERROR or CRITICAL (the logging format puts the level between spaces);
+        stripped, in the order of the streams."""
+        return [line.strip() for line in self._lines()
+                if "Traceback" in line or " ERROR " in line or " CRITICAL " in line]
+
+    def warnings_logged(self) -> int:
+        """How many lines of either stream are log records at level WARNING."""
+        return sum(" WARNING " in line for line in self._lines())
 
     def memory(self) -> dict[str, int]:
         """VmRSS and VmHWM (the peak RSS) of the server process, in bytes (/proc/PID/status)."""

@@ -36,9 +36,9 @@ from helpers import backends
 from helpers.accounts import client, create_group, login, register, ws_open
 from helpers.configs import load_config_tables, scaled_config_tables
 from helpers.frames import assert_server_time, frame, new_phone
-from helpers.procs import is_gone, parent_pid, refuses_connections, serving_pids, serving_process
+from helpers.procs import is_gone, parent_pid, refuses_connections, serving_process
 from helpers.server import REPO, ServerProcess, free_port, start_server, write_config
-from helpers.timing import EXIT_TIMEOUT, NET_TIMEOUT, TIMEOUT, until
+from helpers.timing import EXIT_TIMEOUT, NET_TIMEOUT, TIMEOUT
 from helpers.ws import WS, assert_quiet, recv
 
 needs_engines = pytest.mark.skipif(
@@ -88,9 +88,8 @@ async def shared(tmp_path: Path) -> AsyncIterator[Shared]:
 
 async def wait_started(server: ServerProcess) -> None:
     """The server answers HTTP and has printed its start-up line, naming its own pid."""
-    await server.wait_serving()
-    await until(lambda: serving_pids(server) == [server.pid], NET_TIMEOUT,
-                lambda: f"the start-up line naming {server.pid}:\n{server.output()}")
+    await server.wait_serving(processes=1)
+    assert server.serving_pids() == [server.pid], server.output()
 
 
 @pytest.fixture
@@ -418,10 +417,8 @@ async def workers_server(shared: Shared) -> AsyncIterator[ServerProcess]:
 
 async def wait_workers(server: ServerProcess) -> list[int]:
     """Wait until `serve --workers 2` serves; returns its two workers' pids."""
-    await server.wait_serving()
-    await until(lambda: len(serving_pids(server)) == 2 or not server.alive(), NET_TIMEOUT,
-                lambda: f"two start-up lines:\n{server.output()}")
-    workers = serving_pids(server)
+    await server.wait_serving(processes=2)
+    workers = server.serving_pids()
     assert len(set(workers)) == 2 and server.pid not in workers, server.output()
     assert [parent_pid(pid) for pid in workers] == [server.pid, server.pid], workers
     return workers
