@@ -14,11 +14,11 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from .auth import load_secret
 from .config import Config
 from .hubs import make_hub
-from .keys import config_key, hub_key, store_key, throttle_key
+from .keys import config_key, hub_key, password_pool_key, store_key, throttle_key
 from .middlewares import guard
 from .routes import setup_routes
 from .stores import open_store
-from .throttle import Throttle
+from .throttle import PasswordPool, Throttle
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 # Form posts and JSON bodies are small; anything bigger is refused with 413 before it is read.
@@ -36,8 +36,9 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Release the rate limiter's Redis connections after serving."""
+    """Release the rate limiter's Redis connections and the bcrypt threads after serving."""
     yield
+    app[password_pool_key].close()
     await app[throttle_key].close()
 
 
@@ -69,6 +70,8 @@ def create_app(config: Config) -> web.Application:
     app[config_key] = config
     app[hub_key] = make_hub(config)
     app[throttle_key] = Throttle(config.limits, config.hub.url, config.hub.prefix)
+    app[password_pool_key] = PasswordPool(config.limits.password_workers,
+                                          config.limits.password_queue)
     # Started in this order and cleaned up in the reverse one (aiohttp's cleanup_ctx): the hub
     # stops first, then the throttle closes, and the store closes last.
     app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx])

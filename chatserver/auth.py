@@ -2,7 +2,8 @@
 
 The encrypted cookie (aiohttp-session) carries only a random session id; the server keeps its
 SHA-256 with the phone it belongs to (SPEC 4: logout deletes that record, so a replayed cookie is
-refused). bcrypt runs in a thread: a hash takes ~0.2 s by design and must not stall the event loop.
+refused). bcrypt runs in a thread: a hash takes ~0.2 s by design and must not stall the event loop;
+the server's handlers pass their bounded `PasswordPool` (throttle.py), the CLI none.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import asyncio
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import bcrypt
 from aiohttp import web
@@ -20,6 +22,9 @@ from aiohttp_session import get_session, new_session
 from cryptography.fernet import Fernet
 
 from .keys import config_key, hub_key, store_key
+from .throttle import PasswordPool
+
+T = TypeVar("T")
 
 SESSION_FIELD: Final = "sid"
 # bcrypt reads at most 72 bytes of a password; longer ones are refused, not silently cut.
@@ -30,20 +35,29 @@ MIN_PASSWORD_BYTES: Final = 8
 _dummy_hashes: dict[int, bytes] = {}
 
 
-async def hash_password(password: str, rounds: int) -> bytes:
-    """bcrypt hash of a password of 8-72 UTF-8 bytes, computed off the event loop.
+async def _off_loop(pool: PasswordPool | None, function: Callable[..., T], *args: Any) -> T:
+    if pool is None:
+        return await asyncio.to_thread(function, *args)
+    return await pool.run(function, *args)
 
-    Raises ValueError for a password outside that length.
+
+async def hash_password(password: str, rounds: int, pool: PasswordPool | None = None) -> bytes:
+    """bcrypt hash of a password of 8-72 UTF-8 bytes, computed off the event loop (in `pool`
+    when given).
+
+    Raises ValueError for a password outside that length, PoolFull when `pool` is full.
     """
     raw = password.encode()
     if not MIN_PASSWORD_BYTES <= len(raw) <= MAX_PASSWORD_BYTES:
         raise ValueError("the password must be 8 to 72 bytes in UTF-8")
-    return await asyncio.to_thread(bcrypt.hashpw, raw, bcrypt.gensalt(rounds))
+    return await _off_loop(pool, bcrypt.hashpw, raw, bcrypt.gensalt(rounds))
 
 
-async def check_password(password: str, password_hash: bytes | None, rounds: int = 12) -> bool:
+async def check_password(password: str, password_hash: bytes | None, rounds: int = 12,
+                         pool: PasswordPool | None = None) -> bool:
     """True when `password` matches `password_hash`. With None (no such account), spends the time
-    of a check at cost `rounds` — the configured one — and is False."""
+    of a check at cost `rounds` — the configured one — and is False. Runs in `pool` when given;
+    raises PoolFull when it is full."""
     raw = password.encode("utf-8", "surrogatepass")
     if len(raw) > MAX_PASSWORD_BYTES:
         raw = raw[:MAX_PASSWORD_BYTES]  # cannot match a stored hash (those are <= 72 bytes)
@@ -53,9 +67,9 @@ async def check_password(password: str, password_hash: bytes | None, rounds: int
         if dummy is None:
             dummy = _dummy_hashes[rounds] = await asyncio.to_thread(
                 bcrypt.hashpw, b"no such account", bcrypt.gensalt(rounds))
-        await asyncio.to_thread(bcrypt.checkpw, raw, dummy)
+        await _off_loop(pool, bcrypt.checkpw, raw, dummy)
         return False
-    return await asyncio.to_thread(bcrypt.checkpw, raw, password_hash)
+    return await _off_loop(pool, bcrypt.checkpw, raw, password_hash)
 
 
 def _sid_hash(sid: str) -> str:

@@ -71,9 +71,16 @@ class Limits:
     typing_per_second: float = 3.0
     # WebSocket handshakes per minute per client address (429 beyond).
     handshakes_per_minute: int = 1200
-    # Failed logins per client address within login_window_seconds, after which logins answer 429.
+    # Password attempts (logins, registrations, private-room passwords; SPEC 10) within
+    # login_window_seconds: per client address, per account (a phone or a room) and per pair.
+    # Counted before the password is checked, given back when it was right; past one, 429.
     login_failures: int = 10
+    login_failures_per_phone: int = 5
+    login_failures_per_pair: int = 5
     login_window_seconds: int = 900
+    # bcrypt jobs (hashing, checking) running at once, and waiting; past both, 503.
+    password_workers: int = 2
+    password_queue: int = 16
     # Frames waiting for one receive socket; a socket that falls further behind is closed
     # (its messages stay stored and are fetched on reconnect).
     outgoing_queue: int = 1000
@@ -133,7 +140,10 @@ _POSITIVE = {
     ("limits", "typing_per_second"),
     ("limits", "handshakes_per_minute"),
     ("limits", "login_failures"),
+    ("limits", "login_failures_per_phone"),
+    ("limits", "login_failures_per_pair"),
     ("limits", "login_window_seconds"),
+    ("limits", "password_workers"),
     ("limits", "outgoing_queue"),
     ("fetch", "chunk_size"),
     ("rooms", "history"),
@@ -191,6 +201,8 @@ def _build(data: dict[str, Any]) -> Config:
         raise ConfigError(f"[database] synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
     if config.security.bcrypt_rounds not in range(4, 32):
         raise ConfigError("[security] bcrypt_rounds must be between 4 and 31")
+    if config.limits.password_queue < 0:
+        raise ConfigError("[limits] password_queue must not be negative")
     if config.database.scrub_seconds < 0:
         raise ConfigError("[database] scrub_seconds must not be negative")
     if config.database.url and not config.database.url.startswith(POSTGRES_SCHEMES):

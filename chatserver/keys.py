@@ -7,9 +7,10 @@ from aiohttp import web
 from .config import Config
 from .hubs.local import Hub
 from .stores.base import Store
-from .throttle import Throttle
+from .throttle import PasswordPool, Throttle
 
 config_key: Final = web.AppKey("config", Config)
 store_key: Final = web.AppKey("store", Store)
 hub_key: Final = web.AppKey("hub", Hub)
 throttle_key: Final = web.AppKey("throttle", Throttle)
+password_pool_key: Final = web.AppKey("password_pool", PasswordPool)

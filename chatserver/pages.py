@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 import aiohttp_jinja2
 from aiohttp import web
 
 from .auth import check_password, current_user, hash_password, log_in, log_out
 from .forms import FormError, clean_name, clean_password, clean_phone
-from .keys import config_key, store_key, throttle_key
+from .keys import config_key, password_pool_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
+from .throttle import PoolFull
 
 log = logging.getLogger(__name__)
+TOO_MANY_ATTEMPTS: Final = "Too many attempts from your address or on this number; try again later."
+PHONE_TAKEN: Final = "This phone number is already registered."
 
 async def _post_form(request: web.Request) -> Any:
     """The posted form; 400 when it cannot be decoded (a field that is not UTF-8)."""
@@ -35,7 +38,9 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def register(request: web.Request) -> web.Response:
-    """GET, POST /register: create an account and log in (SPEC 4)."""
+    """GET, POST /register: create an account and log in (SPEC 4); 409 for a taken phone, found
+    before any bcrypt work; 429 past the attempt limits (SPEC 10); 503 while the bcrypt pool is
+    full."""
     if request.method == "GET":
         return _form(request, "register.html", 200, None, {})
     form = await _post_form(request)
@@ -46,34 +51,55 @@ async def register(request: web.Request) -> web.Response:
         password = clean_password(form.get("password"))
     except FormError as e:
         return _form(request, "register.html", 400, str(e), values)
-    store = request.app[store_key]
-    password_hash = await hash_password(password, request.app[config_key].security.bcrypt_rounds)
-    if not await store.add_user(phone, name, password_hash):
-        return _form(request, "register.html", 409, "This phone number is already registered.",
-                     values)
+    # Registrations share the attempt limits of logins (SPEC 10), counted before any bcrypt work.
+    store, throttle = request.app[store_key], request.app[throttle_key]
+    attempt = await throttle.begin_attempt(request.remote or "", phone)
+    if attempt is None:
+        return _form(request, "register.html", 429, TOO_MANY_ATTEMPTS, values)
+    # A taken phone is answered before any bcrypt work (and the attempt stays counted: it is how
+    # phone numbers would be enumerated).
+    if await store.get_user(phone) is not None:
+        return _form(request, "register.html", 409, PHONE_TAKEN, values)
+    try:
+        password_hash = await hash_password(password, request.app[config_key].security.bcrypt_rounds,
+                                            request.app[password_pool_key])
+    except PoolFull as e:
+        await throttle.refund(attempt)
+        return _form(request, "register.html", 503, str(e), values)
+    if not await store.add_user(phone, name, password_hash):  # registered meanwhile
+        return _form(request, "register.html", 409, PHONE_TAKEN, values)
+    await throttle.refund(attempt)
     log.info("registered %s", phone)
     await log_in(request, phone)
     raise web.HTTPFound("/chat")
 
 
 async def login(request: web.Request) -> web.Response:
-    """GET, POST /login: 302 to /chat, or 401 with one neutral message (SPEC 4)."""
+    """GET, POST /login: 302 to /chat, or 401 with one neutral message (SPEC 4); 429 past the
+    attempt limits (SPEC 10), 503 while the bcrypt pool is full."""
     if request.method == "GET":
         return _form(request, "login.html", 200, None, {})
     throttle, address = request.app[throttle_key], request.remote or ""
     form = await _post_form(request)
     phone, password = form.get("phone"), form.get("password")
     values = {"phone": phone if isinstance(phone, str) else ""}
-    if await throttle.login_blocked(address):
-        return _form(request, "login.html", 429,
-                     "Too many failed attempts from your address; try again later.", values)
+    # Counted before the password is checked, so that parallel attempts cannot pass the limit.
+    # Malformed phones share one account counter: no counter per junk string.
+    attempt = await throttle.begin_attempt(address, phone if is_phone(phone) else "(not a phone)")
+    if attempt is None:
+        return _form(request, "login.html", 429, TOO_MANY_ATTEMPTS, values)
     user = await request.app[store_key].get_user(phone) if is_phone(phone) else None
-    ok = await check_password(password if isinstance(password, str) else "",
-                              user.password_hash if user else None,
-                              request.app[config_key].security.bcrypt_rounds)
+    try:
+        ok = await check_password(password if isinstance(password, str) else "",
+                                  user.password_hash if user else None,
+                                  request.app[config_key].security.bcrypt_rounds,
+                                  request.app[password_pool_key])
+    except PoolFull as e:
+        await throttle.refund(attempt)
+        return _form(request, "login.html", 503, str(e), values)
     if not ok or user is None:
-        await throttle.login_failed(address)
         return _form(request, "login.html", 401, "Wrong phone number or password.", values)
+    await throttle.refund(attempt)  # a right password uses up no attempt (README "Choices")
     await log_in(request, user.phone)
     raise web.HTTPFound("/chat")
 

@@ -6,8 +6,12 @@ Redis hub is configured, so that they hold across processes and hosts (`limits`'
 - typing events per user (`limits.typing_per_second`), on top of SPEC 5.1's one per second per
   socket; over the limit, dropped silently.
 - WebSocket handshakes per client address (`limits.handshakes_per_minute`): 429.
-- failed logins per client address (`limits.login_failures` per `limits.login_window_seconds`):
-  once reached, every login from that address answers 429 until the window has passed.
+- password attempts (SPEC 10: logins, registrations, private-room passwords), counted before the
+  password is checked, per client address (`limits.login_failures`), per account (a phone, or a
+  room: `limits.login_failures_per_phone`) and per pair (`limits.login_failures_per_pair`) within
+  `limits.login_window_seconds`; past any of them, 429. A successful attempt gives its slot back.
+- bcrypt work (`PasswordPool`): at most `limits.password_workers` at once and
+  `limits.password_queue` waiting; beyond, `PoolFull` (503).
 
 A rate of R per second is enforced as round(2R) per two-second window, which lets a burst of twice
 the rate through, as a client reconnecting with a backlog needs.
@@ -15,10 +19,15 @@ the rate through, as a client reconnecting with a backlog needs.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import math
+import threading
 import time
-from typing import Any, Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
 
 import redis.asyncio as redis
 from limits import RateLimitItemPerMinute, RateLimitItemPerSecond, storage, strategies
@@ -29,6 +38,7 @@ from limits.errors import StorageError
 from .config import Limits
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Seconds: a Redis command of the limiter that takes longer fails (and the event is counted in
 # memory); and how often an outage is logged at most.
@@ -53,7 +63,9 @@ class Throttle:
     def __init__(self, limits: Limits, redis_url: str = "", prefix: str = "chat") -> None:
         # Fixed windows: O(1) per event (a moving window keeps every event of the window). The
         # in-memory limiter is synchronous: it costs no coroutine per message.
-        self._local = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
+        self._local_storage = storage.MemoryStorage()
+        self._local = strategies.FixedWindowRateLimiter(self._local_storage)
+        self._shared_storage: aio_storage.RedisStorage | None = None
         self._shared: aio_strategies.FixedWindowRateLimiter | None = None
         self._pool: redis.ConnectionPool | None = None
         self._outage_logged = -math.inf  # time.monotonic() of the last outage warning
@@ -65,13 +77,17 @@ class Throttle:
             # limits types RedisStorage's **options as scalars, but passes them to redis-py,
             # whose connection_pool is what we mean.
             options: dict[str, Any] = {"connection_pool": self._pool}
-            self._shared = aio_strategies.FixedWindowRateLimiter(aio_storage.RedisStorage(
+            self._shared_storage = aio_storage.RedisStorage(
                 "async+" + redis_url, implementation="redispy", key_prefix=f"{prefix}:limits",
-                wrap_exceptions=True, **options))
+                wrap_exceptions=True, **options)
+            self._shared = aio_strategies.FixedWindowRateLimiter(self._shared_storage)
         self._message = _per_second(limits.messages_per_second)
         self._typing = _per_second(limits.typing_per_second)
         self._handshake = RateLimitItemPerMinute(limits.handshakes_per_minute)
-        self._login = RateLimitItemPerSecond(limits.login_failures, limits.login_window_seconds)
+        window = limits.login_window_seconds
+        self._attempt_address = RateLimitItemPerSecond(limits.login_failures, window)
+        self._attempt_account = RateLimitItemPerSecond(limits.login_failures_per_phone, window)
+        self._attempt_pair = RateLimitItemPerSecond(limits.login_failures_per_pair, window)
 
     async def close(self) -> None:
         """Release the Redis connections (nothing to do in memory)."""
@@ -104,15 +120,94 @@ class Throttle:
         """Count a WebSocket handshake from `address`; False when over the per-minute limit."""
         return await self._hit(self._handshake, "handshake", address)
 
-    async def login_blocked(self, address: str) -> bool:
-        """True while `address` has used up its failed logins for the window."""
-        if self._shared is not None:
+    async def _add(self, keys: tuple[str, ...], amount: int, shared: bool) -> list[int]:
+        """Add `amount` (1 or -1) to each counter, in Redis when `shared`; the new counts."""
+        if shared:
+            assert self._shared_storage is not None
+            # INCRBY, atomic in Redis. A refund (-1) landing after its window expired leaves -1:
+            # one extra attempt in the next window, at most one per refund.
+            expiry = self._attempt_address.get_expiry()
+            return [await self._shared_storage.incr(key, expiry, amount) for key in keys]
+        if amount > 0:
+            return [self._local_storage.incr(key, self._attempt_address.get_expiry(), amount)
+                    for key in keys]
+        return [self._local_storage.decr(key, -amount) for key in keys]
+
+    async def begin_attempt(self, address: str, account: str) -> PasswordAttempt | None:
+        """Count one password attempt from client `address` on `account` (a phone, or "room NAME"),
+        before the password is checked (SPEC 10); None (answer 429) when that would pass
+        `limits.login_failures` per address, `limits.login_failures_per_phone` per account or
+        `limits.login_failures_per_pair` per pair within `limits.login_window_seconds`.
+
+        The counters are raised first and compared after (one atomic increment each, in Redis or
+        in memory), so that parallel attempts cannot all pass a check made before any is counted.
+        A refused attempt is taken off again: it reached no password check. Call `refund` when the
+        password was right (or the check never ran), so that successes use up nothing.
+        """
+        items = (self._attempt_address, self._attempt_account, self._attempt_pair)
+        keys = (self._attempt_address.key_for("password", address),
+                self._attempt_account.key_for("password-account", account),
+                self._attempt_pair.key_for("password-pair", address, account))
+        counts: list[int] | None = None
+        if self._shared_storage is not None:
             try:
-                return not await self._shared.test(self._login, "login", address)
+                counts = await self._add(keys, 1, True)
             except StorageError as e:
                 self._outage(e)
-        return not self._local.test(self._login, "login", address)
+        attempt = PasswordAttempt(keys, shared=counts is not None)
+        if counts is None:
+            counts = await self._add(keys, 1, False)
+        if any(count > item.amount for count, item in zip(counts, items, strict=True)):
+            await self.refund(attempt)
+            return None
+        return attempt
 
-    async def login_failed(self, address: str) -> None:
-        """Count a failed login from `address`."""
-        await self._hit(self._login, "login", address)
+    async def refund(self, attempt: PasswordAttempt) -> None:
+        """Give back the slots of an attempt counted by `begin_attempt` (a right password, or a
+        check that did not run)."""
+        try:
+            await self._add(attempt.keys, -1, attempt.shared)
+        except StorageError as e:  # the slots stay used until the window ends
+            self._outage(e)
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordAttempt:
+    """One attempt counted by `Throttle.begin_attempt`: its counters' keys, and whether they are in
+    Redis (`shared`) or in this process's memory."""
+    keys: tuple[str, ...]
+    shared: bool
+
+
+class PoolFull(Exception):
+    """The bcrypt pool already has `limits.password_workers` running and `limits.password_queue`
+    waiting: answer 503."""
+
+
+class PasswordPool:
+    """Threads for bcrypt (hashing and checking, ~0.2 s each at cost 12 by design): at most
+    `workers` at once, at most `queue` more waiting, so that a burst of registrations or logins
+    cannot queue unbounded CPU work in front of a real login (issue 12, finding 5).
+    """
+
+    def __init__(self, workers: int, queue: int) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bcrypt")
+        # Released from the worker thread when a job ends (or at once when it is cancelled
+        # before it started): a thread-safe semaphore, not a counter on the event loop.
+        self._slots = threading.BoundedSemaphore(workers + queue)
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` on one of the pool's threads; raises PoolFull when the pool is full."""
+        if not self._slots.acquire(blocking=False):
+            raise PoolFull("the server is busy checking passwords; try again in a few seconds")
+        try:
+            future = self._executor.submit(function, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        """Drop the jobs still waiting; running ones finish on their own."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

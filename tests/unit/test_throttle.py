@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from chatserver.config import Limits
-from chatserver.throttle import Throttle
+from chatserver.throttle import PasswordPool, PoolFull, Throttle
 from helpers import backends
 
 TIMEOUT = 10.0
@@ -59,18 +60,67 @@ async def test_redis_counters_are_shared_by_processes(
     assert await count_allowed([two, one], budget + 3, what, "5550000003") == budget
 
 
-async def test_redis_failed_logins_block_every_process(
+async def test_redis_password_attempts_are_counted_for_every_process(
         redis_prefix: str, shared: Callable[[str], Throttle]) -> None:
     one = shared(redis_prefix)
     two = shared(redis_prefix)
     address = "192.0.2.7"
-    assert not await one.login_blocked(address)
-    await one.login_failed(address)
-    assert not await two.login_blocked(address)
-    await two.login_failed(address)  # login_failures = 2: now blocked everywhere
-    assert await one.login_blocked(address)
-    assert await two.login_blocked(address)
-    assert not await two.login_blocked("192.0.2.8")
+    assert await one.begin_attempt(address, "5550000010") is not None
+    assert await two.begin_attempt(address, "5550000011") is not None
+    # login_failures = 2 per address: refused everywhere, on any phone
+    assert await one.begin_attempt(address, "5550000012") is None
+    assert await two.begin_attempt(address, "5550000012") is None
+    assert await two.begin_attempt("192.0.2.8", "5550000012") is not None
+
+
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_a_refunded_attempt_gives_its_slot_back_and_a_refused_one_takes_none(
+        redis_prefix: str, shared: Callable[[str], Throttle], where: str) -> None:
+    throttle = shared(redis_prefix) if where == "redis" else Throttle(LIMITS)
+    address = "192.0.2.10"
+    for _ in range(5):  # five right passwords in a row: each gives its slot back
+        attempt = await throttle.begin_attempt(address, "5550000013")
+        assert attempt is not None
+        await throttle.refund(attempt)
+    assert await throttle.begin_attempt(address, "5550000013") is not None
+    assert await throttle.begin_attempt(address, "5550000014") is not None
+    for _ in range(3):  # refused ones are taken off again: the count stays at the limit
+        assert await throttle.begin_attempt(address, "5550000015") is None
+    # per phone (5) and per pair (5) are not used up by the refusals
+    assert await throttle.begin_attempt("192.0.2.11", "5550000015") is not None
+
+
+async def test_per_phone_and_per_pair_limits() -> None:
+    throttle = Throttle(Limits(login_failures=100, login_failures_per_phone=3,
+                               login_failures_per_pair=2))
+    phone = "5550000016"
+    assert [await throttle.begin_attempt("192.0.2.1", phone) is not None for _ in range(3)] == [
+        True, True, False]  # the pair's limit
+    assert await throttle.begin_attempt("192.0.2.2", phone) is not None
+    assert await throttle.begin_attempt("192.0.2.3", phone) is None  # the phone's limit
+    assert await throttle.begin_attempt("192.0.2.3", "5550000017") is not None
+
+
+async def test_the_password_pool_runs_at_most_workers_plus_queue_jobs() -> None:
+    pool = PasswordPool(workers=1, queue=1)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        started.set()
+        release.wait(TIMEOUT)
+        return "held"
+    try:
+        running = asyncio.ensure_future(pool.run(hold))
+        assert await asyncio.to_thread(started.wait, TIMEOUT)
+        waiting = asyncio.ensure_future(pool.run(str, 1))  # queued behind the running one
+        await asyncio.sleep(0)  # let it take its slot
+        with pytest.raises(PoolFull):
+            await pool.run(str, 2)
+    finally:
+        release.set()
+    assert (await running, await waiting) == ("held", "1")
+    assert await pool.run(str, 3) == "3"  # the slots are free again
+    pool.close()
 
 
 async def test_redis_prefixes_keep_deployments_apart(
@@ -91,10 +141,9 @@ async def test_unreachable_redis_falls_back_to_counting_in_memory(
     try:
         # neither lifted nor refusing everything: the per-process budget of 4 holds
         assert await count_allowed([throttle], 6, "message", "5550000005") == 4
-        await throttle.login_failed("192.0.2.9")
-        assert not await throttle.login_blocked("192.0.2.9")
-        await throttle.login_failed("192.0.2.9")
-        assert await throttle.login_blocked("192.0.2.9")
+        assert await throttle.begin_attempt("192.0.2.9", "5550000006") is not None
+        assert await throttle.begin_attempt("192.0.2.9", "5550000006") is not None
+        assert await throttle.begin_attempt("192.0.2.9", "5550000006") is None
     finally:
         await throttle.close()
     warnings = [r for r in caplog.records if "counted in this process only" in r.getMessage()]
