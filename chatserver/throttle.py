@@ -51,7 +51,8 @@ def _per_second(rate: float) -> RateLimitItemPerSecond:
 
 
 class Throttle:
-    """The server's rate limits; `allow_*` methods count one event and say whether it may pass.
+    """The server's rate limits; `allow_*` methods count one event and say whether it may pass;
+    `begin_attempt` / `refund` count password attempts (README "Choices where the spec is silent").
 
     `redis_url` (the `[hub] url`): count in Redis under keys starting with `prefix`, shared by
     every process; empty: count in this process's memory. While Redis cannot be reached, events
