@@ -209,12 +209,13 @@ async def _teardown(w: World) -> None:
 
 @pytest.fixture
 def world(config: Config) -> Any:
-    """The World on a Background loop. Login failures are not limited (hostile room joins and
-    logins fail on purpose), and pings are rare: sockets the test does not read during a batch
-    (C's, B's) answer no ping, and must not be closed for that."""
+    """The World on a Background loop. Password attempts are not limited, per address, phone or
+    pair (hostile room joins and logins fail on purpose), and pings are rare: sockets the test
+    does not read during a batch (C's, B's) answer no ping, and must not be closed for that."""
     bg = Background()
     hostile_config = dataclasses.replace(
-        with_limits(config, login_failures=1_000_000, typing_per_second=1000.0),
+        with_limits(config, login_failures=1_000_000, login_failures_per_phone=1_000_000,
+                    login_failures_per_pair=1_000_000, typing_per_second=1000.0),
         websocket=WebSocket(heartbeat=3600.0))
     w = bg.run(_build(bg, hostile_config))
     try:
