@@ -305,12 +305,23 @@ def is_phone(value: object) -> bool:
 
 
 def valid_name(value: object) -> bool:
-    """SPEC 4 (1-64 characters after trimming) and the project's refusal of control characters."""
+    """SPEC 4 (1-64 characters after trimming), the project's refusal of control characters, and of
+    format characters (Cf) but a zero-width joiner between two emoji (So/Sk, U+FE0F skipped)."""
     if not isinstance(value, str):
         return False
     name = value.strip()
-    return 1 <= len(name) <= 64 and not any(unicodedata.category(ch) in ("Cc", "Cs")
-                                            for ch in name)
+    if not 1 <= len(name) <= 64 or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        return False
+    emoji = ("So", "Sk")
+    for i, ch in enumerate(name):
+        if unicodedata.category(ch) != "Cf":
+            continue
+        before = name[:i].removesuffix("\ufe0f")[-1:]
+        after = name[i + 1:i + 2]
+        if not (ch == "\u200d" and before and after and unicodedata.category(before) in emoji
+                and unicodedata.category(after) in emoji):
+            return False
+    return True
 
 
 def has_lone_surrogate(value: object) -> bool:
