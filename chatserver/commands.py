@@ -17,11 +17,13 @@ from .connection import MAX_IN_FLIGHT, STORE_FAILED, Conn
 from .protocol import (
     Frame,
     ProtocolError,
+    check_skew,
     command_of,
     decode,
     encode,
     fetch_timestamp,
     is_phone,
+    now_micros,
     parse_frame,
     parse_timestamp,
     per_recipient,
@@ -305,6 +307,9 @@ async def dispatch(conn: Conn, table: Table, text: str) -> None:
         command = table.get(frame.command)
         if command is None:
             raise ProtocolError(f"unknown command {type_!r} on this socket")
+        # The frame's own sent_timestamp only: an acknowledgement's `message` names the
+        # acknowledged message's timestamp, which may be older (README).
+        check_skew(frame.sent_us, now_micros(), conn.config.security.timestamp_skew_seconds)
         if frame.msg_from != conn.user:
             raise ProtocolError("msg_from must be the phone this socket belongs to")
         if command.to_peer and frame.msg_to != conn.peer:
