@@ -108,8 +108,10 @@ async def msg_received(conn: Conn, frame: Frame) -> None:
 
 
 async def msg_read(conn: Conn, frame: Frame) -> None:
-    """The user has seen the peer's messages up to `message`: record it, tell the peer."""
+    """The user has seen the peer's messages up to `message`: record it, tell the peer; refused,
+    like new_msg, when the peer has blocked the user (a read receipt is a message too)."""
     _acknowledged(frame)  # must name a timestamp, though no stored message is needed
+    refuse_if_blocked(conn, frame.msg_to)
     conn.later(frame.command, conn.store.read_personal(
         frame.msg_to, frame.msg_from, server_timestamp(frame.sent_us)),
         lambda _: conn.hub.push(frame.msg_to, encode(frame.wire())))
@@ -170,8 +172,10 @@ async def grp_msg_received(conn: Conn, frame: Frame) -> None:
 
 
 async def grp_msg_read(conn: Conn, frame: Frame) -> None:
-    """The user has read the group up to the sender's message: record it, tell the sender."""
+    """The user has read the group up to the sender's message: record it, tell the sender;
+    refused when the sender has blocked the user, as msg_read."""
     sent_us = _acknowledged(frame)
+    refuse_if_blocked(conn, frame.msg_to)
     if not await conn.store.is_member(conn.peer, conn.user):
         raise ProtocolError("you are not a participant of this group")
     if not await conn.store.is_member(conn.peer, frame.msg_to):
