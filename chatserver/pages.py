@@ -15,6 +15,15 @@ from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
 
 log = logging.getLogger(__name__)
 
+
+def _auth_event(level: int, outcome: str, request: web.Request, phone: object) -> None:
+    """Log one authentication event (issue 12): outcome, client address, phone. Never the
+    password, the cookie or a body; a phone that is not one (typed by anyone) is logged as '-',
+    so that a form field cannot forge log lines."""
+    log.log(level, "auth %s: phone=%s address=%s", outcome, phone if is_phone(phone) else "-",
+            request.remote or "-")
+
+
 async def _post_form(request: web.Request) -> Any:
     """The posted form; 400 when it cannot be decoded (a field that is not UTF-8)."""
     try:
@@ -45,13 +54,15 @@ async def register(request: web.Request) -> web.Response:
         name = clean_name(form.get("name"))
         password = clean_password(form.get("password"))
     except FormError as e:
+        _auth_event(logging.INFO, "registration refused (invalid field)", request, form.get("phone"))
         return _form(request, "register.html", 400, str(e), values)
     store = request.app[store_key]
     password_hash = await hash_password(password, request.app[config_key].security.bcrypt_rounds)
     if not await store.add_user(phone, name, password_hash):
+        _auth_event(logging.WARNING, "registration refused (phone taken)", request, phone)
         return _form(request, "register.html", 409, "This phone number is already registered.",
                      values)
-    log.info("registered %s", phone)
+    _auth_event(logging.INFO, "registration ok", request, phone)
     await log_in(request, phone)
     raise web.HTTPFound("/chat")
 
@@ -65,6 +76,7 @@ async def login(request: web.Request) -> web.Response:
     phone, password = form.get("phone"), form.get("password")
     values = {"phone": phone if isinstance(phone, str) else ""}
     if await throttle.login_blocked(address):
+        _auth_event(logging.WARNING, "login refused (too many failures)", request, phone)
         return _form(request, "login.html", 429,
                      "Too many failed attempts from your address; try again later.", values)
     user = await request.app[store_key].get_user(phone) if is_phone(phone) else None
@@ -73,14 +85,19 @@ async def login(request: web.Request) -> web.Response:
                               request.app[config_key].security.bcrypt_rounds)
     if not ok or user is None:
         await throttle.login_failed(address)
+        _auth_event(logging.WARNING, "login failed (unknown phone)" if user is None
+                    else "login failed (wrong password)", request, phone)
         return _form(request, "login.html", 401, "Wrong phone number or password.", values)
     await log_in(request, user.phone)
+    _auth_event(logging.INFO, "login ok", request, user.phone)
     raise web.HTTPFound("/chat")
 
 
 async def logout(request: web.Request) -> web.Response:
     """POST /logout: end the session server-side, close its sockets (SPEC 4)."""
+    who = await current_user(request)  # for the log line only
     await log_out(request)
+    _auth_event(logging.INFO, "logout", request, who[0] if who else None)
     raise web.HTTPFound("/login")
 
 
