@@ -15,7 +15,7 @@ from .auth import load_secret
 from .config import Config
 from .hubs import make_hub
 from .keys import config_key, hub_key, password_pool_key, store_key, throttle_key
-from .middlewares import guard
+from .middlewares import guard, response_headers
 from .routes import setup_routes
 from .stores import open_store
 from .throttle import PasswordPool, Throttle
@@ -76,6 +76,7 @@ def create_app(config: Config) -> web.Application:
     # stops first, then the throttle closes, and the store closes last.
     app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx])
     app.on_shutdown.append(close_sockets)
+    app.on_response_prepare.append(response_headers)
     secret = load_secret(config.security.cookie_secret, config.database.path)
     # The session middleware must wrap the handlers that call get_session: setup_session appends
     # it after `guard`, so it runs inside it.

@@ -113,17 +113,20 @@ async def current_user(request: web.Request) -> tuple[str, str] | None:
 def load_secret(configured: str, db_path: str | Path) -> str:
     """The Fernet key that encrypts cookies: the configured one, else `<database>.secret`.
 
-    The file is created on first start with mode 0600 and reused after (SPEC 3). Raises
+    The file is created on first start with mode 0600 (an existing one is tightened to 0600), in a
+    folder made with mode 0700, and reused after (SPEC 3). Raises
     ValueError when a configured or stored key is not a valid Fernet key.
     """
     if configured:
         Fernet(configured)  # raises ValueError when malformed
         return configured
     path = Path(f"{db_path}.secret")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        if path.stat().st_mode & 0o077:  # made by an older release or by hand: owner only
+            path.chmod(0o600)
         key = path.read_text().strip()
         Fernet(key)
         return key

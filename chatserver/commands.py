@@ -17,11 +17,13 @@ from .connection import MAX_IN_FLIGHT, STORE_FAILED, Conn
 from .protocol import (
     Frame,
     ProtocolError,
+    check_skew,
     command_of,
     decode,
     encode,
     fetch_timestamp,
     is_phone,
+    now_micros,
     parse_frame,
     parse_timestamp,
     per_recipient,
@@ -106,8 +108,10 @@ async def msg_received(conn: Conn, frame: Frame) -> None:
 
 
 async def msg_read(conn: Conn, frame: Frame) -> None:
-    """The user has seen the peer's messages up to `message`: record it, tell the peer."""
+    """The user has seen the peer's messages up to `message`: record it, tell the peer; refused,
+    like new_msg, when the peer has blocked the user (a read receipt is a message too)."""
     _acknowledged(frame)  # must name a timestamp, though no stored message is needed
+    refuse_if_blocked(conn, frame.msg_to)
     conn.later(frame.command, conn.store.read_personal(
         frame.msg_to, frame.msg_from, server_timestamp(frame.sent_us)),
         lambda _: conn.hub.push(frame.msg_to, encode(frame.wire())))
@@ -168,8 +172,10 @@ async def grp_msg_received(conn: Conn, frame: Frame) -> None:
 
 
 async def grp_msg_read(conn: Conn, frame: Frame) -> None:
-    """The user has read the group up to the sender's message: record it, tell the sender."""
+    """The user has read the group up to the sender's message: record it, tell the sender;
+    refused when the sender has blocked the user, as msg_read."""
     sent_us = _acknowledged(frame)
+    refuse_if_blocked(conn, frame.msg_to)
     if not await conn.store.is_member(conn.peer, conn.user):
         raise ProtocolError("you are not a participant of this group")
     if not await conn.store.is_member(conn.peer, frame.msg_to):
@@ -305,6 +311,9 @@ async def dispatch(conn: Conn, table: Table, text: str) -> None:
         command = table.get(frame.command)
         if command is None:
             raise ProtocolError(f"unknown command {type_!r} on this socket")
+        # The frame's own sent_timestamp only: an acknowledgement's `message` names the
+        # acknowledged message's timestamp, which may be older (README).
+        check_skew(frame.sent_us, now_micros(), conn.config.security.timestamp_skew_seconds)
         if frame.msg_from != conn.user:
             raise ProtocolError("msg_from must be the phone this socket belongs to")
         if command.to_peer and frame.msg_to != conn.peer:

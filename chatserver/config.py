@@ -58,6 +58,8 @@ class Security:
     bcrypt_rounds: int = 12
     # Seconds a login stays valid (cookie max-age and the server-side record).
     session_seconds: int = 30 * 24 * 3600
+    # SPEC 10: a frame's sent_timestamp further than this from the server's clock is refused.
+    timestamp_skew_seconds: int = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,7 @@ _POSITIVE = {
     ("websocket", "heartbeat"),
     ("websocket", "close_timeout"),
     ("security", "session_seconds"),
+    ("security", "timestamp_skew_seconds"),
 }
 
 

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _SAME_SITE_FETCH: Final = frozenset({"same-origin", "none"})
+# Our name instead of aiohttp's "Python/3.11 aiohttp/3.x": no version for a scanner to match.
+SERVER_NAME: Final = "chatserver"
+# RFC 6797: one year, this host only, no preload (a preload list entry is hard to take back).
+HSTS: Final = "max-age=31536000"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,6 +71,18 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Revalidate: after an upgrade, a browser must not mix old and new modules of the client.
         response.headers.setdefault("Cache-Control", "no-cache")
     return response
+
+
+async def response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare` hook, so that it reaches every response of the app, WebSocket upgrades
+    and static files included: `Server` without a version; `Strict-Transport-Security` when
+    `security.https`; `Cache-Control: no-store` on all but /static (pages and JSON carry a user's
+    data and must not be kept by a browser or a proxy cache after logout)."""
+    response.headers["Server"] = SERVER_NAME
+    if request.app[config_key].security.https:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    if not request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-store")
 
 
 def _secure(headers: Any) -> None:

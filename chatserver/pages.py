@@ -18,6 +18,15 @@ log = logging.getLogger(__name__)
 TOO_MANY_ATTEMPTS: Final = "Too many attempts from your address or on this number; try again later."
 PHONE_TAKEN: Final = "This phone number is already registered."
 
+
+def _auth_event(level: int, outcome: str, request: web.Request, phone: object) -> None:
+    """Log one authentication event (issue 12): outcome, client address, phone. Never the
+    password, the cookie or a body; a phone that is not one (typed by anyone) is logged as '-',
+    so that a form field cannot forge log lines."""
+    log.log(level, "auth %s: phone=%s address=%s", outcome, phone if is_phone(phone) else "-",
+            request.remote or "-")
+
+
 async def _post_form(request: web.Request) -> Any:
     """The posted form; 400 when it cannot be decoded (a field that is not UTF-8)."""
     try:
@@ -50,15 +59,18 @@ async def register(request: web.Request) -> web.Response:
         name = clean_name(form.get("name"))
         password = clean_password(form.get("password"))
     except FormError as e:
+        _auth_event(logging.INFO, "registration refused (invalid field)", request, form.get("phone"))
         return _form(request, "register.html", 400, str(e), values)
     # Registrations share the attempt limits of logins (SPEC 10), counted before any bcrypt work.
     store, throttle = request.app[store_key], request.app[throttle_key]
     attempt = await throttle.begin_attempt(request.remote or "", phone)
     if attempt is None:
+        _auth_event(logging.WARNING, "registration refused (too many attempts)", request, phone)
         return _form(request, "register.html", 429, TOO_MANY_ATTEMPTS, values)
     # A taken phone is answered before any bcrypt work (and the attempt stays counted: it is how
     # phone numbers would be enumerated).
     if await store.get_user(phone) is not None:
+        _auth_event(logging.WARNING, "registration refused (phone taken)", request, phone)
         return _form(request, "register.html", 409, PHONE_TAKEN, values)
     try:
         password_hash = await hash_password(password, request.app[config_key].security.bcrypt_rounds,
@@ -67,9 +79,10 @@ async def register(request: web.Request) -> web.Response:
         await throttle.refund(attempt)
         return _form(request, "register.html", 503, str(e), values)
     if not await store.add_user(phone, name, password_hash):  # registered meanwhile
+        _auth_event(logging.WARNING, "registration refused (phone taken)", request, phone)
         return _form(request, "register.html", 409, PHONE_TAKEN, values)
     await throttle.refund(attempt)
-    log.info("registered %s", phone)
+    _auth_event(logging.INFO, "registration ok", request, phone)
     await log_in(request, phone)
     raise web.HTTPFound("/chat")
 
@@ -87,6 +100,7 @@ async def login(request: web.Request) -> web.Response:
     # Malformed phones share one account counter: no counter per junk string.
     attempt = await throttle.begin_attempt(address, phone if is_phone(phone) else "(not a phone)")
     if attempt is None:
+        _auth_event(logging.WARNING, "login refused (too many attempts)", request, phone)
         return _form(request, "login.html", 429, TOO_MANY_ATTEMPTS, values)
     user = await request.app[store_key].get_user(phone) if is_phone(phone) else None
     try:
@@ -98,15 +112,20 @@ async def login(request: web.Request) -> web.Response:
         await throttle.refund(attempt)
         return _form(request, "login.html", 503, str(e), values)
     if not ok or user is None:
+        _auth_event(logging.WARNING, "login failed (unknown phone)" if user is None
+                    else "login failed (wrong password)", request, phone)
         return _form(request, "login.html", 401, "Wrong phone number or password.", values)
     await throttle.refund(attempt)  # a right password uses up no attempt (README "Choices")
     await log_in(request, user.phone)
+    _auth_event(logging.INFO, "login ok", request, user.phone)
     raise web.HTTPFound("/chat")
 
 
 async def logout(request: web.Request) -> web.Response:
     """POST /logout: end the session server-side, close its sockets (SPEC 4)."""
+    who = await current_user(request)  # for the log line only
     await log_out(request)
+    _auth_event(logging.INFO, "logout", request, who[0] if who else None)
     raise web.HTTPFound("/login")
 
 

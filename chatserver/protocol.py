@@ -94,6 +94,15 @@ def fetch_timestamp(us: int) -> str:
     return f"{text[:10]}T{text[11:]}.{micros:06d}Z"
 
 
+def check_skew(sent_us: int, now_us: int, skew_seconds: int) -> None:
+    """Refuse a frame whose `sent_timestamp` (µs since the epoch) is more than `skew_seconds` from
+    the server's clock `now_us` (SPEC 10, `security.timestamp_skew_seconds`): a client cannot date
+    a message in year 1 or 9999. Raises ProtocolError."""
+    if abs(sent_us - now_us) > skew_seconds * 1_000_000:
+        raise ProtocolError(f"sent_timestamp is more than {skew_seconds} seconds away from the "
+                            f"server's clock ({server_timestamp(now_us)} UTC); check the device's clock")
+
+
 def now_micros() -> int:
     """The server's clock, microseconds since the epoch, UTC."""
     return time.time_ns() // 1000

@@ -6,6 +6,7 @@ waits for the writer. docs/storage.md says why each choice was made.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,45 @@ SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent.parent / "schema.sql
 # A busy WAL checkpoint (a reader in the middle of a query holds old frames) is tried again after
 # this many seconds.
 CHECKPOINT_RETRY_SECONDS: Final = 0.1
+# The database, its -wal/-shm and backups hold every waiting message and every password hash: owner
+# only, whatever the umask (0644 under the usual 022). The folder the server creates: the same.
+FILE_MODE: Final = 0o600
+FOLDER_MODE: Final = 0o700
+# Beside the database: SQLite's write-ahead log and shared memory, and auth.py's cookie secret.
+_COMPANIONS: Final = ("-wal", "-shm", "-journal", ".secret")
+
+
+def _create_private(path: Path) -> None:
+    """Create the empty file `path` with FILE_MODE (SQLite takes an empty file for a new database,
+    and makes its -wal and -shm with the main file's mode). Raises FileExistsError when it exists."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+
+
+def make_private(path: str | Path) -> None:
+    """Create the database's folder (FOLDER_MODE) and file (FILE_MODE) if missing, and tighten the
+    modes of an existing deployment's files: the database, its -wal/-shm/-journal, the secret.
+
+    The folder of an existing database is tightened only when everything in it belongs to the
+    database (`var/` as the server made it): a database kept in a shared folder leaves it alone.
+    Raises OSError when the folder or the file cannot be made.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    elif folder.resolve() != Path.cwd().resolve() and all(
+            p.name.startswith(path.name) for p in folder.iterdir()):
+        folder.chmod(FOLDER_MODE)
+    try:
+        _create_private(path)
+    except FileExistsError:
+        pass
+    for p in [path, *(Path(f"{path}{suffix}") for suffix in _COMPANIONS)]:
+        try:
+            if p.stat().st_mode & 0o077:
+                p.chmod(FILE_MODE)
+        except FileNotFoundError:
+            pass
 
 
 def _rows_json(rows: list[Any]) -> str:
@@ -213,6 +253,12 @@ def backup_file(source: str | Path, target: str | Path) -> None:
     except sqlite3.Error as e:
         raise _wrap(e) from e
     try:
+        # A backup holds what the database holds: owner only (FILE_MODE), made before SQLite opens it.
+        _create_private(target)
+    except BaseException:
+        src.close()
+        raise
+    try:
         dst = sqlite3.connect(target)
         try:
             src.backup(dst)
@@ -287,7 +333,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
         Raises CorruptDatabase when `PRAGMA quick_check` does not answer "ok", SchemaTooNew for a
         database of a newer release, StoreError when SQLite fails otherwise.
         """
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        make_private(path)
         try:
             # isolation_level=None: no implicit transactions; we write BEGIN/COMMIT ourselves.
             writer = await aiosqlite.connect(path, isolation_level=None)
@@ -305,6 +351,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             result = [r[0] for r in rows]
             if result != ["ok"]:
                 raise CorruptDatabase(f"{path} failed PRAGMA quick_check: {'; '.join(result[:5])}")
+            make_private(path)  # the -wal and -shm exist now; an old deployment's are tightened
             await cls._migrate(writer, str(path))
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute("PRAGMA query_only=ON")

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 
 from helpers.accounts import UserFactory
-from helpers.frames import SERVER_TS, frame, new_phone
+from helpers.frames import SERVER_TS, TODAY, frame, new_phone
 from helpers.ws import assert_json_error, recv, send_new_msg
 
 # The same tests on every store and hub (tests/helpers/backends.py). aiohttp-session 2.12 stores its state
@@ -192,7 +192,7 @@ async def test_info_lists_a_dialogue_started_by_a_message(as_user: UserFactory) 
     alice = await as_user(a)
     bob = await as_user(b)
     ws = await alice.ws_connect(f"/ws/chat/personal/{a}/{b}/")
-    await send_new_msg(ws, a, b, "hello", "2030-01-01 00:00:00.000001")
+    await send_new_msg(ws, a, b, "hello", f"{TODAY} 00:00:00.000001")
     await ws.close()
     assert dialogue_peers(await info(alice)) == [b]
     assert dialogue_peers(await info(bob)) == [a]
@@ -222,8 +222,8 @@ async def test_info_personal_counts_and_receipts(as_user: UserFactory) -> None:
     a_recv = await alice.ws_connect(f"/ws/chat/special/{a}/")
     a_send = await alice.ws_connect(f"/ws/chat/personal/{a}/{b}/")
     b_send = await bob.ws_connect(f"/ws/chat/personal/{b}/{a}/")
-    sent = ["2030-01-01 00:00:01.000001", "2030-01-01 00:00:02.000002",
-            "2030-01-01T00:00:03.000003Z"]
+    sent = [f"{TODAY} 00:00:01.000001", f"{TODAY} 00:00:02.000002",
+            f"{TODAY}T00:00:03.000003Z"]
     for n, ts in enumerate(sent):
         await send_new_msg(a_send, a, b, f"message {n}", ts)
 
@@ -237,32 +237,32 @@ async def test_info_personal_counts_and_receipts(as_user: UserFactory) -> None:
     assert theirs["outgoing"] == EMPTY_SIDE
 
     # B acknowledges the first message; A's receive socket gets the receipt after the commit.
-    ack = frame("msg_received", b, a, sent[0], "2030-01-02T03:04:05.678901Z")
+    ack = frame("msg_received", b, a, sent[0], f"{TODAY}T03:04:05.678901Z")
     await b_send.send_json(ack)
     assert await recv(a_recv) == ack
     mine = await personal_info(alice, b)
-    assert mine["outgoing"] == {"last_received_receiver": "2030-01-02 03:04:05.678",
+    assert mine["outgoing"] == {"last_received_receiver": f"{TODAY} 03:04:05.678",
                                 "last_seen_receiver": None, "waiting": 2}
     assert SERVER_TS.fullmatch(mine["outgoing"]["last_received_receiver"])
     assert mine["incoming"] == EMPTY_SIDE
     assert (await personal_info(bob, a))["incoming"] == mine["outgoing"]
 
     # B has read up to the first message.
-    read = frame("msg_read", b, a, sent[0], "2030-01-02 03:04:06.5")
+    read = frame("msg_read", b, a, sent[0], f"{TODAY} 03:04:06.5")
     await b_send.send_json(read)
     assert await recv(a_recv) == read
     mine = await personal_info(alice, b)
-    assert mine["outgoing"] == {"last_received_receiver": "2030-01-02 03:04:05.678",
-                                "last_seen_receiver": "2030-01-02 03:04:06.500", "waiting": 2}
+    assert mine["outgoing"] == {"last_received_receiver": f"{TODAY} 03:04:05.678",
+                                "last_seen_receiver": f"{TODAY} 03:04:06.500", "waiting": 2}
     assert (await personal_info(bob, a))["incoming"] == mine["outgoing"]
 
     # The last message, acknowledged under its other spelling of the same instant.
-    ack = frame("msg_received", b, a, "2030-01-01 00:00:03.000003", "2030-01-02 03:04:07")
+    ack = frame("msg_received", b, a, f"{TODAY} 00:00:03.000003", f"{TODAY} 03:04:07")
     await b_send.send_json(ack)
     assert await recv(a_recv) == ack
     mine = await personal_info(alice, b)
-    assert mine["outgoing"] == {"last_received_receiver": "2030-01-02 03:04:07.000",
-                                "last_seen_receiver": "2030-01-02 03:04:06.500", "waiting": 1}
+    assert mine["outgoing"] == {"last_received_receiver": f"{TODAY} 03:04:07.000",
+                                "last_seen_receiver": f"{TODAY} 03:04:06.500", "waiting": 1}
     assert mine["incoming"] == EMPTY_SIDE
     for ws in (a_recv, a_send, b_send):
         await ws.close()
@@ -276,15 +276,15 @@ async def test_info_personal_incoming_direction(as_user: UserFactory) -> None:
     b_send = await bob.ws_connect(f"/ws/chat/personal/{b}/{a}/")
     b_recv = await bob.ws_connect(f"/ws/chat/special/{b}/")
     a_send = await alice.ws_connect(f"/ws/chat/personal/{a}/{b}/")
-    await send_new_msg(b_send, b, a, "from bob", "2030-01-01 00:00:01")
+    await send_new_msg(b_send, b, a, "from bob", f"{TODAY} 00:00:01")
     assert (await personal_info(alice, b))["incoming"] == {**EMPTY_SIDE, "waiting": 1}
     assert (await personal_info(alice, b))["outgoing"] == EMPTY_SIDE
     assert (await personal_info(bob, a))["outgoing"] == {**EMPTY_SIDE, "waiting": 1}
 
-    ack = frame("msg_received", a, b, "2030-01-01 00:00:01", "2030-02-03 04:05:06.007")
+    ack = frame("msg_received", a, b, f"{TODAY} 00:00:01", f"{TODAY} 04:05:06.007")
     await a_send.send_json(ack)
     assert await recv(b_recv) == ack
-    expected = {"last_received_receiver": "2030-02-03 04:05:06.007", "last_seen_receiver": None,
+    expected = {"last_received_receiver": f"{TODAY} 04:05:06.007", "last_seen_receiver": None,
                 "waiting": 0}
     assert (await personal_info(alice, b))["incoming"] == expected
     assert (await personal_info(bob, a))["outgoing"] == expected

@@ -21,6 +21,7 @@ from chatserver.stores.base import Store
 from helpers.accounts import PASSWORD, UserFactory
 from helpers.backends import db_rows
 from helpers.frames import SERVER_TS, assert_error, frame, near_now, new_phone
+from helpers.groups import create_group, open_group, send_grp
 from helpers.timing import QUIET, TIMEOUT
 from helpers.ws import assert_json_error, assert_quiet, open_receive, recv
 
@@ -279,6 +280,41 @@ async def test_blocked_is_typing_is_refused_and_not_pushed(as_user: UserFactory)
     await c_send.send_json(frame("is_typing", c, a))
     assert_error(await recv(c_send), "is_typing", c, a)
     await assert_quiet(a_recv)
+
+
+async def test_blocked_msg_read_is_refused_and_not_recorded(as_user: UserFactory, store: Store) -> None:
+    """A read receipt is refused like new_msg (issue 12, finding 7); nothing recorded or pushed."""
+    a, c, _, _, a_recv, c_send = await blocked_pair(as_user)
+    a_send = await (await as_user(a)).ws_connect(f"/ws/chat/personal/{a}/{c}/")
+    sent = frame("new_msg", a, c, "read me")  # a block is one way: A may write to C
+    await a_send.send_json(sent)
+    assert (await recv(a_send))["command"] == "msg_sent"
+    await c_send.send_json(frame("msg_read", c, a, sent["sent_timestamp"]))
+    assert_error(await recv(c_send), "msg_read", c, a, "the recipient has blocked you; nothing was sent")
+    await assert_quiet(a_recv)
+    assert (await store.dialogue_side(a, c)).last_seen_receiver is None
+    # Acknowledging receipt still works: it deletes C's own copy on the server.
+    ack = frame("msg_received", c, a, sent["sent_timestamp"])
+    await c_send.send_json(ack)
+    assert await recv(a_recv) == ack
+
+
+async def test_blocked_grp_msg_read_is_refused_and_not_pushed(as_user: UserFactory) -> None:
+    """S blocked A, then put A in a group (A has not blocked S): A's read receipts of S's group
+    messages are refused, under both names, as msg_read is."""
+    s_phone, a = new_phone(), new_phone()
+    sender, alice = await as_user(s_phone), await as_user(a)
+    await block(sender, a)
+    key = (await create_group(sender, "news", [a]))["key"]
+    s_recv = await open_receive(sender, s_phone)
+    s_grp = await open_group(sender, s_phone, key)
+    sent = await send_grp(s_grp, s_phone, key, "read me")
+    a_grp = await open_group(alice, a, key)
+    for command in ("grp_msg_read", "msg_read"):
+        await a_grp.send_json(frame(command, a, s_phone, sent["sent_timestamp"]))
+        assert_error(await recv(a_grp), command, a, key,  # group sockets answer with the group key
+                     "the recipient has blocked you; nothing was sent")
+    await assert_quiet(s_recv)
 
 
 async def test_a_block_is_one_way(config: Config, as_user: UserFactory) -> None:

@@ -29,6 +29,7 @@ from helpers.configs import with_limits
 from helpers.frames import (
     FETCH_TS,
     FRAME_KEYS,
+    TODAY,
     assert_server_time,
     frame,
     iso,
@@ -86,13 +87,13 @@ def db_bytes(config: Config) -> bytes:
 
 
 @pytest.mark.parametrize("sent_timestamp", [
-    "2026-11-28 10:00:00.500",
-    "2026-11-28 10:00:00",
-    "2026-11-28 10:00:00.5",
-    "2026-11-28 10:00:00.123456",
-    "2026-11-28T10:00:00.500000Z",
-    "2026-11-28T10:00:00Z",
-    "2026-11-28T10:00:00.25",
+    f"{TODAY} 10:00:00.500",
+    f"{TODAY} 10:00:00",
+    f"{TODAY} 10:00:00.5",
+    f"{TODAY} 10:00:00.123456",
+    f"{TODAY}T10:00:00.500000Z",
+    f"{TODAY}T10:00:00Z",
+    f"{TODAY}T10:00:00.25",
 ])
 async def test_new_msg_is_acknowledged_and_pushed_as_sent_to_every_receive_socket(
         as_user: UserFactory, sent_timestamp: str) -> None:
@@ -123,11 +124,11 @@ async def test_new_msg_is_acknowledged_and_pushed_as_sent_to_every_receive_socke
 
 
 @pytest.mark.parametrize(("first", "retry"), [
-    ("2026-11-28 10:00:00.5", "2026-11-28T10:00:00.500000Z"),
-    ("2026-11-28T10:00:00.500000Z", "2026-11-28 10:00:00.500"),
-    ("2026-11-28 17:11:06.23", "2026-11-28 17:11:06.230000"),
-    ("2026-11-28 10:00:00", "2026-11-28T10:00:00Z"),
-    ("2026-11-28 10:00:00.5", "2026-11-28 10:00:00.5"),
+    (f"{TODAY} 10:00:00.5", f"{TODAY}T10:00:00.500000Z"),
+    (f"{TODAY}T10:00:00.500000Z", f"{TODAY} 10:00:00.500"),
+    (f"{TODAY} 17:11:06.23", f"{TODAY} 17:11:06.230000"),
+    (f"{TODAY} 10:00:00", f"{TODAY}T10:00:00Z"),
+    (f"{TODAY} 10:00:00.5", f"{TODAY} 10:00:00.5"),
 ])
 async def test_retry_with_same_identity_is_acknowledged_again_but_stored_and_pushed_once(
         as_user: UserFactory, store: Store, first: str, retry: str) -> None:
@@ -158,8 +159,8 @@ async def test_two_copies_sent_back_to_back_are_stored_and_pushed_once(
     client_a, client_b = await as_user(a), await as_user(b)
     inbox_b = await open_receive(client_b, b)
     ws = await open_personal(client_a, a, b)
-    first = frame("new_msg", a, b, "twice", "2026-11-28 10:00:00.5")
-    second = frame("new_msg", a, b, "twice", "2026-11-28T10:00:00.500000Z")
+    first = frame("new_msg", a, b, "twice", f"{TODAY} 10:00:00.5")
+    second = frame("new_msg", a, b, "twice", f"{TODAY}T10:00:00.500000Z")
     await ws.send_json(first)
     await ws.send_json(second)
     replies = await recv_many(ws, 2)
@@ -177,8 +178,8 @@ async def test_a_different_instant_is_a_different_message(as_user: UserFactory,
     client_a, client_b = await as_user(a), await as_user(b)
     inbox_b = await open_receive(client_b, b)
     ws = await open_personal(client_a, a, b)
-    first = await send_new_msg(ws, a, b, "one", "2026-11-28 10:00:00.500000")
-    second = await send_new_msg(ws, a, b, "two", "2026-11-28 10:00:00.500001")
+    first = await send_new_msg(ws, a, b, "one", f"{TODAY} 10:00:00.500000")
+    second = await send_new_msg(ws, a, b, "two", f"{TODAY} 10:00:00.500001")
     assert await recv_many(inbox_b, 2) == [first, second]
     assert [m.message for m in await store.pending_for(b)] == ["one", "two"]
 
@@ -209,9 +210,9 @@ async def test_messages_of_two_senders_are_fetched_in_acceptance_order(
     client_a, client_c, client_b = await as_user(a), await as_user(c), await as_user(b)
     ws_a = await open_personal(client_a, a, b)
     ws_c = await open_personal(client_c, c, b)
-    await send_new_msg(ws_c, c, b, "first", "2026-11-28 12:00:00")
-    await send_new_msg(ws_a, a, b, "second", "2026-11-28 11:00:00")
-    await send_new_msg(ws_c, c, b, "third", "2026-11-28 10:00:00")
+    await send_new_msg(ws_c, c, b, "first", f"{TODAY} 12:00:00")
+    await send_new_msg(ws_a, a, b, "second", f"{TODAY} 11:00:00")
+    await send_new_msg(ws_c, c, b, "third", f"{TODAY} 10:00:00")
     inbox_b = await open_receive(client_b, b)
     [fetched] = await fetch_all(inbox_b, b)
     assert [(m["msg_from"], m["message"]) for m in fetched] == [
@@ -229,7 +230,7 @@ async def test_msg_received_deletes_sets_last_received_and_is_pushed_as_sent(
     inbox_b = await open_receive(client_b, b)
     to_b = await open_personal(client_a, a, b)
     to_a = await open_personal(client_b, b, a)
-    sent = await send_new_msg(to_b, a, b, "please confirm", "2026-11-28 09:30:15.25")
+    sent = await send_new_msg(to_b, a, b, "please confirm", f"{TODAY} 09:30:15.25")
     assert await recv(inbox_b) == sent
 
     before = await dialogue_info(client_a, b)
@@ -238,7 +239,7 @@ async def test_msg_received_deletes_sets_last_received_and_is_pushed_as_sent(
 
     # The acknowledgement names the message in the other timestamp form.
     ack_at = new_instant()
-    ack = frame("msg_received", b, a, "2026-11-28T09:30:15.250000Z", iso(ack_at))
+    ack = frame("msg_received", b, a, f"{TODAY}T09:30:15.250000Z", iso(ack_at))
     await to_a.send_json(ack)
     for inbox in (inbox_a1, inbox_a2):
         assert await recv(inbox) == ack
@@ -260,7 +261,7 @@ async def test_msg_read_is_pushed_and_sets_last_seen_without_a_stored_message(
     ws = await open_personal(client_a, a, b)
 
     read_at = new_instant()
-    read = frame("msg_read", a, b, "2026-11-28 08:00:00.000", plain(read_at))
+    read = frame("msg_read", a, b, f"{TODAY} 08:00:00.000", plain(read_at))
     await ws.send_json(read)
     assert await recv(inbox_b) == read
     await assert_quiet(ws)  # no error: no stored message is needed
@@ -298,7 +299,7 @@ async def test_is_typing_is_pushed_with_server_time_and_limited_per_socket(
     inbox_b = await open_receive(client_b, b)
     ws = await open_personal(client_a, a, b)
 
-    await ws.send_json(frame("is_typing", a, b, "ignored", "2001-02-03 04:05:06.789"))
+    await ws.send_json(frame("is_typing", a, b, "ignored", f"{TODAY} 04:05:06.789"))
     push = await recv(inbox_b)
     assert set(push) == {"command", "msg_from", "msg_to", "sent_timestamp"}, push
     assert (push["command"], push["msg_from"], push["msg_to"]) == ("is_typing", a, b)

@@ -26,7 +26,7 @@ from chatserver.stores.base import Store
 from helpers import frames
 from helpers.accounts import PASSWORD, UserFactory
 from helpers.backends import db_rows
-from helpers.frames import FETCH_TS, SERVER_TS, assert_error, iso, new_phone
+from helpers.frames import FETCH_TS, SERVER_TS, TODAY, assert_error, iso, new_phone
 from helpers.timing import QUIET, TIMEOUT
 from helpers.ws import assert_json_error, assert_quiet, recv
 
@@ -40,9 +40,10 @@ HELD = 2.0
 
 _rooms = itertools.count(1)
 _instants = itertools.count(1)
-# Client clocks far from the server's, so that a server time is never mistaken for one; whole
-# milliseconds, so that the ms form a client sends is the instant itself.
-_BASE = datetime(2031, 5, 6, 7, 0, 0, 230_000, tzinfo=UTC)
+# Client clocks hours behind the server's (within security.timestamp_skew_seconds), so that a
+# server time is never mistaken for one; whole milliseconds, so that the ms form a client sends is
+# the instant itself.
+_BASE = datetime.now(UTC).replace(microsecond=230_000) - timedelta(hours=20)
 
 
 def new_room() -> str:
@@ -323,10 +324,11 @@ async def test_history_on_connect_oldest_first_in_fetch_format(as_user: UserFact
     alice, bob = await as_user(a), await as_user(b)
     name = await new_public_room(alice, a)
     ws = await open_empty_room(alice, name)
+    day = datetime.fromisoformat(TODAY).replace(tzinfo=UTC)  # client clocks decreasing
     spellings = [
-        (datetime(2031, 5, 9, 1, 2, 3, 7, tzinfo=UTC), "2031-05-09 01:02:03.000007"),
-        (datetime(2031, 5, 8, 1, 2, 3, 120_000, tzinfo=UTC), "2031-05-08T01:02:03.12Z"),
-        (datetime(2031, 5, 7, 1, 2, 3, tzinfo=UTC), "2031-05-07 01:02:03"),
+        (day.replace(hour=3, minute=2, second=3, microsecond=7), f"{TODAY} 03:02:03.000007"),
+        (day.replace(hour=2, minute=2, second=3, microsecond=120_000), f"{TODAY}T02:02:03.12Z"),
+        (day.replace(hour=1, minute=2, second=3), f"{TODAY} 01:02:03"),
     ]
     sent = []
     for n, (_, ts) in enumerate(spellings):

@@ -83,9 +83,10 @@ def message_rows(db: Path) -> dict[str, int]:
 
 # -- client timestamps -----------------------------------------------------------------------------
 
-# Client clocks years away from the server's; every call a new instant with a non-zero µs part.
+# Client clocks hours behind the server's, within its security.timestamp_skew_seconds (a day);
+# every call a new instant (a millisecond later) with a non-zero µs part.
 _instants = itertools.count(1)
-_BASE = datetime(2034, 3, 4, 5, 6, 7, tzinfo=UTC)
+_BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=20)
 
 
 def next_stamp() -> tuple[int, str]:

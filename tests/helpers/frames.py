@@ -24,10 +24,15 @@ GROUP_KEYS = frozenset({"key", "name", "participants", "admins"})
 # 13 digits: "4" + 5 digits of the pid + a 7-digit counter; increasing, so creation order is
 # also phone order (some group tests rely on it to tell "longest standing" from "smallest phone").
 _phones = itertools.count(1)
-# Client clocks years away from the server's, so that a server time is never mistaken for one.
+# Client clocks hours behind the server's, so that a server time is never mistaken for one, yet
+# within the server's default security.timestamp_skew_seconds (a day): each call is one second
+# later, so a process has about 47 hours' worth (170,000 calls) before its instants are refused.
 _instants = itertools.count(1)
-_BASE = datetime(2031, 5, 6, 8, 0, 0, tzinfo=UTC)
+_BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=23)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The UTC date when the tests start: any time of this day is within a day of the server's clock
+# (security.timestamp_skew_seconds), for tests that spell out client timestamps by hand.
+TODAY = datetime.now(UTC).strftime("%Y-%m-%d")
 
 
 def new_phone() -> str:

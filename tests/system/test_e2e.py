@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from helpers.accounts import COOKIE, client, register
-from helpers.frames import frame
+from helpers.frames import TODAY, frame
 from helpers.server import ServerProcess, running, write_config
 from helpers.timing import TIMEOUT
 from helpers.ws import recv, send_new_msg
@@ -52,30 +52,30 @@ async def test_two_users_chat_end_to_end(tmp_path: Path) -> None:
         b_send = await bob.ws_connect(server.ws_url(f"/ws/chat/personal/{B}/{A}/"))
 
         # A -> B: pushed as sent; B's receipt reaches A.
-        hello = await send_new_msg(a_send, A, B, "hello Bob", "2030-05-01 10:00:00.000001")
+        hello = await send_new_msg(a_send, A, B, "hello Bob", f"{TODAY} 10:00:00.000001")
         assert await recv(b_recv) == hello
-        receipt = frame("msg_received", B, A, hello["sent_timestamp"], "2030-05-01 10:00:01")
+        receipt = frame("msg_received", B, A, hello["sent_timestamp"], f"{TODAY} 10:00:01")
         await b_send.send_json(receipt)
         assert await recv(a_recv) == receipt
 
         # B -> A, and A's receipt back.
-        reply = await send_new_msg(b_send, B, A, "hi Alice 👋", "2030-05-01T10:00:02.5Z")
+        reply = await send_new_msg(b_send, B, A, "hi Alice 👋", f"{TODAY}T10:00:02.5Z")
         assert await recv(a_recv) == reply
-        receipt = frame("msg_received", A, B, reply["sent_timestamp"], "2030-05-01 10:00:03")
+        receipt = frame("msg_received", A, B, reply["sent_timestamp"], f"{TODAY} 10:00:03")
         await a_send.send_json(receipt)
         assert await recv(b_recv) == receipt
 
         # B goes offline; A's message waits on the server and is fetched when B is back.
         await b_recv.close()
-        later = await send_new_msg(a_send, A, B, "are you there?", "2030-05-01 10:00:04.000400")
+        later = await send_new_msg(a_send, A, B, "are you there?", f"{TODAY} 10:00:04.000400")
         b_recv = await bob.ws_connect(server.ws_url(f"/ws/chat/special/{B}/"))
         await b_recv.send_json({"command": "fetch_msgs", "msg_to": B})
         assert await recv(b_recv) == {
             "command": "fetch_msgs", "all": "True",
             "messages": [{"msg_from": A, "msg_to": B, "message": "are you there?",
-                          "command": "new_msg", "sent_timestamp": "2030-05-01T10:00:04.000400Z"}],
+                          "command": "new_msg", "sent_timestamp": f"{TODAY}T10:00:04.000400Z"}],
         }
-        receipt = frame("msg_received", B, A, later["sent_timestamp"], "2030-05-01 10:00:05")
+        receipt = frame("msg_received", B, A, later["sent_timestamp"], f"{TODAY} 10:00:05")
         await b_send.send_json(receipt)
         assert await recv(a_recv) == receipt
         await b_recv.send_json({"command": "fetch_msgs", "msg_to": B})
