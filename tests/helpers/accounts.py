@@ -4,14 +4,15 @@ TestServer), and browser-like clients of a server process (helpers.server.Server
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from helpers.server import ServerProcess
-from helpers.timing import NET_TIMEOUT
+from helpers.timing import NET_TIMEOUT, TIMEOUT
 
 PASSWORD = "correct horse"
 # The session cookie's name (chatserver/app.py).
@@ -32,6 +33,19 @@ def users_on(aiohttp_client: Callable[..., Awaitable[TestClient]],
         assert resp.status == 302, await resp.text()
         return client
     return login
+
+
+@contextlib.asynccontextmanager
+async def from_address(address: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session of any server whose connections come from `address` (a loopback alias)."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=(address, 0)),
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+        timeout=aiohttp.ClientTimeout(total=TIMEOUT))
+    try:
+        yield session
+    finally:
+        await session.close()
 
 
 # -- clients of a server process ----------------------------------------------------------------

@@ -13,9 +13,8 @@ loopback, and the server sees that address.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import aiohttp
@@ -25,10 +24,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from chatserver.app import create_app
 from chatserver.config import Config
 from chatserver.keys import store_key
-from helpers.accounts import PASSWORD, users_on
+from helpers.accounts import PASSWORD, from_address, users_on
 from helpers.configs import with_limits
 from helpers.frames import assert_error, frame, new_phone
-from helpers.timing import TIMEOUT
 from helpers.ws import WS, open_personal, open_receive, recv, send_new_msg
 
 # The same tests on every store and hub (tests/helpers/backends.py): with the Redis hub, the limits are
@@ -60,19 +58,6 @@ async def handshake_status(client: TestClient | aiohttp.ClientSession, url: Any,
         return e.status
     await ws.close()
     return 101
-
-
-@contextlib.asynccontextmanager
-async def from_address(address: str) -> AsyncIterator[aiohttp.ClientSession]:
-    """A client session whose connections come from `address` (a loopback alias)."""
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(local_addr=(address, 0)),
-        cookie_jar=aiohttp.CookieJar(unsafe=True),
-        timeout=aiohttp.ClientTimeout(total=TIMEOUT))
-    try:
-        yield session
-    finally:
-        await session.close()
 
 
 async def post_login(client: TestClient | aiohttp.ClientSession, url: Any, phone: str,

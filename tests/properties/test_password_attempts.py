@@ -12,9 +12,8 @@ looks them up on the `bcrypt` module at each call. Other client addresses are lo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import aiohttp
@@ -25,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from chatserver.app import create_app
 from chatserver.config import Config
 from helpers import backends
-from helpers.accounts import PASSWORD, users_on
+from helpers.accounts import PASSWORD, from_address, users_on
 from helpers.configs import with_limits
 from helpers.frames import new_phone
 from helpers.timing import TIMEOUT
@@ -46,19 +45,6 @@ async def start(aiohttp_server: ServerFactory, config: Config, **limits: Any) ->
     return await aiohttp_server(create_app(with_limits(config, **(changes | limits))))
 
 
-@contextlib.asynccontextmanager
-async def from_address(address: str) -> AsyncIterator[aiohttp.ClientSession]:
-    """A client session whose connections come from `address` (a loopback alias)."""
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(local_addr=(address, 0)),
-        cookie_jar=aiohttp.CookieJar(unsafe=True),
-        timeout=aiohttp.ClientTimeout(total=TIMEOUT))
-    try:
-        yield session
-    finally:
-        await session.close()
-
-
 async def post(client: TestClient | aiohttp.ClientSession, url: Any,
                data: dict[str, str]) -> aiohttp.ClientResponse:
     resp = await client.post(url, data=data, allow_redirects=False)
@@ -73,6 +59,13 @@ async def login_status(client: TestClient | aiohttp.ClientSession, url: Any, pho
 
 async def register_status(client: TestClient | aiohttp.ClientSession, url: Any, phone: str) -> int:
     return (await post(client, url, {"phone": phone, "name": "someone", "password": PASSWORD})).status
+
+
+async def create_private_room(client: TestClient, room: str) -> str:
+    """Create `room` with ROOM_PASSWORD as `client`'s user; returns its name."""
+    resp = await client.post("/chat/special/room", json={"room_name": room, "password": ROOM_PASSWORD})
+    assert resp.status == 201, await resp.text()
+    return room
 
 
 def count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[object]:
@@ -122,10 +115,7 @@ async def test_parallel_wrong_room_passwords_reach_the_check_at_most_the_rooms_l
     login = users_on(aiohttp_client, server)
     a, b = new_phone(), new_phone()
     client_a, client_b = await login(a), await login(b)
-    room = f"private_{a}"
-    resp = await client_a.post("/chat/special/room",
-                               json={"room_name": room, "password": ROOM_PASSWORD})
-    assert resp.status == 201, await resp.text()
+    room = await create_private_room(client_a, f"private_{a}")
     checks = count_calls(monkeypatch, "checkpw")
 
     async def join(password: str) -> int:
@@ -240,10 +230,7 @@ async def test_a_full_bcrypt_pool_answers_503(
     login = users_on(aiohttp_client, server)
     a, b = new_phone(), new_phone()
     client_a, client_b = await login(a), await login(b)
-    room = f"private_{a}"
-    resp = await client_a.post("/chat/special/room",
-                               json={"room_name": room, "password": ROOM_PASSWORD})
-    assert resp.status == 201, await resp.text()
+    room = await create_private_room(client_a, f"private_{a}")
 
     entered, release = threading.Event(), threading.Event()
     original = bcrypt.checkpw
