@@ -15,6 +15,7 @@ import io
 import shutil
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
@@ -35,6 +36,7 @@ from chatserver.stores.base import (
     StoredMessage,
     StoreError,
 )
+from chatserver.stores.migrate import latest
 from chatserver.stores.postgres import PgStore
 from chatserver.stores.sqlite import SqliteStore
 from helpers import backends
@@ -52,6 +54,9 @@ GROUP_KEY: Final = "Grp0000001"
 ALICE_SESSION, BOB_SESSION = "s" * 64, "t" * 64
 AGES: Final = 10**9  # seconds: the fixture's sessions are not expired for this test
 
+# The versions this release makes (1 + its migrations), per engine.
+LATEST_SQLITE: Final = latest(SqliteStore.MIGRATIONS)
+LATEST_PG: Final = latest(PgStore.MIGRATIONS)
 ADD_COLUMN: Final = "ALTER TABLE users ADD COLUMN nickname TEXT;\n"
 # Changes the schema, then fails: the whole upgrade must be undone.
 FAILS_HALFWAY: Final = ("ALTER TABLE users ADD COLUMN motto TEXT;\n"
@@ -150,16 +155,33 @@ async def test_the_v1_file_opens_and_everything_in_it_is_found(v1_file: Path) ->
     assert sqlite_version(v1_file) is None
     async with opened(v1_file) as store:
         await assert_v1_contents(store)
-    assert sqlite_version(v1_file) == 1
+    assert sqlite_version(v1_file) == LATEST_SQLITE
+
+
+async def test_version_2_makes_the_oldest_account_admin_and_stamps_stored_messages(
+        v1_file: Path) -> None:
+    """Migration 0002 (issue 12): the oldest account becomes the admin, nothing else changes, and
+    every stored message counts as accepted at the upgrade (none expires at once)."""
+    before_us = int(time.time() * 1e6)
+    async with opened(v1_file):
+        pass
+    after_us = int(time.time() * 1e6)
+    with contextlib.closing(sqlite3.connect(v1_file)) as con:
+        assert con.execute("SELECT phone, admin, disabled, hide_presence FROM users ORDER BY phone"
+                           ).fetchall() == [(A, 1, 0, 0), (B, 0, 0, 0), (C, 0, 0, 0), (D, 0, 0, 0)]
+        stamps = [r[0] for r in con.execute("SELECT accepted_us FROM personal_messages UNION ALL "
+                                            "SELECT accepted_us FROM group_messages")]
+        assert con.execute("SELECT count(*) FROM invites").fetchone() == (0,)
+    assert len(stamps) == 5 and all(before_us - 10**6 <= s <= after_us + 10**6 for s in stamps)
 
 
 async def test_a_new_database_records_the_latest_version(tmp_path: Path) -> None:
     async with opened(tmp_path / "new.db") as store:
         assert await store.add_user(A, "Alice", HASH)
-    assert sqlite_version(tmp_path / "new.db") == 1
+    assert sqlite_version(tmp_path / "new.db") == LATEST_SQLITE
     async with opened(tmp_path / "new.db") as store:  # opened again: nothing to apply
         assert await store.user_exists(A)
-    assert sqlite_version(tmp_path / "new.db") == 1
+    assert sqlite_version(tmp_path / "new.db") == LATEST_SQLITE
 
 
 async def test_a_migration_upgrades_the_v1_file(
@@ -186,16 +208,25 @@ async def test_a_migration_that_fails_halfway_changes_nothing(
     assert sqlite_dump(v1_file) == before
 
 
+def one_beyond(release: Path, folder: Path) -> Path:
+    """`folder` holding `release`'s migrations and one more (a newer release's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in release.glob("*.sql"):
+        shutil.copyfile(path, folder / path.name)
+    return write_migration(folder, f"{latest(release) + 1:04d}_user_nickname.sql", ADD_COLUMN)
+
+
 async def test_a_database_newer_than_the_release_is_refused(
         v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = write_migration(tmp_path / "migrations", "0002_user_nickname.sql", ADD_COLUMN)
+    folder = one_beyond(SqliteStore.MIGRATIONS, tmp_path / "migrations")
     monkeypatch.setattr(SqliteStore, "MIGRATIONS", folder)
     async with opened(v1_file):
         pass
-    assert sqlite_version(v1_file) == 2
-    monkeypatch.undo()  # this release again: it knows version 1 only
+    assert sqlite_version(v1_file) == LATEST_SQLITE + 1
+    monkeypatch.undo()  # this release again: it knows one version less
     before = sqlite_dump(v1_file)
-    with pytest.raises(SchemaTooNew, match="version 2, newer than this release's 1"):
+    with pytest.raises(SchemaTooNew, match=f"version {LATEST_SQLITE + 1}, newer than this "
+                                           f"release's {LATEST_SQLITE}"):
         await open_and_close(v1_file)
     assert sqlite_dump(v1_file) == before
 
@@ -214,8 +245,9 @@ def test_the_command_line_refuses_a_newer_database_in_one_line(
     capsys.readouterr()
     assert main(["--config", str(config), "--db", str(v1_file), "deluser", A]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: {v1_file} has schema version 7, newer than this release's 1: it was "
-                   "upgraded by a newer release; run that release (or newer) on it\n")
+    assert err == (f"error: {v1_file} has schema version 7, newer than this release's "
+                   f"{LATEST_SQLITE}: it was upgraded by a newer release; run that release (or "
+                   "newer) on it\n")
     assert sqlite_dump(v1_file) == before
 
 
@@ -275,7 +307,22 @@ async def test_pg_the_v1_schema_opens_and_everything_in_it_is_found(pg_v1: str) 
     assert await pg_version(pg_v1) is None
     async with opened(pg_v1) as store:
         await assert_v1_contents(store)
-    assert await pg_version(pg_v1) == 1
+    assert await pg_version(pg_v1) == LATEST_PG
+
+
+async def test_pg_version_2_makes_the_oldest_account_admin_and_stamps_stored_messages(
+        pg_v1: str) -> None:
+    before_us = int(time.time() * 1e6)
+    async with opened(pg_v1):
+        pass
+    after_us = int(time.time() * 1e6)
+    assert await fetch(pg_v1, "SELECT phone, admin, disabled, hide_presence FROM users ORDER BY phone"
+                       ) == [(A, True, False, False), (B, False, False, False),
+                             (C, False, False, False), (D, False, False, False)]
+    stamps = [r[0] for r in await fetch(pg_v1, "SELECT accepted_us FROM personal_messages UNION ALL "
+                                               "SELECT accepted_us FROM group_messages")]
+    assert await fetch(pg_v1, "SELECT count(*) FROM invites") == [(0,)]
+    assert len(stamps) == 5 and all(before_us - 10**6 <= s <= after_us + 10**6 for s in stamps)
 
 
 async def test_pg_a_migration_upgrades_the_v1_schema(
@@ -302,12 +349,13 @@ async def test_pg_a_migration_that_fails_halfway_changes_nothing(
 
 async def test_pg_a_schema_newer_than_the_release_is_refused(
         pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = write_migration(tmp_path / "migrations", "0002_user_nickname.sql", ADD_COLUMN)
+    folder = one_beyond(PgStore.MIGRATIONS, tmp_path / "migrations")
     monkeypatch.setattr(PgStore, "MIGRATIONS", folder)
     async with opened(pg_v1):
         pass
     monkeypatch.undo()
     before = await pg_snapshot(pg_v1)
-    with pytest.raises(SchemaTooNew, match="version 2, newer than this release's 1"):
+    with pytest.raises(SchemaTooNew, match=f"version {LATEST_PG + 1}, newer than this "
+                                           f"release's {LATEST_PG}"):
         await open_and_close(pg_v1)
     assert await pg_snapshot(pg_v1) == before
