@@ -11,10 +11,10 @@ from aiohttp import web
 from aiohttp_session import setup as setup_session
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
-from .auth import load_secret
+from .auth import load_password_key, load_secret
 from .config import Config
 from .hubs import make_hub
-from .keys import config_key, hub_key, password_pool_key, store_key, throttle_key
+from .keys import config_key, hub_key, password_hmac_key, password_pool_key, store_key, throttle_key
 from .middlewares import guard, response_headers
 from .routes import setup_routes
 from .stores import open_store
@@ -78,6 +78,8 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(close_sockets)
     app.on_response_prepare.append(response_headers)
     secret = load_secret(config.security.cookie_secret, config.database.path)
+    app[password_hmac_key] = load_password_key(config.security.password_key,
+                                               config.database.path).encode()
     # The session middleware must wrap the handlers that call get_session: setup_session appends
     # it after `guard`, so it runs inside it.
     setup_session(app, EncryptedCookieStorage(

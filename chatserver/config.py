@@ -50,6 +50,10 @@ class Security:
     # Fernet key (url-safe base64 of 32 bytes) that encrypts session cookies; empty means
     # "generate one into <database>.secret (mode 0600) on first start and reuse it".
     cookie_secret: str = ""
+    # Key of the HMAC-SHA256 that passwords go through before bcrypt (issue 12: long passphrases;
+    # at least 32 characters); empty means "generate one into <database>.pepper (mode 0600) on
+    # first use and reuse it". Lost, every password must be set again with `run.py passwd`.
+    password_key: str = ""
     # Marks the session cookie Secure; set it when the server is reached over HTTPS.
     https: bool = False
     # Origins besides the server's own that may open sockets and post forms (SPEC 4, 5).

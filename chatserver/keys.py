@@ -14,3 +14,5 @@ store_key: Final = web.AppKey("store", Store)
 hub_key: Final = web.AppKey("hub", Hub)
 throttle_key: Final = web.AppKey("throttle", Throttle)
 password_pool_key: Final = web.AppKey("password_pool", PasswordPool)
+# The UTF-8 bytes of the password pre-hash key (auth.load_password_key).
+password_hmac_key: Final = web.AppKey("password_hmac", bytes)
