@@ -30,6 +30,10 @@ class Server:
     port: int = 8080
     # aiohttp's access log costs a formatted line per request; off unless asked for.
     access_log: bool = False
+    # Names a request's Host header may carry (DNS rebinding; issue 12), with any port; another
+    # one is answered 400. ".example.org" also allows its subdomains, "*" anything. Empty: `host`
+    # when it is a name, "localhost" and every IP address (chatserver/hosts.py).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
