@@ -1,4 +1,9 @@
-"""Accounts and login sessions: bcrypt, the server-side session record, the cookie secret file.
+"""Accounts and login sessions: password hashes, the server-side session record, the cookie
+secret and password key files.
+
+A password is stored as `$hmac-sha256$` + bcrypt of base64(HMAC-SHA256(password key, NFKC(password)))
+(issue 12: every byte of a passphrase up to 1024 counts, where bcrypt alone reads 72); hashes
+written before (plain bcrypt) are still checked and re-hashed at the next login.
 
 The encrypted cookie (aiohttp-session) carries only a random session id; the server keeps its
 SHA-256 with the phone it belongs to (SPEC 4: logout deletes that record, so a replayed cookie is
