@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .auth import check_password, current_user, hash_password
 from .forms import FormError, clean_name, clean_password
-from .keys import config_key, hub_key, password_pool_key, store_key, throttle_key
+from .keys import config_key, hub_key, password_hmac_key, password_pool_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone, server_timestamp
 from .stores.base import Contact, DialogueSide, Group
 from .throttle import PoolFull
@@ -252,7 +252,7 @@ async def special_room(request: web.Request) -> web.Response:
         try:
             password_hash = await hash_password(
                 password, request.app[config_key].security.bcrypt_rounds,
-                request.app[password_pool_key])
+                request.app[password_pool_key], key=request.app[password_hmac_key])
         except PoolFull as e:
             raise web.HTTPServiceUnavailable(reason=str(e)) from None
     store = request.app[store_key]
@@ -284,7 +284,8 @@ async def join_room(request: web.Request) -> web.Response:
         password = data.get("password")
         try:
             ok = await check_password(password if isinstance(password, str) else "",
-                                      room.password_hash, pool=request.app[password_pool_key])
+                                      room.password_hash, request.app[config_key].security.bcrypt_rounds,
+                                      request.app[password_pool_key], key=request.app[password_hmac_key])
         except PoolFull as e:
             await throttle.refund(attempt)
             raise web.HTTPServiceUnavailable(reason=str(e)) from None

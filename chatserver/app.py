@@ -11,10 +11,19 @@ from aiohttp import web
 from aiohttp_session import setup as setup_session
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
-from .auth import load_secret
+from .auth import load_password_key, load_secret
 from .config import Config
+from .hosts import AllowedHosts
 from .hubs import make_hub
-from .keys import config_key, hub_key, password_pool_key, store_key, throttle_key
+from .keys import (
+    allowed_hosts_key,
+    config_key,
+    hub_key,
+    password_hmac_key,
+    password_pool_key,
+    store_key,
+    throttle_key,
+)
 from .middlewares import guard, response_headers
 from .routes import setup_routes
 from .stores import open_store
@@ -68,6 +77,7 @@ def create_app(config: Config) -> web.Application:
     """Build the application for `config`; the database opens when the app starts."""
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[guard])
     app[config_key] = config
+    app[allowed_hosts_key] = AllowedHosts.from_config(config)
     app[hub_key] = make_hub(config)
     app[throttle_key] = Throttle(config.limits, config.hub.url, config.hub.prefix)
     app[password_pool_key] = PasswordPool(config.limits.password_workers,
@@ -78,6 +88,8 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(close_sockets)
     app.on_response_prepare.append(response_headers)
     secret = load_secret(config.security.cookie_secret, config.database.path)
+    app[password_hmac_key] = load_password_key(config.security.password_key,
+                                               config.database.path).encode()
     # The session middleware must wrap the handlers that call get_session: setup_session appends
     # it after `guard`, so it runs inside it.
     setup_session(app, EncryptedCookieStorage(

@@ -1,4 +1,9 @@
-"""Accounts and login sessions: bcrypt, the server-side session record, the cookie secret file.
+"""Accounts and login sessions: password hashes, the server-side session record, the cookie
+secret and password key files.
+
+A password is stored as `$hmac-sha256$` + bcrypt of base64(HMAC-SHA256(password key, NFKC(password)))
+(issue 12: every byte of a passphrase up to 1024 counts, where bcrypt alone reads 72); hashes
+written before (plain bcrypt) are still checked and re-hashed at the next login.
 
 The encrypted cookie (aiohttp-session) carries only a random session id; the server keeps its
 SHA-256 with the phone it belongs to (SPEC 4: logout deletes that record, so a replayed cookie is
@@ -9,9 +14,12 @@ the server's handlers pass their bounded `PasswordPool` (throttle.py), the CLI n
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import os
 import secrets
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -27,9 +35,20 @@ from .throttle import PasswordPool
 T = TypeVar("T")
 
 SESSION_FIELD: Final = "sid"
-# bcrypt reads at most 72 bytes of a password; longer ones are refused, not silently cut.
-MAX_PASSWORD_BYTES: Final = 72
-MIN_PASSWORD_BYTES: Final = 8
+# SPEC 4 and 10 (NIST SP 800-63B: at least 8, and a verifier should allow at least 64 characters).
+# The minimum is for new passwords (forms.clean_password); older accounts may still have 8 bytes.
+MIN_PASSWORD_CHARS: Final = 10
+# More is refused, not cut: the pre-hash reads any length, but a megabyte password is work for
+# nothing (and the login form's body limit, 64 KiB, is above this).
+MAX_PASSWORD_BYTES: Final = 1024
+# bcrypt reads at most 72 bytes (and stops at a NUL byte): what releases before issue 12 hashed
+# directly, so a password of more bytes cannot match such a hash.
+BCRYPT_MAX_BYTES: Final = 72
+# Marks a hash of the pre-hashed password (`_prehash`) in the users and rooms tables; a hash
+# without it is plain bcrypt of the UTF-8 bytes, as written before issue 12.
+HMAC_PREFIX: Final = b"$hmac-sha256$"
+# Characters of a configured `security.password_key` at least (a generated one has 43: 256 bits).
+MIN_PASSWORD_KEY_CHARS: Final = 32
 # Hashes compared against when the phone is unknown, one per cost, so that a login for an unknown
 # phone costs the same time as a wrong password (no account enumeration by timing).
 _dummy_hashes: dict[int, bytes] = {}
@@ -41,35 +60,61 @@ async def _off_loop(pool: PasswordPool | None, function: Callable[..., T], *args
     return await pool.run(function, *args)
 
 
-async def hash_password(password: str, rounds: int, pool: PasswordPool | None = None) -> bytes:
-    """bcrypt hash of a password of 8-72 UTF-8 bytes, computed off the event loop (in `pool`
-    when given).
+def _prehash(password: str, key: bytes) -> bytes:
+    """What bcrypt hashes: base64 of HMAC-SHA256(key, NFKC(password) in UTF-8), 44 bytes.
 
-    Raises ValueError for a password outside that length, PoolFull when `pool` is full.
+    Every byte of a long passphrase counts (bcrypt alone reads 72), the result has no NUL byte
+    (base64), and the key (`security.password_key`, kept outside the database) makes a stolen
+    database useless for offline guessing without it. NFKC, as NIST SP 800-63B asks: the same
+    passphrase typed on another keyboard (a composed or a decomposed é) is the same password.
     """
-    raw = password.encode()
-    if not MIN_PASSWORD_BYTES <= len(raw) <= MAX_PASSWORD_BYTES:
-        raise ValueError("the password must be 8 to 72 bytes in UTF-8")
-    return await _off_loop(pool, bcrypt.hashpw, raw, bcrypt.gensalt(rounds))
+    normalized = unicodedata.normalize("NFKC", password)
+    digest = hmac.new(key, normalized.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    return base64.b64encode(digest)
+
+
+async def hash_password(password: str, rounds: int, pool: PasswordPool | None = None, *,
+                        key: bytes) -> bytes:
+    """`HMAC_PREFIX` + bcrypt (cost `rounds`) of the pre-hashed password (`_prehash`, with the
+    server's `key`), computed off the event loop (in `pool` when given).
+
+    The rules for a new password (length, common ones) are `forms.clean_password`'s; this only
+    refuses more than MAX_PASSWORD_BYTES, so that an older account's password can be re-hashed at
+    login (`needs_upgrade`). Raises ValueError for that, PoolFull when `pool` is full.
+    """
+    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"the password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
+    hashed = await _off_loop(pool, bcrypt.hashpw, _prehash(password, key), bcrypt.gensalt(rounds))
+    return HMAC_PREFIX + hashed
+
+
+def needs_upgrade(password_hash: bytes) -> bool:
+    """True for a plain bcrypt hash written before issue 12: re-hash it at the next login."""
+    return not password_hash.startswith(HMAC_PREFIX)
 
 
 async def check_password(password: str, password_hash: bytes | None, rounds: int = 12,
-                         pool: PasswordPool | None = None) -> bool:
-    """True when `password` matches `password_hash`. With None (no such account), spends the time
-    of a check at cost `rounds` — the configured one — and is False. Runs in `pool` when given;
-    raises PoolFull when it is full."""
+                         pool: PasswordPool | None = None, *, key: bytes) -> bool:
+    """True when `password` matches `password_hash`, of either format (`HMAC_PREFIX` + bcrypt of
+    the pre-hash with `key`, or plain bcrypt of at most 72 bytes). With None (no such account), or
+    a password that cannot match, spends the time of one check at cost `rounds` (the configured
+    one) and is False. Runs in `pool` when given; raises PoolFull when it is full."""
     raw = password.encode("utf-8", "surrogatepass")
     if len(raw) > MAX_PASSWORD_BYTES:
-        raw = raw[:MAX_PASSWORD_BYTES]  # cannot match a stored hash (those are <= 72 bytes)
-        password_hash = None
+        password_hash = None  # never hashed: hash_password refuses it
+    elif password_hash is not None and needs_upgrade(password_hash) and len(raw) > BCRYPT_MAX_BYTES:
+        password_hash = None  # an old hash is of at most 72 bytes: this cannot match it
     if password_hash is None:
         dummy = _dummy_hashes.get(rounds)
         if dummy is None:
             dummy = _dummy_hashes[rounds] = await asyncio.to_thread(
-                bcrypt.hashpw, b"no such account", bcrypt.gensalt(rounds))
-        await _off_loop(pool, bcrypt.checkpw, raw, dummy)
+                bcrypt.hashpw, _prehash("no such account", b"dummy"), bcrypt.gensalt(rounds))
+        await _off_loop(pool, bcrypt.checkpw, _prehash(password, key), dummy)
         return False
-    return await _off_loop(pool, bcrypt.checkpw, raw, password_hash)
+    if needs_upgrade(password_hash):
+        return await _off_loop(pool, bcrypt.checkpw, raw, password_hash)
+    return await _off_loop(pool, bcrypt.checkpw, _prehash(password, key),
+                           password_hash[len(HMAC_PREFIX):])
 
 
 def _sid_hash(sid: str) -> str:
@@ -110,6 +155,25 @@ async def current_user(request: web.Request) -> tuple[str, str] | None:
     return (phone, sid_hash) if phone is not None else None
 
 
+def _key_file(path: Path, generate: Callable[[], str], check: Callable[[str], None]) -> str:
+    """The key stored in `path`, created with `generate()` on first use with mode 0600 (an
+    existing file is tightened to 0600), in a folder made with mode 0700; `check` raises
+    ValueError for a stored key that cannot be used."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:  # made by an older release or by hand: owner only
+            path.chmod(0o600)
+        key = path.read_text().strip()
+        check(key)
+        return key
+    key = generate()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key
+
+
 def load_secret(configured: str, db_path: str | Path) -> str:
     """The Fernet key that encrypts cookies: the configured one, else `<database>.secret`.
 
@@ -120,17 +184,29 @@ def load_secret(configured: str, db_path: str | Path) -> str:
     if configured:
         Fernet(configured)  # raises ValueError when malformed
         return configured
-    path = Path(f"{db_path}.secret")
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:  # made by an older release or by hand: owner only
-            path.chmod(0o600)
-        key = path.read_text().strip()
-        Fernet(key)
-        return key
-    key = Fernet.generate_key().decode()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    return key
+    return _key_file(Path(f"{db_path}.secret"), lambda: Fernet.generate_key().decode(), _check_fernet)
+
+
+def _check_fernet(key: str) -> None:
+    Fernet(key)  # raises ValueError when malformed
+
+
+def _check_password_key(key: str) -> None:
+    if len(key) < MIN_PASSWORD_KEY_CHARS:
+        raise ValueError(f"the password key must be at least {MIN_PASSWORD_KEY_CHARS} characters "
+                         f"([security] password_key or the <database>.pepper file)")
+
+
+def load_password_key(configured: str, db_path: str | Path) -> str:
+    """The key of the passwords' pre-hash (`_prehash`): `security.password_key`, else the file
+    `<database>.pepper`, generated on first use (43 random url-safe characters, mode 0600) like
+    the cookie secret and reused after. Apart from the cookie secret on purpose: replacing that
+    one logs everybody out, losing this one makes every password unusable (each must then be set
+    again with `run.py passwd`). Raises ValueError for a key shorter than MIN_PASSWORD_KEY_CHARS.
+
+    Pass the result's UTF-8 bytes as `key` to `hash_password` and `check_password`.
+    """
+    if configured:
+        _check_password_key(configured)
+        return configured
+    return _key_file(Path(f"{db_path}.pepper"), lambda: secrets.token_urlsafe(32), _check_password_key)

@@ -20,7 +20,7 @@ import uvloop
 from aiohttp import web
 
 from .app import create_app
-from .auth import hash_password, load_secret
+from .auth import hash_password, load_password_key, load_secret
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
 from .stores import backup, open_store
@@ -123,10 +123,12 @@ def _serve(config: Config, workers: int = 1) -> int:
     if workers == 1:
         return _serve_one(config, reuse_port=False)
     try:
-        # Read (or create) the cookie secret once, before any worker starts: they must share it.
+        # Read (or create) the cookie secret and the password key once, before any worker starts:
+        # they must share them.
         config = dataclasses.replace(config, security=dataclasses.replace(
-            config.security, cookie_secret=load_secret(config.security.cookie_secret,
-                                                       config.database.path)))
+            config.security,
+            cookie_secret=load_secret(config.security.cookie_secret, config.database.path),
+            password_key=load_password_key(config.security.password_key, config.database.path)))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -170,6 +172,13 @@ async def _with_store(config: Config, action: Callable[[Store], Awaitable[T]]) -
         await store.close()
 
 
+async def _new_hash(config: Config, password: str) -> bytes:
+    """The stored hash of a new password, with the server's password key (the same file or
+    config key the server reads: a hash made with another key would never match)."""
+    key = load_password_key(config.security.password_key, config.database.path)
+    return await hash_password(password, config.security.bcrypt_rounds, key=key.encode())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status (0 ok, 1 refused, 2 bad usage/config)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -196,17 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         phone = clean_phone(args.phone)
         if args.command == "adduser":
             name = clean_name(args.name)
-            password_hash = asyncio.run(hash_password(
-                clean_password(_read_password(args.password_stdin)),
-                config.security.bcrypt_rounds))
+            password_hash = asyncio.run(_new_hash(config, clean_password(
+                _read_password(args.password_stdin))))
             if not asyncio.run(_with_store(config, lambda s: s.add_user(phone, name, password_hash))):
                 print(f"error: {phone} is already registered", file=sys.stderr)
                 return 1
             print(f"added {phone}")
         elif args.command == "passwd":
-            password_hash = asyncio.run(hash_password(
-                clean_password(_read_password(args.password_stdin)),
-                config.security.bcrypt_rounds))
+            password_hash = asyncio.run(_new_hash(config, clean_password(
+                _read_password(args.password_stdin))))
             if not asyncio.run(_with_store(config, lambda s: s.set_password(phone, password_hash))):
                 print(f"error: no account {phone}", file=sys.stderr)
                 return 1
@@ -219,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FormError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ValueError as e:  # a password key that cannot be used
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except STARTUP_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

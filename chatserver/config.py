@@ -30,6 +30,10 @@ class Server:
     port: int = 8080
     # aiohttp's access log costs a formatted line per request; off unless asked for.
     access_log: bool = False
+    # Names a request's Host header may carry (DNS rebinding; issue 12), with any port; another
+    # one is answered 400. ".example.org" also allows its subdomains, "*" anything. Empty: `host`
+    # when it is a name, "localhost" and every IP address (chatserver/hosts.py).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,10 @@ class Security:
     # Fernet key (url-safe base64 of 32 bytes) that encrypts session cookies; empty means
     # "generate one into <database>.secret (mode 0600) on first start and reuse it".
     cookie_secret: str = ""
+    # Key of the HMAC-SHA256 that passwords go through before bcrypt (issue 12: long passphrases;
+    # at least 32 characters); empty means "generate one into <database>.pepper (mode 0600) on
+    # first use and reuse it". Lost, every password must be set again with `run.py passwd`.
+    password_key: str = ""
     # Marks the session cookie Secure; set it when the server is reached over HTTPS.
     https: bool = False
     # Origins besides the server's own that may open sockets and post forms (SPEC 4, 5).

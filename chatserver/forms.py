@@ -6,8 +6,10 @@ Each `clean_*` returns the accepted value or raises FormError with a message for
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
+from typing import Final
 
-from .auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES
+from .auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS
 from .protocol import is_phone
 
 MAX_NAME_CHARS = 64
@@ -16,6 +18,31 @@ ZWJ = "\u200d"
 # emoji are So, skin tones Sk; U+FE0F (emoji presentation) may sit between an emoji and the ZWJ.
 _EMOJI_CATEGORIES = ("So", "Sk")
 _EMOJI_PRESENTATION = "\ufe0f"
+
+
+# chatserver/data/README.md says where the list comes from and how it was made.
+COMMON_PASSWORDS_FILE: Final = Path(__file__).resolve().parent / "data" / "common-passwords.txt"
+
+
+def _normal(password: str) -> str:
+    """The form a password is compared in against the common list: NFKC, case-folded, without
+    surrounding spaces (`Password123`, `PASSWORD123 ` and full-width `ｐａｓｓｗｏｒｄ１２３` are
+    the listed `password123`)."""
+    return unicodedata.normalize("NFKC", password).casefold().strip()
+
+
+def _load_common_passwords(path: Path) -> frozenset[str]:
+    with open(path, encoding="utf-8") as fh:
+        return frozenset(line.rstrip("\n") for line in fh if line.strip())
+
+
+# Loaded once per process (~9,000 passwords, about 1 MB).
+COMMON_PASSWORDS: Final = _load_common_passwords(COMMON_PASSWORDS_FILE)
+
+
+def is_common_password(password: str) -> bool:
+    """True when `password` is in the shipped list of common passwords (after `_normal`)."""
+    return _normal(password) in COMMON_PASSWORDS
 
 
 class FormError(ValueError):
@@ -59,14 +86,22 @@ def clean_phone(raw: object) -> str:
 
 
 def clean_password(raw: object) -> str:
-    """A password of 8 to 72 bytes in UTF-8 (SPEC 4; bcrypt reads no more than 72)."""
+    """A new password (SPEC 4 /register, SPEC 10), of an account or a private room: at least 10
+    characters (NIST SP 800-63B), at most 1024 bytes in UTF-8 (long passphrases are pre-hashed
+    before bcrypt, auth.hash_password), and not in the list of common passwords
+    (`is_common_password`). Raises FormError saying which rule failed."""
     if not isinstance(raw, str):
         raise FormError("Enter a password.")
     try:
         size = len(raw.encode())
     except UnicodeEncodeError:  # lone surrogates: what undecodable bytes on stdin turn into
         raise FormError("The password must be valid text.") from None
-    if not MIN_PASSWORD_BYTES <= size <= MAX_PASSWORD_BYTES:
-        raise FormError(f"The password must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes "
-                        f"long (letters outside English may take 2 to 4 bytes each).")
+    if len(raw) < MIN_PASSWORD_CHARS:
+        raise FormError(f"The password must be at least {MIN_PASSWORD_CHARS} characters long.")
+    if size > MAX_PASSWORD_BYTES:
+        raise FormError(f"The password must be at most {MAX_PASSWORD_BYTES} bytes long (letters "
+                        f"outside English may take 2 to 4 bytes each).")
+    if is_common_password(raw):
+        raise FormError("This password is one of the most common ones, which are tried first; "
+                        "choose another (a few unrelated words make a good one).")
     return raw

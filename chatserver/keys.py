@@ -5,6 +5,7 @@ from typing import Final
 from aiohttp import web
 
 from .config import Config
+from .hosts import AllowedHosts
 from .hubs.local import Hub
 from .stores.base import Store
 from .throttle import PasswordPool, Throttle
@@ -14,3 +15,6 @@ store_key: Final = web.AppKey("store", Store)
 hub_key: Final = web.AppKey("hub", Hub)
 throttle_key: Final = web.AppKey("throttle", Throttle)
 password_pool_key: Final = web.AppKey("password_pool", PasswordPool)
+# The UTF-8 bytes of the password pre-hash key (auth.load_password_key).
+password_hmac_key: Final = web.AppKey("password_hmac", bytes)
+allowed_hosts_key: Final = web.AppKey("allowed_hosts", AllowedHosts)

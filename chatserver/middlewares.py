@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from .keys import config_key
+from .keys import allowed_hosts_key, config_key
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,18 @@ def wants_json(request: web.Request) -> bool:
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse state-changing requests from another site with 403 (SPEC 4), render HTTP errors of
-    JSON endpoints as `{"error": reason}` (SPEC 4), and put security headers on every response.
+    """Refuse a `Host` that `server.allowed_hosts` does not allow with 400 before anything else
+    (DNS rebinding; chatserver/hosts.py), refuse state-changing requests from another site with
+    403 (SPEC 4), render HTTP errors of JSON endpoints as `{"error": reason}` (SPEC 4), and put
+    security headers on every response.
 
     One middleware, not three: each middleware's frame stays alive for as long as a WebSocket is
     open (~0.3 KB per socket each).
     """
     try:
+        if not request.app[allowed_hosts_key].allows(request.headers.get("Host")):
+            log.info("refused Host %r: not in server.allowed_hosts", request.headers.get("Host"))
+            raise web.HTTPBadRequest(reason="unknown host; see server.allowed_hosts")
         if request.method not in _SAFE_METHODS and not same_origin(request):
             log.info("refused cross-origin %s %s", request.method, request.path)
             raise web.HTTPForbidden(reason="cross-origin request refused")

@@ -8,9 +8,9 @@ from typing import Any, Final
 import aiohttp_jinja2
 from aiohttp import web
 
-from .auth import check_password, current_user, hash_password, log_in, log_out
+from .auth import check_password, current_user, hash_password, log_in, log_out, needs_upgrade
 from .forms import FormError, clean_name, clean_password, clean_phone
-from .keys import config_key, password_pool_key, store_key, throttle_key
+from .keys import config_key, password_hmac_key, password_pool_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
 from .throttle import PoolFull
 
@@ -74,7 +74,8 @@ async def register(request: web.Request) -> web.Response:
         return _form(request, "register.html", 409, PHONE_TAKEN, values)
     try:
         password_hash = await hash_password(password, request.app[config_key].security.bcrypt_rounds,
-                                            request.app[password_pool_key])
+                                            request.app[password_pool_key],
+                                            key=request.app[password_hmac_key])
     except PoolFull as e:
         await throttle.refund(attempt)
         return _form(request, "register.html", 503, str(e), values)
@@ -107,7 +108,7 @@ async def login(request: web.Request) -> web.Response:
         ok = await check_password(password if isinstance(password, str) else "",
                                   user.password_hash if user else None,
                                   request.app[config_key].security.bcrypt_rounds,
-                                  request.app[password_pool_key])
+                                  request.app[password_pool_key], key=request.app[password_hmac_key])
     except PoolFull as e:
         await throttle.refund(attempt)
         return _form(request, "login.html", 503, str(e), values)
@@ -116,9 +117,27 @@ async def login(request: web.Request) -> web.Response:
                     else "login failed (wrong password)", request, phone)
         return _form(request, "login.html", 401, "Wrong phone number or password.", values)
     await throttle.refund(attempt)  # a right password uses up no attempt (README "Choices")
+    if needs_upgrade(user.password_hash):
+        assert isinstance(password, str)  # it matched
+        await _upgrade_hash(request, user.phone, user.password_hash, password)
     await log_in(request, user.phone)
     _auth_event(logging.INFO, "login ok", request, user.phone)
     raise web.HTTPFound("/chat")
+
+
+async def _upgrade_hash(request: web.Request, phone: str, old_hash: bytes, password: str) -> None:
+    """Re-hash a password stored by a release before issue 12 (plain bcrypt) in today's format
+    (auth.hash_password), now that the login gave it. Replaced only while the stored hash is still
+    the old one (a `passwd` meanwhile wins); sessions stay. A full bcrypt pool leaves it for a
+    later login."""
+    try:
+        new_hash = await hash_password(password, request.app[config_key].security.bcrypt_rounds,
+                                       request.app[password_pool_key],
+                                       key=request.app[password_hmac_key])
+    except PoolFull:
+        return
+    if await request.app[store_key].upgrade_password_hash(phone, old_hash, new_hash):
+        log.info("password hash of %s upgraded to the pre-hashed format", phone)
 
 
 async def logout(request: web.Request) -> web.Response:

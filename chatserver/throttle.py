@@ -34,6 +34,7 @@ from limits import RateLimitItemPerMinute, RateLimitItemPerSecond, storage, stra
 from limits.aio import storage as aio_storage
 from limits.aio import strategies as aio_strategies
 from limits.errors import StorageError
+from redis.commands.core import AsyncScript
 
 from .config import Limits
 
@@ -44,6 +45,19 @@ T = TypeVar("T")
 # memory); and how often an outage is logged at most.
 REDIS_TIMEOUT: Final = 2.0
 OUTAGE_LOG_SECONDS: Final = 60.0
+
+
+# A refund in Redis: one less, never below 0, and nothing when the counter has expired (its window
+# ended): DECRBY on a missing key would make it -1 with no expiry, one extra attempt in a later
+# window per refund (and a key that never expires). One script: atomic, as the INCRBY it undoes.
+# DECRBY keeps the key's TTL.
+_REFUND_LUA: Final = """
+local current = tonumber(redis.call("get", KEYS[1]) or "0")
+if current and current > 0 then
+    return redis.call("decrby", KEYS[1], 1)
+end
+return 0
+"""
 
 
 def _per_second(rate: float) -> RateLimitItemPerSecond:
@@ -69,6 +83,8 @@ class Throttle:
         self._shared_storage: aio_storage.RedisStorage | None = None
         self._shared: aio_strategies.FixedWindowRateLimiter | None = None
         self._pool: redis.ConnectionPool | None = None
+        self._refund_script: AsyncScript | None = None
+        self._key_prefix = f"{prefix}:limits"
         self._outage_logged = -math.inf  # time.monotonic() of the last outage warning
         if redis_url:
             # Our own pool, so that `close` can release its connections; a short timeout, so
@@ -79,9 +95,10 @@ class Throttle:
             # whose connection_pool is what we mean.
             options: dict[str, Any] = {"connection_pool": self._pool}
             self._shared_storage = aio_storage.RedisStorage(
-                "async+" + redis_url, implementation="redispy", key_prefix=f"{prefix}:limits",
+                "async+" + redis_url, implementation="redispy", key_prefix=self._key_prefix,
                 wrap_exceptions=True, **options)
             self._shared = aio_strategies.FixedWindowRateLimiter(self._shared_storage)
+            self._refund_script = redis.Redis(connection_pool=self._pool).register_script(_REFUND_LUA)
         self._message = _per_second(limits.messages_per_second)
         self._typing = _per_second(limits.typing_per_second)
         self._handshake = RateLimitItemPerMinute(limits.handshakes_per_minute)
@@ -122,11 +139,16 @@ class Throttle:
         return await self._hit(self._handshake, "handshake", address)
 
     async def _add(self, keys: tuple[str, ...], amount: int, shared: bool) -> list[int]:
-        """Add `amount` (1 or -1) to each counter, in Redis when `shared`; the new counts."""
+        """Add `amount` (1 or -1) to each counter, in Redis when `shared`; the new counts. A
+        refund (-1) never takes a counter below 0 and never revives an expired one (`_REFUND_LUA`;
+        the in-memory storage's `decr` clamps at 0 too). Raises StorageError, or redis.RedisError
+        for a refund, when Redis fails."""
         if shared:
-            assert self._shared_storage is not None
-            # INCRBY, atomic in Redis. A refund (-1) landing after its window expired leaves -1:
-            # one extra attempt in the next window, at most one per refund.
+            assert self._shared_storage is not None and self._refund_script is not None
+            if amount < 0:
+                # The limits library's key for `key`: its prefix, a colon, the key.
+                return [int(await self._refund_script(keys=[f"{self._key_prefix}:{key}"]))
+                        for key in keys]
             expiry = self._attempt_address.get_expiry()
             return [await self._shared_storage.incr(key, expiry, amount) for key in keys]
         if amount > 0:
@@ -168,7 +190,7 @@ class Throttle:
         check that did not run)."""
         try:
             await self._add(attempt.keys, -1, attempt.shared)
-        except StorageError as e:  # the slots stay used until the window ends
+        except (StorageError, redis.RedisError) as e:  # the slots stay used until the window ends
             self._outage(e)
 
 

@@ -211,6 +211,13 @@ class Store(Protocol):
         """Replace a password and end every session of that account; False for an unknown phone."""
         ...
 
+    async def upgrade_password_hash(self, phone: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """Replace the account's password hash by `new_hash` (the same password in a newer
+        format, auth.needs_upgrade) only while it is still `old_hash`, in one statement, and end
+        no session; False, changing nothing, when the phone is unknown or the hash was changed
+        meanwhile (a `passwd` or a password change that must win)."""
+        ...
+
     async def delete_user(self, phone: str) -> bool:
         """Delete an account with its sessions, dialogues, blocks and stored messages; False if
         unknown."""

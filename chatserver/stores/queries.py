@@ -29,6 +29,8 @@ class Queries:
     get_user: str = "SELECT phone, name, password_hash FROM users WHERE phone = $1"
     user_exists: str = "SELECT 1 FROM users WHERE phone = $1"
     set_password: str = "UPDATE users SET password_hash = $1 WHERE phone = $2"
+    upgrade_password_hash: str = ("UPDATE users SET password_hash = $1"
+                                  " WHERE phone = $2 AND password_hash = $3")
     end_sessions: str = "DELETE FROM sessions WHERE phone = $1"
     delete_user: str = "DELETE FROM users WHERE phone = $1"
     add_session: str = "INSERT INTO sessions (sid_hash, phone, created_us) VALUES ($1, $2, $3)"
@@ -147,6 +149,12 @@ class SqlStore(GroupCommitStore[DB]):
             changed = await self._execute(db, self.SQL.set_password, password_hash, phone)
             await self._execute(db, self.SQL.end_sessions, phone)
             return changed == 1
+        return await self._write(op)
+
+    async def upgrade_password_hash(self, phone: str, old_hash: bytes, new_hash: bytes) -> bool:
+        async def op(db: DB) -> bool:
+            return await self._execute(db, self.SQL.upgrade_password_hash, new_hash, phone,
+                                       old_hash) == 1
         return await self._write(op)
 
     async def delete_user(self, phone: str) -> bool:

@@ -194,13 +194,16 @@ async def test_register_taken_phone_is_409_and_keeps_the_account(
     ("5551234567", "", PASSWORD, "name"),
     ("5551234567", "x" * 65, PASSWORD, "name"),
     ("5551234567", "   ", PASSWORD, "name"),
-    ("5551234567", "Bob", "a" * 7, "password"),
-    ("5551234567", "Bob", "a" * 73, "password"),
-    ("5551234567", "Bob", "é" * 36 + "a", "password"),     # 37 characters, 73 bytes
+    ("5551234567", "Bob", "x7#kq9!mz", "password"),          # 9 characters (SPEC 4: 10)
+    ("5551234567", "Bob", "a" * 1025, "password"),
+    ("5551234567", "Bob", "é" * 512 + "a", "password"),     # 513 characters, 1025 bytes
+    ("5551234567", "Bob", "1234567890", "password"),         # in the common list (SPEC 10)
+    ("5551234567", "Bob", "Password123", "password"),        # the same, in capitals
     ("5551234567", "Bob", "", "password"),
 ], ids=["letters", "9-digits", "16-digits", "unicode-digits", "plus", "space", "no-phone",
-        "empty-name", "name-65", "name-spaces", "password-7", "password-73",
-        "password-73-bytes-multibyte", "no-password"])
+        "empty-name", "name-65", "name-spaces", "password-9", "password-1025",
+        "password-1025-bytes-multibyte", "password-common", "password-common-capitals",
+        "no-password"])
 async def test_register_invalid_field_is_400_and_creates_nothing(
         aiohttp_client: AiohttpClient, server: TestServer, store: Store,
         phone: str, name: str, password: str, field: str) -> None:
@@ -219,13 +222,13 @@ async def test_register_invalid_field_is_400_and_creates_nothing(
 
 @pytest.mark.parametrize(("name", "password"), [
     ("x" * 64, PASSWORD),
-    ("Bob", "a" * 8),
-    ("Bob", "a" * 72),
-    ("Bob", "é" * 36),        # 36 characters, 72 bytes
-    ("Bob", "😀" * 18),       # 18 characters, 72 bytes
-    ("Bob", "😀" * 2),        # 2 characters, 8 bytes
-], ids=["name-64", "password-8", "password-72", "password-72-bytes-2-byte-chars",
-        "password-72-bytes-4-byte-chars", "password-8-bytes-2-chars"])
+    ("Bob", "x7#kq9!mz2"),    # 10 characters
+    ("Bob", "a" * 1024),
+    ("Bob", "é" * 512),       # 512 characters, 1024 bytes
+    ("Bob", "😀" * 256),      # 256 characters, 1024 bytes
+    ("Bob", "😀" * 10),       # 10 characters, 40 bytes
+], ids=["name-64", "password-10", "password-1024", "password-1024-bytes-2-byte-chars",
+        "password-1024-bytes-4-byte-chars", "password-10-chars-40-bytes"])
 async def test_register_boundaries_accepted_and_password_works(
         aiohttp_client: AiohttpClient, server: TestServer, name: str, password: str) -> None:
     client = await aiohttp_client(server)
@@ -307,6 +310,7 @@ async def test_login_failures_are_401_with_one_neutral_message(
                     {"phone": new_phone(), "password": PASSWORD},      # unknown phone
                     {"phone": "not a phone", "password": PASSWORD},    # not even a phone
                     {"phone": phone, "password": "x" * 100},           # over bcrypt's 72 bytes
+                    {"phone": phone, "password": "x" * 2000},          # over the 1024-byte limit
                     {"phone": phone}):                                 # no password at all
         resp = await client.post("/login", data=attempt, allow_redirects=False)
         assert resp.status == 401, attempt

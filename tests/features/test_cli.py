@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
-import bcrypt
 import pytest
 from cryptography.fernet import Fernet
 
-from chatserver.auth import load_secret
+from chatserver.auth import HMAC_PREFIX, check_password, load_password_key, load_secret
 from chatserver.cli import main
 from chatserver.stores.base import Store
 from chatserver.stores.sqlite import SqliteStore
@@ -65,6 +64,13 @@ def users(db: Path) -> dict[str, tuple[str, bytes]]:
                 con.execute("SELECT phone, name, password_hash FROM users")}
 
 
+def verifies(db: Path | str, password: str, password_hash: bytes, key: str = "") -> bool:
+    """True when `password` matches a stored hash made with the key the CLI and the server use
+    (`key`, else `<db>.pepper`)."""
+    return asyncio.run(check_password(password, password_hash, 4,
+                                      key=load_password_key(key, db).encode()))
+
+
 def count(db: Path, table: str) -> int:
     with contextlib.closing(sqlite3.connect(db)) as con:
         return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
@@ -92,16 +98,16 @@ def test_adduser_creates_an_account_whose_hash_verifies(
     assert set(accounts) == {PHONE}
     name, password_hash = accounts[PHONE]
     assert name == "Ada"  # trimmed
-    assert bcrypt.checkpw(PASSWORD.encode(), password_hash)
-    assert not bcrypt.checkpw(b"wrong password", password_hash)
-    assert password_hash.startswith(b"$2b$04$")  # the configured cost, not the default 12
+    assert verifies(db, PASSWORD, password_hash)
+    assert not verifies(db, "wrong password", password_hash)
+    assert password_hash.startswith(HMAC_PREFIX + b"$2b$04$")  # the configured cost, not the default 12
 
 
 @pytest.mark.parametrize(
     "stdin", [PASSWORD + "\n", PASSWORD + "\r\n", PASSWORD, PASSWORD + "\nsecond line\n"])
 def test_adduser_reads_only_the_first_line_without_its_newline(cli: Cli, db: Path, stdin: str) -> None:
     assert cli("adduser", PHONE, "--name", "Ada", "--password-stdin", stdin=stdin) == 0
-    assert bcrypt.checkpw(PASSWORD.encode(), users(db)[PHONE][1])
+    assert verifies(db, PASSWORD, users(db)[PHONE][1])
 
 
 def test_flags_after_the_subcommand(cfg: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,7 +117,7 @@ def test_flags_after_the_subcommand(cfg: Path, db: Path, monkeypatch: pytest.Mon
                  "--config", str(cfg), "--db", str(db)]) == 0
     name, password_hash = users(db)[PHONE]
     assert name == "Ada"
-    assert password_hash.startswith(b"$2b$04$")
+    assert password_hash.startswith(HMAC_PREFIX + b"$2b$04$")
 
 
 def test_duplicate_adduser_returns_1_and_keeps_the_first(
@@ -135,7 +141,8 @@ def test_adduser_with_a_bad_phone_returns_1_and_creates_nothing(
 
 @pytest.mark.parametrize(
     "password",
-    ["", "short", "1234567", "a" * 73, "é" * 37],  # 0, 5, 7 bytes; 73 and 74 bytes
+    # 0, 5, 9 characters; 1025 and 1026 bytes; common ones (SPEC 10), also in capitals
+    ["", "short", "x7#kq9!mz", "a" * 1025, "é" * 513, "1234567890", "Password123", "QWERTYUIOP"],
 )
 def test_adduser_with_a_bad_password_returns_1_and_creates_nothing(
         cli: Cli, db: Path, password: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,10 +151,11 @@ def test_adduser_with_a_bad_password_returns_1_and_creates_nothing(
     assert users(db) == {}
 
 
-@pytest.mark.parametrize("password", ["12345678", "a" * 72, "é" * 36, "🎉🎉"])  # 8, 72, 72, 8 bytes
+# 10 characters; 1024 bytes; 1024 bytes in 2-byte characters; 10 characters in 40 bytes
+@pytest.mark.parametrize("password", ["x7#kq9!mz2", "b" * 1024, "é" * 512, "🎉" * 10])
 def test_adduser_password_length_is_counted_in_bytes(cli: Cli, db: Path, password: str) -> None:
     assert cli("adduser", PHONE, "--name", "Ada", "--password-stdin", stdin=password + "\n") == 0
-    assert bcrypt.checkpw(password.encode(), users(db)[PHONE][1])
+    assert verifies(db, password, users(db)[PHONE][1])
 
 
 def test_adduser_with_a_password_that_is_not_text_returns_1(cli: Cli, db: Path) -> None:
@@ -173,11 +181,11 @@ def test_passwd_changes_the_hash_and_ends_sessions(cli: Cli, db: Path) -> None:
     assert cli("passwd", PHONE, "--password-stdin", stdin="a new password\n") == 0
     new_hash = users(db)[PHONE][1]
     assert new_hash != old_hash
-    assert bcrypt.checkpw(b"a new password", new_hash)
-    assert not bcrypt.checkpw(PASSWORD.encode(), new_hash)
+    assert verifies(db, "a new password", new_hash)
+    assert not verifies(db, PASSWORD, new_hash)
     assert in_store(db, lambda s: s.session_user("ada-session", 3600)) is None
     assert in_store(db, lambda s: s.session_user("bob-session", 3600)) == OTHER
-    assert bcrypt.checkpw(PASSWORD.encode(), users(db)[OTHER][1])  # untouched
+    assert verifies(db, PASSWORD, users(db)[OTHER][1])  # untouched
 
 
 def test_passwd_of_an_unknown_account_returns_1(cli: Cli, db: Path) -> None:
@@ -186,7 +194,7 @@ def test_passwd_of_an_unknown_account_returns_1(cli: Cli, db: Path) -> None:
     assert set(users(db)) == {PHONE}
 
 
-@pytest.mark.parametrize("password", ["", "short", "a" * 73])
+@pytest.mark.parametrize("password", ["", "short", "a" * 1025, "1234567890"])
 def test_passwd_with_a_bad_password_returns_1_and_keeps_the_hash(cli: Cli, db: Path, password: str) -> None:
     assert cli("adduser", PHONE, "--name", "Ada", "--password-stdin", stdin=PASSWORD + "\n") == 0
     before = users(db)
@@ -338,7 +346,9 @@ def test_the_account_commands_work_on_postgresql_and_backup_refuses_it(
             execute("SELECT phone, name, password_hash FROM users", on=url))}
 
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[security]\nbcrypt_rounds = 4\n[database]\nurl = "{url}"\n', encoding="utf-8")
+    key = secrets.token_urlsafe(32)  # in the config: no <database>.pepper file in the working folder
+    cfg.write_text(f'[security]\nbcrypt_rounds = 4\npassword_key = "{key}"\n[database]\nurl = "{url}"\n',
+                   encoding="utf-8")
 
     def cli(*args: str, stdin: str = "") -> int:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
@@ -349,9 +359,9 @@ def test_the_account_commands_work_on_postgresql_and_backup_refuses_it(
         assert cli("adduser", PHONE, "--name", "Ada", "--password-stdin", stdin=PASSWORD + "\n") == 0
         assert cli("adduser", PHONE, "--name", "Eve", "--password-stdin", stdin="other one\n") == 1
         name, first_hash = accounts()[PHONE]
-        assert name == "Ada" and bcrypt.checkpw(PASSWORD.encode(), first_hash)
+        assert name == "Ada" and verifies("unused.db", PASSWORD, first_hash, key)
         assert cli("passwd", PHONE, "--password-stdin", stdin="a new password\n") == 0
-        assert bcrypt.checkpw(b"a new password", accounts()[PHONE][1])
+        assert verifies("unused.db", "a new password", accounts()[PHONE][1], key)
         assert cli("deluser", PHONE) == 0
         assert accounts() == {}
         assert cli("deluser", PHONE) == 1

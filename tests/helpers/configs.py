@@ -4,6 +4,7 @@ and the TOML tables of a server process (written by helpers.server.write_config)
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import Mapping
 
 from cryptography.fernet import Fernet
@@ -27,12 +28,13 @@ LOAD: Tables = merge_tables(QUICK, {
 
 def scaled_config_tables(database_url: str, hub_prefix: str) -> dict[str, dict[str, object]]:
     """LOAD for servers that share one PostgreSQL schema and one Redis prefix (the scaled
-    deployment): both engines, one cookie secret (a login on one process is valid on all), and a
-    short close timeout."""
+    deployment): both engines, one cookie secret (a login on one process is valid on all), one
+    password key (a password set on one process is checked on all), and a short close timeout."""
     return load_config_tables(
         database={"url": database_url},
         hub={"url": backends.REDIS_URL, "prefix": hub_prefix},
-        security={"cookie_secret": Fernet.generate_key().decode()},
+        security={"cookie_secret": Fernet.generate_key().decode(),
+                  "password_key": secrets.token_urlsafe(32)},
         websocket={"close_timeout": 1.0})
 
 

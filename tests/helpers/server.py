@@ -54,6 +54,8 @@ def _toml_value(value: object) -> str:
         return json.dumps(value)  # a JSON string is a TOML basic string
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML for {value!r}")
 
 
@@ -181,7 +183,9 @@ class ServerProcess:
             try:
                 with socket.create_connection((HOST, self.port), timeout=2) as s:
                     s.settimeout(2)
-                    s.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    # A Host the default server.allowed_hosts lets through (an IP literal).
+                    s.sendall(f"GET /login HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
+                              "Connection: close\r\n\r\n".encode())
                     if s.recv(12).startswith(b"HTTP/1.1 200"):
                         while s.recv(65536):
                             pass

@@ -47,7 +47,9 @@ from hypothesis.strategies import SearchStrategy
 from yarl import URL
 
 from chatserver.app import create_app
+from chatserver.auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS
 from chatserver.config import Config, WebSocket
+from chatserver.forms import is_common_password
 from chatserver.protocol import parse_timestamp
 from chatserver.stores.base import Store
 from helpers.accounts import PASSWORD, UserFactory
@@ -868,9 +870,10 @@ def endpoints(w: World) -> dict[str, Endpoint]:
             "room_name": Field("FRESH", bad_room_names | st.just(MISSING) | st.just(w.room)),
             "password": Field(MISSING, st.one_of(
                 not_strings.filter(lambda v: v is not None),
-                st.text(max_size=7).filter(lambda s: len(s.encode("utf-8", "surrogatepass")) < 8),
-                st.text(min_size=73, max_size=80),
-                st.sampled_from(["é" * 36 + "a", "\ud800" * 8, "password\udfff"])))}),
+                st.text(max_size=MIN_PASSWORD_CHARS - 1),
+                st.text(min_size=MAX_PASSWORD_BYTES + 1, max_size=MAX_PASSWORD_BYTES + 60),
+                st.sampled_from(["é" * 512 + "a", "\ud800" * 10, "passphrase\udfff", "1234567890",
+                                 "Password123"])))}),
         "join": Endpoint("POST", "/chat/special/room/join", {}, {
             "room_name": Field(w.private_room, bad_room_names | st.just(MISSING)
                                | st.just("neverMadeRoom")),
@@ -994,6 +997,12 @@ def test_hostile_json_bodies_and_queries_are_refused_and_change_nothing(world: W
 # -- hostile forms ---------------------------------------------------------------------------------
 
 
+def valid_password(password: str) -> bool:
+    """What SPEC 4 and 10 accept for a new password (chatserver.forms.clean_password)."""
+    return (len(password) >= MIN_PASSWORD_CHARS and len(password.encode()) <= MAX_PASSWORD_BYTES
+            and not is_common_password(password))
+
+
 @st.composite
 def hostile_registrations(draw: st.DrawFn, w: World) -> dict[str, str]:
     """A registration with at least one field that SPEC 4 refuses (or a taken phone)."""
@@ -1002,9 +1011,9 @@ def hostile_registrations(draw: st.DrawFn, w: World) -> dict[str, str]:
     bad: dict[str, SearchStrategy[Any]] = {
         "phone": not_phones | st.sampled_from([w.a, w.b]),
         "name": bad_names,
-        "password": st.text(max_size=7).filter(
-            lambda s: len(s.encode("utf-8", "surrogatepass")) < 8)
-        | st.text(min_size=73, max_size=90) | st.sampled_from(["é" * 36 + "a", "😀" * 19]),
+        "password": st.text(max_size=MIN_PASSWORD_CHARS - 1)
+        | st.text(min_size=MAX_PASSWORD_BYTES + 1, max_size=MAX_PASSWORD_BYTES + 60)
+        | st.sampled_from(["é" * 512 + "a", "😀" * 257, "1234567890", "QwErTyUiOp"]),
     }
     for key in draw(st.sets(st.sampled_from(sorted(bad)), min_size=1)):
         value = draw(bad[key])
@@ -1016,7 +1025,7 @@ def hostile_registrations(draw: st.DrawFn, w: World) -> dict[str, str]:
     assume_invalid(any(has_lone_surrogate(v) for v in form.values()))
     assume_invalid(valid_name(form.get("name")) and is_phone(form.get("phone"))
                    and form.get("phone") not in (w.a, w.b, w.c)
-                   and 8 <= len(form.get("password", "").encode()) <= 72)
+                   and valid_password(form.get("password", "")))
     return form
 
 

@@ -539,6 +539,27 @@ async def test_set_password_replaces_the_hash_and_ends_sessions(store: AnyStore)
         assert await store.set_password(NOT_A_USER, b"x") is False
 
 
+async def test_upgrade_password_hash_replaces_only_an_unchanged_hash_and_keeps_sessions(
+        store: AnyStore) -> None:
+    """The login's re-hash of an old-format password (issue 12): no session ends, and a hash
+    changed meanwhile (a `passwd` racing the login) is not overwritten."""
+    async with asyncio.timeout(TIMEOUT):
+        await store.add_session("a-1", A)
+        assert await store.upgrade_password_hash(A, b"hash", b"$hmac-sha256$new") is True
+        user = await store.get_user(A)
+        assert user is not None and user.password_hash == b"$hmac-sha256$new"
+        assert await store.session_user("a-1", 3600) == A
+        # the stored hash is no longer b"hash": a second upgrade from it changes nothing
+        assert await store.upgrade_password_hash(A, b"hash", b"$hmac-sha256$other") is False
+        assert await store.set_password(B, b"set by passwd") is True
+        assert await store.upgrade_password_hash(B, b"hash", b"$hmac-sha256$late") is False
+        user_a, user_b = await store.get_user(A), await store.get_user(B)
+        assert user_a is not None and user_a.password_hash == b"$hmac-sha256$new"
+        assert user_b is not None and user_b.password_hash == b"set by passwd"
+        assert await store.upgrade_password_hash(NOT_A_USER, b"hash", b"x") is False
+        assert await store.get_user(NOT_A_USER) is None
+
+
 async def test_delete_user_cascades(store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
         assert await store.add_personal(A, B, T1, "t1", "from a")

@@ -11,6 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis.asyncio as redis
 
 from chatserver.config import Limits
 from chatserver.throttle import PasswordPool, PoolFull, Throttle
@@ -95,6 +96,55 @@ async def refunds_and_refusals(throttle: Throttle) -> None:
         assert await throttle.begin_attempt(address, "5550000015") is None
     # per phone (5) and per pair (5) are not used up by the refusals
     assert await throttle.begin_attempt("192.0.2.11", "5550000015") is not None
+
+
+async def attempt_counters(client: redis.Redis, prefix: str) -> dict[bytes, int]:
+    """The password-attempt counters stored under `prefix`: key -> count."""
+    keys = sorted([k async for k in client.scan_iter(match=f"{prefix}:*password*")])
+    return dict(zip(keys, [int(v) for v in await client.mget(keys)], strict=True)) if keys else {}
+
+
+async def test_a_redis_refund_after_the_window_ended_revives_no_counter(
+        redis_prefix: str, shared: Callable[[str], Throttle]) -> None:
+    """A right password whose check ends after the attempt's window rolled over: its refund must
+    not leave the counters at -1 (one extra attempt in the next window, and keys that never
+    expire)."""
+    throttle = shared(redis_prefix)
+    address, phone = "192.0.2.20", "5550000020"
+    client = redis.Redis.from_url(backends.REDIS_URL)
+    try:
+        attempt = await throttle.begin_attempt(address, phone)
+        assert attempt is not None
+        counters = await attempt_counters(client, redis_prefix)
+        assert sorted(counters.values()) == [1, 1, 1]  # per address, per phone, per pair
+        await client.delete(*counters)  # the window ends: the counters expire
+        await throttle.refund(attempt)
+        assert await attempt_counters(client, redis_prefix) == {}
+        # the next window has login_failures (2) attempts for the address, not one more
+        assert [await throttle.begin_attempt(address, phone) is not None for _ in range(3)] == [
+            True, True, False]
+    finally:
+        await client.aclose()
+
+
+async def test_a_redis_refund_within_the_window_keeps_the_counters_expiry(
+        redis_prefix: str, shared: Callable[[str], Throttle]) -> None:
+    throttle = shared(redis_prefix)
+    client = redis.Redis.from_url(backends.REDIS_URL)
+    try:
+        first = await throttle.begin_attempt("192.0.2.21", "5550000021")
+        second = await throttle.begin_attempt("192.0.2.21", "5550000021")
+        assert first is not None and second is not None
+        await throttle.refund(second)
+        counters = await attempt_counters(client, redis_prefix)
+        assert sorted(counters.values()) == [1, 1, 1]
+        ttls = [await client.ttl(key) for key in counters]
+        assert all(0 < ttl <= LIMITS.login_window_seconds for ttl in ttls), ttls
+        await throttle.refund(first)
+        await throttle.refund(first)  # a second refund of one attempt: stays at 0
+        assert sorted((await attempt_counters(client, redis_prefix)).values()) == [0, 0, 0]
+    finally:
+        await client.aclose()
 
 
 async def test_per_phone_and_per_pair_limits() -> None:
