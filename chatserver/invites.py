@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Final
+from typing import Final, TypeGuard
 
 from .config import Config
 
@@ -29,7 +29,7 @@ def new_code() -> str:
     return secrets.token_urlsafe(16)
 
 
-def is_code(value: object) -> bool:
+def is_code(value: object) -> TypeGuard[str]:
     """True when `value` looks like an invite code (it may still be unknown)."""
     return isinstance(value, str) and CODE_RE.fullmatch(value) is not None
 
