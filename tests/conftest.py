@@ -97,8 +97,8 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 @pytest.fixture
 def config(tmp_path: Path, backend: backends.Backend) -> Config:
-    """Spec defaults, except a fast bcrypt cost, open registration, and a database in tmp_path (or a fresh schema of
-    PostgreSQL, and a fresh Redis prefix, for those backends)."""
+    """Spec defaults, except a fast bcrypt cost, open registration, and a database in tmp_path
+    (or a fresh schema of PostgreSQL, and a fresh Redis prefix, for those backends)."""
     return Config(
         database=Database(path=str(tmp_path / "chat.db"), scrub_seconds=0.2,
                           url=backend.database_url),
