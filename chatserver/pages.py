@@ -146,8 +146,7 @@ async def register(request: web.Request) -> web.Response:
                   _invite_refusal(await store.invite(invite) if is_code(invite) else None, now_micros()))
         return _form(request, "register.html", 403, reason, values)
     await throttle.refund(attempt)
-    _auth_event(logging.INFO, "registration ok (admin)" if done.admin else "registration ok",
-                request, phone)
+    _auth_event(logging.INFO, "registration ok", request, phone)
     await log_in(request, phone)
     raise web.HTTPFound("/chat")
 
