@@ -18,7 +18,6 @@ from pytest_aiohttp import AiohttpClient
 
 from chatserver.protocol import now_micros, parse_timestamp
 from chatserver.stores.base import Store
-from helpers import backends
 from helpers.accounts import PASSWORD, UserFactory
 from helpers.ws import assert_json_error, open_receive, send_new_msg, wait_closed
 

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from chatserver.app import create_app
-from chatserver.config import Config
+from chatserver.config import Config, ConfigError, load_config
 from chatserver.keys import store_key
 from chatserver.protocol import now_micros
 from chatserver.stores.base import Store
@@ -105,8 +105,15 @@ async def test_the_first_account_is_free_and_an_admin_whatever_the_mode(
         assert (await second.get("/chat/info")).status == 401
 
 
-async def test_invite_is_the_default_mode(config: Config) -> None:
+async def test_invite_is_the_default_mode_and_others_are_refused() -> None:
     assert Config().security.registration == "invite"
+    for mode in ("invite", "open", "closed"):
+        assert load_config(security__registration=mode).security.registration == mode
+    for bad in ("Open", "", "yes"):
+        with pytest.raises(ConfigError, match="registration must be one of"):
+            load_config(security__registration=bad)
+    with pytest.raises(ConfigError, match="must be a string"):
+        load_config(security__registration=True)
 
 
 async def test_a_closed_server_refuses_even_with_a_valid_invite(
