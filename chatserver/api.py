@@ -109,8 +109,10 @@ async def info(request: web.Request) -> web.Response:
     groups = [{"key": key, "name": name} for key, name in await store.groups_of(me)]
     rooms = [_room_json(r.name, r.created_by, r.private) for r in await store.rooms()]
     contacts = [await _contact_json(request, c) for c in await store.contacts_of(me)]
+    flags = await store.account(me, 0)  # SPEC 10: the client shows the admin page to admins
     return web.json_response({"phone": me, "name": account.name, "dialogues": dialogues,
-                              "groups": groups, "rooms": rooms, "contacts": contacts})
+                              "groups": groups, "rooms": rooms, "contacts": contacts,
+                              "admin": bool(flags and flags.admin and not flags.disabled)})
 
 
 async def info_personal(request: web.Request) -> web.Response:

@@ -1,4 +1,5 @@
-"""The command line (SPEC 3): serve / adduser / passwd / deluser. Flags override the config file."""
+"""The command line (SPEC 3, 10): serve / adduser / passwd / deluser / backup / invite / admin. Flags
+override the config file."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ from urllib.parse import urlsplit
 import uvloop
 from aiohttp import web
 
+from . import invites
 from .app import create_app
 from .auth import hash_password, load_password_key, load_secret
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
+from .protocol import now_micros, server_timestamp
 from .stores import backup, open_store
-from .stores.base import BackupUnsupported, CorruptDatabase, SchemaTooNew, Store, StoreError
+from .stores.base import BackupUnsupported, CorruptDatabase, LastAdmin, SchemaTooNew, Store, StoreError
 from .supervisor import supervise
 
 T = TypeVar("T")
@@ -53,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--name", required=True)
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of standard input")
+    add.add_argument("--admin", action="store_true", help="make the account an admin (SPEC 10)")
     passwd = sub.add_parser("passwd", help="set an account's password (ends its sessions)")
     passwd.add_argument("phone")
     passwd.add_argument("--password-stdin", action="store_true")
@@ -60,8 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("phone")
     copy = sub.add_parser("backup", help="copy the database to a new file, also while serving")
     copy.add_argument("path")
+    invite = sub.add_parser("invite", help="make an invite and print its registration link")
+    invite.add_argument("--uses", type=int, default=invites.DEFAULT_USES,
+                        help=f"registrations it allows (1 to {invites.MAX_USES}, default 1)")
+    invite.add_argument("--days", type=int, default=invites.DEFAULT_DAYS,
+                        help=f"days until it expires (1 to {invites.MAX_DAYS}, default 7)")
+    grant = sub.add_parser("admin", help="make an account an admin (or, with --revoke, not)")
+    grant.add_argument("phone")
+    grant.add_argument("--revoke", action="store_true")
     # `--config` and `--db` are accepted after the subcommand too, as SPEC 3 writes them.
-    for p in (serve, add, passwd, delete, copy):
+    for p in (serve, add, passwd, delete, copy, invite, grant):
         p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
         p.add_argument("--db", dest="sub_db", help=argparse.SUPPRESS)
     return parser
@@ -179,6 +191,42 @@ async def _new_hash(config: Config, password: str) -> bytes:
     return await hash_password(password, config.security.bcrypt_rounds, key=key.encode())
 
 
+def _invite(config: Config, uses: int, days: int) -> int:
+    """`run.py invite`: record an invite and print its link (SPEC 10); 2 for bounds not kept."""
+    if not 1 <= uses <= invites.MAX_USES or not 1 <= days <= invites.MAX_DAYS:
+        print(f"error: --uses must be 1 to {invites.MAX_USES} and --days 1 to {invites.MAX_DAYS}",
+              file=sys.stderr)
+        return 2
+    expires_us = now_micros() + days * invites.DAY_US
+
+    async def make(store: Store) -> str:
+        code = invites.new_code()
+        while not await store.create_invite(code, None, uses, expires_us):  # a 128-bit collision
+            code = invites.new_code()
+        return code
+
+    code = asyncio.run(_with_store(config, make))
+    # The link is the command's output (for the operator to send); it is never logged.
+    print(invites.invite_url(config, code))
+    print(f"({uses} use{'s' if uses != 1 else ''}, expires {server_timestamp(expires_us)} UTC)",
+          file=sys.stderr)
+    return 0
+
+
+def _admin(config: Config, phone: str, grant: bool) -> int:
+    """`run.py admin PHONE [--revoke]`: 1 for an unknown phone or the last admin."""
+    try:
+        done = asyncio.run(_with_store(config, lambda s: s.set_account_flags(phone, admin=grant)))
+    except LastAdmin as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if done is None:
+        print(f"error: no account {phone}", file=sys.stderr)
+        return 1
+    print(f"{phone} is {'now' if grant else 'no longer'} an admin")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status (0 ok, 1 refused, 2 bad usage/config)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -202,15 +250,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             print(f"backed up {copied} to {args.path}")
             return 0
+        if args.command == "invite":
+            return _invite(config, args.uses, args.days)
         phone = clean_phone(args.phone)
+        if args.command == "admin":
+            return _admin(config, phone, not args.revoke)
         if args.command == "adduser":
             name = clean_name(args.name)
             password_hash = asyncio.run(_new_hash(config, clean_password(
                 _read_password(args.password_stdin))))
-            if not asyncio.run(_with_store(config, lambda s: s.add_user(phone, name, password_hash))):
+            # Whatever `security.registration` says: the operator creates accounts (SPEC 10).
+            done = asyncio.run(_with_store(config, lambda s: s.register_user(
+                phone, name, password_hash, mode="open", admin=args.admin)))
+            if done.outcome != "created":
                 print(f"error: {phone} is already registered", file=sys.stderr)
                 return 1
-            print(f"added {phone}")
+            print(f"added {phone}" + (" (admin)" if done.admin else ""))
         elif args.command == "passwd":
             password_hash = asyncio.run(_new_hash(config, clean_password(
                 _read_password(args.password_stdin))))

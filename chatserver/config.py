@@ -17,7 +17,11 @@ from typing import Any
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# SPEC 10 `security.registration`: who may create an account through /register.
+REGISTRATION_MODES = ("invite", "open", "closed")
 HUB_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# What an invite link may start with: a scheme, a host (an IPv6 one in brackets), a path.
+PUBLIC_URL_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[^\s?#]*)?")
 
 
 class ConfigError(ValueError):
@@ -34,6 +38,9 @@ class Server:
     # one is answered 400. ".example.org" also allows its subdomains, "*" anything. Empty: `host`
     # when it is a name, "localhost" and every IP address (chatserver/hosts.py).
     allowed_hosts: tuple[str, ...] = ()
+    # The address people reach the server at, e.g. "https://chat.example.org" (behind a reverse
+    # proxy): the start of invite links (SPEC 10). Empty: http(s)://host:port of this table.
+    public_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,9 @@ class Security:
     session_seconds: int = 30 * 24 * 3600
     # SPEC 10: a frame's sent_timestamp further than this from the server's clock is refused.
     timestamp_skew_seconds: int = 86400
+    # SPEC 10: "invite" (/register needs a valid invite code), "open" (anyone) or "closed" (only
+    # admins and `run.py adduser` create accounts). The first account is free whatever this says.
+    registration: str = "invite"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +231,11 @@ def _build(data: dict[str, Any]) -> Config:
     if config.hub.url and not config.hub.url.startswith(REDIS_SCHEMES):
         raise ConfigError("[hub] url must be empty (in-memory hub) or start with redis://, "
                           "rediss:// or unix://")
+    if config.security.registration not in REGISTRATION_MODES:
+        raise ConfigError(f"[security] registration must be one of {', '.join(REGISTRATION_MODES)}")
+    if config.server.public_url and not PUBLIC_URL_RE.fullmatch(config.server.public_url):
+        raise ConfigError("[server] public_url must be empty or http(s)://host[:port][/path], "
+                          "without a query or fragment")
     if not HUB_PREFIX_RE.fullmatch(config.hub.prefix):
         raise ConfigError("[hub] prefix must be 1 to 64 letters, digits, '_', '-' or '.'")
     return config

@@ -43,8 +43,9 @@ def same_origin(request: web.Request) -> bool:
 
 
 def wants_json(request: web.Request) -> bool:
-    """JSON endpoints (SPEC 4 /chat/special/*, /chat/info*) answer errors as JSON."""
-    return request.path.startswith(("/chat/special/", "/chat/info"))
+    """JSON endpoints (SPEC 4 /chat/special/*, /chat/info*; SPEC 10 /chat/admin/*, /chat/account*)
+    answer errors as JSON."""
+    return request.path.startswith(("/chat/special/", "/chat/info", "/chat/admin/", "/chat/account"))
 
 
 @web.middleware

@@ -10,13 +10,24 @@ from aiohttp import web
 
 from .auth import check_password, current_user, hash_password, log_in, log_out, needs_upgrade
 from .forms import FormError, clean_name, clean_password, clean_phone
+from .invites import is_code
 from .keys import config_key, password_hmac_key, password_pool_key, store_key, throttle_key
-from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
+from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone, now_micros
+from .stores.base import Invite
 from .throttle import PoolFull
 
 log = logging.getLogger(__name__)
 TOO_MANY_ATTEMPTS: Final = "Too many attempts from your address or on this number; try again later."
 PHONE_TAKEN: Final = "This phone number is already registered."
+# SPEC 10: why /register refuses (403).
+REGISTRATION_CLOSED: Final = ("Registration is closed on this server: ask its administrator to "
+                              "create your account.")
+INVITE_NEEDED: Final = ("This server registers people by invitation: open the invite link you "
+                        "were sent, or ask someone who uses this server for one.")
+INVITE_UNKNOWN: Final = "This invite code is not valid: check the link you were sent."
+INVITE_EXPIRED: Final = "This invite has expired: ask for a new one."
+INVITE_USED: Final = "This invite has been used up: ask for a new one."
+ACCOUNT_DISABLED: Final = "This account is disabled: ask the server's administrator."
 
 
 def _auth_event(level: int, outcome: str, request: web.Request, phone: object) -> None:
@@ -46,14 +57,39 @@ async def index(request: web.Request) -> web.Response:
     raise web.HTTPFound("/chat" if await current_user(request) else "/login")
 
 
+def _invite_refusal(invite: Invite | None, now_us: int) -> str:
+    """Why an invite cannot be used (SPEC 10: 403 with the reason)."""
+    if invite is None:
+        return INVITE_UNKNOWN
+    if invite.expires_us <= now_us:
+        return INVITE_EXPIRED
+    return INVITE_USED
+
+
 async def register(request: web.Request) -> web.Response:
-    """GET, POST /register: create an account and log in (SPEC 4); 409 for a taken phone, found
-    before any bcrypt work; 429 past the attempt limits (SPEC 10); 503 while the bcrypt pool is
-    full."""
+    """GET, POST /register: create an account and log in (SPEC 4, 10).
+
+    `security.registration` decides who may: "open" anyone, "invite" those with a live invite
+    code (`/register?invite=CODE`, posted back as the field `invite`; one use taken atomically
+    with the account's creation), "closed" nobody (admins and `run.py adduser` create accounts);
+    while the database holds no account, the first registration passes whatever the mode and
+    makes an admin. 403 with the reason when the mode refuses or the code is unknown, expired or
+    used up (counted as a failed attempt, under the code's own account key); 409 for a taken
+    phone, found before any bcrypt work (with "invite", only once the code is known to be live:
+    no phone enumeration without an invite); 429 past the attempt limits (SPEC 10); 503 while
+    the bcrypt pool is full."""
+    mode = request.app[config_key].security.registration
     if request.method == "GET":
-        return _form(request, "register.html", 200, None, {})
+        code = request.query.get("invite", "")
+        # A fresh database takes its first account whatever the mode: no note about invites.
+        shown = mode if await request.app[store_key].has_users() else "open"
+        return _form(request, "register.html", 200, None,
+                     {"invite": code if is_code(code) else "", "mode": shown})
     form = await _post_form(request)
-    values = {"phone": form.get("phone", ""), "name": form.get("name", "")}
+    raw_invite = form.get("invite")
+    invite = raw_invite if isinstance(raw_invite, str) and raw_invite else None
+    values = {"phone": form.get("phone", ""), "name": form.get("name", ""),
+              "invite": invite if is_code(invite) else "", "mode": mode}
     try:
         phone = clean_phone(form.get("phone"))
         name = clean_name(form.get("name"))
@@ -61,12 +97,29 @@ async def register(request: web.Request) -> web.Response:
     except FormError as e:
         _auth_event(logging.INFO, "registration refused (invalid field)", request, form.get("phone"))
         return _form(request, "register.html", 400, str(e), values)
-    # Registrations share the attempt limits of logins (SPEC 10), counted before any bcrypt work.
     store, throttle = request.app[store_key], request.app[throttle_key]
-    attempt = await throttle.begin_attempt(request.remote or "", phone)
+    # SPEC 10: the first account is free whatever the mode (checked again, atomically, when the
+    # account is created: register_user).
+    free = mode == "open" or not await store.has_users()
+    if not free and mode == "closed":
+        _auth_event(logging.INFO, "registration refused (closed)", request, phone)
+        return _form(request, "register.html", 403, REGISTRATION_CLOSED, values)
+    if not free and invite is None:
+        _auth_event(logging.INFO, "registration refused (no invite)", request, phone)
+        return _form(request, "register.html", 403, INVITE_NEEDED, values)
+    # Registrations share the attempt limits of logins (SPEC 10), counted before any bcrypt work;
+    # with an invite, on the code (junk shares one key), so that guesses of codes are counted per
+    # address and per code. Never logged: a code is as good as an account while it lasts.
+    account_key = phone if free else f"invite {invite}" if is_code(invite) else "(invite)"
+    attempt = await throttle.begin_attempt(request.remote or "", account_key)
     if attempt is None:
         _auth_event(logging.WARNING, "registration refused (too many attempts)", request, phone)
         return _form(request, "register.html", 429, TOO_MANY_ATTEMPTS, values)
+    if not free:
+        known = await store.invite(invite) if is_code(invite) else None
+        if known is None or known.uses_left <= 0 or known.expires_us <= now_micros():
+            _auth_event(logging.WARNING, "registration refused (invalid invite)", request, phone)
+            return _form(request, "register.html", 403, _invite_refusal(known, now_micros()), values)
     # A taken phone is answered before any bcrypt work (and the attempt stays counted: it is how
     # phone numbers would be enumerated).
     if await store.get_user(phone) is not None:
@@ -79,9 +132,20 @@ async def register(request: web.Request) -> web.Response:
     except PoolFull as e:
         await throttle.refund(attempt)
         return _form(request, "register.html", 503, str(e), values)
-    if not await store.add_user(phone, name, password_hash):  # registered meanwhile
+    done = await store.register_user(phone, name, password_hash, mode=mode,
+                                     invite=invite if is_code(invite) else None)
+    if done.outcome == "taken":  # registered meanwhile
         _auth_event(logging.WARNING, "registration refused (phone taken)", request, phone)
         return _form(request, "register.html", 409, PHONE_TAKEN, values)
+    if done.outcome == "closed":  # someone else was first meanwhile
+        await throttle.refund(attempt)
+        _auth_event(logging.INFO, "registration refused (closed)", request, phone)
+        return _form(request, "register.html", 403, REGISTRATION_CLOSED, values)
+    if done.outcome == "invite":  # someone else was first, or took the last use, meanwhile
+        _auth_event(logging.WARNING, "registration refused (invalid invite)", request, phone)
+        reason = (INVITE_NEEDED if invite is None else
+                  _invite_refusal(await store.invite(invite) if is_code(invite) else None, now_micros()))
+        return _form(request, "register.html", 403, reason, values)
     await throttle.refund(attempt)
     _auth_event(logging.INFO, "registration ok", request, phone)
     await log_in(request, phone)
@@ -121,6 +185,14 @@ async def login(request: web.Request) -> web.Response:
         assert isinstance(password, str)  # it matched
         await _upgrade_hash(request, user.phone, user.password_hash, password)
     await log_in(request, user.phone)
+    # SPEC 10: a disabled account cannot log in. Asked after the session is recorded: disabling
+    # deletes the account's sessions in the transaction that sets the flag, so either this read
+    # sees the flag or that delete takes this session. Told only to who knows the password.
+    account = await request.app[store_key].account(user.phone, 0)
+    if account is None or account.disabled:
+        await log_out(request)
+        _auth_event(logging.WARNING, "login refused (account disabled)", request, user.phone)
+        return _form(request, "login.html", 403, ACCOUNT_DISABLED, values)
     _auth_event(logging.INFO, "login ok", request, user.phone)
     raise web.HTTPFound("/chat")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, pages, ws
+from . import account, admin, api, pages, ws
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -38,6 +38,16 @@ def setup_routes(app: web.Application) -> None:
         web.delete("/chat/special/contact", api.delete_contact),
         web.post("/chat/special/block", api.special_block),
         web.delete("/chat/special/block", api.delete_block),
+        web.patch("/chat/account", account.patch_account),
+        web.delete("/chat/account", account.delete_account),
+        web.post("/chat/account/password", account.change_password),
+        web.get("/chat/admin/users", admin.users),
+        web.patch("/chat/admin/users", admin.patch_user),
+        web.delete("/chat/admin/users", admin.delete_user),
+        web.get("/chat/admin/invites", admin.list_invites),
+        web.post("/chat/admin/invites", admin.create_invite),
+        web.delete("/chat/admin/invites", admin.revoke_invite),
+        web.get("/chat/admin/stats", admin.stats),
         web.get("/ws/chat/special/{msg_from}/", ws.receive_socket),
         web.get("/ws/chat/personal/{msg_from}/{msg_to}/", ws.personal_socket),
         web.get("/ws/chat/group/{msg_from}/{grp}/", ws.group_socket),

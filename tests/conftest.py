@@ -97,12 +97,14 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 @pytest.fixture
 def config(tmp_path: Path, backend: backends.Backend) -> Config:
-    """Spec defaults, except a fast bcrypt cost and a database in tmp_path (or a fresh schema of
-    PostgreSQL, and a fresh Redis prefix, for those backends)."""
+    """Spec defaults, except a fast bcrypt cost, open registration, and a database in tmp_path
+    (or a fresh schema of PostgreSQL, and a fresh Redis prefix, for those backends)."""
     return Config(
         database=Database(path=str(tmp_path / "chat.db"), scrub_seconds=0.2,
                           url=backend.database_url),
-        security=Security(bcrypt_rounds=4),
+        # Tests register their users through /register; the registration modes' own tests
+        # (features/test_registration.py) set `registration` themselves.
+        security=Security(bcrypt_rounds=4, registration="open"),
         limits=Limits(messages_per_second=1000.0, handshakes_per_minute=100_000),
         # test clients left open at teardown do not answer the shutdown's close frame
         websocket=WebSocket(close_timeout=0.1),

@@ -297,6 +297,10 @@ class Hub:
         """True while `phone` holds at least one receive socket in this process."""
         return phone in self._receivers
 
+    def socket_count(self) -> int:
+        """The sockets of login sessions open in this process (SPEC 10 `GET /chat/admin/stats`)."""
+        return sum(len(sockets) for sockets in self._sessions.values())
+
     async def is_online(self, phone: str) -> bool:
         """True while `phone` holds a receive socket here, or in another process by its presence
         claim (presence unreachable: False for a phone with no socket here)."""

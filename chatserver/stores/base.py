@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 # -- errors -------------------------------------------------------------------------------------
 
@@ -38,6 +38,11 @@ class CorruptDatabase(StoreError):
 class SchemaTooNew(StoreError):
     """The database records a schema version newer than this release knows (SPEC 10, "Upgrades"):
     it was upgraded by a newer release, and this one refuses to touch it."""
+
+
+class LastAdmin(StoreError):
+    """The change would leave no enabled admin while other accounts exist (SPEC 10: someone must
+    be able to administer the server); nothing was changed."""
 
 
 class BackupUnsupported(StoreError):
@@ -120,6 +125,59 @@ class Contact:
     last_seen_us: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An account as administration sees it (SPEC 10 `GET /chat/admin/users`): `devices` is the
+    number of live sessions (younger than the maximum age asked for), `waiting` the messages
+    stored for the account (personal ones plus group ones still pending for it)."""
+
+    phone: str
+    name: str
+    admin: bool
+    disabled: bool
+    hide_presence: bool
+    created_us: int
+    last_seen_us: int | None
+    devices: int
+    waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """An invite (SPEC 10): `uses` as made, `uses_left` of them left until `expires_us`;
+    `created_by` None when `run.py invite` made it (or its admin was deleted)."""
+
+    code: str
+    created_by: str | None
+    uses: int
+    uses_left: int
+    created_us: int
+    expires_us: int
+
+
+# What `Store.register_user` did: "created", "taken" (the phone has an account), "closed"
+# (registration is closed and the database already holds an account), "invite" (no usable
+# invite: unknown, expired or used up).
+RegistrationOutcome = Literal["created", "taken", "closed", "invite"]
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    outcome: RegistrationOutcome
+    admin: bool  # the new account is an admin (the first one, or asked for)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """SPEC 10 `GET /chat/admin/stats`, the store's part: accounts, live sessions, stored
+    personal and group messages (each group message once), the database's size in bytes."""
+
+    users: int
+    devices: int
+    stored_messages: int
+    database_bytes: int
+
+
 # -- the interface ------------------------------------------------------------------------------
 
 
@@ -196,7 +254,83 @@ class Store(Protocol):
     # -- users and sessions -------------------------------------------------------------------
 
     async def add_user(self, phone: str, name: str, password_hash: bytes) -> bool:
-        """Create an account; False when the phone is taken."""
+        """Create an account; False when the phone is taken. The first account of the database is
+        an admin (SPEC 10)."""
+        ...
+
+    # -- registration, administration, self service (SPEC 10) --------------------------------
+
+    async def has_users(self) -> bool:
+        """True once the database holds an account (SPEC 10: until then registration is free)."""
+        ...
+
+    async def register_user(self, phone: str, name: str, password_hash: bytes, *, mode: str,
+                            invite: str | None = None, admin: bool = False) -> Registered:
+        """Create an account as `security.registration` = `mode` ("open", "invite", "closed")
+        allows, in ONE transaction: while the database holds no account it is created whatever
+        the mode, as an admin; otherwise "closed" refuses, and "invite" takes one use of `invite`
+        (uses_left > 0 and not expired) and gives it back when the phone turns out taken. Two
+        registrations at once cannot both be the first account, nor both take an invite's last
+        use (SQLite: one writer; PostgreSQL: an advisory lock and row locks). `admin` makes the
+        account an admin in any case (`run.py adduser --admin`)."""
+        ...
+
+    async def account(self, phone: str, max_age_seconds: int) -> Account | None:
+        """The account with this phone, or None; `devices` counts its sessions younger than
+        `max_age_seconds`."""
+        ...
+
+    async def accounts(self, max_age_seconds: int) -> list[Account]:
+        """Every account, by phone (see `account`)."""
+        ...
+
+    async def set_account_flags(self, phone: str, *, admin: bool | None = None,
+                                disabled: bool | None = None) -> list[str] | None:
+        """Grant or revoke admin, disable or enable an account (None: unchanged), in one
+        transaction. Disabling deletes every session of the account; returns the session hashes
+        deleted (their sockets are the caller's to close), or None for an unknown phone. Raises
+        LastAdmin when the account is the last enabled admin and other accounts exist."""
+        ...
+
+    async def update_profile(self, phone: str, *, name: str | None = None,
+                             hide_presence: bool | None = None) -> bool:
+        """Set the display name and/or the hide_presence setting (None: unchanged); False for
+        an unknown phone."""
+        ...
+
+    async def change_password(self, phone: str, password_hash: bytes,
+                              keep_session: str | None) -> list[str] | None:
+        """Replace a password and delete every session of the account but `keep_session` (a
+        session hash; None: all), in one transaction; the hashes deleted, or None for an unknown
+        phone (SPEC 10: a password change ends the other devices)."""
+        ...
+
+    async def delete_account(self, phone: str) -> list[str] | None:
+        """Delete an account as `delete_user` does; the hashes of the sessions it had, or None
+        for an unknown phone. Raises LastAdmin (and deletes nothing) when it is the last enabled
+        admin and other accounts exist."""
+        ...
+
+    async def create_invite(self, code: str, created_by: str | None, uses: int,
+                            expires_us: int) -> bool:
+        """Record an invite with `uses` uses until `expires_us`; False when the code exists.
+        Invites that expired more than INVITE_KEEP_US ago are dropped on the way."""
+        ...
+
+    async def invite(self, code: str) -> Invite | None:
+        """The invite with this code (live or not), or None."""
+        ...
+
+    async def invites(self, now_us: int) -> list[Invite]:
+        """The live invites (a use left, not expired at `now_us`), oldest first."""
+        ...
+
+    async def revoke_invite(self, code: str) -> bool:
+        """Delete an invite; False when there is none with this code."""
+        ...
+
+    async def stats(self, max_age_seconds: int) -> Stats:
+        """Counts for the admin page; `devices`: sessions younger than `max_age_seconds`."""
         ...
 
     async def get_user(self, phone: str) -> User | None:

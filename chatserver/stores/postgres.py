@@ -31,6 +31,10 @@ MESSAGE_TABLES: Final = "personal_messages, group_messages, room_messages"
 # One lock per schema: processes starting at once upgrade the schema one after the other.
 _SCHEMA_LOCK: Final = ("SELECT pg_advisory_xact_lock("
                        "hashtext('chatserver schema ' || coalesce(current_schema(), '')))")
+# One lock per schema for the account checks that must see other processes' accounts: is there
+# any account yet (SPEC 10: the first is free and an admin), is another admin left.
+_ACCOUNTS_LOCK: Final = ("SELECT pg_advisory_xact_lock("
+                         "hashtext('chatserver accounts ' || coalesce(current_schema(), '')))")
 # A failed VACUUM is tried again after this many seconds.
 VACUUM_RETRY_SECONDS: Final = 1.0
 
@@ -400,6 +404,18 @@ class PgStore(SqlStore[PgConnection]):
     @staticmethod
     async def _execute_many(db: PgConnection, sql: str, rows: list[tuple[Any, ...]]) -> None:
         await db.executemany(sql, rows)
+
+    @staticmethod
+    async def _query(db: PgConnection, sql: str, *args: Any) -> list[Any]:
+        return list(await db.fetch(sql, *args))
+
+    async def _lock_accounts(self, db: PgConnection) -> None:
+        # Held until the batch commits: another process's registration or admin change waits,
+        # then sees this one's accounts (READ COMMITTED reads anew at each statement).
+        await db.execute(_ACCOUNTS_LOCK)
+
+    async def _database_bytes(self) -> int:
+        return int((await self._fetch("SELECT pg_database_size(current_database())"))[0][0])
 
     # -- what PostgreSQL says in its own SQL --------------------------------------------------
 

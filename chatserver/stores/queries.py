@@ -16,16 +16,68 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from ..protocol import now_micros
-from .base import Contact, DialogueSide, Group, Room, RoomMessage, StoredMessage, User
+from .base import (
+    Account,
+    Contact,
+    DialogueSide,
+    Group,
+    Invite,
+    LastAdmin,
+    Registered,
+    Room,
+    RoomMessage,
+    Stats,
+    StoredMessage,
+    User,
+)
 from .groupcommit import DB, GroupCommitStore
+
+# An invite is kept this long after it expired (so that its code is answered "expired", not
+# "unknown"), then dropped when the next invite is made.
+INVITE_KEEP_US: Final = 30 * 86_400 * 1_000_000
+# SPEC 10 `GET /chat/admin/users`: devices are live sessions, waiting is what is stored for them.
+_ACCOUNT: Final = (
+    "SELECT u.phone, u.name, u.admin, u.disabled, u.hide_presence, u.created_us, u.last_seen_us,"
+    " (SELECT count(*) FROM sessions AS s WHERE s.phone = u.phone AND s.created_us > $1),"
+    " (SELECT count(*) FROM personal_messages AS p WHERE p.msg_to = u.phone)"
+    " + (SELECT count(*) FROM group_pending AS g WHERE g.phone = u.phone)"
+    " FROM users AS u")
+_INVITE: Final = "SELECT code, created_by, uses, uses_left, created_us, expires_us FROM invites"
 
 
 @dataclass(frozen=True, slots=True)
 class Queries:
     """One SQL text per shared query, in one engine's placeholder style."""
 
-    add_user: str = ("INSERT INTO users (phone, name, password_hash, created_us)"
-                     " VALUES ($1, $2, $3, $4) ON CONFLICT (phone) DO NOTHING")
+    add_user: str = ("INSERT INTO users (phone, name, password_hash, created_us, admin)"
+                     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (phone) DO NOTHING")
+    has_users: str = "SELECT 1 FROM users LIMIT 1"
+    # One use of a live invite; its row lock makes parallel registrations take turns (PostgreSQL
+    # re-checks the WHERE on the row another transaction just changed).
+    take_invite: str = ("UPDATE invites SET uses_left = uses_left - 1"
+                        " WHERE code = $1 AND uses_left > 0 AND expires_us > $2")
+    give_back_invite: str = "UPDATE invites SET uses_left = uses_left + 1 WHERE code = $1"
+    account: str = _ACCOUNT + " WHERE u.phone = $2"
+    accounts: str = _ACCOUNT + " ORDER BY u.phone"
+    enabled_admins: str = "SELECT phone FROM users WHERE admin AND NOT disabled ORDER BY phone"
+    other_user: str = "SELECT 1 FROM users WHERE phone <> $1 LIMIT 1"
+    user_flags: str = "SELECT admin, disabled FROM users WHERE phone = $1"
+    set_admin: str = "UPDATE users SET admin = $1 WHERE phone = $2"
+    set_disabled: str = "UPDATE users SET disabled = $1 WHERE phone = $2"
+    set_name: str = "UPDATE users SET name = $1 WHERE phone = $2"
+    set_hide_presence: str = "UPDATE users SET hide_presence = $1 WHERE phone = $2"
+    take_sessions: str = "DELETE FROM sessions WHERE phone = $1 RETURNING sid_hash"
+    take_other_sessions: str = ("DELETE FROM sessions WHERE phone = $1 AND sid_hash <> $2"
+                                " RETURNING sid_hash")
+    create_invite: str = ("INSERT INTO invites (code, created_by, uses, uses_left, created_us, expires_us)"
+                          " VALUES ($1, $2, $3, $3, $4, $5) ON CONFLICT DO NOTHING")
+    drop_old_invites: str = "DELETE FROM invites WHERE expires_us < $1"
+    invite: str = _INVITE + " WHERE code = $1"
+    invites: str = _INVITE + " WHERE uses_left > 0 AND expires_us > $1 ORDER BY created_us, code"
+    revoke_invite: str = "DELETE FROM invites WHERE code = $1"
+    stats: str = ("SELECT (SELECT count(*) FROM users),"
+                  " (SELECT count(*) FROM sessions WHERE created_us > $1),"
+                  " (SELECT count(*) FROM personal_messages) + (SELECT count(*) FROM group_messages)")
     get_user: str = "SELECT phone, name, password_hash FROM users WHERE phone = $1"
     user_exists: str = "SELECT 1 FROM users WHERE phone = $1"
     set_password: str = "UPDATE users SET password_hash = $1 WHERE phone = $2"
@@ -129,13 +181,155 @@ class SqlStore(GroupCommitStore[DB]):
     async def _execute_many(db: DB, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """Run one statement once per row of arguments, on the writer connection."""
 
+    @staticmethod
+    @abstractmethod
+    async def _query(db: DB, sql: str, *args: Any) -> list[Any]:
+        """The rows of one statement (a SELECT, or a write with RETURNING) on the writer connection."""
+
+    async def _lock_accounts(self, db: DB) -> None:
+        """Make the account checks of this transaction (is there any account yet, who else is an
+        admin) hold until its commit against other processes' transactions. Nothing to do for one
+        writer that holds the database's write lock (SQLite's BEGIN IMMEDIATE)."""
+
+    @abstractmethod
+    async def _database_bytes(self) -> int:
+        """The size of the database in bytes."""
+
     # -- users and sessions -------------------------------------------------------------------
 
     async def add_user(self, phone: str, name: str, password_hash: bytes) -> bool:
+        return (await self.register_user(phone, name, password_hash, mode="open")).outcome == "created"
+
+    # -- registration, administration, self service (SPEC 10) --------------------------------
+
+    async def has_users(self) -> bool:
+        return bool(await self._fetch(self.SQL.has_users))
+
+    async def register_user(self, phone: str, name: str, password_hash: bytes, *, mode: str,
+                            invite: str | None = None, admin: bool = False) -> Registered:
+        async def op(db: DB) -> Registered:
+            now = now_micros()
+            await self._lock_accounts(db)
+            first = not await self._query(db, self.SQL.has_users)
+            took = False
+            if not first and mode == "closed":
+                return Registered("closed", False)
+            if not first and mode == "invite":
+                if invite is None or await self._execute(db, self.SQL.take_invite, invite, now) != 1:
+                    return Registered("invite", False)
+                took = True
+            made_admin = admin or first
+            if await self._execute(db, self.SQL.add_user, phone, name, password_hash, now,
+                                   made_admin) != 1:
+                if took:  # the same transaction: the use was never taken for anyone to see
+                    await self._execute(db, self.SQL.give_back_invite, invite)
+                return Registered("taken", False)
+            return Registered("created", made_admin)
+        result: Registered = await self._write(op)
+        return result
+
+    def _account(self, r: Sequence[Any]) -> Account:
+        return Account(r[0], r[1], bool(r[2]), bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8])
+
+    async def account(self, phone: str, max_age_seconds: int) -> Account | None:
+        rows = await self._fetch(self.SQL.account, now_micros() - max_age_seconds * 1_000_000, phone)
+        return self._account(rows[0]) if rows else None
+
+    async def accounts(self, max_age_seconds: int) -> list[Account]:
+        return [self._account(r) for r in await self._fetch(
+            self.SQL.accounts, now_micros() - max_age_seconds * 1_000_000)]
+
+    async def _last_admin(self, db: DB, phone: str) -> bool:
+        """True when `phone` is the only enabled admin and other accounts exist."""
+        admins = [r[0] for r in await self._query(db, self.SQL.enabled_admins)]
+        return admins == [phone] and bool(await self._query(db, self.SQL.other_user, phone))
+
+    async def set_account_flags(self, phone: str, *, admin: bool | None = None,
+                                disabled: bool | None = None) -> list[str] | None:
+        async def op(db: DB) -> list[str] | None | LastAdmin:
+            await self._lock_accounts(db)
+            flags = await self._query(db, self.SQL.user_flags, phone)
+            if not flags:
+                return None
+            losing = (admin is False and bool(flags[0][0])) or (disabled is True and not flags[0][1])
+            if losing and await self._last_admin(db, phone):
+                return LastAdmin(f"{phone} is the last enabled admin; make another account admin first")
+            if admin is not None:
+                await self._execute(db, self.SQL.set_admin, admin, phone)
+            ended: list[str] = []
+            if disabled is not None:
+                await self._execute(db, self.SQL.set_disabled, disabled, phone)
+                if disabled:  # SPEC 10: a disabled user's devices end
+                    ended = [r[0] for r in await self._query(db, self.SQL.take_sessions, phone)]
+            return ended
+        result = await self._write(op)
+        if isinstance(result, LastAdmin):
+            raise result
+        return result
+
+    async def update_profile(self, phone: str, *, name: str | None = None,
+                             hide_presence: bool | None = None) -> bool:
         async def op(db: DB) -> bool:
-            return await self._execute(db, self.SQL.add_user, phone, name, password_hash,
-                                       now_micros()) == 1
+            if not await self._query(db, self.SQL.user_flags, phone):
+                return False
+            if name is not None:
+                await self._execute(db, self.SQL.set_name, name, phone)
+            if hide_presence is not None:
+                await self._execute(db, self.SQL.set_hide_presence, hide_presence, phone)
+            return True
+        return bool(await self._write(op))
+
+    async def change_password(self, phone: str, password_hash: bytes,
+                              keep_session: str | None) -> list[str] | None:
+        async def op(db: DB) -> list[str] | None:
+            if await self._execute(db, self.SQL.set_password, password_hash, phone) != 1:
+                return None
+            if keep_session is None:
+                return [r[0] for r in await self._query(db, self.SQL.take_sessions, phone)]
+            return [r[0] for r in await self._query(db, self.SQL.take_other_sessions, phone,
+                                                    keep_session)]
         return await self._write(op)
+
+    async def delete_account(self, phone: str) -> list[str] | None:
+        async def op(db: DB) -> list[str] | None | LastAdmin:
+            await self._lock_accounts(db)
+            if not await self._query(db, self.SQL.user_flags, phone):
+                return None
+            if await self._last_admin(db, phone):
+                return LastAdmin(f"{phone} is the last enabled admin; make another account admin first")
+            ended = [r[0] for r in await self._query(db, self.SQL.take_sessions, phone)]
+            await self._execute(db, self.SQL.delete_user, phone)
+            return ended
+        result = await self._write(op, deletes=True)
+        if isinstance(result, LastAdmin):
+            raise result
+        return result
+
+    async def create_invite(self, code: str, created_by: str | None, uses: int,
+                            expires_us: int) -> bool:
+        async def op(db: DB) -> bool:
+            now = now_micros()
+            await self._execute(db, self.SQL.drop_old_invites, now - INVITE_KEEP_US)
+            return await self._execute(db, self.SQL.create_invite, code, created_by, uses, now,
+                                       expires_us) == 1
+        return bool(await self._write(op))
+
+    async def invite(self, code: str) -> Invite | None:
+        rows = await self._fetch(self.SQL.invite, code)
+        return Invite(*rows[0]) if rows else None
+
+    async def invites(self, now_us: int) -> list[Invite]:
+        return [Invite(*r) for r in await self._fetch(self.SQL.invites, now_us)]
+
+    async def revoke_invite(self, code: str) -> bool:
+        async def op(db: DB) -> bool:
+            return await self._execute(db, self.SQL.revoke_invite, code) == 1
+        return bool(await self._write(op))
+
+    async def stats(self, max_age_seconds: int) -> Stats:
+        rows = await self._fetch(self.SQL.stats, now_micros() - max_age_seconds * 1_000_000)
+        users, devices, stored = rows[0]
+        return Stats(users, devices, stored, await self._database_bytes())
 
     async def get_user(self, phone: str) -> User | None:
         rows = await self._fetch(self.SQL.get_user, phone)

@@ -471,6 +471,14 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
     async def _execute_many(db: aiosqlite.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
         await db.executemany(sql, rows)
 
+    @staticmethod
+    async def _query(db: aiosqlite.Connection, sql: str, *args: Any) -> list[Any]:
+        return list(await db.execute_fetchall(sql, args))
+
+    async def _database_bytes(self) -> int:
+        rows = await self._fetch("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
+        return int(rows[0][0])
+
     # -- what SQLite says in its own SQL ------------------------------------------------------
 
     async def update_group(self, key: str, *, name: str | None = None, add: Sequence[str] = (),

@@ -25,6 +25,7 @@ from chatserver.stores.base import (
     CorruptDatabase,
     DialogueSide,
     IntegrityError,
+    LastAdmin,
     StoreClosed,
     StoredMessage,
     StoreError,
@@ -579,6 +580,230 @@ async def test_delete_user_cascades(store: AnyStore) -> None:
         # the phone is free again
         assert await store.add_user(A, "new a", b"h") is True
         assert await store.pending_for(A) == []
+
+
+# -- registration, administration, self service (SPEC 10) --------------------------------------
+
+DAY_US: Final = 86_400 * 1_000_000
+
+
+async def test_the_first_account_is_an_admin_and_the_next_are_not(place: Place) -> None:
+    store = await open_store(place)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            assert not await store.has_users()
+            # Whatever the mode, the first account is free (SPEC 10) and an admin.
+            first = await store.register_user(A, "a", b"h", mode="closed")
+            assert (first.outcome, first.admin) == ("created", True)
+            assert await store.has_users()
+            assert (await store.register_user(B, "b", b"h", mode="closed")).outcome == "closed"
+            assert (await store.register_user(B, "b", b"h", mode="invite")).outcome == "invite"
+            second = await store.register_user(B, "b", b"h", mode="open")
+            assert (second.outcome, second.admin) == ("created", False)
+            assert (await store.register_user(B, "b", b"h", mode="open")).outcome == "taken"
+            forced = await store.register_user(C, "c", b"h", mode="closed", admin=True)
+            assert forced.outcome == "closed"  # `admin` does not open a closed server
+            forced = await store.register_user(C, "c", b"h", mode="open", admin=True)
+            assert (forced.outcome, forced.admin) == ("created", True)
+            admins = {a.phone for a in await store.accounts(3600) if a.admin}
+            assert admins == {A, C}
+    finally:
+        await store.close()
+
+
+async def test_an_invite_is_used_up_expires_and_is_given_back_for_a_taken_phone(
+        store: AnyStore) -> None:
+    now = now_micros()
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.create_invite("two-uses", A, 2, now + DAY_US)
+        assert not await store.create_invite("two-uses", B, 5, now + DAY_US)  # the code exists
+        assert await store.create_invite("expired", A, 3, now - 1)
+        assert (await store.register_user("1000000009", "x", b"h", mode="invite",
+                                          invite="expired")).outcome == "invite"
+        assert (await store.register_user("1000000009", "x", b"h", mode="invite",
+                                          invite="unknown")).outcome == "invite"
+        assert (await store.register_user("1000000009", "x", b"h", mode="invite")).outcome == "invite"
+        # a taken phone takes no use
+        assert (await store.register_user(B, "x", b"h", mode="invite",
+                                          invite="two-uses")).outcome == "taken"
+        invite = await store.invite("two-uses")
+        assert invite is not None and (invite.uses, invite.uses_left, invite.created_by) == (2, 2, A)
+        for phone in ("1000000009", "1000000010"):
+            done = await store.register_user(phone, "x", b"h", mode="invite", invite="two-uses")
+            assert (done.outcome, done.admin) == ("created", False)
+        assert (await store.register_user("1000000011", "x", b"h", mode="invite",
+                                          invite="two-uses")).outcome == "invite"
+        assert not await store.user_exists("1000000011")
+        invite = await store.invite("two-uses")
+        assert invite is not None and invite.uses_left == 0
+        # an open server ignores the code and takes no use
+        assert await store.create_invite("spare", None, 1, now + DAY_US)
+        assert (await store.register_user("1000000012", "x", b"h", mode="open",
+                                          invite="spare")).outcome == "created"
+        spare = await store.invite("spare")
+        assert spare is not None and spare.uses_left == 1 and spare.created_by is None
+
+
+async def test_invites_lists_live_ones_and_revoke_deletes(store: AnyStore) -> None:
+    now = now_micros()
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.create_invite("live-1", A, 1, now + DAY_US)
+        assert await store.create_invite("live-2", B, 3, now + 2 * DAY_US)
+        assert await store.create_invite("expired", A, 1, now - 1)
+        assert await store.create_invite("used", A, 1, now + DAY_US)
+        assert (await store.register_user("1000000009", "x", b"h", mode="invite",
+                                          invite="used")).outcome == "created"
+        live = await store.invites(now_micros())
+        assert [i.code for i in live] == ["live-1", "live-2"]
+        assert (live[1].created_by, live[1].uses, live[1].uses_left) == (B, 3, 3)
+        assert live[1].expires_us == now + 2 * DAY_US
+        assert await store.revoke_invite("live-1")
+        assert not await store.revoke_invite("live-1")
+        assert await store.invite("live-1") is None
+        assert [i.code for i in await store.invites(now_micros())] == ["live-2"]
+        # the maker's account goes, the invite stays (made by nobody now)
+        assert await store.delete_user(B)
+        remaining = await store.invite("live-2")
+        assert remaining is not None and remaining.created_by is None
+
+
+async def test_invites_long_expired_are_dropped_when_one_is_made(store: AnyStore) -> None:
+    now = now_micros()
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.create_invite("ancient", A, 1, now - 31 * DAY_US)
+        assert await store.create_invite("recent", A, 1, now - DAY_US)
+        assert await store.create_invite("new", A, 1, now + DAY_US)
+        assert await store.invite("ancient") is None
+        assert await store.invite("recent") is not None
+
+
+async def test_disabling_ends_every_session_and_keeps_the_last_admin(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)
+        await store.add_session("b-2", B)
+        await store.add_session("c-1", C)
+        assert sorted(await store.set_account_flags(B, disabled=True) or []) == ["b-1", "b-2"]
+        assert await store.session_user("b-1", 3600) is None
+        assert await store.session_user("c-1", 3600) == C
+        account = await store.account(B, 3600)
+        assert account is not None and account.disabled and account.devices == 0
+        assert await store.set_account_flags(B, disabled=False) == []
+        account = await store.account(B, 3600)
+        assert account is not None and not account.disabled
+        assert await store.set_account_flags(NOT_A_USER, disabled=True) is None
+        # A (the first account) is the only admin: it can neither lose the flag nor be disabled
+        with pytest.raises(LastAdmin):
+            await store.set_account_flags(A, admin=False)
+        with pytest.raises(LastAdmin):
+            await store.set_account_flags(A, disabled=True)
+        with pytest.raises(LastAdmin):
+            await store.delete_account(A)
+        account = await store.account(A, 3600)
+        assert account is not None and account.admin and not account.disabled
+        # with a second admin it can
+        assert await store.set_account_flags(C, admin=True) == []
+        assert await store.set_account_flags(A, admin=False) == []
+        account = await store.account(A, 3600)
+        assert account is not None and not account.admin
+        # a disabled admin does not count as the other admin
+        assert await store.set_account_flags(A, admin=True, disabled=True) == []
+        with pytest.raises(LastAdmin):
+            await store.set_account_flags(C, admin=False)
+
+
+async def test_the_only_account_may_go_although_it_is_the_last_admin(place: Place) -> None:
+    store = await open_store(place)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await store.register_user(A, "a", b"h", mode="open")
+            await store.add_session("a-1", A)
+            assert await store.delete_account(A) == ["a-1"]
+            assert not await store.has_users()
+            assert await store.delete_account(A) is None
+    finally:
+        await store.close()
+
+
+async def test_change_password_keeps_one_session(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        for sid in ("a-1", "a-2", "a-3"):
+            await store.add_session(sid, A)
+        await store.add_session("b-1", B)
+        assert sorted(await store.change_password(A, b"new", "a-2") or []) == ["a-1", "a-3"]
+        user = await store.get_user(A)
+        assert user is not None and user.password_hash == b"new"
+        assert await store.session_user("a-2", 3600) == A
+        assert await store.session_user("a-1", 3600) is None
+        assert await store.session_user("b-1", 3600) == B
+        assert await store.change_password(A, b"newer", None) == ["a-2"]
+        assert await store.change_password(NOT_A_USER, b"x", None) is None
+
+
+async def test_accounts_count_devices_and_waiting_messages(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.add_personal(A, B, T1, "t1", "one")
+        assert await store.add_personal(C, B, T1, "t1", "two")
+        assert await store.create_group("grp0000001", "g", A, [B, C])
+        assert await store.add_group_message("grp0000001", A, T2, "t2", "three") == [B, C]
+        await store.add_session("b-1", B)
+        await store.add_session("b-2", B)
+        await store.set_last_seen(B, T3)
+        assert await store.update_profile(B, name="Bee", hide_presence=True)
+        assert not await store.update_profile(NOT_A_USER, name="x")
+        b = await store.account(B, 3600)
+        assert b is not None
+        assert (b.phone, b.name, b.admin, b.disabled, b.hide_presence) == (B, "Bee", False, False, True)
+        assert (b.devices, b.waiting, b.last_seen_us) == (2, 3, T3)
+        assert abs(b.created_us - now_micros()) < 60 * 1_000_000
+        assert await store.account(NOT_A_USER, 3600) is None
+        everyone = await store.accounts(3600)
+        assert [a.phone for a in everyone] == [A, B, C]
+        assert [(a.waiting, a.devices) for a in everyone] == [(0, 0), (3, 2), (1, 0)]
+        assert everyone[0].admin and everyone[0].last_seen_us is None
+        stats = await store.stats(3600)
+        assert (stats.users, stats.devices, stats.stored_messages) == (3, 2, 3)
+        assert stats.database_bytes > 0
+
+
+async def test_registrations_at_once_take_an_invite_once(store: AnyStore) -> None:
+    """One use, ten registrations in one batch or several: exactly one account."""
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.create_invite("once", A, 1, now_micros() + DAY_US)
+        phones = [f"10000001{i:02d}" for i in range(10)]
+        done = await asyncio.gather(*(store.register_user(p, "x", b"h", mode="invite", invite="once")
+                                      for p in phones))
+        assert sorted(d.outcome for d in done) == ["created"] + ["invite"] * 9
+        assert sum([await store.user_exists(p) for p in phones]) == 1
+
+
+async def test_pg_two_processes_cannot_both_be_first_or_both_take_the_last_use(pg_url: str) -> None:
+    """Two stores on one schema, as two server processes: the first account and an invite's
+    last use are each had by one registration only."""
+    stores = [await open_store(pg_url) for _ in range(2)]
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            done = await asyncio.gather(*(
+                s.register_user(f"100000010{i}", "x", b"h", mode="closed")
+                for i, s in enumerate(stores * 3)))
+            assert sorted(d.outcome for d in done) == ["closed"] * 5 + ["created"]
+            assert [d.admin for d in done if d.outcome == "created"] == [True]
+            assert await stores[0].create_invite("last", None, 1, now_micros() + DAY_US)
+            done = await asyncio.gather(*(
+                s.register_user(f"100000020{i}", "x", b"h", mode="invite", invite="last")
+                for i, s in enumerate(stores * 5)))
+            assert sorted(d.outcome for d in done) == ["created"] + ["invite"] * 9
+            # two admins revoking each other at once: one stays
+            first = next(a.phone for a in await stores[0].accounts(3600) if a.admin)
+            other = "1000000300"
+            await stores[0].register_user(other, "x", b"h", mode="open", admin=True)
+            results = await asyncio.gather(stores[0].set_account_flags(first, admin=False),
+                                           stores[1].set_account_flags(other, admin=False),
+                                           return_exceptions=True)
+            assert sorted(type(r).__name__ for r in results) == ["LastAdmin", "list"]
+            assert len([a for a in await stores[1].accounts(3600) if a.admin]) == 1
+    finally:
+        for s in stores:
+            await s.close()
 
 
 # -- corruption ---------------------------------------------------------------------------------
