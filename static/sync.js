@@ -23,6 +23,12 @@ const refused = new Set();       // conversations whose sockets are refused (lef
 const pendingConvs = new Set();  // conversations with own messages not yet stored by the server
 let pushes = Promise.resolve();  // frames are handled one at a time, in order
 let lastTypingSent = 0;
+// A message waiting longer than this (by this device's clock) and never sent goes out with a
+// new sent_timestamp: half of the server's default `security.timestamp_skew_seconds` (SPEC 10),
+// which leaves room for a device clock a few hours off.
+export const RESTAMP_AFTER_US = 12 * 3600 * 1_000_000;
+// The server's refusal of a sent_timestamp too far from its clock (chatserver/protocol.py).
+const SKEW_RE = /sent_timestamp .*away from the server's clock/i;
 let typingTimer = null;
 
 // -- start ----------------------------------------------------------------------------------
@@ -331,16 +337,48 @@ function flush(id) {
         break;
       }
       const sent = sentOn.get(id);
-      for (const msg of pending) {
-        if (!sent || sent.set.has(msg.us)) continue;
-        // Resent after a reconnect with its original sent_timestamp: the server stores it once.
-        if (link.trySend(outgoingFrame(msg))) {
-          sent.fifo.push(msg.us);
-          sent.set.add(msg.us);
+      const todo = sent ? pending.filter((m) => !sent.set.has(m.us)) : [];
+      if (!todo.length) continue;
+      const ready = await readyToSend(id, todo);
+      if (sentOn.get(id) !== sent || !link.isOpen) {
+        job.again = true; // the socket changed meanwhile: read the outbox again
+        continue;
+      }
+      for (const record of ready) {
+        if (sent.set.has(record.us)) continue;
+        // Resent after a reconnect with its sent_timestamp (unless re-stamped just now, never
+        // sent before): the server stores a retry once, and the recipient's device too.
+        if (link.trySend(outgoingFrame(record))) {
+          sent.fifo.push(record.us);
+          sent.set.add(record.us);
         }
       }
     } while (job.again);
   })().catch((e) => console.error(e)).finally(() => flushing.delete(id));
+}
+
+/**
+ * The messages `todo` of conversation `id`, marked as tried, those that were written long ago
+ * and never sent re-stamped (SPEC 10: the server refuses a sent_timestamp further than
+ * `security.timestamp_skew_seconds`, one day by default, from its clock). Re-stamped ones move
+ * to the end of the conversation, as the recipient will see them.
+ */
+async function readyToSend(id, todo) {
+  const {ready, conv} = await state.db.prepareSend(id, ME, todo.map((m) => m.us), {
+    nowUs: Date.now() * 1000, staleUs: RESTAMP_AFTER_US, stamp: () => newStamp(ME)});
+  if (conv) afterRestamp(conv, ready.filter((r) => r.old));
+  return ready.map((r) => r.record);
+}
+
+/** Own messages got a new sent_timestamp: the views move them, the other tabs follow. */
+function afterRestamp(conv, moved) {
+  merge(conv);
+  notify(conv.id);
+  for (const {record, old} of moved) {
+    emit("removed", old);
+    emit("outgoing", record);
+  }
+  emit("list");
 }
 
 async function flushAll() {
@@ -398,7 +436,16 @@ async function onLinkError(id, f) {
     return;
   }
   sent.set.delete(us); // a retry sends it again on this socket
-  const msg = await state.db.setState(id, ME, us, "failed", {error: f.message});
+  let error = f.message;
+  if (SKEW_RE.test(f.message)) {
+    // Refused for its sent_timestamp, nothing stored. A recent one (by this device's clock):
+    // the clock is wrong. An old one was kept on purpose, for it may have reached the server
+    // before (a lost msg_sent): only the person can decide to send it again as a new message.
+    error = Math.abs(Date.now() * 1000 - us) > RESTAMP_AFTER_US
+      ? "too old to send with its time; Retry sends it as new (it may have arrived before)"
+      : "this device's clock is wrong: set it right, then Retry";
+  }
+  const msg = await state.db.setState(id, ME, us, "failed", {error});
   if (msg) changed(msg);
   flushDone(id);
 }
@@ -607,10 +654,16 @@ export async function send(id, body) {
   flush(id);
 }
 
-/** Send a failed message again, with its sent_timestamp. */
+/** Send a failed message again: with its sent_timestamp, or a new one when that is too old. */
 export async function retry(msg) {
-  const again = await state.db.setState(msg.conv, ME, msg.us, "pending", {error: null});
-  if (again) changed(again);
+  if (Math.abs(Date.now() * 1000 - msg.us) > RESTAMP_AFTER_US) {
+    const moved = await state.db.restamp(msg.conv, ME, msg.us, () => newStamp(ME));
+    if (!moved) return;
+    afterRestamp(moved.conv, [moved]);
+  } else {
+    const again = await state.db.setState(msg.conv, ME, msg.us, "pending", {error: null});
+    if (again) changed(again);
+  }
   pendingConvs.add(msg.conv);
   flush(msg.conv);
 }

@@ -40,7 +40,7 @@ export function bubble(msg, prev, conv) {
   box.append(el("p", {class: "body", text: msg.body}));
   const meta = el("span", {class: "meta"},
                   el("time", {text: ageLabel(msg.us), data: {us: String(msg.us)},
-                              attrs: {title: fullLabel(msg.us), datetime: new Date(msg.us / 1000).toISOString()}}));
+                              attrs: {title: timeTitle(msg), datetime: new Date(msg.us / 1000).toISOString()}}));
   if (mine && conv.kind !== "room") {
     const shown = shownState(msg, conv);
     li.dataset.state = shown.state;
@@ -67,6 +67,12 @@ export function bubble(msg, prev, conv) {
                     on: {click: () => discard(msg)}})));
   }
   return li;
+}
+
+/** The full time; for a message sent long after it was written (re-stamped), both. */
+function timeTitle(msg) {
+  if (!msg.writtenUs || msg.writtenUs === msg.us) return fullLabel(msg.us);
+  return `Sent ${fullLabel(msg.us)} (written ${fullLabel(msg.writtenUs)})`;
 }
 
 function hueOf(text) {
