@@ -56,6 +56,18 @@ export class LocalDb {
     return new LocalDb(idb);
   }
 
+  /** Close and delete this history (the account was deleted); other tabs close theirs on
+   *  `versionchange`. Resolves once deleted, or after 3 s when a tab holds it open. */
+  async destroy() {
+    const name = this.idb.name;
+    this.idb.close();
+    await new Promise((resolve) => {
+      const req = indexedDB.deleteDatabase(name);
+      req.onsuccess = req.onerror = () => resolve();
+      setTimeout(resolve, 3000);
+    });
+  }
+
   /** Run `fn(stores)` in one transaction; resolves with its result once committed. */
   async tx(names, mode, fn) {
     const t = this.idb.transaction(names, mode, {durability: "strict"});

@@ -6,7 +6,8 @@
 import {LocalDb} from "./db.js";
 import {Link, api, paths} from "./net.js";
 import {
-  ME, emit, groupSender, merge, notify, saveConv, state, viewing,
+  ME, MY_NAME, PHONE_RE, emit, groupSender, merge, nameOf, notify, saveConv, setMyName, state, titleOf,
+  viewing,
 } from "./state.js";
 import {newStamp, parseTs} from "./time.js";
 
@@ -28,6 +29,7 @@ let lastTypingSent = 0;
 // which leaves room for a device clock a few hours off.
 export const RESTAMP_AFTER_US = 12 * 3600 * 1_000_000;
 // The server's refusal of a sent_timestamp too far from its clock (chatserver/protocol.py).
+const GROUP_KEY_RE = /^[A-Za-z0-9]{10}$/;
 const SKEW_RE = /sent_timestamp .*away from the server's clock/i;
 let typingTimer = null;
 
@@ -123,6 +125,7 @@ async function onPush(f) {
     case "msg_read": return onRead(f);
     case "is_typing": return onTyping(f);
     case "presence": return onPresence(f);
+    case "group_added": return onGroupAdded(f);
     case "error": console.warn("server:", f.message); return undefined;
     default: return undefined;
   }
@@ -263,6 +266,21 @@ function onPresence(f) {
   emit("list");
   emit("header", `p:${f.msg_from}`);
   emit("contacts");
+}
+
+/**
+ * Someone put me in a group (SPEC 10: announced, not silent): {"command": "group_added",
+ * "msg_from": CREATOR, "msg_to": ME, "message": GROUP_KEY}. The group joins the list (from
+ * /chat/info), its members' names come with it, and a notice says who added me where.
+ */
+async function onGroupAdded(f) {
+  const key = f.message;
+  if (typeof key !== "string" || !GROUP_KEY_RE.test(key) || !PHONE_RE.test(String(f.msg_from))) return;
+  await refreshInfo();
+  await refreshGroup(key);
+  const conv = state.convs.get(`g:${key}`);
+  if (!conv || conv.note) return; // gone again (removed, or the group deleted) before we looked
+  emit("notice", `${nameOf(f.msg_from)} added you to ${titleOf(conv)}`);
 }
 
 // -- send sockets and the outbox ------------------------------------------------------------
@@ -585,8 +603,38 @@ export async function refreshInfo() {
   }
   state.rooms = info.rooms || [];
   for (const c of info.contacts || []) state.contacts.set(c.phone, c);
+  setAccountInfo(info);
   emit("list");
   emit("header", null);
+}
+
+/**
+ * What the server says of my account ({name?, admin?, hide_presence?}, from /chat/info or
+ * PATCH /chat/account, SPEC 10): kept in the state, announced with "account" when it changed.
+ */
+export function setAccountInfo(info) {
+  let changed = false;
+  if (typeof info.name === "string" && info.name !== MY_NAME) {
+    setMyName(info.name);
+    changed = true;
+  }
+  if (typeof info.admin === "boolean" && info.admin !== state.admin) {
+    state.admin = info.admin;
+    changed = true;
+  }
+  if (typeof info.hide_presence === "boolean" && info.hide_presence !== state.hidePresence) {
+    state.hidePresence = info.hide_presence;
+    changed = true;
+  }
+  if (changed) emit("account");
+}
+
+/** The account is gone (deleted): close the sockets and forget its history on this device. */
+export async function forget() {
+  receive?.stop();
+  for (const link of links.values()) link.stop();
+  await state.db?.destroy();
+  try { localStorage.removeItem(`chat.lastStamp.${ME}`); } catch { /* storage disabled */ }
 }
 
 let infoTimer = null;
