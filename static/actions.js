@@ -3,7 +3,7 @@
 // function resolves with what the view needs next (a conversation to open, or whether it worked).
 
 import {api} from "./net.js";
-import {ME, PHONE_RE, emit, notify, saveConv} from "./state.js";
+import {ME, PHONE_RE, emit, notify, saveConv, state} from "./state.js";
 import * as sync from "./sync.js";
 
 const NOT_A_PHONE = "A phone number is 10 to 15 digits";
@@ -141,7 +141,7 @@ export async function unblock(phone) {
 
 async function account(method, path, body) {
   const r = await api(method, path, body);
-  if (r.status === 401) emit("logged-out");
+  if (r.status === 401 && !state.leaving) emit("logged-out");
   return {...r, error: r.ok ? null : r.data.error};
 }
 
@@ -160,8 +160,12 @@ export function changePassword(current, next) {
 
 /** Delete my account (as `run.py deluser`), then forget this device's history. */
 export async function deleteAccount(password) {
+  // The server ends the sessions at once: the sockets may close before the answer comes, and
+  // the history must be forgotten before the page leaves for /login.
+  state.leaving = true;
   const r = await account("DELETE", "/chat/account", {password});
   if (r.ok) await sync.forget();
+  else state.leaving = false;
   return r;
 }
 

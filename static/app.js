@@ -64,7 +64,7 @@ function bind() {
   mountAdmin();
   on("account", showMe);
   on("notice", toast);
-  on("logged-out", () => location.assign("/login"));
+  on("logged-out", () => { if (!state.leaving) location.assign("/login"); });
   window.addEventListener("popstate", () => route(false));
   setVisible(document.visibilityState === "visible");
   document.addEventListener("visibilitychange", () => {

@@ -24,6 +24,7 @@ export const state = {
   online: false,        // the receive socket is open
   admin: false,         // this account administers the server (/chat/info "admin", SPEC 10)
   hidePresence: null,   // the account hides its presence (SPEC 10); null: not known yet
+  leaving: false,       // the account is being deleted: its end is not a "logged-out"
 };
 
 /**

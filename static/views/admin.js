@@ -63,11 +63,16 @@ function toUs(value) {
   return parseTs(String(value).replace(/([+-]00:?00|UTC)$/, "").trim());
 }
 
-/** A <time> for a server time; `none` when there is none. */
-function when(value, none) {
+const DATE_TIME = new Intl.DateTimeFormat("en-GB", {day: "numeric", month: "short", year: "numeric",
+                                                    hour: "2-digit", minute: "2-digit"});
+
+/** A <time> for a server time, by its age ("14:05", "Tue") or with `exact` its date and time
+ *  (creation, expiry: an expiry is in the future); `none` when there is none. */
+function when(value, none, exact = false) {
   const us = value === null || value === undefined || value === "" ? NaN : toUs(value);
   if (Number.isNaN(us)) return el("span", {class: "muted", text: value ? String(value) : none});
-  return el("time", {text: ageLabel(us), data: {us: String(us)},
+  const text = exact ? DATE_TIME.format(us / 1000) : ageLabel(us);
+  return el("time", {text, data: exact ? {} : {us: String(us)},
                      attrs: {datetime: new Date(us / 1000).toISOString(), title: fullLabel(us)}});
 }
 
@@ -130,7 +135,7 @@ function renderUsers() {
       cell("Phone", el("span", {text: u.phone})),
       cell("Admin", yesNo(u.admin)),
       cell("Disabled", yesNo(u.disabled)),
-      cell("Created", when(u.created, "—")),
+      cell("Created", when(u.created, "—", true)),
       cell("Last seen", when(u.last_seen, "never")),
       cell("Devices", el("span", {text: String(u.devices ?? 0)})),
       cell("Waiting", el("span", {text: String(u.waiting ?? 0)})),
@@ -156,8 +161,8 @@ async function setUser(user, change) {
 async function deleteUser(user) {
   const ok = await confirmStep({
     title: `Delete ${user.name || user.phone}?`,
-    text: `The account ${user.phone}, its contacts, groups it alone administers and the messages ` +
-          "waiting for it are deleted for good, and its devices are logged out.",
+    text: `The account ${user.phone}, its contacts and the messages waiting for it are deleted ` +
+          "for good, and its devices are logged out.",
     ok: "Delete account",
   });
   if (!ok) {
@@ -184,7 +189,7 @@ async function loadInvites() {
          el("span", {class: "invite-url", text: inv.url || inv.code}),
          el("span", {class: "muted"},
             el("span", {text: `${left} of ${inv.uses} use${inv.uses === 1 ? "" : "s"} left · expires `}),
-            when(inv.expires, "never"),
+            when(inv.expires, "never", true),
             el("span", {text: inv.created_by ? ` · by ${inv.created_by}` : ""}))),
       el("button", {class: "btn", text: "Copy link",
                     attrs: {type: "button", "aria-label": `Copy the link of invite ${inv.code}`},
