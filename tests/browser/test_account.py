@@ -19,7 +19,7 @@ from helpers.accounts import PASSWORD
 from helpers.server import ServerProcess
 
 from .conftest import User, UserFactory, screenshot
-from .test_client import A, B, C, row
+from .test_client import A, B, C, open_dialogue, row
 
 NEW_PASSWORD = "a much longer passphrase 42"
 HOSTILE = '<img src=x onerror="window.pwned = 1">Bob & "co"'
@@ -232,7 +232,7 @@ async def test_delete_account_needs_the_password_and_forgets_the_device(
     bob = await invited(people, live, alice, B, "Bob")
     pb = await bob.page()
     # Something in the history on this device.
-    await json_request(bob.context, "POST", live.url("/chat/special/personal"), {"msg_to": A})
+    await open_dialogue(pb, A)
     await expect(row(pb, "Alice")).to_be_visible()
 
     await open_profile(pb)
@@ -262,7 +262,8 @@ def user_row(page: Page, phone: str):
     return page.locator(f"#admin-users-body tr[data-phone='{phone}']")
 
 
-async def test_admin_invites_someone_and_manages_the_accounts(people: UserFactory, live: ServerProcess) -> None:
+async def test_admin_invites_someone_and_manages_the_accounts(people: UserFactory,
+                                                              live: ServerProcess) -> None:
     alice = await people(A, "Alice")  # the first account: an admin
     await alice.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.base)
     pa = await alice.page()

@@ -16,7 +16,7 @@ from playwright.async_api import expect
 from helpers.server import ServerProcess
 
 from .conftest import UserFactory
-from .test_client import A, B, RECONNECT_MS, mine, open_dialogue, send, theirs
+from .test_client import RECONNECT_MS, A, B, mine, open_dialogue, send, theirs
 
 HOUR_US = 3600 * 1_000_000
 
