@@ -48,6 +48,7 @@ async function saveName(ev) {
   const input = $("profile-name");
   const name = input.value.trim();
   $("name-status").textContent = "";
+  showError($("name-error"), "");
   if (!name) return;
   const r = await updateAccount({name});
   invalid(input, !r.ok);
@@ -64,6 +65,7 @@ async function savePresence() {
   const box = $("hide-presence");
   const wanted = box.checked;
   $("presence-status").textContent = "";
+  showError($("presence-error"), "");
   box.disabled = true;
   const r = await updateAccount({hide_presence: wanted});
   box.disabled = false;
@@ -87,6 +89,7 @@ async function savePassword(ev) {
   const next = $("pw-new");
   const repeat = $("pw-repeat");
   $("password-status").textContent = "";
+  showError($("password-error"), "");
   for (const input of [current, next, repeat]) invalid(input, false);
   let problem = null;
   let field = null;
@@ -132,6 +135,7 @@ async function removeAccount(ev) {
   ev.preventDefault();
   const password = $("delete-password");
   const submit = $("delete-form").querySelector("button[type=submit]");
+  showError($("delete-error"), "");
   submit.disabled = true;
   const r = await deleteAccount(password.value);
   submit.disabled = false;
