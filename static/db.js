@@ -7,6 +7,7 @@
 //           `state` (own messages only): pending -> sent -> received -> read, or failed.
 //           `tried` (own): a frame with this `ts` may have reached the server (set before sending).
 //           `writtenUs` (own, re-stamped): when it was written, before it got a new `ts`.
+//           `expired` (own): the server deleted it undelivered (SPEC 10, msg_expired).
 // convs:    one record per conversation, id "p:<phone>", "g:<key>" or "r:<room>".
 //           {id, kind, ref, title, lastUs, lastText, lastFrom, unread, readUs, ...}
 //
@@ -245,12 +246,34 @@ export class LocalDb {
       record.state = "pending";
       delete record.error;
       delete record.tried;
+      delete record.expired;
       messages.delete(msg.id);
       messages.put(record);
       const c = (await done(convs.get(conv))) || newConv(conv);
       bumpLast(c, record);
       convs.put(c);
       return {record, old: msg, conv: c};
+    });
+  }
+
+  /**
+   * The server deleted own message `us` of `conv` undelivered (SPEC 10 `msg_expired`). In a
+   * dialogue it was not delivered at all: "failed", with `error`, unless a receipt says it
+   * arrived. In a group it missed some members (which, the push does not say): `expired` only.
+   * Resolves with the record, or null when there is none or nothing changed.
+   */
+  async markExpired(conv, from, us, error) {
+    return this.tx(["messages"], "readwrite", async ({messages}) => {
+      const msg = await done(messages.get(messageId(conv, from, us)));
+      if (!msg || !msg.mine || msg.expired) return null;
+      if (conv[0] === "p") {
+        if (RANK[msg.state] >= RANK.received) return null;
+        msg.state = "failed";
+        msg.error = error;
+      }
+      msg.expired = 1;
+      messages.put(msg);
+      return msg;
     });
   }
 

@@ -30,6 +30,7 @@ let lastTypingSent = 0;
 export const RESTAMP_AFTER_US = 12 * 3600 * 1_000_000;
 // The server's refusal of a sent_timestamp too far from its clock (chatserver/protocol.py).
 const GROUP_KEY_RE = /^[A-Za-z0-9]{10}$/;
+const EXPIRED_TEXT = "it waited too long on the server and was deleted there";
 const SKEW_RE = /sent_timestamp .*away from the server's clock/i;
 let typingTimer = null;
 
@@ -126,6 +127,7 @@ async function onPush(f) {
     case "is_typing": return onTyping(f);
     case "presence": return onPresence(f);
     case "group_added": return onGroupAdded(f);
+    case "msg_expired": return onExpired(f);
     case "error": console.warn("server:", f.message); return undefined;
     default: return undefined;
   }
@@ -281,6 +283,22 @@ async function onGroupAdded(f) {
   const conv = state.convs.get(`g:${key}`);
   if (!conv || conv.note) return; // gone again (removed, or the group deleted) before we looked
   emit("notice", `${nameOf(f.msg_from)} added you to ${titleOf(conv)}`);
+}
+
+/**
+ * An own message waited too long on the server and was deleted there (SPEC 10,
+ * `retention.undelivered_days`): {"command": "msg_expired", "message": its sent_timestamp,
+ * "msg_from": ME, "msg_to": the recipient or the group key}. Its bubble says so; in a dialogue,
+ * Retry sends it again as a new message.
+ */
+async function onExpired(f) {
+  const us = parseTs(f.message);
+  const to = String(f.msg_to);
+  if (Number.isNaN(us) || f.msg_from !== ME) return;
+  const id = PHONE_RE.test(to) ? `p:${to}` : GROUP_KEY_RE.test(to) ? `g:${to}` : null;
+  if (!id) return;
+  const msg = await state.db.markExpired(id, ME, us, EXPIRED_TEXT);
+  if (msg) changed(msg);
 }
 
 // -- send sockets and the outbox ------------------------------------------------------------
@@ -709,7 +727,7 @@ export async function retry(msg) {
     if (!moved) return;
     afterRestamp(moved.conv, [moved]);
   } else {
-    const again = await state.db.setState(msg.conv, ME, msg.us, "pending", {error: null});
+    const again = await state.db.setState(msg.conv, ME, msg.us, "pending", {error: null, expired: 0});
     if (again) changed(again);
   }
   pendingConvs.add(msg.conv);

@@ -58,9 +58,13 @@ export function bubble(msg, prev, conv) {
   }
   box.append(meta);
   li.append(box);
+  if (mine && msg.expired && msg.state !== "failed") {
+    li.append(el("div", {class: "failed-note"},
+      el("span", {text: "Not delivered to everyone: it waited too long on the server."})));
+  }
   if (mine && msg.state === "failed") {
     li.append(el("div", {class: "failed-note"},
-      el("span", {text: `Not sent: ${msg.error || "refused"}`}),
+      el("span", {text: `${msg.expired ? "Not delivered" : "Not sent"}: ${msg.error || "refused"}`}),
       el("button", {class: "link-btn", text: "Retry", attrs: {type: "button"},
                     on: {click: () => retry(msg)}}),
       el("button", {class: "link-btn", text: "Delete", attrs: {type: "button"},
@@ -81,5 +85,5 @@ function hueOf(text) {
 
 /** What a bubble's looks depend on, besides the conversation: reuse it while this is the same. */
 export function bubbleKey(msg, prev) {
-  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}`;
+  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}|${msg.expired ? 1 : 0}`;
 }
