@@ -192,7 +192,7 @@ async function loadInvites() {
             when(inv.expires, "never", true),
             el("span", {text: inv.created_by ? ` · by ${inv.created_by}` : ""}))),
       el("button", {class: "btn", text: "Copy link",
-                    attrs: {type: "button", "aria-label": `Copy the link of invite ${inv.code}`},
+                    attrs: {type: "button", "aria-label": `Copy link of invite ${inv.code}`},
                     on: {click: (ev) => copy(inv.url, ev.currentTarget)}}),
       el("button", {class: "btn danger", text: "Revoke",
                     attrs: {type: "button", "aria-label": `Revoke invite ${inv.code}`},

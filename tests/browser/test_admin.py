@@ -65,7 +65,7 @@ async def test_admin_invites_someone_and_manages_the_accounts(people: UserFactor
     url = await link.input_value()
     await expect(pa.locator("#admin-invites li")).to_have_count(1)
     await expect(pa.locator("#admin-invites li")).to_contain_text("2 of 2 uses left")
-    await pa.locator("#admin-invites").get_by_role("button", name=re.compile("^Copy the link")).click()
+    await pa.locator("#admin-invites").get_by_role("button", name=re.compile("^Copy link of invite")).click()
     await expect(pa.locator("#invite-status")).to_have_text("Link copied.")
     assert await pa.evaluate("navigator.clipboard.readText()") == url
 
