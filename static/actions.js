@@ -3,7 +3,7 @@
 // function resolves with what the view needs next (a conversation to open, or whether it worked).
 
 import {api} from "./net.js";
-import {ME, PHONE_RE, emit, notify, saveConv} from "./state.js";
+import {ME, PHONE_RE, emit, notify, saveConv, state} from "./state.js";
 import * as sync from "./sync.js";
 
 const NOT_A_PHONE = "A phone number is 10 to 15 digits";
@@ -134,3 +134,56 @@ export async function unblock(phone) {
   emit("note", null);
   return undefined;
 }
+
+// -- my account (SPEC 10) -------------------------------------------------------------------
+// These resolve with {ok, status, data, error}: the forms show the server's reason next to
+// the field (not as a notice). A 401 means the session is gone: "logged-out".
+
+async function account(method, path, body) {
+  const r = await api(method, path, body);
+  if (r.status === 401 && !state.leaving) emit("logged-out");
+  return {...r, error: r.ok ? null : r.data.error};
+}
+
+/** Change my name and/or whether my presence is hidden ({name?, hide_presence?}). */
+export async function updateAccount(change) {
+  const r = await account("PATCH", "/chat/account", change);
+  if (r.ok) sync.setAccountInfo(r.data);
+  return r;
+}
+
+/** Change my password: 403 when `current` is wrong, 400 with the reason when `next` is weak,
+ *  429 after too many attempts. The server ends my other devices' sessions. */
+export function changePassword(current, next) {
+  return account("POST", "/chat/account/password", {current, new: next});
+}
+
+/** Delete my account (as `run.py deluser`), then forget this device's history. */
+export async function deleteAccount(password) {
+  // The server ends the sessions at once: the sockets may close before the answer comes, and
+  // the history must be forgotten before the page leaves for /login.
+  state.leaving = true;
+  const r = await account("DELETE", "/chat/account", {password});
+  if (r.ok) await sync.forget();
+  else state.leaving = false;
+  return r;
+}
+
+// -- administration (SPEC 10; admins only, anyone else gets 403) ------------------------------
+
+const q = encodeURIComponent;
+
+export const admin = {
+  /** {users: [{phone, name, admin, disabled, created, last_seen, devices, waiting}]} */
+  users: () => account("GET", "/chat/admin/users"),
+  /** `change`: {disabled: bool} and/or {admin: bool}. */
+  setUser: (phone, change) => account("PATCH", `/chat/admin/users?phone=${q(phone)}`, change),
+  deleteUser: (phone) => account("DELETE", `/chat/admin/users?phone=${q(phone)}`),
+  /** {invites: [{code, url, uses, uses_left, expires, created_by}]} */
+  invites: () => account("GET", "/chat/admin/invites"),
+  /** 201 {code, url, uses, expires} */
+  createInvite: (uses, days) => account("POST", "/chat/admin/invites", {uses, days}),
+  revokeInvite: (code) => account("DELETE", `/chat/admin/invites?code=${q(code)}`),
+  /** {users, devices, sockets, stored_messages, attachment_bytes, database_bytes} */
+  stats: () => account("GET", "/chat/admin/stats"),
+};

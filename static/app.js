@@ -3,10 +3,12 @@
 // How the modules fit and the flows they follow: docs/client.md.
 
 import {joinRoomFromUrl} from "./actions.js";
-import {ME, MY_NAME, on, setAccount, setVisible, state} from "./state.js";
+import {ME, MY_NAME, emit, on, setAccount, setVisible, state} from "./state.js";
 import * as sync from "./sync.js";
 import {ageLabel} from "./time.js";
 import {avatar, hydrateIcons, toast} from "./ui.js";
+import {mount as mountAccount} from "./views/account.js";
+import {mount as mountAdmin} from "./views/admin.js";
 import {closeConv, markRead, mount as mountConversation, openConv, renderHeader}
   from "./views/conversation.js";
 import {mount as mountDialogs} from "./views/dialogs.js";
@@ -41,15 +43,28 @@ async function openRoomFromUrl(name) {
   return id ? openConv(id, {push: false}) : undefined;
 }
 
+/** My name and avatar in the sidebar's head (they follow a change of name). */
+function showMe() {
+  document.getElementById("me-name").textContent = MY_NAME;
+  const av = avatar(MY_NAME, `p:${ME}`);
+  av.id = "me-avatar";
+  document.getElementById("me-avatar").replaceWith(av);
+  emit("list");
+  emit("header", null);
+}
+
 function bind() {
   hydrateIcons();
-  document.getElementById("me-avatar").replaceWith(avatar(MY_NAME, `p:${ME}`));
+  showMe();
   mountOffline();
   mountList();
   mountConversation();
   mountDialogs();
+  mountAccount();
+  mountAdmin();
+  on("account", showMe);
   on("notice", toast);
-  on("logged-out", () => location.assign("/login"));
+  on("logged-out", () => { if (!state.leaving) location.assign("/login"); });
   window.addEventListener("popstate", () => route(false));
   setVisible(document.visibilityState === "visible");
   document.addEventListener("visibilitychange", () => {

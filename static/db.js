@@ -3,8 +3,11 @@
 // messages: one record per message, id "<conv> <from> <us>" — the protocol's identity
 //           (conversation, sender, instant to the microsecond), so a message fetched again after a
 //           lost acknowledgement, or stored by a second tab, is stored once.
-//           {id, conv, from, us, ts, body, mine, state?, rcv?, error?}
+//           {id, conv, from, us, ts, body, mine, state?, rcv?, error?, tried?, writtenUs?}
 //           `state` (own messages only): pending -> sent -> received -> read, or failed.
+//           `tried` (own): a frame with this `ts` may have reached the server (set before sending).
+//           `writtenUs` (own, re-stamped): when it was written, before it got a new `ts`.
+//           `expired` (own): the server deleted it undelivered (SPEC 10, msg_expired).
 // convs:    one record per conversation, id "p:<phone>", "g:<key>" or "r:<room>".
 //           {id, kind, ref, title, lastUs, lastText, lastFrom, unread, readUs, ...}
 //
@@ -52,6 +55,18 @@ export class LocalDb {
     // Another tab upgraded the schema: let it, and reload this one on its next start.
     idb.onversionchange = () => idb.close();
     return new LocalDb(idb);
+  }
+
+  /** Close and delete this history (the account was deleted); other tabs close theirs on
+   *  `versionchange`. Resolves once deleted, or after 3 s when a tab holds it open. */
+  async destroy() {
+    const name = this.idb.name;
+    this.idb.close();
+    await new Promise((resolve) => {
+      const req = indexedDB.deleteDatabase(name);
+      req.onsuccess = req.onerror = () => resolve();
+      setTimeout(resolve, 3000);
+    });
   }
 
   /** Run `fn(stores)` in one transaction; resolves with its result once committed. */
@@ -178,6 +193,90 @@ export class LocalDb {
     });
   }
 
+  /**
+   * Ready the pending own messages `usList` of `conv` for sending, in one transaction (so that
+   * two tabs never both re-stamp one message): each is marked `tried` before its frame leaves.
+   * One never tried whose `ts` is further than `staleUs` from `nowUs` (the server refuses a
+   * sent_timestamp far from its clock, SPEC 10) gets a new identity from `stamp()` -> {us, ts},
+   * and so does every later never-tried one, which keeps their order. A message no longer
+   * pending (sent meanwhile, or re-stamped by another tab) is left out: it is never sent again.
+   * Resolves {ready: [{record, old?}], conv?}: `old` is the record a re-stamped one replaced;
+   * `conv` the conversation when its last message changed.
+   */
+  async prepareSend(conv, from, usList, {nowUs, staleUs, stamp}) {
+    return this.tx(["messages", "convs"], "readwrite", async ({messages, convs}) => {
+      const ready = [];
+      let restamping = false;
+      for (const us of [...usList].sort((a, b) => a - b)) {
+        const msg = await done(messages.get(messageId(conv, from, us)));
+        if (!msg || !msg.mine || msg.state !== "pending") continue;
+        if (!msg.tried && (restamping || Math.abs(nowUs - msg.us) > staleUs)) {
+          restamping = true;
+          const record = restamped(msg, stamp());
+          record.tried = 1;
+          messages.delete(msg.id);
+          messages.put(record);
+          ready.push({record, old: msg});
+        } else {
+          if (!msg.tried) {
+            msg.tried = 1;
+            messages.put(msg);
+          }
+          ready.push({record: msg});
+        }
+      }
+      if (!restamping) return {ready};
+      const c = (await done(convs.get(conv))) || newConv(conv);
+      for (const {record} of ready) bumpLast(c, record);
+      convs.put(c);
+      return {ready, conv: c};
+    });
+  }
+
+  /**
+   * Give own message `us` of `conv` a new identity from `stamp()` (a person's Retry of a message
+   * the server refuses for its old sent_timestamp) and make it pending, never tried. Resolves
+   * {record, old, conv}, or null when the message is gone or the server has it (state sent or later).
+   */
+  async restamp(conv, from, us, stamp) {
+    return this.tx(["messages", "convs"], "readwrite", async ({messages, convs}) => {
+      const msg = await done(messages.get(messageId(conv, from, us)));
+      if (!msg || !msg.mine || RANK[msg.state] > 0) return null;
+      const record = restamped(msg, stamp());
+      record.state = "pending";
+      delete record.error;
+      delete record.tried;
+      delete record.expired;
+      messages.delete(msg.id);
+      messages.put(record);
+      const c = (await done(convs.get(conv))) || newConv(conv);
+      bumpLast(c, record);
+      convs.put(c);
+      return {record, old: msg, conv: c};
+    });
+  }
+
+  /**
+   * The server deleted own message `us` of `conv` undelivered (SPEC 10 `msg_expired`). In a
+   * dialogue it was not delivered at all: "failed", with `error`, unless a receipt says it
+   * arrived. In a group it missed some members (which, the push does not say): `expired` only.
+   * Resolves with the record, or null when there is none or nothing changed.
+   */
+  async markExpired(conv, from, us, error) {
+    return this.tx(["messages"], "readwrite", async ({messages}) => {
+      const msg = await done(messages.get(messageId(conv, from, us)));
+      if (!msg || !msg.mine || msg.expired) return null;
+      if (conv[0] === "p") {
+        if (RANK[msg.state] >= RANK.received) return null;
+        msg.state = "failed";
+        msg.error = error;
+      }
+      msg.expired = 1;
+      messages.put(msg);
+      return msg;
+    });
+  }
+
   /** A group participant has this own message: add them to its `rcv` list. */
   async addReceipt(conv, from, us, phone) {
     return this.tx(["messages"], "readwrite", async ({messages}) => {
@@ -235,6 +334,11 @@ export class LocalDb {
     return this.tx(["messages"], "readwrite",
                    ({messages}) => done(messages.delete(messageId(conv, from, us))));
   }
+}
+
+/** `msg` under a new sent_timestamp {us, ts}: a new record id, the first writing time kept. */
+function restamped(msg, {us, ts}) {
+  return {...msg, us, ts, id: messageId(msg.conv, msg.from, us), writtenUs: msg.writtenUs ?? msg.us};
 }
 
 function bumpLast(conv, msg) {

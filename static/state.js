@@ -22,6 +22,9 @@ export const state = {
   visible: true,        // the page is on screen (document.visibilityState, kept by app.js)
   typing: new Map(),    // conversation id -> {who, timer}
   online: false,        // the receive socket is open
+  admin: false,         // this account administers the server (/chat/info "admin", SPEC 10)
+  hidePresence: null,   // the account hides its presence (SPEC 10); null: not known yet
+  leaving: false,       // the account is being deleted: its end is not a "logged-out"
 };
 
 /**
@@ -38,6 +41,7 @@ export const state = {
  * - "contacts": contacts, blocks or presence changed;
  * - "online" (bool): the receive socket opened or closed;
  * - "notice" (text): something to tell the person (a refusal from the server);
+ * - "account": my name, admin flag or presence setting changed;
  * - "logged-out": the session is gone.
  */
 const listeners = new Map();
@@ -58,6 +62,11 @@ export function setAccount(phone, name) {
   ME = phone;
   MY_NAME = name;
   startChannel();
+}
+
+/** My registered name changed (here or on another device). */
+export function setMyName(name) {
+  MY_NAME = name;
 }
 
 /** The conversation `id` is on screen and the page is visible: its messages are being read. */

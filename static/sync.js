@@ -6,7 +6,8 @@
 import {LocalDb} from "./db.js";
 import {Link, api, paths} from "./net.js";
 import {
-  ME, emit, groupSender, merge, notify, saveConv, state, viewing,
+  ME, MY_NAME, PHONE_RE, emit, groupSender, merge, nameOf, notify, saveConv, setMyName, state, titleOf,
+  viewing,
 } from "./state.js";
 import {newStamp, parseTs} from "./time.js";
 
@@ -23,6 +24,14 @@ const refused = new Set();       // conversations whose sockets are refused (lef
 const pendingConvs = new Set();  // conversations with own messages not yet stored by the server
 let pushes = Promise.resolve();  // frames are handled one at a time, in order
 let lastTypingSent = 0;
+// A message waiting longer than this (by this device's clock) and never sent goes out with a
+// new sent_timestamp: half of the server's default `security.timestamp_skew_seconds` (SPEC 10),
+// which leaves room for a device clock a few hours off.
+export const RESTAMP_AFTER_US = 12 * 3600 * 1_000_000;
+// The server's refusal of a sent_timestamp too far from its clock (chatserver/protocol.py).
+const GROUP_KEY_RE = /^[A-Za-z0-9]{10}$/;
+const EXPIRED_TEXT = "it waited too long on the server and was deleted there";
+const SKEW_RE = /sent_timestamp .*away from the server's clock/i;
 let typingTimer = null;
 
 // -- start ----------------------------------------------------------------------------------
@@ -117,6 +126,8 @@ async function onPush(f) {
     case "msg_read": return onRead(f);
     case "is_typing": return onTyping(f);
     case "presence": return onPresence(f);
+    case "group_added": return onGroupAdded(f);
+    case "msg_expired": return onExpired(f);
     case "error": console.warn("server:", f.message); return undefined;
     default: return undefined;
   }
@@ -259,6 +270,37 @@ function onPresence(f) {
   emit("contacts");
 }
 
+/**
+ * Someone put me in a group (SPEC 10: announced, not silent): {"command": "group_added",
+ * "msg_from": CREATOR, "msg_to": ME, "message": GROUP_KEY}. The group joins the list (from
+ * /chat/info), its members' names come with it, and a notice says who added me where.
+ */
+async function onGroupAdded(f) {
+  const key = f.message;
+  if (typeof key !== "string" || !GROUP_KEY_RE.test(key) || !PHONE_RE.test(String(f.msg_from))) return;
+  await refreshInfo();
+  await refreshGroup(key);
+  const conv = state.convs.get(`g:${key}`);
+  if (!conv || conv.note) return; // gone again (removed, or the group deleted) before we looked
+  emit("notice", `${nameOf(f.msg_from)} added you to ${titleOf(conv)}`);
+}
+
+/**
+ * An own message waited too long on the server and was deleted there (SPEC 10,
+ * `retention.undelivered_days`): {"command": "msg_expired", "message": its sent_timestamp,
+ * "msg_from": ME, "msg_to": the recipient or the group key}. Its bubble says so; in a dialogue,
+ * Retry sends it again as a new message.
+ */
+async function onExpired(f) {
+  const us = parseTs(f.message);
+  const to = String(f.msg_to);
+  if (Number.isNaN(us) || f.msg_from !== ME) return;
+  const id = PHONE_RE.test(to) ? `p:${to}` : GROUP_KEY_RE.test(to) ? `g:${to}` : null;
+  if (!id) return;
+  const msg = await state.db.markExpired(id, ME, us, EXPIRED_TEXT);
+  if (msg) changed(msg);
+}
+
 // -- send sockets and the outbox ------------------------------------------------------------
 
 function linkFor(id) {
@@ -331,16 +373,48 @@ function flush(id) {
         break;
       }
       const sent = sentOn.get(id);
-      for (const msg of pending) {
-        if (!sent || sent.set.has(msg.us)) continue;
-        // Resent after a reconnect with its original sent_timestamp: the server stores it once.
-        if (link.trySend(outgoingFrame(msg))) {
-          sent.fifo.push(msg.us);
-          sent.set.add(msg.us);
+      const todo = sent ? pending.filter((m) => !sent.set.has(m.us)) : [];
+      if (!todo.length) continue;
+      const ready = await readyToSend(id, todo);
+      if (sentOn.get(id) !== sent || !link.isOpen) {
+        job.again = true; // the socket changed meanwhile: read the outbox again
+        continue;
+      }
+      for (const record of ready) {
+        if (sent.set.has(record.us)) continue;
+        // Resent after a reconnect with its sent_timestamp (unless re-stamped just now, never
+        // sent before): the server stores a retry once, and the recipient's device too.
+        if (link.trySend(outgoingFrame(record))) {
+          sent.fifo.push(record.us);
+          sent.set.add(record.us);
         }
       }
     } while (job.again);
   })().catch((e) => console.error(e)).finally(() => flushing.delete(id));
+}
+
+/**
+ * The messages `todo` of conversation `id`, marked as tried, those that were written long ago
+ * and never sent re-stamped (SPEC 10: the server refuses a sent_timestamp further than
+ * `security.timestamp_skew_seconds`, one day by default, from its clock). Re-stamped ones move
+ * to the end of the conversation, as the recipient will see them.
+ */
+async function readyToSend(id, todo) {
+  const {ready, conv} = await state.db.prepareSend(id, ME, todo.map((m) => m.us), {
+    nowUs: Date.now() * 1000, staleUs: RESTAMP_AFTER_US, stamp: () => newStamp(ME)});
+  if (conv) afterRestamp(conv, ready.filter((r) => r.old));
+  return ready.map((r) => r.record);
+}
+
+/** Own messages got a new sent_timestamp: the views move them, the other tabs follow. */
+function afterRestamp(conv, moved) {
+  merge(conv);
+  notify(conv.id);
+  for (const {record, old} of moved) {
+    emit("removed", old);
+    emit("outgoing", record);
+  }
+  emit("list");
 }
 
 async function flushAll() {
@@ -398,7 +472,16 @@ async function onLinkError(id, f) {
     return;
   }
   sent.set.delete(us); // a retry sends it again on this socket
-  const msg = await state.db.setState(id, ME, us, "failed", {error: f.message});
+  let error = f.message;
+  if (SKEW_RE.test(f.message)) {
+    // Refused for its sent_timestamp, nothing stored. A recent one (by this device's clock):
+    // the clock is wrong. An old one was kept on purpose, for it may have reached the server
+    // before (a lost msg_sent): only the person can decide to send it again as a new message.
+    error = Math.abs(Date.now() * 1000 - us) > RESTAMP_AFTER_US
+      ? "too old to send with its time; Retry sends it as new (it may have arrived before)"
+      : "this device's clock is wrong: set it right, then Retry";
+  }
+  const msg = await state.db.setState(id, ME, us, "failed", {error});
   if (msg) changed(msg);
   flushDone(id);
 }
@@ -538,8 +621,38 @@ export async function refreshInfo() {
   }
   state.rooms = info.rooms || [];
   for (const c of info.contacts || []) state.contacts.set(c.phone, c);
+  setAccountInfo(info);
   emit("list");
   emit("header", null);
+}
+
+/**
+ * What the server says of my account ({name?, admin?, hide_presence?}, from /chat/info or
+ * PATCH /chat/account, SPEC 10): kept in the state, announced with "account" when it changed.
+ */
+export function setAccountInfo(info) {
+  let changed = false;
+  if (typeof info.name === "string" && info.name !== MY_NAME) {
+    setMyName(info.name);
+    changed = true;
+  }
+  if (typeof info.admin === "boolean" && info.admin !== state.admin) {
+    state.admin = info.admin;
+    changed = true;
+  }
+  if (typeof info.hide_presence === "boolean" && info.hide_presence !== state.hidePresence) {
+    state.hidePresence = info.hide_presence;
+    changed = true;
+  }
+  if (changed) emit("account");
+}
+
+/** The account is gone (deleted): close the sockets and forget its history on this device. */
+export async function forget() {
+  receive?.stop();
+  for (const link of links.values()) link.stop();
+  await state.db?.destroy();
+  try { localStorage.removeItem(`chat.lastStamp.${ME}`); } catch { /* storage disabled */ }
 }
 
 let infoTimer = null;
@@ -607,10 +720,16 @@ export async function send(id, body) {
   flush(id);
 }
 
-/** Send a failed message again, with its sent_timestamp. */
+/** Send a failed message again: with its sent_timestamp, or a new one when that is too old. */
 export async function retry(msg) {
-  const again = await state.db.setState(msg.conv, ME, msg.us, "pending", {error: null});
-  if (again) changed(again);
+  if (Math.abs(Date.now() * 1000 - msg.us) > RESTAMP_AFTER_US) {
+    const moved = await state.db.restamp(msg.conv, ME, msg.us, () => newStamp(ME));
+    if (!moved) return;
+    afterRestamp(moved.conv, [moved]);
+  } else {
+    const again = await state.db.setState(msg.conv, ME, msg.us, "pending", {error: null, expired: 0});
+    if (again) changed(again);
+  }
   pendingConvs.add(msg.conv);
   flush(msg.conv);
 }

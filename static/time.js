@@ -24,6 +24,8 @@ export function formatTs(us) {
     pad(us % 1_000_000, 6);
 }
 
+const MAX_CLOCK_STEP_BACK_US = 3600 * 1_000_000;
+
 /**
  * A new sent_timestamp for `owner`: now, unique per sender even across tabs (the last one is kept
  * in localStorage, shared by every tab of this origin) — bumped by 1 µs on a tie.
@@ -35,7 +37,9 @@ export function newStamp(owner) {
   let us = Date.now() * 1000 + Math.floor(Math.random() * 1000);
   let last = 0;
   try { last = Number(localStorage.getItem(key)) || 0; } catch { /* storage disabled */ }
-  if (us <= last) us = last + 1;
+  // A last stamp far ahead means the clock was set back (it was wrong): follow the clock, or
+  // every new message would carry a time the server refuses (SPEC 10, timestamp skew).
+  if (us <= last && last - us < MAX_CLOCK_STEP_BACK_US) us = last + 1;
   try { localStorage.setItem(key, String(us)); } catch { /* storage disabled */ }
   return {us, ts: formatTs(us)};
 }

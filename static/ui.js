@@ -33,6 +33,8 @@ const ICONS = {
   info: ["M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18", "M12 11v5.5", "M12 7.5v.5"],
   close: ["M6 6l12 12", "M18 6L6 18"],
   lock: ["M6 11h12v9H6z", "M8.5 11V8a3.5 3.5 0 0 1 7 0v3"],
+  settings: ["M4 7h9", "M17 7h3", "M15 5v4", "M4 17h3", "M11 17h9", "M9 15v4"],
+  shield: ["M12 3l7 3v5c0 4.5-3 8-7 10c-4-2-7-5.5-7-10V6z", "M9 12l2 2 4-4"],
 };
 
 /** An inline SVG icon, hidden from screen readers (its button carries the label). */
@@ -95,4 +97,26 @@ export function toast(text) {
   node.hidden = false;
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => { node.hidden = true; }, 5000);
+}
+
+/**
+ * Ask before something that cannot be undone (the #dlg-confirm dialog of chat.html): resolves
+ * true when the person chose `ok`, false on Cancel or Escape. Cancel has the focus first.
+ */
+export function confirmStep({title, text, ok}) {
+  const dialog = document.getElementById("dlg-confirm");
+  document.getElementById("dlg-confirm-title").textContent = title;
+  document.getElementById("dlg-confirm-text").textContent = text;
+  document.getElementById("dlg-confirm-ok").textContent = ok;
+  dialog.returnValue = "";
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), {once: true});
+    dialog.showModal();
+  });
+}
+
+/** Show `text` in the error line `node` (role=alert), or hide it when `text` is empty. */
+export function showError(node, text) {
+  node.textContent = text || "";
+  node.hidden = !text;
 }

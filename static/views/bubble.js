@@ -40,7 +40,7 @@ export function bubble(msg, prev, conv) {
   box.append(el("p", {class: "body", text: msg.body}));
   const meta = el("span", {class: "meta"},
                   el("time", {text: ageLabel(msg.us), data: {us: String(msg.us)},
-                              attrs: {title: fullLabel(msg.us), datetime: new Date(msg.us / 1000).toISOString()}}));
+                              attrs: {title: timeTitle(msg), datetime: new Date(msg.us / 1000).toISOString()}}));
   if (mine && conv.kind !== "room") {
     const shown = shownState(msg, conv);
     li.dataset.state = shown.state;
@@ -58,9 +58,13 @@ export function bubble(msg, prev, conv) {
   }
   box.append(meta);
   li.append(box);
+  if (mine && msg.expired && msg.state !== "failed") {
+    li.append(el("div", {class: "failed-note"},
+      el("span", {text: "Not delivered to everyone: it waited too long on the server."})));
+  }
   if (mine && msg.state === "failed") {
     li.append(el("div", {class: "failed-note"},
-      el("span", {text: `Not sent: ${msg.error || "refused"}`}),
+      el("span", {text: `${msg.expired ? "Not delivered" : "Not sent"}: ${msg.error || "refused"}`}),
       el("button", {class: "link-btn", text: "Retry", attrs: {type: "button"},
                     on: {click: () => retry(msg)}}),
       el("button", {class: "link-btn", text: "Delete", attrs: {type: "button"},
@@ -69,11 +73,17 @@ export function bubble(msg, prev, conv) {
   return li;
 }
 
+/** The full time; for a message sent long after it was written (re-stamped), both. */
+function timeTitle(msg) {
+  if (!msg.writtenUs || msg.writtenUs === msg.us) return fullLabel(msg.us);
+  return `Sent ${fullLabel(msg.us)} (written ${fullLabel(msg.writtenUs)})`;
+}
+
 function hueOf(text) {
   return hash(`p:${text}`) % 360; // the same colour as the sender's avatar
 }
 
 /** What a bubble's looks depend on, besides the conversation: reuse it while this is the same. */
 export function bubbleKey(msg, prev) {
-  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}`;
+  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}|${msg.expired ? 1 : 0}`;
 }
