@@ -112,7 +112,9 @@ async def info(request: web.Request) -> web.Response:
     flags = await store.account(me, 0)  # SPEC 10: the client shows the admin page to admins
     return web.json_response({"phone": me, "name": account.name, "dialogues": dialogues,
                               "groups": groups, "rooms": rooms, "contacts": contacts,
-                              "admin": bool(flags and flags.admin and not flags.disabled)})
+                              "admin": bool(flags and flags.admin and not flags.disabled),
+                              # so that every device shows the same setting (PATCH /chat/account)
+                              "hide_presence": bool(flags and flags.hide_presence)})
 
 
 async def info_personal(request: web.Request) -> web.Response:

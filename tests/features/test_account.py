@@ -59,7 +59,8 @@ async def test_patch_account_sets_name_and_hide_presence(as_user: UserFactory, s
     assert body == {"phone": phone, "name": "Grandma", "admin": False, "hide_presence": True}
     account = await store.account(phone, 3600)
     assert account is not None and (account.name, account.hide_presence) == ("Grandma", True)
-    assert (await ok_json(await client.get("/chat/info")))["name"] == "Grandma"
+    info = await ok_json(await client.get("/chat/info"))
+    assert (info["name"], info["hide_presence"]) == ("Grandma", True)  # every device sees it
     body = await ok_json(await client.patch("/chat/account", json={"name": "G", "hide_presence": False}))
     assert (body["name"], body["hide_presence"]) == ("G", False)
 
