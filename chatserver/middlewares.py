@@ -9,6 +9,7 @@ passes. WebSocket handshakes use the same rule (SPEC 5: cross-site WebSocket hij
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -59,6 +60,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in _SAFE_METHODS and not same_origin(request):
             log.info("refused cross-origin %s %s", request.method, request.path)
             raise web.HTTPForbidden(reason="cross-origin request refused")
+        if request.body_exists and not await _body_in_time(request):
+            return _timed_out(request)
         response = await handler(request)
     except web.HTTPException as e:  # raised errors and redirects are responses too
         if e.status >= 400 and wants_json(request):
@@ -83,6 +86,34 @@ async def response_headers(request: web.Request, response: web.StreamResponse) -
         response.headers.setdefault("Strict-Transport-Security", HSTS)
     if not request.path.startswith("/static/"):
         response.headers.setdefault("Cache-Control", "no-store")
+
+
+async def _body_in_time(request: web.Request) -> bool:
+    """Read the whole body within `limits.body_timeout_seconds` (issue 12, finding 5: a body that
+    trickles in must not hold its connection, and a handler, forever); False when it did not
+    arrive in time. aiohttp keeps what `read()` got, so the handler's `post()` and `json()` use
+    it; `client_max_size` still applies (413 past it). A multipart body would be read here and
+    not again by `multipart()`: no endpoint takes one."""
+    timeout = request.app[config_key].limits.body_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            await request.read()
+    except TimeoutError:
+        log.info("request body of %s %s from %s not in within %g s: 408",
+                 request.method, request.path, request.remote, timeout)
+        return False
+    return True
+
+
+def _timed_out(request: web.Request) -> web.Response:
+    """408 Request Timeout, the connection closed after it (the rest of the body is not waited
+    for: aiohttp would otherwise linger reading it)."""
+    reason = "the request body did not arrive in time"
+    response = (web.json_response({"error": reason}, status=408) if wants_json(request)
+                else web.Response(status=408, text=reason))
+    response.force_close()
+    _secure(response.headers)
+    return response
 
 
 def _secure(headers: Any) -> None:

@@ -252,6 +252,8 @@ class PgStore(SqlStore[PgConnection]):
     `connect(config)`), close with `await store.close()`."""
 
     SQL = POSTGRES
+    LIVE_SESSIONS = ("SELECT sid_hash FROM sessions WHERE sid_hash = ANY($1::text[])"
+                     " AND created_us > $2")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "postgres"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,
@@ -392,6 +394,10 @@ class PgStore(SqlStore[PgConnection]):
             return await self._pool.fetch(sql, *args)
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
             raise _wrap(e) from e
+
+    @staticmethod
+    def _text_list(texts: list[str]) -> list[str]:
+        return texts
 
     @staticmethod
     async def _execute(db: PgConnection, sql: str, *args: Any) -> int:
