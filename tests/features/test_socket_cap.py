@@ -67,7 +67,8 @@ async def test_one_receive_socket_too_many_closes_the_oldest_with_4429(as_user: 
 
 async def test_send_and_room_sockets_count_per_peer_and_room(as_user: UserFactory) -> None:
     a, b = new_phone(), new_phone()
-    client_a, client_b = await as_user(a), await as_user(b)
+    client_a = await as_user(a)
+    await as_user(b)
     for room in ("hall", "yard"):
         resp = await client_a.post("/chat/special/room", json={"room_name": f"{room}{a}"})
         assert resp.status == 201, await resp.text()
