@@ -9,8 +9,10 @@ lives as long as its socket, and memory per idle socket is what a small box runs
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Coroutine, Iterable, Mapping
+import secrets
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping
 from typing import Any, Final
 
 from aiohttp import WSCloseCode, web
@@ -194,6 +196,11 @@ class Hub:
         self._group_sockets: dict[tuple[str, str], set[web.WebSocketResponse]] = {}
         # slot (see session_socket) -> its sockets, oldest first (a dict keeps insertion order)
         self._slots: dict[tuple[str, ...], dict[web.WebSocketResponse, None]] = {}
+        # With a shared hub, each counted socket's id among all processes, both ways.
+        self._socket_ids: dict[str, web.WebSocketResponse] = {}
+        self._ids_of: dict[web.WebSocketResponse, str] = {}
+        self._id_prefix = secrets.token_hex(6)
+        self._next_id = itertools.count(1)
         # room -> its sockets; a socket that has not had its history yet holds its broadcasts
         self._rooms: dict[str, dict[Outbox, list[tuple[int, bytes]] | None]] = {}
         # room socket -> the newest message id of the history it was sent (see deliver_broadcast)
@@ -251,15 +258,41 @@ class Hub:
 
     def _take_slot(self, slot: tuple[str, ...], ws: web.WebSocketResponse) -> None:
         """Count `ws` in `slot`; close the oldest sockets past the cap with 4429 (SPEC 10). They
-        leave the count at once, so that a socket still closing is not counted twice."""
+        leave the count at once, so that a socket still closing is not counted twice. With a
+        shared hub the presence also counts it with the other processes' (`_admit_shared`)."""
+        cap = self._sockets_per_user
+        if not cap:
+            return
         mine = self._slots.setdefault(slot, {})
         mine[ws] = None
-        cap = self._sockets_per_user
-        while cap and len(mine) > cap:
+        while len(mine) > cap:
             oldest = next(iter(mine))
             del mine[oldest]
-            log.info("hub: socket cap of %d reached for %s: closing the oldest", cap, slot)
-            self.spawn(self.close(oldest, CLOSE_TOO_MANY_SOCKETS, b"too many sockets"))
+            self._too_many(oldest, slot)
+        if self._publishing:
+            socket_id = f"{self._id_prefix}-{next(self._next_id)}"
+            self._socket_ids[socket_id] = ws
+            self._ids_of[ws] = socket_id
+            # Asked now, not in the task: the presence keeps the order of admit and leave.
+            self.spawn(self._admit_shared(slot, self._presence.admit(":".join(slot), socket_id, cap)))
+
+    async def _admit_shared(self, slot: tuple[str, ...],
+                            admitted: Awaitable[list[str] | None]) -> None:
+        """Close the sockets the shared count found past the cap: here at once, elsewhere through
+        the control channel. Redis unreachable (None): this process's own count still holds."""
+        for socket_id in await admitted or ():
+            ws = self._socket_ids.get(socket_id)
+            if ws is not None:
+                mine = self._slots.get(slot)
+                if mine is not None:
+                    mine.pop(ws, None)  # closing: no longer counted here either
+                self._too_many(ws, slot)
+            else:  # another process's, or one that has closed since (then nobody has it)
+                await self._broker.publish_control({"op": "close_socket", "socket": socket_id})
+
+    def _too_many(self, ws: web.WebSocketResponse, slot: tuple[str, ...]) -> None:
+        log.info("hub: more than %d sockets in %s: closing the oldest", self._sockets_per_user, slot)
+        self.spawn(self.close(ws, CLOSE_TOO_MANY_SOCKETS, b"too many sockets"))
 
     def _leave_slot(self, slot: tuple[str, ...], ws: web.WebSocketResponse) -> None:
         mine = self._slots.get(slot)
@@ -267,6 +300,10 @@ class Hub:
             mine.pop(ws, None)
             if not mine:
                 del self._slots[slot]
+        socket_id = self._ids_of.pop(ws, None)
+        if socket_id is not None:
+            del self._socket_ids[socket_id]
+            self._presence.leave(":".join(slot), socket_id)
 
     def group_socket(self, grp: str, phone: str, ws: web.WebSocketResponse) -> _Membership:
         """Within the block, removing `phone` from group `grp` closes `ws`."""
@@ -335,6 +372,10 @@ class Hub:
             self.spawn(self._close_session_here(request["sid_hash"]))
         elif op == "close_group_member":
             self.spawn(self._close_group_member_here(request["grp"], request["phone"]))
+        elif op == "close_socket":  # past the sockets-per-user cap, counted by the presence
+            ws = self._socket_ids.get(request["socket"])
+            if ws is not None:
+                self.spawn(self.close(ws, CLOSE_TOO_MANY_SOCKETS, b"too many sockets"))
         else:
             log.warning("hub: unknown control request %r", op)
 
