@@ -253,7 +253,7 @@ class Hub:
         `slot`: what the socket counts against for SPEC 10's `limits.sockets_per_user`, e.g.
         `("receive", phone)` or `("room", phone, room)`; when a slot holds more sockets than
         that, the oldest is closed with 4429 at once (the new one is served). None: not counted.
-        The count is this process's (docs/hub.md, "Sockets per user")."""
+        With a shared hub, the count is every process's (docs/hub.md, "Sockets per user")."""
         return _SessionSocket(self, sid_hash, ws, slot)
 
     def _take_slot(self, slot: tuple[str, ...], ws: web.WebSocketResponse) -> None:
