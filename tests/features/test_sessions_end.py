@@ -217,9 +217,7 @@ async def test_passwd_closes_the_sockets_on_every_worker(
         config = write_config(tmp_path / "scaled.toml", merge_tables(
             scaled_config_tables(database_url, prefix),
             {"security": {"session_check_seconds": CHECK},
-             "websocket": {"close_timeout": CLOSE_TIMEOUT},
-             # the test spreads many sockets of one user over the workers
-             "limits": {"sockets_per_user": 100}}))
+             "websocket": {"close_timeout": CLOSE_TIMEOUT}}))
         db = tmp_path / "unused.db"
         server = start_server(db, config, tmp_path, extra_args=("--workers", "2"), group=True)
         try:

@@ -18,7 +18,7 @@ from helpers import backends
 from helpers.accounts import client, login, register, ws_open
 from helpers.configs import scaled_config_tables
 from helpers.frames import new_phone
-from helpers.server import ServerProcess, start_server, write_config
+from helpers.server import ServerProcess, merge_tables, start_server, write_config
 from helpers.ws import WS, assert_quiet, recv, send_new_msg, wait_closed
 
 pytestmark = pytest.mark.skipif(
@@ -32,7 +32,8 @@ CAP = 10
 @pytest.fixture
 async def two(tmp_path: Path) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
     async with backends.postgres_schema() as database_url, backends.redis_prefix() as prefix:
-        config = write_config(tmp_path / "scaled.toml", scaled_config_tables(database_url, prefix))
+        config = write_config(tmp_path / "scaled.toml", merge_tables(
+            scaled_config_tables(database_url, prefix), {"limits": {"sockets_per_user": CAP}}))
         servers = [start_server(tmp_path / f"{name}.db", config, tmp_path) for name in ("1", "2")]
         try:
             for server in servers:
