@@ -232,7 +232,8 @@ class Store(Protocol):
         ...
 
     async def live_sessions(self, sid_hashes: Collection[str], max_age_seconds: float) -> set[str]:
-        """Of `sid_hashes`, those still recorded and not older than `max_age_seconds`: what a
+        """Of `sid_hashes`, those still recorded, not older than `max_age_seconds` and of an
+        account not disabled (SPEC 10: a disabled user's devices end): what a
         server process asks every `security.session_check_seconds` about the sessions of its open
         sockets, so that a session ended anywhere (logout, `run.py passwd` or `deluser` in another
         process, an admin, expiry) closes its sockets (issue 12). One query (SQLite: the hashes as

@@ -252,8 +252,8 @@ class PgStore(SqlStore[PgConnection]):
     `connect(config)`), close with `await store.close()`."""
 
     SQL = POSTGRES
-    LIVE_SESSIONS = ("SELECT sid_hash FROM sessions WHERE sid_hash = ANY($1::text[])"
-                     " AND created_us > $2")
+    LIVE_SESSIONS = ("SELECT s.sid_hash FROM sessions AS s JOIN users AS u ON u.phone = s.phone"
+                     " WHERE s.sid_hash = ANY($1::text[]) AND s.created_us > $2 AND NOT u.disabled")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "postgres"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,

@@ -305,8 +305,9 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
     `connect(config)`), close with `await store.close()`."""
 
     SQL = SQLITE
-    LIVE_SESSIONS = ("SELECT sid_hash FROM sessions"
-                     " WHERE sid_hash IN (SELECT value FROM json_each(?1)) AND created_us > ?2")
+    LIVE_SESSIONS = ("SELECT s.sid_hash FROM sessions AS s JOIN users AS u ON u.phone = s.phone"
+                     " WHERE s.sid_hash IN (SELECT value FROM json_each(?1)) AND s.created_us > ?2"
+                     " AND NOT u.disabled")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "sqlite"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,

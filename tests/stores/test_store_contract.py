@@ -533,6 +533,21 @@ async def test_live_sessions_keeps_the_recorded_and_unexpired(
         assert await store.live_sessions(asked, 3 * 3600) == set()
 
 
+async def test_live_sessions_leaves_out_a_disabled_account(store: AnyStore, place: Place) -> None:
+    """SPEC 10: a disabled user's devices end, whoever set the flag (here: another connection,
+    as an admin's request served by another process, or a hand-made UPDATE)."""
+    async with asyncio.timeout(TIMEOUT):
+        await store.add_session("a-1", A)
+        await store.add_session("b-1", B)
+        if isinstance(place, Path):
+            with contextlib.closing(sqlite3.connect(place)) as con, con:
+                con.execute("UPDATE users SET disabled = 1 WHERE phone = ?", (A,))
+        else:
+            async with connected(place) as conn:
+                await conn.execute("UPDATE users SET disabled = true WHERE phone = $1", A)
+        assert await store.live_sessions(["a-1", "b-1"], 3600) == {"b-1"}
+
+
 async def test_live_sessions_past_one_batch(store: AnyStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """More hashes than one query carries: every batch is asked."""
     monkeypatch.setattr(sys.modules["chatserver.stores.queries"], "LIVE_SESSIONS_BATCH", 3)
