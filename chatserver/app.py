@@ -26,6 +26,7 @@ from .keys import (
 )
 from .middlewares import guard, response_headers
 from .routes import setup_routes
+from .sessions import session_watch_ctx
 from .stores import open_store
 from .throttle import PasswordPool, Throttle
 
@@ -82,9 +83,9 @@ def create_app(config: Config) -> web.Application:
     app[throttle_key] = Throttle(config.limits, config.hub.url, config.hub.prefix)
     app[password_pool_key] = PasswordPool(config.limits.password_workers,
                                           config.limits.password_queue)
-    # Started in this order and cleaned up in the reverse one (aiohttp's cleanup_ctx): the hub
-    # stops first, then the throttle closes, and the store closes last.
-    app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx])
+    # Started in this order and cleaned up in the reverse one (aiohttp's cleanup_ctx): the
+    # session check stops first, then the hub, then the throttle closes, and the store last.
+    app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx, session_watch_ctx])
     app.on_shutdown.append(close_sockets)
     app.on_response_prepare.append(response_headers)
     secret = load_secret(config.security.cookie_secret, config.database.path)

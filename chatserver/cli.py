@@ -175,6 +175,13 @@ def _serve_one(config: Config, *, reuse_port: bool) -> int:
     return 0
 
 
+def _closes_within(config: Config) -> str:
+    """How soon a server notices an ended session (chatserver/sessions.py), for the messages of
+    passwd and deluser: its check interval plus the closing handshake's bound."""
+    seconds = config.security.session_check_seconds + config.websocket.close_timeout
+    return f"{seconds:g} s ([security] session_check_seconds + [websocket] close_timeout)"
+
+
 async def _with_store(config: Config, action: Callable[[Store], Awaitable[T]]) -> T:
     """`await action(store)` on the configured store, closed afterwards."""
     store = await open_store(config)
@@ -272,12 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not asyncio.run(_with_store(config, lambda s: s.set_password(phone, password_hash))):
                 print(f"error: no account {phone}", file=sys.stderr)
                 return 1
-            print(f"password changed for {phone}; its sessions are ended")
+            print(f"password changed for {phone}; its sessions are ended, and a running server "
+                  f"closes their open sockets within {_closes_within(config)}")
         elif args.command == "deluser":
             if not asyncio.run(_with_store(config, lambda s: s.delete_user(phone))):
                 print(f"error: no account {phone}", file=sys.stderr)
                 return 1
-            print(f"deleted {phone}")
+            print(f"deleted {phone}; a running server closes its open sockets within "
+                  f"{_closes_within(config)}")
     except FormError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

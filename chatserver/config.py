@@ -73,6 +73,11 @@ class Security:
     bcrypt_rounds: int = 12
     # Seconds a login stays valid (cookie max-age and the server-side record).
     session_seconds: int = 30 * 24 * 3600
+    # Seconds between two checks, in each server process, that the sessions of its open sockets
+    # still exist and have not expired (issue 12: a session ended by logout, `run.py passwd` or
+    # `deluser` in another process, an admin, or expiry closes its sockets within this time,
+    # plus the closing handshake). One store query per check, whatever the number of sockets.
+    session_check_seconds: float = 2.0
     # SPEC 10: a frame's sent_timestamp further than this from the server's clock is refused.
     timestamp_skew_seconds: int = 86400
     # SPEC 10: "invite" (/register needs a valid invite code), "open" (anyone) or "closed" (only
@@ -104,6 +109,12 @@ class Limits:
     # Frames waiting for one receive socket; a socket that falls further behind is closed
     # (its messages stay stored and are fetched on reconnect).
     outgoing_queue: int = 1000
+    # SPEC 10: receive sockets one user holds at once (one per device or tab), and sockets of one
+    # user on one dialogue, group or room; one more closes the oldest with code 4429.
+    sockets_per_user: int = 10
+    # Seconds a request body may take to arrive in full; a slower one is answered 408 and its
+    # connection closed (issue 12, finding 5: slow bodies must not hold connections forever).
+    body_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +176,15 @@ _POSITIVE = {
     ("limits", "login_window_seconds"),
     ("limits", "password_workers"),
     ("limits", "outgoing_queue"),
+    ("limits", "sockets_per_user"),
+    ("limits", "body_timeout_seconds"),
     ("fetch", "chunk_size"),
     ("rooms", "history"),
     ("rooms", "keep"),
     ("websocket", "heartbeat"),
     ("websocket", "close_timeout"),
     ("security", "session_seconds"),
+    ("security", "session_check_seconds"),
     ("security", "timestamp_skew_seconds"),
 }
 

@@ -9,6 +9,7 @@ passes. WebSocket handshakes use the same rule (SPEC 5: cross-site WebSocket hij
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -65,6 +66,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in _SAFE_METHODS and not same_origin(request):
             log.info("refused cross-origin %s %s", request.method, request.path)
             raise web.HTTPForbidden(reason="cross-origin request refused")
+        if request.body_exists:
+            refused = await _read_body(request)
+            if refused is not None:
+                return refused
         response = await handler(request)
     except web.HTTPException as e:  # raised errors and redirects are responses too
         if e.status >= 400 and wants_json(request):
@@ -89,6 +94,47 @@ async def response_headers(request: web.Request, response: web.StreamResponse) -
         response.headers.setdefault("Strict-Transport-Security", HSTS)
     if not request.path.startswith("/static/"):
         response.headers.setdefault("Cache-Control", "no-store")
+
+
+async def _read_body(request: web.Request) -> web.StreamResponse | None:
+    """Read the whole body within `limits.body_timeout_seconds` (issue 12, finding 5: a body that
+    trickles in must not hold its connection, and a handler, forever). None when it is in;
+    otherwise the response already given: 408 when it did not arrive in time, nothing to send
+    when the client left before it did (logged, not as an error: no handler ran). aiohttp keeps
+    what `read()` got, so the handler's `post()` and `json()` use it; `client_max_size` still
+    applies (413 past it). A multipart body would be read here and not again by `multipart()`:
+    no endpoint takes one."""
+    timeout = request.app[config_key].limits.body_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            await request.read()
+    except TimeoutError:
+        log.info("request body of %s %s from %s not in within %g s: 408",
+                 request.method, request.path, request.remote, timeout)
+        return await _timed_out(request)
+    except ConnectionError:
+        log.info("%s %s from %s: the client left before its body arrived",
+                 request.method, request.path, request.remote)
+        request.protocol.force_close()
+        gone = web.Response(status=400, text="the connection was lost")
+        gone.force_close()
+        return gone
+    return None
+
+
+async def _timed_out(request: web.Request) -> web.Response:
+    """408 Request Timeout, sent now, and the connection closed once it is written: without the
+    protocol's force_close aiohttp would linger up to 10 s more reading the rest of the body
+    (its lingering_time), which is what a slow client wants."""
+    reason = "the request body did not arrive in time"
+    response = (web.json_response({"error": reason}, status=408) if wants_json(request)
+                else web.Response(status=408, text=reason))
+    response.force_close()
+    _secure(response.headers)
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport closes after sending what is buffered
+    return response
 
 
 def _secure(headers: Any) -> None:

@@ -70,7 +70,7 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
     ws = _socket(request)
     await ws.prepare(request)
     try:
-        async with hub.session_socket(sid_hash, ws):
+        async with hub.session_socket(sid_hash, ws, ("receive", phone)):
             with hub.outbox(ws) as outbox:
                 # Registered (with a shared hub: subscribed) before the first frame is read, so
                 # that no push sent after the client's first fetch can miss this socket.
@@ -96,7 +96,7 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[hub_key]
     ws = _socket(request)
     await ws.prepare(request)
-    async with hub.session_socket(sid_hash, ws):
+    async with hub.session_socket(sid_hash, ws, ("personal", phone, msg_to)):
         with hub.outbox(ws) as outbox:
             conn = _conn(request, phone, msg_to, outbox)
             await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.PERSONAL))
@@ -107,7 +107,8 @@ async def _serve(ws: web.WebSocketResponse, conn: Conn,
                  handle: Callable[[str], Awaitable[None]]) -> None:
     """The receive loop of a socket: each text frame to `handle`, one at a time, in order.
 
-    When the hub closes the socket (shutdown, logout, removal from a group) it cancels this task;
+    When the hub closes the socket (shutdown, a session ended, removal from a group, a socket over
+    `limits.sockets_per_user`) it cancels this task;
     the handler's `hub.session_socket` block then closes the socket (see Hub.close).
     """
     try:
@@ -133,7 +134,7 @@ async def group_socket(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPForbidden(reason="you are not a participant of this group")
     ws = _socket(request)
     await ws.prepare(request)
-    async with hub.session_socket(sid_hash, ws):
+    async with hub.session_socket(sid_hash, ws, ("group", phone, grp)):
         with hub.group_socket(grp, phone, ws), hub.outbox(ws) as outbox:
             conn = _conn(request, phone, grp, outbox)
             await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.GROUP))
@@ -153,7 +154,7 @@ async def room_socket(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPForbidden(reason="this room is private: give its password first")
     ws = _socket(request)
     await ws.prepare(request)
-    async with hub.session_socket(sid_hash, ws):
+    async with hub.session_socket(sid_hash, ws, ("room", phone, name)):
         with hub.outbox(ws) as outbox:
             # In the room (with a shared hub: subscribed) before its history is read: a message
             # stored after that read is broadcast to this socket, one stored before is in it.

@@ -6,6 +6,10 @@ const MAX_BACKOFF_MS = 10_000;
 // A socket that closes sooner than this after opening counts as a failure too (a server that
 // accepts and then drops at once, e.g. 1013 try again later, must not be hammered).
 const STABLE_MS = 10_000;
+// The server closed this socket to make room for a newer one of the same user (SPEC 10,
+// limits.sockets_per_user): reconnecting by itself would close the next oldest, and so on round
+// the user's tabs; it comes back on the next `wake` (the person acts, the network returns).
+const TOO_MANY_SOCKETS = 4429;
 
 /** A JSON request to the server. Resolves {ok, status, data}; a network failure is status 0. */
 export async function api(method, path, body) {
@@ -32,7 +36,8 @@ export async function api(method, path, body) {
  * - `send(frame)` sends now when open, else keeps the frame and sends it once open
  *   (`trySend` sends only when open and says whether it did).
  * - after a close, it reconnects with backoff (0.5 s doubling to 10 s, with jitter) while
- *   `wanted()` is true or frames wait; otherwise it rests until the next `send` or `wake`.
+ *   `wanted()` is true or frames wait; otherwise (and after a 4429) it rests until the next
+ *   `send` or `wake`.
  * - hooks: onOpen(link), onFrame(frame, link), onClose(link, {opened, code}).
  */
 export class Link {
@@ -80,6 +85,7 @@ export class Link {
       if (opened && Date.now() - openedAt >= STABLE_MS) this.failures = 0;
       else this.failures += 1;
       this.onClose(this, {opened, code: ev.code});
+      if (ev.code === TOO_MANY_SOCKETS) return;
       if (!this.stopped && (this.queue.length || this.wanted())) this.schedule();
     };
   }

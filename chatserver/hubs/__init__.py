@@ -24,4 +24,5 @@ def make_hub(config: Config) -> Hub:
         broker, presence = redis_parts(url, config.hub.prefix)
     else:
         raise ValueError(f"[hub] url: no hub engine for {url.split(':', 1)[0]!r}")
-    return Hub(config.limits.outgoing_queue, config.websocket.close_timeout, broker, presence)
+    return Hub(config.limits.outgoing_queue, config.websocket.close_timeout, broker, presence,
+               config.limits.sockets_per_user)

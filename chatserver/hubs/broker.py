@@ -11,7 +11,9 @@ call the in-process broker's publish methods on its hot path (push, broadcast).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Generator, Mapping
-from typing import Final, Protocol
+from typing import Final, Generic, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class HubUnavailable(ConnectionError):
@@ -34,7 +36,8 @@ class Deliveries(Protocol):
 
     def deliver_control(self, request: Mapping[str, str]) -> None:
         """A request of another process to close sockets here: `{"op": "close_session",
-        "sid_hash"}` or `{"op": "close_group_member", "grp", "phone"}`."""
+        "sid_hash"}`, `{"op": "close_group_member", "grp", "phone"}` or `{"op": "close_socket",
+        "socket"}` (a socket id `Presence.admit` found past the cap)."""
 
 
 class Broker(Protocol):
@@ -110,22 +113,33 @@ class Presence(Protocol):
     def others(self, phone: str) -> Awaitable[int | None]:
         """How many other processes claim `phone` (None: unknown), asked at the call."""
 
+    def admit(self, slot: str, socket: str, limit: int) -> Awaitable[list[str] | None]:
+        """A socket with id `socket` (unique among processes) opened in `slot` (a user's
+        receive sockets, or its sockets on one dialogue, group or room: SPEC 10
+        `limits.sockets_per_user`), counted with every process's sockets of that slot. Made at
+        the call; the awaitable gives the ids of the oldest past `limit`, of any process, taken
+        out of the count for the hub to close; None when unknown."""
 
-class _Ready:
+    def leave(self, slot: str, socket: str) -> None:
+        """Socket `socket` of `slot` closed (made after its `admit`)."""
+
+
+class _Ready(Generic[T]):
     """An awaitable whose value is known at once: awaiting it never suspends."""
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: int) -> None:
+    def __init__(self, value: T) -> None:
         self._value = value
 
-    def __await__(self) -> Generator[None, None, int]:
+    def __await__(self) -> Generator[None, None, T]:
         return self._value
         yield  # a generator without suspension point: `await` returns at once
 
 
-# No other process exists: nobody else claims anyone.
-_NOBODY_ELSE: Final = _Ready(0)
+# No other process exists: nobody else claims anyone, and no socket elsewhere counts.
+_NOBODY_ELSE: Final = _Ready[int | None](0)
+_NONE_ELSEWHERE: Final = _Ready[list[str] | None]([])
 
 
 class LocalBroker:
@@ -179,3 +193,10 @@ class LocalPresence:
     def others(self, phone: str) -> Awaitable[int | None]:
         """No other process claims anyone."""
         return _NOBODY_ELSE
+
+    def admit(self, slot: str, socket: str, limit: int) -> Awaitable[list[str] | None]:
+        """The hub counts its own sockets (and never asks a local presence)."""
+        return _NONE_ELSEWHERE
+
+    def leave(self, slot: str, socket: str) -> None:
+        """Nothing was recorded."""

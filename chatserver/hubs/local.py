@@ -9,9 +9,11 @@ lives as long as its socket, and memory per idle socket is what a small box runs
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Coroutine, Mapping
-from typing import Any
+import secrets
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping
+from typing import Any, Final
 
 from aiohttp import WSCloseCode, web
 
@@ -112,23 +114,38 @@ class _InRoom:
         hub._broker.unsubscribe_room(self._room)
 
 
+# Close codes (RFC 6455 7.4.2: 4000-4999 are the application's). SPEC 10: the oldest socket of a
+# user past `limits.sockets_per_user` is closed with 4429 (as HTTP's 429 Too Many Requests).
+# A session that ends (logout, password change, deluser, disabled, expired) closes its sockets
+# with 1008, the code logout has always used, which the client answers by checking its session.
+CLOSE_TOO_MANY_SOCKETS: Final = 4429
+CLOSE_SESSION_ENDED: Final = WSCloseCode.POLICY_VIOLATION
+
+
 class _SessionSocket(_Membership):
     """Async context manager: a socket of a login session, served by the current task, within the
     block. `Hub.close` asks for a close by cancelling that task; the block's exit honours it: it
     closes the socket from the serving task itself, with the client's answer awaited (aiohttp
-    drops the connection when another task closes it), and ends the cancellation."""
+    drops the connection when another task closes it), and ends the cancellation.
 
-    __slots__ = ("_hub",)
+    `slot` names what the socket counts against (`Hub.session_socket`): on entry, a slot past the
+    hub's `sockets_per_user` has its oldest socket closed with 4429."""
 
-    def __init__(self, hub: Hub, sid_hash: str, ws: web.WebSocketResponse) -> None:
+    __slots__ = ("_hub", "_slot")
+
+    def __init__(self, hub: Hub, sid_hash: str, ws: web.WebSocketResponse,
+                 slot: tuple[str, ...] | None) -> None:
         super().__init__(hub._sessions, sid_hash, ws)
-        self._hub = hub
+        self._hub, self._slot = hub, slot
 
     async def __aenter__(self) -> None:
         self.__enter__()
+        hub, ws = self._hub, self._item
         task = asyncio.current_task()
         if task is not None:
-            self._hub._handlers[self._item] = task
+            hub._handlers[ws] = task
+        if self._slot is not None:
+            hub._take_slot(self._slot, ws)
 
     async def __aexit__(self, kind: type[BaseException] | None, *exc: object) -> bool:
         hub, ws = self._hub, self._item
@@ -145,6 +162,8 @@ class _SessionSocket(_Membership):
             return True
         finally:
             hub._handlers.pop(ws, None)
+            if self._slot is not None:
+                hub._leave_slot(self._slot, ws)
             self.__exit__()
 
 
@@ -161,9 +180,10 @@ class Hub:
     """
 
     def __init__(self, queue_size: int, close_timeout: float, broker: Broker,
-                 presence: Presence) -> None:
+                 presence: Presence, sockets_per_user: int = 0) -> None:
         self._queue_size = queue_size
         self.close_timeout = close_timeout
+        self._sockets_per_user = sockets_per_user  # 0: no cap
         self._broker, self._presence = broker, presence
         # The in-process broker has nobody to publish to: push and broadcast skip the call, so
         # that one process's hot path costs what a plain in-memory hub's does.
@@ -174,6 +194,13 @@ class Hub:
         self._handlers: dict[web.WebSocketResponse, asyncio.Task[Any]] = {}
         self._close_requests: dict[web.WebSocketResponse, tuple[int, bytes]] = {}
         self._group_sockets: dict[tuple[str, str], set[web.WebSocketResponse]] = {}
+        # slot (see session_socket) -> its sockets, oldest first (a dict keeps insertion order)
+        self._slots: dict[tuple[str, ...], dict[web.WebSocketResponse, None]] = {}
+        # With a shared hub, each counted socket's id among all processes, both ways.
+        self._socket_ids: dict[str, web.WebSocketResponse] = {}
+        self._ids_of: dict[web.WebSocketResponse, str] = {}
+        self._id_prefix = secrets.token_hex(6)
+        self._next_id = itertools.count(1)
         # room -> its sockets; a socket that has not had its history yet holds its broadcasts
         self._rooms: dict[str, dict[Outbox, list[tuple[int, bytes]] | None]] = {}
         # room socket -> the newest message id of the history it was sent (see deliver_broadcast)
@@ -217,11 +244,66 @@ class Hub:
         a receive socket of `phone` before."""
         return _Receiving(self, phone, outbox)
 
-    def session_socket(self, sid_hash: str, ws: web.WebSocketResponse) -> _SessionSocket:
+    def session_socket(self, sid_hash: str, ws: web.WebSocketResponse,
+                       slot: tuple[str, ...] | None = None) -> _SessionSocket:
         """`async with`: within the block, `ws` belongs to a login session (logging out closes
-        it) and is served by the current task; a close asked by `close` is carried out when the
-        block is left."""
-        return _SessionSocket(self, sid_hash, ws)
+        it, and so does `end_sessions` once the session is gone) and is served by the current
+        task; a close asked by `close` is carried out when the block is left.
+
+        `slot`: what the socket counts against for SPEC 10's `limits.sockets_per_user`, e.g.
+        `("receive", phone)` or `("room", phone, room)`; when a slot holds more sockets than
+        that, the oldest is closed with 4429 at once (the new one is served). None: not counted.
+        With a shared hub, the count is every process's (docs/hub.md, "Sockets per user")."""
+        return _SessionSocket(self, sid_hash, ws, slot)
+
+    def _take_slot(self, slot: tuple[str, ...], ws: web.WebSocketResponse) -> None:
+        """Count `ws` in `slot`; close the oldest sockets past the cap with 4429 (SPEC 10). They
+        leave the count at once, so that a socket still closing is not counted twice. With a
+        shared hub the presence also counts it with the other processes' (`_admit_shared`)."""
+        cap = self._sockets_per_user
+        if not cap:
+            return
+        mine = self._slots.setdefault(slot, {})
+        mine[ws] = None
+        while len(mine) > cap:
+            oldest = next(iter(mine))
+            del mine[oldest]
+            self._too_many(oldest, slot)
+        if self._publishing:
+            socket_id = f"{self._id_prefix}-{next(self._next_id)}"
+            self._socket_ids[socket_id] = ws
+            self._ids_of[ws] = socket_id
+            # Asked now, not in the task: the presence keeps the order of admit and leave.
+            self.spawn(self._admit_shared(slot, self._presence.admit(":".join(slot), socket_id, cap)))
+
+    async def _admit_shared(self, slot: tuple[str, ...],
+                            admitted: Awaitable[list[str] | None]) -> None:
+        """Close the sockets the shared count found past the cap: here at once, elsewhere through
+        the control channel. Redis unreachable (None): this process's own count still holds."""
+        for socket_id in await admitted or ():
+            ws = self._socket_ids.get(socket_id)
+            if ws is not None:
+                mine = self._slots.get(slot)
+                if mine is not None:
+                    mine.pop(ws, None)  # closing: no longer counted here either
+                self._too_many(ws, slot)
+            else:  # another process's, or one that has closed since (then nobody has it)
+                await self._broker.publish_control({"op": "close_socket", "socket": socket_id})
+
+    def _too_many(self, ws: web.WebSocketResponse, slot: tuple[str, ...]) -> None:
+        log.info("hub: more than %d sockets in %s: closing the oldest", self._sockets_per_user, slot)
+        self.spawn(self.close(ws, CLOSE_TOO_MANY_SOCKETS, b"too many sockets"))
+
+    def _leave_slot(self, slot: tuple[str, ...], ws: web.WebSocketResponse) -> None:
+        mine = self._slots.get(slot)
+        if mine is not None:
+            mine.pop(ws, None)
+            if not mine:
+                del self._slots[slot]
+        socket_id = self._ids_of.pop(ws, None)
+        if socket_id is not None:
+            del self._socket_ids[socket_id]
+            self._presence.leave(":".join(slot), socket_id)
 
     def group_socket(self, grp: str, phone: str, ws: web.WebSocketResponse) -> _Membership:
         """Within the block, removing `phone` from group `grp` closes `ws`."""
@@ -290,6 +372,10 @@ class Hub:
             self.spawn(self._close_session_here(request["sid_hash"]))
         elif op == "close_group_member":
             self.spawn(self._close_group_member_here(request["grp"], request["phone"]))
+        elif op == "close_socket":  # past the sockets-per-user cap, counted by the presence
+            ws = self._socket_ids.get(request["socket"])
+            if ws is not None:
+                self.spawn(self.close(ws, CLOSE_TOO_MANY_SOCKETS, b"too many sockets"))
         else:
             log.warning("hub: unknown control request %r", op)
 
@@ -316,6 +402,8 @@ class Hub:
         the one reading the socket drops the connection right after our close frame, so the
         serving task is asked to close it itself: it is cancelled, and its `session_socket`
         block closes the socket on the way out. Returns when it has."""
+        if ws.closed or ws in self._close_requests:
+            return  # closing already (asked twice: a logout and a session check, say)
         task = self._handlers.get(ws)
         if task is None or task.done() or task is asyncio.current_task():
             await close_socket(ws, code, message, self.close_timeout)
@@ -333,6 +421,23 @@ class Hub:
         await self._broker.publish_control({"op": "close_session", "sid_hash": sid_hash})
         await self._close_session_here(sid_hash)
 
+    def session_hashes(self) -> list[str]:
+        """The session id hashes that sockets of this process belong to (for `sessions.py`'s
+        periodic check)."""
+        return list(self._sessions)
+
+    def end_sessions(self, sid_hashes: Iterable[str], reason: bytes = b"session ended") -> int:
+        """Close, in the background, this process's sockets of sessions that have ended (1008,
+        `reason`); returns how many sockets are being closed. A socket already closing is left
+        to finish."""
+        count = 0
+        for sid_hash in sid_hashes:
+            for ws in tuple(self._sessions.get(sid_hash, ())):
+                if not ws.closed and ws not in self._close_requests:
+                    count += 1
+                    self.spawn(self.close(ws, CLOSE_SESSION_ENDED, reason))
+        return count
+
     async def close_group_member(self, grp: str, phone: str) -> None:
         """Close `phone`'s sockets of group `grp` (SPEC 5: removal from a group closes them), in
         every process; returns as `close_session` does."""
@@ -342,7 +447,7 @@ class Hub:
 
     async def _close_session_here(self, sid_hash: str) -> None:
         sockets = tuple(self._sessions.get(sid_hash, ()))
-        await asyncio.gather(*(self.close(ws, WSCloseCode.POLICY_VIOLATION, b"logged out")
+        await asyncio.gather(*(self.close(ws, CLOSE_SESSION_ENDED, b"logged out")
                                for ws in sockets))
 
     async def _close_group_member_here(self, grp: str, phone: str) -> None:

@@ -76,6 +76,21 @@ if mine and tonumber(mine) > now then n = n - 1 end
 return n
 """
 
+# KEYS[1]: a socket slot's sorted set; ARGV[1]: a new socket's id; ARGV[2]: the cap. Adds the
+# socket, scored by Redis's clock in microseconds (open order across processes and hosts), and
+# pops and returns the ids of the oldest past the cap (SPEC 10 `limits.sockets_per_user`).
+_ADMIT: Final = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
+local evicted = {}
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[1], over)
+  for i = 1, #popped, 2 do evicted[#evicted + 1] = popped[i] end
+end
+return evicted
+"""
+
 # What a channel of this process carries (see RedisBroker._deliver).
 _USER, _ROOM, _CONTROL = "user", "room", "control"
 _NO_SEQ: Final = b"-"
@@ -578,9 +593,10 @@ class RedisPresence:
         self._commands: _Commands | None = None
         self._claim: Any = None
         self._others: Any = None
+        self._admit: Any = None
         self._claimed: set[str] = set()  # renewed every third of `ttl`
-        # Operations for the presence task: (op, phone, future or None).
-        self._ops: list[tuple[str, str, asyncio.Future[Any] | None]] = []
+        # Operations for the presence task: (op, phone or slot, future or None, socket id).
+        self._ops: list[tuple[str, str, asyncio.Future[Any] | None, str]] = []
         self._ready = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._stopped = False
@@ -588,12 +604,16 @@ class RedisPresence:
     def _online_key(self, phone: str) -> str:
         return f"{self._prefix}online:{phone}"
 
+    def _sockets_key(self, slot: str) -> str:
+        return f"{self._prefix}sockets:{slot}"
+
     async def start(self) -> None:
         """Connect and start the presence task; raises HubUnavailable when Redis cannot be
         reached."""
         self._commands = _Commands(self._url, f"{self._prefix}presence:{self.id}")
         self._claim = self._commands.redis.register_script(_CLAIM)
         self._others = self._commands.redis.register_script(_OTHERS)
+        self._admit = self._commands.redis.register_script(_ADMIT)
         try:
             await self._commands.ping()
         except HubUnavailable:
@@ -636,15 +656,26 @@ class RedisPresence:
         """How many other processes hold a live claim of `phone` (None as for `claim`)."""
         return self._asked("others", phone)
 
-    def _op(self, op: str, phone: str, future: asyncio.Future[Any] | None = None) -> None:
-        self._ops.append((op, phone, future))
+    def admit(self, slot: str, socket: str, limit: int) -> asyncio.Future[list[str] | None]:
+        """Count socket `socket` in `slot` (`<prefix>:sockets:<slot>`, a sorted set shared by
+        every process); the future gets the ids of the oldest sockets past `limit`, of any
+        process, taken out of the count (None: Redis did not answer in time)."""
+        return self._asked("admit", slot, f"{socket} {limit}")
+
+    def leave(self, slot: str, socket: str) -> None:
+        """Socket `socket` of `slot` closed (after its `admit`: the presence task keeps order)."""
+        self._op("leave", slot, None, socket)
+
+    def _op(self, op: str, phone: str, future: asyncio.Future[Any] | None = None,
+            arg: str = "") -> None:
+        self._ops.append((op, phone, future, arg))
         self._ready.set()
 
-    def _asked(self, op: str, phone: str) -> asyncio.Future[int | None]:
-        """Queue `op`; its future gets the count, or None once 2 * REDIS_TIMEOUT seconds pass."""
+    def _asked(self, op: str, phone: str, arg: str = "") -> asyncio.Future[Any]:
+        """Queue `op`; its future gets the answer, or None once 2 * REDIS_TIMEOUT seconds pass."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[int | None] = loop.create_future()
-        self._op(op, phone, future)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._op(op, phone, future, arg)
         deadline = loop.call_later(2 * REDIS_TIMEOUT, _give_up, future)
         future.add_done_callback(lambda _: deadline.cancel())
         return future
@@ -667,27 +698,33 @@ class RedisPresence:
                 await self._run(ops, renew)
             except Exception:  # a bug here must not stop presence for good
                 log.exception("Redis hub: presence failed")
-                for _, _, future in ops:
+                for _, _, future, _ in ops:
                     if future is not None and not future.done():
                         future.set_result(None)
 
-    async def _run(self, ops: list[tuple[str, str, asyncio.Future[Any] | None]],
+    async def _run(self, ops: list[tuple[str, str, asyncio.Future[Any] | None, str]],
                    renew: bool) -> None:
         """One round trip for `ops` (and the renewal); a future gets the claim's or the check's
         count of other processes, or None when Redis failed."""
         assert self._commands is not None
         ttl_ms = max(1, round(self._ttl * 1000))
-        asked = [(op, phone, future) for op, phone, future in ops if op != "barrier"]
+        asked = [(op, phone, future, arg) for op, phone, future, arg in ops if op != "barrier"]
         # Snapshot now: a phone released later is withdrawn after this renewal, in order.
         renewed = list(self._claimed) if renew else []
 
         async def queue(pipe: Pipeline) -> None:
-            for op, phone, _ in asked:
+            for op, phone, _, arg in asked:
                 key = self._online_key(phone)
                 if op == "claim":
                     await self._claim(keys=[key], args=[self.id, ttl_ms], client=pipe)
                 elif op == "release":
                     pipe.zrem(key, self.id)
+                elif op == "admit":
+                    socket, limit = arg.split(" ")
+                    await self._admit(keys=[self._sockets_key(phone)], args=[socket, int(limit)],
+                                      client=pipe)
+                elif op == "leave":
+                    pipe.zrem(self._sockets_key(phone), arg)
                 else:
                     await self._others(keys=[key], args=[self.id], client=pipe)
             for i in range(0, len(renewed), RENEW_BATCH):
@@ -695,20 +732,22 @@ class RedisPresence:
                 await self._claim(keys=keys, args=[self.id, ttl_ms], client=pipe)
 
         results = await self._commands.execute("presence", queue) if asked or renewed else []
-        for i, (op, _, future) in enumerate(asked):
+        for i, (op, _, future, _) in enumerate(asked):
             if future is None or future.done():
                 continue
             result = results[i] if results is not None else None
             if result is None or isinstance(result, Exception):
                 future.set_result(None)
+            elif op == "admit":
+                future.set_result([r.decode() if isinstance(r, bytes) else str(r) for r in result])
             else:
                 future.set_result(int(result[0]) if op == "claim" else int(result))
-        for op, _, future in ops:
+        for op, _, future, _ in ops:
             if op == "barrier" and future is not None and not future.done():
                 future.set_result(None)
 
 
-def _give_up(future: asyncio.Future[int | None]) -> None:
+def _give_up(future: asyncio.Future[Any]) -> None:
     """A presence answer that did not come in time: unknown."""
     if not future.done():
         future.set_result(None)

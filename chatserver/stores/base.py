@@ -8,9 +8,12 @@ driver's error as `__cause__`. docs/storage.md says how the engines keep the dat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
+
+# Session hashes per query of `Store.live_sessions` (64 hex characters each: ~0.7 MB a query).
+LIVE_SESSIONS_BATCH: Final = 10_000
 
 # -- errors -------------------------------------------------------------------------------------
 
@@ -367,6 +370,16 @@ class Store(Protocol):
 
     async def session_user(self, sid_hash: str, max_age_seconds: int) -> str | None:
         """The phone logged in under this session, or None when unknown or older than max_age."""
+        ...
+
+    async def live_sessions(self, sid_hashes: Collection[str], max_age_seconds: float) -> set[str]:
+        """Of `sid_hashes`, those still recorded, not older than `max_age_seconds` and of an
+        account not disabled (SPEC 10: a disabled user's devices end): what a
+        server process asks every `security.session_check_seconds` about the sessions of its open
+        sockets, so that a session ended anywhere (logout, `run.py passwd` or `deluser` in another
+        process, an admin, expiry) closes its sockets (issue 12). One query (SQLite: the hashes as
+        one JSON array read by json_each; PostgreSQL: one text[] parameter) per
+        LIVE_SESSIONS_BATCH hashes; an empty collection asks nothing and is an empty set."""
         ...
 
     # -- dialogues ----------------------------------------------------------------------------

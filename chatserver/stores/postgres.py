@@ -256,6 +256,8 @@ class PgStore(SqlStore[PgConnection]):
     `connect(config)`), close with `await store.close()`."""
 
     SQL = POSTGRES
+    LIVE_SESSIONS = ("SELECT s.sid_hash FROM sessions AS s JOIN users AS u ON u.phone = s.phone"
+                     " WHERE s.sid_hash = ANY($1::text[]) AND s.created_us > $2 AND NOT u.disabled")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "postgres"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,
@@ -396,6 +398,10 @@ class PgStore(SqlStore[PgConnection]):
             return await self._pool.fetch(sql, *args)
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
             raise _wrap(e) from e
+
+    @staticmethod
+    def _text_list(texts: list[str]) -> list[str]:
+        return texts
 
     @staticmethod
     async def _execute(db: PgConnection, sql: str, *args: Any) -> int:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from ..protocol import now_micros
 from .base import (
+    LIVE_SESSIONS_BATCH,
     Account,
     Contact,
     DialogueSide,
@@ -170,6 +171,15 @@ class SqlStore(GroupCommitStore[DB]):
     @abstractmethod
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         """Rows of one read; the driver's errors come out as StoreError."""
+
+    # `live_sessions`: its SQL ($1 the hashes as `_text_list` makes them, $2 the oldest
+    # created_us kept), which binds a list of strings its engine's way.
+    LIVE_SESSIONS: ClassVar[str]
+
+    @staticmethod
+    @abstractmethod
+    def _text_list(texts: list[str]) -> Any:
+        """`texts` as one query parameter (SQLite: a JSON array; PostgreSQL: a text[])."""
 
     @staticmethod
     @abstractmethod
@@ -370,6 +380,18 @@ class SqlStore(GroupCommitStore[DB]):
         rows = await self._fetch(self.SQL.session_user, sid_hash,
                                  now_micros() - max_age_seconds * 1_000_000)
         return rows[0][0] if rows else None
+
+    async def live_sessions(self, sid_hashes: Collection[str], max_age_seconds: float) -> set[str]:
+        hashes = list(sid_hashes)
+        if not hashes:
+            return set()
+        cutoff = now_micros() - round(max_age_seconds * 1_000_000)
+        live: set[str] = set()
+        for i in range(0, len(hashes), LIVE_SESSIONS_BATCH):
+            rows = await self._fetch(self.LIVE_SESSIONS,
+                                     self._text_list(hashes[i:i + LIVE_SESSIONS_BATCH]), cutoff)
+            live.update(r[0] for r in rows)
+        return live
 
     # -- dialogues ----------------------------------------------------------------------------
 

@@ -305,6 +305,9 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
     `connect(config)`), close with `await store.close()`."""
 
     SQL = SQLITE
+    LIVE_SESSIONS = ("SELECT s.sid_hash FROM sessions AS s JOIN users AS u ON u.phone = s.phone"
+                     " WHERE s.sid_hash IN (SELECT value FROM json_each(?1)) AND s.created_us > ?2"
+                     " AND NOT u.disabled")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "sqlite"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,
@@ -462,6 +465,10 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             return list(await self._reader.execute_fetchall(sql, args))
         except sqlite3.Error as e:
             raise _wrap(e) from e
+
+    @staticmethod
+    def _text_list(texts: list[str]) -> str:
+        return _rows_json(texts)
 
     @staticmethod
     async def _execute(db: aiosqlite.Connection, sql: str, *args: Any) -> int:

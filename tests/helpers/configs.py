@@ -13,10 +13,12 @@ from chatserver.config import Config
 from helpers import backends
 from helpers.server import Tables, merge_tables
 
-# Fast bcrypt, and limits no test reaches unless it says otherwise.
+# Fast bcrypt, and limits no test reaches unless it says otherwise (the load and scale-out tests
+# open many sockets of one user: SPREAD in test_scaleout.py).
 QUICK: Tables = {
     "security": {"bcrypt_rounds": 4},
-    "limits": {"messages_per_second": 1_000_000.0, "handshakes_per_minute": 1_000_000},
+    "limits": {"messages_per_second": 1_000_000.0, "handshakes_per_minute": 1_000_000,
+               "sockets_per_user": 1_000_000},
 }
 # The load tests: FULL sync (the crash guarantee is about FULL), a quick WAL scrub (so that
 # checkpoints run during the load), and an outgoing queue no load fills.

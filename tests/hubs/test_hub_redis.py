@@ -504,6 +504,31 @@ async def test_a_stopped_presence_withdraws_its_claims(
     assert (await staying.others("960"), await staying.others("961")) == (0, 0)
 
 
+async def test_presence_counts_a_slots_sockets_over_processes_and_pops_the_oldest(
+        start_presence: Callable[..., Awaitable[RedisPresence]], rds: redis.Redis,
+        redis_prefix: str) -> None:
+    """SPEC 10 sockets per user: the oldest past the cap, whichever process opened it, is
+    popped; a socket that leaves right after it was admitted is not left behind (one task keeps
+    the order of admit and leave)."""
+    one, two = await start_presence(), await start_presence()
+    slot = "receive:970"
+    assert await one.admit(slot, "one-1", 2) == []
+    assert await two.admit(slot, "two-1", 2) == []
+    assert await two.admit(slot, "two-2", 2) == ["one-1"]
+    assert await one.admit(slot, "one-2", 2) == ["two-1"]
+    # Admitted and gone before its answer was read: nothing stays counted.
+    quick = one.admit(slot, "one-3", 3)
+    one.leave(slot, "one-3")
+    assert await quick == []
+    assert await one.admit(slot, "one-4", 3) == []
+    members = await rds.zrange(f"{redis_prefix}:sockets:{slot}", 0, -1)
+    assert members == [b"two-2", b"one-2", b"one-4"]
+    for socket, presence in (("two-2", two), ("one-2", one), ("one-4", one)):
+        presence.leave(slot, socket)
+    assert (await one.others("970"), await two.others("970")) == (0, 0)  # after the leaves
+    assert not await rds.exists(f"{redis_prefix}:sockets:{slot}")
+
+
 # -- the broker alone -------------------------------------------------------------------------------
 
 

@@ -511,6 +511,55 @@ async def test_session_expires_after_max_age(store: AnyStore, monkeypatch: pytes
         assert await store.session_user("new", 3600) == A
 
 
+async def test_live_sessions_keeps_the_recorded_and_unexpired(
+        store: AnyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: the one query a server process makes about its sockets' sessions."""
+    async with asyncio.timeout(TIMEOUT):
+        two_hours_ago = now_micros() - 2 * 3600 * 1_000_000
+        with monkeypatch.context() as m:
+            m.setattr(sys.modules["chatserver.stores.queries"], "now_micros", lambda: two_hours_ago)
+            await store.add_session("old", A)
+        for sid_hash in ("a-1", "a-2", "b-1", "quote'\"]"):
+            await store.add_session(sid_hash, A if sid_hash != "b-1" else B)
+        asked = ["a-1", "a-2", "b-1", "old", "gone", "quote'\"]", "a-1"]
+        assert await store.live_sessions(asked, 3600) == {"a-1", "a-2", "b-1", "quote'\"]"}
+        assert await store.live_sessions(asked, 3 * 3600) == {"a-1", "a-2", "b-1", "old",
+                                                               "quote'\"]"}
+        assert await store.live_sessions([], 3600) == set()
+        assert await store.live_sessions(("gone",), 3600) == set()
+        await store.delete_session("a-1")
+        assert await store.set_password(B, b"new hash")
+        assert await store.live_sessions(asked, 3600) == {"a-2", "quote'\"]"}
+        assert await store.delete_user(A)
+        assert await store.live_sessions(asked, 3 * 3600) == set()
+
+
+async def test_live_sessions_leaves_out_a_disabled_account(store: AnyStore, place: Place) -> None:
+    """SPEC 10: a disabled user's devices end, whoever set the flag (here: another connection,
+    as an admin's request served by another process, or a hand-made UPDATE)."""
+    async with asyncio.timeout(TIMEOUT):
+        await store.add_session("a-1", A)
+        await store.add_session("b-1", B)
+        if isinstance(place, Path):
+            with contextlib.closing(sqlite3.connect(place)) as con, con:
+                con.execute("UPDATE users SET disabled = 1 WHERE phone = ?", (A,))
+        else:
+            async with connected(place) as conn:
+                await conn.execute("UPDATE users SET disabled = true WHERE phone = $1", A)
+        assert await store.live_sessions(["a-1", "b-1"], 3600) == {"b-1"}
+
+
+async def test_live_sessions_past_one_batch(store: AnyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More hashes than one query carries: every batch is asked."""
+    monkeypatch.setattr(sys.modules["chatserver.stores.queries"], "LIVE_SESSIONS_BATCH", 3)
+    async with asyncio.timeout(TIMEOUT):
+        live = [f"live-{i}" for i in range(7)]
+        for sid_hash in live:
+            await store.add_session(sid_hash, A)
+        asked = [h for i, h in enumerate(live) for h in (h, f"gone-{i}")]
+        assert await store.live_sessions(asked, 3600) == set(live)
+
+
 # -- users --------------------------------------------------------------------------------------
 
 

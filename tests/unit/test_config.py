@@ -32,6 +32,9 @@ def test_defaults_are_the_spec_defaults() -> None:
     assert config.security.cookie_secret == ""  # SPEC 3: generated on first start
     assert config.security.https is False
     assert config.security.allowed_origins == ()
+    assert config.limits.sockets_per_user == 10  # SPEC 10
+    assert config.security.session_check_seconds == 2.0  # issue 12: sessions end everywhere
+    assert config.limits.body_timeout_seconds == 10.0  # issue 12: slow request bodies
 
 
 def test_no_file_and_no_overrides_is_all_defaults() -> None:
@@ -202,6 +205,9 @@ def test_wrong_types_are_refused(tmp_path: Path, text: str) -> None:
         "[rooms]\nkeep = -1\n",
         "[websocket]\nheartbeat = 0\n",
         "[security]\nsession_seconds = 0\n",
+        "[security]\nsession_check_seconds = 0\n",
+        "[limits]\nsockets_per_user = 0\n",
+        "[limits]\nbody_timeout_seconds = -1\n",
         "[security]\nbcrypt_rounds = 3\n",
         "[security]\nbcrypt_rounds = 32\n",
         "[database]\nsynchronous = \"SOMETIMES\"\n",
