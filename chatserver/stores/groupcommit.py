@@ -185,7 +185,6 @@ class GroupCommitStore(Store, Generic[DB]):
     # -- the writer ---------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 if self._closing:
@@ -197,9 +196,8 @@ class GroupCommitStore(Store, Generic[DB]):
             batch, self._queue = self._queue, []
             async with self._writing:
                 await self._commit(batch)
-            if self._scrub_at is None and any(w.deletes for w in batch):
-                self._scrub_at = loop.time() + self._scrub_seconds
-                self._scrub_wakeup.set()
+            if any(w.deletes for w in batch):
+                self._scrub_soon()
 
     async def _commit(self, batch: list[QueuedWrite]) -> None:
         """Run `batch` in one transaction, one statement per kind of write.
@@ -266,6 +264,12 @@ class GroupCommitStore(Store, Generic[DB]):
             batch = [w for w in batch if w is not writes[0]]
 
     # -- scrub (SPEC 6) -----------------------------------------------------------------------
+
+    def _scrub_soon(self) -> None:
+        """Scrub within `scrub_seconds` (unless a scrub is due sooner): something was deleted."""
+        if self._scrub_at is None:
+            self._scrub_at = asyncio.get_running_loop().time() + self._scrub_seconds
+            self._scrub_wakeup.set()
 
     async def scrub(self) -> None:
         if self._closing:

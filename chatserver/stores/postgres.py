@@ -525,7 +525,9 @@ class PgStore(SqlStore[PgConnection]):
             # group_pending rows go with their message (ON DELETE CASCADE)
             group = await db.fetch(_EXPIRE_GROUP, before_us, limit)
             return expired(personal, False) + expired(group, True)
-        result: list[Expired] = await self._write(op, deletes=True)
+        result: list[Expired] = await self._write(op)
+        if result:  # only then: an hourly check that found nothing costs no scrub
+            self._scrub_soon()
         return result
 
     async def pending_group_for(self, phone: str) -> list[GroupMessage]:

@@ -566,7 +566,9 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             # group_pending rows go with their message (ON DELETE CASCADE)
             group = await db.execute_fetchall(_EXPIRE_GROUP, (before_us, limit))
             return expired(personal, False) + expired(group, True)
-        result: list[Expired] = await self._write(op, deletes=True)
+        result: list[Expired] = await self._write(op)
+        if result:  # only then: an hourly check that found nothing costs no scrub
+            self._scrub_soon()
         return result
 
     async def pending_group_for(self, phone: str) -> list[GroupMessage]:
