@@ -184,6 +184,7 @@ _INSERT_GROUP: Final = """
     pairs AS (
         SELECT i.id, m.phone FROM inserted AS i
         JOIN group_members AS m ON m.grp = i.grp AND m.phone <> i.msg_from
+        ORDER BY i.id, m.phone
         FOR KEY SHARE OF m),
     waiting AS (
         SELECT d.phone,
