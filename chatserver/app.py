@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from .keys import (
     throttle_key,
 )
 from .middlewares import guard, response_headers
+from .retention import expire_forever
 from .routes import setup_routes
 from .sessions import session_watch_ctx
 from .stores import open_store
@@ -69,6 +72,19 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
         await app[hub_key].stop()
 
 
+async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Expire undelivered messages (SPEC 10) while serving: started once the store and the hub
+    are (its pushes go through the hub), stopped before them."""
+    task = asyncio.create_task(
+        expire_forever(app[store_key], app[hub_key], app[config_key].retention), name="retention")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def close_sockets(app: web.Application) -> None:
     """On shutdown, close every socket with 1001 going away."""
     await app[hub_key].close_all()
@@ -84,8 +100,9 @@ def create_app(config: Config) -> web.Application:
     app[password_pool_key] = PasswordPool(config.limits.password_workers,
                                           config.limits.password_queue)
     # Started in this order and cleaned up in the reverse one (aiohttp's cleanup_ctx): the
-    # session check stops first, then the hub, then the throttle closes, and the store last.
-    app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx, session_watch_ctx])
+    # expiry and the session check stop first, then the hub, then the throttle closes, and the
+    # store closes last.
+    app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx, session_watch_ctx, retention_ctx])
     app.on_shutdown.append(close_sockets)
     app.on_response_prepare.append(response_headers)
     secret = load_secret(config.security.cookie_secret, config.database.path)

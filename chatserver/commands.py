@@ -9,9 +9,9 @@ command that writes answers once its write is committed (`Conn.later`, docs/conn
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from .connection import MAX_IN_FLIGHT, STORE_FAILED, Conn
 from .protocol import (
@@ -30,10 +30,11 @@ from .protocol import (
     server_now,
     server_timestamp,
 )
-from .stores.base import StoreError
+from .stores.base import GroupMessage, StoredMessage, StoreError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Handler = Callable[[Conn, Frame], Awaitable[None]]
 ReceiveHandler = Callable[[Conn, dict[str, Any]], Awaitable[None]]
 
@@ -49,12 +50,17 @@ class Command:
 
 
 def check_message(conn: Conn, message: str) -> None:
-    """A message body is 1 to `limits.max_message_chars` characters (SPEC 5.1)."""
+    """A message body is 1 to `limits.max_message_chars` characters (SPEC 5.1) and at most
+    `limits.max_message_bytes` bytes in UTF-8 (SPEC 10: what one stored message may cost)."""
     if not message:
         raise ProtocolError("the message is empty")
-    limit = conn.config.limits.max_message_chars
-    if len(message) > limit:
-        raise ProtocolError(f"the message is longer than {limit} characters")
+    limits = conn.config.limits
+    if len(message) > limits.max_message_chars:
+        raise ProtocolError(f"the message is longer than {limits.max_message_chars} characters")
+    # A character is at most 4 bytes in UTF-8: most bodies need no encoding to be measured.
+    if len(message) * 4 > limits.max_message_bytes and \
+            len(message.encode()) > limits.max_message_bytes:
+        raise ProtocolError(f"the message is longer than {limits.max_message_bytes} bytes")
     if "\x00" in message:  # not text a person typed, and SQL text functions stop at it
         raise ProtocolError("the message must not contain NUL characters")
 
@@ -242,33 +248,48 @@ async def send_room_history(conn: Conn, limit: int) -> int:
 # -- receive socket (SPEC 5.2) ----------------------------------------------------------------
 
 
-async def _send_chunks(conn: Conn, command: str, messages: list[dict[str, Any]]) -> None:
+async def _send_pages(conn: Conn, command: str,
+                      page: Callable[[int, int], Awaitable[Sequence[tuple[int, T]]]],
+                      render: Callable[[T], dict[str, Any]]) -> None:
+    """Answer a fetch a chunk at a time as the store reads it (SPEC 5.2): one keyset-paginated
+    query of `fetch.chunk_size` + 1 rows per chunk (the extra row says whether this chunk is the
+    last, `"all": "True"`), so that memory is bounded by the chunk size whatever the backlog.
+    Nothing stored: one chunk with an empty list. Messages accepted meanwhile come in later
+    chunks; those acknowledged meanwhile may be left out."""
     size = conn.config.fetch.chunk_size
-    chunks = [messages[i:i + size] for i in range(0, len(messages), size)] or [[]]
-    for n, chunk in enumerate(chunks, 1):
-        await conn.reply({"command": command, "all": "True" if n == len(chunks) else "False",
-                          "messages": chunk})
+    after = 0
+    while True:
+        rows = await page(after, size + 1)
+        last = len(rows) <= size
+        chunk = rows[:size]
+        await conn.reply({"command": command, "all": "True" if last else "False",
+                          "messages": [render(m) for _, m in chunk]})
+        if last:
+            return
+        after = chunk[-1][0]
 
 
 async def fetch_msgs(conn: Conn, data: dict[str, Any]) -> None:
     """Answer the personal messages still stored for the user, oldest first, in chunks."""
-    stored = await conn.store.pending_for(conn.user)
-    await _send_chunks(conn, "fetch_msgs", [
-        {"msg_from": m.msg_from, "msg_to": m.msg_to, "message": m.message, "command": "new_msg",
-         "sent_timestamp": fetch_timestamp(m.sent_us)}
-        for m in stored
-    ])
+    def render(m: StoredMessage) -> dict[str, Any]:
+        return {"msg_from": m.msg_from, "msg_to": m.msg_to, "message": m.message,
+                "command": "new_msg", "sent_timestamp": fetch_timestamp(m.sent_us)}
+
+    await _send_pages(conn, "fetch_msgs",
+                      lambda after, limit: conn.store.pending_page(conn.user, after, limit), render)
 
 
 async def fetch_grp_msgs(conn: Conn, data: dict[str, Any]) -> None:
     """Answer the group messages still pending for the user, oldest first, in chunks, each with
     `msg_from` "<grp>-<sender>" and its `pending` list (SPEC 5.2)."""
-    stored = await conn.store.pending_group_for(conn.user)
-    await _send_chunks(conn, "fetch_grp_msgs", [
-        {"msg_from": f"{m.grp}-{m.msg_from}", "msg_to": conn.user, "message": m.message,
-         "command": "new_msg", "sent_timestamp": fetch_timestamp(m.sent_us), "pending": m.pending}
-        for m in stored
-    ])
+    def render(m: GroupMessage) -> dict[str, Any]:
+        return {"msg_from": f"{m.grp}-{m.msg_from}", "msg_to": conn.user, "message": m.message,
+                "command": "new_msg", "sent_timestamp": fetch_timestamp(m.sent_us),
+                "pending": m.pending}
+
+    await _send_pages(conn, "fetch_grp_msgs",
+                      lambda after, limit: conn.store.pending_group_page(conn.user, after, limit),
+                      render)
 
 
 # -- the command tables (SPEC 5) ---------------------------------------------------------------

@@ -115,11 +115,27 @@ class Limits:
     # Seconds a request body may take to arrive in full; a slower one is answered 408 and its
     # connection closed (issue 12, finding 5: slow bodies must not hold connections forever).
     body_timeout_seconds: float = 10.0
+    # SPEC 10: a message body's size in UTF-8 bytes, beside max_message_chars (4096 characters of
+    # four bytes each would be 16 KiB): what one stored message may cost. 16384 lets any text of
+    # max_message_chars characters through.
+    max_message_bytes: int = 16384
+    # SPEC 10: messages waiting for one recipient (personal messages to them plus group messages
+    # pending for them); a new one past it is refused with "recipient's mailbox is full".
+    max_waiting_per_recipient: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
     chunk_size: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    # SPEC 10: a personal or group message still stored this many days after it was accepted is
+    # deleted and its sender told (`msg_expired`). A number: a fraction of a day is allowed.
+    undelivered_days: float = 30.0
+    # Seconds between two expiry checks; SPEC 10 says at least hourly, so at most 3600.
+    check_seconds: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +169,7 @@ class Config:
     security: Security = field(default_factory=Security)
     limits: Limits = field(default_factory=Limits)
     fetch: Fetch = field(default_factory=Fetch)
+    retention: Retention = field(default_factory=Retention)
     rooms: Rooms = field(default_factory=Rooms)
     websocket: WebSocket = field(default_factory=WebSocket)
     hub: HubSettings = field(default_factory=HubSettings)
@@ -178,6 +195,10 @@ _POSITIVE = {
     ("limits", "outgoing_queue"),
     ("limits", "sockets_per_user"),
     ("limits", "body_timeout_seconds"),
+    ("limits", "max_message_bytes"),
+    ("limits", "max_waiting_per_recipient"),
+    ("retention", "undelivered_days"),
+    ("retention", "check_seconds"),
     ("fetch", "chunk_size"),
     ("rooms", "history"),
     ("rooms", "keep"),
@@ -238,6 +259,9 @@ def _build(data: dict[str, Any]) -> Config:
         raise ConfigError("[security] bcrypt_rounds must be between 4 and 31")
     if config.limits.password_queue < 0:
         raise ConfigError("[limits] password_queue must not be negative")
+    if config.retention.check_seconds > 3600:
+        raise ConfigError("[retention] check_seconds must be at most 3600 (SPEC 10: checked at "
+                          "least hourly)")
     if config.database.scrub_seconds < 0:
         raise ConfigError("[database] scrub_seconds must not be negative")
     if config.database.url and not config.database.url.startswith(POSTGRES_SCHEMES):

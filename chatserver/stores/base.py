@@ -30,6 +30,11 @@ class NotMember(IntegrityError):
     """A group write by someone who is not (or no longer) a participant of the group."""
 
 
+class MailboxFull(StoreError):
+    """A new message for a recipient who already has `limits.max_waiting_per_recipient` messages
+    waiting (SPEC 10); nothing was stored. Only that write fails: the others of its batch commit."""
+
+
 class StoreClosed(StoreError):
     """An operation was submitted after `Store.close()` began."""
 
@@ -70,6 +75,19 @@ class StoredMessage:
     msg_to: str
     message: str
     sent_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A message deleted because it waited `retention.undelivered_days` (SPEC 10): what its
+    sender's `msg_expired` says. `msg_to` is the recipient's phone, or the group key when `group`;
+    `sent_timestamp` is the sender's own, as sent."""
+
+    msg_from: str
+    msg_to: str
+    sent_timestamp: str
+    sent_us: int
+    group: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +234,11 @@ class Store(Protocol):
 
     def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
                      message: str) -> asyncio.Future[bool]:
-        """Store a message durably. False when the same identity (msg_from, msg_to, sent_us) is
-        already stored: a retry, not stored twice (SPEC 5.1). The dialogue rows are created by a
-        trigger. Fails with IntegrityError for a phone that has no account."""
+        """Store a message durably, with the commit's time as its `accepted_us`. False when the
+        same identity (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice
+        (SPEC 5.1). The dialogue rows are created by a trigger. Fails with IntegrityError for a
+        phone that has no account, and with MailboxFull when `max_waiting` messages already wait
+        for msg_to (personal ones to them and group ones pending for them, SPEC 10)."""
         ...
 
     def ack_personal(self, msg_from: str, msg_to: str, sent_us: int,
@@ -233,9 +253,14 @@ class Store(Protocol):
 
     def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
                           message: str) -> asyncio.Future[list[str] | None]:
-        """Store a group message durably, pending for every other participant (SPEC 5.3).
-        Resolves to the sorted phones it is pending for, or None for a retry of a message still
-        stored; fails with NotMember when msg_from is not a participant."""
+        """Store a group message durably, pending for every other participant (SPEC 5.3), with
+        the commit's time as its `accepted_us`. Resolves to the sorted phones it is pending for,
+        or None for a retry of a message still stored; fails with NotMember when msg_from is not
+        a participant.
+
+        A participant whose mailbox is full (`max_waiting` messages already wait for them, SPEC
+        10) is left out of the pending list: the others still get the message. When every other
+        participant is full, nothing is stored and the write fails with MailboxFull."""
         ...
 
     def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str) -> asyncio.Future[bool]:
@@ -400,6 +425,13 @@ class Store(Protocol):
         """Personal messages stored for msg_to, in the order the server accepted them (SPEC 5.2)."""
         ...
 
+    async def pending_page(self, msg_to: str, after: int, limit: int) -> list[tuple[int, StoredMessage]]:
+        """At most `limit` personal messages stored for msg_to, in acceptance order, starting
+        after the one whose position is `after` (0: from the first): (position, message) pairs.
+        The next page starts after the last position returned (keyset pagination: each page is
+        one indexed query whatever the backlog, and memory is bounded by `limit`)."""
+        ...
+
     # -- groups (SPEC 4, 5.3) -----------------------------------------------------------------
 
     async def create_group(self, key: str, name: str, creator: str, participants: list[str]) -> bool:
@@ -435,6 +467,22 @@ class Store(Protocol):
 
     async def pending_group_for(self, phone: str) -> list[GroupMessage]:
         """Group messages still pending for `phone`, oldest first, each with its pending list."""
+        ...
+
+    async def pending_group_page(self, phone: str, after: int,
+                                 limit: int) -> list[tuple[int, GroupMessage]]:
+        """`pending_group_for` a page at a time, as `pending_page`: at most `limit` (position,
+        message) pairs, oldest first, after position `after` (0: from the first)."""
+        ...
+
+    # -- retention (SPEC 10) ------------------------------------------------------------------
+
+    async def expire(self, before_us: int, limit: int) -> list[Expired]:
+        """Delete at most `limit` personal and at most `limit` group messages (with their pending
+        rows) accepted before `before_us`, oldest first, in one transaction, and return them; the
+        store scrubs their bodies as it does acknowledged ones (SPEC 6). Several processes may
+        call it at once on one database: each message is returned by exactly one call (the one
+        whose DELETE removed it). Call again while a call returns `limit` of either kind."""
         ...
 
     # -- rooms (SPEC 5.4) ---------------------------------------------------------------------

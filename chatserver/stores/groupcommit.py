@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
-from .base import Store, StoreClosed
+from .base import Store, StoreClosed, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class QueuedWrite:
 class Runners(Generic[DB]):
     """An engine's batch runners, one per kind of write: each runs a list of argument lists in
     the open transaction on connection DB and returns one result per list, in one SQL statement
-    whatever the list's length (`call_ops` excepted: the rare writes, one small coroutine each)."""
+    whatever the list's length (`call_ops` excepted: the rare writes, one small coroutine each).
+    A result that is a StoreError (MailboxFull) fails that write alone; the others commit."""
 
     add_personal: Callable[[DB, list[Any]], Awaitable[list[Any]]]
     ack_personal: Callable[[DB, list[Any]], Awaitable[list[Any]]]
@@ -65,9 +66,10 @@ class GroupCommitStore(Store, Generic[DB]):
 
     RUNNERS: ClassVar[Runners[Any]]
 
-    def __init__(self, scrub_seconds: float, rooms_keep: int) -> None:
+    def __init__(self, scrub_seconds: float, rooms_keep: int, max_waiting: int = 10000) -> None:
         self._scrub_seconds = scrub_seconds
         self._rooms_keep = rooms_keep
+        self._max_waiting = max_waiting  # limits.max_waiting_per_recipient (SPEC 10)
         # (blocker, blocked) pairs, mirrored in memory: every new_msg is checked against them.
         # Engines update this set in place, never replace it.
         self._blocks: set[tuple[str, str]] = set()
@@ -149,8 +151,8 @@ class GroupCommitStore(Store, Generic[DB]):
 
     def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
                      message: str) -> asyncio.Future[bool]:
-        return self._submit(
-            self.RUNNERS.add_personal, [msg_from, msg_to, sent_us, sent_timestamp, message])
+        return self._submit(self.RUNNERS.add_personal,
+                            [msg_from, msg_to, sent_us, sent_timestamp, message, self._max_waiting])
 
     def ack_personal(self, msg_from: str, msg_to: str, sent_us: int,
                      received_at: str) -> asyncio.Future[bool]:
@@ -162,8 +164,8 @@ class GroupCommitStore(Store, Generic[DB]):
 
     def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
                           message: str) -> asyncio.Future[list[str] | None]:
-        return self._submit(
-            self.RUNNERS.add_group, [grp, msg_from, sent_us, sent_timestamp, message])
+        return self._submit(self.RUNNERS.add_group,
+                            [grp, msg_from, sent_us, sent_timestamp, message, self._max_waiting])
 
     def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str) -> asyncio.Future[bool]:
         return self._submit(self.RUNNERS.ack_group, [grp, msg_from, sent_us, phone], deletes=True)
@@ -183,7 +185,6 @@ class GroupCommitStore(Store, Generic[DB]):
     # -- the writer ---------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 if self._closing:
@@ -195,9 +196,8 @@ class GroupCommitStore(Store, Generic[DB]):
             batch, self._queue = self._queue, []
             async with self._writing:
                 await self._commit(batch)
-            if self._scrub_at is None and any(w.deletes for w in batch):
-                self._scrub_at = loop.time() + self._scrub_seconds
-                self._scrub_wakeup.set()
+            if any(w.deletes for w in batch):
+                self._scrub_soon()
 
     async def _commit(self, batch: list[QueuedWrite]) -> None:
         """Run `batch` in one transaction, one statement per kind of write.
@@ -245,7 +245,11 @@ class GroupCommitStore(Store, Generic[DB]):
                 # In submission order: a socket's callbacks then run in the order of its frames.
                 for write in batch:
                     if not write.future.done():  # the caller may have been cancelled
-                        write.future.set_result(results[id(write)])
+                        result = results[id(write)]
+                        if isinstance(result, StoreError):  # refused by the runner, not by SQL
+                            write.future.set_exception(result)
+                        else:
+                            write.future.set_result(result)
                 return
             await self._rollback(db)
             writes, error = failed
@@ -260,6 +264,12 @@ class GroupCommitStore(Store, Generic[DB]):
             batch = [w for w in batch if w is not writes[0]]
 
     # -- scrub (SPEC 6) -----------------------------------------------------------------------
+
+    def _scrub_soon(self) -> None:
+        """Scrub within `scrub_seconds` (unless a scrub is due sooner): something was deleted."""
+        if self._scrub_at is None:
+            self._scrub_at = asyncio.get_running_loop().time() + self._scrub_seconds
+            self._scrub_wakeup.set()
 
     async def scrub(self) -> None:
         if self._closing:

@@ -16,10 +16,10 @@ import asyncpg
 from ..config import Config
 from ..protocol import now_micros
 from . import migrate
-from .base import BackupUnsupported, GroupMessage, IntegrityError, NotMember, StoreError
+from .base import BackupUnsupported, Expired, GroupMessage, IntegrityError, NotMember, StoreError
 from .groupcommit import Runners, call_ops
 from .pgblocks import CHANNEL_QUERY, CONNECTION_ERRORS, BlocksMirror, PgConnection
-from .queries import POSTGRES, SqlStore
+from .queries import POSTGRES, SqlStore, admit, expired, mailbox_full
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,28 @@ def _firsts(rows: list[Any], done: Iterable[Any], width: int) -> list[bool]:
     return results
 
 
+# Messages waiting for each phone (SPEC 10), counted on the indexes (msg_to, id) and
+# (phone, message_id) and only up to the limit $2: a full mailbox costs at most `limit` index
+# entries per batch, a usual one (a few waiting) next to nothing. Another process may commit
+# messages for the same phone meanwhile (READ COMMITTED): the limit can be passed by what the
+# processes commit at the same moment, never by more.
+_WAITING: Final = """
+    SELECT r.phone,
+        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = r.phone LIMIT $2) AS a)
+      + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = r.phone LIMIT $2) AS b)
+    FROM unnest($1::text[]) AS r(phone)"""
+
+
+async def _waiting(db: PgConnection, phones: set[str], limit: int) -> dict[str, int]:
+    """How many messages wait for each of `phones`, counted up to `limit`."""
+    return {r[0]: r[1] for r in await db.fetch(_WAITING, sorted(phones), limit)}
+
+
+# accepted_us ($6) is the batch's time, one value for the whole batch (SPEC 10 retention); the
+# column's default would do, but both engines take it from the server's clock the same way.
 _INSERT_PERSONAL: Final = """
-    INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message)
-    SELECT msg_from, msg_to, sent_us, sent_timestamp, message
+    INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message, accepted_us)
+    SELECT msg_from, msg_to, sent_us, sent_timestamp, message, $6
     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
          WITH ORDINALITY AS j(msg_from, msg_to, sent_us, sent_timestamp, message, n)
     ORDER BY n
@@ -82,11 +101,26 @@ _INSERT_PERSONAL: Final = """
     RETURNING msg_from, msg_to, sent_us"""
 
 
-async def _add_personal_many(db: PgConnection, rows: list[Any]) -> list[bool]:
-    """Insert [msg_from, msg_to, sent_us, sent_timestamp, message] rows in array order (which is
-    the acceptance order, `id`); True for each row stored, False for a repeated identity. The
-    dialogues are opened by the table's trigger."""
-    return _firsts(rows, await db.fetch(_INSERT_PERSONAL, *_columns(rows, 5)), 3)
+async def _add_personal_many(db: PgConnection, rows: list[Any]) -> list[bool | StoreError]:
+    """Insert [msg_from, msg_to, sent_us, sent_timestamp, message, max_waiting] rows in array
+    order (which is the acceptance order, `id`); True for each row stored, False for a repeated
+    identity, MailboxFull for a row whose recipient already has max_waiting messages waiting.
+    The dialogues are opened by the table's trigger."""
+    limit = rows[0][5]
+    admitted = admit((row[1] for row in rows), await _waiting(db, {row[1] for row in rows}, limit),
+                     limit)
+    taken = [row for row, ok in zip(rows, admitted, strict=True) if ok]
+    stored = iter(_firsts(taken, await db.fetch(_INSERT_PERSONAL, *_columns(taken, 5), now_micros()),
+                          3) if taken else [])
+    results: list[bool | StoreError] = []
+    for row, ok in zip(rows, admitted, strict=True):
+        if ok:
+            results.append(next(stored))
+        elif await db.fetchval(POSTGRES.is_stored, row[1], row[0], row[2]) is not None:
+            results.append(False)  # a retry of a message stored before the mailbox filled up
+        else:
+            results.append(mailbox_full())
+    return results
 
 
 # One statement: delete, and move last_received_receiver of each dialogue to the receipt of its
@@ -134,45 +168,73 @@ async def _read_personal_many(db: PgConnection, rows: list[Any]) -> list[None]:
     return [None] * len(rows)
 
 
-# The message and its pending rows in one statement. The members are locked (FOR KEY SHARE):
-# a member removed by another process at the same moment is then either removed before this
-# reads the members (and not pending) or after this commits (and dropped from the pending list
-# by the trigger group_members_left); without the lock the message could wait for them forever.
+# The messages, and for each the members it is for (all but the sender, sorted) with how many
+# messages wait for each of them (as _WAITING), in one statement. The members are locked (FOR KEY
+# SHARE): a member removed by another process at the same moment is then either removed before
+# this reads the members (and not pending) or after this commits (and dropped from the pending
+# list by the trigger group_members_left); without the lock the message could wait for them
+# forever. accepted_us ($6): as for personal messages.
 _INSERT_GROUP: Final = """
     WITH j AS (
         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
                       WITH ORDINALITY AS j(grp, msg_from, sent_us, sent_timestamp, message, n)),
     inserted AS (
-        INSERT INTO group_messages (grp, msg_from, sent_us, sent_timestamp, message)
-        SELECT grp, msg_from, sent_us, sent_timestamp, message FROM j
+        INSERT INTO group_messages (grp, msg_from, sent_us, sent_timestamp, message, accepted_us)
+        SELECT grp, msg_from, sent_us, sent_timestamp, message, $6 FROM j
         WHERE EXISTS (SELECT 1 FROM group_members AS s WHERE s.grp = j.grp AND s.phone = j.msg_from)
         ORDER BY n
         ON CONFLICT DO NOTHING
         RETURNING id, grp, msg_from, sent_us),
-    pending AS (
-        INSERT INTO group_pending (phone, message_id)
-        SELECT m.phone, i.id FROM inserted AS i
+    pairs AS (
+        SELECT i.id, m.phone FROM inserted AS i
         JOIN group_members AS m ON m.grp = i.grp AND m.phone <> i.msg_from
         ORDER BY i.id, m.phone
-        FOR KEY SHARE OF m
-        RETURNING message_id, phone)
+        FOR KEY SHARE OF m),
+    waiting AS (
+        SELECT d.phone,
+            (SELECT count(*) FROM (SELECT 1 FROM personal_messages
+                                   WHERE msg_to = d.phone LIMIT $7) AS a)
+          + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = d.phone LIMIT $7) AS b)
+            AS n
+        FROM (SELECT DISTINCT phone FROM pairs) AS d)
     SELECT i.grp, i.msg_from, i.sent_us, i.id,
-           coalesce((SELECT array_agg(p.phone ORDER BY p.phone) FROM pending AS p
-                     WHERE p.message_id = i.id), '{}')
-    FROM inserted AS i"""
+           coalesce((SELECT array_agg(p.phone ORDER BY p.phone) FROM pairs AS p
+                     WHERE p.id = i.id), '{}'),
+           coalesce((SELECT array_agg(w.n ORDER BY p.phone) FROM pairs AS p
+                     JOIN waiting AS w USING (phone) WHERE p.id = i.id), '{}')
+    FROM inserted AS i ORDER BY i.id"""
+_INSERT_PENDING: Final = """
+    INSERT INTO group_pending (phone, message_id)
+    SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 2, 1"""
 _DELETE_UNADDRESSED: Final = "DELETE FROM group_messages WHERE id = ANY($1::bigint[])"
 
 
-async def _add_group_many(db: PgConnection, rows: list[Any]) -> list[list[str] | None]:
-    """Insert [grp, msg_from, sent_us, sent_timestamp, message] rows. For each row: the phones it
-    is pending for (stored; may be empty in a group of one), or None for a repeated identity.
-    Raises NotMember (failing only that write) when msg_from is not in the group."""
-    inserted = await db.fetch(_INSERT_GROUP, *_columns(rows, 5))
-    stored = {(r[0], r[1], r[2]): list(r[4]) for r in inserted}
-    unaddressed = [r[3] for r in inserted if not r[4]]
-    if unaddressed:  # a group of one: nobody to deliver to, nothing to keep
+async def _add_group_many(db: PgConnection, rows: list[Any]) -> list[list[str] | None | StoreError]:
+    """Insert [grp, msg_from, sent_us, sent_timestamp, message, max_waiting] rows. For each
+    row: the phones it is pending for (stored; may be empty in a group of one; members whose
+    mailbox is full are left out), None for a repeated identity, or MailboxFull when every
+    other member's mailbox is full (then nothing is kept). Raises NotMember (failing only that
+    write) when msg_from is not in the group."""
+    limit = rows[0][5]
+    inserted = await db.fetch(_INSERT_GROUP, *_columns(rows, 5), now_micros(), limit)
+    waiting: dict[str, int] = {}
+    for r in inserted:
+        waiting.update(zip(r[4], r[5], strict=True))  # counted before this batch
+    stored: dict[tuple[Any, ...], list[str] | StoreError] = {}
+    taken: tuple[list[str], list[int]] = ([], [])
+    unaddressed = []
+    for r in inserted:  # in id order: the earlier message takes the last places in a mailbox
+        phones = [p for p, ok in zip(r[4], admit(r[4], waiting, limit), strict=True) if ok]
+        taken[0].extend(phones)
+        taken[1].extend([r[3]] * len(phones))
+        if not phones:  # a group of one, or every recipient full: nothing to keep
+            unaddressed.append(r[3])
+        stored[(r[0], r[1], r[2])] = mailbox_full() if r[4] and not phones else phones
+    if taken[0]:
+        await db.execute(_INSERT_PENDING, *taken)
+    if unaddressed:
         await db.execute(_DELETE_UNADDRESSED, unaddressed)
-    results: list[list[str] | None] = []
+    results: list[list[str] | None | StoreError] = []
     for row in rows:
         pending = stored.pop((row[0], row[1], row[2]), None)
         if pending is not None:
@@ -244,6 +306,22 @@ async def _add_room_many(db: PgConnection, rows: list[Any]) -> list[int | None]:
 
 
 
+# Retention (SPEC 10): the oldest first, on the index of accepted_us (migration 0002). Several
+# processes run it: SKIP LOCKED leaves a row another one is deleting (or acknowledging) to that
+# transaction, and a row is returned only by the DELETE that removed it, so each expired message
+# is told to its sender once.
+_EXPIRE_PERSONAL: Final = """
+    DELETE FROM personal_messages WHERE id IN (
+        SELECT id FROM personal_messages WHERE accepted_us < $1 ORDER BY accepted_us LIMIT $2
+        FOR UPDATE SKIP LOCKED)
+    RETURNING msg_from, msg_to, sent_timestamp, sent_us"""
+_EXPIRE_GROUP: Final = """
+    DELETE FROM group_messages WHERE id IN (
+        SELECT id FROM group_messages WHERE accepted_us < $1 ORDER BY accepted_us LIMIT $2
+        FOR UPDATE SKIP LOCKED)
+    RETURNING msg_from, grp, sent_timestamp, sent_us"""
+
+
 async def _synchronous_commit(writer: PgConnection) -> None:
     # SPEC 6: an acknowledged message must survive a crash. "off" would acknowledge commits that
     # are not flushed yet; every other setting waits for the local flush.
@@ -265,8 +343,8 @@ class PgStore(SqlStore[PgConnection]):
                       call_ops)
 
     def __init__(self, url: str, writer: PgConnection, pool: asyncpg.Pool, channel: str,
-                 scrub_seconds: float, rooms_keep: int) -> None:
-        super().__init__(scrub_seconds, rooms_keep)
+                 scrub_seconds: float, rooms_keep: int, max_waiting: int = 10000) -> None:
+        super().__init__(scrub_seconds, rooms_keep, max_waiting)
         self._url = url
         self._writer: PgConnection | None = writer  # None: lost, reconnected before the next batch
         self._pool = pool
@@ -276,10 +354,12 @@ class PgStore(SqlStore[PgConnection]):
     async def connect(cls, config: Config) -> PgStore:
         """The store at `[database] url`, with the config's settings."""
         return await cls.open(config.database.url, scrub_seconds=config.database.scrub_seconds,
-                              rooms_keep=config.rooms.keep)
+                              rooms_keep=config.rooms.keep,
+                              max_waiting=config.limits.max_waiting_per_recipient)
 
     @classmethod
-    async def open(cls, url: str, *, scrub_seconds: float = 5.0, rooms_keep: int = 1000) -> PgStore:
+    async def open(cls, url: str, *, scrub_seconds: float = 5.0, rooms_keep: int = 1000,
+                   max_waiting: int = 10000) -> PgStore:
         """Connect to the database at `url`, bring its schema to this release's version
         (migrate.py) under an advisory lock per schema, so that processes starting at once do it
         one after the other; load the blocks and listen for their changes.
@@ -298,7 +378,7 @@ class PgStore(SqlStore[PgConnection]):
             await _synchronous_commit(writer)
             channel = await writer.fetchval(CHANNEL_QUERY)
             pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE)
-            store = cls(url, writer, pool, channel, scrub_seconds, rooms_keep)
+            store = cls(url, writer, pool, channel, scrub_seconds, rooms_keep, max_waiting)
             await store._mirror.listen()
         except BaseException as e:
             if pool is not None:
@@ -449,6 +529,29 @@ class PgStore(SqlStore[PgConnection]):
             await db.execute(POSTGRES.keep_an_admin, key)
             await db.execute(POSTGRES.drop_empty_group, key)
         await self._write(op, deletes=bool(remove))
+
+    async def pending_group_page(self, phone: str, after: int,
+                                 limit: int) -> list[tuple[int, GroupMessage]]:
+        # keyset pagination on group_pending's primary key (phone, message_id)
+        rows = await self._fetch(
+            "SELECT m.id, m.grp, m.msg_from, m.message, m.sent_us,"
+            " (SELECT array_agg(q.phone ORDER BY q.phone) FROM group_pending AS q"
+            "  WHERE q.message_id = m.id)"
+            " FROM group_pending AS p JOIN group_messages AS m ON m.id = p.message_id"
+            " WHERE p.phone = $1 AND p.message_id > $2 ORDER BY p.message_id LIMIT $3",
+            phone, after, limit)
+        return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], list(r[5]))) for r in rows]
+
+    async def expire(self, before_us: int, limit: int) -> list[Expired]:
+        async def op(db: PgConnection) -> list[Expired]:
+            personal = await db.fetch(_EXPIRE_PERSONAL, before_us, limit)
+            # group_pending rows go with their message (ON DELETE CASCADE)
+            group = await db.fetch(_EXPIRE_GROUP, before_us, limit)
+            return expired(personal, False) + expired(group, True)
+        result: list[Expired] = await self._write(op)
+        if result:  # only then: an hourly check that found nothing costs no scrub
+            self._scrub_soon()
+        return result
 
     async def pending_group_for(self, phone: str) -> list[GroupMessage]:
         rows = await self._fetch(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from abc import abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -21,9 +21,11 @@ from .base import (
     Account,
     Contact,
     DialogueSide,
+    Expired,
     Group,
     Invite,
     LastAdmin,
+    MailboxFull,
     Registered,
     Room,
     RoomMessage,
@@ -102,6 +104,11 @@ class Queries:
         " (SELECT count(*) FROM personal_messages WHERE msg_from = $1 AND msg_to = $2)")
     pending_for: str = ("SELECT msg_from, msg_to, message, sent_us FROM personal_messages"
                         " WHERE msg_to = $1 ORDER BY id")
+    # Keyset pagination on the index (msg_to, id) of migration 0003.
+    pending_page: str = ("SELECT id, msg_from, msg_to, message, sent_us FROM personal_messages"
+                         " WHERE msg_to = $1 AND id > $2 ORDER BY id LIMIT $3")
+    is_stored: str = ("SELECT 1 FROM personal_messages"
+                      " WHERE msg_to = $1 AND msg_from = $2 AND sent_us = $3")
     create_group: str = ("INSERT INTO groups (key, name, created_us) VALUES ($1, $2, $3)"
                          " ON CONFLICT DO NOTHING")
     add_member: str = ("INSERT INTO group_members (grp, phone, is_admin, joined_us)"
@@ -156,6 +163,29 @@ def for_sqlite(sql: str) -> str:
 POSTGRES: Final = Queries()
 SQLITE: Final = Queries(**{f.name: for_sqlite(getattr(POSTGRES, f.name))
                            for f in dataclasses.fields(Queries)})
+
+
+def admit(recipients: Iterable[str], waiting: dict[str, int], limit: int) -> list[bool]:
+    """For each recipient of a batch's new messages, in order: True while fewer than `limit`
+    messages wait for them (`waiting`: counted before the batch, updated here as messages are
+    admitted), False once their mailbox is full (SPEC 10, limits.max_waiting_per_recipient)."""
+    admitted = []
+    for phone in recipients:
+        n = waiting.get(phone, 0)
+        if n < limit:
+            waiting[phone] = n + 1
+        admitted.append(n < limit)
+    return admitted
+
+
+def mailbox_full() -> MailboxFull:
+    """What a refused write gets; its text is the error frame's (SPEC 10)."""
+    return MailboxFull("recipient's mailbox is full")
+
+
+def expired(rows: Iterable[Any], group: bool) -> list[Expired]:
+    """Expired records of rows (msg_from, msg_to or grp, sent_timestamp, sent_us)."""
+    return [Expired(r[0], r[1], r[2], r[3], group) for r in rows]
 
 
 def _room(r: Sequence[Any]) -> Room:
@@ -409,6 +439,10 @@ class SqlStore(GroupCommitStore[DB]):
 
     async def pending_for(self, msg_to: str) -> list[StoredMessage]:
         return [StoredMessage(*r) for r in await self._fetch(self.SQL.pending_for, msg_to)]
+
+    async def pending_page(self, msg_to: str, after: int, limit: int) -> list[tuple[int, StoredMessage]]:
+        return [(r[0], StoredMessage(r[1], r[2], r[3], r[4]))
+                for r in await self._fetch(self.SQL.pending_page, msg_to, after, limit)]
 
     # -- groups -------------------------------------------------------------------------------
 

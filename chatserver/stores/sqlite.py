@@ -18,9 +18,9 @@ import orjson
 from ..config import Config
 from ..protocol import now_micros
 from . import migrate
-from .base import CorruptDatabase, GroupMessage, IntegrityError, NotMember, StoreError
+from .base import CorruptDatabase, Expired, GroupMessage, IntegrityError, NotMember, StoreError
 from .groupcommit import Runners, call_ops
-from .queries import SQLITE, SqlStore
+from .queries import SQLITE, SqlStore, admit, expired, mailbox_full
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +75,52 @@ def _rows_json(rows: list[Any]) -> str:
     return orjson.dumps(rows).decode()
 
 
+# Messages waiting for each phone (SPEC 10), counted on the indexes (msg_to, id) and
+# (phone, message_id) and only up to the limit ?2: a full mailbox costs at most `limit` index
+# entries per batch, a usual one (a few waiting) next to nothing.
+_WAITING: Final = """
+    SELECT value,
+        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = value LIMIT ?2))
+      + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = value LIMIT ?2))
+    FROM json_each(?1)"""
+
+
+async def _waiting(db: aiosqlite.Connection, phones: set[str], limit: int) -> dict[str, int]:
+    """How many messages wait for each of `phones`, counted up to `limit`."""
+    rows = await db.execute_fetchall(_WAITING, (_rows_json(sorted(phones)), limit))
+    return {r[0]: r[1] for r in rows}
+
+
+# accepted_us (?2) is the batch's time, one value for the whole batch (SPEC 10 retention).
 _INSERT_PERSONAL: Final = """
-    INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message)
-    SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?1) WHERE true
+    INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message, accepted_us)
+    SELECT value->>0, value->>1, value->>2, value->>3, value->>4, ?2 FROM json_each(?1) WHERE true
     ON CONFLICT DO NOTHING
     RETURNING msg_from, msg_to, sent_us"""
 
 
-async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[bool]:
-    """Insert [msg_from, msg_to, sent_us, sent_timestamp, message] rows in array order (which is
-    the acceptance order, `id`); True for each row stored, False for a repeated identity."""
-    inserted = {tuple(r) for r in await db.execute_fetchall(_INSERT_PERSONAL, (_rows_json(rows),))}
-    results = []
-    for row in rows:
+async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[bool | StoreError]:
+    """Insert [msg_from, msg_to, sent_us, sent_timestamp, message, max_waiting] rows in array
+    order (which is the acceptance order, `id`); True for each row stored, False for a repeated
+    identity, MailboxFull for a row whose recipient already has max_waiting messages waiting."""
+    limit = rows[0][5]
+    admitted = admit((row[1] for row in rows), await _waiting(db, {row[1] for row in rows}, limit),
+                     limit)
+    taken = [row[:5] for row, ok in zip(rows, admitted, strict=True) if ok]
+    inserted: set[tuple[Any, ...]] = set()
+    if taken:
+        inserted = {tuple(r) for r in await db.execute_fetchall(
+            _INSERT_PERSONAL, (_rows_json(taken), now_micros()))}
+    results: list[bool | StoreError] = []
+    for row, ok in zip(rows, admitted, strict=True):
         key = (row[0], row[1], row[2])
-        results.append(key in inserted)
-        inserted.discard(key)  # the same identity twice in one batch: only the first is new
+        if ok:
+            results.append(key in inserted)
+            inserted.discard(key)  # the same identity twice in one batch: only the first is new
+        elif await db.execute_fetchall(SQLITE.is_stored, (row[1], row[0], row[2])):
+            results.append(False)  # a retry of a message stored before the mailbox filled up
+        else:
+            results.append(mailbox_full())
     return results
 
 
@@ -134,41 +164,58 @@ async def _read_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list
 
 
 _INSERT_GROUP: Final = """
-    INSERT INTO group_messages (grp, msg_from, sent_us, sent_timestamp, message)
-    SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?1)
+    INSERT INTO group_messages (grp, msg_from, sent_us, sent_timestamp, message, accepted_us)
+    SELECT value->>0, value->>1, value->>2, value->>3, value->>4, ?2 FROM json_each(?1)
     WHERE EXISTS (SELECT 1 FROM group_members WHERE grp = value->>0 AND phone = value->>1)
     ON CONFLICT DO NOTHING
     RETURNING id, grp, msg_from, sent_us"""
-# The pending list is made here rather than by a trigger, so that RETURNING hands it back in the
-# same statement (one pass over the new rows instead of an INSERT and a SELECT).
-_INSERT_PENDING: Final = """
-    INSERT INTO group_pending (phone, message_id)
-    SELECT m.phone, g.id FROM json_each(?1) AS j
+# Every member but the sender, as membership is at this commit, for each new message.
+_RECIPIENTS: Final = """
+    SELECT g.id, m.phone FROM json_each(?1) AS j
     JOIN group_messages AS g ON g.id = j.value
     JOIN group_members AS m ON m.grp = g.grp AND m.phone <> g.msg_from
-    RETURNING message_id, phone"""
+    ORDER BY g.id, m.phone"""
+_INSERT_PENDING: Final = """
+    INSERT INTO group_pending (phone, message_id)
+    SELECT value->>0, value->>1 FROM json_each(?1) WHERE true"""
 _DELETE_UNADDRESSED: Final = "DELETE FROM group_messages WHERE id IN (SELECT value FROM json_each(?1))"
 
 
-async def _add_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[list[str] | None]:
-    """Insert [grp, msg_from, sent_us, sent_timestamp, message] rows. For each row: the phones it
-    is pending for (stored; may be empty in a group of one), or None for a repeated identity.
-    Raises NotMember (failing only that write) when msg_from is not in the group."""
-    inserted = await db.execute_fetchall(_INSERT_GROUP, (_rows_json(rows),))
+async def _add_group_many(db: aiosqlite.Connection,
+                          rows: list[Any]) -> list[list[str] | None | StoreError]:
+    """Insert [grp, msg_from, sent_us, sent_timestamp, message, max_waiting] rows. For each
+    row: the phones it is pending for (stored; may be empty in a group of one; members whose
+    mailbox is full are left out), None for a repeated identity, or MailboxFull when every
+    other member's mailbox is full (then nothing is kept). Raises NotMember (failing only that
+    write) when msg_from is not in the group."""
+    limit = rows[0][5]
+    inserted = await db.execute_fetchall(
+        _INSERT_GROUP, (_rows_json([row[:5] for row in rows]), now_micros()))
     ids = {(r[1], r[2], r[3]): r[0] for r in inserted}
     pending: dict[int, list[str]] = {i: [] for i in ids.values()}
+    refused: set[int] = set()
     if ids:
-        for message_id, phone in await db.execute_fetchall(
-                _INSERT_PENDING, (_rows_json(list(ids.values())),)):
-            pending[message_id].append(phone)
+        pairs = list(await db.execute_fetchall(_RECIPIENTS, (_rows_json(list(ids.values())),)))
+        waiting = await _waiting(db, {phone for _, phone in pairs}, limit)
+        taken = []
+        for (message_id, phone), ok in zip(pairs, admit((p for _, p in pairs), waiting, limit),
+                                           strict=True):
+            if ok:
+                pending[message_id].append(phone)
+                taken.append((phone, message_id))
+            else:
+                refused.add(message_id)
+        if taken:
+            await db.execute(_INSERT_PENDING, (_rows_json(taken),))
         unaddressed = [i for i, phones in pending.items() if not phones]
-        if unaddressed:  # a group of one: nobody to deliver to, nothing to keep
+        if unaddressed:  # a group of one, or every recipient full: nothing to keep
             await db.execute(_DELETE_UNADDRESSED, (_rows_json(unaddressed),))
-    results: list[list[str] | None] = []
+    results: list[list[str] | None | StoreError] = []
     for row in rows:
         message_id = ids.pop((row[0], row[1], row[2]), None)
         if message_id is not None:
-            results.append(pending[message_id])
+            full = message_id in refused and not pending[message_id]
+            results.append(mailbox_full() if full else pending[message_id])
         elif not await db.execute_fetchall(SQLITE.is_member, (row[0], row[1])):
             # In a batch of several, _commit then runs every write alone: only this one fails.
             raise NotMember(f"{row[1]} is not a participant of {row[0]}")
@@ -234,6 +281,17 @@ async def _add_room_many(db: aiosqlite.Connection, rows: list[Any]) -> list[int 
     rooms = sorted({row[0] for row in rows})
     await db.execute(_TRIM_ROOMS, (_rows_json(rooms), rows[0][5]))
     return [inserted.pop((row[0], row[1], row[2]), None) for row in rows]
+
+
+# Retention (SPEC 10): the oldest first, on the index of accepted_us (migration 0002).
+_EXPIRE_PERSONAL: Final = """
+    DELETE FROM personal_messages WHERE id IN (
+        SELECT id FROM personal_messages WHERE accepted_us < ?1 ORDER BY accepted_us LIMIT ?2)
+    RETURNING msg_from, msg_to, sent_timestamp, sent_us"""
+_EXPIRE_GROUP: Final = """
+    DELETE FROM group_messages WHERE id IN (
+        SELECT id FROM group_messages WHERE accepted_us < ?1 ORDER BY accepted_us LIMIT ?2)
+    RETURNING msg_from, grp, sent_timestamp, sent_us"""
 
 
 def backup_file(source: str | Path, target: str | Path) -> None:
@@ -315,8 +373,8 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
                       call_ops)
 
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection,
-                 scrub_seconds: float, rooms_keep: int) -> None:
-        super().__init__(scrub_seconds, rooms_keep)
+                 scrub_seconds: float, rooms_keep: int, max_waiting: int = 10000) -> None:
+        super().__init__(scrub_seconds, rooms_keep, max_waiting)
         self._writer = writer
         self._reader = reader
 
@@ -325,11 +383,13 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
         """The store at `[database] path`, with the config's settings."""
         db = config.database
         return await cls.open(db.path, synchronous=db.synchronous, scrub_seconds=db.scrub_seconds,
-                              rooms_keep=config.rooms.keep)
+                              rooms_keep=config.rooms.keep,
+                              max_waiting=config.limits.max_waiting_per_recipient)
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
-                   scrub_seconds: float = 5.0, rooms_keep: int = 1000) -> SqliteStore:
+                   scrub_seconds: float = 5.0, rooms_keep: int = 1000,
+                   max_waiting: int = 10000) -> SqliteStore:
         """Open (creating if needed) the database at `path`, check its integrity, bring its schema
         to this release's version (migrate.py).
 
@@ -365,7 +425,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             if isinstance(e, sqlite3.Error):
                 raise _wrap(e) from e
             raise
-        store = cls(writer, reader, scrub_seconds, rooms_keep)
+        store = cls(writer, reader, scrub_seconds, rooms_keep, max_waiting)
         store._blocks.update((r[0], r[1]) for r in blocks)
         store._start("store")
         return store
@@ -502,6 +562,29 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             await db.execute(SQLITE.keep_an_admin, (key,))
             await db.execute(SQLITE.drop_empty_group, (key,))
         await self._write(op, deletes=bool(remove))
+
+    async def pending_group_page(self, phone: str, after: int,
+                                 limit: int) -> list[tuple[int, GroupMessage]]:
+        # keyset pagination on group_pending's primary key (phone, message_id)
+        rows = await self._fetch(
+            "SELECT m.id, m.grp, m.msg_from, m.message, m.sent_us,"
+            " (SELECT json_group_array(phone) FROM (SELECT phone FROM group_pending AS q"
+            "  WHERE q.message_id = m.id ORDER BY phone))"
+            " FROM group_pending AS p JOIN group_messages AS m ON m.id = p.message_id"
+            " WHERE p.phone = ? AND p.message_id > ? ORDER BY p.message_id LIMIT ?",
+            phone, after, limit)
+        return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], orjson.loads(r[5]))) for r in rows]
+
+    async def expire(self, before_us: int, limit: int) -> list[Expired]:
+        async def op(db: aiosqlite.Connection) -> list[Expired]:
+            personal = await db.execute_fetchall(_EXPIRE_PERSONAL, (before_us, limit))
+            # group_pending rows go with their message (ON DELETE CASCADE)
+            group = await db.execute_fetchall(_EXPIRE_GROUP, (before_us, limit))
+            return expired(personal, False) + expired(group, True)
+        result: list[Expired] = await self._write(op)
+        if result:  # only then: an hourly check that found nothing costs no scrub
+            self._scrub_soon()
+        return result
 
     async def pending_group_for(self, phone: str) -> list[GroupMessage]:
         rows = await self._fetch(

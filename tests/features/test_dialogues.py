@@ -498,7 +498,7 @@ def _buffer_bytes() -> int:
 def _slow_config(config: Config) -> Config:
     """Tiny outgoing queue, big messages (so that few of them fill the kernel buffers), no fsync
     (only speed: durability is not what these tests look at), and small fetch chunks."""
-    cfg = with_limits(config, outgoing_queue=5, max_message_chars=100_000,
+    cfg = with_limits(config, outgoing_queue=5, max_message_chars=100_000, max_message_bytes=100_000,
                       max_frame_bytes=200_000, messages_per_second=100_000.0)
     cfg = with_fetch(cfg, 5)
     return dataclasses.replace(cfg, database=dataclasses.replace(cfg.database, synchronous="OFF"))

@@ -24,8 +24,11 @@ from chatserver.protocol import now_micros, parse_timestamp
 from chatserver.stores.base import (
     CorruptDatabase,
     DialogueSide,
+    Expired,
+    GroupMessage,
     IntegrityError,
     LastAdmin,
+    MailboxFull,
     StoreClosed,
     StoredMessage,
     StoreError,
@@ -49,18 +52,21 @@ AnyStore = SqliteStore | PgStore
 Place = Path | str
 
 
-async def open_store(place: Place, scrub_seconds: float = 60.0) -> AnyStore:
+async def open_store(place: Place, scrub_seconds: float = 60.0,
+                     max_waiting: int = 10000) -> AnyStore:
     """Open the store at `place` (bounded by TIMEOUT)."""
     if isinstance(place, Path):
-        return await asyncio.wait_for(
-            SqliteStore.open(place, synchronous="FULL", scrub_seconds=scrub_seconds), TIMEOUT)
-    return await asyncio.wait_for(PgStore.open(place, scrub_seconds=scrub_seconds), TIMEOUT)
+        return await asyncio.wait_for(SqliteStore.open(
+            place, synchronous="FULL", scrub_seconds=scrub_seconds, max_waiting=max_waiting), TIMEOUT)
+    return await asyncio.wait_for(
+        PgStore.open(place, scrub_seconds=scrub_seconds, max_waiting=max_waiting), TIMEOUT)
 
 
 @asynccontextmanager
-async def opened(place: Place, scrub_seconds: float = 60.0) -> AsyncIterator[AnyStore]:
+async def opened(place: Place, scrub_seconds: float = 60.0,
+                 max_waiting: int = 10000) -> AsyncIterator[AnyStore]:
     """A store at `place` with users A, B and C; closed on exit."""
-    store = await open_store(place, scrub_seconds)
+    store = await open_store(place, scrub_seconds, max_waiting)
     try:
         async with asyncio.timeout(TIMEOUT):
             for phone in (A, B, C):
@@ -474,6 +480,174 @@ async def test_scrub_keeps_unacknowledged_messages(sqlite_store: SqliteStore, db
         await sqlite_store.scrub()
         assert files_holding(db_path, needle) == [db_path.name]  # checkpointed into the main file
         assert [m.message for m in await sqlite_store.pending_for(B)] == [body]
+
+
+# -- retention, mailbox limit, pages (SPEC 10; issue 12 finding 4) ------------------------------
+
+G: Final = "G123456789"
+
+
+async def place_rows(place: Place, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one query on a connection of the test's own (the SQLite file read-only)."""
+    if isinstance(place, Path):
+        with contextlib.closing(sqlite3.connect(f"file:{place}?mode=ro", uri=True)) as con:
+            return con.execute(sql).fetchall()
+    async with connected(place) as conn:
+        return [tuple(r) for r in await conn.fetch(sql)]
+
+
+async def test_every_insert_records_when_it_was_accepted(store: AnyStore, place: Place) -> None:
+    """accepted_us is the server's clock at the commit (SQLite's column default is 0, and would
+    make every message expire at the first check)."""
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.create_group(G, "g", A, [B, C])
+        before = now_micros()
+        assert await store.add_personal(A, B, T1, "t1", "personal")
+        assert await store.add_group_message(G, A, T1, "t1", "group") == [B, C]
+        after = now_micros()
+        stamps = await place_rows(place, "SELECT accepted_us FROM personal_messages"
+                                         " UNION ALL SELECT accepted_us FROM group_messages")
+        assert len(stamps) == 2 and all(before <= s <= after for (s,) in stamps), (before, stamps, after)
+
+
+async def test_expire_deletes_what_was_accepted_before_and_returns_it_once(
+        store: AnyStore, place: Place) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.create_group(G, "g", A, [B, C])
+        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "old personal")
+        assert await store.add_group_message(G, C, T1, "2026-03-14T17:11:06.230Z", "old group") == [A, B]
+        cut = now_micros()
+        assert await store.add_personal(A, B, T2, "t2", "new personal")
+        assert await store.add_group_message(G, C, T2, "t2", "new group") == [A, B]
+        assert await store.expire(cut, 100) == [
+            Expired(A, B, "2026-03-14 17:11:06.23", T1, False),
+            Expired(C, G, "2026-03-14T17:11:06.230Z", T1, True)]
+        assert await store.expire(cut, 100) == []  # gone: told once
+        assert await store.pending_for(B) == [StoredMessage(A, B, "new personal", T2)]
+        assert await store.pending_group_for(B) == [GroupMessage(G, C, "new group", T2, [A, B])]
+        assert await store.pending_group_for(A) == [GroupMessage(G, C, "new group", T2, [A, B])]
+        # the expired message's pending rows went with it
+        assert await place_rows(place, "SELECT count(*) FROM group_pending") == [(2,)]
+        # nothing is left that an acknowledgement could find
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is False
+        assert await store.ack_group(G, C, T1, B) is False
+
+
+async def test_expire_takes_the_oldest_first_and_at_most_limit(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        for i in range(5):
+            assert await store.add_personal(A, B, T1 + i, f"t{i}", f"m{i}")
+        cut = now_micros()
+        got = []
+        for want in (2, 2, 1, 0):
+            batch = await store.expire(cut, 2)
+            assert len(batch) == want
+            got += [e.sent_timestamp for e in batch]
+        assert got == [f"t{i}" for i in range(5)]
+        assert await store.pending_for(B) == []
+
+
+async def test_expired_bodies_are_scrubbed_by_the_store_s_timer(db_path: Path) -> None:
+    """SPEC 6 for expiry: the expired body is gone from the file and its WAL within scrub_seconds,
+    without anyone calling scrub()."""
+    scrub_seconds = 0.3
+    body, needle = unique_body(40)
+    async with opened(db_path, scrub_seconds=scrub_seconds) as store:
+        async with asyncio.timeout(TIMEOUT):
+            loop = asyncio.get_running_loop()
+            assert await store.add_personal(A, B, T1, "t1", body)
+            assert files_holding(db_path, needle), "control: the stored body is in the files"
+            assert len(await store.expire(now_micros(), 10)) == 1
+            deadline = loop.time() + scrub_seconds + 3.0  # generous slack for a loaded machine
+            while files_holding(db_path, needle):  # poll for the background effect, no fixed wait
+                assert loop.time() < deadline, f"body still in {files_holding(db_path, needle)}"
+                await asyncio.sleep(0.02)
+
+
+async def test_pg_two_processes_expiring_at_once_tell_each_message_once(
+        pg_store: PgStore, pg_url: str) -> None:
+    async with asyncio.timeout(3 * TIMEOUT), opened(pg_url) as second:
+        assert await pg_store.create_group(G, "g", A, [B, C])
+        for round_ in range(3):
+            base = round_ * 1000
+            for i in range(60):
+                assert await pg_store.add_personal(A, B, base + i, f"p{base + i}", "m")
+                assert await second.add_group_message(G, A, base + i, f"g{base + i}", "m") == [B, C]
+            cut = now_micros()
+            found: list[Expired] = []
+            while True:  # as retention.expire_once does, in both processes at once
+                one, two = await asyncio.gather(pg_store.expire(cut, 7), second.expire(cut, 7))
+                found += one + two
+                if not one and not two:
+                    break
+            stamps = sorted(e.sent_timestamp for e in found)
+            assert stamps == sorted([f"p{base + i}" for i in range(60)] + [f"g{base + i}" for i in range(60)])
+            assert await pg_store.pending_for(B) == []
+            assert await pg_store.pending_group_for(C) == []
+
+
+async def test_a_full_mailbox_refuses_a_new_message_and_stores_nothing(place: Place) -> None:
+    """limits.max_waiting_per_recipient (SPEC 10): personal messages to B and group messages
+    pending for B count together; a retry of a stored message is still a retry."""
+    async with opened(place, max_waiting=3) as store, asyncio.timeout(TIMEOUT):
+        assert await store.create_group(G, "g", A, [B, C])
+        assert await store.add_personal(A, B, T1, "t1", "one")
+        assert await store.add_group_message(G, C, T1, "t1", "two") == [A, B]
+        assert await store.add_personal(C, B, T1, "t1", "three")
+        with pytest.raises(MailboxFull, match="^recipient's mailbox is full$"):
+            await store.add_personal(A, B, T2, "t2", "four")
+        assert await store.add_personal(A, B, T1, "t1", "one") is False  # a retry, not refused
+        assert [m.message for m in await store.pending_for(B)] == ["one", "three"]
+        assert await store.dialogue_side(A, B) == DialogueSide(None, None, 1)
+        # a group message skips a full member, and is refused when everyone is full
+        assert await store.add_group_message(G, A, T2, "t2", "to c only") == [C]
+        assert await store.add_group_message(G, A, T3, "t3", "to c again") == [C]
+        assert await store.add_personal(B, C, T1, "t1", "c is full now") is True
+        with pytest.raises(MailboxFull):
+            await store.add_group_message(G, A, T3 + 1, "t4", "to nobody")
+        assert [m.message for m in await store.pending_group_for(C)] == ["to c only", "to c again"]
+        assert await place_rows(place, "SELECT count(*) FROM group_messages") == [(3,)]
+        # one acknowledgement makes room for one
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+        assert await store.add_personal(A, B, T2, "t2", "four") is True
+        with pytest.raises(MailboxFull):
+            await store.add_personal(A, B, T3, "t3", "five")
+
+
+async def test_a_batch_fills_a_mailbox_exactly(place: Place) -> None:
+    """Messages committed in one batch are counted one by one: the first ones fill the mailbox,
+    the rest fail alone, and the other writes of the batch commit."""
+    async with opened(place, max_waiting=3) as store, asyncio.timeout(TIMEOUT):
+        writes = [store.add_personal(A, B, T1 + i, f"t{i}", f"m{i}") for i in range(5)]
+        writes.append(store.add_personal(A, C, T1, "t", "to c"))
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert results[:3] == [True, True, True] and results[5] is True, results
+        assert all(isinstance(r, MailboxFull) for r in results[3:5]), results
+        assert [m.message for m in await store.pending_for(B)] == ["m0", "m1", "m2"]
+
+
+async def test_pages_come_back_complete_in_order(store: AnyStore) -> None:
+    """A backlog of 2.5 pages in 3 keyset pages, each starting after the last one's position."""
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.create_group(G, "g", A, [B, C])
+        for i in range(25):
+            assert await store.add_personal(A if i % 2 else C, B, T1 + i, f"t{i}", f"p{i}")
+            assert await store.add_group_message(G, A if i % 2 else C, T1 + i, f"t{i}", f"g{i}")
+        for read, everything in ((store.pending_page, await store.pending_for(B)),
+                                 (store.pending_group_page, await store.pending_group_for(B))):
+            pages, after = [], 0
+            while True:
+                page = await read(B, after, 10)  # type: ignore[operator]  # either page method
+                pages.append(page)
+                if len(page) < 10:
+                    break
+                after = page[-1][0]
+            assert [len(p) for p in pages] == [10, 10, 5]
+            positions = [n for p in pages for n, _ in p]
+            assert positions == sorted(positions) and len(set(positions)) == 25
+            assert [m for p in pages for _, m in p] == everything
+            assert len(everything) == 25
+        assert await store.pending_page(C, 0, 10) == []
 
 
 # -- sessions -----------------------------------------------------------------------------------

@@ -214,6 +214,11 @@ def test_wrong_types_are_refused(tmp_path: Path, text: str) -> None:
         "[database]\nsynchronous = \"\"\n",
         "[database]\nsynchronous = \"FULL; DROP TABLE users\"\n",
         "[database]\nscrub_seconds = -1\n",
+        "[limits]\nmax_message_bytes = 0\n",
+        "[limits]\nmax_waiting_per_recipient = 0\n",
+        "[retention]\nundelivered_days = 0\n",
+        "[retention]\ncheck_seconds = 0\n",
+        "[retention]\ncheck_seconds = 3601\n",  # SPEC 10: checked at least hourly
     ],
 )
 def test_out_of_range_values_are_refused(tmp_path: Path, text: str) -> None:
@@ -282,3 +287,12 @@ def test_the_repository_config_loads() -> None:
     config = load_config(REPO / "config.toml")
     assert isinstance(config, Config)
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8080)
+
+
+def test_retention_takes_a_fraction_of_a_day(tmp_path: Path) -> None:
+    """SPEC 10 `[retention]`: the defaults (30 days, hourly), and a fraction of a day is allowed."""
+    assert (load_config().retention.undelivered_days, load_config().retention.check_seconds) == (30, 3600)
+    config = load_config(write(tmp_path, "[retention]\nundelivered_days = 0.5\ncheck_seconds = 60\n"))
+    assert (config.retention.undelivered_days, config.retention.check_seconds) == (0.5, 60.0)
+    assert (load_config().limits.max_waiting_per_recipient, load_config().limits.max_message_bytes) == (
+        10000, 16384)
