@@ -187,11 +187,12 @@ async def test_a_new_database_records_the_latest_version(tmp_path: Path) -> None
 
 async def test_a_migration_upgrades_the_v1_file(
         v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = write_migration(tmp_path / "migrations", "0002_user_nickname.sql", ADD_COLUMN)
+    # This release's migrations and one more: the store's queries need this release's columns.
+    folder = one_beyond(SqliteStore.MIGRATIONS, tmp_path / "migrations")
     monkeypatch.setattr(SqliteStore, "MIGRATIONS", folder)
     async with opened(v1_file) as store:
         await assert_v1_contents(store)
-    assert sqlite_version(v1_file) == 2
+    assert sqlite_version(v1_file) == LATEST_SQLITE + 1
     with contextlib.closing(sqlite3.connect(v1_file)) as con:
         assert con.execute("SELECT phone, nickname FROM users WHERE phone = ?", (A,)).fetchall() == [
             (A, None)]
@@ -328,11 +329,11 @@ async def test_pg_version_2_makes_the_oldest_account_admin_and_stamps_stored_mes
 
 async def test_pg_a_migration_upgrades_the_v1_schema(
         pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = write_migration(tmp_path / "migrations", "0002_user_nickname.sql", ADD_COLUMN)
+    folder = one_beyond(PgStore.MIGRATIONS, tmp_path / "migrations")
     monkeypatch.setattr(PgStore, "MIGRATIONS", folder)
     async with opened(pg_v1) as store:
         await assert_v1_contents(store)
-    assert await pg_version(pg_v1) == 2
+    assert await pg_version(pg_v1) == LATEST_PG + 1
     assert await fetch(pg_v1, f"SELECT phone, nickname FROM users WHERE phone = '{A}'") == [(A, None)]
 
 
