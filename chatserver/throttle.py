@@ -57,6 +57,8 @@ T = TypeVar("T")
 # memory); and how often an outage is logged at most.
 REDIS_TIMEOUT: Final = 2.0
 OUTAGE_LOG_SECONDS: Final = 60.0
+# The reason of the 429 past `limits.lookups_per_minute` (api, pages and ws answer it alike).
+LOOKUPS_REFUSED: Final = "too many phone numbers looked up; wait a minute"
 
 
 def _per_second(rate: float) -> RateLimitItemPerSecond:

@@ -117,6 +117,7 @@ async function onPush(f) {
     case "msg_read": return onRead(f);
     case "is_typing": return onTyping(f);
     case "presence": return onPresence(f);
+    case "group_added": return refreshInfoSoon(); // someone put me in a group: list it
     case "error": console.warn("server:", f.message); return undefined;
     default: return undefined;
   }
