@@ -148,6 +148,24 @@ async def test_a_message_sent_while_the_receiver_is_away_appears_when_they_open(
     await expect(mine(pa, "Are you there?")).to_have_attribute("data-state", "read")
 
 
+@pytest.mark.parametrize("live", [{"acks_per_second": 1.0}], indirect=True)
+async def test_acknowledgements_refused_over_the_rate_are_sent_again(people: UserFactory) -> None:
+    """A backlog larger than the server's acknowledgement budget (SPEC 10 acks_per_second, here
+    2 per two seconds): the client fetches again after a refusal, until every message is
+    acknowledged, which the sender sees as "received"."""
+    alice = await person(people, A, "Alice")
+    bob = await person(people, B, "Bob")
+    pa = await alice.page()
+    await open_dialogue(pa, B)
+    texts = [f"backlog {i}" for i in range(6)]
+    for text in texts:
+        await send(pa, text)
+        await expect(mine(pa, text)).to_have_attribute("data-state", "sent")
+    await bob.page()
+    for text in texts:
+        await expect(mine(pa, text)).to_have_attribute("data-state", "received", timeout=30_000)
+
+
 @pytest.mark.timeout(150)
 async def test_the_page_survives_a_server_restart(people: UserFactory, live: ServerProcess) -> None:
     alice = await person(people, A, "Alice")
