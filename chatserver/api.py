@@ -18,7 +18,7 @@ from .forms import FormError, clean_name, clean_password
 from .keys import config_key, hub_key, password_pool_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, encode, is_phone, server_now, server_timestamp
 from .stores.base import Contact, DialogueSide, Group, Room
-from .throttle import LOOKUPS_REFUSED, PasswordAttempt, PoolFull
+from .throttle import LOOKUPS_REFUSED, PasswordAttempt, PoolFull, lookup_allowed
 
 # A group is for people who know each other: a bound keeps one request's work bounded too.
 MAX_PARTICIPANTS: Final = 1000
@@ -56,9 +56,16 @@ def _phones_arg(value: object, field: str) -> list[str]:
 async def _lookups(request: web.Request, me: str, phones: list[str]) -> None:
     """Count the lookups of other users' phones a request makes (issue 12, finding 6: anything
     that answers whether a phone has an account), hits and misses alike: counting only misses
-    would let one who guesses right probe freely. 429 past `limits.lookups_per_minute`."""
-    count = sum(phone != me for phone in phones)
-    if not await request.app[throttle_key].allow_lookups(me, count):
+    would let one who guesses right probe freely. 429 past `limits.lookups_per_minute`.
+
+    One phone: free when it is the user's own or one it has a dialogue with (`lookup_allowed`).
+    Several (a group's participants): each other phone counts, at once."""
+    throttle = request.app[throttle_key]
+    if len(phones) == 1:
+        allowed = await lookup_allowed(throttle, request.app[store_key], me, phones[0])
+    else:
+        allowed = await throttle.allow_lookups(me, sum(phone != me for phone in phones))
+    if not allowed:
         raise web.HTTPTooManyRequests(reason=LOOKUPS_REFUSED)
 
 

@@ -49,6 +49,7 @@ from limits.aio import strategies as aio_strategies
 from limits.errors import StorageError
 
 from .config import Limits
+from .stores.base import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -226,6 +227,16 @@ class Throttle:
             await self._add(attempt.keys, -1, attempt.shared)
         except StorageError as e:  # the slots stay used until the window ends
             self._outage(e)
+
+
+async def lookup_allowed(throttle: Throttle, store: Store, me: str, phone: str) -> bool:
+    """Whether `me` may learn if `phone` has an account (issue 12, finding 6): always for
+    itself and for a phone it has a dialogue with (that cost a lookup once, or the peer wrote
+    first: nothing new is learnt, and a client re-checking its dialogues at every reconnect is
+    not refused); otherwise one lookup against `limits.lookups_per_minute`."""
+    if phone == me or await store.has_dialogue(me, phone):
+        return True
+    return await throttle.allow_lookups(me)
 
 
 @dataclass(frozen=True, slots=True)

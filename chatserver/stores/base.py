@@ -243,6 +243,11 @@ class Store(Protocol):
         """The phones `phone` has a dialogue with, sorted."""
         ...
 
+    async def has_dialogue(self, a: str, b: str) -> bool:
+        """True when a and b have a dialogue (a message, or POST /chat/special/personal, opened
+        it; either direction's row)."""
+        ...
+
     async def dialogue_side(self, msg_from: str, msg_to: str) -> DialogueSide:
         """What msg_to has received and seen of msg_from's messages, and how many still wait."""
         ...

@@ -41,6 +41,7 @@ class Queries:
                           " ON CONFLICT DO NOTHING")
     dialogues_of: str = ("SELECT msg_to FROM dialogues WHERE msg_from = $1"
                          " UNION SELECT msg_from FROM dialogues WHERE msg_to = $1 ORDER BY 1")
+    has_dialogue: str = "SELECT 1 FROM dialogues WHERE msg_from = $1 AND msg_to = $2"
     dialogue_side: str = (
         "SELECT (SELECT last_received_receiver FROM dialogues WHERE msg_from = $1 AND msg_to = $2),"
         " (SELECT last_seen_receiver FROM dialogues WHERE msg_from = $1 AND msg_to = $2),"
@@ -201,6 +202,10 @@ class SqlStore(GroupCommitStore[DB]):
 
     async def dialogues_of(self, phone: str) -> list[str]:
         return [r[0] for r in await self._fetch(self.SQL.dialogues_of, phone)]
+
+    async def has_dialogue(self, a: str, b: str) -> bool:
+        # Both directions' rows are made together (open_dialogue, the messages' trigger).
+        return bool(await self._fetch(self.SQL.has_dialogue, a, b))
 
     async def dialogue_side(self, msg_from: str, msg_to: str) -> DialogueSide:
         rows = await self._fetch(self.SQL.dialogue_side, msg_from, msg_to)

@@ -562,6 +562,17 @@ async def test_delete_user_cascades(store: AnyStore) -> None:
         assert await store.pending_for(A) == []
 
 
+async def test_has_dialogue_either_way_once_opened(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert not await store.has_dialogue(A, B)
+        assert await store.add_personal(B, A, T1, "t1", "first from B")
+        assert await store.has_dialogue(A, B) and await store.has_dialogue(B, A)
+        await store.open_dialogue(A, C)
+        assert await store.has_dialogue(C, A)
+        assert not await store.has_dialogue(B, C)
+        assert not await store.has_dialogue(A, NOT_A_USER)
+
+
 # -- presence and rooms shown (issue 12, finding 6) ----------------------------------------------
 
 
