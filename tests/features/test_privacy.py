@@ -24,7 +24,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from chatserver.app import create_app
 from chatserver.config import Config
-from chatserver.keys import store_key
+from chatserver.keys import hub_key, store_key
+from chatserver.presence import set_hidden
 from chatserver.stores.base import Store
 from helpers.accounts import UserFactory, users_on
 from helpers.configs import with_limits
@@ -125,6 +126,26 @@ async def test_a_user_who_hides_presence_shows_it_to_no_one(as_user: UserFactory
 
     await store.set_hide_presence(a, False)
     a_recv = await open_receive(alice, a)
+    assert presence(a, b, "online", await recv(b_recv))
+    assert (await contact(bob, a))["online"] is True
+
+
+async def test_hiding_while_online_looks_like_going_offline(server: TestServer,
+                                                            as_user: UserFactory) -> None:
+    """presence.set_hidden (what the account settings call): watchers who saw the user online
+    are told "offline" when it hides, "online" when it shows itself again."""
+    a, b = new_phone(), new_phone()
+    alice, bob = await as_user(a), await as_user(b)
+    await add_contact(alice, b, "Bob")
+    await add_contact(bob, a, "Alice")
+    b_recv = await open_receive(bob, b)
+    await open_receive(alice, a)
+    assert presence(a, b, "online", await recv(b_recv))
+    store, hub = server.app[store_key], server.app[hub_key]
+    await set_hidden(store, hub, a, True)
+    assert presence(a, b, "offline", await recv(b_recv))
+    assert (await contact(bob, a))["online"] is None
+    await set_hidden(store, hub, a, False)
     assert presence(a, b, "online", await recv(b_recv))
     assert (await contact(bob, a))["online"] is True
 
