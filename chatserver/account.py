@@ -14,11 +14,12 @@ from typing import Any
 from aiohttp import web
 from aiohttp_session import get_session
 
+from . import presence
 from .admin import end_sessions
 from .api import _json_object, _login, _name_arg
 from .auth import check_password, hash_password
 from .forms import FormError, clean_password
-from .keys import config_key, password_hmac_key, password_pool_key, store_key, throttle_key
+from .keys import config_key, hub_key, password_hmac_key, password_pool_key, store_key, throttle_key
 from .pages import _auth_event
 from .stores.base import LastAdmin
 from .throttle import PasswordAttempt, PoolFull
@@ -42,8 +43,10 @@ async def patch_account(request: web.Request) -> web.Response:
     if hide is not None and not isinstance(hide, bool):
         raise web.HTTPBadRequest(reason="hide_presence must be true or false")
     store = request.app[store_key]
-    if not await store.update_profile(me, name=name, hide_presence=hide):
+    if not await store.update_profile(me, name=name):
         raise web.HTTPUnauthorized(reason="log in first")  # deleted meanwhile
+    if hide is not None:  # the watchers are told at once (presence.set_hidden)
+        await presence.set_hidden(store, request.app[hub_key], me, hide)
     account = await store.account(me, request.app[config_key].security.session_seconds)
     if account is None:
         raise web.HTTPUnauthorized(reason="log in first")

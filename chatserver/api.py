@@ -16,13 +16,16 @@ from aiohttp import web
 from .auth import check_password, current_user, hash_password
 from .forms import FormError, clean_name, clean_password
 from .keys import config_key, hub_key, password_hmac_key, password_pool_key, store_key, throttle_key
-from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone, server_timestamp
-from .stores.base import Contact, DialogueSide, Group
-from .throttle import PoolFull
+from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, encode, is_phone, server_now, server_timestamp
+from .stores.base import Contact, DialogueSide, Group, Room
+from .throttle import LOOKUPS_REFUSED, PasswordAttempt, PoolFull, lookup_allowed
 
 # A group is for people who know each other: a bound keeps one request's work bounded too.
 MAX_PARTICIPANTS: Final = 1000
 _KEY_ALPHABET: Final = string.ascii_letters + string.digits
+# Last seen is shown to the minute (issue 12, finding 6): enough for "last seen 14:05", not a
+# millisecond trace of someone's comings and goings.
+LAST_SEEN_US: Final = 60_000_000
 
 
 async def _login(request: web.Request) -> tuple[str, str]:
@@ -48,6 +51,22 @@ def _phones_arg(value: object, field: str) -> list[str]:
     if not isinstance(value, list) or len(value) > MAX_PARTICIPANTS:
         raise web.HTTPBadRequest(reason=f"{field} must be a list of at most {MAX_PARTICIPANTS} phones")
     return list(dict.fromkeys(_phone_arg(p, field) for p in value))
+
+
+async def _lookups(request: web.Request, me: str, phones: list[str]) -> None:
+    """Count the lookups of other users' phones a request makes (issue 12, finding 6: anything
+    that answers whether a phone has an account), hits and misses alike: counting only misses
+    would let one who guesses right probe freely. 429 past `limits.lookups_per_minute`.
+
+    One phone: free when it is the user's own or one it has a dialogue with (`lookup_allowed`).
+    Several (a group's participants): each other phone counts, at once."""
+    throttle = request.app[throttle_key]
+    if len(phones) == 1:
+        allowed = await lookup_allowed(throttle, request.app[store_key], me, phones[0])
+    else:
+        allowed = await throttle.allow_lookups(me, sum(phone != me for phone in phones))
+    if not allowed:
+        raise web.HTTPTooManyRequests(reason=LOOKUPS_REFUSED)
 
 
 def _name_arg(value: object, field: str = "name") -> str:
@@ -88,6 +107,7 @@ async def special_personal(request: web.Request) -> web.Response:
     msg_to = data.get("msg_to")
     if not is_phone(msg_to):
         raise web.HTTPBadRequest(reason="msg_to must be a phone number of 10 to 15 digits")
+    await _lookups(request, me, [msg_to])
     store = request.app[store_key]
     if not await store.user_exists(msg_to):
         raise web.HTTPNotFound(reason="no such user")
@@ -96,8 +116,12 @@ async def special_personal(request: web.Request) -> web.Response:
 
 
 async def info(request: web.Request) -> web.Response:
-    """GET /chat/info: the logged-in user's phone, name, dialogues, groups and rooms."""
-    me = await _user(request)
+    """GET /chat/info: the logged-in user's phone, name, dialogues, groups, rooms and contacts.
+
+    `rooms` (issue 12, finding 6): the user's own rooms, the private rooms this login session
+    has given the password for, and the `rooms.listed` newest public rooms; `created_by` is the
+    user's own phone on its own rooms and null on the others'."""
+    me, sid_hash = await _login(request)
     store = request.app[store_key]
     account = await store.get_user(me)
     if account is None:
@@ -107,7 +131,8 @@ async def info(request: web.Request) -> web.Response:
         peer = await store.get_user(phone)
         dialogues.append({"msg_to": phone, "name": peer.name if peer else None})
     groups = [{"key": key, "name": name} for key, name in await store.groups_of(me)]
-    rooms = [_room_json(r.name, r.created_by, r.private) for r in await store.rooms()]
+    listed = request.app[config_key].rooms.listed
+    rooms = [_room_json(r, me) for r in await store.rooms_for(me, sid_hash, listed)]
     contacts = [await _contact_json(request, c) for c in await store.contacts_of(me)]
     flags = await store.account(me, 0)  # SPEC 10: the client shows the admin page to admins
     return web.json_response({"phone": me, "name": account.name, "dialogues": dialogues,
@@ -123,6 +148,7 @@ async def info_personal(request: web.Request) -> web.Response:
     msg_to = request.query.get("msg_to")
     if not is_phone(msg_to):
         raise web.HTTPBadRequest(reason="msg_to must be a phone number of 10 to 15 digits")
+    await _lookups(request, me, [msg_to])
     if not await request.app[store_key].user_exists(msg_to):
         raise web.HTTPNotFound(reason="no such user")
     return web.json_response(await _dialogue(request, me, msg_to))
@@ -141,7 +167,9 @@ def _group_json(group: Group,
     return out
 
 
-async def _known_phones(request: web.Request, phones: list[str]) -> None:
+async def _known_phones(request: web.Request, me: str, phones: list[str]) -> None:
+    """404 naming the first phone that has no account; each phone counts as a lookup."""
+    await _lookups(request, me, phones)
     store = request.app[store_key]
     for phone in phones:
         if not await store.user_exists(phone):
@@ -156,20 +184,51 @@ def _refuse_blockers(request: web.Request, me: str, phones: list[str]) -> None:
             raise web.HTTPForbidden(reason=f"{phone} does not accept being added by you")
 
 
+def _announce_added(request: web.Request, adder: str, key: str, phones: list[str]) -> None:
+    """Tell each user put into group `key` by `adder` (issue 12, finding 6: not silently), on
+    every receive socket it has: `{"command": "group_added", "msg_from": ADDER, "msg_to": ADDED,
+    "message": KEY, "sent_timestamp": SERVER_NOW}` (not stored: /chat/info lists the group)."""
+    hub = request.app[hub_key]
+    now = server_now()
+    for phone in phones:
+        if phone != adder:
+            hub.push(phone, encode({"command": "group_added", "msg_from": adder, "msg_to": phone,
+                                    "message": key, "sent_timestamp": now}))
+
+
+async def _begin_daily(request: web.Request, kind: str, me: str) -> PasswordAttempt:
+    """One of the user's `limits.groups_per_day` / `rooms_per_day` (SPEC 10), counted before the
+    creation; 429 past it."""
+    slot = await request.app[throttle_key].begin_daily(kind, me)
+    if slot is None:
+        limits = request.app[config_key].limits
+        per_day = limits.groups_per_day if kind == "group" else limits.rooms_per_day
+        raise web.HTTPTooManyRequests(reason=f"you may create {per_day} {kind}s a day; try tomorrow")
+    return slot
+
+
 async def special_group(request: web.Request) -> web.Response:
     """POST /chat/special/group `{"name", "participants"}`: create a group; the creator is a
-    participant and admin; 201 with the group; 404 for an unknown participant."""
+    participant and admin; 201 with the group; 404 for an unknown participant; 403 for one who
+    has blocked the creator; 429 past `limits.lookups_per_minute` or `limits.groups_per_day`.
+    Each participant is told with a `group_added` push."""
     me = await _user(request)
     data = await _json_object(request)
     name = _name_arg(data.get("name"))
     participants = _phones_arg(data.get("participants", []), "participants")
-    await _known_phones(request, participants)
+    await _known_phones(request, me, participants)
     _refuse_blockers(request, me, participants)
     store = request.app[store_key]
-    while True:  # 62**10 keys: a collision is astronomically rare, but possible
-        key = "".join(secrets.choice(_KEY_ALPHABET) for _ in range(10))
-        if await store.create_group(key, name, me, participants):
-            break
+    slot = await _begin_daily(request, "group", me)
+    try:
+        while True:  # 62**10 keys: a collision is astronomically rare, but possible
+            key = "".join(secrets.choice(_KEY_ALPHABET) for _ in range(10))
+            if await store.create_group(key, name, me, participants):
+                break
+    except BaseException:  # nothing was created (a failed write commits nothing)
+        await request.app[throttle_key].refund(slot)
+        raise
+    _announce_added(request, me, key, participants)
     group = await store.group(key)
     assert group is not None
     return web.json_response(_group_json(group), status=201)
@@ -211,13 +270,15 @@ async def patch_group(request: web.Request) -> web.Response:
     leaving_only = name is None and not add and not admins and remove == [me]
     if me not in group.admins and not leaving_only:
         raise web.HTTPForbidden(reason="only the group's admins may change it")
-    await _known_phones(request, add)
+    await _known_phones(request, me, add)
     _refuse_blockers(request, me, add)
     after = (set(group.participants) | set(add)) - set(remove)
     if not set(admins) <= after:
         raise web.HTTPBadRequest(reason="admins must be participants of the group")
     store = request.app[store_key]
     await store.update_group(group.key, name=name, add=add, remove=remove, admins=admins)
+    _announce_added(request, me, group.key,
+                    [p for p in add if p not in group.participants and p not in remove])
     hub = request.app[hub_key]
     for phone in remove:
         await hub.close_group_member(group.key, phone)
@@ -237,34 +298,48 @@ def _room_name_arg(value: object) -> str:
     return value
 
 
-def _room_json(name: str, created_by: str | None, private: bool) -> dict[str, Any]:
-    return {"room_name": name, "created_by": created_by, "private": private}
+def _room_json(room: Room, me: str) -> dict[str, Any]:
+    """A room as `me` sees it: the creator's phone only to the creator itself (issue 12, finding
+    6: a room is no way to collect phone numbers), null to everyone else."""
+    return {"room_name": room.name, "created_by": room.created_by if room.created_by == me else None,
+            "private": room.private}
 
 
 async def special_room(request: web.Request) -> web.Response:
     """POST /chat/special/room `{"room_name", "password"?}`: create a room (private with a
-    password); 201 with the room; 409 when the name is taken."""
+    password); 201 with the room; 409 when the name is taken; 429 past `limits.rooms_per_day`
+    (counted before the password is hashed, given back when nothing was created)."""
     me, sid_hash = await _login(request)
     data = await _json_object(request)
     name = _room_name_arg(data.get("room_name"))
-    password_hash = None
+    password = None
     if data.get("password") is not None:
         try:
             password = clean_password(data["password"])
         except FormError as e:
             raise web.HTTPBadRequest(reason=str(e)) from None
-        try:
-            password_hash = await hash_password(
-                password, request.app[config_key].security.bcrypt_rounds,
-                request.app[password_pool_key], key=request.app[password_hmac_key])
-        except PoolFull as e:
-            raise web.HTTPServiceUnavailable(reason=str(e)) from None
-    store = request.app[store_key]
-    if not await store.create_room(name, me, password_hash):
-        raise web.HTTPConflict(reason="a room with this name exists")
+    store, throttle = request.app[store_key], request.app[throttle_key]
+    slot = await _begin_daily(request, "room", me)
+    created = False
+    try:
+        password_hash = None
+        if password is not None:
+            try:
+                password_hash = await hash_password(
+                    password, request.app[config_key].security.bcrypt_rounds,
+                    request.app[password_pool_key], key=request.app[password_hmac_key])
+            except PoolFull as e:
+                raise web.HTTPServiceUnavailable(reason=str(e)) from None
+        created = await store.create_room(name, me, password_hash)
+        if not created:
+            raise web.HTTPConflict(reason="a room with this name exists")
+    finally:
+        if not created:
+            await throttle.refund(slot)
     if password_hash is not None:
         await store.grant_room(sid_hash, name)  # the creator need not type it again
-    return web.json_response(_room_json(name, me, password_hash is not None), status=201)
+    return web.json_response({"room_name": name, "created_by": me, "private": password_hash is not None},
+                             status=201)
 
 
 async def join_room(request: web.Request) -> web.Response:
@@ -297,26 +372,35 @@ async def join_room(request: web.Request) -> web.Response:
             raise web.HTTPForbidden(reason="wrong password for this room")
         await throttle.refund(attempt)
         await store.grant_room(sid_hash, name)
-    return web.json_response(_room_json(room.name, room.created_by, room.private))
+    return web.json_response(_room_json(room, me))
 
 
 async def info_room(request: web.Request) -> web.Response:
-    """GET /chat/info/room?room_name=NAME: read a room."""
-    await _user(request)
+    """GET /chat/info/room?room_name=NAME: `{"room_name", "created_by", "private"}`, the creator's
+    phone to the creator only. A private room is answered too, to everyone (its name is no
+    secret: creating a room of that name answers 409 anyway), so that a client sent a link to it
+    can ask for its password; what it holds needs the password (ws.room_socket)."""
+    me = await _user(request)
     name = _room_name_arg(request.query.get("room_name"))
     room = await request.app[store_key].room(name)
     if room is None:
         raise web.HTTPNotFound(reason="no such room")
-    return web.json_response(_room_json(room.name, room.created_by, room.private))
+    return web.json_response(_room_json(room, me))
 
 
 # -- contacts and blocks --------------------------------------------------------------------------
 
 
 async def _contact_json(request: web.Request, contact: Contact) -> dict[str, Any]:
+    """A contact with its presence: `online` (bool) and `last_seen` (server format, to the minute,
+    or null) when the two share presence (Contact.shares_presence: contacts both ways, no block,
+    not hidden); otherwise both are null, "not shared" (issue 12, finding 6)."""
+    if not contact.shares_presence:
+        return {"phone": contact.phone, "name": contact.name, "online": None, "last_seen": None}
+    seen = contact.last_seen_us
     return {"phone": contact.phone, "name": contact.name,
             "online": await request.app[hub_key].is_online(contact.phone),
-            "last_seen": server_timestamp(contact.last_seen_us) if contact.last_seen_us else None}
+            "last_seen": server_timestamp(seen - seen % LAST_SEEN_US) if seen else None}
 
 
 async def info_contacts(request: web.Request) -> web.Response:
@@ -334,6 +418,7 @@ async def special_contact(request: web.Request) -> web.Response:
     data = await _json_object(request)
     phone = _phone_arg(data.get("phone"), "phone")
     name = _name_arg(data.get("name"))
+    await _lookups(request, me, [phone])
     store = request.app[store_key]
     if not await store.user_exists(phone):
         raise web.HTTPNotFound(reason="no such user")
@@ -358,6 +443,7 @@ async def special_block(request: web.Request) -> web.Response:
     phone = _phone_arg(data.get("phone"), "phone")
     if phone == me:
         raise web.HTTPBadRequest(reason="you cannot block yourself")
+    await _lookups(request, me, [phone])
     store = request.app[store_key]
     if not await store.user_exists(phone):
         raise web.HTTPNotFound(reason="no such user")

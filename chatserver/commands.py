@@ -103,6 +103,7 @@ async def new_msg(conn: Conn, frame: Frame) -> None:
 async def msg_received(conn: Conn, frame: Frame) -> None:
     """The user has stored the peer's message on their device: delete it, tell the peer."""
     sent_us = _acknowledged(frame)
+    await conn.take_ack_token()
 
     def committed(deleted: bool) -> None:
         if not deleted:
@@ -118,6 +119,7 @@ async def msg_read(conn: Conn, frame: Frame) -> None:
     like new_msg, when the peer has blocked the user (a read receipt is a message too)."""
     _acknowledged(frame)  # must name a timestamp, though no stored message is needed
     refuse_if_blocked(conn, frame.msg_to)
+    await conn.take_ack_token()
     conn.later(frame.command, conn.store.read_personal(
         frame.msg_to, frame.msg_from, server_timestamp(frame.sent_us)),
         lambda _: conn.hub.push(frame.msg_to, encode(frame.wire())))
@@ -165,6 +167,7 @@ async def grp_msg_received(conn: Conn, frame: Frame) -> None:
     """The user has stored the sender's group message: drop them from its pending list (the last
     one deletes it) and tell the sender."""
     sent_us = _acknowledged(frame)
+    await conn.take_ack_token()
 
     def committed(removed: bool) -> None:
         if not removed:
@@ -182,6 +185,7 @@ async def grp_msg_read(conn: Conn, frame: Frame) -> None:
     refused when the sender has blocked the user, as msg_read."""
     sent_us = _acknowledged(frame)
     refuse_if_blocked(conn, frame.msg_to)
+    await conn.take_ack_token()
     if not await conn.store.is_member(conn.peer, conn.user):
         raise ProtocolError("you are not a participant of this group")
     if not await conn.store.is_member(conn.peer, frame.msg_to):

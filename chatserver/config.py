@@ -106,6 +106,16 @@ class Limits:
     # bcrypt jobs (hashing, checking) running at once, and waiting; past both, 503.
     password_workers: int = 2
     password_queue: int = 16
+    # SPEC 10: acknowledgements (msg_received, msg_read and their group forms) per second per user,
+    # all sockets together; bursts up to twice this pass; past it, the error frame.
+    acks_per_second: float = 200.0
+    # SPEC 10: groups and rooms one user may create per day (a fixed one-day window); past it, 429.
+    groups_per_day: int = 50
+    rooms_per_day: int = 20
+    # Issue 12, finding 6 (SPEC silent): lookups of other users' phones (anything that answers
+    # whether a phone has an account: starting a dialogue, a send socket's handshake, a contact,
+    # a block, each participant of a new group or an addition) per user per minute; past it, 429.
+    lookups_per_minute: int = 100
     # Frames waiting for one receive socket; a socket that falls further behind is closed
     # (its messages stay stored and are fetched on reconnect).
     outgoing_queue: int = 1000
@@ -142,6 +152,9 @@ class Retention:
 class Rooms:
     history: int = 50
     keep: int = 1000
+    # Issue 12, finding 6 (SPEC silent): /chat/info lists the user's own rooms, the private rooms
+    # this session may enter, and at most this many of the newest public rooms.
+    listed: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +212,14 @@ _POSITIVE = {
     ("limits", "max_waiting_per_recipient"),
     ("retention", "undelivered_days"),
     ("retention", "check_seconds"),
+    ("limits", "acks_per_second"),
+    ("limits", "groups_per_day"),
+    ("limits", "rooms_per_day"),
+    ("limits", "lookups_per_minute"),
     ("fetch", "chunk_size"),
     ("rooms", "history"),
     ("rooms", "keep"),
+    ("rooms", "listed"),
     ("websocket", "heartbeat"),
     ("websocket", "close_timeout"),
     ("security", "session_seconds"),

@@ -133,6 +133,13 @@ class Conn:
             rate = self.config.limits.messages_per_second
             raise ProtocolError(f"message rate limit exceeded ({rate:g} per second)")
 
+    async def take_ack_token(self) -> None:
+        """Count one acknowledgement or read receipt against the user's rate (SPEC 10
+        `limits.acks_per_second`); raises ProtocolError over the limit."""
+        if not await self.throttle.allow_ack(self.user):
+            rate = self.config.limits.acks_per_second
+            raise ProtocolError(f"acknowledgement rate limit exceeded ({rate:g} per second)")
+
     async def typing_allowed(self) -> bool:
         """True at most once per TYPING_INTERVAL seconds on this socket, and within the user's
         typing rate over all sockets."""

@@ -14,7 +14,7 @@ from .invites import is_code
 from .keys import config_key, password_hmac_key, password_pool_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone, now_micros
 from .stores.base import Invite
-from .throttle import PoolFull
+from .throttle import LOOKUPS_REFUSED, PoolFull, lookup_allowed
 
 log = logging.getLogger(__name__)
 TOO_MANY_ATTEMPTS: Final = "Too many attempts from your address or on this number; try again later."
@@ -249,6 +249,10 @@ async def chat_personal(request: web.Request) -> web.Response:
     """GET /chat/personal/<msg_from>/<msg_to>/: the client opened on a dialogue (SPEC 4)."""
     phone = await _page_user(request, own_path=True)
     msg_to = request.match_info["msg_to"]
+    # A lookup of a phone (issue 12, finding 6): the 404 says whether it has an account.
+    if is_phone(msg_to) and not await lookup_allowed(request.app[throttle_key], request.app[store_key],
+                                                     phone, msg_to):
+        raise web.HTTPTooManyRequests(reason=LOOKUPS_REFUSED)
     if not is_phone(msg_to) or not await request.app[store_key].user_exists(msg_to):
         raise web.HTTPNotFound(reason="no such user")
     return await _chat_page(request, phone, {"kind": "personal", "id": msg_to})

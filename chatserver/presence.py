@@ -27,3 +27,21 @@ async def went_offline(store: Store, hub: Hub, phone: str) -> None:
         await store.set_last_seen(phone, now_micros())
         if not await hub.is_online(phone):  # not back in the meantime, nor elsewhere
             await announce(store, hub, phone, "offline")
+
+
+async def set_hidden(store: Store, hub: Hub, phone: str, hidden: bool) -> None:
+    """Hide (or show again) `phone`'s presence and last seen (users.hide_presence, issue 12
+    finding 6), and tell its watchers at once when it is online: hiding looks like going offline
+    to those who saw it online, showing again like coming online. For the account settings."""
+    if hidden:
+        watchers = await store.watchers_of(phone)  # before: afterwards it has none
+        await store.set_hide_presence(phone, True)
+        if await hub.is_online(phone):
+            addressed = per_recipient({"command": "presence", "msg_from": phone, "message": "offline",
+                                       "sent_timestamp": server_now()})
+            for watcher in watchers:
+                hub.push(watcher, addressed(watcher))
+    else:
+        await store.set_hide_presence(phone, False)
+        if await hub.is_online(phone):
+            await announce(store, hub, phone, "online")

@@ -5,7 +5,13 @@ Redis hub is configured, so that they hold across processes and hosts (`limits`'
   `room_msg` from all of a user's sockets together; over the limit, the error frame.
 - typing events per user (`limits.typing_per_second`), on top of SPEC 5.1's one per second per
   socket; over the limit, dropped silently.
+- acknowledgements per user (SPEC 10 `limits.acks_per_second`): `msg_received`, `msg_read`,
+  `grp_msg_received`, `grp_msg_read` from all of a user's sockets together; over it, the error frame.
 - WebSocket handshakes per client address (`limits.handshakes_per_minute`): 429.
+- lookups of other users' phones per user (`limits.lookups_per_minute`, issue 12 finding 6):
+  every request that answers whether a phone has an account counts each phone it names; 429.
+- groups and rooms created per user per day (SPEC 10 `limits.groups_per_day`,
+  `limits.rooms_per_day`): counted before the creation (`begin_daily`), given back when it fails.
 - password attempts (SPEC 10: logins, registrations, private-room passwords), counted before the
   password is checked, per client address (`limits.login_failures`), per account (a phone, or a
   room: `limits.login_failures_per_phone`) and per pair (`limits.login_failures_per_pair`) within
@@ -30,13 +36,21 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import redis.asyncio as redis
-from limits import RateLimitItemPerMinute, RateLimitItemPerSecond, storage, strategies
+from limits import (
+    RateLimitItem,
+    RateLimitItemPerDay,
+    RateLimitItemPerMinute,
+    RateLimitItemPerSecond,
+    storage,
+    strategies,
+)
 from limits.aio import storage as aio_storage
 from limits.aio import strategies as aio_strategies
 from limits.errors import StorageError
 from redis.commands.core import AsyncScript
 
 from .config import Limits
+from .stores.base import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +59,8 @@ T = TypeVar("T")
 # memory); and how often an outage is logged at most.
 REDIS_TIMEOUT: Final = 2.0
 OUTAGE_LOG_SECONDS: Final = 60.0
+# The reason of the 429 past `limits.lookups_per_minute` (api, pages and ws answer it alike).
+LOOKUPS_REFUSED: Final = "too many phone numbers looked up; wait a minute"
 
 
 # A refund in Redis: one less, never below 0, and nothing when the counter has expired (its window
@@ -101,7 +117,11 @@ class Throttle:
             self._refund_script = redis.Redis(connection_pool=self._pool).register_script(_REFUND_LUA)
         self._message = _per_second(limits.messages_per_second)
         self._typing = _per_second(limits.typing_per_second)
+        self._ack = _per_second(limits.acks_per_second)
         self._handshake = RateLimitItemPerMinute(limits.handshakes_per_minute)
+        self._lookup = RateLimitItemPerMinute(limits.lookups_per_minute)
+        self._daily = {"group": RateLimitItemPerDay(limits.groups_per_day),
+                       "room": RateLimitItemPerDay(limits.rooms_per_day)}
         window = limits.login_window_seconds
         self._attempt_address = RateLimitItemPerSecond(limits.login_failures, window)
         self._attempt_account = RateLimitItemPerSecond(limits.login_failures_per_phone, window)
@@ -118,13 +138,13 @@ class Throttle:
             self._outage_logged = now
             log.warning("rate limits counted in this process only: Redis failed (%s)", error)
 
-    async def _hit(self, item: RateLimitItemPerSecond | RateLimitItemPerMinute, *keys: str) -> bool:
+    async def _hit(self, item: RateLimitItem, *keys: str, cost: int = 1) -> bool:
         if self._shared is not None:
             try:
-                return await self._shared.hit(item, *keys)
+                return await self._shared.hit(item, *keys, cost=cost)
             except StorageError as e:
                 self._outage(e)
-        return self._local.hit(item, *keys)
+        return self._local.hit(item, *keys, cost=cost)
 
     async def allow_message(self, phone: str) -> bool:
         """Count a message from `phone`; False when over `limits.messages_per_second`."""
@@ -134,27 +154,64 @@ class Throttle:
         """Count a typing event from `phone`; False when over `limits.typing_per_second`."""
         return await self._hit(self._typing, "typing", phone)
 
+    async def allow_ack(self, phone: str) -> bool:
+        """Count an acknowledgement or read receipt from `phone`; False when over
+        `limits.acks_per_second` (SPEC 10)."""
+        return await self._hit(self._ack, "ack", phone)
+
+    async def allow_lookups(self, phone: str, count: int = 1) -> bool:
+        """Count `count` lookups of other users' phones by `phone` at once (a request naming
+        several phones counts each); False when that would pass `limits.lookups_per_minute`. A
+        refused request's lookups stay counted: a client past its limit keeps paying for trying."""
+        if count <= 0:
+            return True
+        return await self._hit(self._lookup, "lookup", phone, cost=count)
+
     async def allow_handshake(self, address: str) -> bool:
         """Count a WebSocket handshake from `address`; False when over the per-minute limit."""
         return await self._hit(self._handshake, "handshake", address)
 
-    async def _add(self, keys: tuple[str, ...], amount: int, shared: bool) -> list[int]:
-        """Add `amount` (1 or -1) to each counter, in Redis when `shared`; the new counts. A
-        refund (-1) never takes a counter below 0 and never revives an expired one (`_REFUND_LUA`;
-        the in-memory storage's `decr` clamps at 0 too). Raises StorageError, or redis.RedisError
-        for a refund, when Redis fails."""
+    async def _add(self, keys: tuple[str, ...], amount: int, shared: bool,
+                   expiry: int | None = None) -> list[int]:
+        """Add `amount` (1 or -1) to each counter, in Redis when `shared`; the new counts. A new
+        counter lives `expiry` seconds (default: the password attempts' window). A refund (-1)
+        never takes a counter below 0 and never revives an expired one (`_REFUND_LUA`; the
+        in-memory storage's `decr` clamps at 0 too). Raises StorageError, or redis.RedisError for
+        a refund, when Redis fails."""
+        if expiry is None:
+            expiry = self._attempt_address.get_expiry()
         if shared:
             assert self._shared_storage is not None and self._refund_script is not None
             if amount < 0:
                 # The limits library's key for `key`: its prefix, a colon, the key.
                 return [int(await self._refund_script(keys=[f"{self._key_prefix}:{key}"]))
                         for key in keys]
-            expiry = self._attempt_address.get_expiry()
             return [await self._shared_storage.incr(key, expiry, amount) for key in keys]
         if amount > 0:
-            return [self._local_storage.incr(key, self._attempt_address.get_expiry(), amount)
-                    for key in keys]
+            return [self._local_storage.incr(key, expiry, amount) for key in keys]
         return [self._local_storage.decr(key, -amount) for key in keys]
+
+    async def begin_daily(self, kind: str, phone: str) -> PasswordAttempt | None:
+        """Count one creation of a `kind` ("group" or "room") by `phone` against
+        `limits.groups_per_day` / `limits.rooms_per_day` (SPEC 10), before it is made; None
+        (answer 429) when that would pass the limit. As `begin_attempt`: raised first and compared
+        after, atomically, so that parallel requests cannot all pass; `refund` the slot when the
+        creation then fails (a taken name, a refused password hash)."""
+        item = self._daily[kind]
+        keys = (item.key_for("daily", kind, phone),)
+        counts: list[int] | None = None
+        if self._shared_storage is not None:
+            try:
+                counts = await self._add(keys, 1, True, item.get_expiry())
+            except StorageError as e:
+                self._outage(e)
+        slot = PasswordAttempt(keys, shared=counts is not None)
+        if counts is None:
+            counts = await self._add(keys, 1, False, item.get_expiry())
+        if counts[0] > item.amount:
+            await self.refund(slot)
+            return None
+        return slot
 
     async def begin_attempt(self, address: str, account: str) -> PasswordAttempt | None:
         """Count one password attempt from client `address` on `account` (a phone, or "room NAME"),
@@ -194,10 +251,20 @@ class Throttle:
             self._outage(e)
 
 
+async def lookup_allowed(throttle: Throttle, store: Store, me: str, phone: str) -> bool:
+    """Whether `me` may learn if `phone` has an account (issue 12, finding 6): always for
+    itself and for a phone it has a dialogue with (that cost a lookup once, or the peer wrote
+    first: nothing new is learnt, and a client re-checking its dialogues at every reconnect is
+    not refused); otherwise one lookup against `limits.lookups_per_minute`."""
+    if phone == me or await store.has_dialogue(me, phone):
+        return True
+    return await throttle.allow_lookups(me)
+
+
 @dataclass(frozen=True, slots=True)
 class PasswordAttempt:
-    """One attempt counted by `Throttle.begin_attempt`: its counters' keys, and whether they are in
-    Redis (`shared`) or in this process's memory."""
+    """One attempt counted by `Throttle.begin_attempt` (or one creation by `begin_daily`): its
+    counters' keys, and whether they are in Redis (`shared`) or in this process's memory."""
     keys: tuple[str, ...]
     shared: bool
 

@@ -21,6 +21,7 @@ from .keys import config_key, hub_key, store_key, throttle_key
 from .middlewares import same_origin
 from .presence import announce, went_offline
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
+from .throttle import LOOKUPS_REFUSED, lookup_allowed
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
     phone, sid_hash = await _handshake(request)
     msg_to = request.match_info["msg_to"]
     store = request.app[store_key]
+    # A lookup of a phone (issue 12, finding 6): the 404 says whether it has an account.
+    if is_phone(msg_to) and not await lookup_allowed(request.app[throttle_key], store, phone, msg_to):
+        raise web.HTTPTooManyRequests(reason=LOOKUPS_REFUSED)
     if not is_phone(msg_to) or not await store.user_exists(msg_to):
         raise web.HTTPNotFound(reason="no such user")
     hub = request.app[hub_key]

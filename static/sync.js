@@ -453,11 +453,26 @@ async function flushDone(id) {
   if (!pending) pendingConvs.delete(id);
 }
 
+let refetchTimer = null;
+
+/** fetch_msgs and fetch_grp_msgs again in a few seconds (once, however many refusals). */
+function refetchSoon() {
+  if (refetchTimer) return;
+  refetchTimer = setTimeout(() => {
+    refetchTimer = null;
+    receive?.send({command: "fetch_msgs", msg_to: ME});
+    receive?.send({command: "fetch_grp_msgs", msg_to: ME});
+  }, 2500);
+}
+
 /** A refused frame. The error frame does not say which message it was about; replies come in
  *  order, so for a refused message it is the oldest one still waiting for its reply. */
 async function onLinkError(id, f) {
   if (!["new_msg", "new_grp_msg", "room_msg"].includes(f.type)) {
-    if (!/received|read|typing/.test(f.type)) emit("notice", f.message);
+    // Acknowledgements over the server's rate (limits.acks_per_second) deleted nothing: fetch
+    // again once the window has passed; what is still stored comes back and is acknowledged.
+    if (/received/.test(f.type) && /rate/.test(f.message)) refetchSoon();
+    else if (!/received|read|typing/.test(f.type)) emit("notice", f.message);
     return;
   }
   const sent = sentOn.get(id);

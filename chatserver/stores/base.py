@@ -141,9 +141,14 @@ class RoomMessage:
 
 @dataclass(frozen=True, slots=True)
 class Contact:
+    """One of a user's contacts. `shares_presence`: each has the other as a contact, neither has
+    blocked the other and the contact does not hide its presence (issue 12, finding 6); only then
+    is `last_seen_us` given (else None) and may its online state be shown."""
+
     phone: str
     name: str
     last_seen_us: int | None
+    shares_presence: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +422,11 @@ class Store(Protocol):
         """The phones `phone` has a dialogue with, sorted."""
         ...
 
+    async def has_dialogue(self, a: str, b: str) -> bool:
+        """True when a and b have a dialogue (a message, or POST /chat/special/personal, opened
+        it; either direction's row)."""
+        ...
+
     async def dialogue_side(self, msg_from: str, msg_to: str) -> DialogueSide:
         """What msg_to has received and seen of msg_from's messages, and how many still wait."""
         ...
@@ -499,6 +509,12 @@ class Store(Protocol):
         """Every room, by name."""
         ...
 
+    async def rooms_for(self, phone: str, sid_hash: str, newest_public: int) -> list[Room]:
+        """The rooms `phone` is shown in /chat/info (issue 12, finding 6), by name: those it
+        created, the private rooms login session `sid_hash` has given the password for, and the
+        `newest_public` most recently created public rooms. Other private rooms are left out."""
+        ...
+
     async def room_history(self, room: str, limit: int) -> list[RoomMessage]:
         """The latest `limit` messages of a room, oldest first."""
         ...
@@ -522,12 +538,19 @@ class Store(Protocol):
         ...
 
     async def contacts_of(self, owner: str) -> list[Contact]:
-        """Owner's contacts by name, with when each was last seen online (microseconds) or None."""
+        """Owner's contacts by name, each with `shares_presence` and, when it is True, when it was
+        last seen online (microseconds) or None."""
         ...
 
     async def watchers_of(self, phone: str) -> list[str]:
-        """Who is told of `phone`'s presence, sorted: its contacts and those who have it as a
-        contact, except anyone `phone` has blocked."""
+        """Who is told of `phone`'s presence, sorted (issue 12, finding 6): those who have `phone`
+        as a contact and whom `phone` has as a contact, with no block between them either way;
+        nobody when `phone` hides its presence (users.hide_presence)."""
+        ...
+
+    async def set_hide_presence(self, phone: str, hidden: bool) -> None:
+        """Hide (or show again) `phone`'s presence and last seen from everyone; nothing for an
+        unknown phone."""
         ...
 
     async def set_last_seen(self, phone: str, us: int) -> None:

@@ -98,6 +98,7 @@ class Queries:
                           " ON CONFLICT DO NOTHING")
     dialogues_of: str = ("SELECT msg_to FROM dialogues WHERE msg_from = $1"
                          " UNION SELECT msg_from FROM dialogues WHERE msg_to = $1 ORDER BY 1")
+    has_dialogue: str = "SELECT 1 FROM dialogues WHERE msg_from = $1 AND msg_to = $2"
     dialogue_side: str = (
         "SELECT (SELECT last_received_receiver FROM dialogues WHERE msg_from = $1 AND msg_to = $2),"
         " (SELECT last_seen_receiver FROM dialogues WHERE msg_from = $1 AND msg_to = $2),"
@@ -131,6 +132,13 @@ class Queries:
                         " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
     room: str = "SELECT name, created_by, password_hash FROM rooms WHERE name = $1"
     rooms: str = "SELECT name, created_by, password_hash FROM rooms ORDER BY name"
+    # Issue 12, finding 6: the rooms one user is shown (see Store.rooms_for).
+    rooms_for: str = (
+        "SELECT name, created_by, password_hash FROM rooms WHERE created_by = $1"
+        " OR (password_hash IS NOT NULL AND name IN (SELECT room FROM session_rooms WHERE sid_hash = $2))"
+        " OR name IN (SELECT name FROM rooms WHERE password_hash IS NULL"
+        "             ORDER BY created_us DESC, name LIMIT $3)"
+        " ORDER BY name")
     room_history: str = (
         "SELECT id, msg_from, message, sent_us FROM (SELECT id, msg_from, message, sent_us"
         " FROM room_messages WHERE room = $1 ORDER BY id DESC LIMIT $2) AS h ORDER BY id")
@@ -140,11 +148,26 @@ class Queries:
     set_contact: str = ("INSERT INTO contacts (owner, phone, name) VALUES ($1, $2, $3)"
                         " ON CONFLICT (owner, phone) DO UPDATE SET name = excluded.name")
     remove_contact: str = "DELETE FROM contacts WHERE owner = $1 AND phone = $2"
-    contacts_of: str = ("SELECT c.phone, c.name, u.last_seen_us FROM contacts AS c JOIN users AS u"
-                        " ON u.phone = c.phone WHERE c.owner = $1 ORDER BY c.name, c.phone")
+    # Presence is shared between $1 (the owner, or the watcher) and a contact only when each has
+    # the other as a contact, neither has blocked the other, and the contact does not hide it
+    # (issue 12, finding 6). SQLite's hide_presence is 0/1, PostgreSQL's a boolean: NOT reads both.
+    contacts_of: str = (
+        "SELECT phone, name, CASE WHEN shared THEN last_seen_us END, shared FROM ("
+        " SELECT c.phone, c.name, u.last_seen_us,"
+        "  (NOT u.hide_presence"
+        "   AND EXISTS (SELECT 1 FROM contacts AS r WHERE r.owner = c.phone AND r.phone = c.owner)"
+        "   AND NOT EXISTS (SELECT 1 FROM blocks AS b WHERE (b.blocker = c.owner AND b.blocked = c.phone)"
+        "                   OR (b.blocker = c.phone AND b.blocked = c.owner))) AS shared"
+        " FROM contacts AS c JOIN users AS u ON u.phone = c.phone WHERE c.owner = $1) AS s"
+        " ORDER BY name, phone")
     watchers_of: str = (
-        "SELECT phone FROM contacts WHERE owner = $1 UNION SELECT owner FROM contacts WHERE phone = $1"
-        " EXCEPT SELECT blocked FROM blocks WHERE blocker = $1 ORDER BY 1")
+        "SELECT c.owner FROM contacts AS c"
+        " JOIN contacts AS r ON r.owner = c.phone AND r.phone = c.owner"
+        " JOIN users AS u ON u.phone = c.phone"
+        " WHERE c.phone = $1 AND NOT u.hide_presence"
+        " AND NOT EXISTS (SELECT 1 FROM blocks AS b WHERE (b.blocker = $1 AND b.blocked = c.owner)"
+        "                 OR (b.blocker = c.owner AND b.blocked = $1))"
+        " ORDER BY 1")
     set_last_seen: str = "UPDATE users SET last_seen_us = $1 WHERE phone = $2"
     block: str = "INSERT INTO blocks (blocker, blocked) VALUES ($1, $2) ON CONFLICT DO NOTHING"
     unblock: str = "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2"
@@ -433,6 +456,10 @@ class SqlStore(GroupCommitStore[DB]):
     async def dialogues_of(self, phone: str) -> list[str]:
         return [r[0] for r in await self._fetch(self.SQL.dialogues_of, phone)]
 
+    async def has_dialogue(self, a: str, b: str) -> bool:
+        # Both directions' rows are made together (open_dialogue, the messages' trigger).
+        return bool(await self._fetch(self.SQL.has_dialogue, a, b))
+
     async def dialogue_side(self, msg_from: str, msg_to: str) -> DialogueSide:
         rows = await self._fetch(self.SQL.dialogue_side, msg_from, msg_to)
         return DialogueSide(*rows[0])
@@ -487,6 +514,9 @@ class SqlStore(GroupCommitStore[DB]):
     async def rooms(self) -> list[Room]:
         return [_room(r) for r in await self._fetch(self.SQL.rooms)]
 
+    async def rooms_for(self, phone: str, sid_hash: str, newest_public: int) -> list[Room]:
+        return [_room(r) for r in await self._fetch(self.SQL.rooms_for, phone, sid_hash, newest_public)]
+
     async def room_history(self, room: str, limit: int) -> list[RoomMessage]:
         return [RoomMessage(*r) for r in await self._fetch(self.SQL.room_history, room, limit)]
 
@@ -511,10 +541,16 @@ class SqlStore(GroupCommitStore[DB]):
         return await self._write(op)
 
     async def contacts_of(self, owner: str) -> list[Contact]:
-        return [Contact(*r) for r in await self._fetch(self.SQL.contacts_of, owner)]
+        return [Contact(r[0], r[1], r[2], bool(r[3]))
+                for r in await self._fetch(self.SQL.contacts_of, owner)]
 
     async def watchers_of(self, phone: str) -> list[str]:
         return [r[0] for r in await self._fetch(self.SQL.watchers_of, phone)]
+
+    async def set_hide_presence(self, phone: str, hidden: bool) -> None:
+        async def op(db: DB) -> None:
+            await self._execute(db, self.SQL.set_hide_presence, hidden, phone)
+        await self._write(op)
 
     async def set_last_seen(self, phone: str, us: int) -> None:
         async def op(db: DB) -> None:

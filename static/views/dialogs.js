@@ -18,6 +18,7 @@ export function mount() {
   $("group-form").addEventListener("submit", createGroup);
   $("show-rooms").addEventListener("click", openRoomsDialog);
   $("room-form").addEventListener("submit", createRoom);
+  $("room-join-form").addEventListener("submit", joinRoomByName);
   $("show-contacts").addEventListener("click", openContactsDialog);
   $("contact-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -120,6 +121,16 @@ async function createRoom(ev) {
   if (!await actions.createRoom(name, $("room-password").value)) return undefined;
   $("dlg-rooms").close();
   return joinAndOpen(name);
+}
+
+/** A room not in the list (a private one, or an older public one): by name, with its password
+ * when private; without one, a private room's conversation asks for it ("locked"). */
+async function joinRoomByName(ev) {
+  ev.preventDefault();
+  const name = $("room-join-name").value.trim();
+  const password = $("room-join-password").value;
+  $("dlg-rooms").close();
+  return joinAndOpen(name, password || undefined);
 }
 
 // -- contacts and blocks --------------------------------------------------------------------

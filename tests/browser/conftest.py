@@ -69,12 +69,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+async def live(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ServerProcess]:
     """A serving `run.py serve` on a fresh database; a test may `stop()` and `start()` it again
-    on the same port and data. No traceback may appear in its output."""
+    on the same port and data. No traceback may appear in its output. A test may change
+    `[limits]` keys with `@pytest.mark.parametrize("live", [{KEY: VALUE}], indirect=True)`."""
     # Fast hashing; a rate limit no test reaches.
+    limits = {"messages_per_second": 500.0, **getattr(request, "param", {})}
     config = write_config(tmp_path / "config.toml", {"security": {"bcrypt_rounds": 4},
-                                                     "limits": {"messages_per_second": 500.0}})
+                                                     "limits": limits})
     server = ServerProcess(tmp_path / "chat.db", config, tmp_path).start()
     try:
         await server.wait_serving()

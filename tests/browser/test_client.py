@@ -148,6 +148,24 @@ async def test_a_message_sent_while_the_receiver_is_away_appears_when_they_open(
     await expect(mine(pa, "Are you there?")).to_have_attribute("data-state", "read")
 
 
+@pytest.mark.parametrize("live", [{"acks_per_second": 1.0}], indirect=True)
+async def test_acknowledgements_refused_over_the_rate_are_sent_again(people: UserFactory) -> None:
+    """A backlog larger than the server's acknowledgement budget (SPEC 10 acks_per_second, here
+    2 per two seconds): the client fetches again after a refusal, until every message is
+    acknowledged, which the sender sees as "received"."""
+    alice = await person(people, A, "Alice")
+    bob = await person(people, B, "Bob")
+    pa = await alice.page()
+    await open_dialogue(pa, B)
+    texts = [f"backlog {i}" for i in range(6)]
+    for text in texts:
+        await send(pa, text)
+        await expect(mine(pa, text)).to_have_attribute("data-state", "sent")
+    await bob.page()
+    for text in texts:
+        await expect(mine(pa, text)).to_have_attribute("data-state", "received", timeout=30_000)
+
+
 @pytest.mark.timeout(150)
 async def test_the_page_survives_a_server_restart(people: UserFactory, live: ServerProcess) -> None:
     alice = await person(people, A, "Alice")
@@ -411,6 +429,29 @@ async def test_rooms_join_chat_and_keep_history(people: UserFactory) -> None:
     await expect(row(pb, "#lobby")).to_be_visible()
 
 
+async def test_a_private_room_is_joined_by_name_and_password(people: UserFactory) -> None:
+    """Private rooms are not listed to those who have not given the password (issue 12, finding
+    6): the rooms dialog joins one by name; without the password the room asks for it."""
+    alice = await person(people, A, "Alice")
+    bob = await person(people, B, "Bob")
+    pa = await alice.page()
+    await pa.click("#show-rooms")
+    await pa.fill("#room-name", "attic")
+    await pa.fill("#room-password", "attic password")
+    await pa.press("#room-name", "Enter")
+    await expect(pa.locator("#conv-title")).to_have_text("#attic")
+    await send(pa, "Up here")
+
+    pb = await bob.page()
+    await pb.click("#show-rooms")
+    await expect(pb.locator("#room-list li", has_text="#attic")).to_have_count(0)
+    await pb.fill("#room-join-name", "attic")
+    await pb.fill("#room-join-password", "attic password")
+    await pb.press("#room-join-name", "Enter")
+    await expect(pb.locator("#conv-title")).to_have_text("#attic")
+    await expect(theirs(pb, "Up here")).to_be_visible()
+
+
 async def test_block_refuses_and_unblock_lets_a_retry_through(people: UserFactory) -> None:
     alice = await person(people, A, "Alice")
     bob = await person(people, B, "Bob")
@@ -448,10 +489,12 @@ async def test_block_refuses_and_unblock_lets_a_retry_through(people: UserFactor
 async def test_presence_of_contacts(people: UserFactory) -> None:
     alice = await person(people, A, "Alice")
     bob = await person(people, B, "Bob")
-    resp = await alice.context.request.post(alice.context.base + "/chat/special/contact",
-                                            data=json.dumps({"phone": B, "name": "Bobby"}),
-                                            headers={"Content-Type": "application/json"})
-    assert resp.status == 201, await resp.text()
+    # Presence is shared between contacts both ways only (issue 12, finding 6).
+    for user, phone, name in ((alice, B, "Bobby"), (bob, A, "Alice")):
+        resp = await user.context.request.post(user.context.base + "/chat/special/contact",
+                                               data=json.dumps({"phone": phone, "name": name}),
+                                               headers={"Content-Type": "application/json"})
+        assert resp.status == 201, await resp.text()
     pa = await alice.page()
     await open_dialogue(pa, B)
     await expect(pa.locator("#conv-title")).to_have_text("Bobby")

@@ -1,9 +1,10 @@
 """Contacts, blocks and presence over real sockets: the contact list (add, rename, remove, list)
 and the block list of /chat/special/contact, /chat/special/block and /chat/info/contacts; a blocked
 sender's `new_msg` and `is_typing` refused with the SPEC 5.5 error while nothing is stored or pushed,
-and no group with the blocker; presence pushed to the receive sockets of a user's contacts (both
-ways, minus those the user blocked) when the first receive socket opens and the last one closes,
-and `online` / `last_seen` in /chat/info."""
+and no group with the blocker; presence pushed to the receive sockets of a user's mutual contacts
+(each has the other as a contact, no block either way; issue 12, finding 6) when the first receive
+socket opens and the last one closes, and `online` / `last_seen` in /chat/info (tests/features/
+test_privacy.py has the one-sided, hidden and blocked cases)."""
 
 from __future__ import annotations
 
@@ -85,9 +86,10 @@ def stored_personal(config: Config) -> list[tuple[str, str, str]]:
                    "SELECT msg_from, msg_to, message FROM personal_messages ORDER BY id")
 
 
-def entry(phone: str, name: str, online: bool = False,
+def entry(phone: str, name: str, online: bool | None = None,
           last_seen: str | None = None) -> dict[str, Any]:
-    """A contact as the API shows it."""
+    """A contact as the API shows it; `online` None: presence not shared (not a contact both
+    ways, issue 12 finding 6)."""
     return {"phone": phone, "name": name, "online": online, "last_seen": last_seen}
 
 
@@ -419,12 +421,17 @@ async def test_a_block_survives_a_restart(aiohttp_server: AiohttpServer,
 # disconnects (always in its TestServer, and under run_app(handler_cancellation=True)), so neither
 # happens.
 
-async def test_presence_online_reaches_who_has_the_user_as_a_contact(
-        as_user: UserFactory) -> None:
+async def mutual(alice: TestClient, a: str, bob: TestClient, b: str) -> None:
+    """A and B have each other as contacts (named Alice and Bob): they share presence."""
+    await add_contact(alice, b, "Bob")
+    await add_contact(bob, a, "Alice")
+
+
+async def test_presence_online_reaches_a_mutual_contact(as_user: UserFactory) -> None:
     a, b = new_phone(), new_phone()
     alice, bob = await as_user(a), await as_user(b)
-    await add_contact(bob, a, "Alice")
-    assert (await contacts(bob))["contacts"] == [entry(a, "Alice")]
+    await mutual(alice, a, bob, b)
+    assert (await contacts(bob))["contacts"] == [entry(a, "Alice", online=False)]
     b_recv = await open_receive(bob, b)
     a1 = await open_receive(alice, a)
     assert_presence(await recv(b_recv), a, b, "online")
@@ -443,7 +450,7 @@ async def test_presence_online_reaches_who_has_the_user_as_a_contact(
 async def test_presence_offline_when_the_last_receive_socket_closes(as_user: UserFactory) -> None:
     a, b = new_phone(), new_phone()
     alice, bob = await as_user(a), await as_user(b)
-    await add_contact(bob, a, "Alice")
+    await mutual(alice, a, bob, b)
     b_recv = await open_receive(bob, b)
     a1 = await open_receive(alice, a)
     assert_presence(await recv(b_recv), a, b, "online")
@@ -456,7 +463,8 @@ async def test_presence_offline_when_the_last_receive_socket_closes(as_user: Use
     [seen] = (await get_json(bob, "/chat/info"))["contacts"]
     assert (seen["phone"], seen["name"], seen["online"]) == (a, "Alice", False)
     assert isinstance(seen["last_seen"], str) and SERVER_TS.fullmatch(seen["last_seen"]), seen
-    assert near_now(seen["last_seen"]), seen
+    # to the minute (issue 12, finding 6): no seconds, so up to a minute before now
+    assert seen["last_seen"].endswith(":00.000") and near_now(seen["last_seen"], 120), seen
     assert (await contacts(bob))["contacts"] == [seen]
 
     # Back online: announced again; last_seen keeps the last departure.
@@ -467,22 +475,22 @@ async def test_presence_offline_when_the_last_receive_socket_closes(as_user: Use
     assert_presence(await recv(b_recv), a, b, "offline")
 
 
-async def test_presence_reaches_the_users_own_contacts(as_user: UserFactory) -> None:
-    """Presence goes to the user's contacts too, even those who do not list the user."""
+async def test_presence_goes_both_ways_between_mutual_contacts(as_user: UserFactory) -> None:
     a, d = new_phone(), new_phone()
     alice, dave = await as_user(a), await as_user(d)
-    await add_contact(alice, d, "Dave")
+    await mutual(alice, a, dave, d)
     d_recv = await open_receive(dave, d)
     a_recv = await open_receive(alice, a)
     assert_presence(await recv(d_recv), a, d, "online")
-    assert (await contacts(dave))["contacts"] == []  # D was told, but A is not D's contact
+    await d_recv.close()
+    assert_presence(await recv(a_recv), d, a, "offline")
     await a_recv.close()
 
 
 async def test_presence_skips_offline_and_unrelated_users(as_user: UserFactory) -> None:
     a, b, e = new_phone(), new_phone(), new_phone()
     alice, bob, eve = await as_user(a), await as_user(b), await as_user(e)
-    await add_contact(bob, a, "Alice")
+    await mutual(alice, a, bob, b)
     e_recv = await open_receive(eve, e)  # online, but not a contact either way
     a_recv = await open_receive(alice, a)  # B, the one watcher, is offline
     b_recv = await open_receive(bob, b)
@@ -496,7 +504,7 @@ async def test_presence_skips_offline_and_unrelated_users(as_user: UserFactory) 
 async def test_someone_the_user_blocked_gets_no_presence(as_user: UserFactory) -> None:
     a, b, c = new_phone(), new_phone(), new_phone()
     alice, bob, carol = await as_user(a), await as_user(b), await as_user(c)
-    await add_contact(bob, a, "Alice")
+    await mutual(alice, a, bob, b)
     await add_contact(carol, a, "Alice")
     await add_contact(alice, c, "Carol")  # a contact both ways, and still blocked
     await block(alice, c)
@@ -512,7 +520,7 @@ async def test_someone_the_user_blocked_gets_no_presence(as_user: UserFactory) -
 async def test_a_removed_contact_gets_no_more_presence(as_user: UserFactory) -> None:
     a, b = new_phone(), new_phone()
     alice, bob = await as_user(a), await as_user(b)
-    await add_contact(bob, a, "Alice")
+    await mutual(alice, a, bob, b)
     b_recv = await open_receive(bob, b)
     a1 = await open_receive(alice, a)
     assert_presence(await recv(b_recv), a, b, "online")
@@ -537,7 +545,7 @@ async def test_presence_after_a_quick_reconnect_ends_online(store: Store, as_use
     since the user is online."""
     a, b = new_phone(), new_phone()
     alice, bob = await as_user(a), await as_user(b)
-    await add_contact(bob, a, "Alice")
+    await mutual(alice, a, bob, b)
     b_recv = await open_receive(bob, b)
     a1 = await open_receive(alice, a)
     assert_presence(await recv(b_recv), a, b, "online")

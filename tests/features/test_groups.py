@@ -52,6 +52,7 @@ from helpers.groups import (
     patch_ok,
     pending_of,
     pushed,
+    recv_group_added,
     send_grp,
     settle,
 )
@@ -91,6 +92,9 @@ async def make_group(as_user: UserFactory, n: int, online: int | None = None,
     """A group of `n` created by the first member; returns (key, members)."""
     members = await make_members(as_user, n, online)
     created = await create_group(members[0].client, name, [m.phone for m in members[1:]])
+    for m in members[1:]:  # each online participant is told first (group_added)
+        if m.inbox is not None:
+            await recv_group_added(m.inbox, members[0].phone, m.phone, created["key"])
     return created["key"], members
 
 
@@ -556,6 +560,7 @@ async def test_a_refused_group_frame_gets_an_error_stores_nothing_and_the_socket
     # a group A is not in: a forged msg_to naming it must not reach its members
     x = (await make_members(as_user, 1))[0]
     other = (await create_group(x.client, "other", [b.phone]))["key"]
+    await recv_group_added(inbox(b), x.phone, b.phone, other)
     ws = await open_group(a.client, a.phone, key)
     bad, says = {
         "ack-of-nothing": (frame("grp_msg_received", a.phone, b.phone, plain(new_instant())),
@@ -679,7 +684,8 @@ async def test_an_added_member_gets_later_messages_not_earlier_ones(
     assert updated["participants"] == sorted([a.phone, b.phone, d.phone])
     assert updated["admins"] == [a.phone]
     assert updated["read"][d.phone] is None
-    await assert_quiet(inbox(d))  # nothing of before is pushed on joining
+    await recv_group_added(inbox(d), a.phone, d.phone, key)  # D is told who added it, B not
+    await assert_quiet(inbox(d), inbox(b))  # nothing of before is pushed on joining
 
     after = await send_grp(ws_a, a.phone, key, "after D")
     assert await recv(inbox(d)) == pushed(after, key, d.phone)
@@ -700,6 +706,7 @@ async def test_removing_a_member_drops_their_pending_entries_and_closes_their_gr
     key, (a, b, c) = await make_group(as_user, 3)
     # B's pending entries in another group stay
     other = (await create_group(c.client, "other", [b.phone]))["key"]
+    await recv_group_added(inbox(b), c.phone, b.phone, other)
     ws_a = await open_group(a.client, a.phone, key)
     ws_b = await open_group(b.client, b.phone, key)
     ws_b_other = await open_group(b.client, b.phone, other)

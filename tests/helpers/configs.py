@@ -18,7 +18,9 @@ from helpers.server import Tables, merge_tables
 QUICK: Tables = {
     "security": {"bcrypt_rounds": 4},
     "limits": {"messages_per_second": 1_000_000.0, "handshakes_per_minute": 1_000_000,
-               "sockets_per_user": 1_000_000},
+               "sockets_per_user": 1_000_000,
+               "acks_per_second": 1_000_000.0, "lookups_per_minute": 1_000_000,
+               "groups_per_day": 1_000_000, "rooms_per_day": 1_000_000},
 }
 # The load tests: FULL sync (the crash guarantee is about FULL), a quick WAL scrub (so that
 # checkpoints run during the load), and an outgoing queue no load fills.

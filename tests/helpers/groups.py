@@ -68,6 +68,20 @@ async def fetch_grp(ws: WS, phone: str) -> list[dict[str, Any]]:
             return replies
 
 
+def assert_group_added(data: dict[str, Any], adder: str, added: str, key: str) -> None:
+    """`data` is the push telling `added` that `adder` put it into group `key` (issue 12,
+    finding 6: groups that put a user in are announced)."""
+    assert set(data) == {"command", "msg_from", "msg_to", "message", "sent_timestamp"}, data
+    assert (data["command"], data["msg_from"], data["msg_to"], data["message"]) == (
+        "group_added", adder, added, key), data
+    assert_server_time(data["sent_timestamp"])
+
+
+async def recv_group_added(ws: WS, adder: str, added: str, key: str) -> None:
+    """The next frame on `added`'s receive socket `ws` is its group_added push for `key`."""
+    assert_group_added(await recv(ws), adder, added, key)
+
+
 # -- the JSON endpoints (SPEC 4) ------------------------------------------------------------
 
 

@@ -355,3 +355,87 @@ async def test_wrong_room_passwords_count_as_failed_logins(
         ws = await elsewhere.ws_connect(server.make_url(f"/ws/chat/room/{room}/"))
         assert (await recv(ws))["command"] == "fetch_room_msgs"
         await ws.close()
+
+
+# -- acknowledgements per user (SPEC 10 acks_per_second) ------------------------------------------
+
+
+async def answers_until_sent(ws: WS, msg_from: str, msg_to: str) -> list[dict[str, Any]]:
+    """Send a `new_msg` and return every frame answered on `ws` before its `msg_sent`: the
+    socket answers in the order of its frames, so these are the answers to what was sent before."""
+    sent = frame("new_msg", msg_from, msg_to, "after the acknowledgements")
+    await ws.send_json(sent)
+    before = []
+    while (reply := await recv(ws))["command"] != "msg_sent":
+        before.append(reply)
+    assert reply["message"] == sent["sent_timestamp"], reply
+    return before
+
+
+async def test_acknowledgements_over_the_users_rate_get_the_error_and_change_nothing(
+        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+    """Two sockets of A to B, three acknowledgements each (msg_received and msg_read): 2R pass in
+    all, the rest get the "rate limit" error, delete nothing and reach no one."""
+    rate = 2
+    server = await start(aiohttp_server, config, acks_per_second=rate)
+    store = server.app[store_key]
+    login = users_on(aiohttp_client, server)
+    a, b = new_phone(), new_phone()
+    client_a, client_b = await login(a), await login(b)
+    inbox_b = await open_receive(client_b, b, probe="fetch_msgs")
+    to_a = await open_personal(client_b, b, a)
+    stored = [await send_new_msg(to_a, b, a, f"m{i}") for i in range(6)]
+    sockets = [await open_personal(client_a, a, b) for _ in range(2)]
+
+    started = time.monotonic()
+    for i, m in enumerate(stored):
+        command = "msg_read" if i == 5 else "msg_received"
+        await sockets[i % 2].send_json(frame(command, a, b, m["sent_timestamp"]))
+    errors = [e for ws in sockets for e in await answers_until_sent(ws, a, b)]
+    in_one_window = within_one_window(started)
+    for error in errors:
+        assert_error(error, error["type"], a, b)
+        assert error["type"] in ("msg_received", "msg_read") and "rate" in error["message"], error
+    passed = 6 - len(errors)
+    assert passed == 2 * rate if in_one_window else 2 * rate <= passed <= 4 * rate, errors
+
+    # B was told of each acknowledgement that passed, and of nothing refused.
+    seen = []
+    while sum(f["command"] == "new_msg" for f in seen) < 2:  # the two messages sent after
+        seen.append(await recv(inbox_b))
+    acks = [f for f in seen if f["command"] in ("msg_received", "msg_read")]
+    assert len(acks) == passed, seen
+    deleted = {f["message"] for f in acks if f["command"] == "msg_received"}
+    assert [m.message for m in await store.pending_for(a)] == [
+        m["message"] for m in stored if m["sent_timestamp"] not in deleted]
+
+
+async def test_group_acknowledgements_share_the_users_rate(
+        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+    """grp_msg_received and grp_msg_read count against the same budget as the personal ones."""
+    rate = 1
+    server = await start(aiohttp_server, config, acks_per_second=rate)
+    store = server.app[store_key]
+    login = users_on(aiohttp_client, server)
+    a, b = new_phone(), new_phone()
+    client_a, client_b = await login(a), await login(b)
+    key = (await create(client_b, "/chat/special/group", {"name": "g", "participants": [a]}))["key"]
+    grp_b = await client_b.ws_connect(f"/ws/chat/group/{b}/{key}/")
+    sent = []
+    for i in range(3):
+        sent.append(frame("new_grp_msg", b, key, f"g{i}"))
+        await grp_b.send_json(sent[-1])
+        assert (await recv(grp_b))["command"] == "msg_sent"
+    grp_a = await client_a.ws_connect(f"/ws/chat/group/{a}/{key}/")
+
+    started = time.monotonic()
+    for command, m in (("grp_msg_received", sent[0]), ("grp_msg_read", sent[0]),
+                       ("grp_msg_received", sent[1])):
+        await grp_a.send_json(frame(command, a, b, m["sent_timestamp"]))
+    # A group socket answers a frame it refuses at once; the third is over 2R and refused.
+    error = await recv(grp_a)
+    if not within_one_window(started):
+        pytest.skip("the machine took longer than one rate window to send three frames")
+    assert_error(error, "grp_msg_received", a, key)
+    assert "rate" in error["message"], error
+    assert [m.message for m in await store.pending_group_for(a)] == ["g1", "g2"]

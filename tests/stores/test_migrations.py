@@ -91,8 +91,9 @@ async def assert_v1_contents(store: AnyStore) -> None:
         RoomMessage(i + 1, [A, B, C][i], f"room {i}", T0 + 20 + i) for i in range(3)]
     assert await store.room_granted(BOB_SESSION, "secret")
     assert not await store.room_granted(ALICE_SESSION, "secret")
-    assert await store.contacts_of(A) == [Contact(B, "Bobby", T0 + 30), Contact(C, "Carol C", None)]
-    assert await store.watchers_of(A) == [B, C]
+    assert await store.contacts_of(A) == [Contact(B, "Bobby", T0 + 30, True),
+                                           Contact(C, "Carol C", None, False)]
+    assert await store.watchers_of(A) == [B]  # C is not a contact both ways (issue 12)
     assert store.is_blocked(C, D) and store.is_blocked(A, D) and not store.is_blocked(D, C)
     assert await store.blocked_by(A) == [D]
     # ... and the upgraded database takes new writes where the old ones left off.

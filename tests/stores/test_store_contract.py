@@ -22,6 +22,7 @@ import pytest
 
 from chatserver.protocol import now_micros, parse_timestamp
 from chatserver.stores.base import (
+    Contact,
     CorruptDatabase,
     DialogueSide,
     Expired,
@@ -29,6 +30,7 @@ from chatserver.stores.base import (
     IntegrityError,
     LastAdmin,
     MailboxFull,
+    Room,
     StoreClosed,
     StoredMessage,
     StoreError,
@@ -1027,6 +1029,84 @@ async def test_pg_two_processes_cannot_both_be_first_or_both_take_the_last_use(p
     finally:
         for s in stores:
             await s.close()
+async def test_has_dialogue_either_way_once_opened(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert not await store.has_dialogue(A, B)
+        assert await store.add_personal(B, A, T1, "t1", "first from B")
+        assert await store.has_dialogue(A, B) and await store.has_dialogue(B, A)
+        await store.open_dialogue(A, C)
+        assert await store.has_dialogue(C, A)
+        assert not await store.has_dialogue(B, C)
+        assert not await store.has_dialogue(A, NOT_A_USER)
+
+
+# -- presence and rooms shown (issue 12, finding 6) ----------------------------------------------
+
+
+async def test_presence_is_shared_only_between_mutual_contacts(store: AnyStore) -> None:
+    """watchers_of and contacts_of agree: presence and last seen only when each has the other as a
+    contact, no block either way, and the user does not hide them."""
+    async with asyncio.timeout(TIMEOUT):
+        await store.set_last_seen(A, 1_000)
+        await store.set_last_seen(B, 2_000)
+        await store.set_contact(B, A, "Alice")  # one-sided: B has A, A does not have B
+        assert await store.watchers_of(A) == []
+        assert await store.watchers_of(B) == []
+        assert await store.contacts_of(B) == [Contact(A, "Alice", None, False)]
+        await store.set_contact(A, B, "Bob")  # now both ways
+        assert await store.watchers_of(A) == [B]
+        assert await store.watchers_of(B) == [A]
+        assert await store.contacts_of(B) == [Contact(A, "Alice", 1_000, True)]
+        assert await store.contacts_of(A) == [Contact(B, "Bob", 2_000, True)]
+        await store.set_contact(C, A, "Alice")  # C: one-sided, gets nothing
+        assert await store.watchers_of(A) == [B]
+        assert await store.contacts_of(C) == [Contact(A, "Alice", None, False)]
+
+        await store.set_hide_presence(A, True)  # A hides: nobody sees A; A still sees B
+        assert await store.watchers_of(A) == []
+        assert await store.contacts_of(B) == [Contact(A, "Alice", None, False)]
+        assert await store.watchers_of(B) == [A]
+        assert await store.contacts_of(A) == [Contact(B, "Bob", 2_000, True)]
+        await store.set_hide_presence(A, False)
+        assert await store.watchers_of(A) == [B]
+        await store.set_hide_presence(NOT_A_USER, True)  # nothing to hide: no error
+
+        for blocker, blocked in ((A, B), (B, A)):  # a block either way ends the sharing
+            await store.block(blocker, blocked)
+            assert await store.watchers_of(A) == []
+            assert await store.watchers_of(B) == []
+            assert [c.shares_presence for c in await store.contacts_of(A)] == [False]
+            assert await store.contacts_of(B) == [Contact(A, "Alice", None, False)]
+            assert await store.unblock(blocker, blocked)
+        assert await store.watchers_of(A) == [B]
+        assert await store.remove_contact(A, B)
+        assert await store.watchers_of(A) == []
+        assert await store.watchers_of(B) == []
+
+
+async def test_rooms_for_shows_own_granted_and_newest_public_rooms(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        await store.add_session("a-1", A)
+        await store.add_session("a-2", A)
+        for name in ("pub1", "pub2", "pub3"):  # created in this order: pub3 is the newest
+            assert await store.create_room(name, B, None)
+        assert await store.create_room("mine", A, None)
+        assert await store.create_room("minesecret", A, b"h")
+        assert await store.create_room("secret", B, b"h")
+        assert await store.create_room("other", C, b"h")
+        await store.grant_room("a-1", "secret")
+
+        def names(rooms: list[Room]) -> list[str]:
+            return [r.name for r in rooms]
+
+        # A's own rooms (public and private), the private room this session gave the password
+        # for, and the 2 newest public rooms ("mine" is one of them).
+        assert names(await store.rooms_for(A, "a-1", 2)) == ["mine", "minesecret", "pub3", "secret"]
+        assert names(await store.rooms_for(A, "a-2", 2)) == ["mine", "minesecret", "pub3"]
+        assert names(await store.rooms_for(A, "a-2", 10)) == ["mine", "minesecret", "pub1", "pub2",
+                                                              "pub3"]
+        assert names(await store.rooms_for(C, "none", 1)) == ["mine", "other"]
+        assert Room("secret", B, b"h") in await store.rooms_for(A, "a-1", 2)
 
 
 # -- corruption ---------------------------------------------------------------------------------

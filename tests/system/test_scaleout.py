@@ -300,9 +300,11 @@ async def test_presence_across_processes(
     p1, p2 = two
     a, alice = await clients.user(p1)
     b, bob = await clients.user(p2)
-    async with bob.post(p2.url("/chat/special/contact"), json={"phone": a, "name": "Alice"},
-                        timeout=aiohttp.ClientTimeout(total=NET_TIMEOUT)) as resp:
-        assert resp.status == 201, await resp.text()
+    # Presence is shared between contacts both ways only (issue 12, finding 6).
+    for session, server, phone, name in ((bob, p2, a, "Alice"), (alice, p1, b, "Bob")):
+        async with session.post(server.url("/chat/special/contact"), json={"phone": phone, "name": name},
+                                timeout=aiohttp.ClientTimeout(total=NET_TIMEOUT)) as resp:
+            assert resp.status == 201, await resp.text()
 
     async def alice_online() -> bool:
         async with bob.get(p2.url("/chat/info/contacts"),
