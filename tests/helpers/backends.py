@@ -101,7 +101,17 @@ async def postgres_schema() -> AsyncIterator[str]:
         try:
             yield with_search_path(POSTGRES_URL, schema)
         finally:
-            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            # A server closed by the test may leave a backend still finishing its last statement
+            # (a cancelled periodic check: the client hangs up at once, the backend stops at its
+            # next interrupt check), which can deadlock with the DROP; PostgreSQL then aborts the
+            # DROP, and it is tried again.
+            for attempt in range(5):
+                try:
+                    await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+                    break
+                except asyncpg.DeadlockDetectedError:
+                    if attempt == 4:
+                        raise
     finally:
         await conn.close()
 
