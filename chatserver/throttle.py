@@ -42,7 +42,6 @@ from limits import (
     RateLimitItemPerMinute,
     RateLimitItemPerSecond,
     storage,
-    strategies,
 )
 from limits.aio import storage as aio_storage
 from limits.aio import strategies as aio_strategies
@@ -76,6 +75,36 @@ return 0
 """
 
 
+class LocalWindows:
+    """Fixed-window counters in this process's memory for the per-frame limits (messages, typing,
+    acknowledgements) and the other `allow_*` checks when no Redis is configured: the `limits`
+    semantics (a window starts at a key's first event and lasts the item's expiry; every event
+    is counted, refused ones too; the event passes while the count is at most the amount).
+
+    Why not the `limits` library's MemoryStorage here, which the rest of this module uses: it costs
+    about 30 microseconds per event inside the server (a lock, key formatting, an expiry timer), which
+    was 13% of the CPU of a whole message cycle once acknowledgements were counted too (issue 12,
+    `bench/bench.py --cases full`). This costs one dict lookup. Expired windows are swept once the
+    table holds more than `sweep_at` keys, so that it stays bounded by the active keys."""
+
+    def __init__(self, sweep_at: int = 10_000) -> None:
+        self._windows: dict[tuple[Any, ...], list[float]] = {}  # key -> [window end, count]
+        self._sweep_at = sweep_at
+
+    def hit(self, item: RateLimitItem, *keys: str, cost: int = 1) -> bool:
+        """Count `cost` events of `item` for `keys`; True while the window's count is at most
+        `item.amount`."""
+        now = time.monotonic()
+        key = (item.amount, item.get_expiry(), *keys)
+        window = self._windows.get(key)
+        if window is None or now >= window[0]:
+            if len(self._windows) >= self._sweep_at:
+                self._windows = {k: w for k, w in self._windows.items() if w[0] > now}
+            window = self._windows[key] = [now + item.get_expiry(), 0]
+        window[1] += cost
+        return window[1] <= item.amount
+
+
 def _per_second(rate: float) -> RateLimitItemPerSecond:
     return RateLimitItemPerSecond(max(1, round(2 * rate)), 2)
 
@@ -95,7 +124,7 @@ class Throttle:
         # Fixed windows: O(1) per event (a moving window keeps every event of the window). The
         # in-memory limiter is synchronous: it costs no coroutine per message.
         self._local_storage = storage.MemoryStorage()
-        self._local = strategies.FixedWindowRateLimiter(self._local_storage)
+        self._windows = LocalWindows()  # the allow_* checks (see LocalWindows)
         self._shared_storage: aio_storage.RedisStorage | None = None
         self._shared: aio_strategies.FixedWindowRateLimiter | None = None
         self._pool: redis.ConnectionPool | None = None
@@ -144,7 +173,7 @@ class Throttle:
                 return await self._shared.hit(item, *keys, cost=cost)
             except StorageError as e:
                 self._outage(e)
-        return self._local.hit(item, *keys, cost=cost)
+        return self._windows.hit(item, *keys, cost=cost)
 
     async def allow_message(self, phone: str) -> bool:
         """Count a message from `phone`; False when over `limits.messages_per_second`."""

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as redis
+from limits import RateLimitItemPerSecond
 
+from chatserver import throttle as throttle_module
 from chatserver.config import Limits
-from chatserver.throttle import PasswordPool, PoolFull, Throttle
+from chatserver.throttle import LocalWindows, PasswordPool, PoolFull, Throttle
 from helpers import backends
 
 TIMEOUT = 10.0
@@ -205,3 +207,27 @@ async def test_unreachable_redis_falls_back_to_counting_in_memory(
         await throttle.close()
     warnings = [r for r in caplog.records if "counted in this process only" in r.getMessage()]
     assert len(warnings) == 1  # logged once per OUTAGE_LOG_SECONDS, not per event
+
+
+def test_local_windows_count_every_event_and_start_a_new_window_after_expiry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """LocalWindows keeps the `limits` fixed-window rule: refused events count too, a window
+    lasts the item's expiry from its first event, keys and items are counted apart, and expired
+    windows are swept once the table is full."""
+    now = [1000.0]
+    monkeypatch.setattr(throttle_module.time, "monotonic", lambda: now[0])
+    windows = LocalWindows(sweep_at=3)
+    item = RateLimitItemPerSecond(2, 2)
+    assert [windows.hit(item, "ack", "a") for _ in range(3)] == [True, True, False]
+    assert windows.hit(item, "ack", "b")  # another key
+    assert windows.hit(RateLimitItemPerSecond(5, 2), "ack", "a")  # another item
+    now[0] += 1.9
+    assert not windows.hit(item, "ack", "a")  # the same window
+    now[0] += 0.1
+    assert windows.hit(item, "ack", "a") and windows.hit(item, "ack", "a")  # a new one
+    assert not windows.hit(item, "ack", "a", cost=1)
+    assert not windows.hit(item, "lookup", "c", cost=3)  # one request counting three
+    now[0] += 10
+    windows.hit(item, "ack", "d")  # 3 keys now, "a" and "c" expired
+    windows.hit(item, "ack", "e")  # the table is full: the expired windows are swept first
+    assert sorted(key[-1] for key in windows._windows) == ["d", "e"]
