@@ -31,6 +31,7 @@ from cryptography.fernet import Fernet
 
 from .keys import config_key, hub_key, store_key
 from .throttle import PasswordPool
+from .useragent import device_label
 
 T = TypeVar("T")
 
@@ -122,13 +123,16 @@ def _sid_hash(sid: str) -> str:
 
 
 async def log_in(request: web.Request, phone: str) -> None:
-    """Start a new session for `phone`: a fresh id (never reuse the one before login), recorded."""
+    """Start a new session for `phone`: a fresh id (never reuse the one before login), recorded
+    as a new device (SPEC 7)."""
     old = await get_session(request)
     if isinstance(old.get(SESSION_FIELD), str):
         await request.app[store_key].delete_session(_sid_hash(old[SESSION_FIELD]))
     session = await new_session(request)
     sid = secrets.token_urlsafe(32)
-    await request.app[store_key].add_session(_sid_hash(sid), phone)
+    # SPEC 7: the session is a device, labelled from the User-Agent for the devices list only.
+    await request.app[store_key].add_session(_sid_hash(sid), phone,
+                                             device_label(request.headers.get("User-Agent")))
     session[SESSION_FIELD] = sid
 
 
@@ -144,7 +148,8 @@ async def log_out(request: web.Request) -> None:
 
 
 async def current_user(request: web.Request) -> tuple[str, str] | None:
-    """(phone, session id hash) of the logged-in user, or None."""
+    """(phone, session id hash) of the logged-in user, or None. A use of the session (SPEC 7:
+    it lasts `security.session_seconds` after its last use; `Store.session_user` records it)."""
     session = await get_session(request)
     sid = session.get(SESSION_FIELD)
     if not isinstance(sid, str):
