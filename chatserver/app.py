@@ -110,9 +110,12 @@ def create_app(config: Config) -> web.Application:
                                                config.database.path).encode()
     # The session middleware must wrap the handlers that call get_session: setup_session appends
     # it after `guard`, so it runs inside it.
+    # No max_age here: aiohttp-session would drop a cookie that long after its creation, where a
+    # session lasts that long after its last use (SPEC 7). The server's record decides; the
+    # cookie's Max-Age is set, and renewed while the session is used, by auth.py.
     setup_session(app, EncryptedCookieStorage(
         secret, cookie_name="chat_session", httponly=True, samesite="Lax",
-        secure=config.security.https, max_age=config.security.session_seconds))
+        secure=config.security.https))
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True)
     setup_routes(app)
     return app

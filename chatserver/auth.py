@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -26,15 +27,24 @@ from typing import Any, Final, TypeVar
 
 import bcrypt
 from aiohttp import web
-from aiohttp_session import get_session, new_session
+from aiohttp_session import Session, get_session, new_session
 from cryptography.fernet import Fernet
 
 from .keys import config_key, hub_key, store_key
+from .stores.base import touch_after_us
 from .throttle import PasswordPool
+from .useragent import device_label
 
 T = TypeVar("T")
 
 SESSION_FIELD: Final = "sid"
+# When the cookie's Max-Age was last renewed (Unix seconds; `_renew_cookie`).
+COOKIE_RENEWED: Final = "renewed"
+# The cookie's Max-Age at least: the longest browsers keep a cookie (Chrome caps it at 400 days).
+# Longer than a session may go unused, because a session in use by its sockets alone (SPEC 7: a
+# socket open at a session check is a use) renews no cookie: the server's record decides when a
+# session ends, the cookie only has to outlive it.
+COOKIE_SECONDS: Final = 400 * 86_400
 # SPEC 4 and 10 (NIST SP 800-63B: at least 8, and a verifier should allow at least 64 characters).
 # The minimum is for new passwords (forms.clean_password); older accounts may still have 8 bytes.
 MIN_PASSWORD_CHARS: Final = 10
@@ -122,14 +132,18 @@ def _sid_hash(sid: str) -> str:
 
 
 async def log_in(request: web.Request, phone: str) -> None:
-    """Start a new session for `phone`: a fresh id (never reuse the one before login), recorded."""
+    """Start a new session for `phone`: a fresh id (never reuse the one before login), recorded
+    as a new device (SPEC 7)."""
     old = await get_session(request)
     if isinstance(old.get(SESSION_FIELD), str):
         await request.app[store_key].delete_session(_sid_hash(old[SESSION_FIELD]))
     session = await new_session(request)
     sid = secrets.token_urlsafe(32)
-    await request.app[store_key].add_session(_sid_hash(sid), phone)
+    # SPEC 7: the session is a device, labelled from the User-Agent for the devices list only.
+    await request.app[store_key].add_session(_sid_hash(sid), phone,
+                                             device_label(request.headers.get("User-Agent")))
     session[SESSION_FIELD] = sid
+    _renew_cookie(session, request.app[config_key].security.session_seconds)
 
 
 async def log_out(request: web.Request) -> None:
@@ -144,7 +158,8 @@ async def log_out(request: web.Request) -> None:
 
 
 async def current_user(request: web.Request) -> tuple[str, str] | None:
-    """(phone, session id hash) of the logged-in user, or None."""
+    """(phone, session id hash) of the logged-in user, or None. A use of the session (SPEC 7:
+    it lasts `security.session_seconds` after its last use; `Store.session_user` records it)."""
     session = await get_session(request)
     sid = session.get(SESSION_FIELD)
     if not isinstance(sid, str):
@@ -152,7 +167,23 @@ async def current_user(request: web.Request) -> tuple[str, str] | None:
     sid_hash = _sid_hash(sid)
     max_age = request.app[config_key].security.session_seconds
     phone = await request.app[store_key].session_user(sid_hash, max_age)
-    return (phone, sid_hash) if phone is not None else None
+    if phone is None:
+        return None
+    renewed = session.get(COOKIE_RENEWED)
+    if not isinstance(renewed, int) or time.time() - renewed >= touch_after_us(max_age) / 1e6:
+        # Sent with this response; a WebSocket handshake's answer carries no cookie (aiohttp-
+        # session saves none), the next page load or request renews it then.
+        _renew_cookie(session, max_age)
+    return phone, sid_hash
+
+
+def _renew_cookie(session: Session, max_age: int) -> None:
+    """Have the response (re)send the session cookie with Max-Age max(`max_age`, COOKIE_SECONDS)
+    from now, so that a browser keeps it at least as long as the server keeps the session
+    (`max_age` after its last use, SPEC 7). Marks the time in the cookie, so that it is renewed
+    once per touch interval, not with every response."""
+    session.max_age = max(max_age, COOKIE_SECONDS)
+    session[COOKIE_RENEWED] = int(time.time())
 
 
 def _key_file(path: Path, generate: Callable[[], str], check: Callable[[str], None]) -> str:

@@ -122,7 +122,16 @@ async def msg_read(conn: Conn, frame: Frame) -> None:
     await conn.take_ack_token()
     conn.later(frame.command, conn.store.read_personal(
         frame.msg_to, frame.msg_from, server_timestamp(frame.sent_us)),
-        lambda _: conn.hub.push(frame.msg_to, encode(frame.wire())))
+        lambda _: _push_read(conn, frame.msg_to, encode(frame.wire())))
+
+
+def _push_read(conn: Conn, sender: str, data: bytes) -> None:
+    """A read receipt, committed: to the sender's receive sockets (SPEC 5.1, 5.3) and the same
+    frame to the reader's own (SPEC 7.2), so that each of the reader's devices can clear its
+    unread count; once when the reader read its own message."""
+    conn.hub.push(sender, data)
+    if sender != conn.user:
+        conn.hub.push(conn.user, data)
 
 
 async def is_typing(conn: Conn, frame: Frame) -> None:
@@ -191,7 +200,7 @@ async def grp_msg_read(conn: Conn, frame: Frame) -> None:
     if not await conn.store.is_member(conn.peer, frame.msg_to):
         raise ProtocolError("msg_to is not a participant of this group")
     conn.later(frame.command, conn.store.read_group(conn.peer, conn.user, server_timestamp(sent_us)),
-               lambda _: conn.hub.push(frame.msg_to, encode({
+               lambda _: _push_read(conn, frame.msg_to, encode({
                    "message": frame.message, "command": "msg_read",
                    "msg_from": _group_sender(conn), "msg_to": frame.msg_to,
                    "sent_timestamp": server_now()})))

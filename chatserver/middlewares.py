@@ -44,9 +44,10 @@ def same_origin(request: web.Request) -> bool:
 
 
 def wants_json(request: web.Request) -> bool:
-    """JSON endpoints (SPEC 4 /chat/special/*, /chat/info*; SPEC 10 /chat/admin/*, /chat/account*)
-    answer errors as JSON."""
-    return request.path.startswith(("/chat/special/", "/chat/info", "/chat/admin/", "/chat/account"))
+    """JSON endpoints (SPEC 4 /chat/special/*, /chat/info*; SPEC 10 /chat/admin/*, /chat/account*;
+    SPEC 7 /chat/devices) answer errors as JSON."""
+    return request.path.startswith(("/chat/special/", "/chat/info", "/chat/admin/", "/chat/account",
+                                    "/chat/devices"))
 
 
 @web.middleware

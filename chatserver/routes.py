@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import account, admin, api, pages, ws
+from . import account, admin, api, devices, pages, ws
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -41,6 +41,8 @@ def setup_routes(app: web.Application) -> None:
         web.patch("/chat/account", account.patch_account),
         web.delete("/chat/account", account.delete_account),
         web.post("/chat/account/password", account.change_password),
+        web.get("/chat/devices", devices.list_devices),
+        web.delete("/chat/devices", devices.delete_device),
         web.get("/chat/admin/users", admin.users),
         web.patch("/chat/admin/users", admin.patch_user),
         web.delete("/chat/admin/users", admin.delete_user),

@@ -6,9 +6,11 @@ channel). Every other way a session ends happens where the server cannot hear it
 and `run.py deluser` are other processes writing the database, an admin's change or a password
 change may be served by another worker, and expiry is only a time passing. So each server process
 also re-checks, every `security.session_check_seconds`, that the sessions of its open sockets are
-still recorded and not older than `security.session_seconds`, with ONE store query
+still recorded and used within the last `security.session_seconds`, with ONE store query
 (`Store.live_sessions`) whatever the number of sockets, and closes the sockets of the others with
-1008 "session ended".
+1008 "session ended". An open socket is a use of its session (SPEC 7, issue 13): the same call
+records it for the live ones, with one UPDATE of those last recorded more than a minute ago
+(`stores.base.touch_after_us`), none when all are recent.
 
 Why a periodic check rather than a notification: the database is the one thing every writer
 (server workers, the CLI, either engine) already shares, so the check needs no new channel and no

@@ -14,6 +14,20 @@ from typing import Final, Literal, Protocol
 
 # Session hashes per query of `Store.live_sessions` (64 hex characters each: ~0.7 MB a query).
 LIVE_SESSIONS_BATCH: Final = 10_000
+# SPEC 7: a session lasts `security.session_seconds` after its last use. A use is recorded (one
+# UPDATE) only when the recorded one is older than this many seconds, or than a tenth of the
+# session's lifetime when that is shorter, so that a busy session costs a write a minute, not one
+# per request; a session may so expire up to that much before session_seconds after its last use.
+SESSION_TOUCH_SECONDS: Final = 60.0
+# The label of a device whose login said nothing recognisable (and of sessions made before
+# migration 0004).
+UNKNOWN_DEVICE: Final = "Unknown device"
+
+
+def touch_after_us(max_age_seconds: float) -> int:
+    """Microseconds after which a session's recorded last use is recorded again (see
+    SESSION_TOUCH_SECONDS): min(60 s, max_age / 10)."""
+    return round(min(SESSION_TOUCH_SECONDS, max_age_seconds / 10) * 1_000_000)
 
 # -- errors -------------------------------------------------------------------------------------
 
@@ -154,7 +168,7 @@ class Contact:
 @dataclass(frozen=True, slots=True)
 class Account:
     """An account as administration sees it (SPEC 10 `GET /chat/admin/users`): `devices` is the
-    number of live sessions (younger than the maximum age asked for), `waiting` the messages
+    number of live sessions (used within the maximum age asked for, SPEC 7), `waiting` the messages
     stored for the account (personal ones plus group ones still pending for it)."""
 
     phone: str
@@ -166,6 +180,19 @@ class Account:
     last_seen_us: int | None
     devices: int
     waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device of a user (SPEC 7): one live login session. `id` is opaque (neither the session
+    secret nor its hash), `label` what its login's User-Agent said, `current` True for the
+    session that asked."""
+
+    id: str
+    label: str
+    created_us: int
+    last_used_us: int
+    current: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +336,7 @@ class Store(Protocol):
         ...
 
     async def account(self, phone: str, max_age_seconds: int) -> Account | None:
-        """The account with this phone, or None; `devices` counts its sessions younger than
+        """The account with this phone, or None; `devices` counts its sessions used within the last
         `max_age_seconds`."""
         ...
 
@@ -363,7 +390,7 @@ class Store(Protocol):
         ...
 
     async def stats(self, max_age_seconds: int) -> Stats:
-        """Counts for the admin page; `devices`: sessions younger than `max_age_seconds`."""
+        """Counts for the admin page; `devices`: sessions used within the last `max_age_seconds`."""
         ...
 
     async def get_user(self, phone: str) -> User | None:
@@ -390,8 +417,11 @@ class Store(Protocol):
         unknown."""
         ...
 
-    async def add_session(self, sid_hash: str, phone: str) -> None:
-        """Record a login (SPEC 4: the cookie names a session the server records)."""
+    async def add_session(self, sid_hash: str, phone: str, label: str = UNKNOWN_DEVICE) -> str:
+        """Record a login (SPEC 4: the cookie names a session the server records) as a new
+        device (SPEC 7) with this `label`, created and last used now; returns the device's new
+        random id. Raises IntegrityError for an unknown phone (or, with odds of 2**-96, an id
+        taken)."""
         ...
 
     async def delete_session(self, sid_hash: str) -> None:
@@ -399,17 +429,34 @@ class Store(Protocol):
         ...
 
     async def session_user(self, sid_hash: str, max_age_seconds: int) -> str | None:
-        """The phone logged in under this session, or None when unknown or older than max_age."""
+        """The phone logged in under this session, or None when unknown or not used within the
+        last `max_age_seconds` (SPEC 7). Asking is a use: a last use recorded longer ago than
+        `touch_after_us(max_age_seconds)` is set to now (one conditional UPDATE)."""
         ...
 
     async def live_sessions(self, sid_hashes: Collection[str], max_age_seconds: float) -> set[str]:
-        """Of `sid_hashes`, those still recorded, not older than `max_age_seconds` and of an
-        account not disabled (SPEC 10: a disabled user's devices end): what a
+        """Of `sid_hashes`, those still recorded, used within the last `max_age_seconds` and of
+        an account not disabled (SPEC 10: a disabled user's devices end): what a
         server process asks every `security.session_check_seconds` about the sessions of its open
         sockets, so that a session ended anywhere (logout, `run.py passwd` or `deluser` in another
-        process, an admin, expiry) closes its sockets (issue 12). One query (SQLite: the hashes as
-        one JSON array read by json_each; PostgreSQL: one text[] parameter) per
-        LIVE_SESSIONS_BATCH hashes; an empty collection asks nothing and is an empty set."""
+        process, an admin, expiry) closes its sockets (issue 12). An open socket is a use (SPEC
+        7): of the live ones, those whose last use was recorded longer ago than
+        `touch_after_us(max_age_seconds)` are set to now, in one UPDATE per batch (none when
+        every one is recent). One query (SQLite: the hashes as one JSON array read by
+        json_each; PostgreSQL: one text[] parameter) per LIVE_SESSIONS_BATCH hashes; an empty
+        collection asks nothing and is an empty set."""
+        ...
+
+    async def devices(self, phone: str, current: str | None, max_age_seconds: int) -> list[Device]:
+        """SPEC 7 `GET /chat/devices`: the live sessions of `phone` (used within the last
+        `max_age_seconds`), newest first (by creation, then id); `current` is the asking
+        session's hash (its device has current=True)."""
+        ...
+
+    async def delete_device(self, phone: str, device_id: str) -> str | None:
+        """SPEC 7 `DELETE /chat/devices`: delete the session of `phone` whose device id is
+        `device_id`; its session hash (the caller closes its sockets), or None, deleting nothing,
+        when `phone` has no such device (another user's id included)."""
         ...
 
     # -- dialogues ----------------------------------------------------------------------------

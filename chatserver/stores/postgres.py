@@ -334,8 +334,11 @@ class PgStore(SqlStore[PgConnection]):
     `connect(config)`), close with `await store.close()`."""
 
     SQL = POSTGRES
-    LIVE_SESSIONS = ("SELECT s.sid_hash FROM sessions AS s JOIN users AS u ON u.phone = s.phone"
-                     " WHERE s.sid_hash = ANY($1::text[]) AND s.created_us > $2 AND NOT u.disabled")
+    LIVE_SESSIONS = ("SELECT s.sid_hash, s.last_used_us FROM sessions AS s JOIN users AS u"
+                     " ON u.phone = s.phone WHERE s.sid_hash = ANY($1::text[]) AND s.last_used_us > $2"
+                     " AND NOT u.disabled")
+    TOUCH_SESSIONS = ("UPDATE sessions SET last_used_us = $2 WHERE sid_hash = ANY($1::text[])"
+                      " AND last_used_us < $3 AND last_used_us > $4")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "postgres"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 from abc import abstractmethod
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from typing import Any, ClassVar, Final
 from ..protocol import now_micros
 from .base import (
     LIVE_SESSIONS_BATCH,
+    UNKNOWN_DEVICE,
     Account,
     Contact,
+    Device,
     DialogueSide,
     Expired,
     Group,
@@ -32,16 +35,18 @@ from .base import (
     Stats,
     StoredMessage,
     User,
+    touch_after_us,
 )
 from .groupcommit import DB, GroupCommitStore
 
 # An invite is kept this long after it expired (so that its code is answered "expired", not
 # "unknown"), then dropped when the next invite is made.
 INVITE_KEEP_US: Final = 30 * 86_400 * 1_000_000
-# SPEC 10 `GET /chat/admin/users`: devices are live sessions, waiting is what is stored for them.
+# SPEC 10 `GET /chat/admin/users`: devices are live sessions (used since $1, SPEC 7), waiting is
+# what is stored for them.
 _ACCOUNT: Final = (
     "SELECT u.phone, u.name, u.admin, u.disabled, u.hide_presence, u.created_us, u.last_seen_us,"
-    " (SELECT count(*) FROM sessions AS s WHERE s.phone = u.phone AND s.created_us > $1),"
+    " (SELECT count(*) FROM sessions AS s WHERE s.phone = u.phone AND s.last_used_us > $1),"
     " (SELECT count(*) FROM personal_messages AS p WHERE p.msg_to = u.phone)"
     " + (SELECT count(*) FROM group_pending AS g WHERE g.phone = u.phone)"
     " FROM users AS u")
@@ -79,7 +84,7 @@ class Queries:
     invites: str = _INVITE + " WHERE uses_left > 0 AND expires_us > $1 ORDER BY created_us, code"
     revoke_invite: str = "DELETE FROM invites WHERE code = $1"
     stats: str = ("SELECT (SELECT count(*) FROM users),"
-                  " (SELECT count(*) FROM sessions WHERE created_us > $1),"
+                  " (SELECT count(*) FROM sessions WHERE last_used_us > $1),"
                   " (SELECT count(*) FROM personal_messages) + (SELECT count(*) FROM group_messages)")
     get_user: str = "SELECT phone, name, password_hash FROM users WHERE phone = $1"
     user_exists: str = "SELECT 1 FROM users WHERE phone = $1"
@@ -88,9 +93,18 @@ class Queries:
                                   " WHERE phone = $2 AND password_hash = $3")
     end_sessions: str = "DELETE FROM sessions WHERE phone = $1"
     delete_user: str = "DELETE FROM users WHERE phone = $1"
-    add_session: str = "INSERT INTO sessions (sid_hash, phone, created_us) VALUES ($1, $2, $3)"
+    add_session: str = ("INSERT INTO sessions (sid_hash, phone, created_us, id, label, last_used_us)"
+                        " VALUES ($1, $2, $3, $4, $5, $3)")
     delete_session: str = "DELETE FROM sessions WHERE sid_hash = $1"
-    session_user: str = "SELECT phone FROM sessions WHERE sid_hash = $1 AND created_us > $2"
+    session_user: str = "SELECT phone, last_used_us FROM sessions WHERE sid_hash = $1 AND last_used_us > $2"
+    # SPEC 7: a use. Only when the recorded one is older than $3 (another request or process may
+    # have recorded it meanwhile) and the session has not expired meanwhile ($4).
+    touch_session: str = ("UPDATE sessions SET last_used_us = $2"
+                          " WHERE sid_hash = $1 AND last_used_us < $3 AND last_used_us > $4")
+    # SPEC 7 `GET /chat/devices`, newest first.
+    devices: str = ("SELECT id, label, created_us, last_used_us, sid_hash = $2 FROM sessions"
+                    " WHERE phone = $1 AND last_used_us > $3 ORDER BY created_us DESC, id DESC")
+    delete_device: str = "DELETE FROM sessions WHERE phone = $1 AND id = $2 RETURNING sid_hash"
     # Sorted: two processes opening one dialogue from both ends lock in the same order. SQLite
     # needs the WHERE of an INSERT ... SELECT ... ON CONFLICT (its parser would read ON as a join's).
     open_dialogue: str = ("INSERT INTO dialogues (msg_from, msg_to)"
@@ -226,8 +240,11 @@ class SqlStore(GroupCommitStore[DB]):
         """Rows of one read; the driver's errors come out as StoreError."""
 
     # `live_sessions`: its SQL ($1 the hashes as `_text_list` makes them, $2 the oldest
-    # created_us kept), which binds a list of strings its engine's way.
+    # last_used_us kept; rows (sid_hash, last_used_us)), which binds a list of strings its
+    # engine's way; and TOUCH_SESSIONS, the UPDATE that records a use of those of $1 ($2 now)
+    # whose last use is older than $3 and newer than $4 (not expired meanwhile).
     LIVE_SESSIONS: ClassVar[str]
+    TOUCH_SESSIONS: ClassVar[str]
 
     @staticmethod
     @abstractmethod
@@ -419,10 +436,14 @@ class SqlStore(GroupCommitStore[DB]):
             return await self._execute(db, self.SQL.delete_user, phone) == 1
         return await self._write(op, deletes=True)
 
-    async def add_session(self, sid_hash: str, phone: str) -> None:
+    async def add_session(self, sid_hash: str, phone: str, label: str = UNKNOWN_DEVICE) -> str:
+        device_id = secrets.token_urlsafe(12)  # 96 random bits, not derived from the session
+
         async def op(db: DB) -> None:
-            await self._execute(db, self.SQL.add_session, sid_hash, phone, now_micros())
+            await self._execute(db, self.SQL.add_session, sid_hash, phone, now_micros(), device_id,
+                                label)
         await self._write(op)
+        return device_id
 
     async def delete_session(self, sid_hash: str) -> None:
         async def op(db: DB) -> None:
@@ -430,21 +451,52 @@ class SqlStore(GroupCommitStore[DB]):
         await self._write(op)
 
     async def session_user(self, sid_hash: str, max_age_seconds: int) -> str | None:
-        rows = await self._fetch(self.SQL.session_user, sid_hash,
-                                 now_micros() - max_age_seconds * 1_000_000)
-        return rows[0][0] if rows else None
+        now = now_micros()
+        cutoff = now - max_age_seconds * 1_000_000
+        rows = await self._fetch(self.SQL.session_user, sid_hash, cutoff)
+        if not rows:
+            return None
+        phone, last_used_us = rows[0]
+        stale = now - touch_after_us(max_age_seconds)
+        if last_used_us < stale:  # SPEC 7: this request is a use; recorded once in a while
+            async def op(db: DB) -> None:
+                await self._execute(db, self.SQL.touch_session, sid_hash, now, stale, cutoff)
+            await self._write(op)
+        return str(phone)
 
     async def live_sessions(self, sid_hashes: Collection[str], max_age_seconds: float) -> set[str]:
         hashes = list(sid_hashes)
         if not hashes:
             return set()
-        cutoff = now_micros() - round(max_age_seconds * 1_000_000)
+        now = now_micros()
+        cutoff = now - round(max_age_seconds * 1_000_000)
+        stale_before = now - touch_after_us(max_age_seconds)
         live: set[str] = set()
         for i in range(0, len(hashes), LIVE_SESSIONS_BATCH):
             rows = await self._fetch(self.LIVE_SESSIONS,
                                      self._text_list(hashes[i:i + LIVE_SESSIONS_BATCH]), cutoff)
             live.update(r[0] for r in rows)
+            stale = [r[0] for r in rows if r[1] < stale_before]
+            if stale:  # SPEC 7: an open socket is a use of its session
+                await self._touch(stale, now, stale_before, cutoff)
         return live
+
+    async def _touch(self, sid_hashes: list[str], now: int, stale_before: int, cutoff: int) -> None:
+        async def op(db: DB) -> None:
+            await self._execute(db, self.TOUCH_SESSIONS, self._text_list(sid_hashes), now,
+                                stale_before, cutoff)
+        await self._write(op)
+
+    async def devices(self, phone: str, current: str | None, max_age_seconds: int) -> list[Device]:
+        rows = await self._fetch(self.SQL.devices, phone, current or "",
+                                 now_micros() - max_age_seconds * 1_000_000)
+        return [Device(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+
+    async def delete_device(self, phone: str, device_id: str) -> str | None:
+        async def op(db: DB) -> str | None:
+            rows = await self._query(db, self.SQL.delete_device, phone, device_id)
+            return str(rows[0][0]) if rows else None
+        return await self._write(op)
 
     # -- dialogues ----------------------------------------------------------------------------
 

@@ -363,9 +363,11 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
     `connect(config)`), close with `await store.close()`."""
 
     SQL = SQLITE
-    LIVE_SESSIONS = ("SELECT s.sid_hash FROM sessions AS s JOIN users AS u ON u.phone = s.phone"
-                     " WHERE s.sid_hash IN (SELECT value FROM json_each(?1)) AND s.created_us > ?2"
-                     " AND NOT u.disabled")
+    LIVE_SESSIONS = ("SELECT s.sid_hash, s.last_used_us FROM sessions AS s JOIN users AS u"
+                     " ON u.phone = s.phone WHERE s.sid_hash IN (SELECT value FROM json_each(?1))"
+                     " AND s.last_used_us > ?2 AND NOT u.disabled")
+    TOUCH_SESSIONS = ("UPDATE sessions SET last_used_us = ?2 WHERE sid_hash IN"
+                      " (SELECT value FROM json_each(?1)) AND last_used_us < ?3 AND last_used_us > ?4")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "sqlite"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,

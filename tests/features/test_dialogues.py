@@ -282,7 +282,9 @@ async def test_msg_read_deletes_nothing(as_user: UserFactory) -> None:
     sent = await send_new_msg(to_a, b, a, "read but not stored yet")
     assert await recv(inbox_a) == sent
 
-    await to_b.send_json(frame("msg_read", a, b, sent["sent_timestamp"]))
+    read = frame("msg_read", a, b, sent["sent_timestamp"])
+    await to_b.send_json(read)
+    assert await recv(inbox_a) == read  # SPEC 7.2: the reader's own devices hear of it too
     await assert_quiet(to_b)
     [[still]] = await fetch_all(inbox_a, a)
     assert still["message"] == "read but not stored yet"

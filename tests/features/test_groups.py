@@ -300,6 +300,7 @@ async def test_grp_msg_received_removes_one_recipient_and_tells_the_sender(
     assert push["msg_to"] == a.phone
     assert push["message"] == sent["sent_timestamp"]
     assert_server_time(push["sent_timestamp"])
+    assert await recv(inbox(b)) == push  # SPEC 7.2: the same frame to the reader's devices
     await assert_quiet(ws_b, inbox(b), inbox(c))
     assert pending_of(config.database, key) == {"ack me": [c.phone]}
 
@@ -495,6 +496,7 @@ async def test_grp_msg_read_tells_the_sender_and_moves_the_read_position_forward
     assert push["msg_from"] == f"{key}-{b.phone}"
     assert push["msg_to"] == a.phone
     assert_server_time(push["sent_timestamp"])
+    assert await recv(inbox(b)) == push  # SPEC 7.2: the same frame to the reader's devices
     await assert_quiet(ws_b, inbox(b), inbox(c))
     read = (await group_info(c.client, key))["read"]
     assert read == {a.phone: None, b.phone: server_form(late), c.phone: None}
@@ -504,7 +506,7 @@ async def test_grp_msg_read_tells_the_sender_and_moves_the_read_position_forward
 
     # an older message read later does not move the position back (still told to the sender)
     await ws_b.send_json(frame(command, b.phone, a.phone, first["sent_timestamp"]))
-    assert (await recv(inbox(a)))["command"] == "msg_read"
+    assert (await recv(inbox(a)))["command"] == (await recv(inbox(b)))["command"] == "msg_read"
     assert (await group_info(a.client, key))["read"][b.phone] == server_form(late)
 
 

@@ -176,6 +176,27 @@ async def test_version_2_makes_the_oldest_account_admin_and_stamps_stored_messag
     assert len(stamps) == 5 and all(before_us - 10**6 <= s <= after_us + 10**6 for s in stamps)
 
 
+async def assert_v1_sessions_are_devices(store: AnyStore) -> None:
+    """Migration 0004 (issue 13, SPEC 7): each session of before is a device, labelled "Unknown
+    device", last used when it was created, with an id of its own (neither the hash nor shared);
+    still valid, and its first use is recorded."""
+    listed = await store.devices(A, ALICE_SESSION, AGES) + await store.devices(B, None, AGES)
+    assert [(d.label, d.current) for d in listed] == [("Unknown device", True),
+                                                       ("Unknown device", False)]
+    assert all(d.last_used_us == d.created_us for d in listed)
+    ids = [d.id for d in listed]
+    assert len(set(ids)) == 2 and all(len(i) >= 16 for i in ids)
+    assert not set(ids) & {ALICE_SESSION, BOB_SESSION}
+    assert await store.session_user(ALICE_SESSION, AGES) == A
+    assert (await store.devices(A, None, AGES))[0].last_used_us > listed[0].created_us
+    assert await store.delete_device(A, ids[0]) == ALICE_SESSION
+
+
+async def test_version_4_makes_the_sessions_devices(v1_file: Path) -> None:
+    async with opened(v1_file) as store:
+        await assert_v1_sessions_are_devices(store)
+
+
 async def test_a_new_database_records_the_latest_version(tmp_path: Path) -> None:
     async with opened(tmp_path / "new.db") as store:
         assert await store.add_user(A, "Alice", HASH)
@@ -325,6 +346,11 @@ async def test_pg_version_2_makes_the_oldest_account_admin_and_stamps_stored_mes
                                                "SELECT accepted_us FROM group_messages")]
     assert await fetch(pg_v1, "SELECT count(*) FROM invites") == [(0,)]
     assert len(stamps) == 5 and all(before_us - 10**6 <= s <= after_us + 10**6 for s in stamps)
+
+
+async def test_pg_version_4_makes_the_sessions_devices(pg_v1: str) -> None:
+    async with opened(pg_v1) as store:
+        await assert_v1_sessions_are_devices(store)
 
 
 async def test_pg_a_migration_upgrades_the_v1_schema(

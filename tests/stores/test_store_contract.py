@@ -12,7 +12,7 @@ import secrets
 import sqlite3
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -705,7 +705,8 @@ async def test_live_sessions_keeps_the_recorded_and_unexpired(
         assert await store.live_sessions(("gone",), 3600) == set()
         await store.delete_session("a-1")
         assert await store.set_password(B, b"new hash")
-        assert await store.live_sessions(asked, 3600) == {"a-2", "quote'\"]"}
+        # Asked while live (at 3 hours), "old" was used (SPEC 7: an open socket): live again.
+        assert await store.live_sessions(asked, 3600) == {"a-2", "old", "quote'\"]"}
         assert await store.delete_user(A)
         assert await store.live_sessions(asked, 3 * 3600) == set()
 
@@ -734,6 +735,116 @@ async def test_live_sessions_past_one_batch(store: AnyStore, monkeypatch: pytest
             await store.add_session(sid_hash, A)
         asked = [h for i, h in enumerate(live) for h in (h, f"gone-{i}")]
         assert await store.live_sessions(asked, 3600) == set(live)
+
+
+@contextlib.contextmanager
+def clock_at(monkeypatch: pytest.MonkeyPatch, when_us: int) -> Iterator[None]:
+    """The shared queries' clock (every session time is taken there) reads `when_us`."""
+    with monkeypatch.context() as m:
+        m.setattr(sys.modules["chatserver.stores.queries"], "now_micros", lambda: when_us)
+        yield
+
+
+async def last_used(store: AnyStore, phone: str, device_id: str) -> int:
+    found = [d.last_used_us for d in await store.devices(phone, None, 10**9) if d.id == device_id]
+    assert len(found) == 1
+    return found[0]
+
+
+async def test_a_session_expires_after_its_last_use_not_its_creation(
+        store: AnyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 7: a request (session_user) is a use; both made 2 hours ago with a lifetime of one,
+    one used 90 and 40 minutes ago: that one lives on, the other expired an hour after its
+    creation."""
+    async with asyncio.timeout(TIMEOUT):
+        now = now_micros()
+        hour = 3600 * 1_000_000
+        with clock_at(monkeypatch, now - 2 * hour):
+            await store.add_session("used", A)
+            await store.add_session("unused", A)
+        for minutes_ago in (90, 40):
+            with clock_at(monkeypatch, now - minutes_ago * 60 * 1_000_000):
+                assert await store.session_user("used", 3600) == A
+        assert await store.session_user("used", 3600) == A
+        assert await store.session_user("unused", 3600) is None
+        # Refused is not a use: still expired when asked with a longer lifetime.
+        assert await store.session_user("unused", 3 * 3600) == A
+        assert await store.session_user("unused", 3600) == A  # ... which was a use
+
+
+async def test_a_use_is_recorded_at_most_once_a_minute(
+        store: AnyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        now = now_micros()
+        with clock_at(monkeypatch, now - 30_000_000):
+            device = await store.add_session("s", A)
+        assert await last_used(store, A, device) == now - 30_000_000
+        with clock_at(monkeypatch, now):
+            assert await store.session_user("s", 3600) == A  # 30 s after the last: not recorded
+            assert await store.live_sessions(["s"], 3600) == {"s"}
+        assert await last_used(store, A, device) == now - 30_000_000
+        with clock_at(monkeypatch, now + 31_000_000):
+            assert await store.session_user("s", 3600) == A  # 61 s: recorded
+        assert await last_used(store, A, device) == now + 31_000_000
+        # A short lifetime records a use after a tenth of it (here 1 s).
+        with clock_at(monkeypatch, now + 32_100_000):
+            assert await store.session_user("s", 10) == A
+        assert await last_used(store, A, device) == now + 32_100_000
+
+
+async def test_live_sessions_records_a_use_of_the_live_ones(
+        store: AnyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 7: a socket open at the session check is a use of its session."""
+    async with asyncio.timeout(TIMEOUT):
+        now = now_micros()
+        hour = 3600 * 1_000_000
+        with clock_at(monkeypatch, now - 2 * hour):
+            ids = {h: await store.add_session(h, A) for h in ("open", "closed", "expired")}
+        with clock_at(monkeypatch, now - 90 * 60 * 1_000_000):
+            assert await store.live_sessions(["open", "closed"], 3600) == {"open", "closed"}
+        with clock_at(monkeypatch, now - 40 * 60 * 1_000_000):
+            assert await store.live_sessions(["open", "expired"], 3600) == {"open"}
+        assert await last_used(store, A, ids["open"]) == now - 40 * 60 * 1_000_000
+        assert await last_used(store, A, ids["closed"]) == now - 90 * 60 * 1_000_000
+        assert await last_used(store, A, ids["expired"]) == now - 2 * hour  # not brought back
+        assert await store.live_sessions(["open", "closed", "expired"], 3600) == {"open"}
+        assert (await store.account(A, 3600)).devices == 1  # type: ignore[union-attr]
+        assert (await store.stats(3600)).devices == 1
+
+
+async def test_devices_lists_a_users_live_sessions_newest_first(
+        store: AnyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        now = now_micros()
+        with clock_at(monkeypatch, now - 3 * 3600 * 1_000_000):
+            await store.add_session("a-gone", A, "Safari on iPhone")
+        with clock_at(monkeypatch, now - 20_000_000):
+            laptop = await store.add_session("a-laptop", A, "Firefox on Linux")
+        with clock_at(monkeypatch, now - 10_000_000):
+            phone = await store.add_session("a-phone", A, "Chrome on Android")
+        await store.add_session("b-1", B, "Edge on Windows")
+        listed = await store.devices(A, "a-laptop", 3600)
+        assert [(d.id, d.label, d.created_us, d.last_used_us, d.current) for d in listed] == [
+            (phone, "Chrome on Android", now - 10_000_000, now - 10_000_000, False),
+            (laptop, "Firefox on Linux", now - 20_000_000, now - 20_000_000, True)]
+        assert len({laptop, phone}) == 2 and all(len(i) == 16 for i in (laptop, phone))
+        assert not {laptop, phone} & {"a-laptop", "a-phone"}
+        assert [d.current for d in await store.devices(A, None, 3600)] == [False, False]
+        assert await store.devices(C, None, 3600) == []
+
+
+async def test_delete_device_takes_only_the_users_own(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        mine = await store.add_session("a-1", A)
+        await store.add_session("a-2", A)
+        theirs = await store.add_session("b-1", B)
+        assert await store.delete_device(A, theirs) is None  # B's device: not A's to end
+        assert await store.delete_device(A, "no-such-id") is None
+        assert await store.session_user("b-1", 3600) == B
+        assert await store.delete_device(A, mine) == "a-1"
+        assert await store.session_user("a-1", 3600) is None
+        assert await store.session_user("a-2", 3600) == A
+        assert await store.delete_device(A, mine) is None  # once
 
 
 # -- users --------------------------------------------------------------------------------------
