@@ -12,6 +12,7 @@ GET/DELETE /chat/devices (issue 13). Every wait is Playwright's auto-waiting wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -147,6 +148,53 @@ async def test_a_group_read_on_another_device_clears_the_unread_count(
     # Not a member's read mark: Alice's own message still counts Bob only.
     await row(pa, "Trip").click()
     await expect(mine(pa, "train at nine").locator(".readby")).to_have_text("read by 1 of 2")
+
+
+async def test_what_i_sent_from_another_device_appears_as_mine(people: UserFactory,
+                                                               live: ServerProcess) -> None:
+    """The copies of SPEC 7.2, put on the receive socket by the test: `msg_from` is me."""
+    alice = await people(A, "Alice")
+    await people(B, "Bob")
+    await people(C, "Carol")
+    sockets = await relay_receive_socket(alice)
+    resp = await alice.context.request.post(live.url("/chat/special/group"),
+                                            data=json.dumps({"name": "Trip", "participants": [B, C]}),
+                                            headers={"Content-Type": "application/json"})
+    assert resp.status in (200, 201), await resp.text()
+    key = (await resp.json())["key"]
+    pa = await alice.page()
+    await expect(pa.locator("#offline")).to_be_hidden()
+    now = datetime.now(UTC)
+    stamp = lambda s: (now + timedelta(seconds=s)).strftime("%Y-%m-%d %H:%M:%S.%f")  # noqa: E731
+    # The acknowledgements expected, each on the conversation's own send socket (SPEC 7.2).
+    wanted = {(f"/ws/chat/personal/{A}/{B}/", "msg_received", B, stamp(0)),
+              (f"/ws/chat/group/{A}/{key}/", "grp_msg_received", A, stamp(1))}
+    acked = asyncio.Event()
+
+    def watch(ws: object) -> None:
+        def sent(payload: object) -> None:
+            f = json.loads(payload)
+            wanted.discard((re.sub("^wss?://[^/]+", "", ws.url), f.get("command"), f.get("msg_to"),
+                            f.get("message")))
+            if not wanted:
+                acked.set()
+        ws.on("framesent", sent)
+    pa.on("websocket", watch)
+    sockets[0].send(json.dumps({"command": "new_msg", "msg_from": A, "msg_to": B,
+                                "message": "sent from my phone", "sent_timestamp": stamp(0)}))
+    sockets[0].send(json.dumps({"command": "new_msg", "msg_from": f"{key}-{A}", "msg_to": A,
+                                "message": "group note from my phone", "sent_timestamp": stamp(1)}))
+    bob_row = row(pa, "Bob")
+    await expect(bob_row.locator(".conv-last")).to_have_text("You: sent from my phone")
+    await expect(bob_row.locator(".badge")).to_have_count(0)
+    await expect(row(pa, "Trip").locator(".badge")).to_have_count(0)
+    await expect(row(pa, "(you)")).to_have_count(0)
+    await bob_row.click()
+    await expect(mine(pa, "sent from my phone")).to_have_attribute("data-state", "sent")
+    await row(pa, "Trip").click()
+    await expect(mine(pa, "group note from my phone")).to_be_visible()
+    # Acknowledged on the conversation's own socket (SPEC 7.2), after it was stored.
+    await asyncio.wait_for(acked.wait(), timeout=10)
 
 
 # -- a device added later ------------------------------------------------------------------------
