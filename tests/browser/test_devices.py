@@ -417,3 +417,31 @@ class TestAgainstTheServersDevices:
         await pa.click("#show-profile")
         await expect(items).to_have_count(1)
         await expect(items.nth(0).locator(".this-device")).to_have_text("This device")
+
+    async def test_reading_on_one_device_clears_the_unread_count_on_the_other(
+            self, people: UserFactory, live: ServerProcess) -> None:
+        """Two browser contexts of one person: the read mark the laptop sends reaches the phone
+        (SPEC 7.2), whose badge clears; Bob's ticks go to read once, from the laptop."""
+        alice = await people(A, "Alice")
+        bob = await people(B, "Bob")
+        laptop = await alice.page()
+        phone = await second_device(people, live, A, viewport={"width": 390, "height": 844},
+                                    is_mobile=True, has_touch=True)
+        pp = await phone.page()
+        await expect(pp.locator("#offline")).to_be_hidden()
+        pb = await bob.page()
+        await open_dialogue(pb, A)
+        for text in ("are you up", "call me"):
+            await send(pb, text)
+        for page in (laptop, pp):
+            await expect(row(page, "Bob").locator(".badge")).to_have_text("2")
+        await expect(mine(pb, "call me")).to_have_attribute("data-state", "received")
+
+        await row(laptop, "Bob").click()
+        await expect(theirs(laptop, "call me")).to_be_visible()
+        await expect(mine(pb, "call me")).to_have_attribute("data-state", "read")
+        await expect(row(pp, "Bob").locator(".badge")).to_have_count(0)
+        await expect(row(pp, "(you)")).to_have_count(0)
+        # A new message counts on both again.
+        await send(pb, "now?")
+        await expect(row(pp, "Bob").locator(".badge")).to_have_text("1")
