@@ -442,6 +442,17 @@ class TestAgainstTheServersDevices:
         await expect(mine(pb, "call me")).to_have_attribute("data-state", "read")
         await expect(row(pp, "Bob").locator(".badge")).to_have_count(0)
         await expect(row(pp, "(you)")).to_have_count(0)
-        # A new message counts on both again.
+        # Read on the laptop as it arrives (the conversation is on screen there): the phone
+        # does not count it either.
         await send(pb, "now?")
-        await expect(row(pp, "Bob").locator(".badge")).to_have_text("1")
+        await expect(theirs(laptop, "now?")).to_be_visible()
+        await expect(mine(pb, "now?")).to_have_attribute("data-state", "read")
+        await expect(row(pp, "Bob").locator(".conv-last")).to_have_text("now?")
+        await expect(row(pp, "Bob").locator(".badge")).to_have_count(0)
+        # Once the laptop shows the list, a new message counts on both.
+        await laptop.goto(alice.context.base + "/chat")
+        await laptop.locator("body.ready").wait_for()
+        await expect(laptop.locator("#offline")).to_be_hidden()
+        await send(pb, "hello?")
+        for page in (laptop, pp):
+            await expect(row(page, "Bob").locator(".badge")).to_have_text("1")
