@@ -3,11 +3,12 @@ mine clear my unread counts here (and are not the peer's read marks), a device a
 where the earlier history is, logging out asks whether this browser keeps the history (and
 "remove" deletes its IndexedDB database), and the "Devices" section of the profile.
 
-The own-device read marks are put on the receive socket by the test (the server relays everything
-else), so those tests run on a server without issue 13; so do the new-device notice and the
-logout choice. The devices section's rendering is checked against answers the test gives
-(`route`), and its last test, `TestAgainstTheServersDevices`, needs the server's
-GET/DELETE /chat/devices (issue 13). Every wait is Playwright's auto-waiting with a timeout.
+The own-device read marks and copies are put on the receive socket by the test (the server relays
+everything else), so those tests run on a server without issue 13; so do the new-device notice and
+the logout choice. The devices section's rendering is checked against answers the test gives
+(`route`). `TestAgainstTheServersDevices` needs the server of issue 13: GET/DELETE /chat/devices,
+and read marks pushed to the reader's own sockets (two browser contexts of one person).
+Every wait is Playwright's auto-waiting with a timeout; nothing sleeps.
 """
 
 from __future__ import annotations
