@@ -169,6 +169,38 @@ export async function deleteAccount(password) {
   return r;
 }
 
+// -- my devices (SPEC 7) ----------------------------------------------------------------------
+
+/** {devices: [{id, label, created, last_active, current}]}, newest first. */
+export function devices() {
+  return account("GET", "/chat/devices");
+}
+
+/** End device `id` (another browser or a token): 200 {id, removed: true}, 404 when it is not mine
+ *  (or already ended). Its sockets close at once on the server. */
+export function removeDevice(id) {
+  return account("DELETE", `/chat/devices?id=${encodeURIComponent(id)}`);
+}
+
+/**
+ * Log this device out (POST /logout, SPEC 4). With `removeHistory`, this browser's history of
+ * the account (its IndexedDB database) and its settings are deleted first, so that nothing is
+ * left behind even if the page is closed while the request is on its way. Resolves {ok, error}.
+ */
+export async function logOut(removeHistory) {
+  state.leaving = true; // the session's sockets close with it: that is no "logged-out" to follow
+  if (removeHistory) await sync.forget(); else sync.stop();
+  let ok = false;
+  try {
+    // The server answers 302 to /login: not followed, the page goes there itself.
+    const resp = await fetch("/logout", {method: "POST", credentials: "same-origin", redirect: "manual"});
+    ok = resp.type === "opaqueredirect" || resp.ok;
+  } catch {
+    return {ok: false, error: "The server cannot be reached: you are still logged in. Try again."};
+  }
+  return ok ? {ok, error: null} : {ok, error: "The server refused: you are still logged in. Try again."};
+}
+
 // -- administration (SPEC 10; admins only, anyone else gets 403) ------------------------------
 
 const q = encodeURIComponent;

@@ -11,6 +11,7 @@ import {mount as mountAccount} from "./views/account.js";
 import {mount as mountAdmin} from "./views/admin.js";
 import {closeConv, markRead, mount as mountConversation, openConv, renderHeader}
   from "./views/conversation.js";
+import {mount as mountDevices} from "./views/devices.js";
 import {mount as mountDialogs} from "./views/dialogs.js";
 import {mount as mountList, renderList} from "./views/list.js";
 import {mount as mountOffline, showNoStorage} from "./views/offline.js";
@@ -61,6 +62,7 @@ function bind() {
   mountConversation();
   mountDialogs();
   mountAccount();
+  mountDevices();
   mountAdmin();
   on("account", showMe);
   on("notice", toast);

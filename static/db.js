@@ -314,6 +314,35 @@ export class LocalDb {
     }));
   }
 
+  /**
+   * I read conversation `conv` up to `us` on another device of mine (SPEC 7.2, `msg_read` pushed
+   * to the reader's own sockets): its read position moves there (never back) and its unread
+   * count becomes the number of messages from others (`from` not `me`, not mine) after it, in one
+   * transaction. Resolves with the conversation, or null when this device has none.
+   */
+  async readElsewhere(conv, me, us) {
+    return this.tx(["messages", "convs"], "readwrite", async ({messages, convs}) => {
+      const c = await done(convs.get(conv));
+      if (!c) return null;
+      c.readUs = Math.max(c.readUs || 0, us);
+      const range = IDBKeyRange.bound([conv, c.readUs], [conv, Infinity], true, false);
+      let unread = 0;
+      await new Promise((resolve, reject) => {
+        const req = messages.index("conv").openCursor(range);
+        req.onerror = () => reject(req.error);
+        req.onsuccess = () => {
+          const cursor = req.result;
+          if (!cursor) return resolve();
+          if (!cursor.value.mine && cursor.value.from !== me) unread += 1;
+          return cursor.continue();
+        };
+      });
+      c.unread = Math.min(c.unread || 0, unread);
+      convs.put(c);
+      return c;
+    });
+  }
+
   /** The latest message received from someone else in `conv`, or null. */
   async lastIncoming(conv) {
     return this.tx(["messages"], "readonly", ({messages}) => new Promise((resolve, reject) => {

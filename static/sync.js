@@ -139,9 +139,15 @@ async function receiveMessages(frames) {
     const us = parseTs(f.sent_timestamp);
     if (Number.isNaN(us) || typeof f.message !== "string" || typeof f.msg_from !== "string") continue;
     const grp = groupSender(f.msg_from);
-    const conv = grp ? `g:${grp.key}` : `p:${f.msg_from}`;
+    // A copy of what I sent from another device of mine (SPEC 7.2): `msg_from` is me and
+    // `msg_to` the peer (a group's copy: "G-<me>"). It joins that conversation as my own message,
+    // already stored by the server. A message to myself stays in my own dialogue.
+    const copy = grp ? grp.sender === ME
+      : f.msg_from === ME && PHONE_RE.test(String(f.msg_to)) && f.msg_to !== ME;
+    const conv = grp ? `g:${grp.key}` : `p:${copy ? f.msg_to : f.msg_from}`;
     const from = grp ? grp.sender : f.msg_from;
-    items.push({conv, from, us, ts: f.sent_timestamp, body: f.message, grp: !!grp});
+    items.push({conv, from, us, ts: f.sent_timestamp, body: f.message, grp: !!grp,
+                ...(copy ? {mine: 1, state: "sent"} : {})});
   }
   if (!items.length) return;
   const {fresh, convs} = await storeThenAcknowledge(items);
@@ -157,7 +163,8 @@ async function receiveMessages(frames) {
 async function storeThenAcknowledge(items) {
   const stored = await state.db.storeIncoming(
     items.map(({grp, ...msg}) => msg),
-    (conv, msg) => !msg.mine && msg.from !== ME && !viewing(conv.id));
+    // Not unread: my own, on screen, or read already on another device of mine (SPEC 7.2).
+    (conv, msg) => !msg.mine && msg.from !== ME && !viewing(conv.id) && msg.us > (conv.readUs || 0));
   for (const m of items) {
     const peer = m.conv.slice(2);
     linkFor(m.conv).send(m.grp
@@ -213,6 +220,16 @@ async function onRead(f) {
   const us = parseTs(f.message);
   if (Number.isNaN(us)) return;
   const grp = groupSender(f.msg_from);
+  // I read this on another device of mine (SPEC 7.2: the read mark is pushed to the reader's own
+  // sockets too, `msg_from` being me): my unread count follows. It says nothing of what the
+  // peer read, so no tick moves — except in the dialogue with myself, where I am the peer.
+  if (grp ? grp.sender === ME : f.msg_from === ME) {
+    const to = String(f.msg_to);
+    if (grp) return readElsewhere(`g:${grp.key}`, us);
+    if (!PHONE_RE.test(to)) return undefined;
+    await readElsewhere(`p:${to}`, us);
+    if (to !== ME) return undefined;
+  }
   if (grp) {
     const id = `g:${grp.key}`;
     if (!state.convs.has(id)) return;
@@ -226,6 +243,16 @@ async function onRead(f) {
   const id = `p:${f.msg_from}`;
   await saveConv(id, (c) => { c.peerReadUs = Math.max(c.peerReadUs || 0, us); });
   for (const msg of await state.db.advanceUpTo(id, us, "read")) changed(msg);
+}
+
+/** Conversation `id` was read up to `us` on another device of mine: clear its unread count. */
+async function readElsewhere(id, us) {
+  if (!state.convs.has(id)) return;
+  const conv = await state.db.readElsewhere(id, ME, us);
+  if (!conv) return;
+  merge(conv);
+  notify(id);
+  emit("list");
 }
 
 function onTyping(f) {
@@ -278,6 +305,7 @@ function onPresence(f) {
 async function onGroupAdded(f) {
   const key = f.message;
   if (typeof key !== "string" || !GROUP_KEY_RE.test(key) || !PHONE_RE.test(String(f.msg_from))) return;
+  newGroups.add(key); // just made: no earlier messages on other devices to point to
   await refreshInfo();
   await refreshGroup(key);
   const conv = state.convs.get(`g:${key}`);
@@ -622,15 +650,22 @@ export async function refreshInfo() {
   }
   if (!r.ok) return;
   const info = r.data;
+  // A conversation the server lists that this device has no record of (a new device, SPEC 7):
+  // its earlier messages, if any, are on the other devices ("earlier", shown by the views).
+  const fresh = (c) => { if (!c.lastUs) c.earlier = true; };
   for (const d of info.dialogues || []) {
     if (d.name) state.names.set(d.msg_to, d.name);
-    if (!state.convs.has(`p:${d.msg_to}`)) await saveConv(`p:${d.msg_to}`, () => {});
+    if (!state.convs.has(`p:${d.msg_to}`)) await saveConv(`p:${d.msg_to}`, fresh);
   }
   for (const g of info.groups || []) {
     const id = `g:${g.key}`;
     const known = state.convs.get(id);
     if (!known || known.title !== g.name || known.note) {
-      await saveConv(id, (c) => { c.title = g.name; c.note = null; });
+      await saveConv(id, (c) => {
+        if (!known && !newGroups.has(g.key)) fresh(c);
+        c.title = g.name;
+        c.note = null;
+      });
       allow(id);
     }
   }
@@ -662,14 +697,32 @@ export function setAccountInfo(info) {
   if (changed) emit("account");
 }
 
-/** The account is gone (deleted): close the sockets and forget its history on this device. */
+/** The account is gone (deleted), or the person logs out and removes this device's history:
+ *  close the sockets and delete the history (the IndexedDB database) and this account's
+ *  settings in this browser. */
 export async function forget() {
   receive?.stop();
   for (const link of links.values()) link.stop();
   await state.db?.destroy();
-  try { localStorage.removeItem(`chat.lastStamp.${ME}`); } catch { /* storage disabled */ }
+  try {
+    // This account's settings on this device: chat.<what>.<phone> (lastStamp, hidePresence, shared).
+    const mine = [];
+    for (let i = 0; i < localStorage.length; i += 1) {
+      const key = localStorage.key(i);
+      if (key?.startsWith("chat.") && key.endsWith(`.${ME}`)) mine.push(key);
+    }
+    for (const key of mine) localStorage.removeItem(key);
+  } catch { /* storage disabled */ }
 }
 
+/** Close every socket (the page is logging out). */
+export function stop() {
+  receive?.stop();
+  for (const link of links.values()) link.stop();
+}
+
+// Groups announced by `group_added` on this device: new, so never "earlier" (refreshInfo).
+const newGroups = new Set();
 let infoTimer = null;
 
 /** refreshInfo in 300 ms, once for a burst of new names. */

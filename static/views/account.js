@@ -1,9 +1,11 @@
 // The person's own account (SPEC 10): their name, hiding their online status, their password,
-// and deleting the account. Server refusals are shown next to the form they concern.
+// their devices (views/devices.js, SPEC 7) and deleting the account. Server refusals are shown
+// next to the form they concern.
 
 import {changePassword, deleteAccount, updateAccount} from "../actions.js";
 import {MY_NAME, ME, on, state} from "../state.js";
 import {showError} from "../ui.js";
+import {renderDevices} from "./devices.js";
 
 const $ = (id) => document.getElementById(id);
 export const MIN_PASSWORD = 10; // SPEC 10 (NIST SP 800-63B); the server checks it too
@@ -36,6 +38,7 @@ function openProfile() {
   $("hide-presence").checked = hidePresenceKnown();
   showDeleteStep(false);
   $("dlg-profile").showModal();
+  renderDevices();
 }
 
 /** Mark `input` as refused (or not), so that a screen reader says so on the field. */

@@ -11,6 +11,7 @@ import {avatar, el} from "../ui.js";
 import {bubble, bubbleKey} from "./bubble.js";
 
 const PAGE = 50;
+export const EARLIER = "Messages from before this device was added are on your other devices";
 const $ = (id) => document.getElementById(id);
 const growable = CSS.supports("field-sizing", "content");
 
@@ -246,7 +247,10 @@ function renderMessages(mode) {
   }
   view.nodes = keep;
   $("messages").replaceChildren(...nodes);
-  $("history-top").hidden = view.hasMore || !view.messages.length;
+  // The beginning of what this device has; on a device added later (SPEC 7), where the rest is.
+  const top = $("history-top");
+  top.textContent = conv?.earlier ? EARLIER : "Beginning of the history on this device";
+  top.hidden = view.hasMore || !(view.messages.length || conv?.earlier);
   const lastMine = view.messages.at(-1)?.mine;
   if (mode === "bottom" || (mode === "append" && (fromBottom < 80 || lastMine))) {
     scroller.scrollTop = scroller.scrollHeight;

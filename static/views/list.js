@@ -37,7 +37,10 @@ function previewOf(conv) {
   if (t) return {text: conv.kind === "personal" ? "typing…" : `${nameOf(t.who)} is typing…`,
                  typing: true};
   if (conv.note && conv.note !== "locked") return {text: conv.note};
-  if (!conv.lastUs) return {text: conv.kind === "room" ? "Room" : "No messages yet"};
+  if (!conv.lastUs) {
+    if (conv.kind === "room") return {text: "Room"};
+    return {text: conv.earlier ? "Earlier messages are on your other devices" : "No messages yet"};
+  }
   let prefix = "";
   if (conv.lastFrom === ME && conv.ref !== ME) prefix = "You: ";
   else if (conv.kind !== "personal") prefix = `${nameOf(conv.lastFrom)}: `;

@@ -113,8 +113,11 @@ async def test_two_people_chat_both_ways_and_ticks_go_to_read(people: UserFactor
     await screenshot(pa, "desktop-light-conversation")
     await screenshot(pb, "desktop-light-conversation-bob")
 
-    # Log out: back to the login form; the chat is no longer reachable.
+    # Log out (keeping the history, what is proposed on one's own computer): back to the login
+    # form; the chat is no longer reachable.
     await pa.click("#logout")
+    await expect(pa.get_by_role("radio", name="Keep it")).to_be_checked()
+    await pa.locator("#dlg-logout").get_by_role("button", name="Log out").click()
     await expect(pa).to_have_url(alice.context.base + "/login")
     await screenshot(pa, "desktop-light-login")
     await pa.goto(alice.context.base + "/chat")
