@@ -187,7 +187,8 @@ GROUP_PENDING = ("SELECT count(*) FROM group_pending p JOIN group_messages m ON 
 async def _one_message_across(shared: Shared, x: str, x_send: WS, x_recv: WS,
                               y: str, y_send: WS, y_recv: WS, text: str) -> None:
     """x sends `text` to y, whose sockets are on the other process: stored, pushed live, the row
-    there until y acknowledges; the receipt and the read receipt cross back after the commit."""
+    there until y acknowledges; the receipt and the read receipt cross back after the commit, and
+    the read receipt reaches y's own receive socket too."""
     message = frame("new_msg", x, y, text)
     await send(x_send, message)
     msg_sent(await recv(x_send), message)
@@ -200,6 +201,7 @@ async def _one_message_across(shared: Shared, x: str, x_send: WS, x_recv: WS,
     seen = frame("msg_read", y, x, message["sent_timestamp"])
     await send(y_send, seen)
     assert await recv(x_recv) == seen
+    assert await recv(y_recv) == seen  # SPEC 7.2: also to the reader's own receive sockets
 
 
 
@@ -284,6 +286,7 @@ async def test_group_across_processes(
     await send(grp_ws[c], frame("grp_msg_read", c, b, back["sent_timestamp"]))
     read = await recv(recv_ws[b])
     assert (read["command"], read["msg_from"], read["msg_to"]) == ("msg_read", f"{key}-{c}", b), read
+    assert await recv(recv_ws[c]) == read  # SPEC 7.2: also to the reader's own receive sockets
     await send(grp_ws[b], frame("is_grp_typing", b, key))
     for p in (a, c):
         typing = await recv(recv_ws[p])
