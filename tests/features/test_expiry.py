@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from chatserver.app import create_app
 from chatserver.config import Config, Retention
 from chatserver.keys import store_key
+from helpers import backends
 from helpers.accounts import PASSWORD, users_on
 from helpers.backends import FILES_ARE_SQLITE, db_rows, has_files
 from helpers.frames import assert_error, assert_server_time, frame, new_phone
@@ -109,12 +110,12 @@ async def test_undelivered_messages_expire_and_every_device_of_the_sender_is_tol
     assert await fetch_all(await late.ws_connect(f"/ws/chat/special/{a}/"), a) == [[]]
 
 
+@pytest.mark.backends(backends.LOCAL, backends.REDIS)  # FILES_ARE_SQLITE
 async def test_an_expired_body_is_scrubbed_from_the_files(
         aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
     """SPEC 6 holds for expiry as for acknowledgement: within database.scrub_seconds of the
     deletion, the body is in neither the database file nor its WAL (SQLite's files)."""
-    if not has_files(config.database):
-        pytest.skip(FILES_ARE_SQLITE)
+    assert has_files(config.database), FILES_ARE_SQLITE
     server = await start(aiohttp_server, config)
     login = users_on(aiohttp_client, server)
     a, b = new_phone(), new_phone()

@@ -26,6 +26,7 @@ from chatserver.app import create_app
 from chatserver.config import Config
 from chatserver.keys import store_key
 from chatserver.stores.base import Store
+from helpers import backends
 from helpers.accounts import UserFactory, users_on
 from helpers.configs import with_limits
 from helpers.frames import SERVER_TS, new_phone
@@ -188,11 +189,10 @@ async def test_being_put_into_a_group_is_announced_on_every_receive_socket(
     await assert_quiet(a_recv, b1, b2, c_recv, d_recv)
 
 
+@pytest.mark.backends(backends.REDIS)  # the in-memory hub is one process
 async def test_group_added_reaches_the_user_on_another_server(
         aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
     """Two servers on one store and hub (with Redis, as two processes would be): the push crosses."""
-    if not config.hub.url:
-        pytest.skip("the in-memory hub is one process")
     first = await aiohttp_server(create_app(config))
     second = await aiohttp_server(create_app(config))
     a, b = new_phone(), new_phone()

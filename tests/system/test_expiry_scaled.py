@@ -16,17 +16,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
-import aiohttp
 import asyncpg
 import pytest
 
 from helpers import backends
 from helpers.accounts import client, create_group, register, ws_open
-from helpers.configs import scaled_config_tables
 from helpers.frames import frame, new_phone
-from helpers.server import ServerProcess, merge_tables, start_server, write_config
+from helpers.scaled import receive_on, two_servers
+from helpers.server import ServerProcess
 from helpers.timing import NET_TIMEOUT, TIMEOUT
-from helpers.ws import WS, assert_quiet, recv
+from helpers.ws import assert_quiet, recv
 
 pytestmark = pytest.mark.skipif(
     not (backends.POSTGRES_URL and backends.REDIS_URL),
@@ -41,25 +40,9 @@ EXPIRED_LOG: Final = re.compile(r"([0-9]+) undelivered message\(s\) expired")
 async def two(tmp_path: Path) -> AsyncIterator[tuple[ServerProcess, ServerProcess, str]]:
     """Two servers sharing a fresh PostgreSQL schema and Redis prefix, both expiring messages
     kept KEEP_SECONDS and checking every 0.05 s (so that their checks overlap); and the URL."""
-    async with backends.postgres_schema() as url, backends.redis_prefix() as prefix:
-        tables = merge_tables(scaled_config_tables(url, prefix), {
-            "retention": {"undelivered_days": KEEP_SECONDS / 86400, "check_seconds": 0.05}})
-        config = write_config(tmp_path / "scaled.toml", tables)
-        servers = [start_server(tmp_path / f"{n}.db", config, tmp_path) for n in ("one", "two")]
-        try:
-            for server in servers:
-                await server.wait_serving(processes=1)
-            yield servers[0], servers[1], url
-        finally:
-            for server in servers:
-                server.kill()
-
-
-async def receive_socket(session: aiohttp.ClientSession, server: ServerProcess, phone: str) -> WS:
-    ws = await ws_open(session, server.ws_url(f"/ws/chat/special/{phone}/"))
-    await ws.send_json({"command": "fetch_grp_msgs", "msg_to": phone})
-    assert await recv(ws) == {"command": "fetch_grp_msgs", "all": "True", "messages": []}
-    return ws
+    async with two_servers(tmp_path, {"retention": {"undelivered_days": KEEP_SECONDS / 86400,
+                                                    "check_seconds": 0.05}}) as servers:
+        yield servers
 
 
 async def test_each_message_expires_once_and_the_sender_hears_it_on_every_process(
@@ -74,7 +57,7 @@ async def test_each_message_expires_once_and_the_sender_hears_it_on_every_proces
         async with client() as carol:
             await register(carol, other, c)  # b and c never connect: nothing is acknowledged
         key = await create_group(alice, one, "expiry", [b, c])
-        devices = [await receive_socket(alice, one, a), await receive_socket(alice, other, a)]
+        devices = [await receive_on(alice, one, a), await receive_on(alice, other, a)]
         to_b = await ws_open(alice, one.ws_url(f"/ws/chat/personal/{a}/{b}/"))
         in_group = await ws_open(alice, other.ws_url(f"/ws/chat/group/{a}/{key}/"))
         sent: list[tuple[str, str]] = []

@@ -10,15 +10,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from chatserver.hubs.local import CLOSE_TOO_MANY_SOCKETS
 from helpers import backends
 from helpers.accounts import client, login, register, ws_open
-from helpers.configs import scaled_config_tables
 from helpers.frames import new_phone
-from helpers.server import ServerProcess, merge_tables, start_server, write_config
+from helpers.scaled import receive_on, two_servers
+from helpers.server import ServerProcess
 from helpers.ws import WS, assert_quiet, recv, send_new_msg, wait_closed
 
 pytestmark = pytest.mark.skipif(
@@ -31,24 +30,8 @@ CAP = 10
 
 @pytest.fixture
 async def two(tmp_path: Path) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
-    async with backends.postgres_schema() as database_url, backends.redis_prefix() as prefix:
-        config = write_config(tmp_path / "scaled.toml", merge_tables(
-            scaled_config_tables(database_url, prefix), {"limits": {"sockets_per_user": CAP}}))
-        servers = [start_server(tmp_path / f"{name}.db", config, tmp_path) for name in ("1", "2")]
-        try:
-            for server in servers:
-                await server.wait_serving(processes=1)
-            yield servers[0], servers[1]
-        finally:
-            for server in servers:
-                server.kill()
-
-
-async def receive(session: aiohttp.ClientSession, server: ServerProcess, phone: str) -> WS:
-    ws = await ws_open(session, server.ws_url(f"/ws/chat/special/{phone}/"))
-    await ws.send_json({"command": "fetch_grp_msgs", "msg_to": phone})
-    assert await recv(ws) == {"command": "fetch_grp_msgs", "all": "True", "messages": []}
-    return ws
+    async with two_servers(tmp_path, {"limits": {"sockets_per_user": CAP}}) as (one, other, _):
+        yield one, other
 
 
 async def test_the_oldest_socket_in_another_process_is_closed_with_4429(
@@ -62,14 +45,14 @@ async def test_the_oldest_socket_in_another_process_is_closed_with_4429(
             await login(alice_too, other, a)
             await register(bob, other, b)
             # 6 on the first process, 4 on the second: at the cap, nothing is closed.
-            sockets += [await receive(alice, one, a) for _ in range(6)]
-            sockets += [await receive(alice_too, other, a) for _ in range(CAP - 6)]
+            sockets += [await receive_on(alice, one, a) for _ in range(6)]
+            sockets += [await receive_on(alice_too, other, a) for _ in range(CAP - 6)]
             await assert_quiet(*sockets)
             # One more on the second process: the oldest, on the first, makes room.
-            sockets.append(await receive(alice_too, other, a))
+            sockets.append(await receive_on(alice_too, other, a))
             assert await wait_closed(sockets[0]) == (CLOSE_TOO_MANY_SOCKETS, b"too many sockets")
             # And once more: the next oldest goes.
-            sockets.append(await receive(alice_too, other, a))
+            sockets.append(await receive_on(alice_too, other, a))
             assert await wait_closed(sockets[1]) == (CLOSE_TOO_MANY_SOCKETS, b"too many sockets")
             served = sockets[2:]
             assert len(served) == CAP
