@@ -163,10 +163,12 @@ async def revoke_invite(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     """GET /chat/admin/stats: `{"users", "devices" (live sessions), "sockets" (open in the
     process that answers), "stored_messages" (personal and group messages waiting),
-    "attachment_bytes" (0: no attachments yet), "database_bytes"}`."""
+    "attachment_bytes" (stored attachments and thumbnails, SPEC 8), "database_bytes"}`."""
     await _admin(request)
-    counts = await request.app[store_key].stats(request.app[config_key].security.session_seconds)
+    store = request.app[store_key]
+    counts = await store.stats(request.app[config_key].security.session_seconds)
     return web.json_response({"users": counts.users, "devices": counts.devices,
                               "sockets": request.app[hub_key].socket_count(),
-                              "stored_messages": counts.stored_messages, "attachment_bytes": 0,
+                              "stored_messages": counts.stored_messages,
+                              "attachment_bytes": await store.attachment_bytes(),
                               "database_bytes": counts.database_bytes})

@@ -77,7 +77,8 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
     are (its pushes go through the hub), stopped before them."""
     task = asyncio.create_task(
         expire_forever(app[store_key], app[hub_key], app[config_key].retention,
-                       app[config_key].security.session_seconds), name="retention")
+                       app[config_key].security.session_seconds,
+                       app[config_key].attachments.unclaimed_seconds), name="retention")
     try:
         yield
     finally:

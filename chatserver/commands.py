@@ -49,10 +49,13 @@ class Command:
     to_peer: bool = True
 
 
-def check_message(conn: Conn, message: str) -> None:
-    """A message body is 1 to `limits.max_message_chars` characters (SPEC 5.1) and at most
-    `limits.max_message_bytes` bytes in UTF-8 (SPEC 10: what one stored message may cost)."""
-    if not message:
+def check_message(conn: Conn, message: str, attachments: Sequence[str] = ()) -> None:
+    """A message body is 1 to `limits.max_message_chars` characters (SPEC 5.1), or empty when it
+    carries attachments (SPEC 8), and at most `limits.max_message_bytes` bytes in UTF-8 (SPEC 10:
+    what one stored message may cost); it carries at most `limits.max_attachments` attachments."""
+    if len(attachments) > conn.config.limits.max_attachments:
+        raise ProtocolError(f"a message carries at most {conn.config.limits.max_attachments} attachments")
+    if not message and not attachments:
         raise ProtocolError("the message is empty")
     limits = conn.config.limits
     if len(message) > limits.max_message_chars:
@@ -63,6 +66,25 @@ def check_message(conn: Conn, message: str) -> None:
         raise ProtocolError(f"the message is longer than {limits.max_message_bytes} bytes")
     if "\x00" in message:  # not text a person typed, and SQL text functions stop at it
         raise ProtocolError("the message must not contain NUL characters")
+
+
+async def attachments_to_send(conn: Conn, frame: Frame) -> list[dict[str, Any]] | None:
+    """SPEC 8: what the frame's `attachments` look like in frames, when each is the user's,
+    completely uploaded and attached to no message; None when one is not (a retry of a stored
+    message names attachments its first sending claimed: the store, which knows the retry,
+    decides and refuses a new message with AttachmentRefused)."""
+    if not frame.attachments:
+        return []
+    found = await conn.store.attachments_to_send(frame.attachments, conn.user)
+    return None if found is None else [a.wire() for a in found]
+
+
+def _with_attachments(wire: dict[str, Any], attachments: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A frame, with `attachments` only when it has some: a client that knows only SPEC 1-6 sees
+    the frames it always did."""
+    if attachments:
+        wire["attachments"] = attachments
+    return wire
 
 
 def refuse_if_blocked(conn: Conn, recipient: str) -> None:
@@ -88,13 +110,14 @@ def _acknowledged(frame: Frame) -> int:
 async def new_msg(conn: Conn, frame: Frame) -> None:
     """Store durably, then `msg_sent` to the sender, the frame as sent to the recipient's devices
     and, as a copy, to the sender's other devices (SPEC 7.2)."""
-    check_message(conn, frame.message)
+    check_message(conn, frame.message, frame.attachments)
     refuse_if_blocked(conn, frame.msg_to)
     await conn.take_message_token()
+    attachments = await attachments_to_send(conn, frame)
 
     def committed(stored: Stored | None) -> None:
         if stored is not None:  # None: a retry of a message still stored, pushed the first time
-            data = encode(frame.wire())
+            data = encode(_with_attachments(frame.wire(), attachments))
             conn.hub.push(frame.msg_to, data)
             if stored.copies:
                 conn.hub.push(conn.user, data, skip=conn.device)
@@ -102,7 +125,7 @@ async def new_msg(conn: Conn, frame: Frame) -> None:
 
     conn.later(frame.command, conn.store.add_personal(
         frame.msg_from, frame.msg_to, frame.sent_us, frame.sent_timestamp, frame.message,
-        conn.device), committed)
+        conn.device, frame.attachments), committed)
 
 
 async def msg_received(conn: Conn, frame: Frame) -> None:
@@ -165,14 +188,15 @@ def _group_sender(conn: Conn) -> str:
 async def new_grp_msg(conn: Conn, frame: Frame) -> None:
     """Store durably, pending for every other participant; `msg_sent`; push to each of them and,
     as a copy, to the sender's other devices (SPEC 7.2: `msg_to` is the sender)."""
-    check_message(conn, frame.message)
+    check_message(conn, frame.message, frame.attachments)
     await conn.take_message_token()
+    attachments = await attachments_to_send(conn, frame)
 
     def committed(stored: Stored | None) -> None:
         if stored is not None:  # None: a retry of a message still stored, pushed the first time
-            addressed = per_recipient({"message": frame.message, "command": "new_msg",
-                                       "msg_from": _group_sender(conn),
-                                       "sent_timestamp": frame.sent_timestamp})
+            addressed = per_recipient(_with_attachments(
+                {"message": frame.message, "command": "new_msg", "msg_from": _group_sender(conn),
+                 "sent_timestamp": frame.sent_timestamp}, attachments))
             for phone in stored.pending:
                 conn.hub.push(phone, addressed(phone))
             if stored.copies:
@@ -181,7 +205,7 @@ async def new_grp_msg(conn: Conn, frame: Frame) -> None:
 
     conn.later(frame.command, conn.store.add_group_message(
         conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message,
-        conn.device), committed)
+        conn.device, frame.attachments), committed)
 
 
 async def grp_msg_received(conn: Conn, frame: Frame) -> None:
@@ -239,10 +263,12 @@ async def is_grp_typing(conn: Conn, frame: Frame) -> None:
 
 async def room_msg(conn: Conn, frame: Frame) -> None:
     """Append to the room's history and broadcast to every socket in it, the sender's included."""
-    check_message(conn, frame.message)
+    check_message(conn, frame.message, frame.attachments)
     await conn.take_message_token()
-    data = encode({"message": frame.message, "command": "room_msg", "msg_from": frame.msg_from,
-                   "msg_to": frame.msg_to, "sent_timestamp": frame.sent_timestamp})
+    data = encode(_with_attachments(
+        {"message": frame.message, "command": "room_msg", "msg_from": frame.msg_from,
+         "msg_to": frame.msg_to, "sent_timestamp": frame.sent_timestamp},
+        await attachments_to_send(conn, frame)))
 
     def committed(seq: int | None) -> None:
         if seq is not None:
@@ -251,7 +277,8 @@ async def room_msg(conn: Conn, frame: Frame) -> None:
             conn.outbox.put(data)
 
     conn.later(frame.command, conn.store.add_room_message(
-        conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message), committed)
+        conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message,
+        frame.attachments), committed)
 
 
 async def is_room_typing(conn: Conn, frame: Frame) -> None:
@@ -267,8 +294,9 @@ async def send_room_history(conn: Conn, limit: int) -> int:
     newest one sent (0 for none)."""
     history = await conn.store.room_history(conn.peer, limit)
     await conn.reply({"command": "fetch_room_msgs", "all": "True", "messages": [
-        {"message": m.message, "command": "room_msg", "msg_from": m.msg_from, "msg_to": conn.peer,
-         "sent_timestamp": fetch_timestamp(m.sent_us)} for m in history]})
+        _with_attachments({"message": m.message, "command": "room_msg", "msg_from": m.msg_from,
+                           "msg_to": conn.peer, "sent_timestamp": fetch_timestamp(m.sent_us)},
+                          m.attachments) for m in history]})
     return history[-1].id if history else 0
 
 
@@ -300,8 +328,9 @@ async def fetch_msgs(conn: Conn, data: dict[str, Any]) -> None:
     """Answer the personal messages (and copies of the user's own, SPEC 7.2) waiting for this
     socket's device, oldest first, in chunks (SPEC 7.1)."""
     def render(m: StoredMessage) -> dict[str, Any]:
-        return {"msg_from": m.msg_from, "msg_to": m.msg_to, "message": m.message,
-                "command": "new_msg", "sent_timestamp": fetch_timestamp(m.sent_us)}
+        return _with_attachments({"msg_from": m.msg_from, "msg_to": m.msg_to, "message": m.message,
+                                  "command": "new_msg", "sent_timestamp": fetch_timestamp(m.sent_us)},
+                                 m.attachments)
 
     await _send_pages(conn, "fetch_msgs",
                       lambda after, limit: conn.store.pending_page(conn.device, after, limit), render)
@@ -312,9 +341,10 @@ async def fetch_grp_msgs(conn: Conn, data: dict[str, Any]) -> None:
     device, oldest first, in chunks, each with `msg_from` "<grp>-<sender>" and its `pending`
     list (SPEC 5.2, 7.1)."""
     def render(m: GroupMessage) -> dict[str, Any]:
-        return {"msg_from": f"{m.grp}-{m.msg_from}", "msg_to": conn.user, "message": m.message,
-                "command": "new_msg", "sent_timestamp": fetch_timestamp(m.sent_us),
-                "pending": m.pending}
+        return _with_attachments({"msg_from": f"{m.grp}-{m.msg_from}", "msg_to": conn.user,
+                                  "message": m.message, "command": "new_msg",
+                                  "sent_timestamp": fetch_timestamp(m.sent_us), "pending": m.pending},
+                                 m.attachments)
 
     await _send_pages(conn, "fetch_grp_msgs",
                       lambda after, limit: conn.store.pending_group_page(conn.device, after, limit),

@@ -132,6 +132,13 @@ class Limits:
     # SPEC 10: messages waiting for one recipient (personal messages to them plus group messages
     # pending for them); a new one past it is refused with "recipient's mailbox is full".
     max_waiting_per_recipient: int = 10000
+    # SPEC 8: one attachment's bytes (413 beyond; 25 MiB), attachments one message may carry, the
+    # bytes of one user's stored attachments (thumbnails included; 413 beyond; 1 GiB), and the
+    # pixels of an image (413 beyond, refused before it is decoded: a decompression bomb).
+    max_attachment_bytes: int = 26_214_400
+    max_attachments: int = 10
+    attachment_quota_bytes: int = 1_073_741_824
+    max_image_pixels: int = 40_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,13 @@ class Retention:
     undelivered_days: float = 30.0
     # Seconds between two expiry checks; SPEC 10 says at least hourly, so at most 3600.
     check_seconds: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Attachments:
+    # SPEC 8: an upload no message has claimed this many seconds after it was made is deleted
+    # (checked with the retention check, every retention.check_seconds).
+    unclaimed_seconds: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +197,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     fetch: Fetch = field(default_factory=Fetch)
     retention: Retention = field(default_factory=Retention)
+    attachments: Attachments = field(default_factory=Attachments)
     rooms: Rooms = field(default_factory=Rooms)
     websocket: WebSocket = field(default_factory=WebSocket)
     hub: HubSettings = field(default_factory=HubSettings)
@@ -211,6 +226,11 @@ _POSITIVE = {
     ("limits", "max_message_bytes"),
     ("limits", "max_waiting_per_recipient"),
     ("retention", "undelivered_days"),
+    ("limits", "max_attachment_bytes"),
+    ("limits", "max_attachments"),
+    ("limits", "attachment_quota_bytes"),
+    ("limits", "max_image_pixels"),
+    ("attachments", "unclaimed_seconds"),
     ("retention", "check_seconds"),
     ("limits", "acks_per_second"),
     ("limits", "groups_per_day"),

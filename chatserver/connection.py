@@ -16,7 +16,7 @@ from .config import Config
 from .hubs.local import Hub
 from .hubs.outbox import Outbox
 from .protocol import ProtocolError, encode, error_frame
-from .stores.base import MailboxFull, NotMember, Store, StoreError
+from .stores.base import AttachmentRefused, MailboxFull, NotMember, Store, StoreError
 from .throttle import Throttle
 
 T = TypeVar("T")
@@ -99,7 +99,7 @@ class Conn:
                 reason = str(e)
             except NotMember:
                 reason = "you are not a participant of this group"
-            except MailboxFull as e:  # SPEC 10: "recipient's mailbox is full"; nothing stored
+            except (MailboxFull, AttachmentRefused) as e:  # SPEC 10, 8; nothing stored
                 reason = str(e)
             except StoreError:  # StoreClosed too
                 # Nothing was committed, so nothing was acknowledged: the client may retry.

@@ -21,6 +21,11 @@ PHONE_RE: Final = re.compile(r"[0-9]{10,15}")
 # SPEC 4: group keys and room names.
 GROUP_KEY_RE: Final = re.compile(r"[A-Za-z0-9]{10}")
 ROOM_NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# SPEC 8: an attachment id is at least 128 random bits, url-safe; the server makes 22 characters
+# (secrets.token_urlsafe(16)); up to 64 accepted so that longer ones stay possible.
+ATTACHMENT_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{22,64}")
+# Ids one frame may name at all, whatever limits.max_attachments says (the frame size bounds it too).
+MAX_ATTACHMENT_IDS: Final = 100
 
 # SPEC 5: `YYYY-MM-DD HH:MM:SS[.f{1,6}]` or ISO 8601 `YYYY-MM-DDTHH:MM:SS[.f{1,6}][Z]`, UTC.
 _TIMESTAMP_RE: Final = re.compile(
@@ -123,6 +128,7 @@ class Frame:
     msg_to: str
     sent_timestamp: str  # as the client sent it; echoed back unchanged
     sent_us: int  # the same instant in microseconds since the epoch, UTC; used for identity
+    attachments: tuple[str, ...] = ()  # SPEC 8: ids of the sender's uploads, distinct
 
     def wire(self) -> dict[str, str]:
         """The frame as sent (SPEC 5.1: pushed to the recipient unchanged)."""
@@ -174,7 +180,23 @@ def parse_frame(data: dict[str, Any]) -> Frame:
         msg_to=data["msg_to"],
         sent_timestamp=data["sent_timestamp"],
         sent_us=parse_timestamp(data["sent_timestamp"]),
+        attachments=_attachment_ids(data.get("attachments")),
     )
+
+
+def _attachment_ids(value: object) -> tuple[str, ...]:
+    """SPEC 8 `attachments`: absent (or null), or a list of distinct attachment ids. Raises
+    ProtocolError otherwise; how many a message may carry is the command's check."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_ATTACHMENT_IDS:
+        raise ProtocolError("the field 'attachments' must be a list of attachment ids")
+    for item in value:
+        if not isinstance(item, str) or not ATTACHMENT_ID_RE.fullmatch(item):
+            raise ProtocolError("the field 'attachments' must be a list of attachment ids")
+    if len(set(value)) != len(value):
+        raise ProtocolError("the field 'attachments' names an attachment twice")
+    return tuple(value)
 
 
 def encode(frame: Mapping[str, Any]) -> bytes:

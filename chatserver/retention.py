@@ -51,16 +51,20 @@ async def expire_once(store: Store, hub: Hub, undelivered_days: float) -> int:
 
 
 async def expire_forever(store: Store, hub: Hub, retention: Retention,
-                         session_seconds: float) -> None:
+                         session_seconds: float, unclaimed_seconds: float) -> None:
     """`expire_once` now and every `retention.check_seconds`, with the sessions unused for
-    `session_seconds` dropped first (SPEC 7: an expired device stops waiting for messages),
-    until cancelled; a failed check (StoreError, or anything else) is logged and the next one
-    runs as planned."""
+    `session_seconds` dropped first (SPEC 7: an expired device stops waiting for messages) and
+    the uploads no message claimed within `unclaimed_seconds` (SPEC 8), until cancelled; a
+    failed check (StoreError, or anything else) is logged and the next one runs as planned."""
     while True:
         try:
             dropped = await store.drop_expired_sessions(session_seconds)
             if dropped:
                 log.info("%d expired session(s) dropped", dropped)
+            unclaimed = await store.drop_unclaimed_attachments(
+                now_micros() - round(unclaimed_seconds * 1_000_000))
+            if unclaimed:
+                log.info("%d unclaimed upload(s) deleted", unclaimed)
             n = await expire_once(store, hub, retention.undelivered_days)
         except Exception:  # StoreError, or a bug: the next check must still run
             log.exception("the expiry of undelivered messages failed; next try in %g s",

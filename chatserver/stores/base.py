@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Protocol
 
 # Session hashes per query of `Store.live_sessions` (64 hex characters each: ~0.7 MB a query).
 LIVE_SESSIONS_BATCH: Final = 10_000
@@ -23,6 +23,14 @@ SESSION_TOUCH_SECONDS: Final = 60.0
 # The label of a device whose login said nothing recognisable (and of sessions made before
 # migration 0004).
 UNKNOWN_DEVICE: Final = "Unknown device"
+
+
+# SPEC 8: attachment bytes are stored and read in chunks of this many bytes (a Range request
+# reads only the chunks it covers; memory per transfer is about one chunk).
+ATTACHMENT_CHUNK: Final = 256 * 1024
+# Attachment parts: the file, and an image's thumbnail.
+FILE_PART: Final = 0
+THUMBNAIL_PART: Final = 1
 
 
 def touch_after_us(max_age_seconds: float) -> int:
@@ -48,6 +56,16 @@ class NotMember(IntegrityError):
 class MailboxFull(StoreError):
     """A new message for a recipient who already has `limits.max_waiting_per_recipient` messages
     waiting (SPEC 10); nothing was stored. Only that write fails: the others of its batch commit."""
+
+
+class QuotaExceeded(StoreError):
+    """A new attachment would take its owner's stored attachment bytes past
+    `limits.attachment_quota_bytes` (SPEC 8); nothing was stored."""
+
+
+class AttachmentRefused(IntegrityError):
+    """A message names an attachment that is unknown, not its sender's, not completely uploaded
+    or already attached to another message (SPEC 8); the message was not stored."""
 
 
 class StoreClosed(StoreError):
@@ -83,13 +101,46 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A photo or file (SPEC 8). `size` and `thumbnail_size` in bytes (None: no thumbnail);
+    `width`, `height` in pixels, images only."""
+
+    id: str
+    owner: str
+    name: str
+    content_type: str
+    size: int
+    width: int | None = None
+    height: int | None = None
+    thumbnail_size: int | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """As frames and the upload's answer carry it (SPEC 8): `width` and `height` for images
+        only."""
+        return wire_attachment(self.id, self.name, self.content_type, self.size, self.width,
+                               self.height, self.thumbnail_size is not None)
+
+
+def wire_attachment(id: str, name: str, content_type: str, size: int, width: int | None,
+                    height: int | None, thumbnail: bool) -> dict[str, Any]:
+    """One attachment as SPEC 8's frames carry it."""
+    wire: dict[str, Any] = {"id": id, "name": name, "content_type": content_type, "size": size}
+    if width is not None and height is not None:
+        wire["width"], wire["height"] = width, height
+    wire["thumbnail"] = thumbnail
+    return wire
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A personal message waiting for its recipient's `msg_received` (SPEC 5.2)."""
+    """A personal message waiting for its recipient's `msg_received` (SPEC 5.2); `attachments`
+    as frames carry them (SPEC 8)."""
 
     msg_from: str
     msg_to: str
     message: str
     sent_us: int
+    attachments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +204,7 @@ class GroupMessage:
     message: str
     sent_us: int
     pending: list[str]
+    attachments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +224,7 @@ class RoomMessage:
     msg_from: str
     message: str
     sent_us: int
+    attachments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,14 +339,19 @@ class Store(Protocol):
     # -- the per-message writes (group commit) ------------------------------------------------
 
     def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
-                     message: str, device: str | None = None) -> asyncio.Future[Stored | None]:
+                     message: str, device: str | None = None,
+                     attachments: Sequence[str] = ()) -> asyncio.Future[Stored | None]:
         """Store a message durably, with the commit's time as its `accepted_us`, waiting for each
         live device of msg_to and, as a copy, for each live device of msg_from but `device` (the
         sending session's hash; None: every one) (SPEC 7.1, 7.2). None when the same identity
         (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice (SPEC 5.1). The
         dialogue rows are created by a trigger. Fails with IntegrityError for a phone that has no
         account, and with MailboxFull when `max_waiting` messages already wait for msg_to
-        (personal ones to them and group ones pending for them, SPEC 10)."""
+        (personal ones to them and group ones pending for them, SPEC 10).
+
+        `attachments` (ids, SPEC 8) are claimed by the new message in the same transaction, in
+        their order; fails with AttachmentRefused (storing nothing) when one is not msg_from's,
+        not complete or claimed already. A retry claims nothing."""
         ...
 
     def ack_personal(self, msg_from: str, msg_to: str, sent_us: int, received_at: str,
@@ -311,7 +369,8 @@ class Store(Protocol):
         ...
 
     def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                          message: str, device: str | None = None) -> asyncio.Future[Stored | None]:
+                          message: str, device: str | None = None,
+                          attachments: Sequence[str] = ()) -> asyncio.Future[Stored | None]:
         """Store a group message durably, pending for every other participant (SPEC 5.3), with
         the commit's time as its `accepted_us`, waiting for each of their live devices and, as
         a copy, for each live device of msg_from but `device` (SPEC 7). Resolves to what was
@@ -320,7 +379,8 @@ class Store(Protocol):
 
         A participant whose mailbox is full (`max_waiting` messages already wait for them, SPEC
         10) is left out of the pending list: the others still get the message. When every other
-        participant is full, nothing is stored and the write fails with MailboxFull."""
+        participant is full, nothing is stored and the write fails with MailboxFull.
+        `attachments`: as for add_personal."""
         ...
 
     def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str,
@@ -337,10 +397,60 @@ class Store(Protocol):
         ...
 
     def add_room_message(self, room: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                         message: str) -> asyncio.Future[int | None]:
-        """Append to a room's history (keeping the latest `[rooms] keep`); resolves to the
-        message's id, or None for a retry. On PostgreSQL the ids come from one sequence shared by
+                         message: str, attachments: Sequence[str] = ()) -> asyncio.Future[int | None]:
+        """Append to a room's history (keeping the latest `[rooms] keep`; what falls out goes
+        with its attachments); resolves to the message's id, or None for a retry. `attachments`:
+        as for add_personal. On PostgreSQL the ids come from one sequence shared by
         every process: they increase in each process's commit order."""
+        ...
+
+    # -- attachments (SPEC 8) -----------------------------------------------------------------
+
+    async def reserve_attachment(self, attachment: Attachment, quota_bytes: int) -> None:
+        """Record a new upload (not complete, claimed by no message) whose bytes follow with
+        `put_attachment_chunk`, in one transaction that checks the owner's quota: raises
+        QuotaExceeded, storing nothing, when the owner's attachments (complete or not, claimed
+        or not) plus this one's `size` and `thumbnail_size` would pass `quota_bytes`. Uploads
+        at once are counted together (one writer; PostgreSQL: the owner's row locked)."""
+        ...
+
+    async def put_attachment_chunk(self, attachment_id: str, part: int, n: int, data: bytes) -> None:
+        """Store chunk `n` (from 0; each ATTACHMENT_CHUNK bytes but the last) of part `part`
+        (FILE_PART, THUMBNAIL_PART) of a reserved upload."""
+        ...
+
+    async def complete_attachment(self, attachment_id: str) -> None:
+        """Every chunk is stored: the upload may now be attached and downloaded."""
+        ...
+
+    async def delete_attachment(self, attachment_id: str) -> None:
+        """Delete an upload and its chunks (one that failed half way)."""
+        ...
+
+    async def attachments_to_send(self, ids: Sequence[str], owner: str) -> list[Attachment] | None:
+        """The attachments `ids`, in that order, when each is `owner`'s, complete and claimed
+        by no message (what a new message may carry, SPEC 8); None otherwise."""
+        ...
+
+    async def attachment_for(self, attachment_id: str, phone: str, sid_hash: str) -> Attachment | None:
+        """The complete attachment `attachment_id` when `phone` may download it (SPEC 8): its
+        owner; the recipient of the personal message carrying it; a participant of the group
+        of the group message carrying it; for a room message, anyone when the room is public,
+        else its creator and the login sessions that gave its password (`sid_hash`). None
+        otherwise, and for an unknown id: the caller answers 404 alike."""
+        ...
+
+    async def attachment_chunk(self, attachment_id: str, part: int, n: int) -> bytes | None:
+        """Chunk `n` of part `part` of an attachment, or None."""
+        ...
+
+    async def drop_unclaimed_attachments(self, before_us: int) -> int:
+        """Delete the uploads made before `before_us` that no message claimed (complete or not:
+        an upload cut off half way too); how many (SPEC 8, attachments.unclaimed_seconds)."""
+        ...
+
+    async def attachment_bytes(self) -> int:
+        """The bytes of every stored attachment, thumbnails included (admin stats)."""
         ...
 
     # -- users and sessions -------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
@@ -161,10 +161,11 @@ class GroupCommitStore(Store, Generic[DB]):
         return now_micros() - self._session_us
 
     def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
-                     message: str, device: str | None = None) -> asyncio.Future[Stored | None]:
+                     message: str, device: str | None = None,
+                     attachments: Sequence[str] = ()) -> asyncio.Future[Stored | None]:
         return self._submit(self.RUNNERS.add_personal,
                             [msg_from, msg_to, sent_us, sent_timestamp, message, self._max_waiting,
-                             device, self._live_after_us()])
+                             device, self._live_after_us(), list(attachments)])
 
     def ack_personal(self, msg_from: str, msg_to: str, sent_us: int, received_at: str,
                      device: str) -> asyncio.Future[Ack]:
@@ -175,10 +176,11 @@ class GroupCommitStore(Store, Generic[DB]):
         return self._submit(self.RUNNERS.read_personal, [msg_from, msg_to, seen_at])
 
     def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                          message: str, device: str | None = None) -> asyncio.Future[Stored | None]:
+                          message: str, device: str | None = None,
+                          attachments: Sequence[str] = ()) -> asyncio.Future[Stored | None]:
         return self._submit(self.RUNNERS.add_group,
                             [grp, msg_from, sent_us, sent_timestamp, message, self._max_waiting,
-                             device, self._live_after_us()])
+                             device, self._live_after_us(), list(attachments)])
 
     def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str,
                   device: str) -> asyncio.Future[Ack]:
@@ -189,10 +191,11 @@ class GroupCommitStore(Store, Generic[DB]):
         return self._submit(self.RUNNERS.read_group, [grp, phone, up_to])
 
     def add_room_message(self, room: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                         message: str) -> asyncio.Future[int | None]:
+                         message: str, attachments: Sequence[str] = ()) -> asyncio.Future[int | None]:
         return self._submit(
             self.RUNNERS.add_room,
-            [room, msg_from, sent_us, sent_timestamp, message, self._rooms_keep], deletes=True)
+            [room, msg_from, sent_us, sent_timestamp, message, self._rooms_keep, list(attachments)],
+            deletes=True)
 
     def is_blocked(self, blocker: str, blocked: str) -> bool:
         return (blocker, blocked) in self._blocks

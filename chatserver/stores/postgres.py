@@ -19,6 +19,7 @@ from ..protocol import now_micros
 from . import migrate
 from .base import (
     Ack,
+    AttachmentRefused,
     BackupUnsupported,
     Expired,
     GroupMessage,
@@ -29,7 +30,7 @@ from .base import (
 )
 from .groupcommit import DEFAULT_SESSION_SECONDS, Runners, call_ops
 from .pgblocks import CHANNEL_QUERY, CONNECTION_ERRORS, BlocksMirror, PgConnection
-from .queries import POSTGRES, SqlStore, admit, expired, mailbox_full
+from .queries import ATTACHMENT_COLUMNS, POSTGRES, SqlStore, admit, claims, expired, mailbox_full
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent.parent / "schema-pos
 # Reads are short single queries; a few connections serve a process (each costs a backend).
 POOL_SIZE: Final = 4
 # The tables that hold message bodies: what scrub() vacuums.
-MESSAGE_TABLES: Final = "personal_messages, group_messages, room_messages"
+MESSAGE_TABLES: Final = ("personal_messages, group_messages, room_messages, attachments,"
+                         " attachment_chunks")
 # One lock per schema: processes starting at once upgrade the schema one after the other.
 _SCHEMA_LOCK: Final = ("SELECT pg_advisory_xact_lock("
                        "hashtext('chatserver schema ' || coalesce(current_schema(), '')))")
@@ -119,6 +121,26 @@ _DELIVER_PERSONAL: Final = """
     RETURNING message_id"""
 
 
+# SPEC 8: new messages claim their attachments ([message id, attachment id, position, owner]
+# rows): only the owner's, complete, claimed by no message yet. A claim by another process at the
+# same moment holds the row: this one then re-reads it claimed and takes nothing.
+_CLAIM: Final = """
+    UPDATE attachments AS a SET {column} = j.message_id, position = j.position
+    FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[]) AS j(message_id, id, position, owner)
+    WHERE a.id = j.id AND a.owner = j.owner AND a.complete
+      AND a.personal_id IS NULL AND a.group_id IS NULL AND a.room_id IS NULL
+    RETURNING a.id"""
+
+
+async def _claim_attachments(db: PgConnection, column: str, rows: list[list[Any]]) -> None:
+    """Claim attachments for new messages in `column` (personal_id, group_id, room_id). Raises
+    AttachmentRefused when one of them cannot be claimed (failing the batch: _commit then runs
+    each write alone, so that only the message at fault fails)."""
+    if rows and len(await db.fetch(_CLAIM.format(column=column), *_columns(rows, 4))) != len(rows):
+        raise AttachmentRefused("an attachment is unknown, not yours, not uploaded completely"
+                                " or attached to another message")
+
+
 async def _add_personal_many(db: PgConnection, rows: list[Any]) -> list[Stored | None | StoreError]:
     """Insert [msg_from, msg_to, sent_us, sent_timestamp, message, max_waiting, device,
     live_after_us] rows in array order (which is the acceptance order, `id`), each waiting for
@@ -136,6 +158,7 @@ async def _add_personal_many(db: PgConnection, rows: list[Any]) -> list[Stored |
             _INSERT_PERSONAL, *_columns(taken, 5), now_micros())}
     if inserted:
         devices = {(row[0], row[1], row[2]): row[6] or "" for row in rows}
+        await _claim_attachments(db, "personal_id", claims(rows, inserted, owner=0, attachments=8))
         copies = Counter(r[0] for r in await db.fetch(
             _DELIVER_PERSONAL, list(inserted.values()), [devices[k] for k in inserted], rows[0][7]))
     results: list[Stored | None | StoreError] = []
@@ -336,6 +359,8 @@ async def _add_group_many(db: PgConnection, rows: list[Any]) -> list[Stored | No
     copies: Counter[int] = Counter(r[0] for r in await db.fetch(
         _DELIVER_GROUP, *taken, *senders, rows[0][7])) if inserted else Counter()
     ids = {(r[0], r[1], r[2]): r[3] for r in inserted}
+    await _claim_attachments(db, "group_id", claims(
+        rows, {key: i for key, i in ids.items() if i not in full}, owner=1, attachments=8))
     # a group of one with no other device of the sender, or every recipient full
     unaddressed = [i for key, i in ids.items() if i in full or (not pending[key] and not copies[i])]
     if unaddressed:
@@ -437,10 +462,11 @@ _TRIM_ROOMS: Final = """
 
 
 async def _add_room_many(db: PgConnection, rows: list[Any]) -> list[int | None]:
-    """Append [room, msg_from, sent_us, sent_timestamp, message, keep] rows to room histories and
-    drop what falls beyond `keep`; for each row its id (the room's order), or None for a
-    repeated identity."""
+    """Append [room, msg_from, sent_us, sent_timestamp, message, keep, attachments] rows to room
+    histories (each claiming its attachments) and drop what falls beyond `keep`; for each row its
+    id (the room's order), or None for a repeated identity."""
     inserted = {(r[0], r[1], r[2]): r[3] for r in await db.fetch(_INSERT_ROOM, *_columns(rows, 5))}
+    await _claim_attachments(db, "room_id", claims(rows, inserted, owner=1, attachments=6))
     await db.execute(_TRIM_ROOMS, sorted({row[0] for row in rows}), rows[0][5])
     return [inserted.pop((row[0], row[1], row[2]), None) for row in rows]
 
@@ -485,6 +511,11 @@ class PgStore(SqlStore[PgConnection]):
                      " AND NOT u.disabled")
     TOUCH_SESSIONS = ("UPDATE sessions SET last_used_us = $2 WHERE sid_hash = ANY($1::text[])"
                       " AND last_used_us < $3 AND last_used_us > $4")
+    ATTACHMENTS_TO_SEND = (f"SELECT {ATTACHMENT_COLUMNS} FROM attachments"
+                           " WHERE id = ANY($1::text[]) AND owner = $2 AND complete"
+                           " AND personal_id IS NULL AND group_id IS NULL AND room_id IS NULL")
+    ATTACHMENTS_OF = (f"SELECT {{column}}, {ATTACHMENT_COLUMNS} FROM attachments"
+                      " WHERE {column} = ANY($1::bigint[]) ORDER BY {column}, position")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "postgres"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,
@@ -595,7 +626,7 @@ class PgStore(SqlStore[PgConnection]):
             db.terminate()
 
     def _write_fault(self, error: Exception) -> bool:
-        return (isinstance(error, (asyncpg.PostgresError, NotMember))
+        return (isinstance(error, (asyncpg.PostgresError, NotMember, AttachmentRefused))
                 and not isinstance(error, CONNECTION_ERRORS))
 
     def _retryable(self, error: Exception) -> bool:
@@ -632,7 +663,7 @@ class PgStore(SqlStore[PgConnection]):
             raise _wrap(e) from e
 
     @staticmethod
-    def _text_list(texts: list[str]) -> list[str]:
+    def _text_list(texts: list[Any]) -> list[Any]:
         return texts
 
     @staticmethod
@@ -692,7 +723,12 @@ class PgStore(SqlStore[PgConnection]):
             " FROM group_deliveries AS d JOIN group_messages AS m ON m.id = d.message_id"
             " WHERE d.sid_hash = $1 AND d.message_id > $2 ORDER BY d.message_id LIMIT $3",
             device, after, limit)
-        return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], list(r[5]))) for r in rows]
+        attached = await self._attachments_of("group_id", [r[0] for r in rows])
+        return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], list(r[5]), attached.get(r[0], [])))
+                for r in rows]
+
+    async def _lock_owner(self, db: PgConnection, phone: str) -> None:
+        await db.execute("SELECT 1 FROM users WHERE phone = $1 FOR NO KEY UPDATE", phone)
 
     async def expire(self, before_us: int, limit: int) -> list[Expired]:
         async def op(db: PgConnection) -> list[Expired]:

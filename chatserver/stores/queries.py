@@ -12,7 +12,7 @@ import dataclasses
 import re
 import secrets
 from abc import abstractmethod
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -21,6 +21,7 @@ from .base import (
     LIVE_SESSIONS_BATCH,
     UNKNOWN_DEVICE,
     Account,
+    Attachment,
     Contact,
     Device,
     DialogueSide,
@@ -29,6 +30,7 @@ from .base import (
     Invite,
     LastAdmin,
     MailboxFull,
+    QuotaExceeded,
     Registered,
     Room,
     RoomMessage,
@@ -139,6 +141,35 @@ class Queries:
         " WHERE s.phone = $2 AND m.msg_from <> $2"
         " ON CONFLICT DO NOTHING")
     drop_expired_sessions: str = "DELETE FROM sessions WHERE last_used_us <= $1"
+    # SPEC 8. A new upload, only while its owner's attachments and it fit in the quota ($10).
+    reserve_attachment: str = (
+        "INSERT INTO attachments (id, owner, name, content_type, size, width, height, thumbnail_size,"
+        " created_us) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9"
+        " WHERE (SELECT coalesce(sum(size + coalesce(thumbnail_size, 0)), 0) FROM attachments"
+        "        WHERE owner = $2) + $5 + coalesce($8, 0) <= $10")
+    put_attachment_chunk: str = ("INSERT INTO attachment_chunks (attachment_id, part, n, data)"
+                                 " VALUES ($1, $2, $3, $4)")
+    complete_attachment: str = "UPDATE attachments SET complete = true WHERE id = $1"
+    delete_attachment: str = "DELETE FROM attachments WHERE id = $1"
+    # Who may download (SPEC 8): see Store.attachment_for. Group: a participant now (one who
+    # left no longer may); room: any user for a public room, else its creator or a session
+    # that gave its password.
+    attachment_for: str = (
+        "SELECT a.id, a.owner, a.name, a.content_type, a.size, a.width, a.height, a.thumbnail_size"
+        " FROM attachments AS a WHERE a.id = $1 AND a.complete AND (a.owner = $2"
+        " OR EXISTS (SELECT 1 FROM personal_messages AS p WHERE p.id = a.personal_id AND p.msg_to = $2)"
+        " OR EXISTS (SELECT 1 FROM group_messages AS g JOIN group_members AS m"
+        "            ON m.grp = g.grp AND m.phone = $2 WHERE g.id = a.group_id)"
+        " OR EXISTS (SELECT 1 FROM room_messages AS r JOIN rooms AS o ON o.name = r.room"
+        "            WHERE r.id = a.room_id AND (o.password_hash IS NULL OR o.created_by = $2"
+        "            OR EXISTS (SELECT 1 FROM session_rooms AS s"
+        "                       WHERE s.sid_hash = $3 AND s.room = o.name))))")
+    attachment_chunk: str = ("SELECT data FROM attachment_chunks"
+                             " WHERE attachment_id = $1 AND part = $2 AND n = $3")
+    drop_unclaimed_attachments: str = (
+        "DELETE FROM attachments WHERE created_us < $1"
+        " AND personal_id IS NULL AND group_id IS NULL AND room_id IS NULL")
+    attachment_bytes: str = "SELECT coalesce(sum(size + coalesce(thumbnail_size, 0)), 0) FROM attachments"
     is_stored: str = ("SELECT 1 FROM personal_messages"
                       " WHERE msg_to = $1 AND msg_from = $2 AND sent_us = $3")
     create_group: str = ("INSERT INTO groups (key, name, created_us) VALUES ($1, $2, $3)"
@@ -232,6 +263,21 @@ def admit(recipients: Iterable[str], waiting: dict[str, int], limit: int) -> lis
     return admitted
 
 
+def claims(rows: Iterable[Sequence[Any]], ids: Mapping[tuple[Any, ...], int], *, owner: int,
+           attachments: int) -> list[list[Any]]:
+    """The attachments new messages claim (SPEC 8): for each row of a batch whose identity (its
+    first three fields) is in `ids` (new message id by identity; a repeated identity's first row
+    only), [message id, attachment id, position, the row's field `owner`] per id of its field
+    `attachments`."""
+    left = dict(ids)
+    out: list[list[Any]] = []
+    for row in rows:
+        message_id = left.pop((row[0], row[1], row[2]), None)
+        if message_id is not None:
+            out.extend([message_id, a, position, row[owner]] for position, a in enumerate(row[attachments]))
+    return out
+
+
 def mailbox_full() -> MailboxFull:
     """What a refused write gets; its text is the error frame's (SPEC 10)."""
     return MailboxFull("recipient's mailbox is full")
@@ -241,6 +287,14 @@ def expired(rows: Iterable[Any], group: bool) -> list[Expired]:
     """Expired records of rows (msg_from, msg_to or grp, sent_timestamp, sent_us, ...,
     delivered): the last field says whether every recipient had acknowledged it."""
     return [Expired(r[0], r[1], r[2], r[3], group, bool(r[-1])) for r in rows]
+
+
+# The columns of an Attachment record, in its fields' order.
+ATTACHMENT_COLUMNS: Final = "id, owner, name, content_type, size, width, height, thumbnail_size"
+
+
+def _attachment(r: Sequence[Any]) -> Attachment:
+    return Attachment(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
 
 
 def _room(r: Sequence[Any]) -> Room:
@@ -263,11 +317,18 @@ class SqlStore(GroupCommitStore[DB]):
     # whose last use is older than $3 and newer than $4 (not expired meanwhile).
     LIVE_SESSIONS: ClassVar[str]
     TOUCH_SESSIONS: ClassVar[str]
+    # SPEC 8, with a list parameter ($1, as `_text_list` makes it): the attachments that may go
+    # with a new message ($2 the owner; rows as ATTACHMENT_COLUMNS), and those of the messages
+    # whose ids are $1 in column {column} (rows: the message id, then ATTACHMENT_COLUMNS),
+    # in their order.
+    ATTACHMENTS_TO_SEND: ClassVar[str]
+    ATTACHMENTS_OF: ClassVar[str]
 
     @staticmethod
     @abstractmethod
-    def _text_list(texts: list[str]) -> Any:
-        """`texts` as one query parameter (SQLite: a JSON array; PostgreSQL: a text[])."""
+    def _text_list(texts: list[Any]) -> Any:
+        """`texts` (strings or integers) as one query parameter (SQLite: a JSON array;
+        PostgreSQL: an array)."""
 
     @staticmethod
     @abstractmethod
@@ -552,9 +613,22 @@ class SqlStore(GroupCommitStore[DB]):
     async def pending_for(self, msg_to: str) -> list[StoredMessage]:
         return [StoredMessage(*r) for r in await self._fetch(self.SQL.pending_for, msg_to)]
 
-    async def pending_page(self, msg_to: str, after: int, limit: int) -> list[tuple[int, StoredMessage]]:
-        return [(r[0], StoredMessage(r[1], r[2], r[3], r[4]))
-                for r in await self._fetch(self.SQL.pending_page, msg_to, after, limit)]
+    async def pending_page(self, device: str, after: int,
+                           limit: int) -> list[tuple[int, StoredMessage]]:
+        rows = await self._fetch(self.SQL.pending_page, device, after, limit)
+        attached = await self._attachments_of("personal_id", [r[0] for r in rows])
+        return [(r[0], StoredMessage(r[1], r[2], r[3], r[4], attached.get(r[0], [])))
+                for r in rows]
+
+    async def _attachments_of(self, column: str, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """The attachments (as frames carry them, SPEC 8) of the messages whose ids are `ids`
+        in `column` (personal_id, group_id, room_id), by message id, in their order; one query
+        (none for no ids)."""
+        found: dict[int, list[dict[str, Any]]] = {}
+        if ids:
+            for r in await self._fetch(self.ATTACHMENTS_OF.format(column=column), self._text_list(ids)):
+                found.setdefault(r[0], []).append(_attachment(r[1:]).wire())
+        return found
 
     # -- groups -------------------------------------------------------------------------------
 
@@ -603,7 +677,67 @@ class SqlStore(GroupCommitStore[DB]):
         return [_room(r) for r in await self._fetch(self.SQL.rooms_for, phone, sid_hash, newest_public)]
 
     async def room_history(self, room: str, limit: int) -> list[RoomMessage]:
-        return [RoomMessage(*r) for r in await self._fetch(self.SQL.room_history, room, limit)]
+        rows = await self._fetch(self.SQL.room_history, room, limit)
+        attached = await self._attachments_of("room_id", [r[0] for r in rows])
+        return [RoomMessage(r[0], r[1], r[2], r[3], attached.get(r[0], [])) for r in rows]
+
+    # -- attachments (SPEC 8) -----------------------------------------------------------------
+
+    async def reserve_attachment(self, attachment: Attachment, quota_bytes: int) -> None:
+        a = attachment
+
+        async def op(db: DB) -> int:
+            await self._lock_owner(db, a.owner)
+            return await self._execute(db, self.SQL.reserve_attachment, a.id, a.owner, a.name,
+                                       a.content_type, a.size, a.width, a.height, a.thumbnail_size,
+                                       now_micros(), quota_bytes)
+        if await self._write(op) != 1:
+            raise QuotaExceeded("your attachments would take more than your quota")
+
+    async def _lock_owner(self, db: DB, phone: str) -> None:
+        """Make two uploads of one owner check the quota one after the other (PostgreSQL: FOR NO
+        KEY UPDATE of the owner's row, which new messages' foreign keys do not wait for; one
+        SQLite writer needs nothing)."""
+
+    async def put_attachment_chunk(self, attachment_id: str, part: int, n: int, data: bytes) -> None:
+        async def op(db: DB) -> None:
+            await self._execute(db, self.SQL.put_attachment_chunk, attachment_id, part, n, data)
+        await self._write(op)
+
+    async def complete_attachment(self, attachment_id: str) -> None:
+        async def op(db: DB) -> None:
+            await self._execute(db, self.SQL.complete_attachment, attachment_id)
+        await self._write(op)
+
+    async def delete_attachment(self, attachment_id: str) -> None:
+        async def op(db: DB) -> None:
+            await self._execute(db, self.SQL.delete_attachment, attachment_id)
+        await self._write(op, deletes=True)
+
+    async def attachments_to_send(self, ids: Sequence[str], owner: str) -> list[Attachment] | None:
+        if not ids:
+            return []
+        found = {r[0]: _attachment(r) for r in await self._fetch(
+            self.ATTACHMENTS_TO_SEND, self._text_list(list(ids)), owner)}
+        if len(set(ids)) != len(ids) or set(found) != set(ids):
+            return None
+        return [found[i] for i in ids]
+
+    async def attachment_for(self, attachment_id: str, phone: str, sid_hash: str) -> Attachment | None:
+        rows = await self._fetch(self.SQL.attachment_for, attachment_id, phone, sid_hash)
+        return _attachment(rows[0]) if rows else None
+
+    async def attachment_chunk(self, attachment_id: str, part: int, n: int) -> bytes | None:
+        rows = await self._fetch(self.SQL.attachment_chunk, attachment_id, part, n)
+        return bytes(rows[0][0]) if rows else None
+
+    async def drop_unclaimed_attachments(self, before_us: int) -> int:
+        async def op(db: DB) -> int:
+            return await self._execute(db, self.SQL.drop_unclaimed_attachments, before_us)
+        return await self._write(op, deletes=True)
+
+    async def attachment_bytes(self) -> int:
+        return int((await self._fetch(self.SQL.attachment_bytes))[0][0])
 
     async def grant_room(self, sid_hash: str, room: str) -> None:
         async def op(db: DB) -> None:

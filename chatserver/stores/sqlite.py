@@ -21,6 +21,7 @@ from ..protocol import now_micros
 from . import migrate
 from .base import (
     Ack,
+    AttachmentRefused,
     CorruptDatabase,
     Expired,
     GroupMessage,
@@ -30,7 +31,7 @@ from .base import (
     StoreError,
 )
 from .groupcommit import DEFAULT_SESSION_SECONDS, Runners, call_ops
-from .queries import SQLITE, SqlStore, admit, expired, mailbox_full
+from .queries import ATTACHMENT_COLUMNS, SQLITE, SqlStore, admit, claims, expired, mailbox_full
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,26 @@ _COPY_PERSONAL: Final = """
     RETURNING message_id"""
 
 
+# SPEC 8: new messages claim their attachments ([message id, attachment id, position, owner]
+# rows): only the owner's, complete, claimed by no message yet.
+_CLAIM: Final = """
+    UPDATE attachments SET {column} = j.value->>0, position = j.value->>2
+    FROM json_each(?1) AS j
+    WHERE attachments.id = j.value->>1 AND attachments.owner = j.value->>3 AND attachments.complete
+      AND personal_id IS NULL AND group_id IS NULL AND room_id IS NULL
+    RETURNING attachments.id"""
+
+
+async def _claim_attachments(db: aiosqlite.Connection, column: str, rows: list[list[Any]]) -> None:
+    """Claim attachments for new messages in `column` (personal_id, group_id, room_id). Raises
+    AttachmentRefused when one of them cannot be claimed (failing the batch: _commit then runs
+    each write alone, so that only the message at fault fails)."""
+    if rows and len(list(await db.execute_fetchall(
+            _CLAIM.format(column=column), (_rows_json(rows),)))) != len(rows):
+        raise AttachmentRefused("an attachment is unknown, not yours, not uploaded completely"
+                                " or attached to another message")
+
+
 def _copies(rows: Iterable[Any]) -> Counter[int]:
     """How many copies each message id got, from the RETURNING rows (message_id,) of a copy insert."""
     return Counter(r[0] for r in rows)
@@ -151,6 +172,7 @@ async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[
         devices = {(row[0], row[1], row[2]): row[6] for row in rows}
         pairs = _rows_json([[i, devices[key]] for key, i in inserted.items()])
         live_after = rows[0][7]
+        await _claim_attachments(db, "personal_id", claims(rows, inserted, owner=0, attachments=8))
         await db.execute(_DELIVER_PERSONAL, (pairs, live_after))
         copies = _copies(await db.execute_fetchall(_COPY_PERSONAL, (pairs, live_after)))
     results: list[Stored | None | StoreError] = []
@@ -316,6 +338,8 @@ async def _add_group_many(db: aiosqlite.Connection,
         full = {i for i in refused if not pending[i]}
         devices = {(row[0], row[1], row[2]): row[6] for row in rows}
         senders = [[i, devices[key]] for key, i in ids.items() if i not in full]
+        await _claim_attachments(db, "group_id", claims(
+            rows, {key: i for key, i in ids.items() if i not in full}, owner=1, attachments=8))
         if senders:
             copies = _copies(await db.execute_fetchall(_COPY_GROUP, (_rows_json(senders), live_after)))
         # a group of one with no other device of the sender, or every recipient full
@@ -405,11 +429,12 @@ _TRIM_ROOMS: Final = """
 
 
 async def _add_room_many(db: aiosqlite.Connection, rows: list[Any]) -> list[int | None]:
-    """Append [room, msg_from, sent_us, sent_timestamp, message, keep] rows to room histories and
-    drop what falls beyond `keep`; for each row its id (the room's order), or None for a
-    repeated identity."""
+    """Append [room, msg_from, sent_us, sent_timestamp, message, keep, attachments] rows to room
+    histories (each claiming its attachments) and drop what falls beyond `keep`; for each row its
+    id (the room's order), or None for a repeated identity."""
     inserted = {(r[0], r[1], r[2]): r[3] for r in await db.execute_fetchall(
         _INSERT_ROOM, (_rows_json([row[:5] for row in rows]),))}
+    await _claim_attachments(db, "room_id", claims(rows, inserted, owner=1, attachments=6))
     rooms = sorted({row[0] for row in rows})
     await db.execute(_TRIM_ROOMS, (_rows_json(rooms), rows[0][5]))
     return [inserted.pop((row[0], row[1], row[2]), None) for row in rows]
@@ -501,6 +526,11 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
                      " AND s.last_used_us > ?2 AND NOT u.disabled")
     TOUCH_SESSIONS = ("UPDATE sessions SET last_used_us = ?2 WHERE sid_hash IN"
                       " (SELECT value FROM json_each(?1)) AND last_used_us < ?3 AND last_used_us > ?4")
+    ATTACHMENTS_TO_SEND = (f"SELECT {ATTACHMENT_COLUMNS} FROM attachments"
+                           " WHERE id IN (SELECT value FROM json_each(?1)) AND owner = ?2 AND complete"
+                           " AND personal_id IS NULL AND group_id IS NULL AND room_id IS NULL")
+    ATTACHMENTS_OF = (f"SELECT {{column}}, {ATTACHMENT_COLUMNS} FROM attachments"
+                      " WHERE {column} IN (SELECT value FROM json_each(?1)) ORDER BY {column}, position")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "sqlite"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,
@@ -633,7 +663,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             pass  # no transaction was open
 
     def _write_fault(self, error: Exception) -> bool:
-        return isinstance(error, (sqlite3.Error, NotMember))
+        return isinstance(error, (sqlite3.Error, NotMember, AttachmentRefused))
 
     def _wrap(self, error: BaseException) -> BaseException:
         return _wrap(error)
@@ -665,7 +695,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             raise _wrap(e) from e
 
     @staticmethod
-    def _text_list(texts: list[str]) -> str:
+    def _text_list(texts: list[Any]) -> str:
         return _rows_json(texts)
 
     @staticmethod
@@ -711,7 +741,9 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             " FROM group_deliveries AS d JOIN group_messages AS m ON m.id = d.message_id"
             " WHERE d.sid_hash = ? AND d.message_id > ? ORDER BY d.message_id LIMIT ?",
             device, after, limit)
-        return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], orjson.loads(r[5]))) for r in rows]
+        attached = await self._attachments_of("group_id", [r[0] for r in rows])
+        return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], orjson.loads(r[5]), attached.get(r[0], [])))
+                for r in rows]
 
     async def expire(self, before_us: int, limit: int) -> list[Expired]:
         async def op(db: aiosqlite.Connection) -> list[Expired]:
