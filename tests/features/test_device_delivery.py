@@ -34,6 +34,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from chatserver.config import Config, Database
+from chatserver.stores.groupcommit import GroupCommitStore
 from helpers.accounts import UserFactory
 from helpers.backends import db_rows
 from helpers.frames import (
@@ -48,6 +49,7 @@ from helpers.frames import (
     stamp,
 )
 from helpers.groups import create_group, group_messages, open_group, pushed, send_grp
+from helpers.timing import TIMEOUT, until
 from helpers.ws import WS, fetch_all, open_personal, recv, send_new_msg, wait_closed
 
 # The same tests on every store and hub (tests/helpers/backends.py).
@@ -524,6 +526,60 @@ async def test_a_group_message_is_copied_to_the_senders_other_devices(
     assert await fetched(inbox_a2, a, "fetch_grp_msgs") == []
     await a2_grp.send_json(grp_received(a, a, sent))
     assert_error(await recv(a2_grp), "grp_msg_received", a, key, NOT_FOUND)
+
+
+@pytest.mark.parametrize("kind", ["personal", "group"])
+async def test_a_copys_acknowledgement_and_the_recipients_first_in_one_commit(
+        as_user: UserFactory, store: GroupCommitStore[object], kind: str) -> None:
+    """A2's acknowledgement of its copy and B's first acknowledgement of the same message are
+    committed in one batch, the copy's first: B's is still the one that sends the receipt (to
+    A's devices, the frame B sent), the copy's still sends nothing. The writer is held (as a
+    scrub holds it: `store._writing`) while both wait in its queue (`store._queue`), so that
+    they share a batch, in this order, whatever the machine's speed."""
+    a, b = new_phone(), new_phone()
+    a1, a2, bob = await as_user(a), await as_user(a), await as_user(b)
+    key = (await create_group(a1, "one commit", [b]))["key"]
+    inbox_a1, inbox_a2, inbox_b = await open_inbox(a1, a), await open_inbox(a2, a), await open_inbox(bob, b)
+    if kind == "personal":
+        a1_ws, a2_ws, b_ws = (await open_personal(a1, a, b), await open_personal(a2, a, b),
+                              await open_personal(bob, b, a))
+        sent = await send_new_msg(a1_ws, a, b, "acknowledged twice at once")
+        assert await recv(inbox_b) == sent and await recv(inbox_a2) == sent
+        copy_ack, peer_ack = received(a, b, sent), received(b, a, sent)
+    else:
+        a1_ws, a2_ws, b_ws = (await open_group(a1, a, key), await open_group(a2, a, key),
+                              await open_group(bob, b, key))
+        sent = await send_grp(a1_ws, a, key, "acknowledged twice at once")
+        assert await recv(inbox_b) == pushed(sent, key, b)
+        assert await recv(inbox_a2) == pushed(sent, key, a)
+        copy_ack, peer_ack = grp_received(a, a, sent), grp_received(b, a, sent)
+
+    async with store._writing:
+        # A write of no consequence takes the writer's current batch, which waits for the lock.
+        occupied = store.read_personal(a, b, plain(new_instant()))
+        await until(lambda: not store._queue, TIMEOUT, "the writer to take its batch")
+        await a2_ws.send_json(copy_ack)
+        await until(lambda: len(store._queue) == 1, TIMEOUT, "the copy's acknowledgement queued")
+        await b_ws.send_json(peer_ack)
+        await until(lambda: len(store._queue) == 2, TIMEOUT, "B's acknowledgement queued")
+    await occupied
+    await no_answer(a2_ws, a)
+    await no_answer(b_ws, b)
+    # A read from A2, pushed after anything the acknowledgements pushed: B gets nothing before
+    # it, A's devices B's receipt.
+    if kind == "personal":
+        read = frame("msg_read", a, b, stamp())
+        await a2_ws.send_json(read)
+        assert await recv(inbox_b) == read
+        for inbox in (inbox_a1, inbox_a2):
+            assert [await recv(inbox), await recv(inbox)] == [peer_ack, read]
+        assert (await dialogue(bob, a))["outgoing"]["last_received_receiver"] is None
+        assert (await dialogue(a1, b))["outgoing"]["waiting"] == 0
+    else:
+        for inbox in (inbox_a1, inbox_a2):
+            assert_grp_receipt(await recv(inbox), key, b, a, sent)
+        await grp_read_barrier(a2_ws, a, key, b, inbox_a1, inbox_a2, inbox_b)
+    await no_answer(b_ws, b)
 
 
 async def test_a_device_added_later_gets_stored_peer_messages_but_no_copies_of_earlier_sends(

@@ -49,7 +49,7 @@ WINDOW = 20
 MIN_IN_FLIGHT = 200
 KILL_AFTER = (0.2, 1.5)
 # The tables that hold messages waiting for someone; all empty after the drain.
-TABLES = MESSAGE_TABLES
+TABLES = (*MESSAGE_TABLES, "personal_deliveries", "group_deliveries")
 
 
 @pytest.mark.crash
@@ -223,7 +223,8 @@ async def test_kill_9_after_one_devices_acknowledgement_keeps_the_message_for_th
             assert await next_frame(inbox[n], "msg_read") == read
         assert await fetch(inbox["b2"], b) == [second]
         rows = row_counts(db, TABLES)
-        assert rows == {"personal_messages": 1, "group_messages": 0, "group_pending": 0}, rows
+        assert rows == {"personal_messages": 1, "group_messages": 0, "group_pending": 0,
+                        "personal_deliveries": 3, "group_deliveries": 0}, rows  # m2: B1, B2, A2
     finally:
         for session in sessions.values():
             await session.close()
