@@ -34,6 +34,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from chatserver.config import Config, Database
+from chatserver.stores.base import Ack
 from chatserver.stores.groupcommit import GroupCommitStore
 from helpers.accounts import UserFactory
 from helpers.backends import db_rows
@@ -555,14 +556,15 @@ async def test_a_copys_acknowledgement_and_the_recipients_first_in_one_commit(
         copy_ack, peer_ack = grp_received(a, a, sent), grp_received(b, a, sent)
 
     async with store._writing:
-        # A write of no consequence takes the writer's current batch, which waits for the lock.
-        occupied = store.read_personal(a, b, plain(new_instant()))
+        # A write of no consequence (an acknowledgement by no device of nothing) takes the
+        # writer's current batch, which then waits for the lock.
+        occupied = store.ack_personal(b, a, 1, server_form(new_instant()), "no such device")
         await until(lambda: not store._queue, TIMEOUT, "the writer to take its batch")
         await a2_ws.send_json(copy_ack)
         await until(lambda: len(store._queue) == 1, TIMEOUT, "the copy's acknowledgement queued")
         await b_ws.send_json(peer_ack)
         await until(lambda: len(store._queue) == 2, TIMEOUT, "B's acknowledgement queued")
-    await occupied
+    assert await occupied is Ack.MISSING
     await no_answer(a2_ws, a)
     await no_answer(b_ws, b)
     # A read from A2, pushed after anything the acknowledgements pushed: B gets nothing before
