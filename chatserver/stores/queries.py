@@ -12,7 +12,7 @@ import dataclasses
 import re
 import secrets
 from abc import abstractmethod
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -21,6 +21,7 @@ from .base import (
     LIVE_SESSIONS_BATCH,
     UNKNOWN_DEVICE,
     Account,
+    Ack,
     Contact,
     Device,
     DialogueSide,
@@ -230,6 +231,105 @@ def admit(recipients: Iterable[str], waiting: dict[str, int], limit: int) -> lis
             waiting[phone] = n + 1
         admitted.append(n < limit)
     return admitted
+
+
+@dataclass(frozen=True, slots=True)
+class PersonalWaiting:
+    """A personal message waiting for the device that acknowledges it (SPEC 7.1): its id,
+    whether its recipient acknowledged it already, whether another device waits for it, and
+    whether it is the device's copy of its own user's message (SPEC 7.2)."""
+
+    id: int
+    acked: bool
+    others: bool
+    copy: bool
+
+
+class AckPlan:
+    """What a batch of personal acknowledgements [msg_from, msg_to, sent_us, received_at, device]
+    does, worked out once for both engines (SPEC 7.1, 7.2).
+
+    Each acknowledgement takes the peer's message waiting for its device (`peers`, by row),
+    else that device's copy of the user's own (`add_copies`, asked only when `copies_wanted`):
+    the same identity twice in a batch is the peer's message the first time, the copy the
+    second. Then, per message:
+    - `delete`: the only acknowledgement of it in the batch, no other device waits, and it is
+      the recipient's (or the recipient had it already): the message goes at once, its one row
+      with it (the usual case: one device, no copies; one statement);
+    - `mark`: the recipient's acknowledgement while other devices wait: `acked` set, the
+      statement's RETURNING (under the row's lock) telling which one was the first;
+    - `undeliver`: every other claimed (device, id) pair; trigger personal_deliveries_last
+      deletes what is acknowledged with no device left.
+    """
+
+    def __init__(self, rows: list[Any], peers: Mapping[int, PersonalWaiting]) -> None:
+        self._rows = rows
+        self._peers = peers
+        self._claimed: set[tuple[str, int]] = set()
+        self.taken: list[PersonalWaiting | None] = [self._take(k, peers.get(k)) for k in range(len(rows))]
+        self.copies_wanted = any(t is None for t in self.taken)
+
+    def _take(self, k: int, found: PersonalWaiting | None) -> PersonalWaiting | None:
+        if found is None:
+            return None
+        key = (self._rows[k][4], found.id)
+        if key in self._claimed:
+            return None
+        self._claimed.add(key)
+        return found
+
+    def add_copies(self, copies: Mapping[int, PersonalWaiting]) -> None:
+        """The copies waiting for the rows' devices (for rows that found no peer message)."""
+        self.taken = [t if t is not None else self._take(k, copies.get(k))
+                      for k, t in enumerate(self.taken)]
+
+    @property
+    def _counts(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for t in self.taken:
+            if t is not None:
+                counts[t.id] = counts.get(t.id, 0) + 1
+        return counts
+
+    def _alone(self, t: PersonalWaiting, counts: Mapping[int, int]) -> bool:
+        """`t` goes with this acknowledgement: nothing else waits, and its recipient had it."""
+        return counts[t.id] == 1 and not t.others and (t.acked or not t.copy)
+
+    @property
+    def delete(self) -> list[int]:
+        counts = self._counts
+        return [t.id for t in self.taken if t is not None and self._alone(t, counts)]
+
+    @property
+    def mark(self) -> list[int]:
+        counts = self._counts
+        return sorted({t.id for t in self.taken if t is not None and not t.copy and not t.acked
+                       and not self._alone(t, counts)})
+
+    @property
+    def undeliver(self) -> list[tuple[str, int]]:
+        counts = self._counts
+        return sorted((row[4], t.id) for row, t in zip(self._rows, self.taken, strict=True)
+                      if t is not None and not self._alone(t, counts))
+
+    def results(self, marked: set[int], deleted: set[int]) -> tuple[list[Ack], list[Any]]:
+        """Each row's Ack and the rows whose receipt is due, given the ids `mark` did mark (its
+        RETURNING) and those `delete` did delete."""
+        counts = self._counts
+        results: list[Ack] = []
+        receipts = []
+        for row, t in zip(self._rows, self.taken, strict=True):
+            if t is None:
+                results.append(Ack.MISSING)
+                continue
+            first = not t.copy and not t.acked and (
+                t.id in deleted if self._alone(t, counts) else t.id in marked)
+            if first:
+                marked.discard(t.id)  # two devices of the recipient in one batch: one receipt
+                deleted.discard(t.id)
+                receipts.append(row)
+            results.append(Ack.FIRST if first else Ack.LATER)
+        return results, receipts
 
 
 def mailbox_full() -> MailboxFull:

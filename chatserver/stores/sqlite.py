@@ -30,7 +30,7 @@ from .base import (
     StoreError,
 )
 from .groupcommit import DEFAULT_SESSION_SECONDS, Runners, call_ops
-from .queries import SQLITE, SqlStore, admit, expired, mailbox_full
+from .queries import SQLITE, AckPlan, PersonalWaiting, SqlStore, admit, expired, mailbox_full
 
 log = logging.getLogger(__name__)
 
@@ -167,19 +167,23 @@ async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[
     return results
 
 
-# For each acknowledgement [msg_from, msg_to, sent_us, received_at, device]: the id of msg_from's
-# message to msg_to waiting for the device, and of msg_to's own message to msg_from (a copy,
-# SPEC 7.2) waiting for it, each or NULL.
+# For each acknowledgement [msg_from, msg_to, sent_us, received_at, device] whose message waits
+# for the device: its id, whether the recipient acknowledged it already (on another device), and
+# whether another device waits for it. ?2 = 0: msg_from's message to msg_to; 1: msg_to's own
+# message to msg_from (a copy, SPEC 7.2), asked only for the acknowledgements that need it.
 _PERSONAL_WAITING: Final = """
-    SELECT j.key,
-        (SELECT p.id FROM personal_messages AS p JOIN personal_deliveries AS d
-         ON d.message_id = p.id AND d.sid_hash = j.value->>4
-         WHERE p.msg_to = j.value->>1 AND p.msg_from = j.value->>0 AND p.sent_us = j.value->>2),
-        (SELECT p.id FROM personal_messages AS p JOIN personal_deliveries AS d
-         ON d.message_id = p.id AND d.sid_hash = j.value->>4
-         WHERE p.msg_to = j.value->>0 AND p.msg_from = j.value->>1 AND p.sent_us = j.value->>2)
-    FROM json_each(?1) AS j"""
-# The recipient's first acknowledgement (on any device) of each message id of ?1.
+    SELECT j.key, p.id, p.acked,
+        EXISTS (SELECT 1 FROM personal_deliveries AS o
+                WHERE o.message_id = p.id AND o.sid_hash <> j.value->>4)
+    FROM json_each(?1) AS j
+    JOIN personal_messages AS p
+      ON p.msg_to = j.value->>(1 - ?2) AND p.msg_from = j.value->>?2 AND p.sent_us = j.value->>2
+    JOIN personal_deliveries AS d ON d.message_id = p.id AND d.sid_hash = j.value->>4"""
+# Messages whose last waiting device acknowledges them, when the recipient has (now or before):
+# deleted at once, with that device's row (ON DELETE CASCADE).
+_DELETE_PERSONAL: Final = """
+    DELETE FROM personal_messages WHERE id IN (SELECT value FROM json_each(?1)) RETURNING id"""
+# The recipient's first acknowledgement (on any device) of a message other devices still wait for.
 _ACKED: Final = """
     UPDATE personal_messages SET acked = 1
     WHERE id IN (SELECT value FROM json_each(?1)) AND NOT acked
@@ -195,45 +199,29 @@ _UNDELIVER_PERSONAL: Final = """
         (SELECT value->>0, value->>1 FROM json_each(?1))"""
 
 
-def _claim(candidates: Sequence[int | None], device: str, claimed: set[tuple[str, int]]) -> int | None:
-    """The first of `candidates` (message ids, None: none) this device has not acknowledged yet in
-    this batch, taken; None when every one has been: the same identity acknowledged twice in a
-    batch is the peer's message the first time and the device's copy the second (SPEC 7.2)."""
-    for message_id in candidates:
-        if message_id is not None and (device, message_id) not in claimed:
-            claimed.add((device, message_id))
-            return message_id
-    return None
-
-
 async def _ack_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[Ack]:
     """Acknowledgements [msg_from, msg_to, sent_us, received_at, device] (SPEC 7.1, 7.2); for
     each, Ack.FIRST when msg_to's first device acknowledged msg_from's message (its dialogue then
     gets last_received_receiver = received_at), Ack.LATER for a later device or a copy,
     Ack.MISSING when nothing with that identity waited for the device."""
-    waiting = {r[0]: (r[1], r[2]) for r in await db.execute_fetchall(
-        _PERSONAL_WAITING, (_rows_json(rows),))}
-    claimed: set[tuple[str, int]] = set()
-    ids = [_claim(waiting[k], row[4], claimed) for k, row in enumerate(rows)]
-    peers = [i for k, i in enumerate(ids) if i is not None and i == waiting[k][0]]
+    data = _rows_json(rows)
+    peers = {r[0]: PersonalWaiting(r[1], bool(r[2]), bool(r[3]), False)
+             for r in await db.execute_fetchall(_PERSONAL_WAITING, (data, 0))}
+    plan = AckPlan(rows, peers)
+    if plan.copies_wanted:
+        plan.add_copies({r[0]: PersonalWaiting(r[1], bool(r[2]), bool(r[3]), True)
+                         for r in await db.execute_fetchall(_PERSONAL_WAITING, (data, 1))})
     firsts: set[int] = set()
-    if peers:
-        firsts = {r[0] for r in await db.execute_fetchall(_ACKED, (_rows_json(peers),))}
-    results, receipts = [], []
-    for k, (row, message_id) in enumerate(zip(rows, ids, strict=True)):
-        if message_id is None:
-            results.append(Ack.MISSING)
-        elif message_id in firsts and message_id == waiting[k][0]:  # not a copy's (same id)
-            firsts.discard(message_id)
-            results.append(Ack.FIRST)
-            receipts.append(row)
-        else:
-            results.append(Ack.LATER)
+    if plan.mark:
+        firsts.update(r[0] for r in await db.execute_fetchall(_ACKED, (_rows_json(plan.mark),)))
+    if plan.undeliver:
+        await db.execute(_UNDELIVER_PERSONAL, (_rows_json(plan.undeliver),))
+    deleted: set[int] = set()
+    if plan.delete:
+        deleted = {r[0] for r in await db.execute_fetchall(_DELETE_PERSONAL, (_rows_json(plan.delete),))}
+    results, receipts = plan.results(firsts, deleted)
     if receipts:
         await db.execute(_SET_RECEIVED, (_rows_json(receipts),))
-    gone = [[row[4], i] for row, i in zip(rows, ids, strict=True) if i is not None]
-    if gone:
-        await db.execute(_UNDELIVER_PERSONAL, (_rows_json(gone),))
     return results
 
 
@@ -352,6 +340,16 @@ _DELETE_PENDING: Final = """
 _UNDELIVER_GROUP: Final = """
     DELETE FROM group_deliveries WHERE (sid_hash, message_id) IN
         (SELECT value->>0, value->>1 FROM json_each(?1))"""
+
+
+def _claim(candidates: Sequence[int | None], device: str, claimed: set[tuple[str, int]]) -> int | None:
+    """The first of `candidates` (message ids, None: none) this device has not acknowledged yet in
+    this batch, taken; None when every one has been (the same message twice in one batch)."""
+    for message_id in candidates:
+        if message_id is not None and (device, message_id) not in claimed:
+            claimed.add((device, message_id))
+            return message_id
+    return None
 
 
 async def _ack_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[Ack]:
