@@ -26,6 +26,7 @@ import pytest
 from chatserver.cli import main
 from chatserver.protocol import server_timestamp
 from chatserver.stores.base import (
+    Ack,
     Contact,
     DialogueSide,
     Group,
@@ -33,6 +34,7 @@ from chatserver.stores.base import (
     Room,
     RoomMessage,
     SchemaTooNew,
+    Stored,
     StoredMessage,
     StoreError,
 )
@@ -96,10 +98,12 @@ async def assert_v1_contents(store: AnyStore) -> None:
     assert await store.watchers_of(A) == [B]  # C is not a contact both ways (issue 12)
     assert store.is_blocked(C, D) and store.is_blocked(A, D) and not store.is_blocked(D, C)
     assert await store.blocked_by(A) == [D]
-    # ... and the upgraded database takes new writes where the old ones left off.
-    assert await store.ack_personal(A, B, T0 + 1, server_timestamp(T0 + 300))
+    # ... and the upgraded database takes new writes where the old ones left off (B's session of
+    # before is a device its stored messages wait for, SPEC 7.1).
+    assert await store.ack_personal(A, B, T0 + 1, server_timestamp(T0 + 300), BOB_SESSION) is Ack.FIRST
     assert await store.add_room_message("lobby", D, T0 + 40, server_timestamp(T0 + 40), "new") == 4
-    assert await store.add_group_message(GROUP_KEY, C, T0 + 41, server_timestamp(T0 + 41), "g") == [A, B]
+    assert (await store.add_group_message(GROUP_KEY, C, T0 + 41, server_timestamp(T0 + 41), "g")
+            == Stored([A, B], 0))
 
 
 def write_migration(folder: Path, name: str, sql: str) -> Path:

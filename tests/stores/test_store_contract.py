@@ -22,6 +22,7 @@ import pytest
 
 from chatserver.protocol import now_micros, parse_timestamp
 from chatserver.stores.base import (
+    Ack,
     Contact,
     CorruptDatabase,
     DialogueSide,
@@ -32,6 +33,7 @@ from chatserver.stores.base import (
     MailboxFull,
     Room,
     StoreClosed,
+    Stored,
     StoredMessage,
     StoreError,
 )
@@ -179,12 +181,12 @@ async def until(store: PgStore, predicate: Callable[[], bool]) -> None:
 # -- store and forward --------------------------------------------------------------------------
 
 
-async def test_add_personal_is_stored_once_and_a_retry_returns_false(store: AnyStore) -> None:
+async def test_add_personal_is_stored_once_and_a_retry_returns_none(store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
-        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "hello") is True
+        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "hello") == Stored([B], 0)
         # the same identity (msg_from, msg_to, instant), spelled differently: a retry
-        assert await store.add_personal(A, B, T1, "2026-03-14T17:11:06.230000Z", "hello") is False
-        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "changed") is False
+        assert await store.add_personal(A, B, T1, "2026-03-14T17:11:06.230000Z", "hello") is None
+        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "changed") is None
         assert await store.pending_for(B) == [StoredMessage(A, B, "hello", T1)]
         assert (await store.dialogue_side(A, B)).waiting == 1
 
@@ -225,44 +227,52 @@ async def test_stored_body_is_kept_exactly(store: AnyStore) -> None:
 
 async def test_ack_personal_deletes_and_sets_last_received_receiver(store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)  # B's one device
         assert await store.add_personal(A, B, T1, "t1", "one")
         assert await store.add_personal(A, B, T2, "t2", "two")
         assert await store.dialogue_side(A, B) == DialogueSide(None, None, 2)
         # B has stored A's first message on its device
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is True
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
         assert await store.pending_for(B) == [StoredMessage(A, B, "two", T2)]
         assert await store.dialogue_side(A, B) == DialogueSide("2026-03-14 17:12:00.000", None, 1)
         assert await store.dialogue_side(B, A) == DialogueSide(None, None, 0)  # the other direction
-        assert await store.ack_personal(A, B, T2, "2026-03-14 17:12:01.000") is True
+        assert await store.ack_personal(A, B, T2, "2026-03-14 17:12:01.000", "b-1") is Ack.FIRST
         assert await store.pending_for(B) == []
         assert await store.dialogue_side(A, B) == DialogueSide("2026-03-14 17:12:01.000", None, 0)
 
 
-async def test_ack_personal_of_no_such_message_returns_false_and_changes_nothing(store: AnyStore) -> None:
+async def test_ack_personal_of_no_such_message_returns_missing_and_changes_nothing(
+        store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is False  # nothing stored
-        assert await store.add_personal(A, B, T1, "t1", "one")
-        assert await store.ack_personal(B, A, T1, "2026-03-14 17:12:00.000") is False  # wrong direction
-        assert await store.ack_personal(A, C, T1, "2026-03-14 17:12:00.000") is False  # wrong recipient
-        assert await store.ack_personal(A, B, T2, "2026-03-14 17:12:00.000") is False  # wrong instant
+        for sid, phone in (("a-1", A), ("b-1", B), ("c-1", C)):
+            await store.add_session(sid, phone)
+        received = "2026-03-14 17:12:00.000"
+        assert await store.ack_personal(A, B, T1, received, "b-1") is Ack.MISSING  # nothing stored
+        # sent from A's only device: no copy waits for it (SPEC 7.2)
+        assert await store.add_personal(A, B, T1, "t1", "one", "a-1") == Stored([B], 0)
+        assert await store.ack_personal(B, A, T1, received, "a-1") is Ack.MISSING  # wrong direction
+        assert await store.ack_personal(A, C, T1, received, "c-1") is Ack.MISSING  # wrong recipient
+        assert await store.ack_personal(A, B, T2, received, "b-1") is Ack.MISSING  # wrong instant
         assert await store.pending_for(B) == [StoredMessage(A, B, "one", T1)]
         assert await store.dialogue_side(A, B) == DialogueSide(None, None, 1)
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is True
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:13:00.000") is False  # twice
-        assert (await store.dialogue_side(A, B)).last_received_receiver == "2026-03-14 17:12:00.000"
+        assert await store.ack_personal(A, B, T1, received, "b-1") is Ack.FIRST
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:13:00.000", "b-1") is Ack.MISSING  # twice
+        assert (await store.dialogue_side(A, B)).last_received_receiver == received
 
 
 async def test_after_ack_the_same_identity_can_be_stored_again(store: AnyStore) -> None:
     """The retry guard lasts while the first copy is stored (SPEC 5.1), not forever."""
     async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)
         assert await store.add_personal(A, B, T1, "t1", "one")
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
-        assert await store.add_personal(A, B, T1, "t1", "one again") is True
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
+        assert await store.add_personal(A, B, T1, "t1", "one again") == Stored([B], 0)
         assert [m.message for m in await store.pending_for(B)] == ["one again"]
 
 
 async def test_read_personal_sets_last_seen_receiver_and_deletes_nothing(store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)
         assert await store.add_personal(A, B, T1, "t1", "one")
         await store.read_personal(A, B, "2026-03-14 17:12:00.000")
         assert await store.dialogue_side(A, B) == DialogueSide(None, "2026-03-14 17:12:00.000", 1)
@@ -273,7 +283,7 @@ async def test_read_personal_sets_last_seen_receiver_and_deletes_nothing(store: 
         assert await store.dialogue_side(C, A) == DialogueSide(None, "2026-03-14 17:12:05.000", 0)
         # a later read moves it; the received mark is independent
         await store.read_personal(A, B, "2026-03-14 17:13:00.000")
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:30.000")
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:30.000", "b-1") is Ack.FIRST
         assert await store.dialogue_side(A, B) == DialogueSide(
             "2026-03-14 17:12:30.000", "2026-03-14 17:13:00.000", 0)
 
@@ -318,7 +328,7 @@ async def test_close_finishes_the_write_in_flight(place: Place) -> None:
             # gather starts add_personal first: its write is queued when close() begins
             stored, _ = await asyncio.gather(store.add_personal(A, B, T1, "t1", "queued"), store.close())
         closed = True
-        assert stored is True
+        assert stored == Stored([B], 0)
         with pytest.raises(StoreClosed):
             await asyncio.wait_for(store.add_personal(A, B, T2, "t2", "too late"), TIMEOUT)
         with pytest.raises(StoreClosed):
@@ -350,7 +360,7 @@ async def test_group_commit_batches_concurrent_writes(store: AnyStore) -> None:
         trace = await trace_writer(store)
         results = await asyncio.gather(*(
             store.add_personal(A if i % 2 else C, B, i, f"t{i}", f"message {i}") for i in range(n)))
-        assert results == [True] * n
+        assert results == [Stored([B], 0)] * n
         commits = trace.count("COMMIT")
         assert 1 <= commits <= n // 20, f"{n} concurrent writes took {commits} commits"
         assert trace.starting("BEGIN") == commits
@@ -389,16 +399,16 @@ async def test_a_failing_op_fails_alone_in_its_batch(store: AnyStore) -> None:
             store.add_personal(C, B, T1, "t1", "after"),
             return_exceptions=True,
         )
-        assert results[0] is True
+        assert results[0] == Stored([B], 0)
         assert isinstance(results[1], IntegrityError)
-        assert results[2] is True
+        assert results[2] == Stored([B], 0)
         # they did share a transaction: it was rolled back, and the good writes committed together
         assert trace.count("ROLLBACK") >= 1
         assert trace.count("COMMIT") == 1
         assert [m.message for m in await store.pending_for(B)] == ["before", "after"]
         assert await store.pending_for(NOT_A_USER) == []
         # the writer is still alive
-        assert await store.add_personal(A, B, T2, "t2", "later") is True
+        assert await store.add_personal(A, B, T2, "t2", "later") == Stored([B], 0)
 
 
 async def test_several_failing_ops_in_one_batch(store: AnyStore) -> None:
@@ -408,7 +418,7 @@ async def test_several_failing_ops_in_one_batch(store: AnyStore) -> None:
             return_exceptions=True)
         for i, result in enumerate(results):
             if i % 3:
-                assert result is True
+                assert result == Stored([B], 0)
             else:
                 assert isinstance(result, IntegrityError)
         assert [m.message for m in await store.pending_for(B)] == [f"m{i}" for i in range(30) if i % 3]
@@ -429,10 +439,11 @@ async def test_scrub_removes_an_acknowledged_body_from_the_file_and_the_wal(
         sqlite_store: SqliteStore, db_path: Path, size: int) -> None:
     body, needle = unique_body(size)
     async with asyncio.timeout(TIMEOUT):
+        await sqlite_store.add_session("b-1", B)
         assert await sqlite_store.add_personal(A, B, T1, "t1", body)
         assert await sqlite_store.add_personal(A, B, T2, "t2", "another message that stays")
         assert files_holding(db_path, needle), "control: the stored body is in the files"
-        assert await sqlite_store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+        assert await sqlite_store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
         await sqlite_store.scrub()
         assert files_holding(db_path, needle) == []
         assert [m.message for m in await sqlite_store.pending_for(B)] == ["another message that stays"]
@@ -444,9 +455,10 @@ async def test_the_writer_scrubs_by_itself_within_scrub_seconds(db_path: Path) -
     async with opened(db_path, scrub_seconds=scrub_seconds) as store:
         async with asyncio.timeout(TIMEOUT):
             loop = asyncio.get_running_loop()
+            await store.add_session("b-1", B)
             assert await store.add_personal(A, B, T1, "t1", body)
             assert files_holding(db_path, needle), "control: the stored body is in the files"
-            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
             acked = loop.time()
             deadline = acked + scrub_seconds + 3.0  # generous slack for a loaded machine
             while files_holding(db_path, needle):  # poll for the background effect, no fixed wait
@@ -469,9 +481,10 @@ async def test_close_leaves_no_acknowledged_body_behind(db_path: Path) -> None:
     body, needle = unique_body(40)
     async with opened(db_path) as store:
         async with asyncio.timeout(TIMEOUT):
+            await store.add_session("b-1", B)
             assert await store.add_personal(A, B, T1, "t1", body)
             assert files_holding(db_path, needle), "control: the stored body is in the files"
-            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
     assert files_holding(db_path, needle) == []
 
 
@@ -505,7 +518,7 @@ async def test_every_insert_records_when_it_was_accepted(store: AnyStore, place:
         assert await store.create_group(G, "g", A, [B, C])
         before = now_micros()
         assert await store.add_personal(A, B, T1, "t1", "personal")
-        assert await store.add_group_message(G, A, T1, "t1", "group") == [B, C]
+        assert await store.add_group_message(G, A, T1, "t1", "group") == Stored([B, C], 0)
         after = now_micros()
         stamps = await place_rows(place, "SELECT accepted_us FROM personal_messages"
                                          " UNION ALL SELECT accepted_us FROM group_messages")
@@ -515,12 +528,14 @@ async def test_every_insert_records_when_it_was_accepted(store: AnyStore, place:
 async def test_expire_deletes_what_was_accepted_before_and_returns_it_once(
         store: AnyStore, place: Place) -> None:
     async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)  # waited for by B's device until it expires
         assert await store.create_group(G, "g", A, [B, C])
         assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "old personal")
-        assert await store.add_group_message(G, C, T1, "2026-03-14T17:11:06.230Z", "old group") == [A, B]
+        assert (await store.add_group_message(G, C, T1, "2026-03-14T17:11:06.230Z", "old group")
+                == Stored([A, B], 0))
         cut = now_micros()
         assert await store.add_personal(A, B, T2, "t2", "new personal")
-        assert await store.add_group_message(G, C, T2, "t2", "new group") == [A, B]
+        assert await store.add_group_message(G, C, T2, "t2", "new group") == Stored([A, B], 0)
         assert await store.expire(cut, 100) == [
             Expired(A, B, "2026-03-14 17:11:06.23", T1, False),
             Expired(C, G, "2026-03-14T17:11:06.230Z", T1, True)]
@@ -530,9 +545,13 @@ async def test_expire_deletes_what_was_accepted_before_and_returns_it_once(
         assert await store.pending_group_for(A) == [GroupMessage(G, C, "new group", T2, [A, B])]
         # the expired message's pending rows went with it
         assert await place_rows(place, "SELECT count(*) FROM group_pending") == [(2,)]
-        # nothing is left that an acknowledgement could find
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is False
-        assert await store.ack_group(G, C, T1, B) is False
+        # nothing is left that an acknowledgement could find, nor any delivery row
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.MISSING
+        assert await store.ack_group(G, C, T1, B, "b-1") is Ack.MISSING
+        assert [m for _, m in await store.pending_page("b-1", 0, 10)] == [
+            StoredMessage(A, B, "new personal", T2)]
+        assert [m for _, m in await store.pending_group_page("b-1", 0, 10)] == [
+            GroupMessage(G, C, "new group", T2, [A, B])]
 
 
 async def test_expire_takes_the_oldest_first_and_at_most_limit(store: AnyStore) -> None:
@@ -574,7 +593,8 @@ async def test_pg_two_processes_expiring_at_once_tell_each_message_once(
             base = round_ * 1000
             for i in range(60):
                 assert await pg_store.add_personal(A, B, base + i, f"p{base + i}", "m")
-                assert await second.add_group_message(G, A, base + i, f"g{base + i}", "m") == [B, C]
+                assert (await second.add_group_message(G, A, base + i, f"g{base + i}", "m")
+                        == Stored([B, C], 0))
             cut = now_micros()
             found: list[Expired] = []
             while True:  # as retention.expire_once does, in both processes at once
@@ -592,26 +612,27 @@ async def test_a_full_mailbox_refuses_a_new_message_and_stores_nothing(place: Pl
     """limits.max_waiting_per_recipient (SPEC 10): personal messages to B and group messages
     pending for B count together; a retry of a stored message is still a retry."""
     async with opened(place, max_waiting=3) as store, asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)
         assert await store.create_group(G, "g", A, [B, C])
         assert await store.add_personal(A, B, T1, "t1", "one")
-        assert await store.add_group_message(G, C, T1, "t1", "two") == [A, B]
+        assert await store.add_group_message(G, C, T1, "t1", "two") == Stored([A, B], 0)
         assert await store.add_personal(C, B, T1, "t1", "three")
         with pytest.raises(MailboxFull, match="^recipient's mailbox is full$"):
             await store.add_personal(A, B, T2, "t2", "four")
-        assert await store.add_personal(A, B, T1, "t1", "one") is False  # a retry, not refused
+        assert await store.add_personal(A, B, T1, "t1", "one") is None  # a retry, not refused
         assert [m.message for m in await store.pending_for(B)] == ["one", "three"]
         assert await store.dialogue_side(A, B) == DialogueSide(None, None, 1)
         # a group message skips a full member, and is refused when everyone is full
-        assert await store.add_group_message(G, A, T2, "t2", "to c only") == [C]
-        assert await store.add_group_message(G, A, T3, "t3", "to c again") == [C]
-        assert await store.add_personal(B, C, T1, "t1", "c is full now") is True
+        assert await store.add_group_message(G, A, T2, "t2", "to c only") == Stored([C], 0)
+        assert await store.add_group_message(G, A, T3, "t3", "to c again") == Stored([C], 0)
+        assert await store.add_personal(B, C, T1, "t1", "c is full now") == Stored([C], 1)
         with pytest.raises(MailboxFull):
             await store.add_group_message(G, A, T3 + 1, "t4", "to nobody")
         assert [m.message for m in await store.pending_group_for(C)] == ["to c only", "to c again"]
         assert await place_rows(place, "SELECT count(*) FROM group_messages") == [(3,)]
         # one acknowledgement makes room for one
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
-        assert await store.add_personal(A, B, T2, "t2", "four") is True
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
+        assert await store.add_personal(A, B, T2, "t2", "four") == Stored([B], 0)
         with pytest.raises(MailboxFull):
             await store.add_personal(A, B, T3, "t3", "five")
 
@@ -623,14 +644,16 @@ async def test_a_batch_fills_a_mailbox_exactly(place: Place) -> None:
         writes = [store.add_personal(A, B, T1 + i, f"t{i}", f"m{i}") for i in range(5)]
         writes.append(store.add_personal(A, C, T1, "t", "to c"))
         results = await asyncio.gather(*writes, return_exceptions=True)
-        assert results[:3] == [True, True, True] and results[5] is True, results
+        assert results[:3] == [Stored([B], 0)] * 3 and results[5] == Stored([C], 0), results
         assert all(isinstance(r, MailboxFull) for r in results[3:5]), results
         assert [m.message for m in await store.pending_for(B)] == ["m0", "m1", "m2"]
 
 
 async def test_pages_come_back_complete_in_order(store: AnyStore) -> None:
-    """A backlog of 2.5 pages in 3 keyset pages, each starting after the last one's position."""
+    """A backlog of 2.5 pages in 3 keyset pages, each starting after the last one's position: all
+    that waits for B's device."""
     async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)
         assert await store.create_group(G, "g", A, [B, C])
         for i in range(25):
             assert await store.add_personal(A if i % 2 else C, B, T1 + i, f"t{i}", f"p{i}")
@@ -639,7 +662,7 @@ async def test_pages_come_back_complete_in_order(store: AnyStore) -> None:
                                  (store.pending_group_page, await store.pending_group_for(B))):
             pages, after = [], 0
             while True:
-                page = await read(B, after, 10)  # type: ignore[operator]  # either page method
+                page = await read("b-1", after, 10)  # type: ignore[operator]  # either page method
                 pages.append(page)
                 if len(page) < 10:
                     break
@@ -649,7 +672,10 @@ async def test_pages_come_back_complete_in_order(store: AnyStore) -> None:
             assert positions == sorted(positions) and len(set(positions)) == 25
             assert [m for p in pages for _, m in p] == everything
             assert len(everything) == 25
-        assert await store.pending_page(C, 0, 10) == []
+        # a device of C, added later: no personal message to C, and no copy of C's own ones
+        await store.add_session("c-1", C)
+        assert await store.pending_page("c-1", 0, 10) == []
+        assert await store.pending_page("no-such-device", 0, 10) == []
 
 
 # -- sessions -----------------------------------------------------------------------------------
@@ -1080,7 +1106,7 @@ async def test_accounts_count_devices_and_waiting_messages(store: AnyStore) -> N
         assert await store.add_personal(A, B, T1, "t1", "one")
         assert await store.add_personal(C, B, T1, "t1", "two")
         assert await store.create_group("grp0000001", "g", A, [B, C])
-        assert await store.add_group_message("grp0000001", A, T2, "t2", "three") == [B, C]
+        assert await store.add_group_message("grp0000001", A, T2, "t2", "three") == Stored([B, C], 0)
         await store.add_session("b-1", B)
         await store.add_session("b-2", B)
         await store.set_last_seen(B, T3)
@@ -1304,7 +1330,7 @@ async def test_pg_a_write_whose_commit_fails_is_not_acknowledged(
         with pytest.raises(StoreError):
             await pg_store.add_personal(A, B, T1, "t1", "refused at commit")
         assert await pg_store.pending_for(B) == []
-        assert await pg_store.add_personal(A, B, T2, "t2", "accepted") is True
+        assert await pg_store.add_personal(A, B, T2, "t2", "accepted") == Stored([B], 0)
         assert [m.message for m in await pg_store.pending_for(B)] == ["accepted"]
 
 
@@ -1313,23 +1339,25 @@ async def test_pg_two_stores_on_one_schema_see_each_others_writes(
     """Two stores on one schema, as two server processes have: what one commits, the other reads;
     an identity stored by both at once is stored once."""
     async with asyncio.timeout(TIMEOUT), opened(pg_url) as second:
+        await second.add_session("b-1", B)
         assert await pg_store.add_personal(A, B, T1, "t1", "from the first")
         assert await second.pending_for(B) == [StoredMessage(A, B, "from the first", T1)]
-        assert await second.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is True
+        assert await second.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
         assert await pg_store.pending_for(B) == []
         assert await pg_store.dialogue_side(A, B) == DialogueSide("2026-03-14 17:12:00.000", None, 0)
-        assert await pg_store.ack_personal(A, B, T1, "2026-03-14 17:12:01.000") is False
+        assert await pg_store.ack_personal(A, B, T1, "2026-03-14 17:12:01.000", "b-1") is Ack.MISSING
 
         for i in range(20):  # the same retry reaching both processes at once
             results = await asyncio.gather(pg_store.add_personal(A, C, i, f"t{i}", "once"),
                                            second.add_personal(A, C, i, f"t{i}", "once"))
-            assert sorted(results) == [False, True]
+            assert sorted(results, key=lambda r: r is not None) == [None, Stored([C], 0)]
         assert len(await second.pending_for(C)) == 20
 
         assert await pg_store.create_group("G123456789", "g", A, [B, C])
         group = await second.group("G123456789")
         assert group is not None and group.participants == [A, B, C]
-        assert await second.add_group_message("G123456789", B, T1, "t1", "hi") == [A, C]
+        # from B, whose device b-1 (made by the other process) gets a copy (SPEC 7.2)
+        assert await second.add_group_message("G123456789", B, T1, "t1", "hi") == Stored([A, C], 1)
         assert [m.message for m in await pg_store.pending_group_for(C)] == ["hi"]
 
 
@@ -1385,10 +1413,10 @@ async def test_pg_the_writer_reconnects_after_losing_its_connection(
         assert await admin.fetchval("SELECT pg_terminate_backend($1)",
                                     pg_store._writer.get_server_pid())
         try:  # whether the client has noticed yet is a race: either outcome is correct
-            first = await pg_store.add_personal(A, B, T1, "t1", "maybe")
+            first = await pg_store.add_personal(A, B, T1, "t1", "maybe") is not None
         except StoreError:
             first = False
-        assert await pg_store.add_personal(A, B, T2, "t2", "surely") is True
+        assert await pg_store.add_personal(A, B, T2, "t2", "surely") == Stored([B], 0)
         expected = ["maybe", "surely"] if first else ["surely"]
         assert [m.message for m in await pg_store.pending_for(B)] == expected
 
@@ -1415,15 +1443,19 @@ async def test_pg_last_acknowledgements_in_two_processes_delete_the_message(
     processes: each must see the other's (the trigger locks the message), so every message goes."""
     n = 20
     async with asyncio.timeout(TIMEOUT), opened(pg_url) as second, connected(pg_url) as other:
+        await pg_store.add_session("b-1", B)
+        await pg_store.add_session("c-1", C)
         assert await pg_store.create_group("G123456789", "g", A, [B, C])
         for round_ in range(5):  # the first round also prepares the statements on both writers
             sent = range(round_ * n, (round_ + 1) * n)
             for i in sent:
-                assert await pg_store.add_group_message("G123456789", A, i, "t", "m") == [B, C]
-            acks = await asyncio.gather(*(pg_store.ack_group("G123456789", A, i, B) for i in sent),
-                                        *(second.ack_group("G123456789", A, i, C) for i in sent))
-            assert acks == [True] * (2 * n)
+                assert await pg_store.add_group_message("G123456789", A, i, "t", "m") == Stored([B, C], 0)
+            acks = await asyncio.gather(
+                *(pg_store.ack_group("G123456789", A, i, B, "b-1") for i in sent),
+                *(second.ack_group("G123456789", A, i, C, "c-1") for i in sent))
+            assert acks == [Ack.FIRST] * (2 * n)
             assert await other.fetchval("SELECT count(*) FROM group_pending") == 0
+            assert await other.fetchval("SELECT count(*) FROM group_deliveries") == 0
             assert await other.fetchval("SELECT count(*) FROM group_messages") == 0, f"round {round_}"
 
 
@@ -1438,7 +1470,7 @@ async def test_pg_a_member_removed_while_another_process_stores_messages_is_neve
             results = await asyncio.gather(
                 *(second.add_group_message(key, A, i, f"t{i}", f"m{i}") for i in range(20)),
                 pg_store.update_group(key, remove=[C]))
-            assert all(r in ([B], [B, C]) for r in results[:-1])
+            assert all(isinstance(r, Stored) and r.pending in ([B], [B, C]) for r in results[:-1])
             assert [m.message for m in await pg_store.pending_group_for(C)] == []
 
 
@@ -1460,9 +1492,10 @@ async def test_pg_the_writer_vacuums_by_itself_within_scrub_seconds(pg_url: str)
     async with opened(pg_url, scrub_seconds=scrub_seconds) as store, connected(pg_url) as other:
         async with asyncio.timeout(TIMEOUT):
             loop = asyncio.get_running_loop()
+            await store.add_session("b-1", B)
             assert await store.add_personal(A, B, T1, "t1", "body")
             before = await other.fetchval(count)
-            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
             deadline = loop.time() + scrub_seconds + 3.0  # generous slack for a loaded machine
             while await other.fetchval(count) == before:  # poll the background effect
                 assert loop.time() < deadline, "no VACUUM within scrub_seconds of the delete"
@@ -1475,8 +1508,9 @@ async def test_pg_close_vacuums_after_an_unscrubbed_delete(pg_url: str) -> None:
     async with connected(pg_url) as other:
         async with opened(pg_url) as store:  # scrub_seconds 60: only close() can vacuum here
             async with asyncio.timeout(TIMEOUT):
+                await store.add_session("b-1", B)
                 assert await store.add_personal(A, B, T1, "t1", "body")
-                assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+                assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
                 before = await other.fetchval(count)
         assert await asyncio.wait_for(other.fetchval(count), TIMEOUT) == before + 1
 
@@ -1508,11 +1542,14 @@ async def test_pg_after_scrub_no_tuple_holds_an_acknowledged_body(
             await other.fetchval(tuples_holding, b"x")
         except asyncpg.PostgresError as e:  # not installed, or not a superuser
             pytest.skip(f"pageinspect is not usable here: {e}")
+        await pg_store.add_session("b-1", B)
         assert await pg_store.add_personal(A, B, T1, "t1", body)
         assert await pg_store.add_personal(A, B, T2, "t2", "another message that stays")
         assert await other.fetchval(tuples_holding, marker.encode()) == 1, "control: stored"
-        assert await pg_store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
-        assert await other.fetchval(tuples_holding, marker.encode()) == 1, \
+        assert await pg_store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
+        # SPEC 7.1: the acknowledgement marks the message `acked` (a new row version) before the
+        # delete, so two dead tuples hold the body, the old version and the deleted one
+        assert await other.fetchval(tuples_holding, marker.encode()) >= 1, \
             "control: a deleted row stays in its tuple until VACUUM"
         await pg_store.scrub()
         assert await other.fetchval(tuples_holding, marker.encode()) == 0
