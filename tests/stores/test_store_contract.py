@@ -873,6 +873,315 @@ async def test_delete_device_takes_only_the_users_own(store: AnyStore) -> None:
         assert await store.delete_device(A, mine) is None  # once
 
 
+# -- per-device delivery (SPEC 7.1, 7.2) --------------------------------------------------------
+
+R1: Final = "2026-03-14 17:12:00.000"  # received_at of a first acknowledgement
+R2: Final = "2026-03-14 17:12:01.000"  # ... of a later one
+
+
+async def waiting_for(store: AnyStore, device: str) -> list[StoredMessage]:
+    """The personal messages (copies included) waiting for `device`, in order (one big page)."""
+    return [m for _, m in await store.pending_page(device, 0, 1000)]
+
+
+async def group_waiting_for(store: AnyStore, device: str) -> list[GroupMessage]:
+    """The group messages (copies included) waiting for `device`, in order (one big page)."""
+    return [m for _, m in await store.pending_group_page(device, 0, 1000)]
+
+
+async def stored(store: AnyStore) -> int:
+    """How many personal and group messages are stored."""
+    return (await store.stats(3600)).stored_messages
+
+
+async def deliveries(place: Place) -> list[tuple[Any, ...]]:
+    """Every delivery row left, personal then group: ('p' or 'g', device, message)."""
+    return await place_rows(
+        place, "SELECT 'p', d.sid_hash, p.message FROM personal_deliveries AS d"
+               " JOIN personal_messages AS p ON p.id = d.message_id"
+               " UNION ALL SELECT 'g', d.sid_hash, m.message FROM group_deliveries AS d"
+               " JOIN group_messages AS m ON m.id = d.message_id ORDER BY 1, 2, 3")
+
+
+async def add_sessions(store: AnyStore, *devices: tuple[str, str]) -> None:
+    """Log in each (session hash, phone): a device of that user."""
+    for sid_hash, phone in devices:
+        await store.add_session(sid_hash, phone)
+
+
+async def test_each_device_of_the_recipient_acknowledges_once_the_first_one_is_the_receipt(
+        store: AnyStore, place: Place) -> None:
+    """Two devices of B: the first acknowledgement is FIRST (the receipt, B's `waiting` and
+    account no longer count the message), the message stays for the other device, whose
+    acknowledgement is LATER and changes nothing else; then it is gone, and a third is MISSING."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("b-1", B), ("b-2", B))
+        one = StoredMessage(A, B, "one", T1)
+        assert await store.add_personal(A, B, T1, "t1", "one") == Stored([B], 0)
+        assert await waiting_for(store, "b-1") == await waiting_for(store, "b-2") == [one]
+        assert await store.dialogue_side(A, B) == DialogueSide(None, None, 1)
+        assert (await store.account(B, 3600)).waiting == 1  # type: ignore[union-attr]
+
+        assert await store.ack_personal(A, B, T1, R1, "b-2") is Ack.FIRST
+        assert await store.dialogue_side(A, B) == DialogueSide(R1, None, 0)
+        assert (await store.account(B, 3600)).waiting == 0  # type: ignore[union-attr]
+        assert await waiting_for(store, "b-1") == [one]
+        assert await waiting_for(store, "b-2") == []
+        assert await store.pending_for(B) == [one] and await stored(store) == 1
+        assert await store.ack_personal(A, B, T1, R1, "b-2") is Ack.MISSING  # b-2 is done
+
+        assert await store.ack_personal(A, B, T1, R2, "b-1") is Ack.LATER
+        assert await store.dialogue_side(A, B) == DialogueSide(R1, None, 0)  # not moved to R2
+        assert await waiting_for(store, "b-1") == []
+        assert await store.pending_for(B) == [] and await stored(store) == 0
+        assert await deliveries(place) == []
+        for device in ("b-1", "b-2"):
+            assert await store.ack_personal(A, B, T1, R2, device) is Ack.MISSING
+
+        # both devices in one batch: one FIRST, one LATER, and the message goes
+        assert await store.add_personal(A, B, T2, "t2", "two") == Stored([B], 0)
+        assert await asyncio.gather(store.ack_personal(A, B, T2, R2, "b-1"),
+                                    store.ack_personal(A, B, T2, R1, "b-2")) == [Ack.FIRST, Ack.LATER]
+        assert await store.dialogue_side(A, B) == DialogueSide(R2, None, 0)
+        assert await stored(store) == 0 and await deliveries(place) == []
+
+
+async def test_a_copy_waits_for_the_senders_other_devices_only(store: AnyStore, place: Place) -> None:
+    """SPEC 7.2: A's message waits, as a copy, for A's devices but the sending one (None: every
+    one), counted in Stored.copies. A copy's acknowledgement is LATER and moves no receipt; the
+    message goes once B acknowledged it and no copy waits, whichever comes first."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("a-3", A), ("b-1", B))
+        hi, later = StoredMessage(A, B, "hi", T1), StoredMessage(A, B, "later", T2)
+        assert await store.add_personal(A, B, T1, "t1", "hi", "a-1") == Stored([B], 2)
+        assert await store.add_personal(A, B, T2, "t2", "later") == Stored([B], 3)
+        assert await waiting_for(store, "a-1") == [later]
+        for device in ("a-2", "a-3", "b-1"):
+            assert await waiting_for(store, device) == [hi, later]
+
+        # the copies first: the message still waits for B
+        for device in ("a-1", "a-2", "a-3"):  # on A's dialogue with B: msg_from B, msg_to A
+            assert await store.ack_personal(B, A, T2, R1, device) is Ack.LATER
+        assert await store.dialogue_side(A, B) == DialogueSide(None, None, 2)
+        assert await store.dialogue_side(B, A) == DialogueSide(None, None, 0)
+        assert await store.pending_for(B) == [hi, later]
+        assert await store.ack_personal(A, B, T2, R1, "b-1") is Ack.FIRST
+        assert await store.pending_for(B) == [hi]
+
+        # the recipient first: the copies keep it
+        assert await store.ack_personal(A, B, T1, R2, "b-1") is Ack.FIRST
+        assert await store.dialogue_side(A, B) == DialogueSide(R2, None, 0)
+        assert await store.pending_for(B) == [hi] and await stored(store) == 1
+        assert await store.ack_personal(B, A, T1, R2, "a-1") is Ack.MISSING  # sent from it: no copy
+        assert await store.ack_personal(B, A, T1, R2, "a-2") is Ack.LATER
+        assert await store.dialogue_side(B, A) == DialogueSide(None, None, 0)
+        assert await stored(store) == 1  # a-3's copy
+        assert await store.ack_personal(B, A, T1, R2, "a-3") is Ack.LATER
+        assert await stored(store) == 0 and await deliveries(place) == []
+
+
+async def test_a_peer_message_and_an_own_copy_with_one_timestamp_are_acknowledged_in_turn(
+        store: AnyStore, place: Place) -> None:
+    """SPEC 7.2: B's message to A and A's own message to B (sent from a-1) at the same instant
+    both wait for a-2 under one identity on A's dialogue with B. The first acknowledgement takes
+    B's message (FIRST: the receipt), the second A's copy (LATER), a third finds nothing; also
+    when the three are in one batch."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B))
+        for t in (T1, T2):
+            assert await store.add_personal(A, B, t, "t", "mine", "a-1") == Stored([B], 1)
+            assert await store.add_personal(B, A, t, "t", "theirs", "b-1") == Stored([A], 0)
+        mine, theirs = (StoredMessage(A, B, "mine", T1), StoredMessage(A, B, "mine", T2)), \
+            (StoredMessage(B, A, "theirs", T1), StoredMessage(B, A, "theirs", T2))
+        assert await waiting_for(store, "a-2") == [mine[0], theirs[0], mine[1], theirs[1]]
+
+        # one at a time
+        assert await store.ack_personal(B, A, T1, R1, "a-2") is Ack.FIRST
+        assert await store.dialogue_side(B, A) == DialogueSide(R1, None, 1)
+        assert await waiting_for(store, "a-2") == [mine[0], mine[1], theirs[1]]
+        assert await store.ack_personal(B, A, T1, R2, "a-2") is Ack.LATER
+        assert await store.dialogue_side(B, A) == DialogueSide(R1, None, 1)
+        assert await waiting_for(store, "a-2") == [mine[1], theirs[1]]
+        assert await store.ack_personal(B, A, T1, R2, "a-2") is Ack.MISSING
+
+        # in one batch (submitted without awaiting in between: one transaction), with a-1's
+        # acknowledgement of B's message, which is then a later device's
+        trace = await trace_writer(store)
+        acks = await asyncio.gather(*(store.ack_personal(B, A, T2, R2, "a-2") for _ in range(3)),
+                                    store.ack_personal(B, A, T2, R1, "a-1"))
+        assert trace.count("COMMIT") == 1
+        assert acks == [Ack.FIRST, Ack.LATER, Ack.MISSING, Ack.LATER]
+        assert await store.dialogue_side(B, A) == DialogueSide(R2, None, 0)
+        assert await waiting_for(store, "a-2") == []
+        assert await waiting_for(store, "a-1") == [theirs[0]]
+        # A's messages wait for B still; B's T2 went with its last device
+        assert await waiting_for(store, "b-1") == list(mine)
+        assert await store.pending_for(A) == [theirs[0]]
+
+
+# The ways a device ends (SPEC 7), each ending device "b-2" of B; "passwd" (the command line's
+# set_password) and "disabled" end b-1 too.
+ENDINGS: Final = ("logout", "devices", "password", "passwd", "disabled", "expired")
+
+
+async def end_device(store: AnyStore, how: str, device_id: str) -> None:
+    """End B's device "b-2" (its id `device_id`, last used two hours ago) the way `how` says."""
+    if how == "logout":
+        await store.delete_session("b-2")
+    elif how == "devices":
+        assert await store.delete_device(B, device_id) == "b-2"
+    elif how == "password":
+        assert await store.change_password(B, b"new", "b-1") == ["b-2"]
+    elif how == "passwd":
+        assert await store.set_password(B, b"new")
+    elif how == "disabled":
+        assert sorted(await store.set_account_flags(B, disabled=True) or []) == ["b-1", "b-2"]
+        assert await store.set_account_flags(B, disabled=False) == []
+    else:
+        assert await store.drop_expired_sessions(3600) == 1
+
+
+@pytest.mark.parametrize("how", ENDINGS)
+async def test_a_device_that_ends_stops_waiting_and_lets_acknowledged_messages_go(
+        store: AnyStore, place: Place, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 7.1: what waited for a device goes with it; a message B acknowledged on another
+    device is then deleted, one that no device of B acknowledged stays for B's next device."""
+    async with asyncio.timeout(TIMEOUT):
+        with clock_at(monkeypatch, now_micros() - 2 * 3600 * 1_000_000):
+            b2 = await store.add_session("b-2", B)
+        await store.add_session("b-1", B)
+        assert await store.create_group(G, "g", A, [B])
+        assert await store.add_personal(A, B, T1, "t1", "acked") == Stored([B], 0)
+        assert await store.add_personal(A, B, T2, "t2", "unacked") == Stored([B], 0)
+        assert await store.add_group_message(G, A, T1, "t1", "g acked") == Stored([B], 0)
+        assert await store.add_group_message(G, A, T2, "t2", "g unacked") == Stored([B], 0)
+        assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+        assert await store.ack_group(G, A, T1, B, "b-1") is Ack.FIRST
+        assert len(await waiting_for(store, "b-2")) == len(await group_waiting_for(store, "b-2")) == 2
+        assert await stored(store) == 4
+
+        await end_device(store, how, b2)
+
+        assert await store.session_user("b-2", 10**6) is None
+        assert await stored(store) == 2
+        unacked = StoredMessage(A, B, "unacked", T2)
+        g_unacked = GroupMessage(G, A, "g unacked", T2, [B])
+        assert await store.pending_for(B) == [unacked]
+        assert await store.pending_group_for(B) == [g_unacked]
+        b1_left = how not in ("passwd", "disabled")
+        assert await deliveries(place) == ([("g", "b-1", "g unacked"), ("p", "b-1", "unacked")]
+                                           if b1_left else [])
+        assert await store.ack_personal(A, B, T2, R2, "b-2") is Ack.MISSING
+        assert await store.ack_group(G, A, T2, B, "b-2") is Ack.MISSING
+        # B's next device gets what B never acknowledged
+        await store.add_session("b-3", B)
+        assert await waiting_for(store, "b-3") == [unacked]
+        assert await group_waiting_for(store, "b-3") == [g_unacked]
+        assert await store.ack_personal(A, B, T2, R2, "b-3") is Ack.FIRST
+        assert await store.ack_group(G, A, T2, B, "b-3") is Ack.FIRST
+        assert await stored(store) == (2 if b1_left else 0)
+
+
+async def test_the_sending_devices_copy_ends_with_it(store: AnyStore, place: Place) -> None:
+    """A copy waiting for a device that ends goes with it, and with it the message B had."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B))
+        assert await store.create_group(G, "g", A, [B])
+        assert await store.add_personal(A, B, T1, "t1", "hi", "a-1") == Stored([B], 1)
+        assert await store.add_group_message(G, A, T1, "t1", "g hi", "a-1") == Stored([B], 1)
+        assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+        assert await store.ack_group(G, A, T1, B, "b-1") is Ack.FIRST
+        assert await deliveries(place) == [("g", "a-2", "g hi"), ("p", "a-2", "hi")]
+        await store.delete_session("a-2")
+        assert await stored(store) == 0 and await deliveries(place) == []
+
+
+async def test_a_message_for_a_user_without_a_device_waits_for_the_next_one(store: AnyStore) -> None:
+    """SPEC 7.1: B has no device when A's messages are committed: they wait, and each device B
+    adds while they are stored gets them; SPEC 7.2: but no copy of what B sent before it existed
+    (nor of what B sent while it had no device)."""
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.create_group(G, "g", A, [B, C])
+        away = StoredMessage(A, B, "while away", T1)
+        assert await store.add_personal(A, B, T1, "t1", "while away") == Stored([B], 0)
+        assert await store.add_personal(B, A, T1, "t1", "own, no device") == Stored([A], 0)
+        assert await store.add_group_message(G, C, T1, "t1", "g while away") == Stored([A, B], 0)
+        assert await store.add_group_message(G, B, T1, "t1", "g own, no device") == Stored([A, C], 0)
+        assert (await store.account(B, 3600)).waiting == 2  # type: ignore[union-attr]
+
+        await store.add_session("b-1", B)
+        assert await waiting_for(store, "b-1") == [away]
+        assert await group_waiting_for(store, "b-1") == [GroupMessage(G, C, "g while away", T1, [A, B])]
+        # sent with no sending device named: b-1 gets copies ...
+        assert await store.add_personal(B, C, T2, "t2", "own") == Stored([C], 1)
+        assert await store.add_group_message(G, B, T2, "t2", "g own") == Stored([A, C], 1)
+        # ... a device added later gets none of them, but what waits for B as a recipient
+        await store.add_session("b-2", B)
+        assert await waiting_for(store, "b-2") == [away]
+        assert await group_waiting_for(store, "b-2") == [GroupMessage(G, C, "g while away", T1, [A, B])]
+        assert [m.message for m in await waiting_for(store, "b-1")] == ["while away", "own"]
+        assert [m.message for m in await group_waiting_for(store, "b-1")] == ["g while away", "g own"]
+
+        # acknowledged by B on b-1, still stored for b-2: a device added now gets it too
+        assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+        assert await store.ack_group(G, C, T1, B, "b-1") is Ack.FIRST
+        await store.add_session("b-3", B)
+        assert await waiting_for(store, "b-3") == [away]
+        assert await group_waiting_for(store, "b-3") == [GroupMessage(G, C, "g while away", T1, [A])]
+        assert await store.ack_personal(A, B, T1, R2, "b-3") is Ack.LATER
+        assert await store.ack_group(G, C, T1, B, "b-3") is Ack.LATER
+
+
+async def test_group_messages_wait_per_device_and_a_member_removed_stops_waiting(
+        store: AnyStore, place: Place) -> None:
+    """SPEC 7.1 for groups: the first device of each participant takes it off `pending`, later
+    ones and the sender's copies are LATER; a participant removed from the group is done, and
+    their devices stop waiting (the message goes when no one else waits)."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B), ("b-2", B), ("c-1", C))
+        assert await store.create_group(G, "g", A, [B, C])
+        assert await store.add_group_message(G, A, T1, "t1", "hello", "a-1") == Stored([B, C], 1)
+        assert await store.add_group_message(G, A, T2, "t2", "again", "a-1") == Stored([B, C], 1)
+        hello, again = GroupMessage(G, A, "hello", T1, [B, C]), GroupMessage(G, A, "again", T2, [B, C])
+        assert await group_waiting_for(store, "a-1") == []
+        for device in ("a-2", "b-1", "b-2", "c-1"):
+            assert await group_waiting_for(store, device) == [hello, again]
+
+        assert await store.ack_group(G, A, T1, B, "b-2") is Ack.FIRST
+        assert await store.pending_group_for(B) == [again]
+        assert await group_waiting_for(store, "b-1") == [GroupMessage(G, A, "hello", T1, [C]), again]
+        assert await store.ack_group(G, A, T1, B, "b-1") is Ack.LATER
+        assert await store.ack_group(G, A, T1, B, "b-1") is Ack.MISSING
+        assert await store.ack_group(G, A, T1, A, "a-1") is Ack.MISSING  # the sending device
+        assert await store.ack_group(G, A, T1, A, "a-2") is Ack.LATER  # its copy: silent
+        assert await store.pending_group_for(C) == [GroupMessage(G, A, "hello", T1, [C]), again]
+        assert await stored(store) == 2
+
+        await store.update_group(G, remove=[C])
+        assert await group_waiting_for(store, "c-1") == []
+        assert await store.ack_group(G, A, T2, C, "c-1") is Ack.MISSING
+        # "hello" waited for c-1 only: gone; "again" still waits for B and for A's copy
+        assert await stored(store) == 1
+        assert await deliveries(place) == [("g", "a-2", "again"), ("g", "b-1", "again"),
+                                           ("g", "b-2", "again")]
+        assert await group_waiting_for(store, "b-1") == [GroupMessage(G, A, "again", T2, [B])]
+
+
+async def test_a_group_of_one_keeps_a_copy_for_the_senders_other_device(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        await store.add_session("a-1", A)
+        assert await store.create_group(G, "alone", A, [])
+        # nobody to wait for: nothing kept (as before SPEC 7)
+        assert await store.add_group_message(G, A, T1, "t1", "to myself", "a-1") == Stored([], 0)
+        assert await stored(store) == 0
+        await store.add_session("a-2", A)
+        assert await store.add_group_message(G, A, T2, "t2", "to my other device", "a-1") == Stored([], 1)
+        assert await stored(store) == 1
+        assert await group_waiting_for(store, "a-2") == [GroupMessage(G, A, "to my other device", T2, [])]
+        assert await store.ack_group(G, A, T2, A, "a-2") is Ack.LATER
+        assert await stored(store) == 0
+
+
 # -- users --------------------------------------------------------------------------------------
 
 
