@@ -1082,6 +1082,31 @@ async def test_a_device_that_ends_stops_waiting_and_lets_acknowledged_messages_g
         assert await stored(store) == (2 if b1_left else 0)
 
 
+@pytest.mark.parametrize("how", ENDINGS)
+async def test_a_message_let_go_by_a_device_that_ends_is_scrubbed_within_scrub_seconds(
+        db_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 6 for SPEC 7.1: the message deleted because its last waiting device ended is gone
+    from the file and its WAL within scrub_seconds, as an acknowledged one is."""
+    scrub_seconds = 0.3
+    body, needle = unique_body(40)
+    async with opened(db_path, scrub_seconds=scrub_seconds) as store:
+        async with asyncio.timeout(TIMEOUT):
+            loop = asyncio.get_running_loop()
+            with clock_at(monkeypatch, now_micros() - 2 * 3600 * 1_000_000):
+                b2 = await store.add_session("b-2", B)
+            await store.add_session("b-1", B)
+            assert await store.add_personal(A, B, T1, "t1", body)
+            assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+            await store.scrub()  # the scrub the acknowledgement asked for, done now
+            assert files_holding(db_path, needle), "control: kept for b-2, the body is in the files"
+            await end_device(store, how, b2)
+            assert await stored(store) == 0
+            deadline = loop.time() + scrub_seconds + 3.0  # generous slack for a loaded machine
+            while files_holding(db_path, needle):  # poll for the background effect, no fixed wait
+                assert loop.time() < deadline, f"body still in {files_holding(db_path, needle)}"
+                await asyncio.sleep(0.02)
+
+
 async def test_the_sending_devices_copy_ends_with_it(store: AnyStore, place: Place) -> None:
     """A copy waiting for a device that ends goes with it, and with it the message B had."""
     async with asyncio.timeout(TIMEOUT):
