@@ -74,10 +74,13 @@ def _wrap(error: BaseException) -> BaseException:
 # (phone, message_id) and only up to the limit $2: a full mailbox costs at most `limit` index
 # entries per batch, a usual one (a few waiting) next to nothing. Another process may commit
 # messages for the same phone meanwhile (READ COMMITTED): the limit can be passed by what the
-# processes commit at the same moment, never by more.
+# processes commit at the same moment, never by more. A personal message its recipient
+# acknowledged on a device (SPEC 7.1) no longer waits for them, though a copy or another device
+# may keep it stored.
 _WAITING: Final = """
     SELECT r.phone,
-        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = r.phone LIMIT $2) AS a)
+        (SELECT count(*) FROM (SELECT 1 FROM personal_messages
+                               WHERE msg_to = r.phone AND NOT acked LIMIT $2) AS a)
       + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = r.phone LIMIT $2) AS b)
     FROM unnest($1::text[]) AS r(phone)"""
 
@@ -269,7 +272,7 @@ _INSERT_GROUP: Final = """
     waiting AS (
         SELECT d.phone,
             (SELECT count(*) FROM (SELECT 1 FROM personal_messages
-                                   WHERE msg_to = d.phone LIMIT $7) AS a)
+                                   WHERE msg_to = d.phone AND NOT acked LIMIT $7) AS a)
           + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = d.phone LIMIT $7) AS b)
             AS n
         FROM (SELECT DISTINCT phone FROM pairs) AS d)

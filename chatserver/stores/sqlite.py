@@ -87,10 +87,13 @@ def _rows_json(rows: list[Any]) -> str:
 
 # Messages waiting for each phone (SPEC 10), counted on the indexes (msg_to, id) and
 # (phone, message_id) and only up to the limit ?2: a full mailbox costs at most `limit` index
-# entries per batch, a usual one (a few waiting) next to nothing.
+# entries per batch, a usual one (a few waiting) next to nothing. A personal message its
+# recipient acknowledged on a device (SPEC 7.1) no longer waits for them, though a copy or
+# another device may keep it stored.
 _WAITING: Final = """
     SELECT value,
-        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = value LIMIT ?2))
+        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = value AND NOT acked
+                               LIMIT ?2))
       + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = value LIMIT ?2))
     FROM json_each(?1)"""
 

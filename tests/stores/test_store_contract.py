@@ -1207,6 +1207,25 @@ async def test_a_group_of_one_keeps_a_copy_for_the_senders_other_device(store: A
         assert await stored(store) == 0
 
 
+async def test_a_message_its_recipient_acknowledged_does_not_fill_their_mailbox(place: Place) -> None:
+    """SPEC 10 counts what waits for the recipient: a message B acknowledged, kept only for A's
+    other device's copy or for B's other device, no longer counts against B's mailbox."""
+    async with opened(place, max_waiting=2) as store, asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B), ("b-2", B))
+        assert await store.create_group(G, "g", A, [B])
+        for t in (T1, T2):
+            assert await store.add_personal(A, B, t, "t", "acknowledged", "a-1") == Stored([B], 1)
+            assert await store.ack_personal(A, B, t, R1, "b-1") is Ack.FIRST
+        assert await stored(store) == 2
+        assert (await store.account(B, 3600)).waiting == 0  # type: ignore[union-attr]
+        assert await store.add_group_message(G, A, T1, "t1", "room for it", "a-1") == Stored([B], 1)
+        assert await store.add_personal(C, B, T3, "t3", "and for this") == Stored([B], 0)
+        with pytest.raises(MailboxFull):
+            await store.add_personal(C, B, T1, "t1", "full now")
+        with pytest.raises(MailboxFull):
+            await store.add_group_message(G, A, T2, "t2", "full now", "a-1")
+
+
 # -- users --------------------------------------------------------------------------------------
 
 
