@@ -458,7 +458,7 @@ _EXPIRE_PERSONAL: Final = """
     DELETE FROM personal_messages WHERE id IN (
         SELECT id FROM personal_messages WHERE accepted_us < $1 ORDER BY accepted_us LIMIT $2
         FOR UPDATE SKIP LOCKED)
-    RETURNING msg_from, msg_to, sent_timestamp, sent_us, acked"""
+    RETURNING msg_from, msg_to, sent_timestamp, sent_us, accepted_us, id, acked"""
 _EXPIRE_GROUP: Final = """
     WITH doomed AS (
         SELECT id FROM group_messages WHERE accepted_us < $1 ORDER BY accepted_us LIMIT $2
@@ -468,7 +468,7 @@ _EXPIRE_GROUP: Final = """
             AS delivered
         FROM doomed AS d)
     DELETE FROM group_messages AS m USING flagged AS f WHERE m.id = f.id
-    RETURNING m.msg_from, m.grp, m.sent_timestamp, m.sent_us, f.delivered"""
+    RETURNING m.msg_from, m.grp, m.sent_timestamp, m.sent_us, m.accepted_us, m.id, f.delivered"""
 
 
 async def _synchronous_commit(writer: PgConnection) -> None:

@@ -238,9 +238,12 @@ def mailbox_full() -> MailboxFull:
 
 
 def expired(rows: Iterable[Any], group: bool) -> list[Expired]:
-    """Expired records of rows (msg_from, msg_to or grp, sent_timestamp, sent_us, ...,
-    delivered): the last field says whether every recipient had acknowledged it."""
-    return [Expired(r[0], r[1], r[2], r[3], group, bool(r[-1])) for r in rows]
+    """Expired records of rows (msg_from, msg_to or grp, sent_timestamp, sent_us, accepted_us, id,
+    delivered), oldest first: a DELETE's RETURNING comes in no defined order (PostgreSQL's follows
+    the table's pages, where a message marked `acked` has moved). `delivered` says whether every
+    recipient had acknowledged it."""
+    return [Expired(r[0], r[1], r[2], r[3], group, bool(r[6]))
+            for r in sorted(rows, key=lambda r: (r[4], r[5]))]
 
 
 def _room(r: Sequence[Any]) -> Room:

@@ -1207,6 +1207,32 @@ async def test_a_group_of_one_keeps_a_copy_for_the_senders_other_device(store: A
         assert await stored(store) == 0
 
 
+async def test_expire_says_delivered_for_a_message_only_a_device_kept(store: AnyStore) -> None:
+    """SPEC 10 with SPEC 7.1: a message every recipient acknowledged, kept only for a copy or a
+    second device, expires with `delivered` (no msg_expired is due to its sender)."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B), ("b-2", B))
+        assert await store.create_group(G, "g", A, [B])
+        for t, body in ((T1, "kept by a copy"), (T2, "kept by b-2"), (T3, "undelivered")):
+            assert await store.add_personal(A, B, t, body, body, "a-1") == Stored([B], 1)
+        assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+        assert await store.ack_personal(A, B, T1, R1, "b-2") is Ack.LATER
+        assert await store.ack_personal(A, B, T2, R1, "b-1") is Ack.FIRST
+        assert await store.ack_personal(B, A, T2, R1, "a-2") is Ack.LATER
+        for t, body in ((T1, "g delivered"), (T2, "g undelivered")):
+            assert await store.add_group_message(G, A, t, body, body, "a-1") == Stored([B], 1)
+        assert await store.ack_group(G, A, T1, B, "b-1") is Ack.FIRST
+        assert await store.ack_group(G, A, T1, B, "b-2") is Ack.LATER
+        assert await store.ack_group(G, A, T2, A, "a-2") is Ack.LATER  # the copy, not B
+        assert await store.expire(now_micros(), 100) == [
+            Expired(A, B, "kept by a copy", T1, False, True),
+            Expired(A, B, "kept by b-2", T2, False, True),
+            Expired(A, B, "undelivered", T3, False, False),
+            Expired(A, G, "g delivered", T1, True, True),
+            Expired(A, G, "g undelivered", T2, True, False)]
+        assert await stored(store) == 0
+
+
 async def test_a_message_its_recipient_acknowledged_does_not_fill_their_mailbox(place: Place) -> None:
     """SPEC 10 counts what waits for the recipient: a message B acknowledged, kept only for A's
     other device's copy or for B's other device, no longer counts against B's mailbox."""
