@@ -1838,6 +1838,62 @@ async def test_pg_last_acknowledgements_in_two_processes_delete_the_message(
             assert await other.fetchval("SELECT count(*) FROM group_messages") == 0, f"round {round_}"
 
 
+async def test_pg_devices_acknowledging_in_two_processes_at_once_make_one_first_and_let_go(
+        pg_store: PgStore, pg_url: str) -> None:
+    """SPEC 7.1 across processes: two devices of B acknowledge the same messages in two processes
+    at the same moment: exactly one acknowledgement of each is FIRST (one receipt). Then B's two
+    other devices do the same: both LATER, and each process must see the other's delete (the
+    triggers lock the message), so nothing is left."""
+    n = 20
+    async with asyncio.timeout(3 * TIMEOUT), opened(pg_url) as second, connected(pg_url) as other:
+        await add_sessions(pg_store, ("b-1", B), ("b-2", B), ("b-3", B), ("b-4", B))
+        assert await pg_store.create_group(G, "g", A, [B])
+        for round_ in range(5):  # the first round also prepares the statements on both writers
+            sent = range(round_ * n, (round_ + 1) * n)
+            for i in sent:
+                assert await pg_store.add_personal(A, B, i, f"t{i}", "m") == Stored([B], 0)
+                assert await pg_store.add_group_message(G, A, i, f"t{i}", "m") == Stored([B], 0)
+            for first, second_device, expected in (("b-1", "b-2", {Ack.FIRST, Ack.LATER}),
+                                                   ("b-3", "b-4", {Ack.LATER})):
+                acks = await asyncio.gather(
+                    *(pg_store.ack_personal(A, B, i, f"r{i}", first) for i in sent),
+                    *(pg_store.ack_group(G, A, i, B, first) for i in sent),
+                    *(second.ack_personal(A, B, i, f"r{i}", second_device) for i in sent),
+                    *(second.ack_group(G, A, i, B, second_device) for i in sent))
+                for k in range(2 * n):  # each message's pair of acknowledgements
+                    pair = [acks[k], acks[2 * n + k]]
+                    assert set(pair) == expected and pair.count(Ack.FIRST) <= 1, (round_, k, pair)
+            assert await other.fetchval("SELECT count(*) FROM personal_messages") == 0, f"round {round_}"
+            assert await other.fetchval("SELECT count(*) FROM group_messages") == 0, f"round {round_}"
+            assert await other.fetchval("SELECT count(*) FROM personal_deliveries") == 0
+            assert await other.fetchval("SELECT count(*) FROM group_deliveries") == 0
+            assert await other.fetchval("SELECT count(*) FROM group_pending") == 0
+            assert (await pg_store.dialogue_side(A, B)).waiting == 0
+
+
+async def test_pg_a_device_added_while_another_process_stores_a_message_gets_it(
+        pg_store: PgStore, pg_url: str) -> None:
+    """SPEC 7.1: a device B adds while a message for B is being stored by another process gets
+    it, whichever commits first (add_session locks B's user row and memberships, which the
+    message's foreign key and its group's member lookup share)."""
+    rounds = 40
+    async with asyncio.timeout(3 * TIMEOUT), opened(pg_url) as second:
+        assert await pg_store.create_group(G, "g", A, [B])
+        for i in range(rounds):
+            device = f"b-{i}"
+            await asyncio.gather(pg_store.add_session(device, B),
+                                 second.add_personal(A, B, i, f"t{i}", f"m{i}"))
+            # every message stored so far, none acknowledged: the new device waits for all
+            assert [m.message for m in await waiting_for(pg_store, device)] == [
+                f"m{k}" for k in range(i + 1)], i
+        for i in range(rounds):  # alone: a group message locks no row of B's user
+            device = f"b-g{i}"
+            await asyncio.gather(pg_store.add_session(device, B),
+                                 second.add_group_message(G, A, i, f"t{i}", f"g{i}"))
+            assert [m.message for m in await group_waiting_for(pg_store, device)] == [
+                f"g{k}" for k in range(i + 1)], i
+
+
 async def test_pg_a_member_removed_while_another_process_stores_messages_is_never_pending(
         pg_store: PgStore, pg_url: str) -> None:
     """C is removed by one process while the other stores messages for the group: no message may
