@@ -533,7 +533,8 @@ class PgStore(SqlStore[PgConnection]):
             await _synchronous_commit(writer)
             channel = await writer.fetchval(CHANNEL_QUERY)
             pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE)
-            store = cls(url, writer, pool, channel, scrub_seconds, rooms_keep, max_waiting)
+            store = cls(url, writer, pool, channel, scrub_seconds, rooms_keep, max_waiting,
+                        session_seconds)
             await store._mirror.listen()
         except BaseException as e:
             if pool is not None:

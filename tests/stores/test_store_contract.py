@@ -56,21 +56,23 @@ AnyStore = SqliteStore | PgStore
 Place = Path | str
 
 
-async def open_store(place: Place, scrub_seconds: float = 60.0,
-                     max_waiting: int = 10000) -> AnyStore:
+async def open_store(place: Place, scrub_seconds: float = 60.0, max_waiting: int = 10000,
+                     session_seconds: float = 30 * 86_400) -> AnyStore:
     """Open the store at `place` (bounded by TIMEOUT)."""
     if isinstance(place, Path):
         return await asyncio.wait_for(SqliteStore.open(
-            place, synchronous="FULL", scrub_seconds=scrub_seconds, max_waiting=max_waiting), TIMEOUT)
-    return await asyncio.wait_for(
-        PgStore.open(place, scrub_seconds=scrub_seconds, max_waiting=max_waiting), TIMEOUT)
+            place, synchronous="FULL", scrub_seconds=scrub_seconds, max_waiting=max_waiting,
+            session_seconds=session_seconds), TIMEOUT)
+    return await asyncio.wait_for(PgStore.open(
+        place, scrub_seconds=scrub_seconds, max_waiting=max_waiting,
+        session_seconds=session_seconds), TIMEOUT)
 
 
 @asynccontextmanager
-async def opened(place: Place, scrub_seconds: float = 60.0,
-                 max_waiting: int = 10000) -> AsyncIterator[AnyStore]:
+async def opened(place: Place, scrub_seconds: float = 60.0, max_waiting: int = 10000,
+                 session_seconds: float = 30 * 86_400) -> AsyncIterator[AnyStore]:
     """A store at `place` with users A, B and C; closed on exit."""
-    store = await open_store(place, scrub_seconds, max_waiting)
+    store = await open_store(place, scrub_seconds, max_waiting, session_seconds)
     try:
         async with asyncio.timeout(TIMEOUT):
             for phone in (A, B, C):
@@ -1105,6 +1107,21 @@ async def test_a_message_let_go_by_a_device_that_ends_is_scrubbed_within_scrub_s
             while files_holding(db_path, needle):  # poll for the background effect, no fixed wait
                 assert loop.time() < deadline, f"body still in {files_holding(db_path, needle)}"
                 await asyncio.sleep(0.02)
+
+
+async def test_a_session_unused_for_session_seconds_gets_no_new_message(
+        place: Place, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 7: a session unused for `security.session_seconds` (here an hour) is no device, even
+    before the hourly check drops it: what is committed now waits neither for it nor, as a copy,
+    for such a session of the sender."""
+    async with opened(place, session_seconds=3600) as store, asyncio.timeout(TIMEOUT):
+        with clock_at(monkeypatch, now_micros() - 2 * 3600 * 1_000_000):
+            await add_sessions(store, ("a-old", A), ("b-old", B))
+        await add_sessions(store, ("a-1", A), ("b-1", B))
+        assert await store.create_group(G, "g", A, [B])
+        assert await store.add_personal(A, B, T1, "t1", "hi", "a-1") == Stored([B], 0)
+        assert await store.add_group_message(G, A, T1, "t1", "g hi", "a-1") == Stored([B], 0)
+        assert await deliveries(place) == [("g", "b-1", "g hi"), ("p", "b-1", "hi")]
 
 
 async def test_the_sending_devices_copy_ends_with_it(store: AnyStore, place: Place) -> None:
