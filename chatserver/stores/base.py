@@ -293,7 +293,8 @@ class Store(Protocol):
         (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice (SPEC 5.1). The
         dialogue rows are created by a trigger. Fails with IntegrityError for a phone that has no
         account, and with MailboxFull when `max_waiting` messages already wait for msg_to
-        (personal ones to them and group ones pending for them, SPEC 10)."""
+        (personal ones to them that none of their devices acknowledged, and group ones pending
+        for them, SPEC 10)."""
         ...
 
     def ack_personal(self, msg_from: str, msg_to: str, sent_us: int, received_at: str,

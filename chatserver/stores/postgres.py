@@ -74,10 +74,13 @@ def _wrap(error: BaseException) -> BaseException:
 # (phone, message_id) and only up to the limit $2: a full mailbox costs at most `limit` index
 # entries per batch, a usual one (a few waiting) next to nothing. Another process may commit
 # messages for the same phone meanwhile (READ COMMITTED): the limit can be passed by what the
-# processes commit at the same moment, never by more.
+# processes commit at the same moment, never by more. A personal message its recipient
+# acknowledged on a device (SPEC 7.1) no longer waits for them, though a copy or another device
+# may keep it stored.
 _WAITING: Final = """
     SELECT r.phone,
-        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = r.phone LIMIT $2) AS a)
+        (SELECT count(*) FROM (SELECT 1 FROM personal_messages
+                               WHERE msg_to = r.phone AND NOT acked LIMIT $2) AS a)
       + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = r.phone LIMIT $2) AS b)
     FROM unnest($1::text[]) AS r(phone)"""
 
@@ -269,7 +272,7 @@ _INSERT_GROUP: Final = """
     waiting AS (
         SELECT d.phone,
             (SELECT count(*) FROM (SELECT 1 FROM personal_messages
-                                   WHERE msg_to = d.phone LIMIT $7) AS a)
+                                   WHERE msg_to = d.phone AND NOT acked LIMIT $7) AS a)
           + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = d.phone LIMIT $7) AS b)
             AS n
         FROM (SELECT DISTINCT phone FROM pairs) AS d)
@@ -455,7 +458,7 @@ _EXPIRE_PERSONAL: Final = """
     DELETE FROM personal_messages WHERE id IN (
         SELECT id FROM personal_messages WHERE accepted_us < $1 ORDER BY accepted_us LIMIT $2
         FOR UPDATE SKIP LOCKED)
-    RETURNING msg_from, msg_to, sent_timestamp, sent_us, acked"""
+    RETURNING msg_from, msg_to, sent_timestamp, sent_us, accepted_us, id, acked"""
 _EXPIRE_GROUP: Final = """
     WITH doomed AS (
         SELECT id FROM group_messages WHERE accepted_us < $1 ORDER BY accepted_us LIMIT $2
@@ -465,7 +468,7 @@ _EXPIRE_GROUP: Final = """
             AS delivered
         FROM doomed AS d)
     DELETE FROM group_messages AS m USING flagged AS f WHERE m.id = f.id
-    RETURNING m.msg_from, m.grp, m.sent_timestamp, m.sent_us, f.delivered"""
+    RETURNING m.msg_from, m.grp, m.sent_timestamp, m.sent_us, m.accepted_us, m.id, f.delivered"""
 
 
 async def _synchronous_commit(writer: PgConnection) -> None:
@@ -530,7 +533,8 @@ class PgStore(SqlStore[PgConnection]):
             await _synchronous_commit(writer)
             channel = await writer.fetchval(CHANNEL_QUERY)
             pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE)
-            store = cls(url, writer, pool, channel, scrub_seconds, rooms_keep, max_waiting)
+            store = cls(url, writer, pool, channel, scrub_seconds, rooms_keep, max_waiting,
+                        session_seconds)
             await store._mirror.listen()
         except BaseException as e:
             if pool is not None:

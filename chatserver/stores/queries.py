@@ -338,9 +338,12 @@ def mailbox_full() -> MailboxFull:
 
 
 def expired(rows: Iterable[Any], group: bool) -> list[Expired]:
-    """Expired records of rows (msg_from, msg_to or grp, sent_timestamp, sent_us, ...,
-    delivered): the last field says whether every recipient had acknowledged it."""
-    return [Expired(r[0], r[1], r[2], r[3], group, bool(r[-1])) for r in rows]
+    """Expired records of rows (msg_from, msg_to or grp, sent_timestamp, sent_us, accepted_us, id,
+    delivered), oldest first: a DELETE's RETURNING comes in no defined order (PostgreSQL's follows
+    the table's pages, where a message marked `acked` has moved). `delivered` says whether every
+    recipient had acknowledged it."""
+    return [Expired(r[0], r[1], r[2], r[3], group, bool(r[6]))
+            for r in sorted(rows, key=lambda r: (r[4], r[5]))]
 
 
 def _room(r: Sequence[Any]) -> Room:
@@ -460,7 +463,9 @@ class SqlStore(GroupCommitStore[DB]):
                 if disabled:  # SPEC 10: a disabled user's devices end
                     ended = [r[0] for r in await self._query(db, self.SQL.take_sessions, phone)]
             return ended
-        result = await self._write(op)
+        # A device that ends may let go of messages no other device waits for (SPEC 7.1): they
+        # are scrubbed as acknowledged ones are (SPEC 6).
+        result = await self._write(op, deletes=disabled is True)
         if isinstance(result, LastAdmin):
             raise result
         return result
@@ -486,7 +491,7 @@ class SqlStore(GroupCommitStore[DB]):
                 return [r[0] for r in await self._query(db, self.SQL.take_sessions, phone)]
             return [r[0] for r in await self._query(db, self.SQL.take_other_sessions, phone,
                                                     keep_session)]
-        return await self._write(op)
+        return await self._write(op, deletes=True)  # the devices' messages may go (SPEC 7.1, 6)
 
     async def delete_account(self, phone: str) -> list[str] | None:
         async def op(db: DB) -> list[str] | None | LastAdmin:
@@ -541,7 +546,7 @@ class SqlStore(GroupCommitStore[DB]):
             changed = await self._execute(db, self.SQL.set_password, password_hash, phone)
             await self._execute(db, self.SQL.end_sessions, phone)
             return changed == 1
-        return await self._write(op)
+        return await self._write(op, deletes=True)  # the devices' messages may go (SPEC 7.1, 6)
 
     async def upgrade_password_hash(self, phone: str, old_hash: bytes, new_hash: bytes) -> bool:
         async def op(db: DB) -> bool:
@@ -581,7 +586,9 @@ class SqlStore(GroupCommitStore[DB]):
     async def delete_session(self, sid_hash: str) -> None:
         async def op(db: DB) -> None:
             await self._execute(db, self.SQL.delete_session, sid_hash)
-        await self._write(op)
+        # What waited for the device goes with it, and may take the last hold on a message
+        # (SPEC 7.1): scrubbed as an acknowledged one (SPEC 6).
+        await self._write(op, deletes=True)
 
     async def session_user(self, sid_hash: str, max_age_seconds: int) -> str | None:
         now = now_micros()
@@ -629,7 +636,7 @@ class SqlStore(GroupCommitStore[DB]):
         async def op(db: DB) -> str | None:
             rows = await self._query(db, self.SQL.delete_device, phone, device_id)
             return str(rows[0][0]) if rows else None
-        return await self._write(op)
+        return await self._write(op, deletes=True)  # as delete_session
 
     # -- dialogues ----------------------------------------------------------------------------
 

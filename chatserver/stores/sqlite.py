@@ -87,10 +87,13 @@ def _rows_json(rows: list[Any]) -> str:
 
 # Messages waiting for each phone (SPEC 10), counted on the indexes (msg_to, id) and
 # (phone, message_id) and only up to the limit ?2: a full mailbox costs at most `limit` index
-# entries per batch, a usual one (a few waiting) next to nothing.
+# entries per batch, a usual one (a few waiting) next to nothing. A personal message its
+# recipient acknowledged on a device (SPEC 7.1) no longer waits for them, though a copy or
+# another device may keep it stored.
 _WAITING: Final = """
     SELECT value,
-        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = value LIMIT ?2))
+        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = value AND NOT acked
+                               LIMIT ?2))
       + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = value LIMIT ?2))
     FROM json_each(?1)"""
 
@@ -418,9 +421,9 @@ async def _add_room_many(db: aiosqlite.Connection, rows: list[Any]) -> list[int 
 _EXPIRE_PERSONAL: Final = """
     DELETE FROM personal_messages WHERE id IN (
         SELECT id FROM personal_messages WHERE accepted_us < ?1 ORDER BY accepted_us LIMIT ?2)
-    RETURNING msg_from, msg_to, sent_timestamp, sent_us, acked"""
+    RETURNING msg_from, msg_to, sent_timestamp, sent_us, accepted_us, id, acked"""
 _EXPIRE_GROUP_DELIVERED: Final = """
-    SELECT msg_from, grp, sent_timestamp, sent_us, id,
+    SELECT msg_from, grp, sent_timestamp, sent_us, accepted_us, id,
            NOT EXISTS (SELECT 1 FROM group_pending AS p WHERE p.message_id = m.id)
     FROM group_messages AS m WHERE accepted_us < ?1 ORDER BY accepted_us LIMIT ?2"""
 
@@ -716,7 +719,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             personal = await db.execute_fetchall(_EXPIRE_PERSONAL, (before_us, limit))
             # delivered: no one pending, read before the delete (group_pending goes with it)
             group = await db.execute_fetchall(_EXPIRE_GROUP_DELIVERED, (before_us, limit))
-            await db.execute(_DELETE_UNADDRESSED, (_rows_json([r[4] for r in group]),))
+            await db.execute(_DELETE_UNADDRESSED, (_rows_json([r[5] for r in group]),))
             return expired(personal, False) + expired(group, True)
         result: list[Expired] = await self._write(op)
         if result:  # only then: an hourly check that found nothing costs no scrub
