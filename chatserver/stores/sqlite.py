@@ -110,22 +110,20 @@ _INSERT_PERSONAL: Final = """
     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, ?2 FROM json_each(?1) WHERE true
     ON CONFLICT DO NOTHING
     RETURNING msg_from, msg_to, sent_us, id"""
-# SPEC 7.1: a new message waits for each live device of its recipient (?1: [id, device] pairs,
-# ?2: sessions used after it are live).
+# SPEC 7.1: a new message waits for each live device of its recipient (?1: [id, msg_to, msg_from,
+# device] rows, ?2: sessions used after it are live), found on index sessions_live alone.
 _DELIVER_PERSONAL: Final = """
     INSERT INTO personal_deliveries (sid_hash, message_id)
-    SELECT s.sid_hash, p.id FROM json_each(?1) AS j
-    JOIN personal_messages AS p ON p.id = j.value->>0
-    JOIN sessions AS s ON s.phone = p.msg_to
-    WHERE s.last_used_us > ?2
+    SELECT s.sid_hash, j.value->>0 FROM json_each(?1) AS j
+    JOIN sessions AS s ON s.phone = j.value->>1 AND s.last_used_us > ?2
+    WHERE true
     ON CONFLICT DO NOTHING"""
 # SPEC 7.2: and, as a copy, for each live device of its sender but the one that sent it.
 _COPY_PERSONAL: Final = """
     INSERT INTO personal_deliveries (sid_hash, message_id)
-    SELECT s.sid_hash, p.id FROM json_each(?1) AS j
-    JOIN personal_messages AS p ON p.id = j.value->>0
-    JOIN sessions AS s ON s.phone = p.msg_from AND s.sid_hash IS NOT j.value->>1
-    WHERE s.last_used_us > ?2 AND p.msg_from <> p.msg_to
+    SELECT s.sid_hash, j.value->>0 FROM json_each(?1) AS j
+    JOIN sessions AS s ON s.phone = j.value->>2 AND s.last_used_us > ?2
+    WHERE s.sid_hash IS NOT j.value->>3 AND j.value->>1 <> j.value->>2
     ON CONFLICT DO NOTHING
     RETURNING message_id"""
 
@@ -152,7 +150,7 @@ async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[
             _INSERT_PERSONAL, (_rows_json(taken), now_micros()))}
     if inserted:
         devices = {(row[0], row[1], row[2]): row[6] for row in rows}
-        pairs = _rows_json([[i, devices[key]] for key, i in inserted.items()])
+        pairs = _rows_json([[i, key[1], key[0], devices[key]] for key, i in inserted.items()])
         live_after = rows[0][7]
         await db.execute(_DELIVER_PERSONAL, (pairs, live_after))
         copies = _copies(await db.execute_fetchall(_COPY_PERSONAL, (pairs, live_after)))

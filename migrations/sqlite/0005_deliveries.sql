@@ -24,6 +24,12 @@ CREATE TABLE IF NOT EXISTS group_deliveries (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS group_deliveries_message ON group_deliveries(message_id);
 
+-- What waits for a recipient (the mailbox limit of SPEC 10, `waiting`): only what no device of
+-- theirs acknowledged, counted on this index alone.
+CREATE INDEX IF NOT EXISTS personal_messages_waiting ON personal_messages(msg_to, id) WHERE NOT acked;
+-- A new message finds its recipient's and sender's live devices on this index alone.
+CREATE INDEX IF NOT EXISTS sessions_live ON sessions(phone, last_used_us);
+
 -- What was stored before this version waits for every device its recipient has now.
 INSERT INTO personal_deliveries (sid_hash, message_id)
 SELECT s.sid_hash, p.id FROM personal_messages AS p JOIN sessions AS s ON s.phone = p.msg_to;

@@ -929,7 +929,8 @@ async def test_each_device_of_the_recipient_acknowledges_once_the_first_one_is_t
         assert (await store.account(B, 3600)).waiting == 0  # type: ignore[union-attr]
         assert await waiting_for(store, "b-1") == [one]
         assert await waiting_for(store, "b-2") == []
-        assert await store.pending_for(B) == [one] and await stored(store) == 1
+        # acknowledged by one device of B: no longer waiting for B, still stored for b-1
+        assert await store.pending_for(B) == [] and await stored(store) == 1
         assert await store.ack_personal(A, B, T1, R1, "b-2") is Ack.MISSING  # b-2 is done
 
         assert await store.ack_personal(A, B, T1, R2, "b-1") is Ack.LATER
@@ -973,7 +974,8 @@ async def test_a_copy_waits_for_the_senders_other_devices_only(store: AnyStore, 
         # the recipient first: the copies keep it
         assert await store.ack_personal(A, B, T1, R2, "b-1") is Ack.FIRST
         assert await store.dialogue_side(A, B) == DialogueSide(R2, None, 0)
-        assert await store.pending_for(B) == [hi] and await stored(store) == 1
+        # B has it (pending_for: what no device of B acknowledged); the copies keep it stored
+        assert await store.pending_for(B) == [] and await stored(store) == 1
         assert await store.ack_personal(B, A, T1, R2, "a-1") is Ack.MISSING  # sent from it: no copy
         assert await store.ack_personal(B, A, T1, R2, "a-2") is Ack.LATER
         assert await store.dialogue_side(B, A) == DialogueSide(None, None, 0)
@@ -1018,7 +1020,8 @@ async def test_a_peer_message_and_an_own_copy_with_one_timestamp_are_acknowledge
         assert await waiting_for(store, "a-1") == [theirs[0]]
         # A's messages wait for B still; B's T2 went with its last device
         assert await waiting_for(store, "b-1") == list(mine)
-        assert await store.pending_for(A) == [theirs[0]]
+        # theirs[0] waits for a-1 only: A acknowledged it on a-2, so it no longer waits for A
+        assert await store.pending_for(A) == [] and await waiting_for(store, "a-1") == [theirs[0]]
 
 
 # The ways a device ends (SPEC 7), each ending device "b-2" of B; "passwd" (the command line's
