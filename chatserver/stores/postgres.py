@@ -216,6 +216,7 @@ async def _ack_personal_many(db: PgConnection, rows: list[Any]) -> list[Ack]:
     if plan.copies_wanted:
         plan.add_copies({r[0] - 1: PersonalWaiting(r[1], r[2], r[3], True)
                          for r in await db.fetch(_COPY_WAITING, *args)})
+    plan.plan()
     marked: set[int] = set()
     if plan.mark:
         marked = {r[0] for r in await db.fetch(_ACKED, plan.mark)}

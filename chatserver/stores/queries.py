@@ -252,7 +252,7 @@ class AckPlan:
     Each acknowledgement takes the peer's message waiting for its device (`peers`, by row),
     else that device's copy of the user's own (`add_copies`, asked only when `copies_wanted`):
     the same identity twice in a batch is the peer's message the first time, the copy the
-    second. Then, per message:
+    second. Then `plan()` says, per message:
     - `delete`: the only acknowledgement of it in the batch, no other device waits, and it is
       the recipient's (or the recipient had it already): the message goes at once, its one row
       with it (the usual case: one device, no copies; one statement);
@@ -264,10 +264,13 @@ class AckPlan:
 
     def __init__(self, rows: list[Any], peers: Mapping[int, PersonalWaiting]) -> None:
         self._rows = rows
-        self._peers = peers
         self._claimed: set[tuple[str, int]] = set()
-        self.taken: list[PersonalWaiting | None] = [self._take(k, peers.get(k)) for k in range(len(rows))]
-        self.copies_wanted = any(t is None for t in self.taken)
+        self._taken: list[PersonalWaiting | None] = [self._take(k, peers.get(k)) for k in range(len(rows))]
+        self.copies_wanted = None in self._taken
+        self._alone: list[bool] = []
+        self.delete: list[int] = []
+        self.mark: list[int] = []
+        self.undeliver: list[tuple[str, int]] = []
 
     def _take(self, k: int, found: PersonalWaiting | None) -> PersonalWaiting | None:
         if found is None:
@@ -280,53 +283,44 @@ class AckPlan:
 
     def add_copies(self, copies: Mapping[int, PersonalWaiting]) -> None:
         """The copies waiting for the rows' devices (for rows that found no peer message)."""
-        self.taken = [t if t is not None else self._take(k, copies.get(k))
-                      for k, t in enumerate(self.taken)]
+        self._taken = [t if t is not None else self._take(k, copies.get(k))
+                       for k, t in enumerate(self._taken)]
 
-    @property
-    def _counts(self) -> dict[int, int]:
+    def plan(self) -> AckPlan:
+        """Fill `delete`, `mark` and `undeliver` from what the rows took; returns self."""
         counts: dict[int, int] = {}
-        for t in self.taken:
+        for t in self._taken:
             if t is not None:
                 counts[t.id] = counts.get(t.id, 0) + 1
-        return counts
-
-    def _alone(self, t: PersonalWaiting, counts: Mapping[int, int]) -> bool:
-        """`t` goes with this acknowledgement: nothing else waits, and its recipient had it."""
-        return counts[t.id] == 1 and not t.others and (t.acked or not t.copy)
-
-    @property
-    def delete(self) -> list[int]:
-        counts = self._counts
-        return [t.id for t in self.taken if t is not None and self._alone(t, counts)]
-
-    @property
-    def mark(self) -> list[int]:
-        counts = self._counts
-        return sorted({t.id for t in self.taken if t is not None and not t.copy and not t.acked
-                       and not self._alone(t, counts)})
-
-    @property
-    def undeliver(self) -> list[tuple[str, int]]:
-        counts = self._counts
-        return sorted((row[4], t.id) for row, t in zip(self._rows, self.taken, strict=True)
-                      if t is not None and not self._alone(t, counts))
+        marked: set[int] = set()
+        for row, t in zip(self._rows, self._taken, strict=True):
+            # `t` goes with this acknowledgement: nothing else waits, and its recipient had it
+            alone = t is not None and counts[t.id] == 1 and not t.others and (t.acked or not t.copy)
+            self._alone.append(alone)
+            if t is None:
+                continue
+            if alone:
+                self.delete.append(t.id)
+                continue
+            if not t.copy and not t.acked:
+                marked.add(t.id)
+            self.undeliver.append((row[4], t.id))
+        self.mark = sorted(marked)
+        self.undeliver.sort()
+        return self
 
     def results(self, marked: set[int], deleted: set[int]) -> tuple[list[Ack], list[Any]]:
         """Each row's Ack and the rows whose receipt is due, given the ids `mark` did mark (its
         RETURNING) and those `delete` did delete."""
-        counts = self._counts
         results: list[Ack] = []
         receipts = []
-        for row, t in zip(self._rows, self.taken, strict=True):
+        for row, t, alone in zip(self._rows, self._taken, self._alone, strict=True):
             if t is None:
                 results.append(Ack.MISSING)
                 continue
-            first = not t.copy and not t.acked and (
-                t.id in deleted if self._alone(t, counts) else t.id in marked)
+            first = not t.copy and not t.acked and t.id in (deleted if alone else marked)
             if first:
                 marked.discard(t.id)  # two devices of the recipient in one batch: one receipt
-                deleted.discard(t.id)
                 receipts.append(row)
             results.append(Ack.FIRST if first else Ack.LATER)
         return results, receipts

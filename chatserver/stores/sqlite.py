@@ -212,6 +212,7 @@ async def _ack_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[
     if plan.copies_wanted:
         plan.add_copies({r[0]: PersonalWaiting(r[1], bool(r[2]), bool(r[3]), True)
                          for r in await db.execute_fetchall(_PERSONAL_WAITING, (data, 1))})
+    plan.plan()
     firsts: set[int] = set()
     if plan.mark:
         firsts.update(r[0] for r in await db.execute_fetchall(_ACKED, (_rows_json(plan.mark),)))

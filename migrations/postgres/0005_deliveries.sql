@@ -25,8 +25,11 @@ CREATE TABLE IF NOT EXISTS group_deliveries (
 CREATE INDEX IF NOT EXISTS group_deliveries_message ON group_deliveries(message_id);
 
 -- What waits for a recipient (the mailbox limit of SPEC 10, `waiting`): only what no device of
--- theirs acknowledged, counted on this index alone.
+-- theirs acknowledged, counted on this index alone. It replaces 0003's index on (msg_to, id),
+-- whose other use (fetch_msgs by recipient) is now by device (personal_deliveries): one index
+-- to keep up per message, as before.
 CREATE INDEX IF NOT EXISTS personal_messages_waiting ON personal_messages(msg_to, id) WHERE NOT acked;
+DROP INDEX IF EXISTS personal_messages_to;
 -- A new message finds its recipient's and sender's live devices on this index alone.
 CREATE INDEX IF NOT EXISTS sessions_live ON sessions(phone, last_used_us);
 

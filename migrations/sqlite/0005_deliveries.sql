@@ -25,8 +25,11 @@ CREATE TABLE IF NOT EXISTS group_deliveries (
 CREATE INDEX IF NOT EXISTS group_deliveries_message ON group_deliveries(message_id);
 
 -- What waits for a recipient (the mailbox limit of SPEC 10, `waiting`): only what no device of
--- theirs acknowledged, counted on this index alone.
+-- theirs acknowledged, counted on this index alone. It replaces 0003's index on (msg_to, id),
+-- whose other use (fetch_msgs by recipient) is now by device (personal_deliveries): one index
+-- to keep up per message, as before.
 CREATE INDEX IF NOT EXISTS personal_messages_waiting ON personal_messages(msg_to, id) WHERE NOT acked;
+DROP INDEX IF EXISTS personal_messages_to;
 -- A new message finds its recipient's and sender's live devices on this index alone.
 CREATE INDEX IF NOT EXISTS sessions_live ON sessions(phone, last_used_us);
 
@@ -36,12 +39,14 @@ SELECT s.sid_hash, p.id FROM personal_messages AS p JOIN sessions AS s ON s.phon
 INSERT INTO group_deliveries (sid_hash, message_id)
 SELECT s.sid_hash, g.message_id FROM group_pending AS g JOIN sessions AS s ON s.phone = g.phone;
 
--- A personal message goes once its recipient acknowledged it and no device waits for it.
+-- A personal message goes once its recipient acknowledged it and no device waits for it. `acked`
+-- is asked first: a row deleted with its message (the usual acknowledgement) then costs one probe.
 CREATE TRIGGER IF NOT EXISTS personal_deliveries_last
 AFTER DELETE ON personal_deliveries
-WHEN NOT EXISTS (SELECT 1 FROM personal_deliveries WHERE message_id = old.message_id)
+WHEN (SELECT acked FROM personal_messages WHERE id = old.message_id)
+ AND NOT EXISTS (SELECT 1 FROM personal_deliveries WHERE message_id = old.message_id)
 BEGIN
-    DELETE FROM personal_messages WHERE id = old.message_id AND acked;
+    DELETE FROM personal_messages WHERE id = old.message_id;
 END;
 
 -- A group message goes once no participant is pending and no device waits for it.
