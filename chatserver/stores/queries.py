@@ -120,11 +120,13 @@ class Queries:
         " (SELECT count(*) FROM personal_messages WHERE msg_from = $1 AND msg_to = $2 AND NOT acked)")
     pending_for: str = ("SELECT msg_from, msg_to, message, sent_us FROM personal_messages"
                         " WHERE msg_to = $1 AND NOT acked ORDER BY id")
-    # What waits for one device (SPEC 7.1), keyset pagination on personal_deliveries' primary
-    # key (sid_hash, message_id).
+    # What waits for one device (SPEC 7.1): its user's messages (to it, and its own for the
+    # copies) that have the device's row, a page at a time (keyset pagination on id).
     pending_page: str = ("SELECT p.id, p.msg_from, p.msg_to, p.message, p.sent_us"
-                         " FROM personal_deliveries AS d JOIN personal_messages AS p ON p.id = d.message_id"
-                         " WHERE d.sid_hash = $1 AND d.message_id > $2 ORDER BY d.message_id LIMIT $3")
+                         " FROM sessions AS s JOIN personal_messages AS p"
+                         " ON p.msg_to = s.phone OR p.msg_from = s.phone"
+                         " JOIN personal_deliveries AS d ON d.message_id = p.id AND d.sid_hash = s.sid_hash"
+                         " WHERE s.sid_hash = $1 AND p.id > $2 ORDER BY p.id LIMIT $3")
     # SPEC 7.1: a new device $1 of $2 waits for what is still stored for $2 as a recipient: its
     # personal messages (copies of its own are not: msg_to is the peer), the group messages it
     # is pending for, and those another of its devices still waits for (not its own: 7.2).
@@ -231,6 +233,17 @@ def admit(recipients: Iterable[str], waiting: dict[str, int], limit: int) -> lis
             waiting[phone] = n + 1
         admitted.append(n < limit)
     return admitted
+
+
+def identity_counts(rows: Sequence[Sequence[Any]]) -> list[int]:
+    """For each row of a batch of acknowledgements, how many rows of the batch name its message
+    identity (msg_from, msg_to, sent_us, the first three fields) in either direction: a row
+    alone with its identity may take the one-statement way (its device's only row)."""
+    counts: dict[tuple[Any, ...], int] = {}
+    keys = [(min(r[0], r[1]), max(r[0], r[1]), r[2]) for r in rows]
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    return [counts[key] for key in keys]
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,18 @@ from .base import (
     StoreError,
 )
 from .groupcommit import DEFAULT_SESSION_SECONDS, Runners, call_ops
-from .queries import SQLITE, AckPlan, PersonalWaiting, SqlStore, admit, expired, mailbox_full
+from .queries import (
+    SQLITE,
+    AckPlan,
+    PersonalWaiting,
+    SqlStore,
+    admit,
+    expired,
+    mailbox_full,
+)
+from .queries import (
+    identity_counts as _identity_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +191,18 @@ _PERSONAL_WAITING: Final = """
     JOIN personal_messages AS p
       ON p.msg_to = j.value->>(1 - ?2) AND p.msg_from = j.value->>?2 AND p.sent_us = j.value->>2
     JOIN personal_deliveries AS d ON d.message_id = p.id AND d.sid_hash = j.value->>4"""
+# The usual acknowledgement: the recipient's message waits for the acknowledging device only and
+# no device of the recipient acknowledged it before: it goes at once (the device's row with it,
+# ON DELETE CASCADE), one statement for the batch; returns the identities deleted.
+_DELETE_ALONE: Final = """
+    DELETE FROM personal_messages WHERE id IN (
+        SELECT p.id FROM json_each(?1) AS j
+        JOIN personal_messages AS p
+          ON p.msg_to = j.value->>1 AND p.msg_from = j.value->>0 AND p.sent_us = j.value->>2
+        JOIN personal_deliveries AS d ON d.message_id = p.id AND d.sid_hash = j.value->>4
+        WHERE NOT p.acked AND NOT EXISTS (SELECT 1 FROM personal_deliveries AS o
+                                          WHERE o.message_id = p.id AND o.sid_hash <> j.value->>4))
+    RETURNING msg_from, msg_to, sent_us"""
 # Messages whose last waiting device acknowledges them, when the recipient has (now or before):
 # deleted at once, with that device's row (ON DELETE CASCADE).
 _DELETE_PERSONAL: Final = """
@@ -204,27 +227,46 @@ async def _ack_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[
     """Acknowledgements [msg_from, msg_to, sent_us, received_at, device] (SPEC 7.1, 7.2); for
     each, Ack.FIRST when msg_to's first device acknowledged msg_from's message (its dialogue then
     gets last_received_receiver = received_at), Ack.LATER for a later device or a copy,
-    Ack.MISSING when nothing with that identity waited for the device."""
-    data = _rows_json(rows)
-    peers = {r[0]: PersonalWaiting(r[1], bool(r[2]), bool(r[3]), False)
-             for r in await db.execute_fetchall(_PERSONAL_WAITING, (data, 0))}
-    plan = AckPlan(rows, peers)
-    if plan.copies_wanted:
-        plan.add_copies({r[0]: PersonalWaiting(r[1], bool(r[2]), bool(r[3]), True)
-                         for r in await db.execute_fetchall(_PERSONAL_WAITING, (data, 1))})
-    plan.plan()
-    firsts: set[int] = set()
-    if plan.mark:
-        firsts.update(r[0] for r in await db.execute_fetchall(_ACKED, (_rows_json(plan.mark),)))
-    if plan.undeliver:
-        await db.execute(_UNDELIVER_PERSONAL, (_rows_json(plan.undeliver),))
-    deleted: set[int] = set()
-    if plan.delete:
-        deleted = {r[0] for r in await db.execute_fetchall(_DELETE_PERSONAL, (_rows_json(plan.delete),))}
-    results, receipts = plan.results(firsts, deleted)
+    Ack.MISSING when nothing with that identity waited for the device.
+
+    The usual acknowledgement (the recipient's only device, the message's identity once in the
+    batch) deletes the message in one statement; the others (AckPlan) read first."""
+    results: list[Ack | None] = [None] * len(rows)
+    receipts: list[Any] = []
+    once = [k for k, n in enumerate(_identity_counts(rows)) if n == 1]
+    if once:
+        gone = {tuple(r) for r in await db.execute_fetchall(
+            _DELETE_ALONE, (_rows_json([rows[k] for k in once]),))}
+        for k in once:
+            if tuple(rows[k][:3]) in gone:
+                results[k] = Ack.FIRST
+                receipts.append(rows[k])
+    rest = [k for k, r in enumerate(results) if r is None]
+    if rest:
+        slow = [rows[k] for k in rest]
+        data = _rows_json(slow)
+        plan = AckPlan(slow, {r[0]: PersonalWaiting(r[1], bool(r[2]), bool(r[3]), False)
+                              for r in await db.execute_fetchall(_PERSONAL_WAITING, (data, 0))})
+        if plan.copies_wanted:
+            plan.add_copies({r[0]: PersonalWaiting(r[1], bool(r[2]), bool(r[3]), True)
+                             for r in await db.execute_fetchall(_PERSONAL_WAITING, (data, 1))})
+        plan.plan()
+        marked: set[int] = set()
+        if plan.mark:
+            marked = {r[0] for r in await db.execute_fetchall(_ACKED, (_rows_json(plan.mark),))}
+        if plan.undeliver:
+            await db.execute(_UNDELIVER_PERSONAL, (_rows_json(plan.undeliver),))
+        deleted: set[int] = set()
+        if plan.delete:
+            deleted = {r[0] for r in await db.execute_fetchall(
+                _DELETE_PERSONAL, (_rows_json(plan.delete),))}
+        acks, due = plan.results(marked, deleted)
+        for k, ack in zip(rest, acks, strict=True):
+            results[k] = ack
+        receipts.extend(due)
     if receipts:
         await db.execute(_SET_RECEIVED, (_rows_json(receipts),))
-    return results
+    return [r if r is not None else Ack.MISSING for r in results]
 
 
 _SET_SEEN: Final = """
