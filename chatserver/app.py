@@ -76,7 +76,8 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
     """Expire undelivered messages (SPEC 10) while serving: started once the store and the hub
     are (its pushes go through the hub), stopped before them."""
     task = asyncio.create_task(
-        expire_forever(app[store_key], app[hub_key], app[config_key].retention), name="retention")
+        expire_forever(app[store_key], app[hub_key], app[config_key].retention,
+                       app[config_key].security.session_seconds), name="retention")
     try:
         yield
     finally:

@@ -30,7 +30,7 @@ from .protocol import (
     server_now,
     server_timestamp,
 )
-from .stores.base import GroupMessage, StoredMessage, StoreError
+from .stores.base import Ack, GroupMessage, Stored, StoredMessage, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -86,32 +86,40 @@ def _acknowledged(frame: Frame) -> int:
 
 
 async def new_msg(conn: Conn, frame: Frame) -> None:
-    """Store durably, then `msg_sent` to the sender and the frame as sent to the recipient."""
+    """Store durably, then `msg_sent` to the sender, the frame as sent to the recipient's devices
+    and, as a copy, to the sender's other devices (SPEC 7.2)."""
     check_message(conn, frame.message)
     refuse_if_blocked(conn, frame.msg_to)
     await conn.take_message_token()
 
-    def committed(stored: bool) -> None:
-        if stored:  # False: a retry of a message still stored, pushed the first time
-            conn.hub.push(frame.msg_to, encode(frame.wire()))
+    def committed(stored: Stored | None) -> None:
+        if stored is not None:  # None: a retry of a message still stored, pushed the first time
+            data = encode(frame.wire())
+            conn.hub.push(frame.msg_to, data)
+            if stored.copies:
+                conn.hub.push(conn.user, data, skip=conn.device)
         conn.put(_msg_sent(frame))
 
     conn.later(frame.command, conn.store.add_personal(
-        frame.msg_from, frame.msg_to, frame.sent_us, frame.sent_timestamp, frame.message), committed)
+        frame.msg_from, frame.msg_to, frame.sent_us, frame.sent_timestamp, frame.message,
+        conn.device), committed)
 
 
 async def msg_received(conn: Conn, frame: Frame) -> None:
-    """The user has stored the peer's message on their device: delete it, tell the peer."""
+    """This device has stored the peer's message (or its copy of the user's own, SPEC 7.2): it
+    stops waiting for it; the user's first device to do so tells the peer (SPEC 7.1)."""
     sent_us = _acknowledged(frame)
     await conn.take_ack_token()
 
-    def committed(deleted: bool) -> None:
-        if not deleted:
+    def committed(ack: Ack) -> None:
+        if ack is Ack.MISSING:
             raise ProtocolError("couldn't find a message to delete")
-        conn.hub.push(frame.msg_to, encode(frame.wire()))
+        if ack is Ack.FIRST:
+            conn.hub.push(frame.msg_to, encode(frame.wire()))
 
     conn.later(frame.command, conn.store.ack_personal(
-        frame.msg_to, frame.msg_from, sent_us, server_timestamp(frame.sent_us)), committed)
+        frame.msg_to, frame.msg_from, sent_us, server_timestamp(frame.sent_us), conn.device),
+        committed)
 
 
 async def msg_read(conn: Conn, frame: Frame) -> None:
@@ -155,38 +163,44 @@ def _group_sender(conn: Conn) -> str:
 
 
 async def new_grp_msg(conn: Conn, frame: Frame) -> None:
-    """Store durably, pending for every other participant; `msg_sent`; push to each of them."""
+    """Store durably, pending for every other participant; `msg_sent`; push to each of them and,
+    as a copy, to the sender's other devices (SPEC 7.2: `msg_to` is the sender)."""
     check_message(conn, frame.message)
     await conn.take_message_token()
 
-    def committed(pending: list[str] | None) -> None:
-        if pending:  # None: a retry of a message still stored, pushed the first time
+    def committed(stored: Stored | None) -> None:
+        if stored is not None:  # None: a retry of a message still stored, pushed the first time
             addressed = per_recipient({"message": frame.message, "command": "new_msg",
                                        "msg_from": _group_sender(conn),
                                        "sent_timestamp": frame.sent_timestamp})
-            for phone in pending:
+            for phone in stored.pending:
                 conn.hub.push(phone, addressed(phone))
+            if stored.copies:
+                conn.hub.push(conn.user, addressed(conn.user), skip=conn.device)
         conn.put(_msg_sent(frame))
 
     conn.later(frame.command, conn.store.add_group_message(
-        conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message), committed)
+        conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message,
+        conn.device), committed)
 
 
 async def grp_msg_received(conn: Conn, frame: Frame) -> None:
-    """The user has stored the sender's group message: drop them from its pending list (the last
-    one deletes it) and tell the sender."""
+    """This device has stored the sender's group message (a copy when the sender is the user):
+    it stops waiting for it; the user's first device to do so leaves its pending list and tells
+    the sender (SPEC 7.1)."""
     sent_us = _acknowledged(frame)
     await conn.take_ack_token()
 
-    def committed(removed: bool) -> None:
-        if not removed:
+    def committed(ack: Ack) -> None:
+        if ack is Ack.MISSING:
             raise ProtocolError("couldn't find a message to delete")
-        conn.hub.push(frame.msg_to, encode({
-            "message": frame.message, "command": "msg_received", "msg_from": _group_sender(conn),
-            "msg_to": frame.msg_to, "sent_timestamp": server_now()}))
+        if ack is Ack.FIRST:
+            conn.hub.push(frame.msg_to, encode({
+                "message": frame.message, "command": "msg_received", "msg_from": _group_sender(conn),
+                "msg_to": frame.msg_to, "sent_timestamp": server_now()}))
 
-    conn.later(frame.command, conn.store.ack_group(conn.peer, frame.msg_to, sent_us, conn.user),
-               committed)
+    conn.later(frame.command, conn.store.ack_group(conn.peer, frame.msg_to, sent_us, conn.user,
+                                                   conn.device), committed)
 
 
 async def grp_msg_read(conn: Conn, frame: Frame) -> None:
@@ -283,25 +297,27 @@ async def _send_pages(conn: Conn, command: str,
 
 
 async def fetch_msgs(conn: Conn, data: dict[str, Any]) -> None:
-    """Answer the personal messages still stored for the user, oldest first, in chunks."""
+    """Answer the personal messages (and copies of the user's own, SPEC 7.2) waiting for this
+    socket's device, oldest first, in chunks (SPEC 7.1)."""
     def render(m: StoredMessage) -> dict[str, Any]:
         return {"msg_from": m.msg_from, "msg_to": m.msg_to, "message": m.message,
                 "command": "new_msg", "sent_timestamp": fetch_timestamp(m.sent_us)}
 
     await _send_pages(conn, "fetch_msgs",
-                      lambda after, limit: conn.store.pending_page(conn.user, after, limit), render)
+                      lambda after, limit: conn.store.pending_page(conn.device, after, limit), render)
 
 
 async def fetch_grp_msgs(conn: Conn, data: dict[str, Any]) -> None:
-    """Answer the group messages still pending for the user, oldest first, in chunks, each with
-    `msg_from` "<grp>-<sender>" and its `pending` list (SPEC 5.2)."""
+    """Answer the group messages (and copies of the user's own) waiting for this socket's
+    device, oldest first, in chunks, each with `msg_from` "<grp>-<sender>" and its `pending`
+    list (SPEC 5.2, 7.1)."""
     def render(m: GroupMessage) -> dict[str, Any]:
         return {"msg_from": f"{m.grp}-{m.msg_from}", "msg_to": conn.user, "message": m.message,
                 "command": "new_msg", "sent_timestamp": fetch_timestamp(m.sent_us),
                 "pending": m.pending}
 
     await _send_pages(conn, "fetch_grp_msgs",
-                      lambda after, limit: conn.store.pending_group_page(conn.user, after, limit),
+                      lambda after, limit: conn.store.pending_group_page(conn.device, after, limit),
                       render)
 
 

@@ -37,7 +37,8 @@ class Conn:
     """One open socket as the commands see it: whose it is, to whom it talks, how to answer.
 
     `peer` is the dialogue's other phone on a personal socket, the group key on a group socket,
-    the room name on a room socket and the user's own phone on a receive socket.
+    the room name on a room socket and the user's own phone on a receive socket. `device` is the
+    session hash of the device (SPEC 7) whose socket it is.
     """
 
     user: str
@@ -47,6 +48,7 @@ class Conn:
     hub: Hub
     config: Config
     throttle: Throttle
+    device: str = ""
     last_typing: float = float("-inf")
     in_flight: int = 0
     _space: asyncio.Future[None] | None = None  # dispatch waiting for in_flight to drop

@@ -1,9 +1,10 @@
 """Expiry of undelivered messages (SPEC 10, `[retention]`): a personal or group message still
 stored `undelivered_days` after the server accepted it is deleted, and every receive socket of its
-sender is told with `msg_expired` (pushed, not stored). Runs in every serving process, at start
-and every `check_seconds`; the store makes each message expire in exactly one of them
-(`Store.expire`), and that process pushes through the hub, which reaches the sender's sockets on
-every process.
+sender is told with `msg_expired` (pushed, not stored) unless every recipient had it on a device.
+Sessions unused for `security.session_seconds` are dropped at each check too (SPEC 7). Runs in
+every serving process, at start and every `check_seconds`; the store makes each message expire in
+exactly one of them (`Store.expire`), and that process pushes through the hub, which reaches the
+sender's sockets on every process.
 """
 
 from __future__ import annotations
@@ -41,18 +42,25 @@ async def expire_once(store: Store, hub: Hub, undelivered_days: float) -> int:
     while True:
         expired = await store.expire(before_us, EXPIRE_BATCH)
         for e in expired:
-            hub.push(e.msg_from, encode(msg_expired(e)))
+            if not e.delivered:  # SPEC 7.1: only a copy or another device still waited
+                hub.push(e.msg_from, encode(msg_expired(e)))
         total += len(expired)
         groups = sum(e.group for e in expired)
         if groups < EXPIRE_BATCH and len(expired) - groups < EXPIRE_BATCH:
             return total
 
 
-async def expire_forever(store: Store, hub: Hub, retention: Retention) -> None:
-    """`expire_once` now and every `retention.check_seconds`, until cancelled; a failed check
-    (StoreError, or anything else) is logged and the next one runs as planned."""
+async def expire_forever(store: Store, hub: Hub, retention: Retention,
+                         session_seconds: float) -> None:
+    """`expire_once` now and every `retention.check_seconds`, with the sessions unused for
+    `session_seconds` dropped first (SPEC 7: an expired device stops waiting for messages),
+    until cancelled; a failed check (StoreError, or anything else) is logged and the next one
+    runs as planned."""
     while True:
         try:
+            dropped = await store.drop_expired_sessions(session_seconds)
+            if dropped:
+                log.info("%d expired session(s) dropped", dropped)
             n = await expire_once(store, hub, retention.undelivered_days)
         except Exception:  # StoreError, or a bug: the next check must still run
             log.exception("the expiry of undelivered messages failed; next try in %g s",

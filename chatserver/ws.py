@@ -55,9 +55,10 @@ def _socket(request: web.Request) -> web.WebSocketResponse:
                                  heartbeat=config.websocket.heartbeat, compress=False)
 
 
-def _conn(request: web.Request, phone: str, peer: str, outbox: Outbox) -> Conn:
+def _conn(request: web.Request, phone: str, peer: str, outbox: Outbox, device: str) -> Conn:
     app = request.app
-    return Conn(phone, peer, outbox, app[store_key], app[hub_key], app[config_key], app[throttle_key])
+    return Conn(phone, peer, outbox, app[store_key], app[hub_key], app[config_key], app[throttle_key],
+                device)
 
 
 def _binary_refused(conn: Conn) -> None:
@@ -75,8 +76,8 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
             with hub.outbox(ws) as outbox:
                 # Registered (with a shared hub: subscribed) before the first frame is read, so
                 # that no push sent after the client's first fetch can miss this socket.
-                async with hub.receiving(phone, outbox) as came_online:
-                    conn = _conn(request, phone, phone, outbox)
+                async with hub.receiving(phone, outbox, sid_hash) as came_online:
+                    conn = _conn(request, phone, phone, outbox, sid_hash)
                     if came_online:
                         await announce(store, hub, phone, "online")
                     await _serve(ws, conn, functools.partial(commands.dispatch_receive, conn))
@@ -102,7 +103,7 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     async with hub.session_socket(sid_hash, ws, ("personal", phone, msg_to)):
         with hub.outbox(ws) as outbox:
-            conn = _conn(request, phone, msg_to, outbox)
+            conn = _conn(request, phone, msg_to, outbox, sid_hash)
             await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.PERSONAL))
     return ws
 
@@ -140,7 +141,7 @@ async def group_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     async with hub.session_socket(sid_hash, ws, ("group", phone, grp)):
         with hub.group_socket(grp, phone, ws), hub.outbox(ws) as outbox:
-            conn = _conn(request, phone, grp, outbox)
+            conn = _conn(request, phone, grp, outbox, sid_hash)
             await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.GROUP))
     return ws
 
@@ -163,7 +164,7 @@ async def room_socket(request: web.Request) -> web.WebSocketResponse:
             # In the room (with a shared hub: subscribed) before its history is read: a message
             # stored after that read is broadcast to this socket, one stored before is in it.
             async with hub.in_room(name, outbox):
-                conn = _conn(request, phone, name, outbox)
+                conn = _conn(request, phone, name, outbox, sid_hash)
                 history = await commands.send_room_history(conn, config.rooms.history)
                 hub.release(name, outbox, history)
                 await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.ROOM))

@@ -27,8 +27,9 @@ class Deliveries(Protocol):
     Called from the broker's own task, never awaited; each must queue and return.
     """
 
-    def deliver_push(self, phone: str, data: bytes) -> None:
-        """A push for `phone` (a text frame, UTF-8 JSON) to this process's receive sockets."""
+    def deliver_push(self, phone: str, data: bytes, skip: str | None = None) -> None:
+        """A push for `phone` (a text frame, UTF-8 JSON) to this process's receive sockets but
+        those of device `skip` (a session hash)."""
 
     def deliver_broadcast(self, room: str, data: bytes, seq: int | None) -> None:
         """A broadcast to this process's sockets in `room`; `seq` is the stored message's id, or
@@ -76,9 +77,10 @@ class Broker(Protocol):
     def unsubscribe_room(self, room: str) -> None:
         """One socket here left `room`."""
 
-    def publish_user(self, phone: str, data: bytes) -> None:
-        """Publish a push for `phone`'s receive sockets in the other processes. Two publications
-        of one process arrive in their order in every other process."""
+    def publish_user(self, phone: str, data: bytes, skip: str | None = None) -> None:
+        """Publish a push for `phone`'s receive sockets in the other processes but those of
+        device `skip` (a session hash). Two publications of one process arrive in their order in
+        every other process."""
 
     def publish_room(self, room: str, data: bytes, seq: int | None) -> None:
         """Publish a broadcast to `room` (`seq`: the stored message's id, None for typing)."""
@@ -163,7 +165,7 @@ class LocalBroker:
     def unsubscribe_room(self, room: str) -> None:
         """Nothing was subscribed."""
 
-    def publish_user(self, phone: str, data: bytes) -> None:
+    def publish_user(self, phone: str, data: bytes, skip: str | None = None) -> None:
         """No other process."""
 
     def publish_room(self, room: str, data: bytes, seq: int | None) -> None:

@@ -47,8 +47,9 @@ class _Receiving:
 
     __slots__ = ("_hub", "_phone", "_outbox")
 
-    def __init__(self, hub: Hub, phone: str, outbox: Outbox) -> None:
+    def __init__(self, hub: Hub, phone: str, outbox: Outbox, device: str | None) -> None:
         self._hub, self._phone, self._outbox = hub, phone, outbox
+        outbox.device = device
 
     async def __aenter__(self) -> bool:
         hub, phone = self._hub, self._phone
@@ -237,12 +238,13 @@ class Hub:
         """A new outbox for `ws` (use it as a context manager)."""
         return Outbox(self, ws, self._queue_size)
 
-    def receiving(self, phone: str, outbox: Outbox) -> _Receiving:
-        """`async with hub.receiving(phone, outbox) as came_online:` within the block, `outbox`
-        gets every push for `phone` (a receive socket). On entry the broker's subscription is
+    def receiving(self, phone: str, outbox: Outbox, device: str | None = None) -> _Receiving:
+        """`async with hub.receiving(phone, outbox, device) as came_online:` within the block,
+        `outbox` gets every push for `phone` (a receive socket of the device whose session hash
+        is `device`) but those that skip that device. On entry the broker's subscription is
         live and the phone claimed for this process; `came_online` is True when no process held
         a receive socket of `phone` before."""
-        return _Receiving(self, phone, outbox)
+        return _Receiving(self, phone, outbox, device)
 
     def session_socket(self, sid_hash: str, ws: web.WebSocketResponse,
                        slot: tuple[str, ...] | None = None) -> _SessionSocket:
@@ -327,13 +329,13 @@ class Hub:
 
     # -- delivery -------------------------------------------------------------------------------
 
-    def push(self, phone: str, data: bytes) -> None:
-        """Queue a text frame for every receive socket of `phone`, here at once and in the other
-        processes through the broker (none: nothing happens)."""
-        for outbox in tuple(self._receivers.get(phone, ())):
-            outbox.put(data)
+    def push(self, phone: str, data: bytes, skip: str | None = None) -> None:
+        """Queue a text frame for every receive socket of `phone` but those of device `skip` (a
+        session hash: SPEC 7.2, a copy does not go back to the device that sent it), here at once
+        and in the other processes through the broker (none: nothing happens)."""
+        self.deliver_push(phone, data, skip)
         if self._publishing:
-            self._broker.publish_user(phone, data)
+            self._broker.publish_user(phone, data, skip)
 
     def broadcast(self, room: str, data: bytes, seq: int | None = None) -> None:
         """Queue a text frame for every socket in `room`, the sender's own included (SPEC 5.4),
@@ -350,10 +352,12 @@ class Hub:
         if self._publishing:
             self._broker.publish_room(room, data, seq)
 
-    def deliver_push(self, phone: str, data: bytes) -> None:
-        """Another process's push: to the receive sockets of `phone` here."""
+    def deliver_push(self, phone: str, data: bytes, skip: str | None = None) -> None:
+        """A push (this process's or another's): to the receive sockets of `phone` here but
+        those of device `skip`."""
         for outbox in tuple(self._receivers.get(phone, ())):
-            outbox.put(data)
+            if skip is None or outbox.device != skip:
+                outbox.put(data)
 
     def deliver_broadcast(self, room: str, data: bytes, seq: int | None) -> None:
         """Another process's broadcast: to the sockets in `room` here, held as local ones are;

@@ -37,10 +37,13 @@ class Outbox:
     holds no task and no future (memory per idle socket is what a small box runs out of).
     """
 
-    __slots__ = ("ws", "_hub", "_size", "_frames", "_writer", "_space", "_closed")
+    __slots__ = ("ws", "device", "_hub", "_size", "_frames", "_writer", "_space", "_closed")
 
     def __init__(self, hub: Hub, ws: web.WebSocketResponse, size: int) -> None:
         self.ws = ws
+        # The session hash of the device whose receive socket this is (SPEC 7), set by
+        # Hub.receiving: a copy of one's own message skips the device that sent it.
+        self.device: str | None = None
         self._hub = hub
         self._size = size
         self._frames: deque[bytes] | None = None  # made on first use: a deque is ~0.7 KB

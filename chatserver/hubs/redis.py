@@ -485,7 +485,9 @@ class RedisBroker:
             log.exception("Redis hub: cannot handle a publication on %r", message.get("channel"))
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
-        """A publication `<origin> <number> <seq>\\n<frame>` from another process, to the hub."""
+        """A publication `<origin> <number> <seq>\\n<frame>` from another process, to the hub.
+        `seq` is a room message's id, or on a user's channel the session hash of the device the
+        push skips; `-` for none."""
         head, _, frame = data.partition(b"\n")
         origin, number, seq = head.split(b" ")
         if origin == self._origin:
@@ -499,8 +501,8 @@ class RedisBroker:
         if target is None or hub is None:
             return  # no socket here wants it any more (its UNSUBSCRIBE is on its way)
         kind, name = target
-        if kind == _USER:
-            hub.deliver_push(name, frame)
+        if kind == _USER:  # the head's third field: the device to skip (SPEC 7.2), or none
+            hub.deliver_push(name, frame, None if seq == _NO_SEQ else seq.decode())
         elif kind == _ROOM:
             hub.deliver_broadcast(name, frame, None if seq == _NO_SEQ else int(seq))
         else:
@@ -508,9 +510,9 @@ class RedisBroker:
 
     # -- publishing (Broker) ----------------------------------------------------------------------
 
-    def publish_user(self, phone: str, data: bytes) -> None:
-        """Publish a push for `phone` (never waits, never raises)."""
-        self._publish(self._user_channel(phone), data)
+    def publish_user(self, phone: str, data: bytes, skip: str | None = None) -> None:
+        """Publish a push for `phone` but device `skip` (never waits, never raises)."""
+        self._publish(self._user_channel(phone), data, _NO_SEQ if skip is None else skip.encode())
 
     def publish_room(self, room: str, data: bytes, seq: int | None) -> None:
         """Publish a broadcast to `room` (never waits, never raises)."""

@@ -8,6 +8,7 @@ driver's error as `__cause__`. docs/storage.md says how the engines keep the dat
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
@@ -92,16 +93,36 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Stored:
+    """A new message, committed (SPEC 7): `pending`, the recipients it waits for (personal: the
+    recipient; group: the other participants whose mailbox had room, sorted); `copies`, how many
+    of the sender's other devices got a copy to acknowledge (SPEC 7.2), the sending device never."""
+
+    pending: list[str]
+    copies: int
+
+
+class Ack(enum.Enum):
+    """What one device's acknowledgement did (SPEC 7.1)."""
+
+    MISSING = 0  # nothing with that identity waits for this device: the error frame
+    FIRST = 1  # the recipient's first acknowledgement on any device: the receipt of 5.1 / 5.3
+    LATER = 2  # another device of the recipient, or a copy of one's own message: silent
+
+
+@dataclass(frozen=True, slots=True)
 class Expired:
     """A message deleted because it waited `retention.undelivered_days` (SPEC 10): what its
     sender's `msg_expired` says. `msg_to` is the recipient's phone, or the group key when `group`;
-    `sent_timestamp` is the sender's own, as sent."""
+    `sent_timestamp` is the sender's own, as sent. `delivered`: every recipient had acknowledged
+    it on a device (only a device's copy was still waiting, SPEC 7.1): no `msg_expired` is due."""
 
     msg_from: str
     msg_to: str
     sent_timestamp: str
     sent_us: int
     group: bool
+    delivered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,18 +286,24 @@ class Store(Protocol):
     # -- the per-message writes (group commit) ------------------------------------------------
 
     def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
-                     message: str) -> asyncio.Future[bool]:
-        """Store a message durably, with the commit's time as its `accepted_us`. False when the
-        same identity (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice
-        (SPEC 5.1). The dialogue rows are created by a trigger. Fails with IntegrityError for a
-        phone that has no account, and with MailboxFull when `max_waiting` messages already wait
-        for msg_to (personal ones to them and group ones pending for them, SPEC 10)."""
+                     message: str, device: str | None = None) -> asyncio.Future[Stored | None]:
+        """Store a message durably, with the commit's time as its `accepted_us`, waiting for each
+        live device of msg_to and, as a copy, for each live device of msg_from but `device` (the
+        sending session's hash; None: every one) (SPEC 7.1, 7.2). None when the same identity
+        (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice (SPEC 5.1). The
+        dialogue rows are created by a trigger. Fails with IntegrityError for a phone that has no
+        account, and with MailboxFull when `max_waiting` messages already wait for msg_to
+        (personal ones to them and group ones pending for them, SPEC 10)."""
         ...
 
-    def ack_personal(self, msg_from: str, msg_to: str, sent_us: int,
-                     received_at: str) -> asyncio.Future[bool]:
-        """msg_to acknowledges msg_from's message `sent_us` (SPEC 5.1 `msg_received`): delete it and
-        set last_received_receiver of msg_from -> msg_to. False when no such message is stored."""
+    def ack_personal(self, msg_from: str, msg_to: str, sent_us: int, received_at: str,
+                     device: str) -> asyncio.Future[Ack]:
+        """Device `device` of msg_to acknowledges `sent_us` of its dialogue with msg_from (SPEC
+        7.1, 7.2 `msg_received`): msg_from's message to msg_to waiting for this device, else
+        msg_to's own copy of its message to msg_from. The device stops waiting for it; the first
+        acknowledgement of msg_from's message by any device of msg_to (Ack.FIRST) also sets
+        last_received_receiver of msg_from -> msg_to to `received_at`. The message is deleted
+        once acknowledged and no device waits. Ack.MISSING when nothing waits for `device`."""
         ...
 
     def read_personal(self, msg_from: str, msg_to: str, seen_at: str) -> asyncio.Future[None]:
@@ -284,20 +311,25 @@ class Store(Protocol):
         ...
 
     def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                          message: str) -> asyncio.Future[list[str] | None]:
+                          message: str, device: str | None = None) -> asyncio.Future[Stored | None]:
         """Store a group message durably, pending for every other participant (SPEC 5.3), with
-        the commit's time as its `accepted_us`. Resolves to the sorted phones it is pending for,
-        or None for a retry of a message still stored; fails with NotMember when msg_from is not
-        a participant.
+        the commit's time as its `accepted_us`, waiting for each of their live devices and, as
+        a copy, for each live device of msg_from but `device` (SPEC 7). Resolves to what was
+        stored (`pending`: the sorted phones it is pending for), or None for a retry of a
+        message still stored; fails with NotMember when msg_from is not a participant.
 
         A participant whose mailbox is full (`max_waiting` messages already wait for them, SPEC
         10) is left out of the pending list: the others still get the message. When every other
         participant is full, nothing is stored and the write fails with MailboxFull."""
         ...
 
-    def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str) -> asyncio.Future[bool]:
-        """`phone` acknowledges msg_from's message in grp: remove it from the pending list (the
-        last acknowledgement deletes the message). False when it was not pending for `phone`."""
+    def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str,
+                  device: str) -> asyncio.Future[Ack]:
+        """Device `device` of `phone` acknowledges msg_from's message in grp (a copy when msg_from
+        is `phone`) (SPEC 7.1): the device stops waiting for it; the first acknowledgement by a
+        device of `phone` (Ack.FIRST) removes `phone` from the pending list. The message is
+        deleted once no one is pending and no device waits. Ack.MISSING when it does not wait
+        for `device`."""
         ...
 
     def read_group(self, grp: str, phone: str, up_to: str) -> asyncio.Future[None]:
@@ -420,7 +452,10 @@ class Store(Protocol):
     async def add_session(self, sid_hash: str, phone: str, label: str = UNKNOWN_DEVICE) -> str:
         """Record a login (SPEC 4: the cookie names a session the server records) as a new
         device (SPEC 7) with this `label`, created and last used now; returns the device's new
-        random id. Raises IntegrityError for an unknown phone (or, with odds of 2**-96, an id
+        random id. In the same transaction the new device starts waiting for every message still
+        stored for `phone` as a recipient (personal ones to it, group ones it is pending for or
+        another of its devices waits for), but for no copy of what `phone` sent before (SPEC
+        7.1, 7.2). Raises IntegrityError for an unknown phone (or, with odds of 2**-96, an id
         taken)."""
         ...
 
@@ -482,11 +517,19 @@ class Store(Protocol):
         """Personal messages stored for msg_to, in the order the server accepted them (SPEC 5.2)."""
         ...
 
-    async def pending_page(self, msg_to: str, after: int, limit: int) -> list[tuple[int, StoredMessage]]:
-        """At most `limit` personal messages stored for msg_to, in acceptance order, starting
-        after the one whose position is `after` (0: from the first): (position, message) pairs.
-        The next page starts after the last position returned (keyset pagination: each page is
-        one indexed query whatever the backlog, and memory is bounded by `limit`)."""
+    async def pending_page(self, device: str, after: int,
+                           limit: int) -> list[tuple[int, StoredMessage]]:
+        """At most `limit` personal messages (and copies of one's own, SPEC 7.2) waiting for the
+        device whose session hash is `device`, in acceptance order, starting after the one whose
+        position is `after` (0: from the first): (position, message) pairs. The next page starts
+        after the last position returned (keyset pagination: each page is one indexed query
+        whatever the backlog, and memory is bounded by `limit`)."""
+        ...
+
+    async def drop_expired_sessions(self, max_age_seconds: float) -> int:
+        """Delete the sessions not used within the last `max_age_seconds` (SPEC 7: expired
+        devices), with what waited for them only (a message no other device waits for and its
+        recipient never acknowledged stays for their next device); how many were deleted."""
         ...
 
     # -- groups (SPEC 4, 5.3) -----------------------------------------------------------------
@@ -526,10 +569,11 @@ class Store(Protocol):
         """Group messages still pending for `phone`, oldest first, each with its pending list."""
         ...
 
-    async def pending_group_page(self, phone: str, after: int,
+    async def pending_group_page(self, device: str, after: int,
                                  limit: int) -> list[tuple[int, GroupMessage]]:
-        """`pending_group_for` a page at a time, as `pending_page`: at most `limit` (position,
-        message) pairs, oldest first, after position `after` (0: from the first)."""
+        """The group messages (and copies of one's own) waiting for the device whose session
+        hash is `device`, a page at a time as `pending_page`: at most `limit` (position, message)
+        pairs, oldest first, after position `after` (0: from the first)."""
         ...
 
     # -- retention (SPEC 10) ------------------------------------------------------------------
@@ -539,7 +583,9 @@ class Store(Protocol):
         rows) accepted before `before_us`, oldest first, in one transaction, and return them; the
         store scrubs their bodies as it does acknowledged ones (SPEC 6). Several processes may
         call it at once on one database: each message is returned by exactly one call (the one
-        whose DELETE removed it). Call again while a call returns `limit` of either kind."""
+        whose DELETE removed it). Call again while a call returns `limit` of either kind. A message
+        every recipient had acknowledged (only a device's copy or a second device still waited)
+        comes back with `delivered` True."""
         ...
 
     # -- rooms (SPEC 5.4) ---------------------------------------------------------------------

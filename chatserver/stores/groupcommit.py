@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
-from .base import Store, StoreClosed, StoreError
+from ..protocol import now_micros
+from .base import Ack, Store, StoreClosed, Stored, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ DB = TypeVar("DB")
 MAX_ATTEMPTS: Final = 5
 # A scrub that failed (not merely busy) is tried again after this many seconds.
 SCRUB_RETRY_SECONDS: Final = 1.0
+# security.session_seconds's default (config.py), for stores opened without a config.
+DEFAULT_SESSION_SECONDS: Final = 30 * 24 * 3600
 
 
 @dataclass(slots=True)
@@ -66,8 +69,12 @@ class GroupCommitStore(Store, Generic[DB]):
 
     RUNNERS: ClassVar[Runners[Any]]
 
-    def __init__(self, scrub_seconds: float, rooms_keep: int, max_waiting: int = 10000) -> None:
+    def __init__(self, scrub_seconds: float, rooms_keep: int, max_waiting: int = 10000,
+                 session_seconds: float = DEFAULT_SESSION_SECONDS) -> None:
         self._scrub_seconds = scrub_seconds
+        # security.session_seconds: a session unused that long is no device (SPEC 7); new
+        # messages do not wait for it.
+        self._session_us = round(session_seconds * 1_000_000)
         self._rooms_keep = rooms_keep
         self._max_waiting = max_waiting  # limits.max_waiting_per_recipient (SPEC 10)
         # (blocker, blocked) pairs, mirrored in memory: every new_msg is checked against them.
@@ -149,26 +156,34 @@ class GroupCommitStore(Store, Generic[DB]):
         """Run a rare write (one small coroutine taking the writer connection) in the next batch."""
         return await self._submit(self.RUNNERS.call_ops, op, deletes=deletes)
 
-    def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
-                     message: str) -> asyncio.Future[bool]:
-        return self._submit(self.RUNNERS.add_personal,
-                            [msg_from, msg_to, sent_us, sent_timestamp, message, self._max_waiting])
+    def _live_after_us(self) -> int:
+        """Sessions last used before this are no devices any more (SPEC 7)."""
+        return now_micros() - self._session_us
 
-    def ack_personal(self, msg_from: str, msg_to: str, sent_us: int,
-                     received_at: str) -> asyncio.Future[bool]:
-        return self._submit(
-            self.RUNNERS.ack_personal, [msg_from, msg_to, sent_us, received_at], deletes=True)
+    def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
+                     message: str, device: str | None = None) -> asyncio.Future[Stored | None]:
+        return self._submit(self.RUNNERS.add_personal,
+                            [msg_from, msg_to, sent_us, sent_timestamp, message, self._max_waiting,
+                             device, self._live_after_us()])
+
+    def ack_personal(self, msg_from: str, msg_to: str, sent_us: int, received_at: str,
+                     device: str) -> asyncio.Future[Ack]:
+        return self._submit(self.RUNNERS.ack_personal,
+                            [msg_from, msg_to, sent_us, received_at, device], deletes=True)
 
     def read_personal(self, msg_from: str, msg_to: str, seen_at: str) -> asyncio.Future[None]:
         return self._submit(self.RUNNERS.read_personal, [msg_from, msg_to, seen_at])
 
     def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                          message: str) -> asyncio.Future[list[str] | None]:
+                          message: str, device: str | None = None) -> asyncio.Future[Stored | None]:
         return self._submit(self.RUNNERS.add_group,
-                            [grp, msg_from, sent_us, sent_timestamp, message, self._max_waiting])
+                            [grp, msg_from, sent_us, sent_timestamp, message, self._max_waiting,
+                             device, self._live_after_us()])
 
-    def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str) -> asyncio.Future[bool]:
-        return self._submit(self.RUNNERS.ack_group, [grp, msg_from, sent_us, phone], deletes=True)
+    def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str,
+                  device: str) -> asyncio.Future[Ack]:
+        return self._submit(self.RUNNERS.ack_group, [grp, msg_from, sent_us, phone, device],
+                            deletes=True)
 
     def read_group(self, grp: str, phone: str, up_to: str) -> asyncio.Future[None]:
         return self._submit(self.RUNNERS.read_group, [grp, phone, up_to])

@@ -7,7 +7,8 @@ deletion does and does not remove on PostgreSQL.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -16,8 +17,17 @@ import asyncpg
 from ..config import Config
 from ..protocol import now_micros
 from . import migrate
-from .base import BackupUnsupported, Expired, GroupMessage, IntegrityError, NotMember, StoreError
-from .groupcommit import Runners, call_ops
+from .base import (
+    Ack,
+    BackupUnsupported,
+    Expired,
+    GroupMessage,
+    IntegrityError,
+    NotMember,
+    Stored,
+    StoreError,
+)
+from .groupcommit import DEFAULT_SESSION_SECONDS, Runners, call_ops
 from .pgblocks import CHANNEL_QUERY, CONNECTION_ERRORS, BlocksMirror, PgConnection
 from .queries import POSTGRES, SqlStore, admit, expired, mailbox_full
 
@@ -60,18 +70,6 @@ def _wrap(error: BaseException) -> BaseException:
     return wrapped
 
 
-def _firsts(rows: list[Any], done: Iterable[Any], width: int) -> list[bool]:
-    """For each row, True when its key (first `width` fields) is in `done`; a key that occurs
-    twice in one batch counts for its first occurrence only (as in sqlite.py)."""
-    left = {tuple(k) for k in done}
-    results = []
-    for row in rows:
-        key = tuple(row[:width])
-        results.append(key in left)
-        left.discard(key)
-    return results
-
-
 # Messages waiting for each phone (SPEC 10), counted on the indexes (msg_to, id) and
 # (phone, message_id) and only up to the limit $2: a full mailbox costs at most `limit` index
 # entries per batch, a usual one (a few waiting) next to nothing. Another process may commit
@@ -98,60 +96,138 @@ _INSERT_PERSONAL: Final = """
          WITH ORDINALITY AS j(msg_from, msg_to, sent_us, sent_timestamp, message, n)
     ORDER BY n
     ON CONFLICT DO NOTHING
-    RETURNING msg_from, msg_to, sent_us"""
+    RETURNING msg_from, msg_to, sent_us, id"""
+# SPEC 7.1: a new message waits for each live device of its recipient; SPEC 7.2: and, as a copy,
+# for each live device of its sender but the one that sent it ($2, '' for none). A statement of
+# its own after the INSERT: its snapshot sees a session another process committed while the
+# INSERT waited for the recipient's row (add_session's lock, _lock_user). Returns the copies.
+_DELIVER_PERSONAL: Final = """
+    WITH j AS (SELECT * FROM unnest($1::bigint[], $2::text[]) AS j(id, device)),
+    recipients AS (
+        INSERT INTO personal_deliveries (sid_hash, message_id)
+        SELECT s.sid_hash, p.id FROM j JOIN personal_messages AS p ON p.id = j.id
+        JOIN sessions AS s ON s.phone = p.msg_to
+        WHERE s.last_used_us > $3
+        ORDER BY 2, 1
+        ON CONFLICT DO NOTHING)
+    INSERT INTO personal_deliveries (sid_hash, message_id)
+    SELECT s.sid_hash, p.id FROM j JOIN personal_messages AS p ON p.id = j.id
+    JOIN sessions AS s ON s.phone = p.msg_from AND s.sid_hash <> j.device
+    WHERE s.last_used_us > $3 AND p.msg_from <> p.msg_to
+    ORDER BY 2, 1
+    ON CONFLICT DO NOTHING
+    RETURNING message_id"""
 
 
-async def _add_personal_many(db: PgConnection, rows: list[Any]) -> list[bool | StoreError]:
-    """Insert [msg_from, msg_to, sent_us, sent_timestamp, message, max_waiting] rows in array
-    order (which is the acceptance order, `id`); True for each row stored, False for a repeated
-    identity, MailboxFull for a row whose recipient already has max_waiting messages waiting.
-    The dialogues are opened by the table's trigger."""
+async def _add_personal_many(db: PgConnection, rows: list[Any]) -> list[Stored | None | StoreError]:
+    """Insert [msg_from, msg_to, sent_us, sent_timestamp, message, max_waiting, device,
+    live_after_us] rows in array order (which is the acceptance order, `id`), each waiting for
+    its recipient's devices and, as copies, its sender's other devices (SPEC 7); Stored for each
+    row stored, None for a repeated identity, MailboxFull for a row whose recipient already has
+    max_waiting messages waiting. The dialogues are opened by the table's trigger."""
     limit = rows[0][5]
     admitted = admit((row[1] for row in rows), await _waiting(db, {row[1] for row in rows}, limit),
                      limit)
     taken = [row for row, ok in zip(rows, admitted, strict=True) if ok]
-    stored = iter(_firsts(taken, await db.fetch(_INSERT_PERSONAL, *_columns(taken, 5), now_micros()),
-                          3) if taken else [])
-    results: list[bool | StoreError] = []
+    inserted: dict[tuple[Any, ...], int] = {}
+    copies: Counter[int] = Counter()
+    if taken:
+        inserted = {(r[0], r[1], r[2]): r[3] for r in await db.fetch(
+            _INSERT_PERSONAL, *_columns(taken, 5), now_micros())}
+    if inserted:
+        devices = {(row[0], row[1], row[2]): row[6] or "" for row in rows}
+        copies = Counter(r[0] for r in await db.fetch(
+            _DELIVER_PERSONAL, list(inserted.values()), [devices[k] for k in inserted], rows[0][7]))
+    results: list[Stored | None | StoreError] = []
     for row, ok in zip(rows, admitted, strict=True):
         if ok:
-            results.append(next(stored))
+            # the same identity twice in one batch: only the first is new
+            message_id = inserted.pop((row[0], row[1], row[2]), None)
+            results.append(None if message_id is None else Stored([row[1]], copies[message_id]))
         elif await db.fetchval(POSTGRES.is_stored, row[1], row[0], row[2]) is not None:
-            results.append(False)  # a retry of a message stored before the mailbox filled up
+            results.append(None)  # a retry of a message stored before the mailbox filled up
         else:
             results.append(mailbox_full())
     return results
 
 
-# One statement: delete, and move last_received_receiver of each dialogue to the receipt of its
-# latest deleted message in the batch. A dialogue may be touched only once by an upsert (DISTINCT
-# ON); a message acknowledged twice in one batch counts the first time.
-_ACK_PERSONAL: Final = """
-    WITH j AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
-                      WITH ORDINALITY AS j(msg_from, msg_to, sent_us, received_at, n)),
-    deleted AS (
-        DELETE FROM personal_messages AS p USING j
-        WHERE p.msg_to = j.msg_to AND p.msg_from = j.msg_from AND p.sent_us = j.sent_us
-        RETURNING p.msg_from, p.msg_to, p.sent_us),
-    firsts AS (
-        SELECT DISTINCT ON (j.msg_from, j.msg_to, j.sent_us) j.*
-        FROM deleted JOIN j USING (msg_from, msg_to, sent_us)
-        ORDER BY j.msg_from, j.msg_to, j.sent_us, j.n),
-    receipts AS (
-        INSERT INTO dialogues (msg_from, msg_to, last_received_receiver)
-        SELECT DISTINCT ON (msg_from, msg_to) msg_from, msg_to, received_at FROM firsts
-        ORDER BY msg_from, msg_to, n DESC
-        ON CONFLICT (msg_from, msg_to)
-        DO UPDATE SET last_received_receiver = excluded.last_received_receiver)
-    SELECT n FROM firsts"""
+# For each acknowledgement [msg_from, msg_to, sent_us, received_at, device] (n: its place): the id
+# of msg_from's message to msg_to waiting for the device, and of msg_to's own message to msg_from
+# (a copy, SPEC 7.2) waiting for it, each or NULL.
+_PERSONAL_WAITING: Final = """
+    SELECT j.n,
+        (SELECT p.id FROM personal_messages AS p JOIN personal_deliveries AS d
+         ON d.message_id = p.id AND d.sid_hash = j.device
+         WHERE p.msg_to = j.msg_to AND p.msg_from = j.msg_from AND p.sent_us = j.sent_us),
+        (SELECT p.id FROM personal_messages AS p JOIN personal_deliveries AS d
+         ON d.message_id = p.id AND d.sid_hash = j.device
+         WHERE p.msg_to = j.msg_from AND p.msg_from = j.msg_to AND p.sent_us = j.sent_us)
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
+         WITH ORDINALITY AS j(msg_from, msg_to, sent_us, device, n)"""
+# The recipient's first acknowledgement (on any device) of each message id; the row lock makes
+# two devices acknowledging in two processes at once take turns: the second sees `acked`.
+_ACKED: Final = """
+    UPDATE personal_messages SET acked = true
+    WHERE id = ANY($1::bigint[]) AND NOT acked
+    RETURNING id"""
+# last_received_receiver of each dialogue: the receipt of its latest first acknowledgement in the
+# batch (an upsert touches a row once: DISTINCT ON).
+_SET_RECEIVED: Final = """
+    INSERT INTO dialogues (msg_from, msg_to, last_received_receiver)
+    SELECT DISTINCT ON (msg_from, msg_to) msg_from, msg_to, received_at
+    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS j(msg_from, msg_to, received_at, n)
+    ORDER BY msg_from, msg_to, n DESC
+    ON CONFLICT (msg_from, msg_to)
+    DO UPDATE SET last_received_receiver = excluded.last_received_receiver"""
+# The devices stop waiting; trigger personal_deliveries_last deletes a message once acknowledged
+# with no device waiting.
+_UNDELIVER_PERSONAL: Final = """
+    DELETE FROM personal_deliveries AS d
+    USING unnest($1::text[], $2::bigint[]) AS j(sid_hash, message_id)
+    WHERE d.sid_hash = j.sid_hash AND d.message_id = j.message_id"""
 
 
-async def _ack_personal_many(db: PgConnection, rows: list[Any]) -> list[bool]:
-    """Delete acknowledged messages, rows [msg_from, msg_to, sent_us, received_at]; True for each
-    row that deleted a message, whose dialogue then gets last_received_receiver = received_at."""
-    deleted = {r[0] for r in await db.fetch(_ACK_PERSONAL, *_columns(rows, 4))}
-    return [n in deleted for n in range(1, len(rows) + 1)]
+def _claim(candidates: Sequence[int | None], device: str, claimed: set[tuple[str, int]]) -> int | None:
+    """The first of `candidates` (message ids, None: none) this device has not acknowledged yet in
+    this batch, taken; None when every one has been: the same identity acknowledged twice in a
+    batch is the peer's message the first time and the device's copy the second (SPEC 7.2)."""
+    for message_id in candidates:
+        if message_id is not None and (device, message_id) not in claimed:
+            claimed.add((device, message_id))
+            return message_id
+    return None
+
+
+async def _ack_personal_many(db: PgConnection, rows: list[Any]) -> list[Ack]:
+    """Acknowledgements [msg_from, msg_to, sent_us, received_at, device] (SPEC 7.1, 7.2); for
+    each, Ack.FIRST when msg_to's first device acknowledged msg_from's message (its dialogue then
+    gets last_received_receiver = received_at), Ack.LATER for a later device or a copy,
+    Ack.MISSING when nothing with that identity waited for the device."""
+    waiting = {r[0] - 1: (r[1], r[2]) for r in await db.fetch(
+        _PERSONAL_WAITING, *_columns(rows, 3), [row[4] for row in rows])}
+    claimed: set[tuple[str, int]] = set()
+    ids = [_claim(waiting[k], row[4], claimed) for k, row in enumerate(rows)]
+    peers = sorted({i for k, i in enumerate(ids) if i is not None and i == waiting[k][0]})
+    firsts: set[int] = set()
+    if peers:
+        firsts = {r[0] for r in await db.fetch(_ACKED, peers)}
+    results, receipts = [], []
+    for row, message_id in zip(rows, ids, strict=True):
+        if message_id is None:
+            results.append(Ack.MISSING)
+        elif message_id in firsts:
+            firsts.discard(message_id)
+            results.append(Ack.FIRST)
+            receipts.append(row)
+        else:
+            results.append(Ack.LATER)
+    if receipts:
+        await db.execute(_SET_RECEIVED, [r[0] for r in receipts], [r[1] for r in receipts],
+                         [r[3] for r in receipts])
+    gone = sorted((row[4], i) for row, i in zip(rows, ids, strict=True) if i is not None)
+    if gone:
+        await db.execute(_UNDELIVER_PERSONAL, [g[0] for g in gone], [g[1] for g in gone])
+    return results
 
 
 _SET_SEEN: Final = """
@@ -206,39 +282,71 @@ _INSERT_GROUP: Final = """
 _INSERT_PENDING: Final = """
     INSERT INTO group_pending (phone, message_id)
     SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 2, 1"""
+# SPEC 7.1: each live device of each pending recipient ($1, $2: phone, message id) waits for it;
+# SPEC 7.2: and, as a copy, each live device of the sender but the sending one ($3, $4: message
+# id, device or ''). Its own statement after _INSERT_GROUP, as _DELIVER_PERSONAL. Returns the copies.
+_DELIVER_GROUP: Final = """
+    WITH recipients AS (
+        INSERT INTO group_deliveries (sid_hash, message_id)
+        SELECT s.sid_hash, j.message_id FROM unnest($1::text[], $2::bigint[]) AS j(phone, message_id)
+        JOIN sessions AS s ON s.phone = j.phone
+        WHERE s.last_used_us > $5
+        ORDER BY 2, 1
+        ON CONFLICT DO NOTHING)
+    INSERT INTO group_deliveries (sid_hash, message_id)
+    SELECT s.sid_hash, m.id FROM unnest($3::bigint[], $4::text[]) AS j(id, device)
+    JOIN group_messages AS m ON m.id = j.id
+    JOIN sessions AS s ON s.phone = m.msg_from AND s.sid_hash <> j.device
+    WHERE s.last_used_us > $5
+    ORDER BY 2, 1
+    ON CONFLICT DO NOTHING
+    RETURNING message_id"""
 _DELETE_UNADDRESSED: Final = "DELETE FROM group_messages WHERE id = ANY($1::bigint[])"
 
 
-async def _add_group_many(db: PgConnection, rows: list[Any]) -> list[list[str] | None | StoreError]:
-    """Insert [grp, msg_from, sent_us, sent_timestamp, message, max_waiting] rows. For each
-    row: the phones it is pending for (stored; may be empty in a group of one; members whose
-    mailbox is full are left out), None for a repeated identity, or MailboxFull when every
-    other member's mailbox is full (then nothing is kept). Raises NotMember (failing only that
-    write) when msg_from is not in the group."""
+async def _add_group_many(db: PgConnection, rows: list[Any]) -> list[Stored | None | StoreError]:
+    """Insert [grp, msg_from, sent_us, sent_timestamp, message, max_waiting, device,
+    live_after_us] rows, each waiting for its recipients' devices and, as copies, its sender's
+    other devices (SPEC 7). For each row: Stored, with the phones it is pending for (may be
+    empty in a group of one; members whose mailbox is full are left out), None for a repeated
+    identity, or MailboxFull when every other member's mailbox is full (then nothing is kept).
+    Raises NotMember (failing only that write) when msg_from is not in the group."""
     limit = rows[0][5]
     inserted = await db.fetch(_INSERT_GROUP, *_columns(rows, 5), now_micros(), limit)
     waiting: dict[str, int] = {}
     for r in inserted:
         waiting.update(zip(r[4], r[5], strict=True))  # counted before this batch
-    stored: dict[tuple[Any, ...], list[str] | StoreError] = {}
+    devices = {(row[0], row[1], row[2]): row[6] or "" for row in rows}
+    pending: dict[tuple[Any, ...], list[str]] = {}
+    full: set[int] = set()
     taken: tuple[list[str], list[int]] = ([], [])
-    unaddressed = []
+    senders: tuple[list[int], list[str]] = ([], [])
     for r in inserted:  # in id order: the earlier message takes the last places in a mailbox
         phones = [p for p, ok in zip(r[4], admit(r[4], waiting, limit), strict=True) if ok]
         taken[0].extend(phones)
         taken[1].extend([r[3]] * len(phones))
-        if not phones:  # a group of one, or every recipient full: nothing to keep
-            unaddressed.append(r[3])
-        stored[(r[0], r[1], r[2])] = mailbox_full() if r[4] and not phones else phones
+        pending[(r[0], r[1], r[2])] = phones
+        if r[4] and not phones:
+            full.add(r[3])  # every recipient full: nothing is kept
+        else:
+            senders[0].append(r[3])
+            senders[1].append(devices[(r[0], r[1], r[2])])
     if taken[0]:
         await db.execute(_INSERT_PENDING, *taken)
+    copies: Counter[int] = Counter(r[0] for r in await db.fetch(
+        _DELIVER_GROUP, *taken, *senders, rows[0][7])) if inserted else Counter()
+    ids = {(r[0], r[1], r[2]): r[3] for r in inserted}
+    # a group of one with no other device of the sender, or every recipient full
+    unaddressed = [i for key, i in ids.items() if i in full or (not pending[key] and not copies[i])]
     if unaddressed:
         await db.execute(_DELETE_UNADDRESSED, unaddressed)
-    results: list[list[str] | None | StoreError] = []
+    results: list[Stored | None | StoreError] = []
     for row in rows:
-        pending = stored.pop((row[0], row[1], row[2]), None)
-        if pending is not None:
-            results.append(pending)
+        key = (row[0], row[1], row[2])
+        message_id = ids.pop(key, None)
+        if message_id is not None:
+            results.append(mailbox_full() if message_id in full
+                           else Stored(pending[key], copies[message_id]))
         elif await db.fetchval(POSTGRES.is_member, row[0], row[1]) is None:
             # In a batch of several, _commit then runs every write alone: only this one fails.
             raise NotMember(f"{row[1]} is not a participant of {row[0]}")
@@ -247,21 +355,53 @@ async def _add_group_many(db: PgConnection, rows: list[Any]) -> list[list[str] |
     return results
 
 
-# The last pending row of a message deletes it (trigger group_pending_last).
-_ACK_GROUP: Final = """
-    WITH j AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
-                      AS j(grp, msg_from, sent_us, phone))
-    DELETE FROM group_pending AS p USING j, group_messages AS m
-    WHERE m.grp = j.grp AND m.msg_from = j.msg_from AND m.sent_us = j.sent_us
-      AND p.message_id = m.id AND p.phone = j.phone
-    RETURNING j.grp, j.msg_from, j.sent_us, j.phone"""
+# For each acknowledgement [grp, msg_from, sent_us, phone, device] (n: its place): the message's
+# id when it waits for the device.
+_GROUP_WAITING: Final = """
+    SELECT j.n, m.id
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
+         WITH ORDINALITY AS j(grp, msg_from, sent_us, device, n)
+    JOIN group_messages AS m ON m.grp = j.grp AND m.msg_from = j.msg_from AND m.sent_us = j.sent_us
+    JOIN group_deliveries AS d ON d.message_id = m.id AND d.sid_hash = j.device"""
+# The first device of each phone takes it off the pending list (the last pending row and the
+# last device row delete the message: triggers group_pending_last, group_deliveries_last).
+_DELETE_PENDING: Final = """
+    DELETE FROM group_pending AS p USING unnest($1::text[], $2::bigint[]) AS j(phone, message_id)
+    WHERE p.phone = j.phone AND p.message_id = j.message_id
+    RETURNING p.phone, p.message_id"""
+_UNDELIVER_GROUP: Final = """
+    DELETE FROM group_deliveries AS d
+    USING unnest($1::text[], $2::bigint[]) AS j(sid_hash, message_id)
+    WHERE d.sid_hash = j.sid_hash AND d.message_id = j.message_id"""
 
 
-async def _ack_group_many(db: PgConnection, rows: list[Any]) -> list[bool]:
-    """Remove [grp, msg_from, sent_us, phone] from pending lists (the last one deletes the message,
-    by trigger); True for each row that was pending."""
-    return _firsts(rows, await db.fetch(_ACK_GROUP, *_columns(rows, 4)), 4)
+async def _ack_group_many(db: PgConnection, rows: list[Any]) -> list[Ack]:
+    """Acknowledgements [grp, msg_from, sent_us, phone, device] (SPEC 7.1): for each, Ack.FIRST
+    when it took `phone` off the pending list, Ack.LATER for a later device of `phone` or a copy,
+    Ack.MISSING when the message did not wait for the device."""
+    found = {r[0] - 1: r[1] for r in await db.fetch(
+        _GROUP_WAITING, *_columns(rows, 3), [row[4] for row in rows])}
+    claimed: set[tuple[str, int]] = set()
+    ids = [_claim((found.get(k),), row[4], claimed) for k, row in enumerate(rows)]
+    acked = [(row, i) for row, i in zip(rows, ids, strict=True) if i is not None]
+    removed: set[tuple[Any, ...]] = set()
+    if acked:
+        wanted = sorted({(row[3], i) for row, i in acked}, key=lambda p: (p[1], p[0]))
+        removed = {tuple(r) for r in await db.fetch(
+            _DELETE_PENDING, [w[0] for w in wanted], [w[1] for w in wanted])}
+        gone = sorted((row[4], i) for row, i in acked)
+        await db.execute(_UNDELIVER_GROUP, [g[0] for g in gone], [g[1] for g in gone])
+    results = []
+    for row, message_id in zip(rows, ids, strict=True):
+        key = (row[3], message_id)
+        if message_id is None:
+            results.append(Ack.MISSING)
+        elif key in removed:
+            removed.discard(key)
+            results.append(Ack.FIRST)
+        else:
+            results.append(Ack.LATER)
+    return results
 
 
 _SET_GROUP_READ: Final = """
@@ -309,17 +449,23 @@ async def _add_room_many(db: PgConnection, rows: list[Any]) -> list[int | None]:
 # Retention (SPEC 10): the oldest first, on the index of accepted_us (migration 0002). Several
 # processes run it: SKIP LOCKED leaves a row another one is deleting (or acknowledging) to that
 # transaction, and a row is returned only by the DELETE that removed it, so each expired message
-# is told to its sender once.
+# is told to its sender once. The last field: every recipient had acknowledged it (SPEC 7.1),
+# read before the delete (group_pending rows go with their message).
 _EXPIRE_PERSONAL: Final = """
     DELETE FROM personal_messages WHERE id IN (
         SELECT id FROM personal_messages WHERE accepted_us < $1 ORDER BY accepted_us LIMIT $2
         FOR UPDATE SKIP LOCKED)
-    RETURNING msg_from, msg_to, sent_timestamp, sent_us"""
+    RETURNING msg_from, msg_to, sent_timestamp, sent_us, acked"""
 _EXPIRE_GROUP: Final = """
-    DELETE FROM group_messages WHERE id IN (
+    WITH doomed AS (
         SELECT id FROM group_messages WHERE accepted_us < $1 ORDER BY accepted_us LIMIT $2
-        FOR UPDATE SKIP LOCKED)
-    RETURNING msg_from, grp, sent_timestamp, sent_us"""
+        FOR UPDATE SKIP LOCKED),
+    flagged AS (
+        SELECT d.id, NOT EXISTS (SELECT 1 FROM group_pending AS p WHERE p.message_id = d.id)
+            AS delivered
+        FROM doomed AS d)
+    DELETE FROM group_messages AS m USING flagged AS f WHERE m.id = f.id
+    RETURNING m.msg_from, m.grp, m.sent_timestamp, m.sent_us, f.delivered"""
 
 
 async def _synchronous_commit(writer: PgConnection) -> None:
@@ -346,8 +492,9 @@ class PgStore(SqlStore[PgConnection]):
                       call_ops)
 
     def __init__(self, url: str, writer: PgConnection, pool: asyncpg.Pool, channel: str,
-                 scrub_seconds: float, rooms_keep: int, max_waiting: int = 10000) -> None:
-        super().__init__(scrub_seconds, rooms_keep, max_waiting)
+                 scrub_seconds: float, rooms_keep: int, max_waiting: int = 10000,
+                 session_seconds: float = DEFAULT_SESSION_SECONDS) -> None:
+        super().__init__(scrub_seconds, rooms_keep, max_waiting, session_seconds)
         self._url = url
         self._writer: PgConnection | None = writer  # None: lost, reconnected before the next batch
         self._pool = pool
@@ -358,11 +505,13 @@ class PgStore(SqlStore[PgConnection]):
         """The store at `[database] url`, with the config's settings."""
         return await cls.open(config.database.url, scrub_seconds=config.database.scrub_seconds,
                               rooms_keep=config.rooms.keep,
-                              max_waiting=config.limits.max_waiting_per_recipient)
+                              max_waiting=config.limits.max_waiting_per_recipient,
+                              session_seconds=config.security.session_seconds)
 
     @classmethod
     async def open(cls, url: str, *, scrub_seconds: float = 5.0, rooms_keep: int = 1000,
-                   max_waiting: int = 10000) -> PgStore:
+                   max_waiting: int = 10000,
+                   session_seconds: float = DEFAULT_SESSION_SECONDS) -> PgStore:
         """Connect to the database at `url`, bring its schema to this release's version
         (migrate.py) under an advisory lock per schema, so that processes starting at once do it
         one after the other; load the blocks and listen for their changes.
@@ -533,16 +682,16 @@ class PgStore(SqlStore[PgConnection]):
             await db.execute(POSTGRES.drop_empty_group, key)
         await self._write(op, deletes=bool(remove))
 
-    async def pending_group_page(self, phone: str, after: int,
+    async def pending_group_page(self, device: str, after: int,
                                  limit: int) -> list[tuple[int, GroupMessage]]:
-        # keyset pagination on group_pending's primary key (phone, message_id)
+        # keyset pagination on group_deliveries' primary key (sid_hash, message_id)
         rows = await self._fetch(
             "SELECT m.id, m.grp, m.msg_from, m.message, m.sent_us,"
-            " (SELECT array_agg(q.phone ORDER BY q.phone) FROM group_pending AS q"
-            "  WHERE q.message_id = m.id)"
-            " FROM group_pending AS p JOIN group_messages AS m ON m.id = p.message_id"
-            " WHERE p.phone = $1 AND p.message_id > $2 ORDER BY p.message_id LIMIT $3",
-            phone, after, limit)
+            " coalesce((SELECT array_agg(q.phone ORDER BY q.phone) FROM group_pending AS q"
+            "  WHERE q.message_id = m.id), '{}')"
+            " FROM group_deliveries AS d JOIN group_messages AS m ON m.id = d.message_id"
+            " WHERE d.sid_hash = $1 AND d.message_id > $2 ORDER BY d.message_id LIMIT $3",
+            device, after, limit)
         return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], list(r[5]))) for r in rows]
 
     async def expire(self, before_us: int, limit: int) -> list[Expired]:
@@ -555,6 +704,14 @@ class PgStore(SqlStore[PgConnection]):
         if result:  # only then: an hourly check that found nothing costs no scrub
             self._scrub_soon()
         return result
+
+    async def _lock_user(self, db: PgConnection, phone: str) -> None:
+        # FOR UPDATE conflicts with the FOR KEY SHARE that a new personal message takes on its
+        # recipient's row (its foreign key) and that a new group message takes on its
+        # recipients' memberships (_INSERT_GROUP): whichever comes second waits for the first's
+        # commit, then (READ COMMITTED: a new snapshot per statement) sees what it committed.
+        await db.execute("SELECT 1 FROM users WHERE phone = $1 FOR UPDATE", phone)
+        await db.execute("SELECT 1 FROM group_members WHERE phone = $1 ORDER BY grp FOR UPDATE", phone)
 
     async def pending_group_for(self, phone: str) -> list[GroupMessage]:
         rows = await self._fetch(

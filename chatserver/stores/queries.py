@@ -47,7 +47,7 @@ INVITE_KEEP_US: Final = 30 * 86_400 * 1_000_000
 _ACCOUNT: Final = (
     "SELECT u.phone, u.name, u.admin, u.disabled, u.hide_presence, u.created_us, u.last_seen_us,"
     " (SELECT count(*) FROM sessions AS s WHERE s.phone = u.phone AND s.last_used_us > $1),"
-    " (SELECT count(*) FROM personal_messages AS p WHERE p.msg_to = u.phone)"
+    " (SELECT count(*) FROM personal_messages AS p WHERE p.msg_to = u.phone AND NOT p.acked)"
     " + (SELECT count(*) FROM group_pending AS g WHERE g.phone = u.phone)"
     " FROM users AS u")
 _INVITE: Final = "SELECT code, created_by, uses, uses_left, created_us, expires_us FROM invites"
@@ -116,12 +116,29 @@ class Queries:
     dialogue_side: str = (
         "SELECT (SELECT last_received_receiver FROM dialogues WHERE msg_from = $1 AND msg_to = $2),"
         " (SELECT last_seen_receiver FROM dialogues WHERE msg_from = $1 AND msg_to = $2),"
-        " (SELECT count(*) FROM personal_messages WHERE msg_from = $1 AND msg_to = $2)")
+        " (SELECT count(*) FROM personal_messages WHERE msg_from = $1 AND msg_to = $2 AND NOT acked)")
     pending_for: str = ("SELECT msg_from, msg_to, message, sent_us FROM personal_messages"
                         " WHERE msg_to = $1 ORDER BY id")
-    # Keyset pagination on the index (msg_to, id) of migration 0003.
-    pending_page: str = ("SELECT id, msg_from, msg_to, message, sent_us FROM personal_messages"
-                         " WHERE msg_to = $1 AND id > $2 ORDER BY id LIMIT $3")
+    # What waits for one device (SPEC 7.1), keyset pagination on personal_deliveries' primary
+    # key (sid_hash, message_id).
+    pending_page: str = ("SELECT p.id, p.msg_from, p.msg_to, p.message, p.sent_us"
+                         " FROM personal_deliveries AS d JOIN personal_messages AS p ON p.id = d.message_id"
+                         " WHERE d.sid_hash = $1 AND d.message_id > $2 ORDER BY d.message_id LIMIT $3")
+    # SPEC 7.1: a new device $1 of $2 waits for what is still stored for $2 as a recipient: its
+    # personal messages (copies of its own are not: msg_to is the peer), the group messages it
+    # is pending for, and those another of its devices still waits for (not its own: 7.2).
+    deliver_stored_personal: str = ("INSERT INTO personal_deliveries (sid_hash, message_id)"
+                                    " SELECT $1, id FROM personal_messages WHERE msg_to = $2"
+                                    " ON CONFLICT DO NOTHING")
+    deliver_stored_group: str = (
+        "INSERT INTO group_deliveries (sid_hash, message_id)"
+        " SELECT $1, message_id FROM group_pending WHERE phone = $2"
+        " UNION SELECT $1, d.message_id FROM group_deliveries AS d"
+        " JOIN sessions AS s ON s.sid_hash = d.sid_hash"
+        " JOIN group_messages AS m ON m.id = d.message_id"
+        " WHERE s.phone = $2 AND m.msg_from <> $2"
+        " ON CONFLICT DO NOTHING")
+    drop_expired_sessions: str = "DELETE FROM sessions WHERE last_used_us <= $1"
     is_stored: str = ("SELECT 1 FROM personal_messages"
                       " WHERE msg_to = $1 AND msg_from = $2 AND sent_us = $3")
     create_group: str = ("INSERT INTO groups (key, name, created_us) VALUES ($1, $2, $3)"
@@ -221,8 +238,9 @@ def mailbox_full() -> MailboxFull:
 
 
 def expired(rows: Iterable[Any], group: bool) -> list[Expired]:
-    """Expired records of rows (msg_from, msg_to or grp, sent_timestamp, sent_us)."""
-    return [Expired(r[0], r[1], r[2], r[3], group) for r in rows]
+    """Expired records of rows (msg_from, msg_to or grp, sent_timestamp, sent_us, ...,
+    delivered): the last field says whether every recipient had acknowledged it."""
+    return [Expired(r[0], r[1], r[2], r[3], group, bool(r[-1])) for r in rows]
 
 
 def _room(r: Sequence[Any]) -> Room:
@@ -440,10 +458,25 @@ class SqlStore(GroupCommitStore[DB]):
         device_id = secrets.token_urlsafe(12)  # 96 random bits, not derived from the session
 
         async def op(db: DB) -> None:
+            await self._lock_user(db, phone)
             await self._execute(db, self.SQL.add_session, sid_hash, phone, now_micros(), device_id,
                                 label)
+            await self._execute(db, self.SQL.deliver_stored_personal, sid_hash, phone)
+            await self._execute(db, self.SQL.deliver_stored_group, sid_hash, phone)
         await self._write(op)
         return device_id
+
+    async def _lock_user(self, db: DB, phone: str) -> None:
+        """Make a new device of `phone` and the messages other processes commit for `phone` at
+        the same moment take turns, so that each such message either is committed first (and
+        seen by add_session's next statements) or sees the new session (PostgreSQL; one SQLite
+        writer needs nothing)."""
+
+    async def drop_expired_sessions(self, max_age_seconds: float) -> int:
+        async def op(db: DB) -> int:
+            return await self._execute(db, self.SQL.drop_expired_sessions,
+                                       now_micros() - round(max_age_seconds * 1_000_000))
+        return await self._write(op, deletes=True)
 
     async def delete_session(self, sid_hash: str) -> None:
         async def op(db: DB) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -18,8 +19,17 @@ import orjson
 from ..config import Config
 from ..protocol import now_micros
 from . import migrate
-from .base import CorruptDatabase, Expired, GroupMessage, IntegrityError, NotMember, StoreError
-from .groupcommit import Runners, call_ops
+from .base import (
+    Ack,
+    CorruptDatabase,
+    Expired,
+    GroupMessage,
+    IntegrityError,
+    NotMember,
+    Stored,
+    StoreError,
+)
+from .groupcommit import DEFAULT_SESSION_SECONDS, Runners, call_ops
 from .queries import SQLITE, SqlStore, admit, expired, mailbox_full
 
 log = logging.getLogger(__name__)
@@ -96,58 +106,134 @@ _INSERT_PERSONAL: Final = """
     INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message, accepted_us)
     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, ?2 FROM json_each(?1) WHERE true
     ON CONFLICT DO NOTHING
-    RETURNING msg_from, msg_to, sent_us"""
+    RETURNING msg_from, msg_to, sent_us, id"""
+# SPEC 7.1: a new message waits for each live device of its recipient (?1: [id, device] pairs,
+# ?2: sessions used after it are live).
+_DELIVER_PERSONAL: Final = """
+    INSERT INTO personal_deliveries (sid_hash, message_id)
+    SELECT s.sid_hash, p.id FROM json_each(?1) AS j
+    JOIN personal_messages AS p ON p.id = j.value->>0
+    JOIN sessions AS s ON s.phone = p.msg_to
+    WHERE s.last_used_us > ?2
+    ON CONFLICT DO NOTHING"""
+# SPEC 7.2: and, as a copy, for each live device of its sender but the one that sent it.
+_COPY_PERSONAL: Final = """
+    INSERT INTO personal_deliveries (sid_hash, message_id)
+    SELECT s.sid_hash, p.id FROM json_each(?1) AS j
+    JOIN personal_messages AS p ON p.id = j.value->>0
+    JOIN sessions AS s ON s.phone = p.msg_from AND s.sid_hash IS NOT j.value->>1
+    WHERE s.last_used_us > ?2 AND p.msg_from <> p.msg_to
+    ON CONFLICT DO NOTHING
+    RETURNING message_id"""
 
 
-async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[bool | StoreError]:
-    """Insert [msg_from, msg_to, sent_us, sent_timestamp, message, max_waiting] rows in array
-    order (which is the acceptance order, `id`); True for each row stored, False for a repeated
-    identity, MailboxFull for a row whose recipient already has max_waiting messages waiting."""
+def _copies(rows: Iterable[Any]) -> Counter[int]:
+    """How many copies each message id got, from the RETURNING rows (message_id,) of a copy insert."""
+    return Counter(r[0] for r in rows)
+
+
+async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[Stored | None | StoreError]:
+    """Insert [msg_from, msg_to, sent_us, sent_timestamp, message, max_waiting, device,
+    live_after_us] rows in array order (which is the acceptance order, `id`), each waiting for
+    its recipient's devices and, as copies, its sender's other devices (SPEC 7); Stored for each
+    row stored, None for a repeated identity, MailboxFull for a row whose recipient already has
+    max_waiting messages waiting."""
     limit = rows[0][5]
     admitted = admit((row[1] for row in rows), await _waiting(db, {row[1] for row in rows}, limit),
                      limit)
     taken = [row[:5] for row, ok in zip(rows, admitted, strict=True) if ok]
-    inserted: set[tuple[Any, ...]] = set()
+    inserted: dict[tuple[Any, ...], int] = {}
+    copies: Counter[int] = Counter()
     if taken:
-        inserted = {tuple(r) for r in await db.execute_fetchall(
+        inserted = {(r[0], r[1], r[2]): r[3] for r in await db.execute_fetchall(
             _INSERT_PERSONAL, (_rows_json(taken), now_micros()))}
-    results: list[bool | StoreError] = []
+    if inserted:
+        devices = {(row[0], row[1], row[2]): row[6] for row in rows}
+        pairs = _rows_json([[i, devices[key]] for key, i in inserted.items()])
+        live_after = rows[0][7]
+        await db.execute(_DELIVER_PERSONAL, (pairs, live_after))
+        copies = _copies(await db.execute_fetchall(_COPY_PERSONAL, (pairs, live_after)))
+    results: list[Stored | None | StoreError] = []
     for row, ok in zip(rows, admitted, strict=True):
         key = (row[0], row[1], row[2])
         if ok:
-            results.append(key in inserted)
-            inserted.discard(key)  # the same identity twice in one batch: only the first is new
+            # the same identity twice in one batch: only the first is new
+            message_id = inserted.pop(key, None)
+            results.append(None if message_id is None else Stored([row[1]], copies[message_id]))
         elif await db.execute_fetchall(SQLITE.is_stored, (row[1], row[0], row[2])):
-            results.append(False)  # a retry of a message stored before the mailbox filled up
+            results.append(None)  # a retry of a message stored before the mailbox filled up
         else:
             results.append(mailbox_full())
     return results
 
 
-_DELETE_PERSONAL: Final = """
-    DELETE FROM personal_messages WHERE id IN (
-        SELECT p.id FROM json_each(?1) AS j JOIN personal_messages AS p
-        ON p.msg_to = j.value->>1 AND p.msg_from = j.value->>0 AND p.sent_us = j.value->>2)
-    RETURNING msg_from, msg_to, sent_us"""
+# For each acknowledgement [msg_from, msg_to, sent_us, received_at, device]: the id of msg_from's
+# message to msg_to waiting for the device, and of msg_to's own message to msg_from (a copy,
+# SPEC 7.2) waiting for it, each or NULL.
+_PERSONAL_WAITING: Final = """
+    SELECT j.key,
+        (SELECT p.id FROM personal_messages AS p JOIN personal_deliveries AS d
+         ON d.message_id = p.id AND d.sid_hash = j.value->>4
+         WHERE p.msg_to = j.value->>1 AND p.msg_from = j.value->>0 AND p.sent_us = j.value->>2),
+        (SELECT p.id FROM personal_messages AS p JOIN personal_deliveries AS d
+         ON d.message_id = p.id AND d.sid_hash = j.value->>4
+         WHERE p.msg_to = j.value->>0 AND p.msg_from = j.value->>1 AND p.sent_us = j.value->>2)
+    FROM json_each(?1) AS j"""
+# The recipient's first acknowledgement (on any device) of each message id of ?1.
+_ACKED: Final = """
+    UPDATE personal_messages SET acked = 1
+    WHERE id IN (SELECT value FROM json_each(?1)) AND NOT acked
+    RETURNING id"""
 _SET_RECEIVED: Final = """
     INSERT INTO dialogues (msg_from, msg_to, last_received_receiver)
     SELECT value->>0, value->>1, value->>3 FROM json_each(?1) WHERE true
     ON CONFLICT DO UPDATE SET last_received_receiver = excluded.last_received_receiver"""
+# The devices stop waiting ([device, message id] pairs); trigger personal_deliveries_last
+# deletes a message once acknowledged with no device waiting.
+_UNDELIVER_PERSONAL: Final = """
+    DELETE FROM personal_deliveries WHERE (sid_hash, message_id) IN
+        (SELECT value->>0, value->>1 FROM json_each(?1))"""
 
 
-async def _ack_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[bool]:
-    """Delete acknowledged messages, rows [msg_from, msg_to, sent_us, received_at]; True for each
-    row that deleted a message, whose dialogue then gets last_received_receiver = received_at."""
-    deleted = {tuple(r) for r in await db.execute_fetchall(_DELETE_PERSONAL, (_rows_json(rows),))}
+def _claim(candidates: Sequence[int | None], device: str, claimed: set[tuple[str, int]]) -> int | None:
+    """The first of `candidates` (message ids, None: none) this device has not acknowledged yet in
+    this batch, taken; None when every one has been: the same identity acknowledged twice in a
+    batch is the peer's message the first time and the device's copy the second (SPEC 7.2)."""
+    for message_id in candidates:
+        if message_id is not None and (device, message_id) not in claimed:
+            claimed.add((device, message_id))
+            return message_id
+    return None
+
+
+async def _ack_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[Ack]:
+    """Acknowledgements [msg_from, msg_to, sent_us, received_at, device] (SPEC 7.1, 7.2); for
+    each, Ack.FIRST when msg_to's first device acknowledged msg_from's message (its dialogue then
+    gets last_received_receiver = received_at), Ack.LATER for a later device or a copy,
+    Ack.MISSING when nothing with that identity waited for the device."""
+    waiting = {r[0]: (r[1], r[2]) for r in await db.execute_fetchall(
+        _PERSONAL_WAITING, (_rows_json(rows),))}
+    claimed: set[tuple[str, int]] = set()
+    ids = [_claim(waiting[k], row[4], claimed) for k, row in enumerate(rows)]
+    peers = [i for k, i in enumerate(ids) if i is not None and i == waiting[k][0]]
+    firsts: set[int] = set()
+    if peers:
+        firsts = {r[0] for r in await db.execute_fetchall(_ACKED, (_rows_json(peers),))}
     results, receipts = [], []
-    for row in rows:
-        key = (row[0], row[1], row[2])
-        results.append(key in deleted)
-        if key in deleted:
+    for row, message_id in zip(rows, ids, strict=True):
+        if message_id is None:
+            results.append(Ack.MISSING)
+        elif message_id in firsts:
+            firsts.discard(message_id)
+            results.append(Ack.FIRST)
             receipts.append(row)
-            deleted.discard(key)
+        else:
+            results.append(Ack.LATER)
     if receipts:
         await db.execute(_SET_RECEIVED, (_rows_json(receipts),))
+    gone = [[row[4], i] for row, i in zip(rows, ids, strict=True) if i is not None]
+    if gone:
+        await db.execute(_UNDELIVER_PERSONAL, (_rows_json(gone),))
     return results
 
 
@@ -178,22 +264,41 @@ _RECIPIENTS: Final = """
 _INSERT_PENDING: Final = """
     INSERT INTO group_pending (phone, message_id)
     SELECT value->>0, value->>1 FROM json_each(?1) WHERE true"""
+# SPEC 7.1: each live device of each pending recipient ([phone, message id] pairs) waits for it.
+_DELIVER_GROUP: Final = """
+    INSERT INTO group_deliveries (sid_hash, message_id)
+    SELECT s.sid_hash, j.value->>1 FROM json_each(?1) AS j
+    JOIN sessions AS s ON s.phone = j.value->>0
+    WHERE s.last_used_us > ?2
+    ON CONFLICT DO NOTHING"""
+# SPEC 7.2: and each live device of the sender but the sending one ([id, device] pairs), a copy.
+_COPY_GROUP: Final = """
+    INSERT INTO group_deliveries (sid_hash, message_id)
+    SELECT s.sid_hash, m.id FROM json_each(?1) AS j
+    JOIN group_messages AS m ON m.id = j.value->>0
+    JOIN sessions AS s ON s.phone = m.msg_from AND s.sid_hash IS NOT j.value->>1
+    WHERE s.last_used_us > ?2
+    ON CONFLICT DO NOTHING
+    RETURNING message_id"""
 _DELETE_UNADDRESSED: Final = "DELETE FROM group_messages WHERE id IN (SELECT value FROM json_each(?1))"
 
 
 async def _add_group_many(db: aiosqlite.Connection,
-                          rows: list[Any]) -> list[list[str] | None | StoreError]:
-    """Insert [grp, msg_from, sent_us, sent_timestamp, message, max_waiting] rows. For each
-    row: the phones it is pending for (stored; may be empty in a group of one; members whose
-    mailbox is full are left out), None for a repeated identity, or MailboxFull when every
-    other member's mailbox is full (then nothing is kept). Raises NotMember (failing only that
-    write) when msg_from is not in the group."""
-    limit = rows[0][5]
+                          rows: list[Any]) -> list[Stored | None | StoreError]:
+    """Insert [grp, msg_from, sent_us, sent_timestamp, message, max_waiting, device,
+    live_after_us] rows, each waiting for its recipients' devices and, as copies, its sender's
+    other devices (SPEC 7). For each row: Stored, with the phones it is pending for (may be
+    empty in a group of one; members whose mailbox is full are left out), None for a repeated
+    identity, or MailboxFull when every other member's mailbox is full (then nothing is kept).
+    Raises NotMember (failing only that write) when msg_from is not in the group."""
+    limit, live_after = rows[0][5], rows[0][7]
     inserted = await db.execute_fetchall(
         _INSERT_GROUP, (_rows_json([row[:5] for row in rows]), now_micros()))
     ids = {(r[1], r[2], r[3]): r[0] for r in inserted}
     pending: dict[int, list[str]] = {i: [] for i in ids.values()}
     refused: set[int] = set()
+    full: set[int] = set()  # every recipient's mailbox full: nothing is kept
+    copies: Counter[int] = Counter()
     if ids:
         pairs = list(await db.execute_fetchall(_RECIPIENTS, (_rows_json(list(ids.values())),)))
         waiting = await _waiting(db, {phone for _, phone in pairs}, limit)
@@ -207,15 +312,22 @@ async def _add_group_many(db: aiosqlite.Connection,
                 refused.add(message_id)
         if taken:
             await db.execute(_INSERT_PENDING, (_rows_json(taken),))
-        unaddressed = [i for i, phones in pending.items() if not phones]
-        if unaddressed:  # a group of one, or every recipient full: nothing to keep
+            await db.execute(_DELIVER_GROUP, (_rows_json(taken), live_after))
+        full = {i for i in refused if not pending[i]}
+        devices = {(row[0], row[1], row[2]): row[6] for row in rows}
+        senders = [[i, devices[key]] for key, i in ids.items() if i not in full]
+        if senders:
+            copies = _copies(await db.execute_fetchall(_COPY_GROUP, (_rows_json(senders), live_after)))
+        # a group of one with no other device of the sender, or every recipient full
+        unaddressed = [i for i, phones in pending.items() if (not phones and not copies[i]) or i in full]
+        if unaddressed:
             await db.execute(_DELETE_UNADDRESSED, (_rows_json(unaddressed),))
-    results: list[list[str] | None | StoreError] = []
+    results: list[Stored | None | StoreError] = []
     for row in rows:
         message_id = ids.pop((row[0], row[1], row[2]), None)
         if message_id is not None:
-            full = message_id in refused and not pending[message_id]
-            results.append(mailbox_full() if full else pending[message_id])
+            results.append(mailbox_full() if message_id in full
+                           else Stored(pending[message_id], copies[message_id]))
         elif not await db.execute_fetchall(SQLITE.is_member, (row[0], row[1])):
             # In a batch of several, _commit then runs every write alone: only this one fails.
             raise NotMember(f"{row[1]} is not a participant of {row[0]}")
@@ -224,28 +336,48 @@ async def _add_group_many(db: aiosqlite.Connection,
     return results
 
 
-_GROUP_IDS: Final = """
-    SELECT j.key, m.id FROM json_each(?1) AS j JOIN group_messages AS m
-    ON m.grp = j.value->>0 AND m.msg_from = j.value->>1 AND m.sent_us = j.value->>2"""
+# For each acknowledgement [grp, msg_from, sent_us, phone, device]: the message's id when it
+# waits for the device.
+_GROUP_WAITING: Final = """
+    SELECT j.key, m.id FROM json_each(?1) AS j
+    JOIN group_messages AS m
+    ON m.grp = j.value->>0 AND m.msg_from = j.value->>1 AND m.sent_us = j.value->>2
+    JOIN group_deliveries AS d ON d.message_id = m.id AND d.sid_hash = j.value->>4"""
 _DELETE_PENDING: Final = """
     DELETE FROM group_pending WHERE (phone, message_id) IN
         (SELECT value->>0, value->>1 FROM json_each(?1))
     RETURNING phone, message_id"""
+# The devices stop waiting ([device, message id] pairs); triggers group_deliveries_last and
+# group_pending_last delete a message once no one is pending and no device waits.
+_UNDELIVER_GROUP: Final = """
+    DELETE FROM group_deliveries WHERE (sid_hash, message_id) IN
+        (SELECT value->>0, value->>1 FROM json_each(?1))"""
 
 
-async def _ack_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[bool]:
-    """Remove [grp, msg_from, sent_us, phone] from pending lists (the last one deletes the message,
-    by trigger); True for each row that was pending."""
-    ids: dict[int, int] = {r[0]: r[1] for r in await db.execute_fetchall(_GROUP_IDS, (_rows_json(rows),))}
-    wanted = [[row[3], ids[i]] for i, row in enumerate(rows) if i in ids]
-    removed = set()
+async def _ack_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[Ack]:
+    """Acknowledgements [grp, msg_from, sent_us, phone, device] (SPEC 7.1): for each, Ack.FIRST
+    when it took `phone` off the pending list, Ack.LATER for a later device of `phone` or a copy,
+    Ack.MISSING when the message did not wait for the device."""
+    found: dict[int, int] = {r[0]: r[1] for r in await db.execute_fetchall(
+        _GROUP_WAITING, (_rows_json(rows),))}
+    claimed: set[tuple[str, int]] = set()
+    ids = [_claim((found.get(k),), row[4], claimed) for k, row in enumerate(rows)]
+    wanted = [[row[3], i] for row, i in zip(rows, ids, strict=True) if i is not None]
+    removed: set[tuple[Any, ...]] = set()
     if wanted:
         removed = {tuple(r) for r in await db.execute_fetchall(_DELETE_PENDING, (_rows_json(wanted),))}
+        await db.execute(_UNDELIVER_GROUP, (_rows_json(
+            [[row[4], i] for row, i in zip(rows, ids, strict=True) if i is not None]),))
     results = []
-    for i, row in enumerate(rows):
-        key = (row[3], ids.get(i))
-        results.append(key in removed)
-        removed.discard(key)
+    for row, message_id in zip(rows, ids, strict=True):
+        key = (row[3], message_id)
+        if message_id is None:
+            results.append(Ack.MISSING)
+        elif key in removed:
+            removed.discard(key)
+            results.append(Ack.FIRST)
+        else:
+            results.append(Ack.LATER)
     return results
 
 
@@ -283,15 +415,16 @@ async def _add_room_many(db: aiosqlite.Connection, rows: list[Any]) -> list[int 
     return [inserted.pop((row[0], row[1], row[2]), None) for row in rows]
 
 
-# Retention (SPEC 10): the oldest first, on the index of accepted_us (migration 0002).
+# Retention (SPEC 10): the oldest first, on the index of accepted_us (migration 0002); `acked`
+# says whether the recipient had it (only a device's copy or second device still waited).
 _EXPIRE_PERSONAL: Final = """
     DELETE FROM personal_messages WHERE id IN (
         SELECT id FROM personal_messages WHERE accepted_us < ?1 ORDER BY accepted_us LIMIT ?2)
-    RETURNING msg_from, msg_to, sent_timestamp, sent_us"""
-_EXPIRE_GROUP: Final = """
-    DELETE FROM group_messages WHERE id IN (
-        SELECT id FROM group_messages WHERE accepted_us < ?1 ORDER BY accepted_us LIMIT ?2)
-    RETURNING msg_from, grp, sent_timestamp, sent_us"""
+    RETURNING msg_from, msg_to, sent_timestamp, sent_us, acked"""
+_EXPIRE_GROUP_DELIVERED: Final = """
+    SELECT msg_from, grp, sent_timestamp, sent_us, id,
+           NOT EXISTS (SELECT 1 FROM group_pending AS p WHERE p.message_id = m.id)
+    FROM group_messages AS m WHERE accepted_us < ?1 ORDER BY accepted_us LIMIT ?2"""
 
 
 def backup_file(source: str | Path, target: str | Path) -> None:
@@ -375,8 +508,9 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
                       call_ops)
 
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection,
-                 scrub_seconds: float, rooms_keep: int, max_waiting: int = 10000) -> None:
-        super().__init__(scrub_seconds, rooms_keep, max_waiting)
+                 scrub_seconds: float, rooms_keep: int, max_waiting: int = 10000,
+                 session_seconds: float = DEFAULT_SESSION_SECONDS) -> None:
+        super().__init__(scrub_seconds, rooms_keep, max_waiting, session_seconds)
         self._writer = writer
         self._reader = reader
 
@@ -386,12 +520,14 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
         db = config.database
         return await cls.open(db.path, synchronous=db.synchronous, scrub_seconds=db.scrub_seconds,
                               rooms_keep=config.rooms.keep,
-                              max_waiting=config.limits.max_waiting_per_recipient)
+                              max_waiting=config.limits.max_waiting_per_recipient,
+                              session_seconds=config.security.session_seconds)
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
                    scrub_seconds: float = 5.0, rooms_keep: int = 1000,
-                   max_waiting: int = 10000) -> SqliteStore:
+                   max_waiting: int = 10000,
+                   session_seconds: float = DEFAULT_SESSION_SECONDS) -> SqliteStore:
         """Open (creating if needed) the database at `path`, check its integrity, bring its schema
         to this release's version (migrate.py).
 
@@ -427,7 +563,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             if isinstance(e, sqlite3.Error):
                 raise _wrap(e) from e
             raise
-        store = cls(writer, reader, scrub_seconds, rooms_keep, max_waiting)
+        store = cls(writer, reader, scrub_seconds, rooms_keep, max_waiting, session_seconds)
         store._blocks.update((r[0], r[1]) for r in blocks)
         store._start("store")
         return store
@@ -565,23 +701,24 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             await db.execute(SQLITE.drop_empty_group, (key,))
         await self._write(op, deletes=bool(remove))
 
-    async def pending_group_page(self, phone: str, after: int,
+    async def pending_group_page(self, device: str, after: int,
                                  limit: int) -> list[tuple[int, GroupMessage]]:
-        # keyset pagination on group_pending's primary key (phone, message_id)
+        # keyset pagination on group_deliveries' primary key (sid_hash, message_id)
         rows = await self._fetch(
             "SELECT m.id, m.grp, m.msg_from, m.message, m.sent_us,"
             " (SELECT json_group_array(phone) FROM (SELECT phone FROM group_pending AS q"
             "  WHERE q.message_id = m.id ORDER BY phone))"
-            " FROM group_pending AS p JOIN group_messages AS m ON m.id = p.message_id"
-            " WHERE p.phone = ? AND p.message_id > ? ORDER BY p.message_id LIMIT ?",
-            phone, after, limit)
+            " FROM group_deliveries AS d JOIN group_messages AS m ON m.id = d.message_id"
+            " WHERE d.sid_hash = ? AND d.message_id > ? ORDER BY d.message_id LIMIT ?",
+            device, after, limit)
         return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], orjson.loads(r[5]))) for r in rows]
 
     async def expire(self, before_us: int, limit: int) -> list[Expired]:
         async def op(db: aiosqlite.Connection) -> list[Expired]:
             personal = await db.execute_fetchall(_EXPIRE_PERSONAL, (before_us, limit))
-            # group_pending rows go with their message (ON DELETE CASCADE)
-            group = await db.execute_fetchall(_EXPIRE_GROUP, (before_us, limit))
+            # delivered: no one pending, read before the delete (group_pending goes with it)
+            group = await db.execute_fetchall(_EXPIRE_GROUP_DELIVERED, (before_us, limit))
+            await db.execute(_DELETE_UNADDRESSED, (_rows_json([r[4] for r in group]),))
             return expired(personal, False) + expired(group, True)
         result: list[Expired] = await self._write(op)
         if result:  # only then: an hourly check that found nothing costs no scrub

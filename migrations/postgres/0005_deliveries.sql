@@ -1,0 +1,74 @@
+-- Version 5 (issue 13, SPEC 7.1 and 7.2): every device gets every message.
+--
+-- A stored message waits for each device of its recipient (and, for a copy of one's own message,
+-- for each other device of its sender): one row per (device, message). A device acknowledges by
+-- deleting its row. `acked` records that the recipient acknowledged on at least one device (the
+-- receipt of SPEC 5.1 went out; `waiting` no longer counts it); a group message's recipients keep
+-- their group_pending rows until their first device acknowledges. A message goes when nothing
+-- waits for it any more (the triggers below), so a device that ends (its session row deleted)
+-- takes its rows with it (ON DELETE CASCADE) and may so let its messages go.
+
+ALTER TABLE personal_messages ADD COLUMN acked BOOLEAN NOT NULL DEFAULT false;
+
+CREATE TABLE IF NOT EXISTS personal_deliveries (
+    sid_hash   TEXT COLLATE "C" NOT NULL REFERENCES sessions(sid_hash) ON DELETE CASCADE,
+    message_id BIGINT NOT NULL REFERENCES personal_messages(id) ON DELETE CASCADE,
+    PRIMARY KEY (sid_hash, message_id)   -- a device's fetch_msgs, a page at a time
+);
+CREATE INDEX IF NOT EXISTS personal_deliveries_message ON personal_deliveries(message_id);
+
+CREATE TABLE IF NOT EXISTS group_deliveries (
+    sid_hash   TEXT COLLATE "C" NOT NULL REFERENCES sessions(sid_hash) ON DELETE CASCADE,
+    message_id BIGINT NOT NULL REFERENCES group_messages(id) ON DELETE CASCADE,
+    PRIMARY KEY (sid_hash, message_id)
+);
+CREATE INDEX IF NOT EXISTS group_deliveries_message ON group_deliveries(message_id);
+
+-- What was stored before this version waits for every device its recipient has now.
+INSERT INTO personal_deliveries (sid_hash, message_id)
+SELECT s.sid_hash, p.id FROM personal_messages AS p JOIN sessions AS s ON s.phone = p.msg_to;
+INSERT INTO group_deliveries (sid_hash, message_id)
+SELECT s.sid_hash, g.message_id FROM group_pending AS g JOIN sessions AS s ON s.phone = g.phone;
+
+-- A personal message goes once its recipient acknowledged it and no device waits for it. The
+-- messages are locked first, as in group_pending_last: two devices (in two processes) deleting
+-- the last two rows of one message at once would otherwise each still see the other's row.
+CREATE OR REPLACE FUNCTION personal_deliveries_last() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    PERFORM 1 FROM personal_messages WHERE id IN (SELECT message_id FROM old_rows)
+    ORDER BY id FOR UPDATE;
+    DELETE FROM personal_messages AS m WHERE m.id IN (SELECT message_id FROM old_rows) AND m.acked
+    AND NOT EXISTS (SELECT 1 FROM personal_deliveries AS d WHERE d.message_id = m.id);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER personal_deliveries_last
+AFTER DELETE ON personal_deliveries REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION personal_deliveries_last();
+
+-- A group message goes once no participant is pending and no device waits for it.
+CREATE OR REPLACE FUNCTION group_pending_last() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    PERFORM 1 FROM group_messages WHERE id IN (SELECT message_id FROM old_rows)
+    ORDER BY id FOR UPDATE;
+    DELETE FROM group_messages AS m WHERE m.id IN (SELECT message_id FROM old_rows)
+    AND NOT EXISTS (SELECT 1 FROM group_pending AS p WHERE p.message_id = m.id)
+    AND NOT EXISTS (SELECT 1 FROM group_deliveries AS d WHERE d.message_id = m.id);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER group_deliveries_last
+AFTER DELETE ON group_deliveries REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION group_pending_last();
+
+-- A member who leaves (or whose account is deleted) is dropped from every pending list of the
+-- group (SPEC 5.3), and their devices stop waiting for its messages (SPEC 7.1: who left is done).
+CREATE OR REPLACE FUNCTION group_members_left() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    DELETE FROM group_pending AS p USING old_rows AS o, group_messages AS m
+    WHERE p.phone = o.phone AND p.message_id = m.id AND m.grp = o.grp;
+    DELETE FROM group_deliveries AS d USING old_rows AS o, group_messages AS m, sessions AS s
+    WHERE d.sid_hash = s.sid_hash AND s.phone = o.phone AND d.message_id = m.id AND m.grp = o.grp;
+    RETURN NULL;
+END $$;
