@@ -215,18 +215,15 @@ async def _ack_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[
         _PERSONAL_WAITING, (_rows_json(rows),))}
     claimed: set[tuple[str, int]] = set()
     ids = [_claim(waiting[k], row[4], claimed) for k, row in enumerate(rows)]
-    # The rows that acknowledge the peer's message, not a copy: a copy and the message are one
-    # row, and the copy's acknowledgement may come first in the batch (SPEC 7.2: it is silent).
-    peer_rows = {k: i for k, i in enumerate(ids) if i is not None and i == waiting[k][0]}
-    peers = list(peer_rows.values())
+    peers = [i for k, i in enumerate(ids) if i is not None and i == waiting[k][0]]
     firsts: set[int] = set()
     if peers:
         firsts = {r[0] for r in await db.execute_fetchall(_ACKED, (_rows_json(peers),))}
     results, receipts = [], []
-    for k, (row, message_id) in enumerate(zip(rows, ids, strict=True)):
+    for row, message_id in zip(rows, ids, strict=True):
         if message_id is None:
             results.append(Ack.MISSING)
-        elif k in peer_rows and message_id in firsts:
+        elif message_id in firsts:
             firsts.discard(message_id)
             results.append(Ack.FIRST)
             receipts.append(row)
