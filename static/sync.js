@@ -121,7 +121,8 @@ async function onPush(f) {
   switch (f.command) {
     case "new_msg": return receiveMessages([f]);
     case "fetch_msgs":
-    case "fetch_grp_msgs": return receiveMessages(Array.isArray(f.messages) ? f.messages : []);
+    case "fetch_grp_msgs":
+      return receiveMessages(Array.isArray(f.messages) ? f.messages : [], {fetched: true});
     case "msg_received": return onReceipt(f);
     case "msg_read": return onRead(f);
     case "is_typing": return onTyping(f);
@@ -133,7 +134,8 @@ async function onPush(f) {
   }
 }
 
-async function receiveMessages(frames) {
+/** Store and acknowledge `frames` (pushed, or `fetched`: what waited on the server for this device). */
+async function receiveMessages(frames, {fetched = false} = {}) {
   const items = [];
   for (const f of frames) {
     const us = parseTs(f.sent_timestamp);
@@ -152,6 +154,10 @@ async function receiveMessages(frames) {
   if (!items.length) return;
   const {fresh, convs} = await storeThenAcknowledge(items);
   afterIncoming(fresh, convs);
+  // What waited for this device may have been read on another device of mine meanwhile: that
+  // read mark was pushed while this device had no socket (SPEC 7.2), so ask the server where I
+  // am (not in the order of the pushes: a request is no frame to wait for).
+  if (fetched) for (const conv of convs) if (conv.unread) readPositionOf(conv).catch(console.error);
 }
 
 /**
@@ -243,6 +249,19 @@ async function onRead(f) {
   const id = `p:${f.msg_from}`;
   await saveConv(id, (c) => { c.peerReadUs = Math.max(c.peerReadUs || 0, us); });
   for (const msg of await state.db.advanceUpTo(id, us, "read")) changed(msg);
+}
+
+/** Where I have read conversation `conv` up to, as the server records it (any of my devices):
+ *  its unread count follows. A dialogue: `incoming.last_seen_receiver` of /chat/info/personal;
+ *  a group: my entry in /chat/info/group's `read` (refreshGroup). */
+async function readPositionOf(conv) {
+  if (conv.kind === "group") return refreshGroup(conv.ref);
+  if (conv.kind !== "personal") return undefined;
+  const r = await api("GET", `/chat/info/personal?msg_to=${encodeURIComponent(conv.ref)}`);
+  const seen = r.ok ? parseTs(r.data.incoming?.last_seen_receiver) : NaN;
+  // Server timestamps are to the millisecond: everything up to the end of it.
+  if (!Number.isNaN(seen)) await readElsewhere(conv.id, seen + 999);
+  return undefined;
 }
 
 /** Conversation `id` was read up to `us` on another device of mine: clear its unread count. */
@@ -657,6 +676,12 @@ export async function refreshInfo() {
     if (d.name) state.names.set(d.msg_to, d.name);
     if (!state.convs.has(`p:${d.msg_to}`)) await saveConv(`p:${d.msg_to}`, fresh);
   }
+  const listed = new Set((info.groups || []).map((g) => g.key));
+  for (const conv of state.convs.values()) {
+    // A group I left (or was removed from) on another device, or while this one was away: the
+    // server says which, and refreshGroup marks it.
+    if (conv.kind === "group" && !conv.note && !listed.has(conv.ref)) refreshGroup(conv.ref);
+  }
   for (const g of info.groups || []) {
     const id = `g:${g.key}`;
     const known = state.convs.get(id);
@@ -670,6 +695,14 @@ export async function refreshInfo() {
     }
   }
   state.rooms = info.rooms || [];
+  for (const room of state.rooms) {
+    // My own rooms are mine on every device: one this device has no record of joins the list
+    // (its history comes from the room, SPEC 5.4). One left here keeps its record: it stays left.
+    const id = `r:${room.room_name}`;
+    if (room.created_by !== ME || state.convs.has(id)) continue;
+    await saveConv(id, (c) => { c.left = false; });
+    wake(id);
+  }
   for (const c of info.contacts || []) state.contacts.set(c.phone, c);
   setAccountInfo(info);
   emit("list");
@@ -751,7 +784,11 @@ export async function refreshGroup(key) {
   const r = await api("GET", `/chat/info/group?key=${encodeURIComponent(key)}`);
   const id = `g:${key}`;
   if (r.status === 403 || r.status === 404) {
-    if (state.convs.has(id)) await saveConv(id, (c) => { c.note = "You are no longer in this group."; });
+    if (!state.convs.has(id) || state.convs.get(id).note) return;
+    refuse(id);
+    await saveConv(id, (c) => { c.note = "You are no longer in this group."; });
+    emit("note", id);
+    emit("list");
     return;
   }
   if (!r.ok) return;
@@ -767,6 +804,9 @@ export async function refreshGroup(key) {
       if (!Number.isNaN(us)) c.readPos[phone] = Math.max(c.readPos[phone] || 0, us + 999);
     }
   });
+  // My own entry is where I have read up to on any of my devices.
+  const mine = state.convs.get(id).readPos[ME];
+  if (mine) await readElsewhere(id, mine);
   emit("list");
   emit("header", id);
   emit("receipts", id);

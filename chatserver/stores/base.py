@@ -514,7 +514,8 @@ class Store(Protocol):
         ...
 
     async def pending_for(self, msg_to: str) -> list[StoredMessage]:
-        """Personal messages stored for msg_to, in the order the server accepted them (SPEC 5.2)."""
+        """Personal messages stored for msg_to that no device of msg_to has acknowledged yet
+        (SPEC 7.1), in the order the server accepted them (SPEC 5.2)."""
         ...
 
     async def pending_page(self, device: str, after: int,

@@ -118,7 +118,7 @@ class Queries:
         " (SELECT last_seen_receiver FROM dialogues WHERE msg_from = $1 AND msg_to = $2),"
         " (SELECT count(*) FROM personal_messages WHERE msg_from = $1 AND msg_to = $2 AND NOT acked)")
     pending_for: str = ("SELECT msg_from, msg_to, message, sent_us FROM personal_messages"
-                        " WHERE msg_to = $1 ORDER BY id")
+                        " WHERE msg_to = $1 AND NOT acked ORDER BY id")
     # What waits for one device (SPEC 7.1), keyset pagination on personal_deliveries' primary
     # key (sid_hash, message_id).
     pending_page: str = ("SELECT p.id, p.msg_from, p.msg_to, p.message, p.sent_us"

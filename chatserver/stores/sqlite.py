@@ -220,10 +220,10 @@ async def _ack_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[
     if peers:
         firsts = {r[0] for r in await db.execute_fetchall(_ACKED, (_rows_json(peers),))}
     results, receipts = [], []
-    for row, message_id in zip(rows, ids, strict=True):
+    for k, (row, message_id) in enumerate(zip(rows, ids, strict=True)):
         if message_id is None:
             results.append(Ack.MISSING)
-        elif message_id in firsts:
+        elif message_id in firsts and message_id == waiting[k][0]:  # not a copy's (same id)
             firsts.discard(message_id)
             results.append(Ack.FIRST)
             receipts.append(row)

@@ -286,8 +286,9 @@ async def test_blocked_is_typing_is_refused_and_not_pushed(as_user: UserFactory)
 
 async def test_blocked_msg_read_is_refused_and_not_recorded(as_user: UserFactory, store: Store) -> None:
     """A read receipt is refused like new_msg (issue 12, finding 7); nothing recorded or pushed."""
-    a, c, _, _, a_recv, c_send = await blocked_pair(as_user)
-    a_send = await (await as_user(a)).ws_connect(f"/ws/chat/personal/{a}/{c}/")
+    a, c, alice, _, a_recv, c_send = await blocked_pair(as_user)
+    # the device whose receive socket is a_recv: it gets no copy of what it sends (SPEC 7.2)
+    a_send = await alice.ws_connect(f"/ws/chat/personal/{a}/{c}/")
     sent = frame("new_msg", a, c, "read me")  # a block is one way: A may write to C
     await a_send.send_json(sent)
     assert (await recv(a_send))["command"] == "msg_sent"

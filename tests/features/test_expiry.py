@@ -72,8 +72,11 @@ async def test_undelivered_messages_expire_and_every_device_of_the_sender_is_tol
     to_b = await open_personal(client_a, a, b)
     in_group = await open_group(client_a, a, key)
 
-    # acknowledged in time: never expires
+    # acknowledged in time: never expires, though A's phone keeps its copy unacknowledged
+    # (SPEC 7.2): expiry then deletes it without telling anyone (SPEC 7.1, every recipient had it)
     kept = await send_new_msg(to_b, a, b, "acknowledged in time")
+    copy = await recv(devices[1])
+    assert (copy["command"], copy["msg_from"], copy["message"]) == ("new_msg", a, kept["message"])
     from_a = await open_personal(client_b, b, a)
     await from_a.send_json(frame("msg_received", b, a, kept["sent_timestamp"]))
     for ws in devices:
@@ -83,6 +86,8 @@ async def test_undelivered_messages_expire_and_every_device_of_the_sender_is_tol
     accepted = time.monotonic()
     personal = await send_new_msg(to_b, a, b, "never acknowledged")
     group = await send_grp(in_group, a, key, "acknowledged by c only")
+    copies = [await recv(devices[1]), await recv(devices[1])]  # A's phone: copies, unacknowledged
+    assert [(m["msg_from"], m["msg_to"]) for m in copies] == [(a, b), (f"{key}-{a}", a)]
     c_in_group = await open_group(client_c, c, key)
     await c_in_group.send_json(frame("grp_msg_received", c, a, group["sent_timestamp"]))
     for ws in devices:
