@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The project's benchmark: real `run.py serve` subprocesses, real sockets, numbers with units.
 
-    .venv/bin/python bench/bench.py [--quick] [--pairs 50 --messages 200 --window 10]
+    .venv/bin/python bench/bench.py [--quick] [--cases full,normal,devices,group,fanout,idle]
+                                    [--pairs 50 --messages 200 --window 10]
                                     [--idle 5000] [--group 100] [--json out.json]
 
 The entry point: the command line, the plan of runs, the exit status. The cases, what they measure
@@ -34,6 +35,7 @@ sys.path.append(str(REPO / "tests"))
 from chatserver import config as chat_config  # noqa: E402
 
 from deployment import Deployment  # noqa: E402
+from devices import case_devices  # noqa: E402
 from group import case_group  # noqa: E402
 from idle import case_idle  # noqa: E402
 from measure import load_average  # noqa: E402
@@ -42,6 +44,8 @@ from report import machine_info, merge, problems, report  # noqa: E402
 from stage import Lab  # noqa: E402
 
 Case = Callable[[str], Awaitable[dict[str, Any]]]
+# Every case, in the order of the default run (bench/README.md "Cases").
+CASES = ("full", "normal", "devices", "group", "fanout", "idle")
 
 
 def raise_fd_limit() -> int:
@@ -77,13 +81,16 @@ async def run_case(lab: Lab, name: str, case: Case) -> dict[str, Any]:
 def plan(lab: Lab, args: argparse.Namespace) -> list[tuple[str, str, Case]]:
     """The runs to make, in order: (case key, run name, the run)."""
     runs: list[tuple[str, str, Case]] = []
-    for i in range(1, args.repeat + 1):  # FULL and NORMAL alternate: both see the same noise
+    # FULL, NORMAL and two devices alternate: all see the same noise, so their ratios hold
+    for i in range(1, args.repeat + 1):
         if "full" in args.cases:
             runs.append(("full", f"personal-full-{i}",
                          lambda n: case_personal(lab, n, "FULL", args)))
         if "normal" in args.cases:
             runs.append(("normal", f"personal-normal-{i}",
                          lambda n: case_personal(lab, n, "NORMAL", args)))
+        if "devices" in args.cases:
+            runs.append(("devices", f"devices-full-{i}", lambda n: case_devices(lab, n, args)))
     if "group" in args.cases and args.group >= 2:
         runs += [("group", f"group-{i}", lambda n: case_group(lab, n, args))
                  for i in range(1, args.repeat + 1)]
@@ -152,12 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds between opening the idle sockets and reading RSS (default 2)")
     p.add_argument("--group", type=int, help="group members incl. the sender (default 100; <2: skip)")
     p.add_argument("--group-messages", type=int, help="group messages sent (default 200)")
-    p.add_argument("--cases", default="full,normal,group,fanout,idle",
-                   help="which cases to run, comma-separated (default full,normal,group,fanout,"
-                        "idle: personal with synchronous=FULL, the same with NORMAL, group with "
-                        "acknowledgements, group send-only, idle)")
+    p.add_argument("--cases", default=",".join(CASES),
+                   help=f"which cases to run, comma-separated (default {','.join(CASES)}: "
+                        "personal with synchronous=FULL, the same with NORMAL, personal FULL with "
+                        "two devices per user, group with acknowledgements, group send-only, idle)")
     p.add_argument("--repeat", type=int,
-                   help="runs of the personal and group cases, each on a fresh server; figures are "
+                   help="runs of the personal, devices and group cases, each on a fresh server; figures are "
                         "medians (default 3, --quick 1)")
     p.add_argument("--stall-timeout", type=float, default=15.0,
                    help="give up a run after this many seconds without progress (default 15)")
@@ -188,8 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.idle_users = min(args.idle, 1000)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.cases = {c.strip() for c in args.cases.split(",") if c.strip()}
-    if not args.cases or args.cases - {"full", "normal", "group", "fanout", "idle"}:
-        p.error("--cases takes some of full,normal,group,fanout,idle")
+    if not args.cases or args.cases - set(CASES):
+        p.error(f"--cases takes some of {','.join(CASES)}")
     for key in ("pairs", "messages", "window", "group_messages", "repeat"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1")
@@ -212,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.load_at_start = load_average()
     limit = raise_fd_limit()
-    need = max(args.idle if "idle" in args.cases else 0, 4 * args.pairs, 2 * args.group) + 100
+    need = max(args.idle if "idle" in args.cases else 0,
+               (8 if "devices" in args.cases else 4) * args.pairs, 2 * args.group) + 100
     if need > limit:
         print(f"error: {need} sockets need more open files than the limit {limit} "
               "(raise the hard limit: ulimit -Hn)", file=sys.stderr)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,15 +178,16 @@ class Sock:
 
 
 class Client:
-    """One HTTP client for every simulated user: cookies are kept per user by hand; the sockets it
-    opened are kept until `close_sockets`."""
+    """One HTTP client for every simulated user: cookies are kept per device by hand, (phone, 1)
+    the session of the registration and (phone, n) that of a later `login` (SPEC 7: a login
+    session is a device); the sockets it opened are kept until `close_sockets`."""
 
     def __init__(self, base: str) -> None:
         self.base = base
         self.ws_base = base.replace("http://", "ws://")
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar())
-        self.cookies: dict[str, str] = {}
+        self.cookies: dict[tuple[str, int], str] = {}
         self.socks: list[Sock] = []
 
     async def close(self) -> None:
@@ -200,9 +201,9 @@ class Client:
         for i in range(0, len(socks), 500):
             await asyncio.gather(*(s.close() for s in socks[i:i + 500]))
 
-    def headers(self, phone: str) -> dict[str, str]:
-        """The session cookie of `phone` and our Origin (the server checks it)."""
-        return {"Cookie": f"{COOKIE}={self.cookies[phone]}", "Origin": self.base}
+    def headers(self, phone: str, device: int = 1) -> dict[str, str]:
+        """The session cookie of `phone`'s `device` and our Origin (the server checks it)."""
+        return {"Cookie": f"{COOKIE}={self.cookies[phone, device]}", "Origin": self.base}
 
     async def register(self, phones: list[str], concurrency: int = 16) -> None:
         """POST /register for each phone (set-up, not measured); keeps each session cookie."""
@@ -214,7 +215,22 @@ class Client:
                     data={"phone": phone, "name": f"bench {phone}", "password": PASSWORD}) as resp:
                 if resp.status != 302 or COOKIE not in resp.cookies:
                     raise RuntimeError(f"register {phone}: HTTP {resp.status} {await resp.text()}")
-                self.cookies[phone] = resp.cookies[COOKIE].value
+                self.cookies[phone, 1] = resp.cookies[COOKIE].value
+
+        await asyncio.gather(*(one(p) for p in phones))
+
+    async def login(self, phones: list[str], device: int, concurrency: int = 16) -> None:
+        """POST /login for each (registered) phone, a new session kept as its device number
+        `device` (set-up, not measured)."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(phone: str) -> None:
+            async with sem, self.session.post(
+                    f"{self.base}/login", allow_redirects=False, headers={"Origin": self.base},
+                    data={"phone": phone, "password": PASSWORD}) as resp:
+                if resp.status != 302 or COOKIE not in resp.cookies:
+                    raise RuntimeError(f"login {phone}: HTTP {resp.status} {await resp.text()}")
+                self.cookies[phone, device] = resp.cookies[COOKIE].value
 
         await asyncio.gather(*(one(p) for p in phones))
 
@@ -227,9 +243,10 @@ class Client:
             return await resp.json()
 
     async def connect(self, phone: str, path: str, tally: Tally,
-                      on: dict[str, Handler] | None = None) -> Sock:
-        """Open the socket at `path` as `phone`, its frames dispatched to `on`."""
-        ws = await self.session.ws_connect(f"{self.ws_base}{path}", headers=self.headers(phone),
+                      on: dict[str, Handler] | None = None, device: int = 1) -> Sock:
+        """Open the socket at `path` as `phone`'s `device`, its frames dispatched to `on`."""
+        ws = await self.session.ws_connect(f"{self.ws_base}{path}",
+                                           headers=self.headers(phone, device),
                                            compress=0, autoclose=True, autoping=True,
                                            max_msg_size=0)
         sock = Sock(ws, tally, on)
@@ -248,16 +265,18 @@ async def wait_done(done: asyncio.Event, tally: Tally, stall_timeout: float) -> 
     return True
 
 
-async def leftover(socks: dict[str, Sock], commands: tuple[str, ...], drain_timeout: float,
-                   tally: Tally) -> int:
-    """Messages still stored for these users (`fetch_msgs` etc. on their receive sockets), polled
-    up to `drain_timeout` s until empty. An unanswered fetch counts as a corrupted exchange."""
+async def leftover(socks: Iterable[tuple[str, Sock]], commands: tuple[str, ...],
+                   drain_timeout: float, tally: Tally) -> int:
+    """Messages still stored for these (phone, receive socket) pairs (`fetch_msgs` etc. on each
+    socket: with per-device delivery, what waits for that socket's device, SPEC 7.1), polled up to
+    `drain_timeout` s until empty. An unanswered fetch counts as a corrupted exchange."""
+    socks = list(socks)
     deadline = time.perf_counter() + drain_timeout
     while True:
         total = 0
         for command in commands:
             answers = await asyncio.gather(*(s.fetch(command, phone, 10.0)
-                                             for phone, s in socks.items()))
+                                             for phone, s in socks))
             for a in answers:
                 if a is None:
                     tally.corrupted += 1

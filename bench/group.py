@@ -172,7 +172,8 @@ async def case_group(lab: Lab, name: str, args: argparse.Namespace,
         first_send = min((m.t_send for m in msgs), default=0.0)
         last_push = max((m.t_last_push for m in msgs), default=first_send)
         span = last_push - first_send
-        left = await leftover(recv, ("fetch_grp_msgs", "fetch_msgs"), args.drain_timeout, t)
+        left = await leftover(recv.items(), ("fetch_grp_msgs", "fetch_msgs"), args.drain_timeout,
+                              t)
         await client.close_sockets()
         checks = t.checks(
             # a group message is complete with its msg_sent, a push to each other member and

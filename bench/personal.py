@@ -165,7 +165,7 @@ async def case_personal(lab: Lab, name: str, synchronous: str,
         receipt_lat = [(m.t_receipt - m.t_send) * 1000 for m in msgs if m.receipts]
 
         recv_socks = {p.r: p.r_recv for p in pairs} | {p.s: p.s_recv for p in pairs}
-        left = await leftover(recv_socks, ("fetch_msgs",), args.drain_timeout, t)  # type: ignore[arg-type]
+        left = await leftover(recv_socks.items(), ("fetch_msgs",), args.drain_timeout, t)  # type: ignore[arg-type]
         await client.close_sockets()
         checks = t.checks(
             incomplete=planned - run.complete,

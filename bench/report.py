@@ -94,9 +94,9 @@ def load_rows(case: str, m: dict[str, float]) -> list[Row]:
 
 
 def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
-    """The table of figures (sections 1-5), then the counts of section 6 and what they saw."""
+    """The table of figures (sections 1-5 and 7), then the counts of section 6 and what they saw."""
     rows: list[Row] = []
-    full, normal = results.get("full"), results.get("normal")
+    full, normal, dev = results.get("full"), results.get("normal"), results.get("devices")
     grp, idle, fan = results.get("group"), results.get("idle"), results.get("fanout")
     shape = f"{args.pairs} pairs x {args.messages} msgs x window {args.window}"
 
@@ -125,6 +125,19 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                 rows.append(("1. CPU per message", f"total CPU (server + PostgreSQL + Redis) per "
                              f"1000 delivered messages, synchronous={label}",
                              spread(r, "total_cpu_s_per_1000", 3), "CPU s / 1000 msgs"))
+    if dev:
+        rows.append(("1. CPU per message", "server CPU per 1000 delivered messages, two devices per "
+                     "user, synchronous=FULL (on both devices; copies included)",
+                     spread(dev, "server_cpu_s_per_1000", 3), "CPU s / 1000 msgs"))
+        if dev.get("total_cpu_s_per_1000") is not None:
+            rows.append(("1. CPU per message", "total CPU (server + PostgreSQL + Redis) per 1000 "
+                         "delivered messages, two devices per user, FULL",
+                         spread(dev, "total_cpu_s_per_1000", 3), "CPU s / 1000 msgs"))
+        if full and full["server_cpu_s_per_1000"] and dev["server_cpu_s_per_1000"]:
+            rows.append(("1. CPU per message", "server CPU per delivered message, two devices / "
+                         "one device, FULL (medians)",
+                         fmt(dev["server_cpu_s_per_1000"] / full["server_cpu_s_per_1000"], 2),
+                         "ratio"))
     if full:
         personal_rows("2. throughput FULL", full)
     if idle:
@@ -174,6 +187,21 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         rows.append((case, "the same per push", fmt(fan["server_cpu_us_per_push"], 1),
                      "CPU µs / push"))
         rows.extend(load_rows(case + ", send only", fan["measured"]))
+    if dev:
+        case = "7. two devices per user, FULL"
+        rows.append((case, f"delivered messages (on both devices), {shape}",
+                     spread(dev, "delivered_per_s", 0), "msg/s"))
+        rows.append((case, "copies on the sender's other device (received, acknowledged) of "
+                     "messages sent", f"{fmt(dev['copies'])} of {fmt(dev['sent'])}", "copies"))
+        rows.append((case, "send -> push to the later device p50 / p99; send -> copy p50 / p99",
+                     f"{p50_p99(dev['push_ms'])}; {p50_p99(dev['copy_ms'])}", "ms"))
+        rows.append((case, "send -> first receipt push p50 / p99", p50_p99(dev["receipt_ms"]), "ms"))
+        rows.extend(load_rows(case, dev["measured"]))
+        rows.append((case, "client CPU per 1000 delivered messages",
+                     fmt(dev["client_cpu_s_per_1000"], 3), "CPU s / 1000 msgs"))
+        rows.append((case, "server RSS before / after / peak",
+                     f"{dev['server_rss_before'] / MIB:.1f} / {dev['server_rss_after'] / MIB:.1f}"
+                     f" / {dev['server_rss_peak'] / MIB:.1f}", "MiB"))
     widths = [max(len(r[i]) for r in rows + [("case", "figure", "value", "unit")]) for i in range(4)]
     line = "  ".join(f"{{:<{w}}}" for w in widths[:2]) + f"  {{:>{widths[2]}}}  {{}}"
     out = [line.format("case", "figure", "value", "unit"),
@@ -183,6 +211,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     out += ["", "6. nothing lost (counts over all runs of a case; every one must be 0)"]
     columns = [(f"personal FULL x{len(full['runs'])}" if full else "", full),
                (f"personal NORMAL x{len(normal['runs'])}" if normal else "", normal),
+               (f"two devices x{len(dev['runs'])}" if dev else "", dev),
                (f"group x{len(grp['runs'])}" if grp else "", grp),
                (f"group send-only x{len(fan['runs'])}" if fan else "", fan), ("idle", idle)]
     names = [(n, r) for n, r in columns if r]

@@ -347,7 +347,8 @@ class Store(Protocol):
         (msg_from, msg_to, sent_us) is already stored: a retry, not stored twice (SPEC 5.1). The
         dialogue rows are created by a trigger. Fails with IntegrityError for a phone that has no
         account, and with MailboxFull when `max_waiting` messages already wait for msg_to
-        (personal ones to them and group ones pending for them, SPEC 10).
+        (personal ones to them that none of their devices acknowledged, and group ones pending
+        for them, SPEC 10).
 
         `attachments` (ids, SPEC 8) are claimed by the new message in the same transaction, in
         their order; fails with AttachmentRefused (storing nothing) when one is not msg_from's,

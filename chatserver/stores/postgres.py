@@ -30,7 +30,17 @@ from .base import (
 )
 from .groupcommit import DEFAULT_SESSION_SECONDS, Runners, call_ops
 from .pgblocks import CHANNEL_QUERY, CONNECTION_ERRORS, BlocksMirror, PgConnection
-from .queries import ATTACHMENT_COLUMNS, POSTGRES, SqlStore, admit, claims, expired, mailbox_full
+from .queries import (
+    ATTACHMENT_COLUMNS,
+    POSTGRES,
+    AckPlan,
+    PersonalWaiting,
+    SqlStore,
+    admit,
+    claims,
+    expired,
+    mailbox_full,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +86,13 @@ def _wrap(error: BaseException) -> BaseException:
 # (phone, message_id) and only up to the limit $2: a full mailbox costs at most `limit` index
 # entries per batch, a usual one (a few waiting) next to nothing. Another process may commit
 # messages for the same phone meanwhile (READ COMMITTED): the limit can be passed by what the
-# processes commit at the same moment, never by more.
+# processes commit at the same moment, never by more. A personal message its recipient
+# acknowledged on a device (SPEC 7.1) no longer waits for them, though a copy or another device
+# may keep it stored.
 _WAITING: Final = """
     SELECT r.phone,
-        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = r.phone LIMIT $2) AS a)
+        (SELECT count(*) FROM (SELECT 1 FROM personal_messages
+                               WHERE msg_to = r.phone AND NOT acked LIMIT $2) AS a)
       + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = r.phone LIMIT $2) AS b)
     FROM unnest($1::text[]) AS r(phone)"""
 
@@ -174,19 +187,23 @@ async def _add_personal_many(db: PgConnection, rows: list[Any]) -> list[Stored |
     return results
 
 
-# For each acknowledgement [msg_from, msg_to, sent_us, received_at, device] (n: its place): the id
-# of msg_from's message to msg_to waiting for the device, and of msg_to's own message to msg_from
-# (a copy, SPEC 7.2) waiting for it, each or NULL.
+# For each acknowledgement [msg_from, msg_to, sent_us, device] (n: its place) whose message waits
+# for the device: its id, whether the recipient acknowledged it already (on another device), and
+# whether another device waits for it. {to}/{fro} = msg_to/msg_from: msg_from's message to msg_to;
+# swapped: msg_to's own message to msg_from (a copy, SPEC 7.2), asked only when needed.
 _PERSONAL_WAITING: Final = """
-    SELECT j.n,
-        (SELECT p.id FROM personal_messages AS p JOIN personal_deliveries AS d
-         ON d.message_id = p.id AND d.sid_hash = j.device
-         WHERE p.msg_to = j.msg_to AND p.msg_from = j.msg_from AND p.sent_us = j.sent_us),
-        (SELECT p.id FROM personal_messages AS p JOIN personal_deliveries AS d
-         ON d.message_id = p.id AND d.sid_hash = j.device
-         WHERE p.msg_to = j.msg_from AND p.msg_from = j.msg_to AND p.sent_us = j.sent_us)
+    SELECT j.n, p.id, p.acked,
+        EXISTS (SELECT 1 FROM personal_deliveries AS o
+                WHERE o.message_id = p.id AND o.sid_hash <> j.device)
     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
-         WITH ORDINALITY AS j(msg_from, msg_to, sent_us, device, n)"""
+         WITH ORDINALITY AS j(msg_from, msg_to, sent_us, device, n)
+    JOIN personal_messages AS p ON p.msg_to = j.{to} AND p.msg_from = j.{fro} AND p.sent_us = j.sent_us
+    JOIN personal_deliveries AS d ON d.message_id = p.id AND d.sid_hash = j.device"""
+_PEER_WAITING: Final = _PERSONAL_WAITING.format(to="msg_to", fro="msg_from")
+_COPY_WAITING: Final = _PERSONAL_WAITING.format(to="msg_from", fro="msg_to")
+# Messages whose last waiting device acknowledges them, when the recipient has (now or before):
+# deleted at once, with that device's row (ON DELETE CASCADE).
+_DELETE_PERSONAL: Final = "DELETE FROM personal_messages WHERE id = ANY($1::bigint[]) RETURNING id"
 # The recipient's first acknowledgement (on any device) of each message id; the row lock makes
 # two devices acknowledging in two processes at once take turns: the second sees `acked`.
 _ACKED: Final = """
@@ -225,31 +242,27 @@ async def _ack_personal_many(db: PgConnection, rows: list[Any]) -> list[Ack]:
     """Acknowledgements [msg_from, msg_to, sent_us, received_at, device] (SPEC 7.1, 7.2); for
     each, Ack.FIRST when msg_to's first device acknowledged msg_from's message (its dialogue then
     gets last_received_receiver = received_at), Ack.LATER for a later device or a copy,
-    Ack.MISSING when nothing with that identity waited for the device."""
-    waiting = {r[0] - 1: (r[1], r[2]) for r in await db.fetch(
-        _PERSONAL_WAITING, *_columns(rows, 3), [row[4] for row in rows])}
-    claimed: set[tuple[str, int]] = set()
-    ids = [_claim(waiting[k], row[4], claimed) for k, row in enumerate(rows)]
-    peers = sorted({i for k, i in enumerate(ids) if i is not None and i == waiting[k][0]})
-    firsts: set[int] = set()
-    if peers:
-        firsts = {r[0] for r in await db.fetch(_ACKED, peers)}
-    results, receipts = [], []
-    for k, (row, message_id) in enumerate(zip(rows, ids, strict=True)):
-        if message_id is None:
-            results.append(Ack.MISSING)
-        elif message_id in firsts and message_id == waiting[k][0]:  # not a copy's (same id)
-            firsts.discard(message_id)
-            results.append(Ack.FIRST)
-            receipts.append(row)
-        else:
-            results.append(Ack.LATER)
+    Ack.MISSING when nothing with that identity waited for the device. What each does: AckPlan."""
+    args = (*_columns(rows, 3), [row[4] for row in rows])
+    plan = AckPlan(rows, {r[0] - 1: PersonalWaiting(r[1], r[2], r[3], False)
+                          for r in await db.fetch(_PEER_WAITING, *args)})
+    if plan.copies_wanted:
+        plan.add_copies({r[0] - 1: PersonalWaiting(r[1], r[2], r[3], True)
+                         for r in await db.fetch(_COPY_WAITING, *args)})
+    plan.plan()
+    marked: set[int] = set()
+    if plan.mark:
+        marked = {r[0] for r in await db.fetch(_ACKED, plan.mark)}
+    if plan.undeliver:
+        await db.execute(_UNDELIVER_PERSONAL, [u[0] for u in plan.undeliver],
+                         [u[1] for u in plan.undeliver])
+    deleted: set[int] = set()
+    if plan.delete:
+        deleted = {r[0] for r in await db.fetch(_DELETE_PERSONAL, sorted(plan.delete))}
+    results, receipts = plan.results(marked, deleted)
     if receipts:
         await db.execute(_SET_RECEIVED, [r[0] for r in receipts], [r[1] for r in receipts],
                          [r[3] for r in receipts])
-    gone = sorted((row[4], i) for row, i in zip(rows, ids, strict=True) if i is not None)
-    if gone:
-        await db.execute(_UNDELIVER_PERSONAL, [g[0] for g in gone], [g[1] for g in gone])
     return results
 
 
@@ -292,7 +305,7 @@ _INSERT_GROUP: Final = """
     waiting AS (
         SELECT d.phone,
             (SELECT count(*) FROM (SELECT 1 FROM personal_messages
-                                   WHERE msg_to = d.phone LIMIT $7) AS a)
+                                   WHERE msg_to = d.phone AND NOT acked LIMIT $7) AS a)
           + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = d.phone LIMIT $7) AS b)
             AS n
         FROM (SELECT DISTINCT phone FROM pairs) AS d)
@@ -481,7 +494,7 @@ _EXPIRE_PERSONAL: Final = """
     DELETE FROM personal_messages WHERE id IN (
         SELECT id FROM personal_messages WHERE accepted_us < $1 ORDER BY accepted_us LIMIT $2
         FOR UPDATE SKIP LOCKED)
-    RETURNING msg_from, msg_to, sent_timestamp, sent_us, acked"""
+    RETURNING msg_from, msg_to, sent_timestamp, sent_us, accepted_us, id, acked"""
 _EXPIRE_GROUP: Final = """
     WITH doomed AS (
         SELECT id FROM group_messages WHERE accepted_us < $1 ORDER BY accepted_us LIMIT $2
@@ -491,7 +504,7 @@ _EXPIRE_GROUP: Final = """
             AS delivered
         FROM doomed AS d)
     DELETE FROM group_messages AS m USING flagged AS f WHERE m.id = f.id
-    RETURNING m.msg_from, m.grp, m.sent_timestamp, m.sent_us, f.delivered"""
+    RETURNING m.msg_from, m.grp, m.sent_timestamp, m.sent_us, m.accepted_us, m.id, f.delivered"""
 
 
 async def _synchronous_commit(writer: PgConnection) -> None:
@@ -561,7 +574,8 @@ class PgStore(SqlStore[PgConnection]):
             await _synchronous_commit(writer)
             channel = await writer.fetchval(CHANNEL_QUERY)
             pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE)
-            store = cls(url, writer, pool, channel, scrub_seconds, rooms_keep, max_waiting)
+            store = cls(url, writer, pool, channel, scrub_seconds, rooms_keep, max_waiting,
+                        session_seconds)
             await store._mirror.listen()
         except BaseException as e:
             if pool is not None:

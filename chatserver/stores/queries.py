@@ -21,6 +21,7 @@ from .base import (
     LIVE_SESSIONS_BATCH,
     UNKNOWN_DEVICE,
     Account,
+    Ack,
     Attachment,
     Contact,
     Device,
@@ -121,11 +122,13 @@ class Queries:
         " (SELECT count(*) FROM personal_messages WHERE msg_from = $1 AND msg_to = $2 AND NOT acked)")
     pending_for: str = ("SELECT msg_from, msg_to, message, sent_us FROM personal_messages"
                         " WHERE msg_to = $1 AND NOT acked ORDER BY id")
-    # What waits for one device (SPEC 7.1), keyset pagination on personal_deliveries' primary
-    # key (sid_hash, message_id).
+    # What waits for one device (SPEC 7.1): its user's messages (to it, and its own for the
+    # copies) that have the device's row, a page at a time (keyset pagination on id).
     pending_page: str = ("SELECT p.id, p.msg_from, p.msg_to, p.message, p.sent_us"
-                         " FROM personal_deliveries AS d JOIN personal_messages AS p ON p.id = d.message_id"
-                         " WHERE d.sid_hash = $1 AND d.message_id > $2 ORDER BY d.message_id LIMIT $3")
+                         " FROM sessions AS s JOIN personal_messages AS p"
+                         " ON p.msg_to = s.phone OR p.msg_from = s.phone"
+                         " JOIN personal_deliveries AS d ON d.message_id = p.id AND d.sid_hash = s.sid_hash"
+                         " WHERE s.sid_hash = $1 AND p.id > $2 ORDER BY p.id LIMIT $3")
     # SPEC 7.1: a new device $1 of $2 waits for what is still stored for $2 as a recipient: its
     # personal messages (copies of its own are not: msg_to is the peer), the group messages it
     # is pending for, and those another of its devices still waits for (not its own: 7.2).
@@ -276,6 +279,108 @@ def claims(rows: Iterable[Sequence[Any]], ids: Mapping[tuple[Any, ...], int], *,
         if message_id is not None:
             out.extend([message_id, a, position, row[owner]] for position, a in enumerate(row[attachments]))
     return out
+def identity_counts(rows: Sequence[Sequence[Any]]) -> list[int]:
+    """For each row of a batch of acknowledgements, how many rows of the batch name its message
+    identity (msg_from, msg_to, sent_us, the first three fields) in either direction: a row
+    alone with its identity may take the one-statement way (its device's only row)."""
+    counts: dict[tuple[Any, ...], int] = {}
+    keys = [(min(r[0], r[1]), max(r[0], r[1]), r[2]) for r in rows]
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    return [counts[key] for key in keys]
+
+
+@dataclass(frozen=True, slots=True)
+class PersonalWaiting:
+    """A personal message waiting for the device that acknowledges it (SPEC 7.1): its id,
+    whether its recipient acknowledged it already, whether another device waits for it, and
+    whether it is the device's copy of its own user's message (SPEC 7.2)."""
+
+    id: int
+    acked: bool
+    others: bool
+    copy: bool
+
+
+class AckPlan:
+    """What a batch of personal acknowledgements [msg_from, msg_to, sent_us, received_at, device]
+    does, worked out once for both engines (SPEC 7.1, 7.2).
+
+    Each acknowledgement takes the peer's message waiting for its device (`peers`, by row),
+    else that device's copy of the user's own (`add_copies`, asked only when `copies_wanted`):
+    the same identity twice in a batch is the peer's message the first time, the copy the
+    second. Then `plan()` says, per message:
+    - `delete`: the only acknowledgement of it in the batch, no other device waits, and it is
+      the recipient's (or the recipient had it already): the message goes at once, its one row
+      with it (the usual case: one device, no copies; one statement);
+    - `mark`: the recipient's acknowledgement while other devices wait: `acked` set, the
+      statement's RETURNING (under the row's lock) telling which one was the first;
+    - `undeliver`: every other claimed (device, id) pair; trigger personal_deliveries_last
+      deletes what is acknowledged with no device left.
+    """
+
+    def __init__(self, rows: list[Any], peers: Mapping[int, PersonalWaiting]) -> None:
+        self._rows = rows
+        self._claimed: set[tuple[str, int]] = set()
+        self._taken: list[PersonalWaiting | None] = [self._take(k, peers.get(k)) for k in range(len(rows))]
+        self.copies_wanted = None in self._taken
+        self._alone: list[bool] = []
+        self.delete: list[int] = []
+        self.mark: list[int] = []
+        self.undeliver: list[tuple[str, int]] = []
+
+    def _take(self, k: int, found: PersonalWaiting | None) -> PersonalWaiting | None:
+        if found is None:
+            return None
+        key = (self._rows[k][4], found.id)
+        if key in self._claimed:
+            return None
+        self._claimed.add(key)
+        return found
+
+    def add_copies(self, copies: Mapping[int, PersonalWaiting]) -> None:
+        """The copies waiting for the rows' devices (for rows that found no peer message)."""
+        self._taken = [t if t is not None else self._take(k, copies.get(k))
+                       for k, t in enumerate(self._taken)]
+
+    def plan(self) -> AckPlan:
+        """Fill `delete`, `mark` and `undeliver` from what the rows took; returns self."""
+        counts: dict[int, int] = {}
+        for t in self._taken:
+            if t is not None:
+                counts[t.id] = counts.get(t.id, 0) + 1
+        marked: set[int] = set()
+        for row, t in zip(self._rows, self._taken, strict=True):
+            # `t` goes with this acknowledgement: nothing else waits, and its recipient had it
+            alone = t is not None and counts[t.id] == 1 and not t.others and (t.acked or not t.copy)
+            self._alone.append(alone)
+            if t is None:
+                continue
+            if alone:
+                self.delete.append(t.id)
+                continue
+            if not t.copy and not t.acked:
+                marked.add(t.id)
+            self.undeliver.append((row[4], t.id))
+        self.mark = sorted(marked)
+        self.undeliver.sort()
+        return self
+
+    def results(self, marked: set[int], deleted: set[int]) -> tuple[list[Ack], list[Any]]:
+        """Each row's Ack and the rows whose receipt is due, given the ids `mark` did mark (its
+        RETURNING) and those `delete` did delete."""
+        results: list[Ack] = []
+        receipts = []
+        for row, t, alone in zip(self._rows, self._taken, self._alone, strict=True):
+            if t is None:
+                results.append(Ack.MISSING)
+                continue
+            first = not t.copy and not t.acked and t.id in (deleted if alone else marked)
+            if first:
+                marked.discard(t.id)  # two devices of the recipient in one batch: one receipt
+                receipts.append(row)
+            results.append(Ack.FIRST if first else Ack.LATER)
+        return results, receipts
 
 
 def mailbox_full() -> MailboxFull:
@@ -284,9 +389,12 @@ def mailbox_full() -> MailboxFull:
 
 
 def expired(rows: Iterable[Any], group: bool) -> list[Expired]:
-    """Expired records of rows (msg_from, msg_to or grp, sent_timestamp, sent_us, ...,
-    delivered): the last field says whether every recipient had acknowledged it."""
-    return [Expired(r[0], r[1], r[2], r[3], group, bool(r[-1])) for r in rows]
+    """Expired records of rows (msg_from, msg_to or grp, sent_timestamp, sent_us, accepted_us, id,
+    delivered), oldest first: a DELETE's RETURNING comes in no defined order (PostgreSQL's follows
+    the table's pages, where a message marked `acked` has moved). `delivered` says whether every
+    recipient had acknowledged it."""
+    return [Expired(r[0], r[1], r[2], r[3], group, bool(r[6]))
+            for r in sorted(rows, key=lambda r: (r[4], r[5]))]
 
 
 # The columns of an Attachment record, in its fields' order.
@@ -421,7 +529,9 @@ class SqlStore(GroupCommitStore[DB]):
                 if disabled:  # SPEC 10: a disabled user's devices end
                     ended = [r[0] for r in await self._query(db, self.SQL.take_sessions, phone)]
             return ended
-        result = await self._write(op)
+        # A device that ends may let go of messages no other device waits for (SPEC 7.1): they
+        # are scrubbed as acknowledged ones are (SPEC 6).
+        result = await self._write(op, deletes=disabled is True)
         if isinstance(result, LastAdmin):
             raise result
         return result
@@ -447,7 +557,7 @@ class SqlStore(GroupCommitStore[DB]):
                 return [r[0] for r in await self._query(db, self.SQL.take_sessions, phone)]
             return [r[0] for r in await self._query(db, self.SQL.take_other_sessions, phone,
                                                     keep_session)]
-        return await self._write(op)
+        return await self._write(op, deletes=True)  # the devices' messages may go (SPEC 7.1, 6)
 
     async def delete_account(self, phone: str) -> list[str] | None:
         async def op(db: DB) -> list[str] | None | LastAdmin:
@@ -502,7 +612,7 @@ class SqlStore(GroupCommitStore[DB]):
             changed = await self._execute(db, self.SQL.set_password, password_hash, phone)
             await self._execute(db, self.SQL.end_sessions, phone)
             return changed == 1
-        return await self._write(op)
+        return await self._write(op, deletes=True)  # the devices' messages may go (SPEC 7.1, 6)
 
     async def upgrade_password_hash(self, phone: str, old_hash: bytes, new_hash: bytes) -> bool:
         async def op(db: DB) -> bool:
@@ -542,7 +652,9 @@ class SqlStore(GroupCommitStore[DB]):
     async def delete_session(self, sid_hash: str) -> None:
         async def op(db: DB) -> None:
             await self._execute(db, self.SQL.delete_session, sid_hash)
-        await self._write(op)
+        # What waited for the device goes with it, and may take the last hold on a message
+        # (SPEC 7.1): scrubbed as an acknowledged one (SPEC 6).
+        await self._write(op, deletes=True)
 
     async def session_user(self, sid_hash: str, max_age_seconds: int) -> str | None:
         now = now_micros()
@@ -590,7 +702,7 @@ class SqlStore(GroupCommitStore[DB]):
         async def op(db: DB) -> str | None:
             rows = await self._query(db, self.SQL.delete_device, phone, device_id)
             return str(rows[0][0]) if rows else None
-        return await self._write(op)
+        return await self._write(op, deletes=True)  # as delete_session
 
     # -- dialogues ----------------------------------------------------------------------------
 

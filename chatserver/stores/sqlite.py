@@ -31,7 +31,20 @@ from .base import (
     StoreError,
 )
 from .groupcommit import DEFAULT_SESSION_SECONDS, Runners, call_ops
-from .queries import ATTACHMENT_COLUMNS, SQLITE, SqlStore, admit, claims, expired, mailbox_full
+from .queries import (
+    ATTACHMENT_COLUMNS,
+    SQLITE,
+    AckPlan,
+    PersonalWaiting,
+    SqlStore,
+    admit,
+    claims,
+    expired,
+    mailbox_full,
+)
+from .queries import (
+    identity_counts as _identity_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +101,13 @@ def _rows_json(rows: list[Any]) -> str:
 
 # Messages waiting for each phone (SPEC 10), counted on the indexes (msg_to, id) and
 # (phone, message_id) and only up to the limit ?2: a full mailbox costs at most `limit` index
-# entries per batch, a usual one (a few waiting) next to nothing.
+# entries per batch, a usual one (a few waiting) next to nothing. A personal message its
+# recipient acknowledged on a device (SPEC 7.1) no longer waits for them, though a copy or
+# another device may keep it stored.
 _WAITING: Final = """
     SELECT value,
-        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = value LIMIT ?2))
+        (SELECT count(*) FROM (SELECT 1 FROM personal_messages WHERE msg_to = value AND NOT acked
+                               LIMIT ?2))
       + (SELECT count(*) FROM (SELECT 1 FROM group_pending WHERE phone = value LIMIT ?2))
     FROM json_each(?1)"""
 
@@ -108,22 +124,20 @@ _INSERT_PERSONAL: Final = """
     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, ?2 FROM json_each(?1) WHERE true
     ON CONFLICT DO NOTHING
     RETURNING msg_from, msg_to, sent_us, id"""
-# SPEC 7.1: a new message waits for each live device of its recipient (?1: [id, device] pairs,
-# ?2: sessions used after it are live).
+# SPEC 7.1: a new message waits for each live device of its recipient (?1: [id, msg_to, msg_from,
+# device] rows, ?2: sessions used after it are live), found on index sessions_live alone.
 _DELIVER_PERSONAL: Final = """
     INSERT INTO personal_deliveries (sid_hash, message_id)
-    SELECT s.sid_hash, p.id FROM json_each(?1) AS j
-    JOIN personal_messages AS p ON p.id = j.value->>0
-    JOIN sessions AS s ON s.phone = p.msg_to
-    WHERE s.last_used_us > ?2
+    SELECT s.sid_hash, j.value->>0 FROM json_each(?1) AS j
+    JOIN sessions AS s ON s.phone = j.value->>1 AND s.last_used_us > ?2
+    WHERE true
     ON CONFLICT DO NOTHING"""
 # SPEC 7.2: and, as a copy, for each live device of its sender but the one that sent it.
 _COPY_PERSONAL: Final = """
     INSERT INTO personal_deliveries (sid_hash, message_id)
-    SELECT s.sid_hash, p.id FROM json_each(?1) AS j
-    JOIN personal_messages AS p ON p.id = j.value->>0
-    JOIN sessions AS s ON s.phone = p.msg_from AND s.sid_hash IS NOT j.value->>1
-    WHERE s.last_used_us > ?2 AND p.msg_from <> p.msg_to
+    SELECT s.sid_hash, j.value->>0 FROM json_each(?1) AS j
+    JOIN sessions AS s ON s.phone = j.value->>2 AND s.last_used_us > ?2
+    WHERE s.sid_hash IS NOT j.value->>3 AND j.value->>1 <> j.value->>2
     ON CONFLICT DO NOTHING
     RETURNING message_id"""
 
@@ -170,7 +184,7 @@ async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[
             _INSERT_PERSONAL, (_rows_json(taken), now_micros()))}
     if inserted:
         devices = {(row[0], row[1], row[2]): row[6] for row in rows}
-        pairs = _rows_json([[i, devices[key]] for key, i in inserted.items()])
+        pairs = _rows_json([[i, key[1], key[0], devices[key]] for key, i in inserted.items()])
         live_after = rows[0][7]
         await _claim_attachments(db, "personal_id", claims(rows, inserted, owner=0, attachments=8))
         await db.execute(_DELIVER_PERSONAL, (pairs, live_after))
@@ -189,19 +203,35 @@ async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[
     return results
 
 
-# For each acknowledgement [msg_from, msg_to, sent_us, received_at, device]: the id of msg_from's
-# message to msg_to waiting for the device, and of msg_to's own message to msg_from (a copy,
-# SPEC 7.2) waiting for it, each or NULL.
+# For each acknowledgement [msg_from, msg_to, sent_us, received_at, device] whose message waits
+# for the device: its id, whether the recipient acknowledged it already (on another device), and
+# whether another device waits for it. ?2 = 0: msg_from's message to msg_to; 1: msg_to's own
+# message to msg_from (a copy, SPEC 7.2), asked only for the acknowledgements that need it.
 _PERSONAL_WAITING: Final = """
-    SELECT j.key,
-        (SELECT p.id FROM personal_messages AS p JOIN personal_deliveries AS d
-         ON d.message_id = p.id AND d.sid_hash = j.value->>4
-         WHERE p.msg_to = j.value->>1 AND p.msg_from = j.value->>0 AND p.sent_us = j.value->>2),
-        (SELECT p.id FROM personal_messages AS p JOIN personal_deliveries AS d
-         ON d.message_id = p.id AND d.sid_hash = j.value->>4
-         WHERE p.msg_to = j.value->>0 AND p.msg_from = j.value->>1 AND p.sent_us = j.value->>2)
-    FROM json_each(?1) AS j"""
-# The recipient's first acknowledgement (on any device) of each message id of ?1.
+    SELECT j.key, p.id, p.acked,
+        EXISTS (SELECT 1 FROM personal_deliveries AS o
+                WHERE o.message_id = p.id AND o.sid_hash <> j.value->>4)
+    FROM json_each(?1) AS j
+    JOIN personal_messages AS p
+      ON p.msg_to = j.value->>(1 - ?2) AND p.msg_from = j.value->>?2 AND p.sent_us = j.value->>2
+    JOIN personal_deliveries AS d ON d.message_id = p.id AND d.sid_hash = j.value->>4"""
+# The usual acknowledgement: the recipient's message waits for the acknowledging device only and
+# no device of the recipient acknowledged it before: it goes at once (the device's row with it,
+# ON DELETE CASCADE), one statement for the batch; returns the identities deleted.
+_DELETE_ALONE: Final = """
+    DELETE FROM personal_messages WHERE id IN (
+        SELECT p.id FROM json_each(?1) AS j
+        JOIN personal_messages AS p
+          ON p.msg_to = j.value->>1 AND p.msg_from = j.value->>0 AND p.sent_us = j.value->>2
+        JOIN personal_deliveries AS d ON d.message_id = p.id AND d.sid_hash = j.value->>4
+        WHERE NOT p.acked AND NOT EXISTS (SELECT 1 FROM personal_deliveries AS o
+                                          WHERE o.message_id = p.id AND o.sid_hash <> j.value->>4))
+    RETURNING msg_from, msg_to, sent_us"""
+# Messages whose last waiting device acknowledges them, when the recipient has (now or before):
+# deleted at once, with that device's row (ON DELETE CASCADE).
+_DELETE_PERSONAL: Final = """
+    DELETE FROM personal_messages WHERE id IN (SELECT value FROM json_each(?1)) RETURNING id"""
+# The recipient's first acknowledgement (on any device) of a message other devices still wait for.
 _ACKED: Final = """
     UPDATE personal_messages SET acked = 1
     WHERE id IN (SELECT value FROM json_each(?1)) AND NOT acked
@@ -217,46 +247,50 @@ _UNDELIVER_PERSONAL: Final = """
         (SELECT value->>0, value->>1 FROM json_each(?1))"""
 
 
-def _claim(candidates: Sequence[int | None], device: str, claimed: set[tuple[str, int]]) -> int | None:
-    """The first of `candidates` (message ids, None: none) this device has not acknowledged yet in
-    this batch, taken; None when every one has been: the same identity acknowledged twice in a
-    batch is the peer's message the first time and the device's copy the second (SPEC 7.2)."""
-    for message_id in candidates:
-        if message_id is not None and (device, message_id) not in claimed:
-            claimed.add((device, message_id))
-            return message_id
-    return None
-
-
 async def _ack_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[Ack]:
     """Acknowledgements [msg_from, msg_to, sent_us, received_at, device] (SPEC 7.1, 7.2); for
     each, Ack.FIRST when msg_to's first device acknowledged msg_from's message (its dialogue then
     gets last_received_receiver = received_at), Ack.LATER for a later device or a copy,
-    Ack.MISSING when nothing with that identity waited for the device."""
-    waiting = {r[0]: (r[1], r[2]) for r in await db.execute_fetchall(
-        _PERSONAL_WAITING, (_rows_json(rows),))}
-    claimed: set[tuple[str, int]] = set()
-    ids = [_claim(waiting[k], row[4], claimed) for k, row in enumerate(rows)]
-    peers = [i for k, i in enumerate(ids) if i is not None and i == waiting[k][0]]
-    firsts: set[int] = set()
-    if peers:
-        firsts = {r[0] for r in await db.execute_fetchall(_ACKED, (_rows_json(peers),))}
-    results, receipts = [], []
-    for k, (row, message_id) in enumerate(zip(rows, ids, strict=True)):
-        if message_id is None:
-            results.append(Ack.MISSING)
-        elif message_id in firsts and message_id == waiting[k][0]:  # not a copy's (same id)
-            firsts.discard(message_id)
-            results.append(Ack.FIRST)
-            receipts.append(row)
-        else:
-            results.append(Ack.LATER)
+    Ack.MISSING when nothing with that identity waited for the device.
+
+    The usual acknowledgement (the recipient's only device, the message's identity once in the
+    batch) deletes the message in one statement; the others (AckPlan) read first."""
+    results: list[Ack | None] = [None] * len(rows)
+    receipts: list[Any] = []
+    once = [k for k, n in enumerate(_identity_counts(rows)) if n == 1]
+    if once:
+        gone = {tuple(r) for r in await db.execute_fetchall(
+            _DELETE_ALONE, (_rows_json([rows[k] for k in once]),))}
+        for k in once:
+            if tuple(rows[k][:3]) in gone:
+                results[k] = Ack.FIRST
+                receipts.append(rows[k])
+    rest = [k for k, r in enumerate(results) if r is None]
+    if rest:
+        slow = [rows[k] for k in rest]
+        data = _rows_json(slow)
+        plan = AckPlan(slow, {r[0]: PersonalWaiting(r[1], bool(r[2]), bool(r[3]), False)
+                              for r in await db.execute_fetchall(_PERSONAL_WAITING, (data, 0))})
+        if plan.copies_wanted:
+            plan.add_copies({r[0]: PersonalWaiting(r[1], bool(r[2]), bool(r[3]), True)
+                             for r in await db.execute_fetchall(_PERSONAL_WAITING, (data, 1))})
+        plan.plan()
+        marked: set[int] = set()
+        if plan.mark:
+            marked = {r[0] for r in await db.execute_fetchall(_ACKED, (_rows_json(plan.mark),))}
+        if plan.undeliver:
+            await db.execute(_UNDELIVER_PERSONAL, (_rows_json(plan.undeliver),))
+        deleted: set[int] = set()
+        if plan.delete:
+            deleted = {r[0] for r in await db.execute_fetchall(
+                _DELETE_PERSONAL, (_rows_json(plan.delete),))}
+        acks, due = plan.results(marked, deleted)
+        for k, ack in zip(rest, acks, strict=True):
+            results[k] = ack
+        receipts.extend(due)
     if receipts:
         await db.execute(_SET_RECEIVED, (_rows_json(receipts),))
-    gone = [[row[4], i] for row, i in zip(rows, ids, strict=True) if i is not None]
-    if gone:
-        await db.execute(_UNDELIVER_PERSONAL, (_rows_json(gone),))
-    return results
+    return [r if r is not None else Ack.MISSING for r in results]
 
 
 _SET_SEEN: Final = """
@@ -378,6 +412,16 @@ _UNDELIVER_GROUP: Final = """
         (SELECT value->>0, value->>1 FROM json_each(?1))"""
 
 
+def _claim(candidates: Sequence[int | None], device: str, claimed: set[tuple[str, int]]) -> int | None:
+    """The first of `candidates` (message ids, None: none) this device has not acknowledged yet in
+    this batch, taken; None when every one has been (the same message twice in one batch)."""
+    for message_id in candidates:
+        if message_id is not None and (device, message_id) not in claimed:
+            claimed.add((device, message_id))
+            return message_id
+    return None
+
+
 async def _ack_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[Ack]:
     """Acknowledgements [grp, msg_from, sent_us, phone, device] (SPEC 7.1): for each, Ack.FIRST
     when it took `phone` off the pending list, Ack.LATER for a later device of `phone` or a copy,
@@ -445,9 +489,9 @@ async def _add_room_many(db: aiosqlite.Connection, rows: list[Any]) -> list[int 
 _EXPIRE_PERSONAL: Final = """
     DELETE FROM personal_messages WHERE id IN (
         SELECT id FROM personal_messages WHERE accepted_us < ?1 ORDER BY accepted_us LIMIT ?2)
-    RETURNING msg_from, msg_to, sent_timestamp, sent_us, acked"""
+    RETURNING msg_from, msg_to, sent_timestamp, sent_us, accepted_us, id, acked"""
 _EXPIRE_GROUP_DELIVERED: Final = """
-    SELECT msg_from, grp, sent_timestamp, sent_us, id,
+    SELECT msg_from, grp, sent_timestamp, sent_us, accepted_us, id,
            NOT EXISTS (SELECT 1 FROM group_pending AS p WHERE p.message_id = m.id)
     FROM group_messages AS m WHERE accepted_us < ?1 ORDER BY accepted_us LIMIT ?2"""
 
@@ -750,7 +794,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             personal = await db.execute_fetchall(_EXPIRE_PERSONAL, (before_us, limit))
             # delivered: no one pending, read before the delete (group_pending goes with it)
             group = await db.execute_fetchall(_EXPIRE_GROUP_DELIVERED, (before_us, limit))
-            await db.execute(_DELETE_UNADDRESSED, (_rows_json([r[4] for r in group]),))
+            await db.execute(_DELETE_UNADDRESSED, (_rows_json([r[5] for r in group]),))
             return expired(personal, False) + expired(group, True)
         result: list[Expired] = await self._write(op)
         if result:  # only then: an hourly check that found nothing costs no scrub

@@ -54,8 +54,8 @@ class Broker:
     def unsubscribe_room(self, room: str) -> None:
         self.calls.append(("unsubscribe_room", room))
 
-    def publish_user(self, phone: str, data: bytes) -> None:
-        self.calls.append(("publish_user", phone, data))
+    def publish_user(self, phone: str, data: bytes, skip: str | None = None) -> None:
+        self.calls.append(("publish_user", phone, data, skip))
 
     def publish_room(self, room: str, data: bytes, seq: int | None) -> None:
         self.calls.append(("publish_room", room, data, seq))
@@ -177,9 +177,26 @@ async def test_push_and_broadcast_deliver_here_and_publish() -> None:
         hub.broadcast("r", b"typing")
         assert inbox.frames == [b"p"]
         assert member.frames == [b"b", b"typing"]
-    assert ("publish_user", "400", b"p") in broker.calls
+    assert ("publish_user", "400", b"p", None) in broker.calls
     assert [c for c in broker.calls if c[0] == "publish_room"] == [
         ("publish_room", "r", b"b", 1), ("publish_room", "r", b"typing", None)]
+
+
+async def test_a_push_that_skips_a_device_reaches_the_others_here_and_is_published_so() -> None:
+    """SPEC 7.2: a copy of one's own message goes to every receive socket of the user but those
+    of the sending device; the other processes are told which device to skip."""
+    hub, broker, _ = composed()
+    sender, sender_tab, other, unknown = Inbox(), Inbox(), Inbox(), Inbox()
+    async with hub.receiving("450", sender, "sid-1"), hub.receiving("450", sender_tab, "sid-1"), \
+            hub.receiving("450", other, "sid-2"), hub.receiving("450", unknown):
+        hub.push("450", b"copy", skip="sid-1")
+        hub.push("450", b"to all")
+        hub.deliver_push("450", b"from elsewhere", "sid-2")
+    assert sender.frames == sender_tab.frames == [b"to all", b"from elsewhere"]
+    assert other.frames == [b"copy", b"to all"]
+    assert unknown.frames == [b"copy", b"to all", b"from elsewhere"]
+    assert [c for c in broker.calls if c[0] == "publish_user"] == [
+        ("publish_user", "450", b"copy", "sid-1"), ("publish_user", "450", b"to all", None)]
 
 
 async def test_broadcasts_from_elsewhere_are_held_until_the_history_then_not_repeated() -> None:

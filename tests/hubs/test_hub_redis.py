@@ -70,9 +70,9 @@ async def _serve(ws: web.WebSocketResponse, answer: Callable[[str], dict[str, An
 
 
 async def receive_handler(request: web.Request) -> web.WebSocketResponse:
-    """/recv/{phone}/{sid}: a receive socket of `phone` in login session `sid`. Each frame is
-    answered `{"came_online": ...}` (the registration's value), so an answer proves that the
-    socket is registered and subscribed."""
+    """/recv/{phone}/{sid}: a receive socket of `phone` in login session `sid` (its device, SPEC
+    7). Each frame is answered `{"came_online": ...}` (the registration's value), so an answer
+    proves that the socket is registered and subscribed."""
     hub = request.app[hub_key]
     phone, sid = request.match_info["phone"], request.match_info["sid"]
     ws = web.WebSocketResponse()
@@ -80,7 +80,7 @@ async def receive_handler(request: web.Request) -> web.WebSocketResponse:
     try:
         async with hub.session_socket(sid, ws):
             with hub.outbox(ws) as outbox:
-                async with hub.receiving(phone, outbox) as came_online:
+                async with hub.receiving(phone, outbox, sid) as came_online:
                     await _serve(ws, lambda _: {"came_online": came_online})
     finally:
         request.app[left_key].put_nowait(phone)
@@ -294,6 +294,20 @@ async def test_pushes_reach_every_receive_socket_in_both_hubs_once_and_in_order(
     for ws in (here, there1, there2):
         assert await recv(ws) == {"n": -1}
     await assert_quiet(there1)
+
+
+async def test_a_push_that_skips_a_device_reaches_its_other_devices_in_both_hubs(
+        start_proc: Callable[..., Awaitable[Proc]]) -> None:
+    """SPEC 7.2: the copy of a message sent from device s1 reaches the user's other devices, in
+    this process and the other, and no socket of s1 in either."""
+    p1, p2 = await start_proc(), await start_proc()
+    sockets = [(sid, (await p.receive("150", sid))[0]) for p in (p1, p2) for sid in ("s1", "s2")]
+    p1.hub.push("150", encode({"n": 1}), skip="s1")
+    p1.hub.push("150", encode({"n": 2}))
+    for sid, ws in sockets:
+        expected = frames(2) if sid == "s1" else frames(1, 2)
+        assert [await recv(ws) for _ in expected] == expected
+    await assert_quiet(*(ws for _, ws in sockets))
 
 
 async def test_a_receive_socket_is_not_served_before_its_subscription_is_confirmed(
@@ -538,8 +552,8 @@ class Recorded:
 
     calls: asyncio.Queue[tuple[Any, ...]]
 
-    def deliver_push(self, phone: str, data: bytes) -> None:
-        self.calls.put_nowait(("push", phone, data))
+    def deliver_push(self, phone: str, data: bytes, skip: str | None = None) -> None:
+        self.calls.put_nowait(("push", phone, data, skip))
 
     def deliver_broadcast(self, room: str, data: bytes, seq: int | None) -> None:
         self.calls.put_nowait(("broadcast", room, data, seq))
@@ -559,16 +573,18 @@ async def test_a_broker_carries_what_its_hub_subscribed_to_and_nothing_back(
     await two.subscribe_room("lobby")
     one.publish_user("970", b"a")
     one.publish_user("971", b"not subscribed")
+    one.publish_user("970", b"copy", skip="sid-1")  # SPEC 7.2: the head carries the device
     one.publish_room("lobby", b"b", 7)
     one.publish_room("lobby", b"typing", None)
     await one.publish_control({"op": "close_session", "sid_hash": "x"})
-    assert [await heard_two.next() for _ in range(4)] == [
-        ("push", "970", b"a"), ("broadcast", "lobby", b"b", 7),
-        ("broadcast", "lobby", b"typing", None), ("control", {"op": "close_session", "sid_hash": "x"})]
+    assert [await heard_two.next() for _ in range(5)] == [
+        ("push", "970", b"a", None), ("push", "970", b"copy", "sid-1"),
+        ("broadcast", "lobby", b"b", 7), ("broadcast", "lobby", b"typing", None),
+        ("control", {"op": "close_session", "sid_hash": "x"})]
     # The publisher hears none of it, its own control request included.
     await one.subscribe_user("970")
     one.publish_user("970", b"c")
-    assert await heard_two.next() == ("push", "970", b"c")
+    assert await heard_two.next() == ("push", "970", b"c", None)
     assert heard_one.calls.empty()
     # Unsubscribed: no longer delivered (a later publication shows the earlier one was skipped).
     two.unsubscribe_user("970")
@@ -576,7 +592,7 @@ async def test_a_broker_carries_what_its_hub_subscribed_to_and_nothing_back(
     await two.subscribe_user("972")
     one.publish_user("970", b"gone")
     one.publish_user("972", b"d")
-    assert await heard_two.next() == ("push", "972", b"d")
+    assert await heard_two.next() == ("push", "972", b"d", None)
     assert heard_two.calls.empty()
 
 

@@ -4,7 +4,10 @@ The fixtures were made by release version 1 (before versions were recorded), wit
 that release: tests/fixtures/chat-v1.db (SQLite) and tests/fixtures/chat-v1-postgres.sql (pg_dump
 of a schema named chat_v1_fixture). They hold users, sessions, dialogues with receipts, personal
 messages, a group with pending messages, rooms with history and a grant, contacts, last seen and
-blocks. The PostgreSQL tests run when CHAT_TEST_POSTGRES_URL is set, each in a fresh schema.
+blocks. A version-4 database (issue 13, before per-device delivery) is made from the v1 fixture
+with this release's migrations up to 0004, plus a few rows in that version's shape (AT_V4): more
+devices and messages. The PostgreSQL tests run when CHAT_TEST_POSTGRES_URL is set, each in a fresh
+schema.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pytest
 from chatserver.cli import main
 from chatserver.protocol import server_timestamp
 from chatserver.stores.base import (
+    Ack,
     Contact,
     DialogueSide,
     Group,
@@ -33,6 +37,7 @@ from chatserver.stores.base import (
     Room,
     RoomMessage,
     SchemaTooNew,
+    Stored,
     StoredMessage,
     StoreError,
 )
@@ -96,10 +101,102 @@ async def assert_v1_contents(store: AnyStore) -> None:
     assert await store.watchers_of(A) == [B]  # C is not a contact both ways (issue 12)
     assert store.is_blocked(C, D) and store.is_blocked(A, D) and not store.is_blocked(D, C)
     assert await store.blocked_by(A) == [D]
-    # ... and the upgraded database takes new writes where the old ones left off.
-    assert await store.ack_personal(A, B, T0 + 1, server_timestamp(T0 + 300))
+    # ... and the upgraded database takes new writes where the old ones left off (B's session of
+    # before is a device its stored messages wait for, SPEC 7.1).
+    assert await store.ack_personal(A, B, T0 + 1, server_timestamp(T0 + 300), BOB_SESSION) is Ack.FIRST
     assert await store.add_room_message("lobby", D, T0 + 40, server_timestamp(T0 + 40), "new") == 4
-    assert await store.add_group_message(GROUP_KEY, C, T0 + 41, server_timestamp(T0 + 41), "g") == [A, B]
+    assert (await store.add_group_message(GROUP_KEY, C, T0 + 41, server_timestamp(T0 + 41), "g")
+            == Stored([A, B], 0))
+
+
+# -- version 5 (issue 13, SPEC 7.1): every device gets every message -------------------------------
+
+# Two more devices, and a personal and a group message, stored by a release of version 4.
+BOB_PHONE, CAROL_SESSION = "u" * 64, "v" * 64
+AT_V4: Final = (
+    "INSERT INTO sessions (sid_hash, phone, created_us, id, label, last_used_us) VALUES"
+    f" ('{BOB_PHONE}', '{B}', {T0 + 50}, 'bob-phone-device', 'Phone', {T0 + 50}),"
+    f" ('{CAROL_SESSION}', '{C}', {T0 + 51}, 'carol-device-id', 'Laptop', {T0 + 51})",
+    "INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message, accepted_us)"
+    f" VALUES ('{D}', '{B}', {T0 + 52}, '{server_timestamp(T0 + 52)}', 'at version 4', {T0 + 52})",
+    "INSERT INTO group_messages (grp, msg_from, sent_us, sent_timestamp, message, accepted_us)"
+    f" VALUES ('{GROUP_KEY}', '{A}', {T0 + 53}, '{server_timestamp(T0 + 53)}', 'g at version 4',"
+    f" {T0 + 53})",
+    *(f"INSERT INTO group_pending (phone, message_id) SELECT '{phone}', id FROM group_messages"
+      " WHERE message = 'g at version 4'" for phone in (B, C)))
+# Every delivery row: ('p' or 'g', device, message).
+DELIVERIES: Final = (
+    "SELECT 'p', d.sid_hash, p.message FROM personal_deliveries AS d"
+    " JOIN personal_messages AS p ON p.id = d.message_id"
+    " UNION ALL SELECT 'g', d.sid_hash, m.message FROM group_deliveries AS d"
+    " JOIN group_messages AS m ON m.id = d.message_id ORDER BY 1, 2, 3")
+NOT_ACKED: Final = "SELECT count(*) FROM personal_messages WHERE NOT acked"
+
+
+def up_to(release: Path, version: int, folder: Path) -> Path:
+    """`folder` holding `release`'s migrations up to schema `version` (an older release's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in release.glob("*.sql"):
+        if int(path.name[:4]) <= version:
+            shutil.copyfile(path, folder / path.name)
+    assert latest(folder) == version
+    return folder
+
+
+async def rows(place: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one query on a connection of the test's own."""
+    if isinstance(place, Path):
+        with contextlib.closing(sqlite3.connect(f"file:{place}?mode=ro", uri=True)) as con:
+            return con.execute(sql).fetchall()
+    return await fetch(place, sql)
+
+
+async def assert_v1_waits_per_device(store: AnyStore, place: Path | str) -> None:
+    """Migration 0005: each message stored before waits for each session of its recipient
+    (C, pending for two group messages, has none: they wait for C's next device); nothing is
+    lost or counted as acknowledged, and the sessions acknowledge per device."""
+    assert await rows(place, DELIVERIES) == [
+        ("g", ALICE_SESSION, "group two"), ("p", ALICE_SESSION, "from carol"),
+        ("p", BOB_SESSION, "hello 1"), ("p", BOB_SESSION, "hello 2")]
+    assert await rows(place, NOT_ACKED) == [(3,)]
+    assert [m for _, m in await store.pending_page(BOB_SESSION, 0, 10)] == [
+        StoredMessage(A, B, "hello 1", T0 + 1), StoredMessage(A, B, "hello 2", T0 + 2)]
+    assert [m for _, m in await store.pending_page(ALICE_SESSION, 0, 10)] == [
+        StoredMessage(C, A, "from carol", T0 + 5)]
+    assert [m for _, m in await store.pending_group_page(ALICE_SESSION, 0, 10)] == [
+        GroupMessage(GROUP_KEY, B, "group two", T0 + 11, [A, C])]
+    assert await store.pending_group_page(BOB_SESSION, 0, 10) == []
+    await assert_v1_contents(store)  # which acknowledges "hello 1" on BOB_SESSION, and C sends "g"
+    # C's first device gets what waited for C, and no copy of C's own "g" (SPEC 7.2)
+    await store.add_session("c-new", C)
+    assert [m.message for _, m in await store.pending_group_page("c-new", 0, 10)] == [
+        "group one", "group two"]
+
+
+async def assert_v4_waits_per_device(store: AnyStore, place: Path | str) -> None:
+    """Migration 0005 on a version-4 database where B has two devices and C one: every stored
+    message waits for each of them; B's two devices acknowledge in turn."""
+    assert await rows(place, DELIVERIES) == [
+        ("g", ALICE_SESSION, "group two"),
+        ("g", BOB_SESSION, "g at version 4"),
+        ("g", BOB_PHONE, "g at version 4"),
+        ("g", CAROL_SESSION, "g at version 4"), ("g", CAROL_SESSION, "group one"),
+        ("g", CAROL_SESSION, "group two"),
+        ("p", ALICE_SESSION, "from carol"),
+        ("p", BOB_SESSION, "at version 4"), ("p", BOB_SESSION, "hello 1"), ("p", BOB_SESSION, "hello 2"),
+        ("p", BOB_PHONE, "at version 4"), ("p", BOB_PHONE, "hello 1"), ("p", BOB_PHONE, "hello 2")]
+    assert await rows(place, NOT_ACKED) == [(4,)]
+    for device in (BOB_SESSION, BOB_PHONE):
+        assert [m.message for _, m in await store.pending_page(device, 0, 10)] == [
+            "hello 1", "hello 2", "at version 4"]
+    assert await store.ack_personal(A, B, T0 + 1, server_timestamp(T0 + 300), BOB_PHONE) is Ack.FIRST
+    assert await store.ack_personal(A, B, T0 + 1, server_timestamp(T0 + 301), BOB_SESSION) is Ack.LATER
+    assert [m.message for m in await store.pending_for(B)] == ["hello 2", "at version 4"]
+    assert await store.ack_group(GROUP_KEY, A, T0 + 53, C, CAROL_SESSION) is Ack.FIRST
+    assert await store.ack_group(GROUP_KEY, A, T0 + 53, B, BOB_PHONE) is Ack.FIRST
+    assert await store.ack_group(GROUP_KEY, A, T0 + 53, B, BOB_SESSION) is Ack.LATER
+    assert [m.message for m in await store.pending_group_for(C)] == ["group one", "group two"]
+    assert await rows(place, "SELECT count(*) FROM group_messages") == [(2,)]
 
 
 def write_migration(folder: Path, name: str, sql: str) -> Path:
@@ -195,6 +292,27 @@ async def assert_v1_sessions_are_devices(store: AnyStore) -> None:
 async def test_version_4_makes_the_sessions_devices(v1_file: Path) -> None:
     async with opened(v1_file) as store:
         await assert_v1_sessions_are_devices(store)
+
+
+async def test_version_5_makes_what_is_stored_wait_for_each_session_of_its_recipient(
+        v1_file: Path) -> None:
+    async with opened(v1_file) as store:
+        await assert_v1_waits_per_device(store, v1_file)
+
+
+async def test_version_5_upgrades_a_version_4_file_with_several_devices_per_user(
+        v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 4, tmp_path / "v4"))
+        async with opened(v1_file):
+            pass
+    assert sqlite_version(v1_file) == 4
+    with contextlib.closing(sqlite3.connect(v1_file)) as con, con:
+        for statement in AT_V4:
+            con.execute(statement)
+    async with opened(v1_file) as store:
+        await assert_v4_waits_per_device(store, v1_file)
+    assert sqlite_version(v1_file) == LATEST_SQLITE
 
 
 async def test_a_new_database_records_the_latest_version(tmp_path: Path) -> None:
@@ -351,6 +469,25 @@ async def test_pg_version_2_makes_the_oldest_account_admin_and_stamps_stored_mes
 async def test_pg_version_4_makes_the_sessions_devices(pg_v1: str) -> None:
     async with opened(pg_v1) as store:
         await assert_v1_sessions_are_devices(store)
+
+
+async def test_pg_version_5_makes_what_is_stored_wait_for_each_session_of_its_recipient(
+        pg_v1: str) -> None:
+    async with opened(pg_v1) as store:
+        await assert_v1_waits_per_device(store, pg_v1)
+
+
+async def test_pg_version_5_upgrades_a_version_4_schema_with_several_devices_per_user(
+        pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 4, tmp_path / "v4"))
+        async with opened(pg_v1):
+            pass
+    assert await pg_version(pg_v1) == 4
+    await execute(pg_v1, ";\n".join(AT_V4))
+    async with opened(pg_v1) as store:
+        await assert_v4_waits_per_device(store, pg_v1)
+    assert await pg_version(pg_v1) == LATEST_PG
 
 
 async def test_pg_a_migration_upgrades_the_v1_schema(

@@ -22,6 +22,7 @@ import pytest
 
 from chatserver.protocol import now_micros, parse_timestamp
 from chatserver.stores.base import (
+    Ack,
     Contact,
     CorruptDatabase,
     DialogueSide,
@@ -32,6 +33,7 @@ from chatserver.stores.base import (
     MailboxFull,
     Room,
     StoreClosed,
+    Stored,
     StoredMessage,
     StoreError,
 )
@@ -54,21 +56,23 @@ AnyStore = SqliteStore | PgStore
 Place = Path | str
 
 
-async def open_store(place: Place, scrub_seconds: float = 60.0,
-                     max_waiting: int = 10000) -> AnyStore:
+async def open_store(place: Place, scrub_seconds: float = 60.0, max_waiting: int = 10000,
+                     session_seconds: float = 30 * 86_400) -> AnyStore:
     """Open the store at `place` (bounded by TIMEOUT)."""
     if isinstance(place, Path):
         return await asyncio.wait_for(SqliteStore.open(
-            place, synchronous="FULL", scrub_seconds=scrub_seconds, max_waiting=max_waiting), TIMEOUT)
-    return await asyncio.wait_for(
-        PgStore.open(place, scrub_seconds=scrub_seconds, max_waiting=max_waiting), TIMEOUT)
+            place, synchronous="FULL", scrub_seconds=scrub_seconds, max_waiting=max_waiting,
+            session_seconds=session_seconds), TIMEOUT)
+    return await asyncio.wait_for(PgStore.open(
+        place, scrub_seconds=scrub_seconds, max_waiting=max_waiting,
+        session_seconds=session_seconds), TIMEOUT)
 
 
 @asynccontextmanager
-async def opened(place: Place, scrub_seconds: float = 60.0,
-                 max_waiting: int = 10000) -> AsyncIterator[AnyStore]:
+async def opened(place: Place, scrub_seconds: float = 60.0, max_waiting: int = 10000,
+                 session_seconds: float = 30 * 86_400) -> AsyncIterator[AnyStore]:
     """A store at `place` with users A, B and C; closed on exit."""
-    store = await open_store(place, scrub_seconds, max_waiting)
+    store = await open_store(place, scrub_seconds, max_waiting, session_seconds)
     try:
         async with asyncio.timeout(TIMEOUT):
             for phone in (A, B, C):
@@ -179,12 +183,12 @@ async def until(store: PgStore, predicate: Callable[[], bool]) -> None:
 # -- store and forward --------------------------------------------------------------------------
 
 
-async def test_add_personal_is_stored_once_and_a_retry_returns_false(store: AnyStore) -> None:
+async def test_add_personal_is_stored_once_and_a_retry_returns_none(store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
-        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "hello") is True
+        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "hello") == Stored([B], 0)
         # the same identity (msg_from, msg_to, instant), spelled differently: a retry
-        assert await store.add_personal(A, B, T1, "2026-03-14T17:11:06.230000Z", "hello") is False
-        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "changed") is False
+        assert await store.add_personal(A, B, T1, "2026-03-14T17:11:06.230000Z", "hello") is None
+        assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "changed") is None
         assert await store.pending_for(B) == [StoredMessage(A, B, "hello", T1)]
         assert (await store.dialogue_side(A, B)).waiting == 1
 
@@ -225,44 +229,52 @@ async def test_stored_body_is_kept_exactly(store: AnyStore) -> None:
 
 async def test_ack_personal_deletes_and_sets_last_received_receiver(store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)  # B's one device
         assert await store.add_personal(A, B, T1, "t1", "one")
         assert await store.add_personal(A, B, T2, "t2", "two")
         assert await store.dialogue_side(A, B) == DialogueSide(None, None, 2)
         # B has stored A's first message on its device
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is True
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
         assert await store.pending_for(B) == [StoredMessage(A, B, "two", T2)]
         assert await store.dialogue_side(A, B) == DialogueSide("2026-03-14 17:12:00.000", None, 1)
         assert await store.dialogue_side(B, A) == DialogueSide(None, None, 0)  # the other direction
-        assert await store.ack_personal(A, B, T2, "2026-03-14 17:12:01.000") is True
+        assert await store.ack_personal(A, B, T2, "2026-03-14 17:12:01.000", "b-1") is Ack.FIRST
         assert await store.pending_for(B) == []
         assert await store.dialogue_side(A, B) == DialogueSide("2026-03-14 17:12:01.000", None, 0)
 
 
-async def test_ack_personal_of_no_such_message_returns_false_and_changes_nothing(store: AnyStore) -> None:
+async def test_ack_personal_of_no_such_message_returns_missing_and_changes_nothing(
+        store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is False  # nothing stored
-        assert await store.add_personal(A, B, T1, "t1", "one")
-        assert await store.ack_personal(B, A, T1, "2026-03-14 17:12:00.000") is False  # wrong direction
-        assert await store.ack_personal(A, C, T1, "2026-03-14 17:12:00.000") is False  # wrong recipient
-        assert await store.ack_personal(A, B, T2, "2026-03-14 17:12:00.000") is False  # wrong instant
+        for sid, phone in (("a-1", A), ("b-1", B), ("c-1", C)):
+            await store.add_session(sid, phone)
+        received = "2026-03-14 17:12:00.000"
+        assert await store.ack_personal(A, B, T1, received, "b-1") is Ack.MISSING  # nothing stored
+        # sent from A's only device: no copy waits for it (SPEC 7.2)
+        assert await store.add_personal(A, B, T1, "t1", "one", "a-1") == Stored([B], 0)
+        assert await store.ack_personal(B, A, T1, received, "a-1") is Ack.MISSING  # wrong direction
+        assert await store.ack_personal(A, C, T1, received, "c-1") is Ack.MISSING  # wrong recipient
+        assert await store.ack_personal(A, B, T2, received, "b-1") is Ack.MISSING  # wrong instant
         assert await store.pending_for(B) == [StoredMessage(A, B, "one", T1)]
         assert await store.dialogue_side(A, B) == DialogueSide(None, None, 1)
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is True
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:13:00.000") is False  # twice
-        assert (await store.dialogue_side(A, B)).last_received_receiver == "2026-03-14 17:12:00.000"
+        assert await store.ack_personal(A, B, T1, received, "b-1") is Ack.FIRST
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:13:00.000", "b-1") is Ack.MISSING  # twice
+        assert (await store.dialogue_side(A, B)).last_received_receiver == received
 
 
 async def test_after_ack_the_same_identity_can_be_stored_again(store: AnyStore) -> None:
     """The retry guard lasts while the first copy is stored (SPEC 5.1), not forever."""
     async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)
         assert await store.add_personal(A, B, T1, "t1", "one")
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
-        assert await store.add_personal(A, B, T1, "t1", "one again") is True
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
+        assert await store.add_personal(A, B, T1, "t1", "one again") == Stored([B], 0)
         assert [m.message for m in await store.pending_for(B)] == ["one again"]
 
 
 async def test_read_personal_sets_last_seen_receiver_and_deletes_nothing(store: AnyStore) -> None:
     async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)
         assert await store.add_personal(A, B, T1, "t1", "one")
         await store.read_personal(A, B, "2026-03-14 17:12:00.000")
         assert await store.dialogue_side(A, B) == DialogueSide(None, "2026-03-14 17:12:00.000", 1)
@@ -273,7 +285,7 @@ async def test_read_personal_sets_last_seen_receiver_and_deletes_nothing(store: 
         assert await store.dialogue_side(C, A) == DialogueSide(None, "2026-03-14 17:12:05.000", 0)
         # a later read moves it; the received mark is independent
         await store.read_personal(A, B, "2026-03-14 17:13:00.000")
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:30.000")
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:30.000", "b-1") is Ack.FIRST
         assert await store.dialogue_side(A, B) == DialogueSide(
             "2026-03-14 17:12:30.000", "2026-03-14 17:13:00.000", 0)
 
@@ -318,7 +330,7 @@ async def test_close_finishes_the_write_in_flight(place: Place) -> None:
             # gather starts add_personal first: its write is queued when close() begins
             stored, _ = await asyncio.gather(store.add_personal(A, B, T1, "t1", "queued"), store.close())
         closed = True
-        assert stored is True
+        assert stored == Stored([B], 0)
         with pytest.raises(StoreClosed):
             await asyncio.wait_for(store.add_personal(A, B, T2, "t2", "too late"), TIMEOUT)
         with pytest.raises(StoreClosed):
@@ -350,7 +362,7 @@ async def test_group_commit_batches_concurrent_writes(store: AnyStore) -> None:
         trace = await trace_writer(store)
         results = await asyncio.gather(*(
             store.add_personal(A if i % 2 else C, B, i, f"t{i}", f"message {i}") for i in range(n)))
-        assert results == [True] * n
+        assert results == [Stored([B], 0)] * n
         commits = trace.count("COMMIT")
         assert 1 <= commits <= n // 20, f"{n} concurrent writes took {commits} commits"
         assert trace.starting("BEGIN") == commits
@@ -389,16 +401,16 @@ async def test_a_failing_op_fails_alone_in_its_batch(store: AnyStore) -> None:
             store.add_personal(C, B, T1, "t1", "after"),
             return_exceptions=True,
         )
-        assert results[0] is True
+        assert results[0] == Stored([B], 0)
         assert isinstance(results[1], IntegrityError)
-        assert results[2] is True
+        assert results[2] == Stored([B], 0)
         # they did share a transaction: it was rolled back, and the good writes committed together
         assert trace.count("ROLLBACK") >= 1
         assert trace.count("COMMIT") == 1
         assert [m.message for m in await store.pending_for(B)] == ["before", "after"]
         assert await store.pending_for(NOT_A_USER) == []
         # the writer is still alive
-        assert await store.add_personal(A, B, T2, "t2", "later") is True
+        assert await store.add_personal(A, B, T2, "t2", "later") == Stored([B], 0)
 
 
 async def test_several_failing_ops_in_one_batch(store: AnyStore) -> None:
@@ -408,7 +420,7 @@ async def test_several_failing_ops_in_one_batch(store: AnyStore) -> None:
             return_exceptions=True)
         for i, result in enumerate(results):
             if i % 3:
-                assert result is True
+                assert result == Stored([B], 0)
             else:
                 assert isinstance(result, IntegrityError)
         assert [m.message for m in await store.pending_for(B)] == [f"m{i}" for i in range(30) if i % 3]
@@ -429,10 +441,11 @@ async def test_scrub_removes_an_acknowledged_body_from_the_file_and_the_wal(
         sqlite_store: SqliteStore, db_path: Path, size: int) -> None:
     body, needle = unique_body(size)
     async with asyncio.timeout(TIMEOUT):
+        await sqlite_store.add_session("b-1", B)
         assert await sqlite_store.add_personal(A, B, T1, "t1", body)
         assert await sqlite_store.add_personal(A, B, T2, "t2", "another message that stays")
         assert files_holding(db_path, needle), "control: the stored body is in the files"
-        assert await sqlite_store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+        assert await sqlite_store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
         await sqlite_store.scrub()
         assert files_holding(db_path, needle) == []
         assert [m.message for m in await sqlite_store.pending_for(B)] == ["another message that stays"]
@@ -444,9 +457,10 @@ async def test_the_writer_scrubs_by_itself_within_scrub_seconds(db_path: Path) -
     async with opened(db_path, scrub_seconds=scrub_seconds) as store:
         async with asyncio.timeout(TIMEOUT):
             loop = asyncio.get_running_loop()
+            await store.add_session("b-1", B)
             assert await store.add_personal(A, B, T1, "t1", body)
             assert files_holding(db_path, needle), "control: the stored body is in the files"
-            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
             acked = loop.time()
             deadline = acked + scrub_seconds + 3.0  # generous slack for a loaded machine
             while files_holding(db_path, needle):  # poll for the background effect, no fixed wait
@@ -469,9 +483,10 @@ async def test_close_leaves_no_acknowledged_body_behind(db_path: Path) -> None:
     body, needle = unique_body(40)
     async with opened(db_path) as store:
         async with asyncio.timeout(TIMEOUT):
+            await store.add_session("b-1", B)
             assert await store.add_personal(A, B, T1, "t1", body)
             assert files_holding(db_path, needle), "control: the stored body is in the files"
-            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
     assert files_holding(db_path, needle) == []
 
 
@@ -505,7 +520,7 @@ async def test_every_insert_records_when_it_was_accepted(store: AnyStore, place:
         assert await store.create_group(G, "g", A, [B, C])
         before = now_micros()
         assert await store.add_personal(A, B, T1, "t1", "personal")
-        assert await store.add_group_message(G, A, T1, "t1", "group") == [B, C]
+        assert await store.add_group_message(G, A, T1, "t1", "group") == Stored([B, C], 0)
         after = now_micros()
         stamps = await place_rows(place, "SELECT accepted_us FROM personal_messages"
                                          " UNION ALL SELECT accepted_us FROM group_messages")
@@ -515,12 +530,14 @@ async def test_every_insert_records_when_it_was_accepted(store: AnyStore, place:
 async def test_expire_deletes_what_was_accepted_before_and_returns_it_once(
         store: AnyStore, place: Place) -> None:
     async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)  # waited for by B's device until it expires
         assert await store.create_group(G, "g", A, [B, C])
         assert await store.add_personal(A, B, T1, "2026-03-14 17:11:06.23", "old personal")
-        assert await store.add_group_message(G, C, T1, "2026-03-14T17:11:06.230Z", "old group") == [A, B]
+        assert (await store.add_group_message(G, C, T1, "2026-03-14T17:11:06.230Z", "old group")
+                == Stored([A, B], 0))
         cut = now_micros()
         assert await store.add_personal(A, B, T2, "t2", "new personal")
-        assert await store.add_group_message(G, C, T2, "t2", "new group") == [A, B]
+        assert await store.add_group_message(G, C, T2, "t2", "new group") == Stored([A, B], 0)
         assert await store.expire(cut, 100) == [
             Expired(A, B, "2026-03-14 17:11:06.23", T1, False),
             Expired(C, G, "2026-03-14T17:11:06.230Z", T1, True)]
@@ -530,9 +547,13 @@ async def test_expire_deletes_what_was_accepted_before_and_returns_it_once(
         assert await store.pending_group_for(A) == [GroupMessage(G, C, "new group", T2, [A, B])]
         # the expired message's pending rows went with it
         assert await place_rows(place, "SELECT count(*) FROM group_pending") == [(2,)]
-        # nothing is left that an acknowledgement could find
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is False
-        assert await store.ack_group(G, C, T1, B) is False
+        # nothing is left that an acknowledgement could find, nor any delivery row
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.MISSING
+        assert await store.ack_group(G, C, T1, B, "b-1") is Ack.MISSING
+        assert [m for _, m in await store.pending_page("b-1", 0, 10)] == [
+            StoredMessage(A, B, "new personal", T2)]
+        assert [m for _, m in await store.pending_group_page("b-1", 0, 10)] == [
+            GroupMessage(G, C, "new group", T2, [A, B])]
 
 
 async def test_expire_takes_the_oldest_first_and_at_most_limit(store: AnyStore) -> None:
@@ -574,7 +595,8 @@ async def test_pg_two_processes_expiring_at_once_tell_each_message_once(
             base = round_ * 1000
             for i in range(60):
                 assert await pg_store.add_personal(A, B, base + i, f"p{base + i}", "m")
-                assert await second.add_group_message(G, A, base + i, f"g{base + i}", "m") == [B, C]
+                assert (await second.add_group_message(G, A, base + i, f"g{base + i}", "m")
+                        == Stored([B, C], 0))
             cut = now_micros()
             found: list[Expired] = []
             while True:  # as retention.expire_once does, in both processes at once
@@ -592,26 +614,27 @@ async def test_a_full_mailbox_refuses_a_new_message_and_stores_nothing(place: Pl
     """limits.max_waiting_per_recipient (SPEC 10): personal messages to B and group messages
     pending for B count together; a retry of a stored message is still a retry."""
     async with opened(place, max_waiting=3) as store, asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)
         assert await store.create_group(G, "g", A, [B, C])
         assert await store.add_personal(A, B, T1, "t1", "one")
-        assert await store.add_group_message(G, C, T1, "t1", "two") == [A, B]
+        assert await store.add_group_message(G, C, T1, "t1", "two") == Stored([A, B], 0)
         assert await store.add_personal(C, B, T1, "t1", "three")
         with pytest.raises(MailboxFull, match="^recipient's mailbox is full$"):
             await store.add_personal(A, B, T2, "t2", "four")
-        assert await store.add_personal(A, B, T1, "t1", "one") is False  # a retry, not refused
+        assert await store.add_personal(A, B, T1, "t1", "one") is None  # a retry, not refused
         assert [m.message for m in await store.pending_for(B)] == ["one", "three"]
         assert await store.dialogue_side(A, B) == DialogueSide(None, None, 1)
         # a group message skips a full member, and is refused when everyone is full
-        assert await store.add_group_message(G, A, T2, "t2", "to c only") == [C]
-        assert await store.add_group_message(G, A, T3, "t3", "to c again") == [C]
-        assert await store.add_personal(B, C, T1, "t1", "c is full now") is True
+        assert await store.add_group_message(G, A, T2, "t2", "to c only") == Stored([C], 0)
+        assert await store.add_group_message(G, A, T3, "t3", "to c again") == Stored([C], 0)
+        assert await store.add_personal(B, C, T1, "t1", "c is full now") == Stored([C], 1)
         with pytest.raises(MailboxFull):
             await store.add_group_message(G, A, T3 + 1, "t4", "to nobody")
         assert [m.message for m in await store.pending_group_for(C)] == ["to c only", "to c again"]
         assert await place_rows(place, "SELECT count(*) FROM group_messages") == [(3,)]
         # one acknowledgement makes room for one
-        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
-        assert await store.add_personal(A, B, T2, "t2", "four") is True
+        assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
+        assert await store.add_personal(A, B, T2, "t2", "four") == Stored([B], 0)
         with pytest.raises(MailboxFull):
             await store.add_personal(A, B, T3, "t3", "five")
 
@@ -623,14 +646,16 @@ async def test_a_batch_fills_a_mailbox_exactly(place: Place) -> None:
         writes = [store.add_personal(A, B, T1 + i, f"t{i}", f"m{i}") for i in range(5)]
         writes.append(store.add_personal(A, C, T1, "t", "to c"))
         results = await asyncio.gather(*writes, return_exceptions=True)
-        assert results[:3] == [True, True, True] and results[5] is True, results
+        assert results[:3] == [Stored([B], 0)] * 3 and results[5] == Stored([C], 0), results
         assert all(isinstance(r, MailboxFull) for r in results[3:5]), results
         assert [m.message for m in await store.pending_for(B)] == ["m0", "m1", "m2"]
 
 
 async def test_pages_come_back_complete_in_order(store: AnyStore) -> None:
-    """A backlog of 2.5 pages in 3 keyset pages, each starting after the last one's position."""
+    """A backlog of 2.5 pages in 3 keyset pages, each starting after the last one's position: all
+    that waits for B's device."""
     async with asyncio.timeout(TIMEOUT):
+        await store.add_session("b-1", B)
         assert await store.create_group(G, "g", A, [B, C])
         for i in range(25):
             assert await store.add_personal(A if i % 2 else C, B, T1 + i, f"t{i}", f"p{i}")
@@ -639,7 +664,7 @@ async def test_pages_come_back_complete_in_order(store: AnyStore) -> None:
                                  (store.pending_group_page, await store.pending_group_for(B))):
             pages, after = [], 0
             while True:
-                page = await read(B, after, 10)  # type: ignore[operator]  # either page method
+                page = await read("b-1", after, 10)  # type: ignore[operator]  # either page method
                 pages.append(page)
                 if len(page) < 10:
                     break
@@ -649,7 +674,10 @@ async def test_pages_come_back_complete_in_order(store: AnyStore) -> None:
             assert positions == sorted(positions) and len(set(positions)) == 25
             assert [m for p in pages for _, m in p] == everything
             assert len(everything) == 25
-        assert await store.pending_page(C, 0, 10) == []
+        # a device of C, added later: no personal message to C, and no copy of C's own ones
+        await store.add_session("c-1", C)
+        assert await store.pending_page("c-1", 0, 10) == []
+        assert await store.pending_page("no-such-device", 0, 10) == []
 
 
 # -- sessions -----------------------------------------------------------------------------------
@@ -845,6 +873,403 @@ async def test_delete_device_takes_only_the_users_own(store: AnyStore) -> None:
         assert await store.session_user("a-1", 3600) is None
         assert await store.session_user("a-2", 3600) == A
         assert await store.delete_device(A, mine) is None  # once
+
+
+# -- per-device delivery (SPEC 7.1, 7.2) --------------------------------------------------------
+
+R1: Final = "2026-03-14 17:12:00.000"  # received_at of a first acknowledgement
+R2: Final = "2026-03-14 17:12:01.000"  # ... of a later one
+
+
+async def waiting_for(store: AnyStore, device: str) -> list[StoredMessage]:
+    """The personal messages (copies included) waiting for `device`, in order (one big page)."""
+    return [m for _, m in await store.pending_page(device, 0, 1000)]
+
+
+async def group_waiting_for(store: AnyStore, device: str) -> list[GroupMessage]:
+    """The group messages (copies included) waiting for `device`, in order (one big page)."""
+    return [m for _, m in await store.pending_group_page(device, 0, 1000)]
+
+
+async def stored(store: AnyStore) -> int:
+    """How many personal and group messages are stored."""
+    return (await store.stats(3600)).stored_messages
+
+
+async def deliveries(place: Place) -> list[tuple[Any, ...]]:
+    """Every delivery row left, personal then group: ('p' or 'g', device, message)."""
+    return await place_rows(
+        place, "SELECT 'p', d.sid_hash, p.message FROM personal_deliveries AS d"
+               " JOIN personal_messages AS p ON p.id = d.message_id"
+               " UNION ALL SELECT 'g', d.sid_hash, m.message FROM group_deliveries AS d"
+               " JOIN group_messages AS m ON m.id = d.message_id ORDER BY 1, 2, 3")
+
+
+async def add_sessions(store: AnyStore, *devices: tuple[str, str]) -> None:
+    """Log in each (session hash, phone): a device of that user."""
+    for sid_hash, phone in devices:
+        await store.add_session(sid_hash, phone)
+
+
+async def test_each_device_of_the_recipient_acknowledges_once_the_first_one_is_the_receipt(
+        store: AnyStore, place: Place) -> None:
+    """Two devices of B: the first acknowledgement is FIRST (the receipt, B's `waiting` and
+    account no longer count the message), the message stays for the other device, whose
+    acknowledgement is LATER and changes nothing else; then it is gone, and a third is MISSING."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("b-1", B), ("b-2", B))
+        one = StoredMessage(A, B, "one", T1)
+        assert await store.add_personal(A, B, T1, "t1", "one") == Stored([B], 0)
+        assert await waiting_for(store, "b-1") == await waiting_for(store, "b-2") == [one]
+        assert await store.dialogue_side(A, B) == DialogueSide(None, None, 1)
+        assert (await store.account(B, 3600)).waiting == 1  # type: ignore[union-attr]
+
+        assert await store.ack_personal(A, B, T1, R1, "b-2") is Ack.FIRST
+        assert await store.dialogue_side(A, B) == DialogueSide(R1, None, 0)
+        assert (await store.account(B, 3600)).waiting == 0  # type: ignore[union-attr]
+        assert await waiting_for(store, "b-1") == [one]
+        assert await waiting_for(store, "b-2") == []
+        # acknowledged by one device of B: no longer waiting for B, still stored for b-1
+        assert await store.pending_for(B) == [] and await stored(store) == 1
+        assert await store.ack_personal(A, B, T1, R1, "b-2") is Ack.MISSING  # b-2 is done
+
+        assert await store.ack_personal(A, B, T1, R2, "b-1") is Ack.LATER
+        assert await store.dialogue_side(A, B) == DialogueSide(R1, None, 0)  # not moved to R2
+        assert await waiting_for(store, "b-1") == []
+        assert await store.pending_for(B) == [] and await stored(store) == 0
+        assert await deliveries(place) == []
+        for device in ("b-1", "b-2"):
+            assert await store.ack_personal(A, B, T1, R2, device) is Ack.MISSING
+
+        # both devices in one batch: one FIRST, one LATER, and the message goes
+        assert await store.add_personal(A, B, T2, "t2", "two") == Stored([B], 0)
+        assert await asyncio.gather(store.ack_personal(A, B, T2, R2, "b-1"),
+                                    store.ack_personal(A, B, T2, R1, "b-2")) == [Ack.FIRST, Ack.LATER]
+        assert await store.dialogue_side(A, B) == DialogueSide(R2, None, 0)
+        assert await stored(store) == 0 and await deliveries(place) == []
+
+
+async def test_a_copy_waits_for_the_senders_other_devices_only(store: AnyStore, place: Place) -> None:
+    """SPEC 7.2: A's message waits, as a copy, for A's devices but the sending one (None: every
+    one), counted in Stored.copies. A copy's acknowledgement is LATER and moves no receipt; the
+    message goes once B acknowledged it and no copy waits, whichever comes first."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("a-3", A), ("b-1", B))
+        hi, later = StoredMessage(A, B, "hi", T1), StoredMessage(A, B, "later", T2)
+        assert await store.add_personal(A, B, T1, "t1", "hi", "a-1") == Stored([B], 2)
+        assert await store.add_personal(A, B, T2, "t2", "later") == Stored([B], 3)
+        assert await waiting_for(store, "a-1") == [later]
+        for device in ("a-2", "a-3", "b-1"):
+            assert await waiting_for(store, device) == [hi, later]
+
+        # the copies first: the message still waits for B
+        for device in ("a-1", "a-2", "a-3"):  # on A's dialogue with B: msg_from B, msg_to A
+            assert await store.ack_personal(B, A, T2, R1, device) is Ack.LATER
+        assert await store.dialogue_side(A, B) == DialogueSide(None, None, 2)
+        assert await store.dialogue_side(B, A) == DialogueSide(None, None, 0)
+        assert await store.pending_for(B) == [hi, later]
+        assert await store.ack_personal(A, B, T2, R1, "b-1") is Ack.FIRST
+        assert await store.pending_for(B) == [hi]
+
+        # the recipient first: the copies keep it
+        assert await store.ack_personal(A, B, T1, R2, "b-1") is Ack.FIRST
+        assert await store.dialogue_side(A, B) == DialogueSide(R2, None, 0)
+        # B has it (pending_for: what no device of B acknowledged); the copies keep it stored
+        assert await store.pending_for(B) == [] and await stored(store) == 1
+        assert await store.ack_personal(B, A, T1, R2, "a-1") is Ack.MISSING  # sent from it: no copy
+        assert await store.ack_personal(B, A, T1, R2, "a-2") is Ack.LATER
+        assert await store.dialogue_side(B, A) == DialogueSide(None, None, 0)
+        assert await stored(store) == 1  # a-3's copy
+        assert await store.ack_personal(B, A, T1, R2, "a-3") is Ack.LATER
+        assert await stored(store) == 0 and await deliveries(place) == []
+
+
+async def test_a_peer_message_and_an_own_copy_with_one_timestamp_are_acknowledged_in_turn(
+        store: AnyStore, place: Place) -> None:
+    """SPEC 7.2: B's message to A and A's own message to B (sent from a-1) at the same instant
+    both wait for a-2 under one identity on A's dialogue with B. The first acknowledgement takes
+    B's message (FIRST: the receipt), the second A's copy (LATER), a third finds nothing; also
+    when the three are in one batch."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B))
+        for t in (T1, T2):
+            assert await store.add_personal(A, B, t, "t", "mine", "a-1") == Stored([B], 1)
+            assert await store.add_personal(B, A, t, "t", "theirs", "b-1") == Stored([A], 0)
+        mine, theirs = (StoredMessage(A, B, "mine", T1), StoredMessage(A, B, "mine", T2)), \
+            (StoredMessage(B, A, "theirs", T1), StoredMessage(B, A, "theirs", T2))
+        assert await waiting_for(store, "a-2") == [mine[0], theirs[0], mine[1], theirs[1]]
+
+        # one at a time
+        assert await store.ack_personal(B, A, T1, R1, "a-2") is Ack.FIRST
+        assert await store.dialogue_side(B, A) == DialogueSide(R1, None, 1)
+        assert await waiting_for(store, "a-2") == [mine[0], mine[1], theirs[1]]
+        assert await store.ack_personal(B, A, T1, R2, "a-2") is Ack.LATER
+        assert await store.dialogue_side(B, A) == DialogueSide(R1, None, 1)
+        assert await waiting_for(store, "a-2") == [mine[1], theirs[1]]
+        assert await store.ack_personal(B, A, T1, R2, "a-2") is Ack.MISSING
+
+        # in one batch (submitted without awaiting in between: one transaction), with a-1's
+        # acknowledgement of B's message, which is then a later device's
+        trace = await trace_writer(store)
+        acks = await asyncio.gather(*(store.ack_personal(B, A, T2, R2, "a-2") for _ in range(3)),
+                                    store.ack_personal(B, A, T2, R1, "a-1"))
+        assert trace.count("COMMIT") == 1
+        assert acks == [Ack.FIRST, Ack.LATER, Ack.MISSING, Ack.LATER]
+        assert await store.dialogue_side(B, A) == DialogueSide(R2, None, 0)
+        assert await waiting_for(store, "a-2") == []
+        assert await waiting_for(store, "a-1") == [theirs[0]]
+        # A's messages wait for B still; B's T2 went with its last device
+        assert await waiting_for(store, "b-1") == list(mine)
+        # theirs[0] waits for a-1 only: A acknowledged it on a-2, so it no longer waits for A
+        assert await store.pending_for(A) == [] and await waiting_for(store, "a-1") == [theirs[0]]
+
+
+# The ways a device ends (SPEC 7), each ending device "b-2" of B; "passwd" (the command line's
+# set_password) and "disabled" end b-1 too.
+ENDINGS: Final = ("logout", "devices", "password", "passwd", "disabled", "expired")
+
+
+async def end_device(store: AnyStore, how: str, device_id: str) -> None:
+    """End B's device "b-2" (its id `device_id`, last used two hours ago) the way `how` says."""
+    if how == "logout":
+        await store.delete_session("b-2")
+    elif how == "devices":
+        assert await store.delete_device(B, device_id) == "b-2"
+    elif how == "password":
+        assert await store.change_password(B, b"new", "b-1") == ["b-2"]
+    elif how == "passwd":
+        assert await store.set_password(B, b"new")
+    elif how == "disabled":
+        assert sorted(await store.set_account_flags(B, disabled=True) or []) == ["b-1", "b-2"]
+        assert await store.set_account_flags(B, disabled=False) == []
+    else:
+        assert await store.drop_expired_sessions(3600) == 1
+
+
+@pytest.mark.parametrize("how", ENDINGS)
+async def test_a_device_that_ends_stops_waiting_and_lets_acknowledged_messages_go(
+        store: AnyStore, place: Place, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 7.1: what waited for a device goes with it; a message B acknowledged on another
+    device is then deleted, one that no device of B acknowledged stays for B's next device."""
+    async with asyncio.timeout(TIMEOUT):
+        with clock_at(monkeypatch, now_micros() - 2 * 3600 * 1_000_000):
+            b2 = await store.add_session("b-2", B)
+        await store.add_session("b-1", B)
+        assert await store.create_group(G, "g", A, [B])
+        assert await store.add_personal(A, B, T1, "t1", "acked") == Stored([B], 0)
+        assert await store.add_personal(A, B, T2, "t2", "unacked") == Stored([B], 0)
+        assert await store.add_group_message(G, A, T1, "t1", "g acked") == Stored([B], 0)
+        assert await store.add_group_message(G, A, T2, "t2", "g unacked") == Stored([B], 0)
+        assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+        assert await store.ack_group(G, A, T1, B, "b-1") is Ack.FIRST
+        assert len(await waiting_for(store, "b-2")) == len(await group_waiting_for(store, "b-2")) == 2
+        assert await stored(store) == 4
+
+        await end_device(store, how, b2)
+
+        assert await store.session_user("b-2", 10**6) is None
+        assert await stored(store) == 2
+        unacked = StoredMessage(A, B, "unacked", T2)
+        g_unacked = GroupMessage(G, A, "g unacked", T2, [B])
+        assert await store.pending_for(B) == [unacked]
+        assert await store.pending_group_for(B) == [g_unacked]
+        b1_left = how not in ("passwd", "disabled")
+        assert await deliveries(place) == ([("g", "b-1", "g unacked"), ("p", "b-1", "unacked")]
+                                           if b1_left else [])
+        assert await store.ack_personal(A, B, T2, R2, "b-2") is Ack.MISSING
+        assert await store.ack_group(G, A, T2, B, "b-2") is Ack.MISSING
+        # B's next device gets what B never acknowledged
+        await store.add_session("b-3", B)
+        assert await waiting_for(store, "b-3") == [unacked]
+        assert await group_waiting_for(store, "b-3") == [g_unacked]
+        assert await store.ack_personal(A, B, T2, R2, "b-3") is Ack.FIRST
+        assert await store.ack_group(G, A, T2, B, "b-3") is Ack.FIRST
+        assert await stored(store) == (2 if b1_left else 0)
+
+
+@pytest.mark.parametrize("how", ENDINGS)
+async def test_a_message_let_go_by_a_device_that_ends_is_scrubbed_within_scrub_seconds(
+        db_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 6 for SPEC 7.1: the message deleted because its last waiting device ended is gone
+    from the file and its WAL within scrub_seconds, as an acknowledged one is."""
+    scrub_seconds = 0.3
+    body, needle = unique_body(40)
+    async with opened(db_path, scrub_seconds=scrub_seconds) as store:
+        async with asyncio.timeout(TIMEOUT):
+            loop = asyncio.get_running_loop()
+            with clock_at(monkeypatch, now_micros() - 2 * 3600 * 1_000_000):
+                b2 = await store.add_session("b-2", B)
+            await store.add_session("b-1", B)
+            assert await store.add_personal(A, B, T1, "t1", body)
+            assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+            await store.scrub()  # the scrub the acknowledgement asked for, done now
+            assert files_holding(db_path, needle), "control: kept for b-2, the body is in the files"
+            await end_device(store, how, b2)
+            assert await stored(store) == 0
+            deadline = loop.time() + scrub_seconds + 3.0  # generous slack for a loaded machine
+            while files_holding(db_path, needle):  # poll for the background effect, no fixed wait
+                assert loop.time() < deadline, f"body still in {files_holding(db_path, needle)}"
+                await asyncio.sleep(0.02)
+
+
+async def test_a_session_unused_for_session_seconds_gets_no_new_message(
+        place: Place, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 7: a session unused for `security.session_seconds` (here an hour) is no device, even
+    before the hourly check drops it: what is committed now waits neither for it nor, as a copy,
+    for such a session of the sender."""
+    async with opened(place, session_seconds=3600) as store, asyncio.timeout(TIMEOUT):
+        with clock_at(monkeypatch, now_micros() - 2 * 3600 * 1_000_000):
+            await add_sessions(store, ("a-old", A), ("b-old", B))
+        await add_sessions(store, ("a-1", A), ("b-1", B))
+        assert await store.create_group(G, "g", A, [B])
+        assert await store.add_personal(A, B, T1, "t1", "hi", "a-1") == Stored([B], 0)
+        assert await store.add_group_message(G, A, T1, "t1", "g hi", "a-1") == Stored([B], 0)
+        assert await deliveries(place) == [("g", "b-1", "g hi"), ("p", "b-1", "hi")]
+
+
+async def test_the_sending_devices_copy_ends_with_it(store: AnyStore, place: Place) -> None:
+    """A copy waiting for a device that ends goes with it, and with it the message B had."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B))
+        assert await store.create_group(G, "g", A, [B])
+        assert await store.add_personal(A, B, T1, "t1", "hi", "a-1") == Stored([B], 1)
+        assert await store.add_group_message(G, A, T1, "t1", "g hi", "a-1") == Stored([B], 1)
+        assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+        assert await store.ack_group(G, A, T1, B, "b-1") is Ack.FIRST
+        assert await deliveries(place) == [("g", "a-2", "g hi"), ("p", "a-2", "hi")]
+        await store.delete_session("a-2")
+        assert await stored(store) == 0 and await deliveries(place) == []
+
+
+async def test_a_message_for_a_user_without_a_device_waits_for_the_next_one(store: AnyStore) -> None:
+    """SPEC 7.1: B has no device when A's messages are committed: they wait, and each device B
+    adds while they are stored gets them; SPEC 7.2: but no copy of what B sent before it existed
+    (nor of what B sent while it had no device)."""
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.create_group(G, "g", A, [B, C])
+        away = StoredMessage(A, B, "while away", T1)
+        assert await store.add_personal(A, B, T1, "t1", "while away") == Stored([B], 0)
+        assert await store.add_personal(B, A, T1, "t1", "own, no device") == Stored([A], 0)
+        assert await store.add_group_message(G, C, T1, "t1", "g while away") == Stored([A, B], 0)
+        assert await store.add_group_message(G, B, T1, "t1", "g own, no device") == Stored([A, C], 0)
+        assert (await store.account(B, 3600)).waiting == 2  # type: ignore[union-attr]
+
+        await store.add_session("b-1", B)
+        assert await waiting_for(store, "b-1") == [away]
+        assert await group_waiting_for(store, "b-1") == [GroupMessage(G, C, "g while away", T1, [A, B])]
+        # sent with no sending device named: b-1 gets copies ...
+        assert await store.add_personal(B, C, T2, "t2", "own") == Stored([C], 1)
+        assert await store.add_group_message(G, B, T2, "t2", "g own") == Stored([A, C], 1)
+        # ... a device added later gets none of them, but what waits for B as a recipient
+        await store.add_session("b-2", B)
+        assert await waiting_for(store, "b-2") == [away]
+        assert await group_waiting_for(store, "b-2") == [GroupMessage(G, C, "g while away", T1, [A, B])]
+        assert [m.message for m in await waiting_for(store, "b-1")] == ["while away", "own"]
+        assert [m.message for m in await group_waiting_for(store, "b-1")] == ["g while away", "g own"]
+
+        # acknowledged by B on b-1, still stored for b-2: a device added now gets it too
+        assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+        assert await store.ack_group(G, C, T1, B, "b-1") is Ack.FIRST
+        await store.add_session("b-3", B)
+        assert await waiting_for(store, "b-3") == [away]
+        assert await group_waiting_for(store, "b-3") == [GroupMessage(G, C, "g while away", T1, [A])]
+        assert await store.ack_personal(A, B, T1, R2, "b-3") is Ack.LATER
+        assert await store.ack_group(G, C, T1, B, "b-3") is Ack.LATER
+
+
+async def test_group_messages_wait_per_device_and_a_member_removed_stops_waiting(
+        store: AnyStore, place: Place) -> None:
+    """SPEC 7.1 for groups: the first device of each participant takes it off `pending`, later
+    ones and the sender's copies are LATER; a participant removed from the group is done, and
+    their devices stop waiting (the message goes when no one else waits)."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B), ("b-2", B), ("c-1", C))
+        assert await store.create_group(G, "g", A, [B, C])
+        assert await store.add_group_message(G, A, T1, "t1", "hello", "a-1") == Stored([B, C], 1)
+        assert await store.add_group_message(G, A, T2, "t2", "again", "a-1") == Stored([B, C], 1)
+        hello, again = GroupMessage(G, A, "hello", T1, [B, C]), GroupMessage(G, A, "again", T2, [B, C])
+        assert await group_waiting_for(store, "a-1") == []
+        for device in ("a-2", "b-1", "b-2", "c-1"):
+            assert await group_waiting_for(store, device) == [hello, again]
+
+        assert await store.ack_group(G, A, T1, B, "b-2") is Ack.FIRST
+        assert await store.pending_group_for(B) == [again]
+        assert await group_waiting_for(store, "b-1") == [GroupMessage(G, A, "hello", T1, [C]), again]
+        assert await store.ack_group(G, A, T1, B, "b-1") is Ack.LATER
+        assert await store.ack_group(G, A, T1, B, "b-1") is Ack.MISSING
+        assert await store.ack_group(G, A, T1, A, "a-1") is Ack.MISSING  # the sending device
+        assert await store.ack_group(G, A, T1, A, "a-2") is Ack.LATER  # its copy: silent
+        assert await store.pending_group_for(C) == [GroupMessage(G, A, "hello", T1, [C]), again]
+        assert await stored(store) == 2
+
+        await store.update_group(G, remove=[C])
+        assert await group_waiting_for(store, "c-1") == []
+        assert await store.ack_group(G, A, T2, C, "c-1") is Ack.MISSING
+        # "hello" waited for c-1 only: gone; "again" still waits for B and for A's copy
+        assert await stored(store) == 1
+        assert await deliveries(place) == [("g", "a-2", "again"), ("g", "b-1", "again"),
+                                           ("g", "b-2", "again")]
+        assert await group_waiting_for(store, "b-1") == [GroupMessage(G, A, "again", T2, [B])]
+
+
+async def test_a_group_of_one_keeps_a_copy_for_the_senders_other_device(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        await store.add_session("a-1", A)
+        assert await store.create_group(G, "alone", A, [])
+        # nobody to wait for: nothing kept (as before SPEC 7)
+        assert await store.add_group_message(G, A, T1, "t1", "to myself", "a-1") == Stored([], 0)
+        assert await stored(store) == 0
+        await store.add_session("a-2", A)
+        assert await store.add_group_message(G, A, T2, "t2", "to my other device", "a-1") == Stored([], 1)
+        assert await stored(store) == 1
+        assert await group_waiting_for(store, "a-2") == [GroupMessage(G, A, "to my other device", T2, [])]
+        assert await store.ack_group(G, A, T2, A, "a-2") is Ack.LATER
+        assert await stored(store) == 0
+
+
+async def test_expire_says_delivered_for_a_message_only_a_device_kept(store: AnyStore) -> None:
+    """SPEC 10 with SPEC 7.1: a message every recipient acknowledged, kept only for a copy or a
+    second device, expires with `delivered` (no msg_expired is due to its sender)."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B), ("b-2", B))
+        assert await store.create_group(G, "g", A, [B])
+        for t, body in ((T1, "kept by a copy"), (T2, "kept by b-2"), (T3, "undelivered")):
+            assert await store.add_personal(A, B, t, body, body, "a-1") == Stored([B], 1)
+        assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+        assert await store.ack_personal(A, B, T1, R1, "b-2") is Ack.LATER
+        assert await store.ack_personal(A, B, T2, R1, "b-1") is Ack.FIRST
+        assert await store.ack_personal(B, A, T2, R1, "a-2") is Ack.LATER
+        for t, body in ((T1, "g delivered"), (T2, "g undelivered")):
+            assert await store.add_group_message(G, A, t, body, body, "a-1") == Stored([B], 1)
+        assert await store.ack_group(G, A, T1, B, "b-1") is Ack.FIRST
+        assert await store.ack_group(G, A, T1, B, "b-2") is Ack.LATER
+        assert await store.ack_group(G, A, T2, A, "a-2") is Ack.LATER  # the copy, not B
+        assert await store.expire(now_micros(), 100) == [
+            Expired(A, B, "kept by a copy", T1, False, True),
+            Expired(A, B, "kept by b-2", T2, False, True),
+            Expired(A, B, "undelivered", T3, False, False),
+            Expired(A, G, "g delivered", T1, True, True),
+            Expired(A, G, "g undelivered", T2, True, False)]
+        assert await stored(store) == 0
+
+
+async def test_a_message_its_recipient_acknowledged_does_not_fill_their_mailbox(place: Place) -> None:
+    """SPEC 10 counts what waits for the recipient: a message B acknowledged, kept only for A's
+    other device's copy or for B's other device, no longer counts against B's mailbox."""
+    async with opened(place, max_waiting=2) as store, asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B), ("b-2", B))
+        assert await store.create_group(G, "g", A, [B])
+        for t in (T1, T2):
+            assert await store.add_personal(A, B, t, "t", "acknowledged", "a-1") == Stored([B], 1)
+            assert await store.ack_personal(A, B, t, R1, "b-1") is Ack.FIRST
+        assert await stored(store) == 2
+        assert (await store.account(B, 3600)).waiting == 0  # type: ignore[union-attr]
+        assert await store.add_group_message(G, A, T1, "t1", "room for it", "a-1") == Stored([B], 1)
+        assert await store.add_personal(C, B, T3, "t3", "and for this") == Stored([B], 0)
+        with pytest.raises(MailboxFull):
+            await store.add_personal(C, B, T1, "t1", "full now")
+        with pytest.raises(MailboxFull):
+            await store.add_group_message(G, A, T2, "t2", "full now", "a-1")
 
 
 # -- users --------------------------------------------------------------------------------------
@@ -1080,7 +1505,7 @@ async def test_accounts_count_devices_and_waiting_messages(store: AnyStore) -> N
         assert await store.add_personal(A, B, T1, "t1", "one")
         assert await store.add_personal(C, B, T1, "t1", "two")
         assert await store.create_group("grp0000001", "g", A, [B, C])
-        assert await store.add_group_message("grp0000001", A, T2, "t2", "three") == [B, C]
+        assert await store.add_group_message("grp0000001", A, T2, "t2", "three") == Stored([B, C], 0)
         await store.add_session("b-1", B)
         await store.add_session("b-2", B)
         await store.set_last_seen(B, T3)
@@ -1304,7 +1729,7 @@ async def test_pg_a_write_whose_commit_fails_is_not_acknowledged(
         with pytest.raises(StoreError):
             await pg_store.add_personal(A, B, T1, "t1", "refused at commit")
         assert await pg_store.pending_for(B) == []
-        assert await pg_store.add_personal(A, B, T2, "t2", "accepted") is True
+        assert await pg_store.add_personal(A, B, T2, "t2", "accepted") == Stored([B], 0)
         assert [m.message for m in await pg_store.pending_for(B)] == ["accepted"]
 
 
@@ -1313,23 +1738,25 @@ async def test_pg_two_stores_on_one_schema_see_each_others_writes(
     """Two stores on one schema, as two server processes have: what one commits, the other reads;
     an identity stored by both at once is stored once."""
     async with asyncio.timeout(TIMEOUT), opened(pg_url) as second:
+        await second.add_session("b-1", B)
         assert await pg_store.add_personal(A, B, T1, "t1", "from the first")
         assert await second.pending_for(B) == [StoredMessage(A, B, "from the first", T1)]
-        assert await second.ack_personal(A, B, T1, "2026-03-14 17:12:00.000") is True
+        assert await second.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
         assert await pg_store.pending_for(B) == []
         assert await pg_store.dialogue_side(A, B) == DialogueSide("2026-03-14 17:12:00.000", None, 0)
-        assert await pg_store.ack_personal(A, B, T1, "2026-03-14 17:12:01.000") is False
+        assert await pg_store.ack_personal(A, B, T1, "2026-03-14 17:12:01.000", "b-1") is Ack.MISSING
 
         for i in range(20):  # the same retry reaching both processes at once
             results = await asyncio.gather(pg_store.add_personal(A, C, i, f"t{i}", "once"),
                                            second.add_personal(A, C, i, f"t{i}", "once"))
-            assert sorted(results) == [False, True]
+            assert sorted(results, key=lambda r: r is not None) == [None, Stored([C], 0)]
         assert len(await second.pending_for(C)) == 20
 
         assert await pg_store.create_group("G123456789", "g", A, [B, C])
         group = await second.group("G123456789")
         assert group is not None and group.participants == [A, B, C]
-        assert await second.add_group_message("G123456789", B, T1, "t1", "hi") == [A, C]
+        # from B, whose device b-1 (made by the other process) gets a copy (SPEC 7.2)
+        assert await second.add_group_message("G123456789", B, T1, "t1", "hi") == Stored([A, C], 1)
         assert [m.message for m in await pg_store.pending_group_for(C)] == ["hi"]
 
 
@@ -1385,10 +1812,10 @@ async def test_pg_the_writer_reconnects_after_losing_its_connection(
         assert await admin.fetchval("SELECT pg_terminate_backend($1)",
                                     pg_store._writer.get_server_pid())
         try:  # whether the client has noticed yet is a race: either outcome is correct
-            first = await pg_store.add_personal(A, B, T1, "t1", "maybe")
+            first = await pg_store.add_personal(A, B, T1, "t1", "maybe") is not None
         except StoreError:
             first = False
-        assert await pg_store.add_personal(A, B, T2, "t2", "surely") is True
+        assert await pg_store.add_personal(A, B, T2, "t2", "surely") == Stored([B], 0)
         expected = ["maybe", "surely"] if first else ["surely"]
         assert [m.message for m in await pg_store.pending_for(B)] == expected
 
@@ -1415,16 +1842,76 @@ async def test_pg_last_acknowledgements_in_two_processes_delete_the_message(
     processes: each must see the other's (the trigger locks the message), so every message goes."""
     n = 20
     async with asyncio.timeout(TIMEOUT), opened(pg_url) as second, connected(pg_url) as other:
+        await pg_store.add_session("b-1", B)
+        await pg_store.add_session("c-1", C)
         assert await pg_store.create_group("G123456789", "g", A, [B, C])
         for round_ in range(5):  # the first round also prepares the statements on both writers
             sent = range(round_ * n, (round_ + 1) * n)
             for i in sent:
-                assert await pg_store.add_group_message("G123456789", A, i, "t", "m") == [B, C]
-            acks = await asyncio.gather(*(pg_store.ack_group("G123456789", A, i, B) for i in sent),
-                                        *(second.ack_group("G123456789", A, i, C) for i in sent))
-            assert acks == [True] * (2 * n)
+                assert await pg_store.add_group_message("G123456789", A, i, "t", "m") == Stored([B, C], 0)
+            acks = await asyncio.gather(
+                *(pg_store.ack_group("G123456789", A, i, B, "b-1") for i in sent),
+                *(second.ack_group("G123456789", A, i, C, "c-1") for i in sent))
+            assert acks == [Ack.FIRST] * (2 * n)
             assert await other.fetchval("SELECT count(*) FROM group_pending") == 0
+            assert await other.fetchval("SELECT count(*) FROM group_deliveries") == 0
             assert await other.fetchval("SELECT count(*) FROM group_messages") == 0, f"round {round_}"
+
+
+async def test_pg_devices_acknowledging_in_two_processes_at_once_make_one_first_and_let_go(
+        pg_store: PgStore, pg_url: str) -> None:
+    """SPEC 7.1 across processes: two devices of B acknowledge the same messages in two processes
+    at the same moment: exactly one acknowledgement of each is FIRST (one receipt). Then B's two
+    other devices do the same: both LATER, and each process must see the other's delete (the
+    triggers lock the message), so nothing is left."""
+    n = 20
+    async with asyncio.timeout(3 * TIMEOUT), opened(pg_url) as second, connected(pg_url) as other:
+        await add_sessions(pg_store, ("b-1", B), ("b-2", B), ("b-3", B), ("b-4", B))
+        assert await pg_store.create_group(G, "g", A, [B])
+        for round_ in range(5):  # the first round also prepares the statements on both writers
+            sent = range(round_ * n, (round_ + 1) * n)
+            for i in sent:
+                assert await pg_store.add_personal(A, B, i, f"t{i}", "m") == Stored([B], 0)
+                assert await pg_store.add_group_message(G, A, i, f"t{i}", "m") == Stored([B], 0)
+            for first, second_device, expected in (("b-1", "b-2", {Ack.FIRST, Ack.LATER}),
+                                                   ("b-3", "b-4", {Ack.LATER})):
+                acks = await asyncio.gather(
+                    *(pg_store.ack_personal(A, B, i, f"r{i}", first) for i in sent),
+                    *(pg_store.ack_group(G, A, i, B, first) for i in sent),
+                    *(second.ack_personal(A, B, i, f"r{i}", second_device) for i in sent),
+                    *(second.ack_group(G, A, i, B, second_device) for i in sent))
+                for k in range(2 * n):  # each message's pair of acknowledgements
+                    pair = [acks[k], acks[2 * n + k]]
+                    assert set(pair) == expected and pair.count(Ack.FIRST) <= 1, (round_, k, pair)
+            assert await other.fetchval("SELECT count(*) FROM personal_messages") == 0, f"round {round_}"
+            assert await other.fetchval("SELECT count(*) FROM group_messages") == 0, f"round {round_}"
+            assert await other.fetchval("SELECT count(*) FROM personal_deliveries") == 0
+            assert await other.fetchval("SELECT count(*) FROM group_deliveries") == 0
+            assert await other.fetchval("SELECT count(*) FROM group_pending") == 0
+            assert (await pg_store.dialogue_side(A, B)).waiting == 0
+
+
+async def test_pg_a_device_added_while_another_process_stores_a_message_gets_it(
+        pg_store: PgStore, pg_url: str) -> None:
+    """SPEC 7.1: a device B adds while a message for B is being stored by another process gets
+    it, whichever commits first (add_session locks B's user row and memberships, which the
+    message's foreign key and its group's member lookup share)."""
+    rounds = 40
+    async with asyncio.timeout(3 * TIMEOUT), opened(pg_url) as second:
+        assert await pg_store.create_group(G, "g", A, [B])
+        for i in range(rounds):
+            device = f"b-{i}"
+            await asyncio.gather(pg_store.add_session(device, B),
+                                 second.add_personal(A, B, i, f"t{i}", f"m{i}"))
+            # every message stored so far, none acknowledged: the new device waits for all
+            assert [m.message for m in await waiting_for(pg_store, device)] == [
+                f"m{k}" for k in range(i + 1)], i
+        for i in range(rounds):  # alone: a group message locks no row of B's user
+            device = f"b-g{i}"
+            await asyncio.gather(pg_store.add_session(device, B),
+                                 second.add_group_message(G, A, i, f"t{i}", f"g{i}"))
+            assert [m.message for m in await group_waiting_for(pg_store, device)] == [
+                f"g{k}" for k in range(i + 1)], i
 
 
 async def test_pg_a_member_removed_while_another_process_stores_messages_is_never_pending(
@@ -1438,7 +1925,7 @@ async def test_pg_a_member_removed_while_another_process_stores_messages_is_neve
             results = await asyncio.gather(
                 *(second.add_group_message(key, A, i, f"t{i}", f"m{i}") for i in range(20)),
                 pg_store.update_group(key, remove=[C]))
-            assert all(r in ([B], [B, C]) for r in results[:-1])
+            assert all(isinstance(r, Stored) and r.pending in ([B], [B, C]) for r in results[:-1])
             assert [m.message for m in await pg_store.pending_group_for(C)] == []
 
 
@@ -1460,9 +1947,10 @@ async def test_pg_the_writer_vacuums_by_itself_within_scrub_seconds(pg_url: str)
     async with opened(pg_url, scrub_seconds=scrub_seconds) as store, connected(pg_url) as other:
         async with asyncio.timeout(TIMEOUT):
             loop = asyncio.get_running_loop()
+            await store.add_session("b-1", B)
             assert await store.add_personal(A, B, T1, "t1", "body")
             before = await other.fetchval(count)
-            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+            assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
             deadline = loop.time() + scrub_seconds + 3.0  # generous slack for a loaded machine
             while await other.fetchval(count) == before:  # poll the background effect
                 assert loop.time() < deadline, "no VACUUM within scrub_seconds of the delete"
@@ -1475,8 +1963,9 @@ async def test_pg_close_vacuums_after_an_unscrubbed_delete(pg_url: str) -> None:
     async with connected(pg_url) as other:
         async with opened(pg_url) as store:  # scrub_seconds 60: only close() can vacuum here
             async with asyncio.timeout(TIMEOUT):
+                await store.add_session("b-1", B)
                 assert await store.add_personal(A, B, T1, "t1", "body")
-                assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
+                assert await store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
                 before = await other.fetchval(count)
         assert await asyncio.wait_for(other.fetchval(count), TIMEOUT) == before + 1
 
@@ -1508,11 +1997,14 @@ async def test_pg_after_scrub_no_tuple_holds_an_acknowledged_body(
             await other.fetchval(tuples_holding, b"x")
         except asyncpg.PostgresError as e:  # not installed, or not a superuser
             pytest.skip(f"pageinspect is not usable here: {e}")
+        await pg_store.add_session("b-1", B)
         assert await pg_store.add_personal(A, B, T1, "t1", body)
         assert await pg_store.add_personal(A, B, T2, "t2", "another message that stays")
         assert await other.fetchval(tuples_holding, marker.encode()) == 1, "control: stored"
-        assert await pg_store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000")
-        assert await other.fetchval(tuples_holding, marker.encode()) == 1, \
+        assert await pg_store.ack_personal(A, B, T1, "2026-03-14 17:12:00.000", "b-1") is Ack.FIRST
+        # SPEC 7.1: the acknowledgement marks the message `acked` (a new row version) before the
+        # delete, so two dead tuples hold the body, the old version and the deleted one
+        assert await other.fetchval(tuples_holding, marker.encode()) >= 1, \
             "control: a deleted row stays in its tuple until VACUUM"
         await pg_store.scrub()
         assert await other.fetchval(tuples_holding, marker.encode()) == 0

@@ -27,10 +27,15 @@ def test_bench_quick_run_loses_nothing(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=50)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out.read_text())["results"]
-    assert set(results) == {"full", "normal", "group", "fanout", "idle"}
+    assert set(results) == {"full", "normal", "devices", "group", "fanout", "idle"}
     for name, result in results.items():
         assert set(result["checks"].values()) == {0}, (name, result["checks"])
     assert results["full"]["delivered"] == 3 * 20
+    # two devices per user (SPEC 7): each message on both of the receiver's devices, its receipt
+    # on both of the sender's, and a copy on the sender's other device
+    devices = results["devices"]
+    assert (devices["delivered"], devices["copies"]) == (3 * 20, 3 * 20)
+    assert (devices["pushes"], devices["receipts"]) == (2 * 3 * 20, 2 * 3 * 20)
     assert results["group"]["pushes"] == 4 * 10
     assert results["fanout"]["pushes"] == 4 * 10
     assert results["idle"]["answered_fetch"] == 40
