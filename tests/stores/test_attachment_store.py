@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import asyncpg
 import pytest
 
 # The contract module's helpers; its fixtures (db_path, place, store, pg_store) come through
@@ -33,6 +34,7 @@ from test_store_contract import (
     G,
     Place,
     add_sessions,
+    connected,
     files_holding,
     opened,
     place_rows,
@@ -47,6 +49,7 @@ from chatserver.stores.base import (
     Ack,
     Attachment,
     AttachmentRefused,
+    MailboxFull,
     QuotaExceeded,
     Stored,
 )
@@ -408,10 +411,31 @@ async def test_a_retry_of_a_stored_message_returns_none_and_claims_nothing(
         assert await send(store, kind, T1, "once", [other.id]) is None
         assert await store.attachments_to_send([other.id], A) == [other]
         third = await small(store, A)
+        trace = await trace_writer(store)
         results = await asyncio.gather(send(store, kind, T2, "twice", [third.id]),
                                        send(store, kind, T2, "twice", [third.id]))
         assert results[0] is not None and results[1] is None, results
+        # the retry did not try to claim it again (which would fail the batch, then split it)
+        assert (trace.count("COMMIT"), trace.count("ROLLBACK")) == (1, 0)
         assert await carried(store, kind) == [("once", wires(first)), ("twice", wires(third))]
+
+
+async def test_a_message_refused_for_a_full_mailbox_claims_nothing(place: Place) -> None:
+    """SPEC 10's limit refuses a personal message to a full mailbox, and a group message when
+    every other participant's is full: its attachments stay unclaimed, for the sender to send
+    again. A group message that reaches some participants claims its own."""
+    async with opened(place, max_waiting=1) as store, asyncio.timeout(TIMEOUT):
+        await prepare(store)
+        personal, group, reaches = [await small(store, A) for _ in range(3)]
+        assert await send(store, "personal", T1, "fills B's", []) == Stored([B], 1)
+        with pytest.raises(MailboxFull):
+            await send(store, "personal", T2, "B is full", [personal.id])
+        assert await send(store, "group", T1, "fills C's", [reaches.id]) == Stored([C], 1)
+        with pytest.raises(MailboxFull):
+            await send(store, "group", T2, "everyone is full", [group.id])
+        assert await store.attachments_to_send([personal.id, group.id], A) == [personal, group]
+        assert [m.attachments for _, m in await store.pending_group_page("c-1", 0, 10)] == [
+            wires(reaches)]
 
 
 # -- who may download (SPEC 8) ------------------------------------------------------------------
@@ -572,14 +596,35 @@ async def test_attachment_bytes_counts_files_and_thumbnails(store: AnyStore) -> 
         assert await store.attachment_bytes() == 520
 
 
-# -- SQLite: the bytes are gone from the file and its WAL (SPEC 6, 8) ---------------------------
+# -- the bytes are gone (SPEC 6, 8) ---------------------------------------------------------------
 
 How = Literal["acknowledged", "room trimmed", "expired", "unclaimed", "upload failed"]
+HOWS: Final[tuple[How, ...]] = ("acknowledged", "room trimmed", "expired", "unclaimed", "upload failed")
+
+
+async def let_go(store: AnyStore, how: How, record: Attachment) -> None:
+    """Make A's complete upload `record` go the way `how` says, with a message that carries it
+    where there is one (a store opened with rooms_keep=1 trims the room), or unclaimed; then
+    check that the store no longer has it."""
+    if how == "acknowledged":  # by B's device and by A's other device (the copy)
+        assert await send(store, "personal", T1, "p", [record.id]) == Stored([B], 1)
+        assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
+        assert await store.ack_personal(B, A, T1, R1, "a-2") is Ack.LATER
+    elif how == "room trimmed":
+        assert await send(store, "room", T1, "r", [record.id]) is not None
+        assert await send(store, "room", T2, "pushes it out", []) is not None
+    elif how == "expired":
+        assert await send(store, "group", T1, "g", [record.id]) == Stored([B, C], 1)
+        assert len(await store.expire(now_micros(), 10)) == 1
+    elif how == "unclaimed":
+        assert await store.drop_unclaimed_attachments(now_micros()) == 1
+    else:
+        await store.delete_attachment(record.id)
+    assert await store.attachment_chunk(record.id, FILE_PART, 0) is None
 
 
 @pytest.mark.backends(backends.LOCAL)
-@pytest.mark.parametrize("how", ["acknowledged", "room trimmed", "expired", "unclaimed",
-                                 "upload failed"])
+@pytest.mark.parametrize("how", HOWS)
 async def test_scrub_removes_a_deleted_attachment_s_bytes_from_the_file_and_the_wal(
         db_path: Path, how: How) -> None:
     """Each chunk (a full one, on overflow pages; the short last one; the thumbnail) holds a
@@ -592,25 +637,10 @@ async def test_scrub_removes_a_deleted_attachment_s_bytes_from_the_file_and_the_
     async with opened(db_path, rooms_keep=1) as store, asyncio.timeout(TIMEOUT):
         await prepare(store)
         record = await upload(store, A, file, thumbnail=thumbnail, image=True)
-        kept = await upload(store, A, pattern(stays, 4000))
         for needle in needles:
             assert files_holding(db_path, needle), "control: the stored bytes are in the files"
-        if how == "acknowledged":
-            assert await send(store, "personal", T1, "p", [record.id]) == Stored([B], 1)
-            assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
-            assert await store.ack_personal(B, A, T1, R1, "a-2") is Ack.LATER
-        elif how == "room trimmed":
-            assert await send(store, "room", T1, "r", [record.id]) is not None
-            assert await send(store, "room", T2, "pushes it out", []) is not None
-        elif how == "expired":
-            assert await send(store, "group", T1, "g", [record.id]) == Stored([B, C], 1)
-            assert len(await store.expire(now_micros(), 10)) == 1
-        elif how == "unclaimed":
-            assert await store.drop_unclaimed_attachments(now_micros()) == 2
-            kept = await upload(store, A, pattern(stays, 4000))
-        else:
-            await store.delete_attachment(record.id)
-        assert await store.attachment_chunk(record.id, FILE_PART, 0) is None
+        await let_go(store, how, record)
+        kept = await upload(store, A, pattern(stays, 4000))
         await store.scrub()
         for needle in needles:
             assert files_holding(db_path, needle) == [], needle
@@ -619,20 +649,72 @@ async def test_scrub_removes_a_deleted_attachment_s_bytes_from_the_file_and_the_
 
 
 @pytest.mark.backends(backends.LOCAL)
-async def test_the_writer_scrubs_a_deleted_attachment_by_itself(db_path: Path) -> None:
-    """Without anyone calling scrub(): within scrub_seconds of the last acknowledgement."""
+@pytest.mark.parametrize("how", HOWS)
+async def test_the_writer_scrubs_a_deleted_attachment_by_itself(db_path: Path, how: How) -> None:
+    """Without anyone calling scrub(): within scrub_seconds of whatever deleted it (the
+    retention loop's drop of unclaimed uploads, a failed upload's delete included)."""
     scrub_seconds = 0.3
     needle = marker()
-    async with opened(db_path, scrub_seconds=scrub_seconds) as store, asyncio.timeout(TIMEOUT):
-        loop = asyncio.get_running_loop()
-        await prepare(store)
-        record = await upload(store, A, pattern(needle, ATTACHMENT_CHUNK + 100))
-        assert await store.add_personal(A, B, T1, "t1", "p", None, [record.id]) == Stored([B], 2)
-        assert files_holding(db_path, needle), "control: the stored bytes are in the files"
-        assert await store.ack_personal(A, B, T1, R1, "b-1") is Ack.FIRST
-        assert await store.ack_personal(B, A, T1, R1, "a-1") is Ack.LATER
-        assert await store.ack_personal(B, A, T1, R1, "a-2") is Ack.LATER
-        deadline = loop.time() + scrub_seconds + 3.0  # generous slack for a loaded machine
-        while files_holding(db_path, needle):  # poll for the background effect, no fixed wait
-            assert loop.time() < deadline, f"bytes still in {files_holding(db_path, needle)}"
-            await asyncio.sleep(0.02)
+    async with opened(db_path, scrub_seconds=scrub_seconds, rooms_keep=1) as store:
+        async with asyncio.timeout(TIMEOUT):
+            loop = asyncio.get_running_loop()
+            await prepare(store)
+            record = await upload(store, A, pattern(needle, ATTACHMENT_CHUNK + 100))
+            assert files_holding(db_path, needle), "control: the stored bytes are in the files"
+            await let_go(store, how, record)
+            deadline = loop.time() + scrub_seconds + 3.0  # generous slack for a loaded machine
+            while files_holding(db_path, needle):  # poll for the background effect, no fixed wait
+                assert loop.time() < deadline, f"bytes still in {files_holding(db_path, needle)}"
+                await asyncio.sleep(0.02)
+
+
+async def test_pg_scrub_vacuums_the_attachment_tables(pg_store: PgStore, pg_url: str) -> None:
+    async with asyncio.timeout(TIMEOUT), connected(pg_url) as other:
+        counts = ("SELECT relname, vacuum_count FROM pg_stat_user_tables"
+                  " WHERE schemaname = current_schema() AND relname LIKE 'attachment%' ORDER BY 1")
+        before = dict(await other.fetch(counts))
+        assert set(before) == {"attachment_chunks", "attachments"}
+        await pg_store.scrub()
+        after = dict(await other.fetch(counts))
+        assert all(after[t] == before[t] + 1 for t in before), (before, after)
+
+
+# Tuples of attachment_chunks and of its TOAST table whose data hold $1 (pageinspect).
+_CHUNK_TUPLES_HOLDING: Final = """
+    SELECT count(*) FROM (VALUES ('attachment_chunks'::regclass), ((SELECT reltoastrelid FROM pg_class
+                                  WHERE oid = 'attachment_chunks'::regclass)::regclass)) AS r(rel),
+         generate_series(0, pg_relation_size(r.rel) / current_setting('block_size')::int - 1) AS b,
+         {schema}.heap_page_items({schema}.get_raw_page(r.rel::text, b::int)) AS t
+    WHERE position($1::bytea IN t.t_data) > 0"""
+
+
+@pytest.mark.parametrize("how", HOWS)
+async def test_pg_after_scrub_no_tuple_holds_a_deleted_attachment_s_bytes(
+        pg_url: str, how: How) -> None:
+    """As test_store_contract's check of bodies: the deleted chunks' tuples (a full chunk in the
+    TOAST table, a short one and a thumbnail in the table's own pages) are removed by the scrub's
+    VACUUM. (Their bytes may stay in a page's free space until overwritten: docs/storage.md.)"""
+    needles = [marker() for _ in range(3)]
+    # random bytes do not compress: each chunk is stored with its marker as it is
+    file = needles[0] + secrets.token_bytes(ATTACHMENT_CHUNK - len(needles[0])) + needles[1]
+    thumbnail = needles[2] + secrets.token_bytes(100)
+    async with opened(pg_url, rooms_keep=1) as store, connected(pg_url) as other:
+        async with asyncio.timeout(TIMEOUT):
+            try:
+                await other.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")  # in the test schema
+                schema = await other.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension"
+                                              " WHERE extname = 'pageinspect'")
+                tuples_holding = _CHUNK_TUPLES_HOLDING.format(schema=schema)
+                await other.fetchval(tuples_holding, b"x")
+            except asyncpg.PostgresError as e:  # not installed, or not a superuser
+                pytest.skip(f"pageinspect is not usable here: {e}")
+            await prepare(store)
+            record = await upload(store, A, file, thumbnail=thumbnail, image=True)
+            for needle in needles:
+                assert await other.fetchval(tuples_holding, needle) == 1, "control: stored"
+            await let_go(store, how, record)
+            assert await other.fetchval(tuples_holding, needles[0]) == 1, \
+                "control: a deleted row stays in its tuple until VACUUM"
+            await store.scrub()
+            for needle in needles:
+                assert await other.fetchval(tuples_holding, needle) == 0, needle
