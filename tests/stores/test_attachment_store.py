@@ -116,10 +116,11 @@ async def left(place: Place, attachment_id: str) -> tuple[int, int]:
     rows = await place_rows(
         place, f"SELECT (SELECT count(*) FROM attachments WHERE id = '{attachment_id}'),"
                f" (SELECT count(*) FROM attachment_chunks WHERE attachment_id = '{attachment_id}')")
-    return tuple(rows[0])  # type: ignore[return-value]
+    return int(rows[0][0]), int(rows[0][1])
 
 
 def wires(*records: Attachment) -> list[dict[str, Any]]:
+    """The records as a message's `attachments` carries them (SPEC 8), in this order."""
     return [r.wire() for r in records]
 
 
