@@ -6,8 +6,9 @@ of a schema named chat_v1_fixture). They hold users, sessions, dialogues with re
 messages, a group with pending messages, rooms with history and a grant, contacts, last seen and
 blocks. A version-4 database (issue 13, before per-device delivery) is made from the v1 fixture
 with this release's migrations up to 0004, plus a few rows in that version's shape (AT_V4): more
-devices and messages. The PostgreSQL tests run when CHAT_TEST_POSTGRES_URL is set, each in a fresh
-schema.
+devices and messages; a version-5 one (before attachments, issue 14) with the migrations up to
+0005 and a message stored through the store (write_at_v5). The PostgreSQL tests run when
+CHAT_TEST_POSTGRES_URL is set, each in a fresh schema.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import pytest
 from chatserver.cli import main
 from chatserver.protocol import server_timestamp
 from chatserver.stores.base import (
+    FILE_PART,
     Ack,
+    Attachment,
     Contact,
     DialogueSide,
     Group,
@@ -199,6 +202,54 @@ async def assert_v4_waits_per_device(store: AnyStore, place: Path | str) -> None
     assert await rows(place, "SELECT count(*) FROM group_messages") == [(2,)]
 
 
+# -- version 6 (issue 14, SPEC 8): photos and files ---------------------------------------------------
+
+# C's device, logged in once the database is upgraded (C had none before).
+CAROL_V6: Final = "w" * 64
+# The schema objects migration 0006 adds, by name (SQLite's UNIQUE of attachment_chunks is an
+# automatic index).
+V6_TABLES: Final = {
+    "attachments": ["id", "owner", "name", "content_type", "size", "width", "height",
+                    "thumbnail_size", "created_us", "complete", "personal_id", "group_id",
+                    "room_id", "position"],
+    "attachment_chunks": ["attachment_id", "part", "n", "data"]}
+V6_INDEXES: Final = {"attachments_owner", "attachments_personal", "attachments_group",
+                     "attachments_room", "attachments_created"}
+
+
+async def write_at_v5(store: AnyStore) -> None:
+    """Store, on a version-5 database, a personal message as version 5 did (no attachment: the
+    release's store touches the attachment tables only for attachments); assert_v1_contents does
+    not look at messages to C."""
+    assert await store.add_personal(B, C, T0 + 60, server_timestamp(T0 + 60), "at version 5",
+                                    BOB_SESSION) == Stored([C], 0)
+
+
+async def assert_v6_works(store: AnyStore) -> None:
+    """On the upgraded database: everything of before is found (the v1 fixture's rows, the
+    version-5 message with no attachment), and attachments go through their whole life: an upload,
+    a message that carries it to B, B's download, and its end with the last acknowledgement."""
+    await assert_v1_contents(store)  # which has C send "g" to the group
+    await store.add_session(CAROL_V6, C)
+    assert [m for _, m in await store.pending_page(CAROL_V6, 0, 10)] == [
+        StoredMessage(B, C, "at version 5", T0 + 60, [])]
+    photo = Attachment("upgraded-" + "x" * 20, A, "photo.png", "image/png", 3, 1, 1, None)
+    await store.reserve_attachment(photo, 1 << 30)
+    await store.put_attachment_chunk(photo.id, FILE_PART, 0, b"png")
+    await store.complete_attachment(photo.id)
+    assert isinstance(await store.add_personal(A, B, T0 + 70, server_timestamp(T0 + 70), "",
+                                               None, [photo.id]), Stored)
+    assert [(m.message, m.attachments) for _, m in await store.pending_page(BOB_SESSION, 0, 10)] == [
+        ("hello 2", []), ("", [photo.wire()])]
+    assert await store.attachment_for(photo.id, B, BOB_SESSION) == photo
+    assert await store.attachment_chunk(photo.id, FILE_PART, 0) == b"png"
+    assert await store.ack_personal(A, B, T0 + 70, server_timestamp(T0 + 80), BOB_SESSION) is Ack.FIRST
+    assert await store.ack_personal(B, A, T0 + 70, server_timestamp(T0 + 80), ALICE_SESSION) is Ack.LATER
+    assert await store.attachment_for(photo.id, A, ALICE_SESSION) is None
+    assert await store.attachment_chunk(photo.id, FILE_PART, 0) is None
+    assert await store.attachment_bytes() == 0
+
+
 def write_migration(folder: Path, name: str, sql: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(sql, encoding="utf-8")
@@ -313,6 +364,46 @@ async def test_version_5_upgrades_a_version_4_file_with_several_devices_per_user
     async with opened(v1_file) as store:
         await assert_v4_waits_per_device(store, v1_file)
     assert sqlite_version(v1_file) == LATEST_SQLITE
+
+
+def sqlite_contents(path: Path) -> dict[str, Any]:
+    """The file's schema objects (type, name, table, SQL) and each table's columns and rows."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+        objects = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY 1, 2").fetchall()
+        return {"objects": objects, **{
+            name: ([c[1:] for c in con.execute(f"PRAGMA table_info({name})")],
+                   sorted(map(repr, con.execute(f"SELECT * FROM {name}"))))
+            for kind, name, _, _ in objects if kind == "table"}}
+
+
+async def test_version_6_upgrades_a_version_5_file_keeping_everything_and_adding_attachments(
+        v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0006 on a version-5 file: every table, index and trigger of before, and every
+    row, as they were; the attachment tables and their indexes added, empty; and the release then
+    serves the old rows and stores attachments."""
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 5, tmp_path / "v5"))
+        async with opened(v1_file) as store:
+            await write_at_v5(store)
+    assert sqlite_version(v1_file) == 5
+    before = sqlite_contents(v1_file)
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 6, tmp_path / "v6"))
+        async with opened(v1_file):
+            pass
+    assert sqlite_version(v1_file) == 6
+    after = sqlite_contents(v1_file)
+    for table in set(before) - {"objects", "schema_version"}:
+        assert after[table] == before[table], table
+    added = set(after["objects"]) - set(before["objects"])
+    assert set(before["objects"]) <= set(after["objects"])
+    assert {name for _, name, _, _ in added} == {
+        *V6_TABLES, *V6_INDEXES, "sqlite_autoindex_attachment_chunks_1"}
+    for table, columns in V6_TABLES.items():
+        assert [c[0] for c in after[table][0]] == columns
+        assert after[table][1] == []
+    async with opened(v1_file) as store:
+        await assert_v6_works(store)
 
 
 async def test_a_new_database_records_the_latest_version(tmp_path: Path) -> None:
@@ -488,6 +579,40 @@ async def test_pg_version_5_upgrades_a_version_4_schema_with_several_devices_per
     async with opened(pg_v1) as store:
         await assert_v4_waits_per_device(store, pg_v1)
     assert await pg_version(pg_v1) == LATEST_PG
+
+
+async def pg_indexes(url: str) -> set[tuple[str, str]]:
+    return set(await fetch(url, "SELECT indexname, indexdef FROM pg_indexes"
+                                " WHERE schemaname = current_schema()"))
+
+
+async def test_pg_version_6_upgrades_a_version_5_schema_keeping_everything_and_adding_attachments(
+        pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 5, tmp_path / "v5"))
+        async with opened(pg_v1) as store:
+            await write_at_v5(store)
+    assert await pg_version(pg_v1) == 5
+    before, before_indexes = await pg_snapshot(pg_v1), await pg_indexes(pg_v1)
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 6, tmp_path / "v6"))
+        async with opened(pg_v1):
+            pass
+    assert await pg_version(pg_v1) == 6
+    after, after_indexes = await pg_snapshot(pg_v1), await pg_indexes(pg_v1)
+    for table in set(before) - {"columns", "schema_version"}:
+        assert after[table] == before[table], table
+    assert set(before["columns"]) <= set(after["columns"])
+    added = sorted(set(after["columns"]) - set(before["columns"]))
+    for table, columns in V6_TABLES.items():
+        assert sorted(c[1] for c in added if c[0] == table) == sorted(columns)
+        assert after[table] == []
+    assert {c[0] for c in added} == set(V6_TABLES)
+    assert before_indexes <= after_indexes
+    assert {name for name, _ in after_indexes - before_indexes} == {
+        *V6_INDEXES, "attachments_pkey", "attachment_chunks_pkey"}
+    async with opened(pg_v1) as store:
+        await assert_v6_works(store)
 
 
 async def test_pg_a_migration_upgrades_the_v1_schema(

@@ -57,22 +57,22 @@ Place = Path | str
 
 
 async def open_store(place: Place, scrub_seconds: float = 60.0, max_waiting: int = 10000,
-                     session_seconds: float = 30 * 86_400) -> AnyStore:
+                     session_seconds: float = 30 * 86_400, rooms_keep: int = 1000) -> AnyStore:
     """Open the store at `place` (bounded by TIMEOUT)."""
     if isinstance(place, Path):
         return await asyncio.wait_for(SqliteStore.open(
             place, synchronous="FULL", scrub_seconds=scrub_seconds, max_waiting=max_waiting,
-            session_seconds=session_seconds), TIMEOUT)
+            session_seconds=session_seconds, rooms_keep=rooms_keep), TIMEOUT)
     return await asyncio.wait_for(PgStore.open(
         place, scrub_seconds=scrub_seconds, max_waiting=max_waiting,
-        session_seconds=session_seconds), TIMEOUT)
+        session_seconds=session_seconds, rooms_keep=rooms_keep), TIMEOUT)
 
 
 @asynccontextmanager
 async def opened(place: Place, scrub_seconds: float = 60.0, max_waiting: int = 10000,
-                 session_seconds: float = 30 * 86_400) -> AsyncIterator[AnyStore]:
+                 session_seconds: float = 30 * 86_400, rooms_keep: int = 1000) -> AsyncIterator[AnyStore]:
     """A store at `place` with users A, B and C; closed on exit."""
-    store = await open_store(place, scrub_seconds, max_waiting, session_seconds)
+    store = await open_store(place, scrub_seconds, max_waiting, session_seconds, rooms_keep)
     try:
         async with asyncio.timeout(TIMEOUT):
             for phone in (A, B, C):
