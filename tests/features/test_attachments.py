@@ -777,16 +777,17 @@ async def test_an_upload_may_take_longer_than_the_timeout_while_it_keeps_coming(
 
 def open_files_in(folder: Path) -> list[str]:
     """What this process (the in-process server) holds open in `folder`, but the database's
-    own files."""
+    own files: "<path> mode <octal permissions>"."""
     found = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
+            mode = os.stat(f"/proc/self/fd/{fd}").st_mode & 0o777
         except OSError:
             continue
         name = Path(target.split(" (deleted)")[0]).name
         if target.startswith(str(folder)) and not name.startswith("chat.db"):
-            found.append(target)
+            found.append(f"{target} mode {mode:o}")
     return found
 
 
@@ -810,7 +811,7 @@ async def test_temporary_files_are_closed_whatever_the_outcome(
 @pytest.mark.backends(backends.LOCAL)
 async def test_uploads_are_written_beside_the_database(env: Env) -> None:
     """Control of the check above: while an upload is being received, its temporary file is
-    open in the database's folder."""
+    open in the database's folder, readable by the server's user only, and has no name."""
     folder = Path(env.config.database.path).parent
     client_a = await env.login(new_phone())
     seen: list[list[str]] = []
@@ -823,5 +824,5 @@ async def test_uploads_are_written_beside_the_database(env: Env) -> None:
         yield b"y" * 10 + f"\r\n--{BOUNDARY}--\r\n".encode()
     resp = await client_a.post(UPLOAD, data=body(), headers={"Content-Type": MULTIPART_TYPE})
     assert resp.status == 201, await resp.text()
-    assert len(seen[0]) == 1 and seen[0][0].endswith("(deleted)"), seen  # no name: O_TMPFILE
+    assert len(seen[0]) == 1 and seen[0][0].endswith("(deleted) mode 600"), seen  # O_TMPFILE
     assert open_files_in(folder) == []
