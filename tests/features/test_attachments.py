@@ -124,7 +124,7 @@ async def start(aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, co
 
 
 @pytest.fixture
-async def env(aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> Env:
+async def env(config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> Env:
     return await start(aiohttp_server, aiohttp_client, config)
 
 
@@ -381,7 +381,7 @@ UNCLAIMED_SECONDS: Final = 0.6
 
 
 async def test_an_upload_never_attached_is_deleted_after_unclaimed_seconds(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     config = dataclasses.replace(config, attachments=Attachments(unclaimed_seconds=UNCLAIMED_SECONDS),
                                  retention=Retention(check_seconds=0.05))
     env = await start(aiohttp_server, aiohttp_client, config)
@@ -498,7 +498,7 @@ async def test_a_decompression_bomb_is_refused_before_it_is_decoded(env: Env) ->
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 async def test_an_image_just_over_max_image_pixels_is_refused_by_our_own_check(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     """Between max_image_pixels and twice that, Pillow itself only warns (ignored here, as a
     production server's default warning filter prints it and goes on): the server's check of
     the header's size refuses it."""
@@ -586,8 +586,8 @@ async def test_ranges_etags_and_head(env: Env) -> None:
 # -- limits -------------------------------------------------------------------------------------
 
 
-async def test_size_limit_413_and_empty_400(aiohttp_server: ServerFactory,
-                                            aiohttp_client: ClientFactory, config: Config) -> None:
+async def test_size_limit_413_and_empty_400(
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     env = await start(aiohttp_server, aiohttp_client, config, max_attachment_bytes=100_000)
     client_a = await env.login(new_phone())
     assert (await uploaded(client_a, needle_file(100_000)[0]))["size"] == 100_000
@@ -618,7 +618,7 @@ async def raw_upload(server: TestServer, cookie: str, head_extra: str, body: byt
 
 
 async def test_413_as_soon_as_the_limit_is_passed_while_the_client_still_sends(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     """A chunked body passes the limit and then stalls: the 413 comes at once (long before the
     30 s allowed between two reads would end). (The limit plus two of the server's reads: its
     multipart reader hands a read over when the next one has come.) A Content-Length that says
@@ -638,7 +638,7 @@ async def test_413_as_soon_as_the_limit_is_passed_while_the_client_still_sends(
 
 
 async def test_quota_413_and_parallel_uploads_store_at_most_what_fits(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     env = await start(aiohttp_server, aiohttp_client, config, attachment_quota_bytes=10_000)
     a, b = new_phone(), new_phone()
     client_a, client_b = await env.login(a), await env.login(b)
@@ -656,7 +656,7 @@ async def test_quota_413_and_parallel_uploads_store_at_most_what_fits(
 
 
 async def test_an_upload_counts_as_a_message_for_the_rate_limit(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     env = await start(aiohttp_server, aiohttp_client, config, messages_per_second=1.0)
     client_a = await env.login(new_phone())
     answers = [await upload(client_a, needle_file(100, str(n))[0]) for n in range(3)]
@@ -797,7 +797,7 @@ def open_files_in(folder: Path) -> list[str]:
 
 
 async def test_temporary_files_are_closed_whatever_the_outcome(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     env = await start(aiohttp_server, aiohttp_client, config, max_attachment_bytes=100_000,
                       attachment_quota_bytes=150_000)
     folder = Path(env.config.database.path).parent
