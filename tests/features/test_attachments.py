@@ -11,8 +11,9 @@
   the database file and its WAL within `database.scrub_seconds`); an upload never attached is
   deleted after `attachments.unclaimed_seconds`;
 - images: EXIF (GPS), XMP and comments removed from a real JPEG, its orientation applied,
-  thumbnails of at most 320 px; a decompression bomb refused with 413 before it is decoded; a file
-  claiming to be a PNG that is HTML is an `application/octet-stream` download;
+  thumbnails of at most 320 px; a decompression bomb refused with 413 before it is decoded; a
+  damaged photo refused (422) rather than kept with its GPS; a file claiming to be a PNG that is
+  HTML is an `application/octet-stream` download;
 - downloads: Range (206, 416, across a chunk boundary), ETag and If-None-Match (304), If-Range,
   HEAD, the SPEC 8 headers, names in Content-Disposition (RFC 6266 / 8187);
 - limits: `limits.max_attachment_bytes` (413 as soon as it is passed, even from a client that
@@ -486,14 +487,26 @@ async def test_an_animated_gif_keeps_its_frames_and_loses_its_comment(env: Env) 
 
 async def test_a_decompression_bomb_is_refused_before_it_is_decoded(env: Env) -> None:
     """100,000 x 100,000 pixels claimed by a 100-byte PNG: 413, and nothing stored. The file has
-    image data for almost none of its pixels: had it been decoded, that would have failed and
-    the file been kept as application/octet-stream (201)."""
+    image data for almost none of its pixels: had it been decoded, that would have failed (422,
+    as for the small one of the same kind)."""
     client_a = await env.login(new_phone())
     resp = await upload(client_a, png_claiming(100_000, 100_000), "bomb.png", "image/png")
     assert "pixels" in await assert_json_error(resp, 413)
+    resp = await upload(client_a, png_claiming(100, 100), "broken.png", "image/png")
+    assert "cannot be read" in await assert_json_error(resp, 422)  # control: decoded, it fails
     assert stored_attachments(env.config) == []
-    broken = await uploaded(client_a, png_claiming(100, 100), "broken.png", "image/png")
-    assert broken["content_type"] == "application/octet-stream"  # control: a small broken one
+
+
+async def test_a_damaged_photo_is_refused_rather_than_kept_with_its_gps(env: Env) -> None:
+    """A JPEG cut off half way: its header (and EXIF GPS) reads, its pixels do not. It cannot be
+    cleaned, so it is not stored at all (422), not even as a plain file."""
+    client_a = await env.login(new_phone())
+    photo, _ = gps_jpeg((256, 256))
+    cut = photo[:len(photo) * 2 // 3]
+    assert Image.open(io.BytesIO(cut)).getexif().get_ifd(0x8825), "control: the GPS reads"
+    resp = await upload(client_a, cut, "cut.jpg", "image/jpeg")
+    assert "metadata" in await assert_json_error(resp, 422)
+    assert stored_attachments(env.config) == []
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
