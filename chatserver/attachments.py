@@ -72,6 +72,7 @@ from urllib.parse import quote
 
 import filetype
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, ImageOps
 
 from .auth import current_user
@@ -391,8 +392,10 @@ async def _receive(request: web.Request, into: IO[bytes], limits: Limits) -> tup
         await asyncio.to_thread(into.write, pending)
         if await _in_time(reader.next(), gap) is not None:
             raise _bad("send one part named 'file', and nothing else")
-    except ValueError as e:  # aiohttp: a malformed multipart body (no boundary, bad headers...)
-        raise _bad(f"a malformed multipart/form-data body: {e}") from None
+    except (ValueError, HttpProcessingError) as e:
+        # aiohttp: no boundary, a part's header line too long, the body ends early... Its
+        # message quotes the client's bytes: not echoed.
+        raise _bad(f"a malformed multipart/form-data body ({type(e).__name__})") from None
     if size == 0:
         raise _bad("the file is empty")
     return name, size

@@ -694,6 +694,23 @@ async def test_refusals_before_reading(env: Env) -> None:
     assert stored_attachments(env.config) == []
 
 
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("multipart/form-data", multipart(b"no boundary in the header")),
+    (MULTIPART_TYPE, b"garbage, no boundary anywhere"),
+    (MULTIPART_TYPE, b""),
+    (MULTIPART_TYPE, f"--{BOUNDARY}--\r\n".encode()),  # no part at all
+    (MULTIPART_TYPE, multipart(b"the end never comes")[:-20]),
+    (MULTIPART_TYPE, f"--{BOUNDARY}\r\nX-Long: ".encode() + b"a" * 20_000 + b"\r\n\r\nabc\r\n"),
+    (MULTIPART_TYPE, f"--{BOUNDARY}\r\nX: \x00\xff\n\r\n\r\nabc\r\n--{BOUNDARY}--\r\n".encode("latin-1")),
+], ids=["no-boundary-parameter", "no-boundary", "empty", "no-part", "cut-short", "header-line-too-long",
+        "binary-header"])
+async def test_malformed_multipart_bodies_are_400(env: Env, content_type: str, body: bytes) -> None:
+    client_a = await env.login(new_phone())
+    resp = await client_a.post(UPLOAD, data=body, headers={"Content-Type": content_type})
+    assert await assert_json_error(resp, 400)
+    assert stored_attachments(env.config) == []
+
+
 # -- names ----------------------------------------------------------------------------------------
 
 
