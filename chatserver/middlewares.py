@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from .attachments import UPLOAD_PATH
 from .keys import allowed_hosts_key, config_key
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,11 @@ _SAME_SITE_FETCH: Final = frozenset({"same-origin", "none"})
 SERVER_NAME: Final = "chatserver"
 # RFC 6797: one year, this host only, no preload (a preload list entry is hard to take back).
 HSTS: Final = "max-age=31536000"
+# The one request whose body `guard` does not read beforehand (method, path): the upload of an
+# attachment (SPEC 8), up to limits.max_attachment_bytes, which its handler streams to a file
+# itself, each read bounded by limits.body_timeout_seconds (attachments._receive) and the size
+# counted as it comes. Read here, it would be refused past CLIENT_MAX_SIZE, and held in memory.
+STREAMED_BODIES: Final = frozenset({("POST", UPLOAD_PATH)})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,12 +73,14 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in _SAFE_METHODS and not same_origin(request):
             log.info("refused cross-origin %s %s", request.method, request.path)
             raise web.HTTPForbidden(reason="cross-origin request refused")
-        if request.body_exists:
+        if request.body_exists and (request.method, request.path) not in STREAMED_BODIES:
             refused = await _read_body(request)
             if refused is not None:
                 return refused
         response = await handler(request)
     except web.HTTPException as e:  # raised errors and redirects are responses too
+        if e.status == 408:  # a handler that reads its own body (STREAMED_BODIES) gave up on it
+            return await _timed_out(request)
         if e.status >= 400 and wants_json(request):
             response = web.json_response({"error": e.reason}, status=e.status)
         else:
@@ -104,7 +112,7 @@ async def _read_body(request: web.Request) -> web.StreamResponse | None:
     when the client left before it did (logged, not as an error: no handler ran). aiohttp keeps
     what `read()` got, so the handler's `post()` and `json()` use it; `client_max_size` still
     applies (413 past it). A multipart body would be read here and not again by `multipart()`:
-    no endpoint takes one."""
+    the one endpoint that takes one (the attachment upload) is left out (STREAMED_BODIES)."""
     timeout = request.app[config_key].limits.body_timeout_seconds
     try:
         async with asyncio.timeout(timeout):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import account, admin, api, devices, pages, ws
+from . import account, admin, api, attachments, devices, pages, ws
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -37,6 +37,8 @@ def setup_routes(app: web.Application) -> None:
         web.post("/chat/special/contact", api.special_contact),
         web.delete("/chat/special/contact", api.delete_contact),
         web.post("/chat/special/block", api.special_block),
+        web.post(attachments.UPLOAD_PATH, attachments.upload),
+        web.get(attachments.DOWNLOAD_PATH, attachments.download),
         web.delete("/chat/special/block", api.delete_block),
         web.patch("/chat/account", account.patch_account),
         web.delete("/chat/account", account.delete_account),
