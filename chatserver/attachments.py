@@ -370,6 +370,10 @@ async def _receive(request: web.Request, into: IO[bytes], limits: Limits) -> tup
             raise _bad("send one part named 'file', and nothing else")
     except ValueError as e:  # aiohttp: a malformed multipart body (no boundary, bad headers...)
         raise _bad(f"a malformed multipart/form-data body: {e}") from None
+    except ConnectionError:  # the client left (a cancelled upload): nobody reads the answer
+        log.info("upload from %s cut off by the client", request.remote)
+        request.protocol.force_close()
+        raise _bad("the connection was lost") from None
     if size == 0:
         raise _bad("the file is empty")
     return name, size
@@ -377,6 +381,8 @@ async def _receive(request: web.Request, into: IO[bytes], limits: Limits) -> tup
 
 async def _store_part(store: Store, attachment_id: str, part: int, source: IO[bytes]) -> None:
     """Copy `source` into the store, ATTACHMENT_CHUNK bytes per chunk."""
+    # From its start: `prepare` has read the first bytes of an upload it keeps as it is.
+    await asyncio.to_thread(source.seek, 0)
     n = 0
     while data := await asyncio.to_thread(source.read, ATTACHMENT_CHUNK):
         await store.put_attachment_chunk(attachment_id, part, n, data)
