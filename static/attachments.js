@@ -193,7 +193,6 @@ async function keepOrFull(msgId, files, mark) {
     return {record: await state.db.keepFiles(msgId, files, mark)};
   } catch (err) {
     if (!isQuotaError(err)) throw err;
-    await state.db.markFiles(msgId, "full").catch(() => {});
     return {full: true};
   }
 }

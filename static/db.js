@@ -12,8 +12,8 @@
 //           `atts`: the attachments it carries (SPEC 8), as the server describes them:
 //           [{id, name, content_type, size, width?, height?, thumbnail}].
 //           `files` (received with attachments): "fetching" while their bytes are not all on
-//           this device yet (the message is not acknowledged), "full" when the browser's storage
-//           refused them, "gone" when the server no longer has them; absent once all are here.
+//           this device yet (the message is not acknowledged: also while the browser's storage
+//           is full), "gone" when the server no longer has them; absent once all are here.
 // files:    the bytes of attachments (SPEC 8), one record per part, key "<attachment id> file"
 //           or "<attachment id> thumb": {key, id, part, blob}. Kept on this device, since the
 //           server deletes them with their message.

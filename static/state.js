@@ -26,6 +26,7 @@ export const state = {
   hidePresence: null,   // the account hides its presence (SPEC 10); null: not known yet
   leaving: false,       // the account is being deleted: its end is not a "logged-out"
   storageFull: false,   // the browser refused to keep attachments (QuotaExceededError, SPEC 8)
+  unkept: new Set(),    // ids of the messages whose attachments it refused (not acknowledged)
 };
 
 /**

@@ -220,8 +220,9 @@ function keepThenAcknowledge(m, {ack = true, tries = 0} = {}) {
     const result = await keepAttachments(record);
     if (result.full) {
       waitingRoom.set(id, {m, ack});
+      state.unkept.add(id);
       setStorageFull(true);
-      changed(await state.db.message(id) || record);
+      changed(record);
       return;
     }
     if (result.failed) {
@@ -230,6 +231,7 @@ function keepThenAcknowledge(m, {ack = true, tries = 0} = {}) {
       return;
     }
     waitingRoom.delete(id);
+    state.unkept.delete(id);
     if (!waitingRoom.size) setStorageFull(false);
     if (ack) acknowledge(m);
     const now = result.kept || result.gone;

@@ -165,7 +165,13 @@ function progress(item) {
     bar.value = item.sent;
   }
   const info = node.querySelector(".upload-info");
-  if (info) info.textContent = `${sizeLabel(item.sent)} of ${sizeLabel(item.total)}`;
+  if (info) info.textContent = sentLabel(item);
+}
+
+/** "213 KB of 1.1 MB · 19%". */
+function sentLabel(item) {
+  const pct = item.total ? Math.floor((100 * item.sent) / item.total) : 0;
+  return `${sizeLabel(item.sent)} of ${sizeLabel(item.total)} · ${pct}%`;
 }
 
 /** The open conversation's uploads in the tray above the text. */
@@ -188,7 +194,7 @@ function row(id, item) {
   if (item.state === "uploading") {
     main.append(
       el("progress", {attrs: {max: item.total || 1, value: item.sent, "aria-label": `Uploading ${name}`}}),
-      el("span", {class: "upload-info", text: `${sizeLabel(item.sent)} of ${sizeLabel(item.total)}`}));
+      el("span", {class: "upload-info", text: sentLabel(item)}));
     button = el("button", {class: "icon-btn", attrs: {type: "button", "aria-label": `Cancel the upload of ${name}`,
                                                      title: "Cancel"}, on: {click: () => remove(id, item)}},
                 icon("close"));

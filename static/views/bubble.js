@@ -1,6 +1,6 @@
 // One message on screen: its bubble, its time, and for own messages the ticks of its state.
 
-import {ME, nameOf, others} from "../state.js";
+import {ME, nameOf, others, state} from "../state.js";
 import {discard, retry} from "../sync.js";
 import {ageLabel, dayKey, fullLabel} from "../time.js";
 import {el, hash, icon} from "../ui.js";
@@ -90,5 +90,5 @@ function hueOf(text) {
 
 /** What a bubble's looks depend on, besides the conversation: reuse it while this is the same. */
 export function bubbleKey(msg, prev) {
-  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}|${msg.expired ? 1 : 0}|${msg.files || ""}`;
+  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}|${msg.expired ? 1 : 0}|${msg.files || ""}${state.unkept.has(msg.id) ? " unkept" : ""}`;
 }

@@ -5,6 +5,7 @@
 // anything else (SVG and HTML among them) is a download link with its name and size.
 
 import {isPhoto, localUrl, serverUrl, sizeLabel} from "../attachments.js";
+import {state} from "../state.js";
 import {el, icon} from "../ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -36,7 +37,7 @@ export function fitted(width, height) {
 export function attachmentsNode(msg) {
   const box = el("div", {class: "atts"});
   for (const att of msg.atts) box.append(isPhoto(att) ? photo(msg, att) : file(msg, att));
-  if (msg.files === "full") {
+  if (state.unkept.has(msg.id)) {
     box.append(el("p", {class: "att-note", attrs: {role: "note"},
                         text: "Not kept on this device: the browser's storage is full."}));
   }
@@ -97,7 +98,8 @@ async function openViewer(msg, att, from) {
   const img = $("viewer-img");
   // Sized from the server's width and height to fit the window (never enlarged), so that the
   // dialog does not jump when the bytes are in.
-  const scale = Math.min(1, (innerWidth - 24) / att.width, (innerHeight - 96) / att.height);
+  // The dialog leaves 12 px around it, and its head takes about 60 px.
+  const scale = Math.min(1, (innerWidth - 26) / att.width, (innerHeight - 110) / att.height);
   img.width = Math.max(1, Math.round(att.width * scale));
   img.height = Math.max(1, Math.round(att.height * scale));
   img.alt = att.name;

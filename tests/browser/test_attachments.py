@@ -39,6 +39,12 @@ ATTACHMENT = "**/chat/attachment/**"
 FROM_DEVICE = re.compile("^blob:")
 
 
+# The type of the bytes of attachment `id` this device keeps (IndexedDB, db.js `files`).
+KEPT_TYPE = """async (id) => {
+    const {state} = await import("/static/state.js");
+    return (await state.db.file(id, "file"))?.type; }"""
+
+
 def noisy_jpeg(path: Path, width: int, height: int) -> Path:
     """A JPEG of random pixels (they hardly compress: about 1.5 MB at 1200 x 900)."""
     Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(path, quality=92)
@@ -77,6 +83,20 @@ async def hold_downloads(user: User) -> asyncio.Event:
     return release
 
 
+async def waiting_for(user: User, live: ServerProcess, peer: str) -> int:
+    """How many of `user`'s messages to `peer` wait on the server (not acknowledged)."""
+    resp = await user.context.request.get(live.url(f"/chat/info/personal?msg_to={peer}"))
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["outgoing"]["waiting"]
+
+
+async def until_acknowledged(page: Page, peer: str) -> None:
+    """Wait until no message of the page's user to `peer` waits on the server any more."""
+    await page.wait_for_function("""async (peer) => {
+        const r = await fetch(`/chat/info/personal?msg_to=${peer}`);
+        return r.ok && (await r.json()).outgoing.waiting === 0; }""", arg=peer, polling=200)
+
+
 async def status_of(user: User, live: ServerProcess, path: str) -> int:
     resp = await user.context.request.get(live.url(path))
     return resp.status
@@ -106,7 +126,7 @@ async def test_a_photo_goes_with_a_progress_bar_and_stays_on_both_devices(
     photo = noisy_jpeg(tmp_path / "beach.jpg", 1200, 900)
     pa = await alice.page()
     await open_dialogue(pa, B)
-    pb = await bob.page(f"/chat/personal/{B}/{A}/")
+    pb = await bob.page()
     release = await hold_downloads(bob)
 
     # The upload, slowed down: its bar moves and the photograph shows it half way.
@@ -133,24 +153,31 @@ async def test_a_photo_goes_with_a_progress_bar_and_stays_on_both_devices(
     await expect(pa.locator("#uploads")).to_be_hidden()
     sent = mine(pa, "The beach")
     await expect(sent).to_have_attribute("data-state", "sent")
+    att = await sent.locator(".att-photo").get_attribute("data-att")
 
-    # Bob's device has the message, its photo's place reserved (280 x 210, the server's 1200 x 900
-    # fitted), while its bytes are held on the way: not acknowledged yet.
+    # Bob's device has stored the message (its row says so) but its photo's bytes are held on
+    # the way: not acknowledged, the server keeps the message and the photo.
+    await expect(pb.locator("#conversations .conv-last")).to_have_text("The beach")
+    assert await waiting_for(alice, live, B) == 1
+    await expect(sent).to_have_attribute("data-state", "sent")
+    assert await status_of(alice, live, f"/chat/attachment/{att}") == 200
+
+    # Opened, the photo's place is reserved (280 x 210: the server's 1200 x 900 fitted) before
+    # its bytes arrive.
+    await pb.locator("#conversations .conv").first.click()
     got = theirs(pb, "The beach")
     img = photo_in(got)
     await expect(img).to_have_attribute("width", "280")
     await expect(img).to_have_attribute("height", "210")
     assert await box_of(img) == (280, 210)
     assert await img.evaluate("(img) => img.naturalWidth") == 0
-    await expect(sent).to_have_attribute("data-state", "sent")
-    att = await got.locator(".att-photo").get_attribute("data-att")
 
     # The bytes come: kept on Bob's device, then acknowledged; the box did not move.
     release.set()
-    await expect(sent).to_have_attribute("data-state", "read")
     await shown_from_device(img)
     assert await box_of(img) == (280, 210)
     assert await img.evaluate("(img) => img.naturalWidth") == 320  # the server's thumbnail
+    await until_acknowledged(pa, B)
     await screenshot(pb, "desktop-light-photo-received")
 
     # The server deleted it with the message: for Bob, and for Alice who uploaded it.
@@ -253,8 +280,7 @@ async def test_a_file_is_a_download_link_and_failed_or_cancelled_uploads_send_no
     await expect(link).to_have_attribute("download", "minutes.html")
     att = await link.get_attribute("data-att")
     assert await status_of(bob, live, f"/chat/attachment/{att}") == 404
-    assert await link.evaluate("""async (a) => (await fetch(a.href)).headers.get("Content-Type")""") \
-        == "application/octet-stream"
+    assert await pb.evaluate(KEPT_TYPE, att) == "application/octet-stream"
     async with pb.expect_download() as info:
         await link.click()
     download = await info.value
@@ -272,14 +298,16 @@ async def test_a_full_storage_says_so_and_leaves_the_message_on_the_server(
     bob = await people(B, "Bob")
     pa = await alice.page()
     await open_dialogue(pa, B)
-    pb = await bob.page()
-    # Bob's browser lets this site keep little more than it has now.
+    # Bob's browser lets this site keep 250 KB (set before it opens its database): less than
+    # the picture.
+    pb = await bob.context.new_page()
     cdp = await bob.context.new_cdp_session(pb)
-    used = await pb.evaluate("async () => (await navigator.storage.estimate()).usage")
-    await cdp.send("Storage.overrideQuotaForOrigin", {"origin": live.base, "quotaSize": used + 50_000})
+    await cdp.send("Storage.overrideQuotaForOrigin", {"origin": live.base, "quotaSize": 250_000})
+    await pb.goto(live.url("/chat"))
+    await pb.locator("body.ready").wait_for()
 
-    # A picture pasted into the text box (120 KB), sent as it is.
-    pasted = png_noise(200, 200)
+    # A picture pasted into the text box (480 KB), sent as it is.
+    pasted = png_noise(400, 400)
     await pa.evaluate("""(bytes) => {
         const dt = new DataTransfer();
         dt.items.add(new File([new Uint8Array(bytes)], "image.png", {type: "image/png"}));
@@ -294,18 +322,22 @@ async def test_a_full_storage_says_so_and_leaves_the_message_on_the_server(
     # Bob's device cannot keep it: it says so, and does not acknowledge (the server keeps it).
     banner = pb.locator("#storage-full")
     await expect(banner).to_be_visible()
-    await expect(banner).to_contain_text("storage is full")
+    await expect(banner).to_contain_text("Storage full")
     att = await pa.locator("#messages .msg.mine .att-photo").get_attribute("data-att")
     assert await status_of(bob, live, f"/chat/attachment/{att}") == 200
     await expect(sent).to_have_attribute("data-state", "sent")
+    assert await waiting_for(alice, live, B) == 1
+    await pb.locator("#conversations .conv").first.click()
+    await expect(pb.locator("#messages .msg.theirs .att-note")).to_have_text(
+        "Not kept on this device: the browser's storage is full.")
     await screenshot(pb, "desktop-light-storage-full")
 
     # Room again: "Try again" keeps it and acknowledges it; the server deletes it.
     await cdp.send("Storage.overrideQuotaForOrigin", {"origin": live.base})
     await banner.get_by_role("button", name="Try again").click()
     await expect(banner).to_be_hidden()
-    await expect(sent).to_have_attribute("data-state", "received")
+    await until_acknowledged(pa, B)
     assert await status_of(bob, live, f"/chat/attachment/{att}") == 404
-    await pb.locator("#conversations .conv").first.click()
+    await expect(pb.locator("#messages .msg.theirs .att-note")).to_have_count(0)
     await shown_from_device(pb.locator("#messages .msg.theirs .att-photo img"))
 
