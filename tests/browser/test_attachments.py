@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from playwright.async_api import Page, Route, expect
+from playwright.async_api import Page, Route, WebSocketRoute, expect
 
 from helpers.server import ServerProcess
 
 from .conftest import User, UserFactory, screenshot
-from .test_client import A, B, mine, open_dialogue, send, theirs
+from .test_client import RECONNECT_MS, A, B, mine, open_dialogue, send, theirs
 from .test_two_devices import make_group
 
 # The sender's upload speed while the progress bar is photographed, in bytes per second.
@@ -341,3 +342,85 @@ async def test_a_full_storage_says_so_and_leaves_the_message_on_the_server(
     await expect(pb.locator("#messages .msg.theirs .att-note")).to_have_count(0)
     await shown_from_device(pb.locator("#messages .msg.theirs .att-photo img"))
 
+
+
+async def test_a_lost_confirmation_resends_the_same_attachments_and_time_and_it_arrives_once(
+        people: UserFactory, live: ServerProcess, tmp_path: Path) -> None:
+    """The outbox's resend (a reconnect after `msg_sent` was lost) names the same attachment ids
+    under the same sent_timestamp: the server knows the retry, claims nothing again, stores and
+    delivers the message once."""
+    alice = await people(A, "Alice")
+    bob = await people(B, "Bob")
+    sent_frames: list[dict] = []
+    lost: list[dict] = []
+
+    async def relay(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("command") == "new_msg":
+                sent_frames.append(frame)
+            server.send(message)
+
+        async def from_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("command") == "msg_sent" and not lost:
+                lost.append(frame)  # the first confirmation never arrives: the socket drops
+                await ws.close()
+                await server.close()
+                return
+            ws.send(message)
+        ws.on_message(from_page)
+        server.on_message(from_server)
+    await alice.context.route_web_socket(re.compile(f"/ws/chat/personal/{A}/{B}/$"), relay)
+
+    pa = await alice.page()
+    await open_dialogue(pa, B)
+    await pa.set_input_files("#attach-input", str(noisy_jpeg(tmp_path / "twice.jpg", 300, 200)))
+    await expect(pa.locator("#uploads .upload[data-state=done]")).to_be_visible()
+    await send(pa, "sent twice, stored once")
+    bubble = mine(pa, "sent twice, stored once")
+    await expect(bubble).to_have_attribute("data-state", "sent", timeout=RECONNECT_MS)
+    assert len(lost) == 1
+    assert len(sent_frames) == 2
+    first, again = sent_frames
+    assert again == first
+    assert len(first["attachments"]) == 1
+    assert first["attachments"][0] == await bubble.locator(".att-photo").get_attribute("data-att")
+
+    pb = await bob.page(f"/chat/personal/{B}/{A}/")
+    got = theirs(pb, "sent twice, stored once")
+    await shown_from_device(photo_in(got))
+    await expect(pb.locator("#messages .msg")).to_have_count(1)
+    await until_acknowledged(pa, B)
+
+
+async def test_a_room_photo_is_kept_on_the_device_of_whoever_reads_the_room(
+        people: UserFactory, live: ServerProcess, tmp_path: Path) -> None:
+    """Rooms are never acknowledged (SPEC 5.4), yet a reader's device keeps their photos too:
+    the server deletes them when they leave the room's history."""
+    alice = await people(A, "Alice")
+    bob = await people(B, "Bob")
+    pa = await alice.page()
+    pb = await bob.page()
+    await pa.click("#show-rooms")
+    await pa.fill("#room-name", "lobby")
+    await pa.press("#room-name", "Enter")
+    await expect(pa.locator("#conv-title")).to_have_text("#lobby")
+    await expect(pa.get_by_role("button", name="Attach photos or files")).to_be_visible()
+    await pa.set_input_files("#attach-input", str(noisy_jpeg(tmp_path / "lobby.jpg", 640, 480)))
+    await expect(pa.locator("#uploads .upload[data-state=done]")).to_be_visible()
+    await pa.press("#text", "Enter")
+    await expect(pa.locator("#messages .msg.mine")).to_have_attribute("data-state", "sent")
+
+    await pb.click("#show-rooms")
+    await pb.locator("#room-list li", has_text="#lobby").get_by_role("button", name="Join").click()
+    got = pb.locator("#messages .msg.theirs")
+    await expect(photo_in(got)).to_have_attribute("width", "280")
+    await expect(photo_in(got)).to_have_attribute("height", "210")
+    await pb.reload()
+    await pb.locator("body.ready").wait_for()
+    await shown_from_device(photo_in(got))
+    att = await got.locator(".att-photo").get_attribute("data-att")
+    assert await pb.evaluate(KEPT_TYPE, att) == "image/jpeg"
