@@ -288,9 +288,11 @@ async def test_a_file_is_a_download_link_and_failed_or_cancelled_uploads_send_no
     assert download.suggested_filename == "minutes.html"
     assert Path(await download.path()).read_bytes() == html
     await screenshot(pb, "desktop-light-file-received")
-    # Alice's own bubble has the same link, from her device.
+    # Alice's own bubble has the same link, from her device, whose copy is not typed as HTML
+    # either (she dropped it as text/html).
     await expect(sent.get_by_role("link", name=f"Download minutes.html, {len(html)} bytes")) \
         .to_have_attribute("href", FROM_DEVICE)
+    assert await pa.evaluate(KEPT_TYPE, att) == "application/octet-stream"
 
 
 async def test_a_full_storage_says_so_and_leaves_the_message_on_the_server(
