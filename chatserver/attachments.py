@@ -12,8 +12,9 @@ Upload, step by step:
   the system's temporary folder otherwise; memory per upload is one ATTACHMENT_CHUNK. Each read
   may wait at most `limits.body_timeout_seconds` for the next bytes (408, connection closed):
   the body is read here and not by middlewares.guard's pre-read (which would buffer it in
-  memory within CLIENT_MAX_SIZE); past `limits.max_attachment_bytes` the answer is 413 at once
-  (a Content-Length that already says so is answered before anything is read); empty: 400;
+  memory within CLIENT_MAX_SIZE); past `limits.max_attachment_bytes` the answer is 413 as soon
+  as the reader hands the bytes over (within READ_BYTES), without reading the rest (a
+  Content-Length that already says so is answered before anything is read); empty: 400;
 - the type comes from the first bytes (`filetype`), never from the part's name or Content-Type;
   unknown: `application/octet-stream`. JPEG, PNG (APNG too), WebP and GIF are opened by Pillow,
   limited to that one format, and refused with 413 when width x height (x frames, for an
@@ -105,7 +106,9 @@ JPEG_QUALITY: Final = 90
 THUMBNAIL_QUALITY: Final = 80
 # `filetype` looks at most at this many first bytes.
 SNIFF_BYTES: Final = 8192
-# Bytes asked of the multipart reader at once (it may give fewer).
+# Bytes asked of the multipart reader at once (it may give fewer). It hands each read over only
+# once the next one came in (so as to find a boundary cut in two): the size is known, and a body
+# over the limit refused, at most READ_BYTES after the bytes arrived.
 READ_BYTES: Final = 64 * 1024
 # A multipart body's own bytes around the file (boundaries, the part's headers): a
 # Content-Length beyond max_attachment_bytes plus this is refused before anything is read.
@@ -199,19 +202,20 @@ def prepare(upload: IO[bytes], size: int, max_pixels: int, folder: str | None) -
     kind = filetype.guess(upload.read(SNIFF_BYTES))
     content_type = kind.mime if kind is not None else OCTET_STREAM
     image_format = IMAGE_FORMATS.get(content_type)
-    if image_format is None:
-        return Prepared(content_type, upload, size)
-    try:
-        return _reencode(upload, image_format, max_pixels, folder)
-    except (TooManyPixels, MemoryError):
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        # Pillow's own check at open (its MAX_IMAGE_PIXELS is ours): refused before decoding too
-        raise TooManyPixels(str(e)) from e
-    except Exception as e:  # Pillow raises many kinds for a file that is not what it claims
-        log.info("an upload claiming %s is not a readable image (%s): stored as %s",
-                 content_type, type(e).__name__, OCTET_STREAM)
-        return Prepared(OCTET_STREAM, upload, size)
+    if image_format is not None:
+        try:
+            return _reencode(upload, image_format, max_pixels, folder)
+        except (TooManyPixels, MemoryError):
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            # Pillow's own check at open (its MAX_IMAGE_PIXELS is ours): refused before decoding
+            raise TooManyPixels(str(e)) from e
+        except Exception as e:  # Pillow raises many kinds for a file that is not what it claims
+            log.info("an upload claiming %s is not a readable image (%s): stored as %s",
+                     content_type, type(e).__name__, OCTET_STREAM)
+            content_type = OCTET_STREAM
+    upload.seek(0)  # stored unchanged, from its first byte
+    return Prepared(content_type, upload, size)
 
 
 def _reencode(upload: IO[bytes], image_format: str, max_pixels: int,
@@ -396,7 +400,7 @@ async def _keep(store: Store, attachment: Attachment, prepared: Prepared, quota:
         await store.reserve_attachment(attachment, quota)
     except QuotaExceeded:
         raise web.HTTPRequestEntityTooLarge(
-            quota, reason=f"your attachments would take more than your {quota} bytes") from None
+            quota, reason=f"over your quota: your attachments would take more than {quota} bytes") from None
     try:
         await _store_part(store, attachment.id, FILE_PART, prepared.file)
         if prepared.thumbnail is not None:
@@ -472,12 +476,11 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise Unsatisfiable
         return max(0, size - int(suffix)), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
-        return None  # invalid: ignored
+    if last and int(last) < start:
+        return None  # invalid (RFC 9110 14.1.1): ignored
     if start >= size:
         raise Unsatisfiable
-    return start, min(end, size - 1)
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 def _not_found() -> web.HTTPNotFound:

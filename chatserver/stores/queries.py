@@ -145,11 +145,13 @@ class Queries:
         " ON CONFLICT DO NOTHING")
     drop_expired_sessions: str = "DELETE FROM sessions WHERE last_used_us <= $1"
     # SPEC 8. A new upload, only while its owner's attachments and it fit in the quota ($10).
+    # The casts: PostgreSQL must give $5 and $8 one type in the column and in the sum.
     reserve_attachment: str = (
         "INSERT INTO attachments (id, owner, name, content_type, size, width, height, thumbnail_size,"
-        " created_us) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9"
+        " created_us) SELECT $1, $2, $3, $4, CAST($5 AS BIGINT), $6, $7, CAST($8 AS INTEGER), $9"
         " WHERE (SELECT coalesce(sum(size + coalesce(thumbnail_size, 0)), 0) FROM attachments"
-        "        WHERE owner = $2) + $5 + coalesce($8, 0) <= $10")
+        "        WHERE owner = $2) + CAST($5 AS BIGINT) + coalesce(CAST($8 AS INTEGER), 0)"
+        " <= CAST($10 AS BIGINT)")
     put_attachment_chunk: str = ("INSERT INTO attachment_chunks (attachment_id, part, n, data)"
                                  " VALUES ($1, $2, $3, $4)")
     complete_attachment: str = "UPDATE attachments SET complete = true WHERE id = $1"
