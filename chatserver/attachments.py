@@ -385,8 +385,6 @@ async def _receive(request: web.Request, into: IO[bytes], limits: Limits) -> tup
 
 async def _store_part(store: Store, attachment_id: str, part: int, source: IO[bytes]) -> None:
     """Copy `source` into the store, ATTACHMENT_CHUNK bytes per chunk."""
-    # From its start: `prepare` has read the first bytes of an upload it keeps as it is.
-    await asyncio.to_thread(source.seek, 0)
     n = 0
     while data := await asyncio.to_thread(source.read, ATTACHMENT_CHUNK):
         await store.put_attachment_chunk(attachment_id, part, n, data)
