@@ -98,6 +98,14 @@ async def until_acknowledged(page: Page, peer: str) -> None:
         return r.ok && (await r.json()).outgoing.waiting === 0; }""", arg=peer, polling=200)
 
 
+async def until_deleted(page: Page, att: str) -> None:
+    """Wait until the server no longer has attachment `att` (404 to the page's user). The
+    acknowledgement's effects (the waiting count, the deletion) need not show at the same
+    instant: the deletion itself is waited for."""
+    await page.wait_for_function("""async (id) => (await fetch(`/chat/attachment/${id}`,
+        {method: "HEAD", cache: "no-store"})).status === 404""", arg=att, polling=200)
+
+
 async def status_of(user: User, live: ServerProcess, path: str) -> int:
     resp = await user.context.request.get(live.url(path))
     return resp.status
@@ -113,11 +121,11 @@ async def box_of(img: object) -> tuple[float, float]:
     return round(box["width"]), round(box["height"])
 
 
-async def shown_from_device(img: object) -> None:
-    """The photo is drawn, from a blob: URL (its bytes in this device's IndexedDB)."""
+async def shown_from_device(img: object, width: int = 320) -> None:
+    """The photo is drawn, `width` pixels wide (320: a server's thumbnail), from a blob: URL (its
+    bytes in this device's IndexedDB). Both wait, so a bubble drawn again meanwhile is fine."""
     await expect(img).to_have_attribute("src", FROM_DEVICE)
-    await img.evaluate("(img) => img.decode()")
-    assert await img.evaluate("(img) => img.naturalWidth") > 0
+    await expect(img).to_have_js_property("naturalWidth", width)
 
 
 async def test_a_photo_goes_with_a_progress_bar_and_stays_on_both_devices(
@@ -177,11 +185,11 @@ async def test_a_photo_goes_with_a_progress_bar_and_stays_on_both_devices(
     release.set()
     await shown_from_device(img)
     assert await box_of(img) == (280, 210)
-    assert await img.evaluate("(img) => img.naturalWidth") == 320  # the server's thumbnail
     await until_acknowledged(pa, B)
     await screenshot(pb, "desktop-light-photo-received")
 
     # The server deleted it with the message: for Bob, and for Alice who uploaded it.
+    await until_deleted(pb, att)
     assert await status_of(bob, live, f"/chat/attachment/{att}") == 404
     assert await status_of(bob, live, f"/chat/attachment/{att}?thumbnail=1") == 404
     assert await status_of(alice, live, f"/chat/attachment/{att}") == 404
@@ -191,8 +199,7 @@ async def test_a_photo_goes_with_a_progress_bar_and_stays_on_both_devices(
     viewer = pb.locator("#dlg-viewer")
     await expect(viewer).to_be_visible()
     await expect(viewer.locator("#viewer-title")).to_have_text("beach.jpg")
-    await shown_from_device(viewer.locator("#viewer-img"))
-    assert await viewer.locator("#viewer-img").evaluate("(img) => img.naturalWidth") == 1200
+    await shown_from_device(viewer.locator("#viewer-img"), 1200)
     await expect(viewer.locator("#viewer-download")).to_have_attribute("download", "beach.jpg")
     await screenshot(pb, "desktop-light-photo-viewer")
     await pb.keyboard.press("Escape")
@@ -280,7 +287,8 @@ async def test_a_file_is_a_download_link_and_failed_or_cancelled_uploads_send_no
     await expect(link).to_have_attribute("href", FROM_DEVICE)
     await expect(link).to_have_attribute("download", "minutes.html")
     att = await link.get_attribute("data-att")
-    assert await status_of(bob, live, f"/chat/attachment/{att}") == 404
+    await until_deleted(pb, att)
+    assert await status_of(alice, live, f"/chat/attachment/{att}") == 404
     assert await pb.evaluate(KEPT_TYPE, att) == "application/octet-stream"
     async with pb.expect_download() as info:
         await link.click()
@@ -340,7 +348,8 @@ async def test_a_full_storage_says_so_and_leaves_the_message_on_the_server(
     await banner.get_by_role("button", name="Try again").click()
     await expect(banner).to_be_hidden()
     await until_acknowledged(pa, B)
-    assert await status_of(bob, live, f"/chat/attachment/{att}") == 404
+    await until_deleted(pb, att)
+    assert await status_of(alice, live, f"/chat/attachment/{att}") == 404
     await expect(pb.locator("#messages .msg.theirs .att-note")).to_have_count(0)
     await shown_from_device(pb.locator("#messages .msg.theirs .att-photo img"))
 
@@ -393,7 +402,7 @@ async def test_a_lost_confirmation_resends_the_same_attachments_and_time_and_it_
 
     pb = await bob.page(f"/chat/personal/{B}/{A}/")
     got = theirs(pb, "sent twice, stored once")
-    await shown_from_device(photo_in(got))
+    await shown_from_device(photo_in(got), 300)  # small: the photo itself, no thumbnail
     await expect(pb.locator("#messages .msg")).to_have_count(1)
     await until_acknowledged(pa, B)
 
