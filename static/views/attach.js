@@ -49,6 +49,15 @@ export function mount() {
     depth = Math.max(0, depth - 1);
     if (!depth) showZone(false);
   });
+  // Files dropped anywhere else (or where nothing can be sent) must not make the browser
+  // leave the chat to show them.
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (ev) => {
+      if (!carriesFiles(ev) || ev.defaultPrevented) return;
+      ev.preventDefault();
+      ev.dataTransfer.dropEffect = "none";
+    });
+  }
   pane.addEventListener("drop", (ev) => {
     depth = 0;
     showZone(false);
