@@ -26,9 +26,11 @@ Upload, step by step:
   little). JPEG stays JPEG (quality 90), PNG stays PNG, WebP stays WebP (quality 90, lossy),
   GIF stays GIF. Animated GIF, PNG and WebP keep every frame, their durations and loop count
   (each frame decoded to RGBA: the animation's pixels in all frames count against
-  max_image_pixels). A file whose bytes claim one of these formats and that Pillow cannot read
-  is stored unchanged as `application/octet-stream`. Other recognised types (PDF, ZIP, MP4,
-  TIFF...) are stored unchanged with their type; they are never shown inline;
+  max_image_pixels). A file whose first bytes claim one of these formats but whose header
+  Pillow cannot read is no image: stored unchanged as `application/octet-stream`. One whose
+  header reads but whose pixels do not (truncated, corrupt) is refused with 422: it cannot be
+  cleaned, and stored as it is it would keep its metadata. Other recognised types (PDF, ZIP,
+  MP4, TIFF...) are stored unchanged with their type; they are never shown inline;
 - every image gets a thumbnail of at most THUMBNAIL_PX pixels on its longer side (JPEG, or PNG
   when it has transparency), made from the cleaned pixels;
 - Pillow runs on IMAGE_WORKERS threads of its own (decoding a 40-megapixel photo takes ~120 MB
@@ -70,6 +72,7 @@ from urllib.parse import quote
 
 import filetype
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, ImageOps
 
 from .auth import current_user
@@ -143,6 +146,16 @@ class TooManyPixels(Exception):
     """An image over `limits.max_image_pixels` (413; SPEC 8: never decoded)."""
 
 
+class NotAnImage(Exception):
+    """Bytes that begin like an image but whose header Pillow cannot read: a file of another
+    kind, stored unchanged as application/octet-stream (SPEC 8)."""
+
+
+class CannotClean(Exception):
+    """An image whose header reads but whose pixels do not (truncated, corrupt): it cannot be
+    encoded again without its metadata, and stored unchanged it would keep it (GPS): 422."""
+
+
 # -- names ------------------------------------------------------------------------------------
 
 
@@ -205,14 +218,12 @@ def prepare(upload: IO[bytes], size: int, max_pixels: int, folder: str | None) -
     if image_format is not None:
         try:
             return _reencode(upload, image_format, max_pixels, folder)
-        except (TooManyPixels, MemoryError):
-            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             # Pillow's own check at open (its MAX_IMAGE_PIXELS is ours): refused before decoding
             raise TooManyPixels(str(e)) from e
-        except Exception as e:  # Pillow raises many kinds for a file that is not what it claims
-            log.info("an upload claiming %s is not a readable image (%s): stored as %s",
-                     content_type, type(e).__name__, OCTET_STREAM)
+        except NotAnImage as e:
+            log.info("an upload that begins like %s is not one (%s): stored as %s",
+                     content_type, e, OCTET_STREAM)
             content_type = OCTET_STREAM
     upload.seek(0)  # stored unchanged, from its first byte
     return Prepared(content_type, upload, size)
@@ -224,9 +235,15 @@ def _reencode(upload: IO[bytes], image_format: str, max_pixels: int,
     # limits at once in one process could see each other's, but our own check below is exact).
     Image.MAX_IMAGE_PIXELS = max_pixels
     upload.seek(0)
+    try:
+        opened = Image.open(upload, formats=[image_format])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
+        raise
+    except Exception as e:  # Pillow raises many kinds for a header it cannot read
+        raise NotAnImage(type(e).__name__) from e
     made: list[IO[bytes]] = []
     try:
-        with Image.open(upload, formats=[image_format]) as image:
+        with opened as image:
             width, height = image.size
             frames = getattr(image, "n_frames", 1) if image_format in ANIMATED_FORMATS else 1
             if width * height * frames > max_pixels:  # the header's word, before any decoding
@@ -249,9 +266,12 @@ def _reencode(upload: IO[bytes], image_format: str, max_pixels: int,
         small.seek(0)
         return Prepared(FORMAT_TYPES[image_format], out, sizes[0], clean.width, clean.height,
                         small, sizes[1], made)
-    except BaseException:
+    except BaseException as e:
         for f in made:
             f.close()
+        if isinstance(e, Exception) and not isinstance(e, (
+                TooManyPixels, MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            raise CannotClean(type(e).__name__) from e  # a truncated file, corrupt data...
         raise
 
 
@@ -372,8 +392,10 @@ async def _receive(request: web.Request, into: IO[bytes], limits: Limits) -> tup
         await asyncio.to_thread(into.write, pending)
         if await _in_time(reader.next(), gap) is not None:
             raise _bad("send one part named 'file', and nothing else")
-    except ValueError as e:  # aiohttp: a malformed multipart body (no boundary, bad headers...)
-        raise _bad(f"a malformed multipart/form-data body: {e}") from None
+    except (ValueError, HttpProcessingError) as e:
+        # aiohttp: no boundary, a part's header line too long, the body ends early... Its
+        # message quotes the client's bytes: not echoed.
+        raise _bad(f"a malformed multipart/form-data body ({type(e).__name__})") from None
     except ConnectionError:  # the client left (a cancelled upload): nobody reads the answer
         log.info("upload from %s cut off by the client", request.remote)
         request.protocol.force_close()
@@ -415,7 +437,8 @@ async def upload(request: web.Request) -> web.Response:
     201 `{"id", "name", "content_type", "size", "width"?, "height"?, "thumbnail"}` (SPEC 8).
     400 empty or malformed, 401 not logged in, 408 a read waited more than
     `limits.body_timeout_seconds`, 413 over `limits.max_attachment_bytes`, the user's quota or
-    `limits.max_image_pixels`, 415 not multipart, 429 over the message rate."""
+    `limits.max_image_pixels`, 415 not multipart, 422 an image that cannot be decoded, 429 over
+    the message rate."""
     user = await current_user(request)
     if user is None:
         raise web.HTTPUnauthorized(reason="log in first")
@@ -438,6 +461,11 @@ async def upload(request: web.Request) -> web.Response:
             raise web.HTTPRequestEntityTooLarge(
                 limits.max_image_pixels,
                 reason=f"an image may have at most {limits.max_image_pixels} pixels") from None
+        except CannotClean as e:
+            log.info("an upload's image could not be decoded (%s): refused", e)
+            raise web.HTTPUnprocessableEntity(
+                reason="this image cannot be read (damaged or incomplete), so its metadata cannot "
+                       "be removed: it was not stored") from None
         try:
             attachment = Attachment(
                 id=secrets.token_urlsafe(16), owner=me, name=name,

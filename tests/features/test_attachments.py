@@ -11,8 +11,9 @@
   the database file and its WAL within `database.scrub_seconds`); an upload never attached is
   deleted after `attachments.unclaimed_seconds`;
 - images: EXIF (GPS), XMP and comments removed from a real JPEG, its orientation applied,
-  thumbnails of at most 320 px; a decompression bomb refused with 413 before it is decoded; a file
-  claiming to be a PNG that is HTML is an `application/octet-stream` download;
+  thumbnails of at most 320 px; a decompression bomb refused with 413 before it is decoded; a
+  damaged photo refused (422) rather than kept with its GPS; a file claiming to be a PNG that is
+  HTML is an `application/octet-stream` download;
 - downloads: Range (206, 416, across a chunk boundary), ETag and If-None-Match (304), If-Range,
   HEAD, the SPEC 8 headers, names in Content-Disposition (RFC 6266 / 8187);
 - limits: `limits.max_attachment_bytes` (413 as soon as it is passed, even from a client that
@@ -124,7 +125,7 @@ async def start(aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, co
 
 
 @pytest.fixture
-async def env(aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> Env:
+async def env(config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> Env:
     return await start(aiohttp_server, aiohttp_client, config)
 
 
@@ -221,6 +222,9 @@ async def test_personal_uploader_and_recipient_only_and_the_message_carries_it(e
     client_a, client_b, client_c = await env.login(a), await env.login(b), await env.login(c)
     anonymous = await env.anonymous()
     inbox_b = await open_receive(client_b, b, probe="fetch_msgs")
+    to_b, to_c = await open_personal(client_a, a, b), await open_personal(client_a, a, c)
+    first = await send_personal(to_b, a, b, [], "before the photo")  # b has a message from a
+    assert (await recv(inbox_b))["message"] == first["message"]
     data, _ = needle_file(3000)
     att = await uploaded(client_a, data, "notes.bin")
     assert (att["name"], att["content_type"], att["size"], att["thumbnail"]) == (
@@ -231,11 +235,12 @@ async def test_personal_uploader_and_recipient_only_and_the_message_carries_it(e
     for who in (client_b, client_c, anonymous):
         await assert_hidden(who, att["id"])
 
-    sent = await send_personal(await open_personal(client_a, a, b), a, b, [att["id"]])
+    sent = await send_personal(to_b, a, b, [att["id"]])
     pushed = await recv(inbox_b)
     assert pushed == {**sent, "attachments": [att]}, pushed  # message "" allowed with attachments
     await assert_bytes(client_b, att["id"], data)
     await assert_bytes(client_a, att["id"], data)
+    await send_personal(to_c, a, c, [], "a message of a's to c, without it")
     for who in (client_c, anonymous):
         await assert_hidden(who, att["id"])
     for bad in ("short", "x" * 65, "a" * 21 + "!", "%2e%2e%2f" + "a" * 22):
@@ -245,7 +250,8 @@ async def test_personal_uploader_and_recipient_only_and_the_message_carries_it(e
     # fetched by a device that connects later, with the same metadata
     phone_b = await env.login(b)  # a second device of b
     fetched = await fetch_all(await phone_b.ws_connect(f"/ws/chat/special/{b}/"), b)
-    [[message]] = fetched
+    [[earlier, message]] = fetched
+    assert "attachments" not in earlier, earlier  # a message without: the frame as before SPEC 8
     assert message["attachments"] == [att] and message["message"] == "", message
 
 
@@ -376,7 +382,7 @@ UNCLAIMED_SECONDS: Final = 0.6
 
 
 async def test_an_upload_never_attached_is_deleted_after_unclaimed_seconds(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     config = dataclasses.replace(config, attachments=Attachments(unclaimed_seconds=UNCLAIMED_SECONDS),
                                  retention=Retention(check_seconds=0.05))
     env = await start(aiohttp_server, aiohttp_client, config)
@@ -481,19 +487,31 @@ async def test_an_animated_gif_keeps_its_frames_and_loses_its_comment(env: Env) 
 
 async def test_a_decompression_bomb_is_refused_before_it_is_decoded(env: Env) -> None:
     """100,000 x 100,000 pixels claimed by a 100-byte PNG: 413, and nothing stored. The file has
-    image data for almost none of its pixels: had it been decoded, that would have failed and
-    the file been kept as application/octet-stream (201)."""
+    image data for almost none of its pixels: had it been decoded, that would have failed (422,
+    as for the small one of the same kind)."""
     client_a = await env.login(new_phone())
     resp = await upload(client_a, png_claiming(100_000, 100_000), "bomb.png", "image/png")
     assert "pixels" in await assert_json_error(resp, 413)
+    resp = await upload(client_a, png_claiming(100, 100), "broken.png", "image/png")
+    assert "cannot be read" in await assert_json_error(resp, 422)  # control: decoded, it fails
     assert stored_attachments(env.config) == []
-    broken = await uploaded(client_a, png_claiming(100, 100), "broken.png", "image/png")
-    assert broken["content_type"] == "application/octet-stream"  # control: a small broken one
+
+
+async def test_a_damaged_photo_is_refused_rather_than_kept_with_its_gps(env: Env) -> None:
+    """A JPEG cut off half way: its header (and EXIF GPS) reads, its pixels do not. It cannot be
+    cleaned, so it is not stored at all (422), not even as a plain file."""
+    client_a = await env.login(new_phone())
+    photo, _ = gps_jpeg((256, 256))
+    cut = photo[:len(photo) * 2 // 3]
+    assert Image.open(io.BytesIO(cut)).getexif().get_ifd(0x8825), "control: the GPS reads"
+    resp = await upload(client_a, cut, "cut.jpg", "image/jpeg")
+    assert "metadata" in await assert_json_error(resp, 422)
+    assert stored_attachments(env.config) == []
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 async def test_an_image_just_over_max_image_pixels_is_refused_by_our_own_check(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     """Between max_image_pixels and twice that, Pillow itself only warns (ignored here, as a
     production server's default warning filter prints it and goes on): the server's check of
     the header's size refuses it."""
@@ -581,8 +599,8 @@ async def test_ranges_etags_and_head(env: Env) -> None:
 # -- limits -------------------------------------------------------------------------------------
 
 
-async def test_size_limit_413_and_empty_400(aiohttp_server: ServerFactory,
-                                            aiohttp_client: ClientFactory, config: Config) -> None:
+async def test_size_limit_413_and_empty_400(
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     env = await start(aiohttp_server, aiohttp_client, config, max_attachment_bytes=100_000)
     client_a = await env.login(new_phone())
     assert (await uploaded(client_a, needle_file(100_000)[0]))["size"] == 100_000
@@ -613,7 +631,7 @@ async def raw_upload(server: TestServer, cookie: str, head_extra: str, body: byt
 
 
 async def test_413_as_soon_as_the_limit_is_passed_while_the_client_still_sends(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     """A chunked body passes the limit and then stalls: the 413 comes at once (long before the
     30 s allowed between two reads would end). (The limit plus two of the server's reads: its
     multipart reader hands a read over when the next one has come.) A Content-Length that says
@@ -633,7 +651,7 @@ async def test_413_as_soon_as_the_limit_is_passed_while_the_client_still_sends(
 
 
 async def test_quota_413_and_parallel_uploads_store_at_most_what_fits(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     env = await start(aiohttp_server, aiohttp_client, config, attachment_quota_bytes=10_000)
     a, b = new_phone(), new_phone()
     client_a, client_b = await env.login(a), await env.login(b)
@@ -651,7 +669,7 @@ async def test_quota_413_and_parallel_uploads_store_at_most_what_fits(
 
 
 async def test_an_upload_counts_as_a_message_for_the_rate_limit(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     env = await start(aiohttp_server, aiohttp_client, config, messages_per_second=1.0)
     client_a = await env.login(new_phone())
     answers = [await upload(client_a, needle_file(100, str(n))[0]) for n in range(3)]
@@ -673,6 +691,23 @@ async def test_refusals_before_reading(env: Env) -> None:
     assert "nothing else" in await assert_json_error(await client_a.post(UPLOAD, data=two), 400)
     resp = await upload(client_a, b"data", headers={"Origin": "http://evil.example"})
     assert await assert_json_error(resp, 403)
+    assert stored_attachments(env.config) == []
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("multipart/form-data", multipart(b"no boundary in the header")),
+    (MULTIPART_TYPE, b"garbage, no boundary anywhere"),
+    (MULTIPART_TYPE, b""),
+    (MULTIPART_TYPE, f"--{BOUNDARY}--\r\n".encode()),  # no part at all
+    (MULTIPART_TYPE, multipart(b"the end never comes")[:-20]),
+    (MULTIPART_TYPE, f"--{BOUNDARY}\r\nX-Long: ".encode() + b"a" * 20_000 + b"\r\n\r\nabc\r\n"),
+    (MULTIPART_TYPE, f"--{BOUNDARY}\r\nX: \x00\xff\n\r\n\r\nabc\r\n--{BOUNDARY}--\r\n".encode("latin-1")),
+], ids=["no-boundary-parameter", "no-boundary", "empty", "no-part", "cut-short", "header-line-too-long",
+        "binary-header"])
+async def test_malformed_multipart_bodies_are_400(env: Env, content_type: str, body: bytes) -> None:
+    client_a = await env.login(new_phone())
+    resp = await client_a.post(UPLOAD, data=body, headers={"Content-Type": content_type})
+    assert await assert_json_error(resp, 400)
     assert stored_attachments(env.config) == []
 
 
@@ -792,7 +827,7 @@ def open_files_in(folder: Path) -> list[str]:
 
 
 async def test_temporary_files_are_closed_whatever_the_outcome(
-        aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, config: Config) -> None:
+        config: Config, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory) -> None:
     env = await start(aiohttp_server, aiohttp_client, config, max_attachment_bytes=100_000,
                       attachment_quota_bytes=150_000)
     folder = Path(env.config.database.path).parent
