@@ -396,6 +396,10 @@ async def _receive(request: web.Request, into: IO[bytes], limits: Limits) -> tup
         # aiohttp: no boundary, a part's header line too long, the body ends early... Its
         # message quotes the client's bytes: not echoed.
         raise _bad(f"a malformed multipart/form-data body ({type(e).__name__})") from None
+    except ConnectionError:  # the client left (a cancelled upload): nobody reads the answer
+        log.info("upload from %s cut off by the client", request.remote)
+        request.protocol.force_close()
+        raise _bad("the connection was lost") from None
     if size == 0:
         raise _bad("the file is empty")
     return name, size

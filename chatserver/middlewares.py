@@ -147,9 +147,11 @@ async def _timed_out(request: web.Request) -> web.Response:
 
 
 def _secure(headers: Any) -> None:
+    # img-src blob:: the client shows photos kept on the device (IndexedDB) through blob: URLs of
+    # its own making (SPEC 8: the server deletes an attachment with its message).
     headers.setdefault(
         "Content-Security-Policy",
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     )
     headers.setdefault("X-Content-Type-Options", "nosniff")

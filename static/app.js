@@ -9,11 +9,13 @@ import {ageLabel} from "./time.js";
 import {avatar, hydrateIcons, toast} from "./ui.js";
 import {mount as mountAccount} from "./views/account.js";
 import {mount as mountAdmin} from "./views/admin.js";
+import {mount as mountAttach} from "./views/attach.js";
 import {closeConv, markRead, mount as mountConversation, openConv, renderHeader}
   from "./views/conversation.js";
 import {mount as mountDevices} from "./views/devices.js";
 import {mount as mountDialogs} from "./views/dialogs.js";
 import {mount as mountList, renderList} from "./views/list.js";
+import {mount as mountMedia} from "./views/media.js";
 import {mount as mountOffline, showNoStorage} from "./views/offline.js";
 
 const meEl = document.getElementById("me");
@@ -60,6 +62,8 @@ function bind() {
   mountOffline();
   mountList();
   mountConversation();
+  mountAttach();
+  mountMedia();
   mountDialogs();
   mountAccount();
   mountDevices();

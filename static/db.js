@@ -3,17 +3,26 @@
 // messages: one record per message, id "<conv> <from> <us>" — the protocol's identity
 //           (conversation, sender, instant to the microsecond), so a message fetched again after a
 //           lost acknowledgement, or stored by a second tab, is stored once.
-//           {id, conv, from, us, ts, body, mine, state?, rcv?, error?, tried?, writtenUs?}
+//           {id, conv, from, us, ts, body, mine, state?, rcv?, error?, tried?, writtenUs?,
+//            atts?, files?}
 //           `state` (own messages only): pending -> sent -> received -> read, or failed.
 //           `tried` (own): a frame with this `ts` may have reached the server (set before sending).
 //           `writtenUs` (own, re-stamped): when it was written, before it got a new `ts`.
 //           `expired` (own): the server deleted it undelivered (SPEC 10, msg_expired).
+//           `atts`: the attachments it carries (SPEC 8), as the server describes them:
+//           [{id, name, content_type, size, width?, height?, thumbnail}].
+//           `files` (received with attachments): "fetching" while their bytes are not all on
+//           this device yet (the message is not acknowledged: also while the browser's storage
+//           is full), "gone" when the server no longer has them; absent once all are here.
+// files:    the bytes of attachments (SPEC 8), one record per part, key "<attachment id> file"
+//           or "<attachment id> thumb": {key, id, part, blob}. Kept on this device, since the
+//           server deletes them with their message.
 // convs:    one record per conversation, id "p:<phone>", "g:<key>" or "r:<room>".
 //           {id, kind, ref, title, lastUs, lastText, lastFrom, unread, readUs, ...}
 //
 // Every write is one transaction; callers await it before they acknowledge anything.
 
-const VERSION = 1;
+const VERSION = 2;
 const RANK = {failed: 0, pending: 0, sent: 1, received: 2, read: 3};
 
 function done(req) {
@@ -25,6 +34,11 @@ function done(req) {
 
 export function messageId(conv, from, us) {
   return `${conv} ${from} ${us}`;
+}
+
+/** The key of an attachment's part ("file" or "thumb") in the files store. */
+export function fileKey(id, part) {
+  return `${id} ${part}`;
 }
 
 export function convKind(id) {
@@ -44,12 +58,15 @@ export class LocalDb {
   /** Open (creating or upgrading) the history of `owner`. */
   static async open(owner) {
     const req = indexedDB.open(`chat-${owner}`, VERSION);
-    req.onupgradeneeded = () => {
+    req.onupgradeneeded = (ev) => {
       const idb = req.result;
-      const messages = idb.createObjectStore("messages", {keyPath: "id"});
-      messages.createIndex("conv", ["conv", "us"]);
-      messages.createIndex("state", "state"); // own messages only: incoming ones have no state
-      idb.createObjectStore("convs", {keyPath: "id"});
+      if (ev.oldVersion < 1) {
+        const messages = idb.createObjectStore("messages", {keyPath: "id"});
+        messages.createIndex("conv", ["conv", "us"]);
+        messages.createIndex("state", "state"); // own messages only: incoming ones have no state
+        idb.createObjectStore("convs", {keyPath: "id"});
+      }
+      if (ev.oldVersion < 2) idb.createObjectStore("files", {keyPath: "key"});
     };
     const idb = await done(req);
     // Another tab upgraded the schema: let it, and reload this one on its next start.
@@ -111,10 +128,16 @@ export class LocalDb {
 
   // -- messages ------------------------------------------------------------------------------
 
-  /** Keep an outgoing message (state "pending") and make it its conversation's last message. */
-  async addOwn(msg) {
+  /**
+   * Keep an outgoing message (state "pending") and make it its conversation's last message;
+   * with it, in the same transaction, the bytes of its attachments (`files`: [{id, part, blob}]).
+   * Rejects with a QuotaExceededError, keeping nothing, when the browser's storage is full.
+   */
+  async addOwn(msg, files = []) {
     const record = {...msg, id: messageId(msg.conv, msg.from, msg.us), mine: 1, state: "pending"};
-    const conv = await this.tx(["messages", "convs"], "readwrite", async ({messages, convs}) => {
+    const names = ["messages", "convs", ...(files.length ? ["files"] : [])];
+    const conv = await this.tx(names, "readwrite", async ({messages, convs, files: store}) => {
+      for (const f of files) store.put({key: fileKey(f.id, f.part), ...f});
       messages.put(record);
       const c = (await done(convs.get(msg.conv))) || newConv(msg.conv);
       bumpLast(c, record);
@@ -147,6 +170,54 @@ export class LocalDb {
       }
       for (const conv of changed.values()) convs.put(conv);
       return {fresh, convs: [...changed.values()]};
+    });
+  }
+
+  /** The message `id`, or undefined. */
+  async message(id) {
+    return this.tx(["messages"], "readonly", ({messages}) => done(messages.get(id)));
+  }
+
+  /** Which of `keys` (fileKey) have no bytes on this device. */
+  async missingFiles(keys) {
+    return this.tx(["files"], "readonly", async ({files}) => {
+      const missing = [];
+      for (const key of keys) if (await done(files.getKey(key)) === undefined) missing.push(key);
+      return missing;
+    });
+  }
+
+  /** The bytes of attachment `id`'s `part` ("file" or "thumb") as a Blob, or null. */
+  async file(id, part) {
+    const record = await this.tx(["files"], "readonly", ({files}) => done(files.get(fileKey(id, part))));
+    return record?.blob || null;
+  }
+
+  /**
+   * Keep the bytes of message `msgId`'s attachments (`files`: [{id, part, blob}]) and set its
+   * `files` mark to `mark` (undefined: all here), in one transaction. Resolves with the message
+   * record, or null when the device no longer has it. Rejects with a QuotaExceededError, keeping
+   * nothing, when the browser's storage is full.
+   */
+  async keepFiles(msgId, files, mark) {
+    return this.tx(["messages", "files"], "readwrite", async ({messages, files: store}) => {
+      const msg = await done(messages.get(msgId));
+      if (!msg) return null;
+      for (const f of files) store.put({key: fileKey(f.id, f.part), ...f});
+      if (mark) msg.files = mark; else delete msg.files;
+      messages.put(msg);
+      return msg;
+    });
+  }
+
+  /** Set message `msgId`'s `files` mark (see above); resolves with the record when it changed. */
+  async markFiles(msgId, mark) {
+    return this.tx(["messages"], "readwrite", async ({messages}) => {
+      const msg = await done(messages.get(msgId));
+      if (!msg || msg.files === mark) return null;
+      if (mark) msg.files = mark; else delete msg.files;
+      messages.put(msg);
+      return msg;
     });
   }
 
@@ -358,10 +429,18 @@ export class LocalDb {
     }));
   }
 
-  /** Delete one own message that the server refused (it was never stored there). */
+  /** Delete one own message that the server refused (it was never stored there), and the
+   *  bytes of its attachments. */
   async deleteOwn(conv, from, us) {
-    return this.tx(["messages"], "readwrite",
-                   ({messages}) => done(messages.delete(messageId(conv, from, us))));
+    return this.tx(["messages", "files"], "readwrite", async ({messages, files}) => {
+      const id = messageId(conv, from, us);
+      const msg = await done(messages.get(id));
+      for (const a of msg?.atts || []) {
+        files.delete(fileKey(a.id, "file"));
+        files.delete(fileKey(a.id, "thumb"));
+      }
+      return done(messages.delete(id));
+    });
   }
 }
 
@@ -370,10 +449,18 @@ function restamped(msg, {us, ts}) {
   return {...msg, us, ts, id: messageId(msg.conv, msg.from, us), writtenUs: msg.writtenUs ?? msg.us};
 }
 
+/** What a message without text shows in the list: its attachments, briefly. */
+export function attachmentsLabel(atts) {
+  if (!atts?.length) return "";
+  const photos = atts.filter((a) => a.width && a.height).length;
+  if (photos === atts.length) return photos === 1 ? "Photo" : `${photos} photos`;
+  return atts.length === 1 ? atts[0].name : `${atts.length} files`;
+}
+
 function bumpLast(conv, msg) {
   if (msg.us >= (conv.lastUs || 0)) {
     conv.lastUs = msg.us;
-    conv.lastText = msg.body;
+    conv.lastText = msg.body || attachmentsLabel(msg.atts);
     conv.lastFrom = msg.from;
   }
   if (msg.mine) conv.lastOwnUs = Math.max(conv.lastOwnUs || 0, msg.us);

@@ -1,4 +1,4 @@
-// The network: JSON requests, and `Link`, a WebSocket that reconnects by itself with backoff.
+// The network: JSON requests, uploads with their progress, and `Link`, a WebSocket that reconnects by itself with backoff.
 
 const WS_BASE = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
@@ -28,6 +28,36 @@ export async function api(method, path, body) {
   try { data = await resp.json(); } catch { /* not JSON: keep {} */ }
   if (!resp.ok && !data.error) data.error = `the server answered ${resp.status}`;
   return {ok: resp.ok, status: resp.status, data};
+}
+
+/**
+ * Send `file` as the one part `file` of a `multipart/form-data` POST to `path` (SPEC 8), with
+ * XMLHttpRequest, the one browser API that reports an upload's progress:
+ * `onProgress(sentBytes, totalBytes)` as it goes. Returns {done, abort}: `done` resolves
+ * {ok, status, data, aborted?} like `api` (a network failure is status 0; `abort()` resolves it
+ * with `aborted` true).
+ */
+export function upload(path, file, onProgress = () => {}) {
+  const xhr = new XMLHttpRequest();
+  const done = new Promise((resolve) => {
+    const failed = (error, extra = {}) => resolve({ok: false, status: 0, data: {error}, ...extra});
+    xhr.upload.onprogress = (ev) => onProgress(ev.loaded, ev.lengthComputable ? ev.total : file.size);
+    xhr.onload = () => {
+      let data = {};
+      try { data = JSON.parse(xhr.responseText); } catch { /* not JSON: keep {} */ }
+      const ok = xhr.status >= 200 && xhr.status < 300;
+      if (!ok && !data.error) data.error = `the server answered ${xhr.status}`;
+      resolve({ok, status: xhr.status, data});
+    };
+    xhr.onerror = () => failed("the server cannot be reached");
+    xhr.onabort = () => failed("cancelled", {aborted: true});
+  });
+  xhr.open("POST", path);
+  xhr.setRequestHeader("Accept", "application/json");
+  const form = new FormData();
+  form.append("file", file, file.name || "file");
+  xhr.send(form);
+  return {done, abort: () => xhr.abort()};
 }
 
 /**

@@ -25,6 +25,8 @@ export const state = {
   admin: false,         // this account administers the server (/chat/info "admin", SPEC 10)
   hidePresence: null,   // the account hides its presence (SPEC 10); null: not known yet
   leaving: false,       // the account is being deleted: its end is not a "logged-out"
+  storageFull: false,   // the browser refused to keep attachments (QuotaExceededError, SPEC 8)
+  unkept: new Set(),    // ids of the messages whose attachments it refused (not acknowledged)
 };
 
 /**
@@ -40,6 +42,7 @@ export const state = {
  * - "elsewhere" (id): another tab of this account changed conversation `id`;
  * - "contacts": contacts, blocks or presence changed;
  * - "online" (bool): the receive socket opened or closed;
+ * - "storage" (bool): the browser's storage is full (attachments wait on the server), or not;
  * - "notice" (text): something to tell the person (a refusal from the server);
  * - "account": my name, admin flag or presence setting changed;
  * - "logged-out": the session is gone.

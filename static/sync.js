@@ -3,7 +3,8 @@
 // server's view of names, contacts and groups. What changes is announced with `emit` (state.js).
 // See docs/client.md.
 
-import {LocalDb} from "./db.js";
+import {cleanAttachments, filesOf, isQuotaError, keepAttachments} from "./attachments.js";
+import {LocalDb, messageId} from "./db.js";
 import {Link, api, paths} from "./net.js";
 import {
   ME, MY_NAME, PHONE_RE, emit, groupSender, merge, nameOf, notify, saveConv, setMyName, state, titleOf,
@@ -140,6 +141,7 @@ async function receiveMessages(frames, {fetched = false} = {}) {
   for (const f of frames) {
     const us = parseTs(f.sent_timestamp);
     if (Number.isNaN(us) || typeof f.message !== "string" || typeof f.msg_from !== "string") continue;
+    const atts = cleanAttachments(f.attachments);
     const grp = groupSender(f.msg_from);
     // A copy of what I sent from another device of mine (SPEC 7.2): `msg_from` is me and
     // `msg_to` the peer (a group's copy: "G-<me>"). It joins that conversation as my own message,
@@ -149,6 +151,7 @@ async function receiveMessages(frames, {fetched = false} = {}) {
     const conv = grp ? `g:${grp.key}` : `p:${copy ? f.msg_to : f.msg_from}`;
     const from = grp ? grp.sender : f.msg_from;
     items.push({conv, from, us, ts: f.sent_timestamp, body: f.message, grp: !!grp,
+                ...(atts.length ? {atts, files: "fetching"} : {}),
                 ...(copy ? {mine: 1, state: "sent"} : {})});
   }
   if (!items.length) return;
@@ -165,19 +168,95 @@ async function receiveMessages(frames, {fetched = false} = {}) {
  * to this device first, and only then answered msg_received / grp_msg_received — the server
  * deletes what is acknowledged. A message fetched again (its acknowledgement lost) is stored
  * once and acknowledged again.
+ *
+ * A message with attachments (SPEC 8) is stored at once (shown, its photos from the server
+ * meanwhile) but acknowledged only once the bytes of every attachment and thumbnail are in
+ * IndexedDB too (`keepThenAcknowledge`): the server deletes them with the message. Those
+ * downloads run beside the frames, never holding up the ones behind. When the browser's storage
+ * is full (QuotaExceededError), nothing it refused is acknowledged: the server keeps it, the
+ * person is told (`storage` event), and it is tried again on "Try again" or the next connection.
  */
 async function storeThenAcknowledge(items) {
-  const stored = await state.db.storeIncoming(
-    items.map(({grp, ...msg}) => msg),
-    // Not unread: my own, on screen, or read already on another device of mine (SPEC 7.2).
-    (conv, msg) => !msg.mine && msg.from !== ME && !viewing(conv.id) && msg.us > (conv.readUs || 0));
+  let stored;
+  try {
+    stored = await state.db.storeIncoming(
+      items.map(({grp, ...msg}) => msg),
+      // Not unread: my own, on screen, or read already on another device of mine (SPEC 7.2).
+      (conv, msg) => !msg.mine && msg.from !== ME && !viewing(conv.id) && msg.us > (conv.readUs || 0));
+  } catch (err) {
+    if (!isQuotaError(err)) throw err;
+    setStorageFull(true);
+    return {fresh: [], convs: []};
+  }
   for (const m of items) {
-    const peer = m.conv.slice(2);
-    linkFor(m.conv).send(m.grp
-      ? frame("grp_msg_received", peer, m.ts, m.from)
-      : frame("msg_received", peer, m.ts));
+    if (m.atts) keepThenAcknowledge(m);
+    else acknowledge(m);
   }
   return stored;
+}
+
+function acknowledge(m) {
+  const peer = m.conv.slice(2);
+  linkFor(m.conv).send(m.grp
+    ? frame("grp_msg_received", peer, m.ts, m.from)
+    : frame("msg_received", peer, m.ts));
+}
+
+const keeping = new Map();   // message id -> its keepThenAcknowledge in progress
+const waitingRoom = new Map(); // message id -> item the full storage refused (tried again later)
+const KEEP_RETRY_MS = [2000, 5000, 15_000, 30_000, 60_000];
+
+/**
+ * Keep item `m`'s attachments on this device, then acknowledge it (`ack`: false for a room's
+ * message, which is never acknowledged). Once per message at a time; a network failure tries
+ * again with backoff, a full storage waits for `retryStorage`.
+ */
+function keepThenAcknowledge(m, {ack = true, tries = 0} = {}) {
+  const id = messageId(m.conv, m.from, m.us);
+  if (keeping.has(id)) return keeping.get(id);
+  const job = (async () => {
+    const record = await state.db.message(id);
+    if (!record) return;
+    const result = await keepAttachments(record);
+    if (result.full) {
+      waitingRoom.set(id, {m, ack});
+      state.unkept.add(id);
+      setStorageFull(true);
+      changed(record);
+      return;
+    }
+    if (result.failed) {
+      const wait = KEEP_RETRY_MS[Math.min(tries, KEEP_RETRY_MS.length - 1)];
+      setTimeout(() => keepThenAcknowledge(m, {ack, tries: tries + 1}), wait);
+      return;
+    }
+    waitingRoom.delete(id);
+    state.unkept.delete(id);
+    if (!waitingRoom.size) setStorageFull(false);
+    if (ack) acknowledge(m);
+    const now = result.kept || result.gone;
+    if (now) changed(now);
+  })().catch((err) => console.error(err)).finally(() => keeping.delete(id));
+  keeping.set(id, job);
+  return job;
+}
+
+/** The browser's storage is full (or has room again): the views say so. */
+function setStorageFull(full) {
+  if (state.storageFull === full) return;
+  state.storageFull = full;
+  emit("storage", full);
+}
+
+/** "Try again" after the storage was full: keep and acknowledge what it refused; what waits on
+ *  the server for this device comes again too. */
+export function retryStorage() {
+  setStorageFull(false);
+  const waiting = [...waitingRoom.values()];
+  waitingRoom.clear();
+  for (const {m, ack} of waiting) keepThenAcknowledge(m, {ack});
+  receive?.send({command: "fetch_msgs", msg_to: ME});
+  receive?.send({command: "fetch_grp_msgs", msg_to: ME});
 }
 
 function afterIncoming(fresh, convs) {
@@ -475,7 +554,9 @@ async function flushAll() {
 function outgoingFrame(msg) {
   const ref = msg.conv.slice(2);
   const command = {p: "new_msg", g: "new_grp_msg", r: "room_msg"}[msg.conv[0]];
-  return {message: msg.body, command, msg_from: ME, msg_to: ref, sent_timestamp: msg.ts};
+  // A retry names the same attachments: the server knows the retry and claims nothing again.
+  return {message: msg.body, command, msg_from: ME, msg_to: ref, sent_timestamp: msg.ts,
+          ...(msg.atts?.length ? {attachments: msg.atts.map((a) => a.id)} : {})};
 }
 
 async function onLinkFrame(id, f) {
@@ -588,14 +669,25 @@ async function onRoomFrames(id, frames, command) {
     const us = parseTs(f.sent_timestamp);
     if (Number.isNaN(us) || typeof f.message !== "string") continue;
     if (f.msg_from === ME) mine.push(us);
+    const atts = cleanAttachments(f.attachments);
     items.push({conv: id, from: f.msg_from, us, ts: f.sent_timestamp, body: f.message,
+                ...(atts.length ? {atts, files: "fetching"} : {}),
                 ...(f.msg_from === ME ? {mine: 1, state: "sent"} : {})});
   }
   const conv = state.convs.get(id);
   const first = command === "fetch_room_msgs" && conv && !conv.seenHistory;
-  // Rooms are not acknowledged: the server keeps their history (SPEC 5.4).
-  const {fresh, convs} = await state.db.storeIncoming(
-    items, (c, msg) => !first && !msg.mine && !viewing(c.id));
+  // Rooms are not acknowledged: the server keeps their history (SPEC 5.4). Their attachments
+  // are kept on the device too, for the server deletes them when they leave the history.
+  let stored;
+  try {
+    stored = await state.db.storeIncoming(items, (c, msg) => !first && !msg.mine && !viewing(c.id));
+  } catch (err) {
+    if (!isQuotaError(err)) throw err;
+    setStorageFull(true);
+    return;
+  }
+  const {fresh, convs} = stored;
+  for (const m of items) if (m.atts) keepThenAcknowledge(m, {ack: false});
   // The room echoes my own messages: that is their confirmation.
   const sent = sentOn.get(id);
   for (const us of mine) {
@@ -814,18 +906,34 @@ export async function refreshGroup(key) {
 
 // -- sending --------------------------------------------------------------------------------
 
-/** Write `body` in conversation `id`: kept "pending" on the device, then sent. */
-export async function send(id, body) {
+/**
+ * Write `body` in conversation `id`, with the attachments `uploads` carries (done uploads of
+ * attachments.js: {meta, file, thumb}): kept "pending" on the device with their bytes, then sent.
+ * Resolves true once kept; false when it could not be (no such conversation, or the browser's
+ * storage is full: then a notice says so and nothing is sent).
+ */
+export async function send(id, body, uploads = []) {
   const conv = state.convs.get(id);
-  if (!conv || conv.note) return;
+  if (!conv || conv.note) return false;
   const {us, ts} = newStamp(ME);
-  const {record, conv: saved} = await state.db.addOwn({conv: id, from: ME, us, ts, body});
+  const atts = uploads.map((u) => u.meta);
+  let kept;
+  try {
+    kept = await state.db.addOwn({conv: id, from: ME, us, ts, body, ...(atts.length ? {atts} : {})},
+                                 uploads.flatMap(filesOf));
+  } catch (err) {
+    if (!isQuotaError(err)) throw err;
+    emit("notice", "This browser's storage is full: the message was not sent. Free some space and try again.");
+    return false;
+  }
+  const {record, conv: saved} = kept;
   merge(saved);
   notify(id);
   pendingConvs.add(id);
   emit("outgoing", record);
   emit("list");
   flush(id);
+  return true;
 }
 
 /** Send a failed message again: with its sent_timestamp, or a new one when that is too old. */

@@ -1,9 +1,10 @@
 // One message on screen: its bubble, its time, and for own messages the ticks of its state.
 
-import {ME, nameOf, others} from "../state.js";
+import {ME, nameOf, others, state} from "../state.js";
 import {discard, retry} from "../sync.js";
 import {ageLabel, dayKey, fullLabel} from "../time.js";
 import {el, hash, icon} from "../ui.js";
+import {attachmentsNode} from "./media.js";
 
 const STATE_LABEL = {pending: "waiting to be sent", sent: "sent", received: "delivered",
                      read: "read", failed: "not sent"};
@@ -37,7 +38,11 @@ export function bubble(msg, prev, conv) {
     sender.style.setProperty("--hue", String(hueOf(msg.from)));
     box.append(sender);
   }
-  box.append(el("p", {class: "body", text: msg.body}));
+  if (msg.atts?.length) {
+    box.classList.add("with-atts");
+    box.append(attachmentsNode(msg));
+  }
+  if (msg.body || !msg.atts?.length) box.append(el("p", {class: "body", text: msg.body}));
   const meta = el("span", {class: "meta"},
                   el("time", {text: ageLabel(msg.us), data: {us: String(msg.us)},
                               attrs: {title: timeTitle(msg), datetime: new Date(msg.us / 1000).toISOString()}}));
@@ -85,5 +90,5 @@ function hueOf(text) {
 
 /** What a bubble's looks depend on, besides the conversation: reuse it while this is the same. */
 export function bubbleKey(msg, prev) {
-  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}|${msg.expired ? 1 : 0}`;
+  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}|${msg.expired ? 1 : 0}|${msg.files || ""}${state.unkept.has(msg.id) ? " unkept" : ""}`;
 }

@@ -2,12 +2,14 @@
 // their history paging, and the compose box (drafts, typing, sending).
 
 import {joinRoom} from "../actions.js";
+import {attachmentsLabel} from "../attachments.js";
 import {
   ME, nameOf, on, page, saveConv, setOpen, state, titleOf, viewing,
 } from "../state.js";
 import * as sync from "../sync.js";
 import {dayKey, dayLabel, lastSeenLabel} from "../time.js";
 import {avatar, el} from "../ui.js";
+import {MAX_ATTACHMENTS, readyCount, sayInTray, takeUploads, uploading} from "./attach.js";
 import {bubble, bubbleKey} from "./bubble.js";
 
 const PAGE = 50;
@@ -37,14 +39,28 @@ export function mount() {
   });
   on("elsewhere", (id) => { reload(id).catch(console.error); });
 
-  $("compose").addEventListener("submit", (ev) => {
+  $("compose").addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    const id = state.open;
     const text = $("text");
     const body = text.value;
-    if (!body.trim()) return;
+    if (uploading(id)) {
+      sayInTray("Still uploading: send once the uploads are done, or cancel them.");
+      return;
+    }
+    const count = readyCount(id);
+    if (count > MAX_ATTACHMENTS) {
+      sayInTray(`A message carries at most ${MAX_ATTACHMENTS} photos or files: remove some.`);
+      return;
+    }
+    if (!body.trim() && !count) return;
     text.value = "";
     autosize();
-    sync.send(state.open, body);
+    const {results, giveBack} = takeUploads(id);
+    const sent = await sync.send(id, body.trim() ? body : "", results);
+    giveBack(sent);
+    // Not kept (the storage is full): the text comes back unless something new was typed.
+    if (!sent && state.open === id && !text.value) text.value = body;
   });
   $("text").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
@@ -195,7 +211,7 @@ function showIncoming(fresh) {
   if (!shown.length) return;
   for (const m of shown) insertIntoView(m);
   const last = shown.at(-1);
-  if (!last.mine) $("announce").textContent = `${nameOf(last.from)}: ${last.body}`;
+  if (!last.mine) $("announce").textContent = `${nameOf(last.from)}: ${last.body || attachmentsLabel(last.atts)}`;
   renderMessages("append");
   markRead(state.open);
 }

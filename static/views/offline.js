@@ -1,7 +1,9 @@
-// The offline banner: shown while the receive socket is closed, with the reconnection countdown.
+// The banners: offline (while the receive socket is closed, with the reconnection countdown),
+// and the browser's storage being full (attachments cannot be kept, so their messages wait on
+// the server, SPEC 8).
 
 import {on} from "../state.js";
-import {reconnect, retryInSeconds} from "../sync.js";
+import {reconnect, retryInSeconds, retryStorage} from "../sync.js";
 
 const $ = (id) => document.getElementById(id);
 let timer = null;
@@ -10,6 +12,8 @@ let timer = null;
 export function mount() {
   on("online", show);
   $("reconnect").addEventListener("click", reconnect);
+  on("storage", (full) => { $("storage-full").hidden = !full; });
+  $("storage-retry").addEventListener("click", retryStorage);
 }
 
 function show(online) {
