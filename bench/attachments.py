@@ -10,7 +10,9 @@
    photo (the server re-encodes each from its pixels and makes its thumbnail, SPEC 8); then
    attached to `new_msg`s of ATTACH_PER_MSG, and downloaded by R, PHOTO_CONCURRENCY at a time.
 
-Then R acknowledges every message: each attachment must be gone (404), nothing left stored.
+Then R acknowledges every message at once; the time until the last receipt reaches S (pushed
+once the acknowledgement that deletes the message and its attachments is committed). Each
+attachment must be gone (404), nothing left stored.
 
 The photo is made with Pillow once, before the server starts; the photos differ from it only by a
 JPEG comment (COM segment) holding their number, so that no two uploads are the same bytes (the
@@ -53,6 +55,9 @@ ATTACH_PER_MSG: Final = 10  # = the default limits.max_attachments
 PHOTO_MAKE: Final = "BenchCam"  # the photos' EXIF camera make: must not be served back
 WARMUP_BYTES: Final = MIB
 HTTP_TIMEOUT: Final = 300.0  # seconds for one upload or download
+# seconds for the acknowledgements of every message to be committed (their receipts pushed): the
+# deletion overwrites every byte of the attachments (secure_delete), hundreds of MiB
+ACK_TIMEOUT: Final = 120.0
 NOT_AN_IMAGE: Final = b"\x00bench data "  # first bytes no file type starts with
 
 
@@ -116,8 +121,10 @@ class AttachmentsRun:
     acked: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     pushed: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     pushes: dict[str, int] = field(default_factory=dict)
+    receipts: dict[str, int] = field(default_factory=dict)  # R's receipts pushed to S, by ts
+    all_receipts: asyncio.Event = field(default_factory=asyncio.Event)
     last_pushed: int = -1
-    incomplete: int = 0  # uploads not 201, messages without msg_sent
+    incomplete: int = 0  # uploads not 201, messages without msg_sent (without receipt: at the end)
     failed_downloads: int = 0  # downloads not 200
     out_of_order: int = 0
     failures: list[str] = field(default_factory=list)
@@ -153,6 +160,18 @@ class AttachmentsRun:
         self.last_pushed = max(self.last_pushed, index)
         if not self.pushed[ts].done():
             self.pushed[ts].set_result(None)
+
+    def on_receipt(self, f: dict[str, Any]) -> None:
+        """R's receipt pushed to S: sent after the commit of R's acknowledgement, which deleted
+        the message with its attachments (SPEC 8)."""
+        ts = f.get("message")
+        if (not isinstance(ts, str) or ts not in self.sent or f.get("msg_from") != self.r
+                or f.get("msg_to") != self.s):
+            self.tally.corrupted += 1
+            return
+        self.receipts[ts] = self.receipts.get(ts, 0) + 1
+        if all(self.receipts.get(t) for t in self.order if self.pushes.get(t)):
+            self.all_receipts.set()
 
     async def send(self, uploads: list[dict[str, Any]]) -> bool:
         """S sends a `new_msg` to R carrying `uploads` (their ids) and waits for its `msg_sent`
@@ -226,8 +245,9 @@ async def case_attachments(lab: Lab, name: str, args: argparse.Namespace) -> dic
         await client.register([run.s, run.r])
         run.s_send = await client.connect(run.s, f"/ws/chat/personal/{run.s}/{run.r}/", t,
                                           {"msg_sent": run.on_msg_sent})
-        # S's receipts (R acknowledges everything at the end) land here, counted as other frames
-        await client.connect(run.s, f"/ws/chat/special/{run.s}/", t)
+        # R's receipts, pushed once R's acknowledgement (and with it the deletion) is committed
+        await client.connect(run.s, f"/ws/chat/special/{run.s}/", t,
+                             {"msg_received": run.on_receipt})
         r_recv = await client.connect(run.r, f"/ws/chat/special/{run.r}/", t,
                                       {"new_msg": run.on_push})
         run.r_send = await client.connect(run.r, f"/ws/chat/personal/{run.r}/{run.s}/", t)
@@ -240,6 +260,13 @@ async def case_attachments(lab: Lab, name: str, args: argparse.Namespace) -> dic
             if await run.send([answer]):
                 got = await run.download(answer["id"])
                 run.check_same(got, len(warmup), hashlib.sha256(warmup).hexdigest(), "warm-up")
+                assert run.r_send is not None
+                await run.r_send.send(frame("msg_received", run.r, run.s, run.order[-1],
+                                            run.r_clock.next()))
+                try:
+                    await asyncio.wait_for(run.all_receipts.wait(), ACK_TIMEOUT)
+                except TimeoutError:
+                    run.fail("no receipt for the warm-up's message")
         await asyncio.sleep(0.5)  # let what the warm-up freed settle
 
         # 1. the big file: upload
@@ -341,15 +368,30 @@ async def case_attachments(lab: Lab, name: str, args: argparse.Namespace) -> dic
 
         # R acknowledges every message: each attachment goes with its message (SPEC 8)
         assert run.r_send is not None
-        for ts in run.order:
+        run.all_receipts.clear()
+        waiting = [ts for ts in run.order if run.pushes.get(ts) and not run.receipts.get(ts)]
+        meter = Meter(stage.pid, engines)
+        meter.start()
+        t0 = time.perf_counter()
+        for ts in waiting:
             await run.r_send.send(frame("msg_received", run.r, run.s, ts, run.r_clock.next()))
+        try:
+            if waiting:
+                await asyncio.wait_for(run.all_receipts.wait(), ACK_TIMEOUT)
+        except TimeoutError:
+            run.fail(f"not every receipt within {ACK_TIMEOUT:g} s of the acknowledgements")
+        result["acks"] = {"messages": len(waiting), "seconds": time.perf_counter() - t0,
+                          "bytes": sum(u["size"] for ts in waiting for u in run.sent[ts]),
+                          "measured": meter.stop()}
         left = await leftover([(run.r, r_recv)], ("fetch_msgs",), args.drain_timeout, t)
         still = await still_served(run, ids, args.drain_timeout)
         await client.close_sockets()
 
+    unreceipted = sum(1 for ts in run.order if run.pushes.get(ts) and not run.receipts.get(ts))
     result["checks"] = t.checks(
-        incomplete=run.incomplete, lost=run.failed_downloads + run.unpushed(),
-        duplicate_pushes=sum(n - 1 for n in run.pushes.values()), out_of_order=run.out_of_order,
+        incomplete=run.incomplete + unreceipted, lost=run.failed_downloads + run.unpushed(),
+        duplicate_pushes=sum(n - 1 for n in (*run.pushes.values(), *run.receipts.values())),
+        out_of_order=run.out_of_order,
         leftover_stored=left + still)
     result["failures"] = run.failures
     result["attachments_still_served"] = still
