@@ -221,6 +221,9 @@ async def test_personal_uploader_and_recipient_only_and_the_message_carries_it(e
     client_a, client_b, client_c = await env.login(a), await env.login(b), await env.login(c)
     anonymous = await env.anonymous()
     inbox_b = await open_receive(client_b, b, probe="fetch_msgs")
+    to_b, to_c = await open_personal(client_a, a, b), await open_personal(client_a, a, c)
+    first = await send_personal(to_b, a, b, [], "before the photo")  # b has a message from a
+    assert (await recv(inbox_b))["message"] == first["message"]
     data, _ = needle_file(3000)
     att = await uploaded(client_a, data, "notes.bin")
     assert (att["name"], att["content_type"], att["size"], att["thumbnail"]) == (
@@ -231,11 +234,12 @@ async def test_personal_uploader_and_recipient_only_and_the_message_carries_it(e
     for who in (client_b, client_c, anonymous):
         await assert_hidden(who, att["id"])
 
-    sent = await send_personal(await open_personal(client_a, a, b), a, b, [att["id"]])
+    sent = await send_personal(to_b, a, b, [att["id"]])
     pushed = await recv(inbox_b)
     assert pushed == {**sent, "attachments": [att]}, pushed  # message "" allowed with attachments
     await assert_bytes(client_b, att["id"], data)
     await assert_bytes(client_a, att["id"], data)
+    await send_personal(to_c, a, c, [], "a message of a's to c, without it")
     for who in (client_c, anonymous):
         await assert_hidden(who, att["id"])
     for bad in ("short", "x" * 65, "a" * 21 + "!", "%2e%2e%2f" + "a" * 22):
@@ -245,7 +249,8 @@ async def test_personal_uploader_and_recipient_only_and_the_message_carries_it(e
     # fetched by a device that connects later, with the same metadata
     phone_b = await env.login(b)  # a second device of b
     fetched = await fetch_all(await phone_b.ws_connect(f"/ws/chat/special/{b}/"), b)
-    [[message]] = fetched
+    [[earlier, message]] = fetched
+    assert "attachments" not in earlier, earlier  # a message without: the frame as before SPEC 8
     assert message["attachments"] == [att] and message["message"] == "", message
 
 

@@ -2,6 +2,7 @@
 PostgreSQL store and one Redis hub. A photo uploaded through one process is pushed, with its
 metadata, to the recipient connected to the other, and downloaded there (file, thumbnail and a
 range across a chunk boundary); once the recipient acknowledges it, neither process serves it.
+Uploads of one user through both processes at once store at most what fits in the quota.
 
 Skipped without CHAT_TEST_POSTGRES_URL and CHAT_TEST_REDIS_URL. Every wait has a timeout; both
 processes are killed at the end.
@@ -9,11 +10,13 @@ processes are killed at the end.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 from PIL import Image
 
@@ -83,3 +86,29 @@ async def test_uploaded_through_one_process_downloaded_through_the_other(tmp_pat
         for session, server in ((alice, one), (alice, other), (bob, one), (bob, other)):
             for upload in uploads:
                 assert (await get(session, server, download_path(upload["id"])))[0] == 404
+
+
+QUOTA = 100_000
+UPLOADS = 16  # of 30,000 bytes each, half through each process, all at once: 3 fit
+
+
+async def test_uploads_through_both_processes_at_once_store_at_most_the_quota(tmp_path: Path) -> None:
+    """Each process commits its own uploads one after the other; the two processes' reservations
+    race in PostgreSQL, where the owner's row lock makes them check the quota in turn."""
+    async with two_servers(tmp_path, {"limits": {"attachment_quota_bytes": QUOTA}}) as (one, other, url), \
+            client() as alice:
+        a = new_phone()
+        await register(alice, one, a)
+        bodies = [needle_file(30_000, str(n))[0] for n in range(UPLOADS)]
+
+        async def post(n: int) -> int:
+            server = (one, other)[n % 2]
+            async with alice.post(server.url(UPLOAD), data=form(bodies[n])) as resp:
+                return resp.status
+        statuses = sorted(await asyncio.gather(*(post(n) for n in range(UPLOADS))))
+        assert statuses == [201] * 3 + [413] * (UPLOADS - 3), statuses
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT sum(size) FROM attachments") == 90_000
+        finally:
+            await conn.close()
