@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench.py [--quick] [--cases full,normal,devices,group,fanout,idle]
                                     [--pairs 50 --messages 200 --window 10]
                                     [--idle 5000] [--group 100] [--json out.json]
+    .venv/bin/python bench/bench.py --cases attachments [--attachment-mib 25] [--photos 100]
 
 The entry point: the command line, the plan of runs, the exit status. The cases, what they measure
 and how, and the modules beside this one: bench/README.md.
@@ -34,6 +35,7 @@ sys.path.append(str(REPO / "tests"))
 
 from chatserver import config as chat_config  # noqa: E402
 
+from attachments import case_attachments  # noqa: E402
 from deployment import Deployment  # noqa: E402
 from devices import case_devices  # noqa: E402
 from group import case_group  # noqa: E402
@@ -44,8 +46,10 @@ from report import machine_info, merge, problems, report  # noqa: E402
 from stage import Lab  # noqa: E402
 
 Case = Callable[[str], Awaitable[dict[str, Any]]]
-# Every case, in the order of the default run (bench/README.md "Cases").
+# The cases of the default run, in its order (bench/README.md "Cases").
 CASES = ("full", "normal", "devices", "group", "fanout", "idle")
+# Cases run only when named in --cases (each takes a minute or more).
+EXTRA_CASES = ("attachments",)
 
 
 def raise_fd_limit() -> int:
@@ -99,6 +103,8 @@ def plan(lab: Lab, args: argparse.Namespace) -> list[tuple[str, str, Case]]:
                  for i in range(1, args.repeat + 1)]
     if "idle" in args.cases and args.idle > 0:
         runs.append(("idle", "idle", lambda n: case_idle(lab, n, args)))
+    if "attachments" in args.cases:
+        runs.append(("attachments", "attachments", lambda n: case_attachments(lab, n, args)))
     return runs
 
 
@@ -162,7 +168,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cases", default=",".join(CASES),
                    help=f"which cases to run, comma-separated (default {','.join(CASES)}: "
                         "personal with synchronous=FULL, the same with NORMAL, personal FULL with "
-                        "two devices per user, group with acknowledgements, group send-only, idle)")
+                        "two devices per user, group with acknowledgements, group send-only, idle; "
+                        "also: attachments, a 25 MiB file and 100 photos uploaded and downloaded, "
+                        "~1 min)")
+    p.add_argument("--attachment-mib", type=float,
+                   help="attachments: the size of the big file in MiB (default 25, the default "
+                        "limits.max_attachment_bytes)")
+    p.add_argument("--photos", type=int,
+                   help="attachments: photos of ~3 MiB uploaded and downloaded (default 100, "
+                        "--quick 10; 0: none)")
     p.add_argument("--repeat", type=int,
                    help="runs of the personal, devices and group cases, each on a fresh server; figures are "
                         "medians (default 3, --quick 1)")
@@ -185,9 +199,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "deleting them")
     args = p.parse_args(argv)
     quick = {"pairs": 10, "messages": 50, "window": 10, "idle": 300, "group": 20,
-             "group_messages": 30, "repeat": 1}
+             "group_messages": 30, "repeat": 1, "attachment_mib": 25.0, "photos": 10}
     full = {"pairs": 50, "messages": 200, "window": 10, "idle": 5000, "group": 100,
-            "group_messages": 200, "repeat": 3}
+            "group_messages": 200, "repeat": 3, "attachment_mib": 25.0, "photos": 100}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -195,8 +209,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.idle_users = min(args.idle, 1000)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.cases = {c.strip() for c in args.cases.split(",") if c.strip()}
-    if not args.cases or args.cases - set(CASES):
-        p.error(f"--cases takes some of {','.join(CASES)}")
+    if not args.cases or args.cases - set(CASES + EXTRA_CASES):
+        p.error(f"--cases takes some of {','.join(CASES + EXTRA_CASES)}")
+    if args.photos < 0 or not 0 < args.attachment_mib:
+        p.error("--photos must be at least 0 and --attachment-mib more than 0")
     for key in ("pairs", "messages", "window", "group_messages", "repeat"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1")

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
@@ -17,6 +18,9 @@ import orjson
 from chatserver.protocol import fetch_timestamp, now_micros
 
 PASSWORD = "bench-password"
+UPLOAD = "/chat/special/attachment"  # SPEC 8
+DOWNLOAD = "/chat/attachment/"  # + the attachment's id
+READ_BYTES = 256 * 1024  # what a download hands to the hash at once
 COOKIE = "chat_session"
 # What every case counts, in the report's order; every one must be 0 (`server_errors` is added
 # from the server's log by bench.run_case).
@@ -42,10 +46,14 @@ class Clock:
         return f"{t[:10]} {t[11:-1]}"  # YYYY-MM-DD HH:MM:SS.ffffff
 
 
-def frame(command: str, msg_from: str, msg_to: str, message: str, sent_timestamp: str) -> str:
-    """A client frame (SPEC 4) as JSON text."""
-    return orjson.dumps({"message": message, "command": command, "msg_from": msg_from,
-                         "msg_to": msg_to, "sent_timestamp": sent_timestamp}).decode()
+def frame(command: str, msg_from: str, msg_to: str, message: str, sent_timestamp: str,
+          attachments: list[str] | None = None) -> str:
+    """A client frame (SPEC 4) as JSON text; with `attachments` (ids, SPEC 8) when given."""
+    f: dict[str, Any] = {"message": message, "command": command, "msg_from": msg_from,
+                         "msg_to": msg_to, "sent_timestamp": sent_timestamp}
+    if attachments is not None:
+        f["attachments"] = attachments
+    return orjson.dumps(f).decode()
 
 
 def text_of(i: int, msg_from: str, msg_to: str) -> str:
@@ -100,6 +108,20 @@ class Tally:
             "closed_unexpectedly": self.closed_unexpectedly,
             "corrupted": self.corrupted,
         }
+
+
+@dataclass(slots=True)
+class Downloaded:
+    """What a download got: HTTP status, bytes of body, their SHA-256 (hex), the first
+    HEAD_BYTES of them, and the Content-Type."""
+
+    HEAD_BYTES: ClassVar[int] = 65536
+
+    status: int
+    size: int
+    sha256: str
+    head: bytes
+    content_type: str
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -241,6 +263,45 @@ class Client:
             if resp.status not in (200, 201):
                 raise RuntimeError(f"POST {path}: HTTP {resp.status} {await resp.text()}")
             return await resp.json()
+
+    async def upload(self, phone: str, data: bytes, filename: str, content_type: str,
+                     timeout: float) -> tuple[int, Any]:
+        """POST `data` as the one part `file` of a multipart/form-data body to the attachment
+        upload (SPEC 8) as `phone`: (HTTP status, the JSON answer when 201 else the text's
+        first 200 characters). A transport failure or `timeout` seconds raise."""
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename=filename, content_type=content_type)
+        async with self.session.post(f"{self.base}{UPLOAD}", data=form, headers=self.headers(phone),
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            body = await resp.read()
+            if resp.status == 201:
+                return resp.status, orjson.loads(body)
+            return resp.status, body[:200].decode(errors="replace")
+
+    async def download(self, phone: str, attachment_id: str, timeout: float) -> Downloaded:
+        """GET an attachment (SPEC 8) as `phone`, read a READ_BYTES piece at a time into a
+        SHA-256 (the body is never held whole). A transport failure or `timeout` seconds raise."""
+        digest = hashlib.sha256()
+        head = b""
+        size = 0
+        async with self.session.get(f"{self.base}{DOWNLOAD}{attachment_id}",
+                                    headers=self.headers(phone),
+                                    timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            async for piece in resp.content.iter_chunked(READ_BYTES):
+                if len(head) < Downloaded.HEAD_BYTES:
+                    head += piece[:Downloaded.HEAD_BYTES - len(head)]
+                digest.update(piece)
+                size += len(piece)
+            return Downloaded(resp.status, size, digest.hexdigest(), head,
+                              resp.headers.get("Content-Type", ""))
+
+    async def served(self, phone: str, attachment_id: str) -> int:
+        """The HTTP status of a HEAD of an attachment as `phone` (200 while it is stored and
+        `phone` may have it, 404 after, SPEC 8)."""
+        async with self.session.head(f"{self.base}{DOWNLOAD}{attachment_id}",
+                                     headers=self.headers(phone),
+                                     timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            return resp.status
 
     async def connect(self, phone: str, path: str, tally: Tally,
                       on: dict[str, Handler] | None = None, device: int = 1) -> Sock:

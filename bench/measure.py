@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -184,3 +185,71 @@ class Meter:
         if engines:
             self.result["total_cpu_s"] = server + sum(engines.values())
         return self.result
+
+
+class RssSampler:
+    """VmRSS of the server's process tree (the processes it has when the sampler starts), read
+    every `interval` seconds on a thread of its own, so that a busy event loop in the client
+    does not space the samples out. Used as a context manager around one phase:
+
+        with RssSampler(pid) as rss:
+            ...
+        rss.growth  # bytes: the highest sample minus the one taken on entering
+
+    Also kept: RssAnon and RssFile (proc(5)) at the highest sample, which tell memory the server
+    allocated from file pages it mapped."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pids = [p.pid for p in tree(pid, processes())]
+        self.interval = interval
+        self.samples = 0
+        self.baseline: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def sample(self) -> dict[str, int]:
+        """VmRSS, RssAnon and RssFile summed over the processes, in bytes (one that ended: 0)."""
+        out = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+        for pid in self.pids:
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    key, _, value = line.partition(":")
+                    if key in out:
+                        out[key] += int(value.split()[0]) * 1024
+        return out
+
+    def _take(self) -> None:
+        now = self.sample()
+        self.samples += 1
+        if now["VmRSS"] > self.peak.get("VmRSS", -1):
+            self.peak = now
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._take()
+
+    def __enter__(self) -> RssSampler:
+        self.baseline = self.sample()
+        self.peak = self.baseline
+        self.samples = 1
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._take()  # the phase's last state, whatever the thread's timing
+
+    @property
+    def growth(self) -> int:
+        """Bytes: the highest VmRSS seen during the phase minus VmRSS on entering it."""
+        return self.peak["VmRSS"] - self.baseline["VmRSS"]
+
+    def figures(self) -> dict[str, int]:
+        """`growth`, `baseline`, `peak` (VmRSS), `peak_anon`, `peak_file`, `baseline_anon`,
+        `baseline_file` in bytes, and `samples`."""
+        return {"growth": self.growth, "baseline": self.baseline["VmRSS"],
+                "peak": self.peak["VmRSS"], "baseline_anon": self.baseline["RssAnon"],
+                "peak_anon": self.peak["RssAnon"], "baseline_file": self.baseline["RssFile"],
+                "peak_file": self.peak["RssFile"], "samples": self.samples}

@@ -202,6 +202,9 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         rows.append((case, "server RSS before / after / peak",
                      f"{dev['server_rss_before'] / MIB:.1f} / {dev['server_rss_after'] / MIB:.1f}"
                      f" / {dev['server_rss_peak'] / MIB:.1f}", "MiB"))
+    att = results.get("attachments")
+    if att:
+        rows.extend(attachment_rows(att))
     widths = [max(len(r[i]) for r in rows + [("case", "figure", "value", "unit")]) for i in range(4)]
     line = "  ".join(f"{{:<{w}}}" for w in widths[:2]) + f"  {{:>{widths[2]}}}  {{}}"
     out = [line.format("case", "figure", "value", "unit"),
@@ -213,7 +216,8 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                (f"personal NORMAL x{len(normal['runs'])}" if normal else "", normal),
                (f"two devices x{len(dev['runs'])}" if dev else "", dev),
                (f"group x{len(grp['runs'])}" if grp else "", grp),
-               (f"group send-only x{len(fan['runs'])}" if fan else "", fan), ("idle", idle)]
+               (f"group send-only x{len(fan['runs'])}" if fan else "", fan), ("idle", idle),
+               ("attachments", att)]
     names = [(n, r) for n, r in columns if r]
     head = ["check"] + [n for n, _ in names]
     body = [[c] + [fmt(r["checks"].get(c, 0)) for _, r in names] for c in CHECKS]
@@ -228,7 +232,96 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             out.append(f"  {n}: other frames received (not errors): {r['other_frames']}")
         for line_ in r.get("server_errors_logged", [])[:5]:
             out.append(f"  {n}: server log: {line_}")
+        for text in r.get("failures", [])[:10]:
+            out.append(f"  {n}: {text}")
     return "\n".join(out)
+
+
+# The attachment phases whose server RSS growth has a target (issue 14: streamed, not buffered).
+RSS_PHASES = (("upload", "the upload of the big file"),
+              ("downloads_at_once", "the concurrent downloads of the big file"))
+
+
+def rss_growth(phase: dict[str, Any], target: int | None) -> str:
+    """A phase's RSS growth in MiB, with "OVER" when past `target` bytes."""
+    growth = phase["rss"]["growth"]
+    text = f"{growth / MIB:.1f}"
+    if target is not None and growth >= target:
+        text += f" OVER {target / MIB:g}"
+    return text
+
+
+def attachment_rows(a: dict[str, Any]) -> list[Row]:
+    """Section 8: the attachments case (bench/attachments.py)."""
+    case = "8. attachments"
+    size = f"{a['file_bytes'] / MIB:g} MiB"
+    target = a["rss_target"]
+    rows: list[Row] = []
+    if "upload" in a:
+        up = a["upload"]
+        rows.append((case, f"upload of a {size} file (random bytes, stored as they are)",
+                     f"{fmt(up['mib_per_s'], 1)} ({fmt(up['seconds'], 2)} s)", "MiB/s"))
+        rows.append((case, "server CPU for that upload", fmt(up["measured"]["server_cpu_s"], 2),
+                     "CPU s"))
+        rows.extend(load_rows(case + ", upload", up["measured"]))
+    if "download" in a:
+        rows.append((case, "download of it by the recipient",
+                     f"{fmt(a['download']['mib_per_s'], 1)} ({fmt(a['download']['seconds'], 2)} s)",
+                     "MiB/s"))
+    if "downloads_at_once" in a:
+        d = a["downloads_at_once"]
+        rows.append((case, f"{a['downloads']} downloads of it at once: together; the first done "
+                     "after / all done after", f"{fmt(d['mib_per_s'], 1)}; "
+                     f"{fmt(d['first_done_s'], 2)} / {fmt(d['seconds'], 2)}", "MiB/s; s"))
+        rows.append((case, f"server CPU for the {a['downloads']} downloads",
+                     fmt(d["measured"]["server_cpu_s"], 2), "CPU s"))
+    for key, label in (("upload", "the upload"), ("download", "the single download"),
+                       ("downloads_at_once", f"the {a['downloads']} downloads at once")):
+        if key in a:
+            r = a[key]["rss"]
+            has_target = key in dict(RSS_PHASES)
+            rows.append((case, f"server RSS growth during {label}"
+                         + (f" (target < {target / MIB:g} MiB)" if has_target else "")
+                         + f"; from {r['baseline'] / MIB:.1f} MiB, {r['samples']} samples",
+                         rss_growth(a[key], target if has_target else None), "MiB"))
+    if "photo_upload" in a:
+        pu = a["photo_upload"]
+        w, h = a["photo_pixels"]
+        rows.append((case, f"{a['photos']} photos ({w} x {h} JPEG, {a['photo_bytes'] / MIB:.1f} "
+                     f"MiB) uploaded {a['photo_concurrency']} at a time",
+                     f"{fmt(pu['photos_per_s'], 2)}; {fmt(pu['mib_per_s'], 1)}", "photos/s; MiB/s"))
+        rows.append((case, "server CPU per photo (type, Pillow re-encoding without metadata, "
+                     "thumbnail, store)", fmt(pu["server_cpu_ms_per_photo"], 0), "CPU ms / photo"))
+        rows.extend(load_rows(case + ", photo uploads", pu["measured"]))
+        if pu["stored_bytes_mean"] is not None:
+            rows.append((case, "a photo as stored (re-encoded), mean",
+                         f"{pu['stored_bytes_mean'] / MIB:.2f}", "MiB"))
+        rows.append((case, "server RSS growth during the photo uploads (no target: Pillow "
+                     "holds decoded images)", rss_growth(pu, None), "MiB"))
+    if "photo_download" in a:
+        pd = a["photo_download"]
+        rows.append((case, f"photos downloaded by the recipient, {a['photo_concurrency']} at a time",
+                     f"{fmt(pd['photos_per_s'], 1)}; {fmt(pd['mib_per_s'], 1)}",
+                     "photos/s; MiB/s"))
+    if "acks" in a:
+        ack = a["acks"]
+        rows.append((case, f"the recipient acknowledges the {ack['messages']} messages at once "
+                     f"({ack['bytes'] / MIB:.0f} MiB of attachments deleted): last receipt after; "
+                     "server CPU", f"{fmt(ack['seconds'], 2)}; {fmt(ack['measured']['server_cpu_s'], 2)}",
+                     "s; CPU s"))
+        rows.extend(load_rows(case + ", deletion", ack["measured"]))
+    return rows
+
+
+def rss_notes(results: dict[str, dict[str, Any]]) -> list[str]:
+    """A line per attachment phase whose server RSS grew past its target."""
+    a = results.get("attachments")
+    if not a:
+        return []
+    return [f"note: the server's RSS grew by {a[key]['rss']['growth'] / MIB:.1f} MiB during "
+            f"{label}: over the target of {a['rss_target'] / MIB:g} MiB (streamed, not buffered)"
+            for key, label in RSS_PHASES
+            if key in a and a[key]["rss"]["growth"] >= a["rss_target"]]
 
 
 def machine_info() -> dict[str, Any]:
@@ -260,10 +353,17 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs: dict[str, list[
                    + ("; `synchronous` is SQLite's and does not apply to PostgreSQL."
                       if args.deployment.database_url else "."))
     out += ["", table(results, args)]
-    others = [r["measured"]["other_cores"] for rs in runs.values() for r in rs if "measured" in r]
+    # a case's measured phase, or each of its phases' (the attachments case has several)
+    phases = [m for rs in runs.values() for r in rs
+              for m in [r.get("measured")] + [v.get("measured") for v in r.values()
+                                              if isinstance(v, dict)] if m]
+    others = [m["other_cores"] for m in phases]
     if others and max(others) > 0.15:
         out += ["", f"note: other processes used up to {max(others):.2f} core(s) during a measured "
                 "phase: the machine was busy and the figures are pessimistic; re-run on a quiet one"]
+    notes = rss_notes(results)
+    if notes:
+        out += ["", *notes]
     out += [f"could not run: {f}" for f in failed]
     if problems(results):
         out += ["", "FAILED checks: " + "; ".join(problems(results))]

@@ -82,3 +82,30 @@ async def left_behind(schema: str, prefix: str) -> tuple[int, int]:
     finally:
         await client.aclose()
     return schemas, keys
+
+
+@pytest.mark.backends(backends.LOCAL, backends.POSTGRES)
+def test_bench_attachments_case_gets_back_what_it_sent(tmp_path: Path,
+                                                       backend: backends.Backend) -> None:
+    """`--cases attachments`, tiny (a 2 MiB file, 2 photos): every download is the bytes uploaded
+    (sha256), the photos come back re-encoded without EXIF, every attachment is gone after the
+    acknowledgements, and the RSS figures were sampled. PostgreSQL through `--database-url` (the
+    bench makes and drops a schema of its own)."""
+    out = tmp_path / "bench.json"
+    engine = ["--database-url", backends.POSTGRES_URL] if backend.name == backends.POSTGRES else []
+    proc = subprocess.run(
+        [sys.executable, "bench/bench.py", "--cases", "attachments", "--attachment-mib", "2",
+         "--photos", "2", "--drain-timeout", "10", *engine, "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "8. attachments" in proc.stdout, proc.stdout
+    [run] = json.loads(out.read_text())["results"]["attachments"]["runs"]
+    assert set(run["checks"].values()) == {0}, (run["checks"], run["failures"])
+    assert (run["file_bytes"], run["photos"]) == (2 * 2**20, 2)
+    # the big file's message and one message carrying both photos, all acknowledged and deleted
+    assert run["acks"]["messages"] == 2
+    assert run["acks"]["bytes"] == 2 * 2**20 + 2 * run["photo_upload"]["stored_bytes_mean"]
+    assert run["attachments_still_served"] == 0
+    for phase in ("upload", "download", "downloads_at_once", "photo_upload"):
+        assert run[phase]["rss"]["samples"] >= 2, (phase, run[phase]["rss"])
+    assert run["downloads_at_once"]["mib_per_s"] > 0
