@@ -73,8 +73,6 @@ async def attachments_to_send(conn: Conn, frame: Frame) -> list[dict[str, Any]] 
     completely uploaded and attached to no message; None when one is not (a retry of a stored
     message names attachments its first sending claimed: the store, which knows the retry,
     decides and refuses a new message with AttachmentRefused)."""
-    if not frame.attachments:
-        return []
     found = await conn.store.attachments_to_send(frame.attachments, conn.user)
     return None if found is None else [a.wire() for a in found]
 
@@ -113,7 +111,7 @@ async def new_msg(conn: Conn, frame: Frame) -> None:
     check_message(conn, frame.message, frame.attachments)
     refuse_if_blocked(conn, frame.msg_to)
     await conn.take_message_token()
-    attachments = await attachments_to_send(conn, frame)
+    attachments = (await attachments_to_send(conn, frame) if frame.attachments else [])
 
     def committed(stored: Stored | None) -> None:
         if stored is not None:  # None: a retry of a message still stored, pushed the first time
@@ -190,7 +188,7 @@ async def new_grp_msg(conn: Conn, frame: Frame) -> None:
     as a copy, to the sender's other devices (SPEC 7.2: `msg_to` is the sender)."""
     check_message(conn, frame.message, frame.attachments)
     await conn.take_message_token()
-    attachments = await attachments_to_send(conn, frame)
+    attachments = (await attachments_to_send(conn, frame) if frame.attachments else [])
 
     def committed(stored: Stored | None) -> None:
         if stored is not None:  # None: a retry of a message still stored, pushed the first time
@@ -268,7 +266,7 @@ async def room_msg(conn: Conn, frame: Frame) -> None:
     data = encode(_with_attachments(
         {"message": frame.message, "command": "room_msg", "msg_from": frame.msg_from,
          "msg_to": frame.msg_to, "sent_timestamp": frame.sent_timestamp},
-        await attachments_to_send(conn, frame)))
+        (await attachments_to_send(conn, frame) if frame.attachments else [])))
 
     def committed(seq: int | None) -> None:
         if seq is not None:

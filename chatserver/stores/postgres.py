@@ -40,6 +40,7 @@ from .queries import (
     claims,
     expired,
     mailbox_full,
+    take_once,
 )
 
 log = logging.getLogger(__name__)
@@ -227,17 +228,6 @@ _UNDELIVER_PERSONAL: Final = """
     WHERE d.sid_hash = j.sid_hash AND d.message_id = j.message_id"""
 
 
-def _claim(candidates: Sequence[int | None], device: str, claimed: set[tuple[str, int]]) -> int | None:
-    """The first of `candidates` (message ids, None: none) this device has not acknowledged yet in
-    this batch, taken; None when every one has been: the same identity acknowledged twice in a
-    batch is the peer's message the first time and the device's copy the second (SPEC 7.2)."""
-    for message_id in candidates:
-        if message_id is not None and (device, message_id) not in claimed:
-            claimed.add((device, message_id))
-            return message_id
-    return None
-
-
 async def _ack_personal_many(db: PgConnection, rows: list[Any]) -> list[Ack]:
     """Acknowledgements [msg_from, msg_to, sent_us, received_at, device] (SPEC 7.1, 7.2); for
     each, Ack.FIRST when msg_to's first device acknowledged msg_from's message (its dialogue then
@@ -420,7 +410,7 @@ async def _ack_group_many(db: PgConnection, rows: list[Any]) -> list[Ack]:
     found = {r[0] - 1: r[1] for r in await db.fetch(
         _GROUP_WAITING, *_columns(rows, 3), [row[4] for row in rows])}
     claimed: set[tuple[str, int]] = set()
-    ids = [_claim((found.get(k),), row[4], claimed) for k, row in enumerate(rows)]
+    ids = [take_once((found.get(k),), row[4], claimed) for k, row in enumerate(rows)]
     acked = [(row, i) for row, i in zip(rows, ids, strict=True) if i is not None]
     removed: set[tuple[Any, ...]] = set()
     if acked:

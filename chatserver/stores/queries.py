@@ -293,6 +293,19 @@ def identity_counts(rows: Sequence[Sequence[Any]]) -> list[int]:
     return [counts[key] for key in keys]
 
 
+def take_once(candidates: Iterable[int | None], device: str,
+              claimed: set[tuple[str, int]]) -> int | None:
+    """The first of `candidates` (message ids, None: none) that `device` has not acknowledged yet
+    in this batch (`claimed`, updated), or None: the same message acknowledged twice by one device
+    in a batch counts once, and the same identity twice is the peer's message the first time and
+    the device's copy the second (SPEC 7.2)."""
+    for message_id in candidates:
+        if message_id is not None and (device, message_id) not in claimed:
+            claimed.add((device, message_id))
+            return message_id
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class PersonalWaiting:
     """A personal message waiting for the device that acknowledges it (SPEC 7.1): its id,
@@ -333,12 +346,8 @@ class AckPlan:
         self.undeliver: list[tuple[str, int]] = []
 
     def _take(self, k: int, found: PersonalWaiting | None) -> PersonalWaiting | None:
-        if found is None:
+        if found is None or take_once((found.id,), self._rows[k][4], self._claimed) is None:
             return None
-        key = (self._rows[k][4], found.id)
-        if key in self._claimed:
-            return None
-        self._claimed.add(key)
         return found
 
     def add_copies(self, copies: Mapping[int, PersonalWaiting]) -> None:

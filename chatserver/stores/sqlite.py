@@ -41,6 +41,7 @@ from .queries import (
     claims,
     expired,
     mailbox_full,
+    take_once,
 )
 from .queries import (
     identity_counts as _identity_counts,
@@ -412,16 +413,6 @@ _UNDELIVER_GROUP: Final = """
         (SELECT value->>0, value->>1 FROM json_each(?1))"""
 
 
-def _claim(candidates: Sequence[int | None], device: str, claimed: set[tuple[str, int]]) -> int | None:
-    """The first of `candidates` (message ids, None: none) this device has not acknowledged yet in
-    this batch, taken; None when every one has been (the same message twice in one batch)."""
-    for message_id in candidates:
-        if message_id is not None and (device, message_id) not in claimed:
-            claimed.add((device, message_id))
-            return message_id
-    return None
-
-
 async def _ack_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[Ack]:
     """Acknowledgements [grp, msg_from, sent_us, phone, device] (SPEC 7.1): for each, Ack.FIRST
     when it took `phone` off the pending list, Ack.LATER for a later device of `phone` or a copy,
@@ -429,7 +420,7 @@ async def _ack_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[Ack
     found: dict[int, int] = {r[0]: r[1] for r in await db.execute_fetchall(
         _GROUP_WAITING, (_rows_json(rows),))}
     claimed: set[tuple[str, int]] = set()
-    ids = [_claim((found.get(k),), row[4], claimed) for k, row in enumerate(rows)]
+    ids = [take_once((found.get(k),), row[4], claimed) for k, row in enumerate(rows)]
     wanted = [[row[3], i] for row, i in zip(rows, ids, strict=True) if i is not None]
     removed: set[tuple[Any, ...]] = set()
     if wanted:
