@@ -521,24 +521,9 @@ class PushSender:
         for job in jobs:
             for pair in job.pairs():
                 latest[pair] = job
-        # `push_targets` answers subscriptions, not the pair each is for: ask it in rounds in
-        # which each phone is wanted once (one round unless a phone has several conversations).
-        rounds: list[list[tuple[str, str]]] = []
-        seen: dict[str, int] = {}
-        for phone, conversation in latest:
-            n = seen.get(phone, 0)
-            seen[phone] = n + 1
-            if n == len(rounds):
-                rounds.append([])
-            rounds[n].append((phone, conversation))
-        now_us = now_micros()
-        candidates: list[tuple[PushSubscription, str]] = []
-        for pairs in rounds:
-            conversation_of = dict(pairs)
-            for subscription in await store.push_targets(pairs, now_us):
-                wanted_in = conversation_of.get(subscription.phone)
-                if wanted_in is not None:
-                    candidates.append((subscription, wanted_in))
+        # One query for the batch; each subscription comes with the conversation it answers.
+        candidates = [(subscription, subscription.conversation) for subscription
+                      in await store.push_targets(list(latest), now_micros())]
         if not candidates:
             return []
         # Asked together: with the Redis hub, one presence round trip answers them all.

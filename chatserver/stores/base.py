@@ -326,19 +326,6 @@ class Stats:
     database_bytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class PushSubscription:
-    """A device's Web Push subscription (SPEC 9): `device` is its session hash (SPEC 7), `phone`
-    its user; `endpoint` the push service's URL (a capability: never logged), `p256dh` and
-    `auth` base64url, as the browser gave them."""
-
-    device: str
-    phone: str
-    endpoint: str
-    p256dh: str
-    auth: str
-
-
 # -- the interface ------------------------------------------------------------------------------
 
 
@@ -868,48 +855,4 @@ class Store(Protocol):
 
     async def blocked_by(self, blocker: str) -> list[str]:
         """The phones `blocker` has blocked, sorted."""
-        ...
-
-    # -- Web Push (SPEC 9) ----------------------------------------------------------------------
-    # Added on branch wt-sender for mypy, with the shapes of PUSH-API.md; the store branch
-    # (wt-store) implements them in both engines, and its text of these wins on merge.
-
-    async def set_push_subscription(self, sid_hash: str, endpoint: str, p256dh: str,
-                                     auth: str) -> bool:
-        """Set the device's one subscription (replacing its earlier one); False when the session
-        no longer exists."""
-        ...
-
-    async def delete_push_subscription(self, sid_hash: str) -> bool:
-        """Delete the device's subscription; True when there was one."""
-        ...
-
-    async def push_subscription(self, sid_hash: str) -> PushSubscription | None:
-        """The device's subscription, or None."""
-        ...
-
-    async def drop_push_subscription(self, sid_hash: str, endpoint: str) -> bool:
-        """Delete the device's subscription only while it still has `endpoint` (a 404 or 410 from
-        the push service; the device may have replaced it meanwhile); True when deleted."""
-        ...
-
-    async def push_targets(self, wanted: Sequence[tuple[str, str]],
-                           now_us: int) -> list[PushSubscription]:
-        """The subscriptions of the live devices of the phones in `wanted` ((phone, conversation)
-        pairs), but those of a phone that has muted that conversation until after `now_us`."""
-        ...
-
-    async def set_mute(self, phone: str, conversation: str, until_us: int | None) -> None:
-        """Mute `conversation` for `phone` until `until_us` (None: unmute). Raises ValueError for
-        a new conversation past the user's 200 mutes."""
-        ...
-
-    async def mutes(self, phone: str, now_us: int) -> list[tuple[str, int]]:
-        """(conversation, until_us) of `phone`'s mutes still in force at `now_us`, by
-        conversation."""
-        ...
-
-    async def waiting_count(self, device: str, phone: str, conversation: str) -> int:
-        """Messages still waiting for `device` of `phone` in `conversation` ("personal:SENDER" or
-        "group:KEY"; 0 for another kind)."""
         ...
