@@ -60,7 +60,7 @@ class _Receiving:
             # The device's first receive socket here: other processes' push senders must see it
             # online (SPEC 9: no Web Push to a device with an open receive socket). Made at the
             # call; how many others claim it does not matter here.
-            hub._presence.claim(_device_key(phone, device))
+            hub._unawaited(hub._presence.claim(_device_key(phone, device)))
         # Registered at once: the socket is open, and a publication heard right after the
         # subscription is confirmed must find it.
         receivers.setdefault(phone, set()).add(self._outbox)
@@ -91,6 +91,10 @@ class _Receiving:
             if hub._publishing and device is not None and not hub._has_device(phone, device):
                 hub._presence.release(_device_key(phone, device))  # its last receive socket here
         hub._broker.unsubscribe_user(phone)
+
+
+async def _awaited(answer: Awaitable[Any]) -> None:
+    await answer
 
 
 def _device_key(phone: str, device: str) -> str:
@@ -405,6 +409,12 @@ class Hub:
     def socket_count(self) -> int:
         """The sockets of login sessions open in this process (SPEC 10 `GET /chat/admin/stats`)."""
         return sum(len(sockets) for sockets in self._sessions.values())
+
+    def _unawaited(self, answer: Awaitable[Any]) -> None:
+        """A presence call whose answer is not needed: a coroutine is run in the background
+        (never awaited, it would never run); a future is left to resolve on its own."""
+        if isinstance(answer, Coroutine):
+            self.spawn(_awaited(answer))
 
     def _has_device(self, phone: str, device: str) -> bool:
         """True while device `device` of `phone` has a receive socket in this process (a scan of
