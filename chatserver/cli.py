@@ -26,6 +26,7 @@ from .auth import hash_password, load_password_key, load_secret
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
 from .protocol import now_micros, server_timestamp
+from .push import load_vapid, vapid_private_key
 from .stores import backup, open_store
 from .stores.base import BackupUnsupported, CorruptDatabase, LastAdmin, SchemaTooNew, Store, StoreError
 from .supervisor import supervise
@@ -135,12 +136,15 @@ def _serve(config: Config, workers: int = 1) -> int:
     if workers == 1:
         return _serve_one(config, reuse_port=False)
     try:
-        # Read (or create) the cookie secret and the password key once, before any worker starts:
-        # they must share them.
+        # Read (or create) the cookie secret, the password key and the VAPID key once, before any
+        # worker starts: they must share them (and two workers must not race to create a file).
         config = dataclasses.replace(config, security=dataclasses.replace(
             config.security,
             cookie_secret=load_secret(config.security.cookie_secret, config.database.path),
             password_key=load_password_key(config.security.password_key, config.database.path)))
+        if config.push.enabled:  # every worker must sign pushes with the key browsers know
+            config = dataclasses.replace(config, push=dataclasses.replace(
+                config.push, vapid_private_key=vapid_private_key(load_vapid(config))))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

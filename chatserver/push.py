@@ -143,6 +143,12 @@ def load_vapid(config: Config) -> Vapid:
     return vapid
 
 
+def vapid_private_key(vapid: Vapid) -> str:
+    """The `push.vapid_private_key` form of `vapid`'s key (base64url of the raw 32 bytes): what
+    `serve --workers N` hands every worker, so that they all sign with one key."""
+    return _raw_private_key(vapid.private_key)
+
+
 def public_key(vapid: Vapid) -> str:
     """base64url of the 65-byte uncompressed public point: what a browser's
     `pushManager.subscribe({applicationServerKey})` takes (GET /chat/push/key)."""
