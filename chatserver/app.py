@@ -27,6 +27,7 @@ from .keys import (
     throttle_key,
 )
 from .middlewares import guard, response_headers
+from .remote import TrustedProxies, trusted_proxies_key
 from .retention import expire_forever
 from .routes import setup_routes
 from .sessions import session_watch_ctx
@@ -97,6 +98,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[guard])
     app[config_key] = config
     app[allowed_hosts_key] = AllowedHosts.from_config(config)
+    app[trusted_proxies_key] = TrustedProxies.from_config(config)
     app[hub_key] = make_hub(config)
     app[throttle_key] = Throttle(config.limits, config.hub.url, config.hub.prefix)
     app[password_pool_key] = PasswordPool(config.limits.password_workers,
