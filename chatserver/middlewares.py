@@ -5,6 +5,8 @@ The cross-origin check follows Go's `net/http.CrossOriginProtection` (Go 1.25), 
 header, an `Origin` that is present must equal this server's own origin (scheme://host[:port] of
 the request) or a configured allowed origin; a request with neither header (a non-browser client)
 passes. WebSocket handshakes use the same rule (SPEC 5: cross-site WebSocket hijacking).
+The scheme is the one the client used: behind a proxy in `server.trusted_proxies` that ends TLS,
+the one it forwards (remote.client_scheme, SPEC 11).
 """
 
 from __future__ import annotations
