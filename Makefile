@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The browser tests drive Debian's Chromium (never a browser that Playwright downloads).
 CHROMIUM ?= /usr/bin/chromium
+# tests/system/test_nginx.py runs Debian's nginx in front of the server (never as a system service).
+NGINX ?= /usr/sbin/nginx
 
-.PHONY: run test lint clean browser
+.PHONY: run test lint clean browser nginx
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +27,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: $(VENV)/.installed browser
+test: $(VENV)/.installed browser nginx
 	$(PY) -m pytest
 
 # Chromium for tests/browser: installed with apt-get when missing and we are root; otherwise the
@@ -39,6 +41,20 @@ browser:
 	  || echo "WARNING: apt-get could not install chromium: the browser tests will be skipped" >&2; \
 	else \
 	  echo "WARNING: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get): the browser tests will be skipped" >&2; \
+	fi
+
+# nginx for tests/system/test_nginx.py, the same way: installed with apt-get when missing and we are
+# root; otherwise those tests are skipped, with a warning (an error under CI). Installing the
+# package may start Debian's nginx service: it is stopped and disabled, the tests start their own.
+nginx:
+	@if [ -x "$(NGINX)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing nginx for the reverse-proxy tests (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) \
+	  || echo "WARNING: apt-get could not install nginx: the nginx tests will be skipped" >&2; \
+	  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi; \
+	else \
+	  echo "WARNING: $(NGINX) is missing and cannot be installed here (needs root and apt-get): the nginx tests will be skipped" >&2; \
 	fi
 
 clean:

@@ -21,6 +21,7 @@ from .auth import check_password, hash_password
 from .forms import FormError, clean_password
 from .keys import config_key, hub_key, password_hmac_key, password_pool_key, store_key, throttle_key
 from .pages import _auth_event
+from .remote import client_address
 from .stores.base import LastAdmin
 from .throttle import PasswordAttempt, PoolFull
 
@@ -60,7 +61,7 @@ async def _check_own_password(request: web.Request, me: str, password: object,
     (refund it when the action is done). 429 past the limits, 503 when the pool is full, 403 for
     a wrong password (the attempt stays counted)."""
     throttle = request.app[throttle_key]
-    attempt = await throttle.begin_attempt(request.remote or "", me)
+    attempt = await throttle.begin_attempt(client_address(request), me)
     if attempt is None:
         _auth_event(logging.WARNING, f"{what} refused (too many attempts)", request, me)
         raise web.HTTPTooManyRequests(reason="too many attempts; try again later")

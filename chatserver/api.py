@@ -17,6 +17,7 @@ from .auth import check_password, current_user, hash_password
 from .forms import FormError, clean_name, clean_password
 from .keys import config_key, hub_key, password_hmac_key, password_pool_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, encode, is_phone, server_now, server_timestamp
+from .remote import client_address
 from .stores.base import Contact, DialogueSide, Group, Room
 from .throttle import LOOKUPS_REFUSED, PasswordAttempt, PoolFull, lookup_allowed
 
@@ -357,7 +358,7 @@ async def join_room(request: web.Request) -> web.Response:
         # Counted before the password is checked, per address, per room and per pair (SPEC 10);
         # the address counter is the one logins use.
         throttle = request.app[throttle_key]
-        attempt = await throttle.begin_attempt(request.remote or "", f"room {name}")
+        attempt = await throttle.begin_attempt(client_address(request), f"room {name}")
         if attempt is None:
             raise web.HTTPTooManyRequests(reason="too many attempts; try again later")
         password = data.get("password")

@@ -29,6 +29,7 @@ from .keys import (
 )
 from .middlewares import guard, response_headers
 from .push import PushSender, load_vapid
+from .remote import TrustedProxies, trusted_proxies_key
 from .retention import expire_forever
 from .routes import setup_routes
 from .sessions import session_watch_ctx
@@ -109,6 +110,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[guard])
     app[config_key] = config
     app[allowed_hosts_key] = AllowedHosts.from_config(config)
+    app[trusted_proxies_key] = TrustedProxies.from_config(config)
     app[hub_key] = make_hub(config)
     app[throttle_key] = Throttle(config.limits, config.hub.url, config.hub.prefix,
                                  config.push.min_interval_seconds)

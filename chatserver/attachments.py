@@ -79,6 +79,7 @@ from .auth import current_user
 from .config import Config, Limits
 from .keys import config_key, store_key, throttle_key
 from .protocol import ATTACHMENT_ID_RE
+from .remote import client_address
 from .stores.base import (
     ATTACHMENT_CHUNK,
     FILE_PART,
@@ -397,7 +398,7 @@ async def _receive(request: web.Request, into: IO[bytes], limits: Limits) -> tup
         # message quotes the client's bytes: not echoed.
         raise _bad(f"a malformed multipart/form-data body ({type(e).__name__})") from None
     except ConnectionError:  # the client left (a cancelled upload): nobody reads the answer
-        log.info("upload from %s cut off by the client", request.remote)
+        log.info("upload from %s cut off by the client", client_address(request))
         request.protocol.force_close()
         raise _bad("the connection was lost") from None
     if size == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import ipaddress
 import math
 import re
 import tomllib
@@ -21,6 +22,8 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 # SPEC 10 `security.registration`: who may create an account through /register.
 REGISTRATION_MODES = ("invite", "open", "closed")
+# `server.forwarded_header`: which header a trusted proxy's client address is read from (SPEC 11).
+FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
 HUB_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # What an invite link may start with: a scheme, a host (an IPv6 one in brackets), a path.
 PUBLIC_URL_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[^\s?#]*)?")
@@ -49,6 +52,14 @@ class Server:
     # The address people reach the server at, e.g. "https://chat.example.org" (behind a reverse
     # proxy): the start of invite links (SPEC 10). Empty: http(s)://host:port of this table.
     public_url: str = ""
+    # SPEC 11: the reverse proxies (IP addresses or networks, "127.0.0.1" or "10.0.0.0/8") whose
+    # forwarded headers are believed for the client's address and scheme (rate limits, throttling,
+    # logs, the same-origin checks). Empty: every request is its socket's peer (chatserver/remote.py).
+    trusted_proxies: tuple[str, ...] = ()
+    # Which header those proxies write: "x-forwarded-for" (with X-Forwarded-Proto; nginx's
+    # $proxy_add_x_forwarded_for) or "forwarded" (RFC 7239). Only one is read: a proxy that writes
+    # the other passes a client's own copy of it through unchanged.
+    forwarded_header: str = "x-forwarded-for"
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +369,14 @@ def _build(data: dict[str, Any]) -> Config:
     if config.server.public_url and not PUBLIC_URL_RE.fullmatch(config.server.public_url):
         raise ConfigError("[server] public_url must be empty or http(s)://host[:port][/path], "
                           "without a query or fragment")
+    for entry in config.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry)  # strict: "10.0.0.5/8" is a typo, not a network
+        except ValueError as e:
+            raise ConfigError(f"[server] trusted_proxies: {entry!r} is not an IP address or "
+                              f"network ({e})") from None
+    if config.server.forwarded_header not in FORWARDED_HEADERS:
+        raise ConfigError(f"[server] forwarded_header must be one of {', '.join(FORWARDED_HEADERS)}")
     if not HUB_PREFIX_RE.fullmatch(config.hub.prefix):
         raise ConfigError("[hub] prefix must be 1 to 64 letters, digits, '_', '-' or '.'")
     _check_push(config.push)

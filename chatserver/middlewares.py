@@ -5,6 +5,8 @@ The cross-origin check follows Go's `net/http.CrossOriginProtection` (Go 1.25), 
 header, an `Origin` that is present must equal this server's own origin (scheme://host[:port] of
 the request) or a configured allowed origin; a request with neither header (a non-browser client)
 passes. WebSocket handshakes use the same rule (SPEC 5: cross-site WebSocket hijacking).
+The scheme is the one the client used: behind a proxy in `server.trusted_proxies` that ends TLS,
+the one it forwards (remote.client_scheme, SPEC 11).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aiohttp import web
 
 from .attachments import UPLOAD_PATH
 from .keys import allowed_hosts_key, config_key
+from .remote import client_address, client_scheme
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True
-    if origin == f"{request.scheme}://{request.host}":
+    if origin == f"{client_scheme(request)}://{request.host}":
         return True
     return origin in request.app[config_key].security.allowed_origins
 
@@ -119,11 +122,11 @@ async def _read_body(request: web.Request) -> web.StreamResponse | None:
             await request.read()
     except TimeoutError:
         log.info("request body of %s %s from %s not in within %g s: 408",
-                 request.method, request.path, request.remote, timeout)
+                 request.method, request.path, client_address(request), timeout)
         return await _timed_out(request)
     except ConnectionError:
         log.info("%s %s from %s: the client left before its body arrived",
-                 request.method, request.path, request.remote)
+                 request.method, request.path, client_address(request))
         request.protocol.force_close()
         gone = web.Response(status=400, text="the connection was lost")
         gone.force_close()

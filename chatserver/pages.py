@@ -13,6 +13,7 @@ from .forms import FormError, clean_name, clean_password, clean_phone
 from .invites import is_code
 from .keys import config_key, password_hmac_key, password_pool_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone, now_micros
+from .remote import client_address
 from .stores.base import Invite
 from .throttle import LOOKUPS_REFUSED, PoolFull, lookup_allowed
 
@@ -35,7 +36,7 @@ def _auth_event(level: int, outcome: str, request: web.Request, phone: object) -
     password, the cookie or a body; a phone that is not one (typed by anyone) is logged as '-',
     so that a form field cannot forge log lines."""
     log.log(level, "auth %s: phone=%s address=%s", outcome, phone if is_phone(phone) else "-",
-            request.remote or "-")
+            client_address(request) or "-")
 
 
 async def _post_form(request: web.Request) -> Any:
@@ -111,7 +112,7 @@ async def register(request: web.Request) -> web.Response:
     # with an invite, on the code (junk shares one key), so that guesses of codes are counted per
     # address and per code. Never logged: a code is as good as an account while it lasts.
     account_key = phone if free else f"invite {invite}" if is_code(invite) else "(invite)"
-    attempt = await throttle.begin_attempt(request.remote or "", account_key)
+    attempt = await throttle.begin_attempt(client_address(request), account_key)
     if attempt is None:
         _auth_event(logging.WARNING, "registration refused (too many attempts)", request, phone)
         return _form(request, "register.html", 429, TOO_MANY_ATTEMPTS, values)
@@ -157,7 +158,7 @@ async def login(request: web.Request) -> web.Response:
     attempt limits (SPEC 10), 503 while the bcrypt pool is full."""
     if request.method == "GET":
         return _form(request, "login.html", 200, None, {})
-    throttle, address = request.app[throttle_key], request.remote or ""
+    throttle, address = request.app[throttle_key], client_address(request)
     form = await _post_form(request)
     phone, password = form.get("phone"), form.get("password")
     values = {"phone": phone if isinstance(phone, str) else ""}

@@ -21,6 +21,7 @@ from .keys import config_key, hub_key, push_key, store_key, throttle_key
 from .middlewares import same_origin
 from .presence import announce, went_offline
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
+from .remote import client_address
 from .throttle import LOOKUPS_REFUSED, lookup_allowed
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ async def _handshake(request: web.Request, *, own_path: bool = True) -> tuple[st
     """
     if not same_origin(request):
         raise web.HTTPForbidden(reason="cross-origin WebSocket refused")
-    if not await request.app[throttle_key].allow_handshake(request.remote or ""):
+    if not await request.app[throttle_key].allow_handshake(client_address(request)):
         raise web.HTTPTooManyRequests(reason="too many connections from your address; wait a minute")
     user = await current_user(request)
     if user is None:
