@@ -50,7 +50,7 @@ pytestmark = pytest.mark.backends
 TTL = 3600  # not the default 86400: the header must be the configured value
 # What every test's server runs with (a test adds its own through `push_settings`).
 TEST_PUSH: dict[str, Any] = {"allow_private_endpoints": True, "ttl_seconds": TTL,
-                             "min_interval_seconds": 0.001, "retry_seconds": 0.05, "retries": 3,
+                             "min_interval_seconds": 0.0, "retry_seconds": 0.05, "retries": 3,
                              "workers": 1, "timeout_seconds": TIMEOUT}
 
 
