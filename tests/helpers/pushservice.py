@@ -11,7 +11,7 @@ pair, 16 random auth bytes, and the JSON `{"endpoint": "http://127.0.0.1:PORT/pu
 {"p256dh", "auth"}}`; `decrypt(body)` opens a push's body (aes128gcm) with them.
 `check_vapid(...)` verifies the Authorization header (`vapid t=JWT, k=KEY`) as a push service does.
 
-No pytest in here: bench/ uses it too (bench/push.py). Failed checks raise AssertionError
+No pytest in here: bench/ uses it too (bench/webpush.py). Failed checks raise AssertionError
 (raised, not asserted: bench/ may run under -O).
 """
 
