@@ -7,8 +7,9 @@ messages, a group with pending messages, rooms with history and a grant, contact
 blocks. A version-4 database (issue 13, before per-device delivery) is made from the v1 fixture
 with this release's migrations up to 0004, plus a few rows in that version's shape (AT_V4): more
 devices and messages; a version-5 one (before attachments, issue 14) with the migrations up to
-0005 and a message stored through the store (write_at_v5). The PostgreSQL tests run when
-CHAT_TEST_POSTGRES_URL is set, each in a fresh schema.
+0005 and a message stored through the store (write_at_v5); a version-6 one (before Web Push, issue
+15) with the migrations up to 0006 and a message with an attachment (write_at_v6). The PostgreSQL
+tests run when CHAT_TEST_POSTGRES_URL is set, each in a fresh schema.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from chatserver.stores.base import (
     DialogueSide,
     Group,
     GroupMessage,
+    PushSubscription,
     Room,
     RoomMessage,
     SchemaTooNew,
@@ -250,6 +252,49 @@ async def assert_v6_works(store: AnyStore) -> None:
     assert await store.attachment_bytes() == 0
 
 
+# -- version 7 (issue 15, SPEC 9): Web Push subscriptions and mutes ----------------------------------
+
+V7_TABLES: Final = {
+    "push_subscriptions": ["sid_hash", "phone", "endpoint", "p256dh", "auth", "created_us"],
+    "mutes": ["phone", "conversation", "until_us"]}
+V7_INDEXES: Final = {"push_subscriptions_phone", "push_subscriptions_endpoint"}
+ENDPOINT: Final = "https://push.example.com/send/upgraded"
+
+
+async def write_at_v6(store: AnyStore) -> None:
+    """Store, on a version-6 database, what version 6 stored: a message to C with an attachment
+    (and the version-5 message of write_at_v5; assert_v1_contents does not look at messages to
+    C)."""
+    await write_at_v5(store)
+    photo = Attachment("at-v6-" + "y" * 20, B, "v6.png", "image/png", 2, 1, 1, None)
+    await store.reserve_attachment(photo, 1 << 30)
+    await store.put_attachment_chunk(photo.id, FILE_PART, 0, b"v6")
+    await store.complete_attachment(photo.id)
+    assert await store.add_personal(B, C, T0 + 65, server_timestamp(T0 + 65), "v6 photo",
+                                    BOB_SESSION, [photo.id]) == Stored([C], 0)
+
+
+async def assert_v7_works(store: AnyStore) -> None:
+    """On the upgraded database: everything of before is found; the messages of versions 5 and
+    6 wait for C's first device, the photo with its bytes; the push tables work on sessions of
+    before (A's) and of after (C's)."""
+    await assert_v1_contents(store)  # which has C send "g" to the group
+    await store.add_session(CAROL_V6, C)
+    assert [(m.message, [a["name"] for a in m.attachments])
+            for _, m in await store.pending_page(CAROL_V6, 0, 10)] == [
+        ("at version 5", []), ("v6 photo", ["v6.png"])]
+    assert await store.attachment_chunk("at-v6-" + "y" * 20, FILE_PART, 0) == b"v6"
+    assert await store.set_push_subscription(ALICE_SESSION, ENDPOINT, "key", "auth")
+    assert await store.set_push_subscription(CAROL_V6, ENDPOINT + "/c", "c-key", "c-auth")
+    await store.set_mute(A, "group:" + GROUP_KEY, T0 * 2)
+    assert await store.waiting_count(CAROL_V6, C, "personal:" + B) == 2
+    assert await store.waiting_count(ALICE_SESSION, A, "group:" + GROUP_KEY) == 2
+    assert await store.push_targets(
+        [(A, "personal:" + C), (A, "group:" + GROUP_KEY), (C, "personal:" + B)], T0) == [
+        PushSubscription(ALICE_SESSION, A, ENDPOINT, "key", "auth", "personal:" + C),
+        PushSubscription(CAROL_V6, C, ENDPOINT + "/c", "c-key", "c-auth", "personal:" + B)]
+
+
 def write_migration(folder: Path, name: str, sql: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(sql, encoding="utf-8")
@@ -404,6 +449,35 @@ async def test_version_6_upgrades_a_version_5_file_keeping_everything_and_adding
         assert after[table][1] == []
     async with opened(v1_file) as store:
         await assert_v6_works(store)
+
+
+async def test_version_7_upgrades_a_version_6_file_keeping_everything_and_adding_push_tables(
+        v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0007 on a version-6 file holding a message with an attachment: every table,
+    index and trigger of before, and every row, as they were; the push tables and their indexes
+    added, empty; the release then serves the old rows and the push tables."""
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 6, tmp_path / "v6"))
+        async with opened(v1_file) as store:
+            await write_at_v6(store)
+    assert sqlite_version(v1_file) == 6
+    before = sqlite_contents(v1_file)
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 7, tmp_path / "v7"))
+        async with opened(v1_file):
+            pass
+    assert sqlite_version(v1_file) == 7
+    after = sqlite_contents(v1_file)
+    for table in set(before) - {"objects", "schema_version"}:
+        assert after[table] == before[table], table
+    assert set(before["objects"]) <= set(after["objects"])
+    added = set(after["objects"]) - set(before["objects"])
+    assert {name for _, name, _, _ in added} == {*V7_TABLES, *V7_INDEXES}
+    for table, columns in V7_TABLES.items():
+        assert [c[0] for c in after[table][0]] == columns
+        assert after[table][1] == []
+    async with opened(v1_file) as store:
+        await assert_v7_works(store)
 
 
 async def test_a_new_database_records_the_latest_version(tmp_path: Path) -> None:
@@ -613,6 +687,35 @@ async def test_pg_version_6_upgrades_a_version_5_schema_keeping_everything_and_a
         *V6_INDEXES, "attachments_pkey", "attachment_chunks_pkey"}
     async with opened(pg_v1) as store:
         await assert_v6_works(store)
+
+
+async def test_pg_version_7_upgrades_a_version_6_schema_keeping_everything_and_adding_push_tables(
+        pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 6, tmp_path / "v6"))
+        async with opened(pg_v1) as store:
+            await write_at_v6(store)
+    assert await pg_version(pg_v1) == 6
+    before, before_indexes = await pg_snapshot(pg_v1), await pg_indexes(pg_v1)
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 7, tmp_path / "v7"))
+        async with opened(pg_v1):
+            pass
+    assert await pg_version(pg_v1) == 7
+    after, after_indexes = await pg_snapshot(pg_v1), await pg_indexes(pg_v1)
+    for table in set(before) - {"columns", "schema_version"}:
+        assert after[table] == before[table], table
+    assert set(before["columns"]) <= set(after["columns"])
+    added = sorted(set(after["columns"]) - set(before["columns"]))
+    for table, columns in V7_TABLES.items():
+        assert sorted(c[1] for c in added if c[0] == table) == sorted(columns)
+        assert after[table] == []
+    assert {c[0] for c in added} == set(V7_TABLES)
+    assert before_indexes <= after_indexes
+    assert {name for name, _ in after_indexes - before_indexes} == {
+        *V7_INDEXES, "push_subscriptions_pkey", "mutes_pkey"}
+    async with opened(pg_v1) as store:
+        await assert_v7_works(store)
 
 
 async def test_pg_a_migration_upgrades_the_v1_schema(
