@@ -233,3 +233,31 @@ async def test_closes_are_published_for_the_other_processes() -> None:
     assert broker.calls == [
         ("publish_control", {"op": "close_session", "sid_hash": "sid"}),
         ("publish_control", {"op": "close_group_member", "grp": "g", "phone": "800"})]
+
+
+async def test_device_online_is_per_device_claimed_with_its_first_socket_released_with_its_last() -> None:
+    """SPEC 9: a device with a receive socket open gets no Web Push. A shared hub claims
+    "<phone>/<device>" in the presence while the device has a socket here, and asks the presence
+    about a device it has no socket of."""
+    hub, _, presence = composed("300/sid-far")
+    assert not await hub.device_online("300", "sid-1")
+    async with hub.receiving("300", Inbox(), "sid-1"):
+        async with hub.receiving("300", Inbox(), "sid-1"), hub.receiving("300", Inbox(), "sid-2"):
+            assert await hub.device_online("300", "sid-1")
+            assert await hub.device_online("300", "sid-2")
+        assert await hub.device_online("300", "sid-1")  # its other socket is still open
+        assert not await hub.device_online("300", "sid-2")
+    assert not await hub.device_online("300", "sid-1")
+    assert await hub.device_online("300", "sid-far")  # claimed by another process
+    device_claims = [c for c in presence.calls if "/" in c[1] and c[0] != "others"]
+    assert device_claims == [("claim", "300/sid-1"), ("claim", "300/sid-2"),
+                             ("release", "300/sid-2"), ("release", "300/sid-1")]
+
+
+async def test_the_in_process_hub_knows_its_devices_without_a_presence() -> None:
+    hub = make_hub(Config())
+    async with hub.receiving("310", Inbox(), "sid-1"):
+        assert await hub.device_online("310", "sid-1")
+        assert not await hub.device_online("310", "sid-2")
+        assert not await hub.device_online("311", "sid-1")  # another phone's device
+    assert not await hub.device_online("310", "sid-1")

@@ -712,3 +712,22 @@ async def test_a_publication_read_before_is_dropped(
     await rds.publish(channel, b"fedcba9876543210 1 -\n" + encode({"n": 4}))  # another origin
     assert [await recv(inbox) for _ in range(4)] == frames(1, 2, 3, 4)
     await assert_quiet(inbox)
+
+
+async def test_a_device_is_online_in_every_hub_while_it_has_a_receive_socket_in_one(
+        start_proc: Callable[..., Awaitable[Proc]]) -> None:
+    """SPEC 9: no Web Push to a device with a receive socket open in any process (a presence
+    claim "<phone>/<device>" per process, held from its first socket to its last there)."""
+    p1, p2 = await start_proc(), await start_proc()
+    assert not await p2.hub.device_online("810", "dev-a")
+    first, _ = await p1.receive("810", "dev-a")
+    second, _ = await p1.receive("810", "dev-a")
+    assert await p2.hub.device_online("810", "dev-a")
+    assert not await p2.hub.device_online("810", "dev-b")  # another device of the same phone
+    await p1.gone(first, "810")
+    assert await p2.hub.device_online("810", "dev-a")  # its second socket is still open
+    await p1.gone(second, "810")
+    # p1's own question runs after its release (one presence task, in order) ...
+    assert not await p1.hub.device_online("810", "dev-a")
+    # ... so from then on no process sees the device online.
+    assert not await p2.hub.device_online("810", "dev-a")
