@@ -4,7 +4,7 @@ test scripts; the pushes are decrypted with the subscription's keys and their VA
 checked as a push service checks it. Run on every store and hub engine (helpers/backends.py).
 
 The server runs with `push.allow_private_endpoints = true` (its push service is on 127.0.0.1),
-`push.workers = 1` and a short `retry_seconds`; `min_interval_seconds` is tiny unless a test says
+`push.workers = 1` and a short `retry_seconds`; `min_interval_seconds` is 0 (no limit) unless a test says
 otherwise (its own test sets 1 s), so that pushes of one conversation are throttled only there.
 
 "No push" is proven by order, not by waiting: after the message that must not be pushed has been

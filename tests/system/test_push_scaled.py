@@ -139,12 +139,14 @@ async def test_an_open_socket_on_one_process_stops_the_push_from_the_other(tmp_p
             online_browser, offline_browser = Browser.subscribe(service), Browser.subscribe(service)
             await subscribe(online, one, online_browser)
             await subscribe(offline, one, offline_browser)
-            await receive_on(online, one, b)  # served (and present in Redis) on process one
+            # served (and present in Redis) on process one; held open to the end of the test
+            inbox = await receive_on(online, one, b)
 
             await say(sender, two, a, b, "committed on two")
             push = await service.next()
             assert push.id == offline_browser.id
             assert offline_browser.payload(push)["text"] == "committed on two"
             assert service.pending() == 0 and service.count(online_browser.id) == 0
+            assert not inbox.closed
     finally:
         await service.stop()
