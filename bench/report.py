@@ -246,7 +246,8 @@ def push_rows(p: dict[str, Any]) -> list[Row]:
     lat = p["commit_push_ms"]
     return [
         (case, f"{p['messages']:,} messages to {p['devices']} offline subscribed devices "
-         f"(window {p['window']}): pushed", f"{fmt(p['pushed'])} of {fmt(p['sent'])}", "pushes"),
+         f"(window {p['window']}): pushed; pushed once with a newer one of their conversation",
+         f"{fmt(p['pushed'])} of {fmt(p['sent'])}; {fmt(p['collapsed'])}", "messages"),
         (case, "commit (msg_sent at the sender) -> push request at the local push service "
          "p50 / p99 / max", f"{p50_p99(lat)} / {fmt(lat['max'], 1)}", "ms"),
         (case, "send -> push request p50 / p99", p50_p99(p["send_push_ms"]), "ms"),

@@ -116,12 +116,14 @@ def test_bench_push_case_pushes_each_message_once(tmp_path: Path) -> None:
     decrypted and matched to its message, and its latency figures reported."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "bench/bench.py", "--quick", "--cases", "push", "--push-devices", "4",
+        [sys.executable, "bench/bench.py", "--quick", "--cases", "push", "--push-devices", "20",
          "--push-messages", "40", "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=50)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "commit (msg_sent at the sender) -> push request" in proc.stdout, proc.stdout
     [run] = json.loads(out.read_text())["results"]["push"]["runs"]
     assert set(run["checks"].values()) == {0}, run["checks"]
-    assert (run["sent"], run["pushed"]) == (40, 40)
+    # messages of one conversation in one batch of the sender are pushed once, for the newest
+    assert run["sent"] == run["pushed"] + run["collapsed"] == 40
+    assert run["pushed"] >= 20  # at least the newest to each of the devices
     assert run["commit_push_ms"]["p99"] is not None
