@@ -64,6 +64,8 @@ TOPIC_CHARS: Final = 32
 MAX_RETRY_AFTER: Final = 60.0
 # Jobs one worker takes at once: one store query serves them all.
 BATCH: Final = 256
+# (phone, conversation) pairs per `Store.push_targets` query (a batch of big groups has many).
+TARGETS_QUERY: Final = 5000
 # Requests to push services in flight per process (also the connection pool's size); more wait
 # for a slot before their timeout starts.
 CONCURRENT_REQUESTS: Final = 64
@@ -397,11 +399,13 @@ class PushSender:
     """Sends the Web Pushes of SPEC 9 for this process (see the module docstring).
 
     `PushSender(config, vapid)`; `await start(store, hub, throttle)` once they are started, and
-    `await stop()` before they stop. `notify` / `notify_group` only queue (at most `push.queue`
-    jobs; past it a job is dropped, counted in `counts["dropped"]` and logged at most once a
-    minute); `push.workers` tasks send. With `push.enabled` false (or `vapid` None) nothing is
-    queued or sent. `counts`: jobs "queued" and "dropped", pushes "sent", "gone" (404/410: the
-    subscription deleted) and "failed" (given up after the retries, or refused for good).
+    `await stop()` before they stop. `enabled`: push is on and has a key; `public_key`: the
+    VAPID public key for GET /chat/push/key (base64url of the 65-byte point; None when off).
+    `notify` / `notify_group` only queue (at most `push.queue` jobs; past it a job is dropped,
+    counted in `counts["dropped"]` and logged at most once a minute); `push.workers` tasks send.
+    With `push.enabled` false (or `vapid` None) nothing is queued or sent. `counts`: jobs
+    "queued" and "dropped", pushes "sent", "gone" (404/410: the subscription deleted) and
+    "failed" (given up after the retries, or refused for good).
     """
 
     def __init__(self, config: Config, vapid: Vapid | None) -> None:
@@ -521,9 +525,13 @@ class PushSender:
         for job in jobs:
             for pair in job.pairs():
                 latest[pair] = job
-        # One query for the batch; each subscription comes with the conversation it answers.
-        candidates = [(subscription, subscription.conversation) for subscription
-                      in await store.push_targets(list(latest), now_micros())]
+        # One query per TARGETS_QUERY pairs (one for a usual batch); each subscription comes
+        # with the conversation it answers.
+        pairs, now_us = list(latest), now_micros()
+        candidates = [(subscription, subscription.conversation)
+                      for start in range(0, len(pairs), TARGETS_QUERY)
+                      for subscription in await store.push_targets(
+                          pairs[start:start + TARGETS_QUERY], now_us)]
         if not candidates:
             return []
         # Asked together: with the Redis hub, one presence round trip answers them all.
