@@ -5,6 +5,7 @@
                                     [--pairs 50 --messages 200 --window 10]
                                     [--idle 5000] [--group 100] [--json out.json]
     .venv/bin/python bench/bench.py --cases attachments [--attachment-mib 25] [--photos 100]
+    .venv/bin/python bench/bench.py --cases push [--push-devices 50] [--push-messages 1000]
 
 The entry point: the command line, the plan of runs, the exit status. The cases, what they measure
 and how, and the modules beside this one: bench/README.md.
@@ -44,12 +45,13 @@ from measure import load_average  # noqa: E402
 from personal import case_personal  # noqa: E402
 from report import machine_info, merge, problems, report  # noqa: E402
 from stage import Lab  # noqa: E402
+from webpush import case_push  # noqa: E402
 
 Case = Callable[[str], Awaitable[dict[str, Any]]]
 # The cases of the default run, in its order (bench/README.md "Cases").
 CASES = ("full", "normal", "devices", "group", "fanout", "idle")
 # Cases run only when named in --cases (each takes a minute or more).
-EXTRA_CASES = ("attachments",)
+EXTRA_CASES = ("attachments", "push")
 
 
 def raise_fd_limit() -> int:
@@ -105,6 +107,8 @@ def plan(lab: Lab, args: argparse.Namespace) -> list[tuple[str, str, Case]]:
         runs.append(("idle", "idle", lambda n: case_idle(lab, n, args)))
     if "attachments" in args.cases:
         runs.append(("attachments", "attachments", lambda n: case_attachments(lab, n, args)))
+    if "push" in args.cases:
+        runs.append(("push", "push", lambda n: case_push(lab, n, args)))
     return runs
 
 
@@ -170,13 +174,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "personal with synchronous=FULL, the same with NORMAL, personal FULL with "
                         "two devices per user, group with acknowledgements, group send-only, idle; "
                         "also: attachments, a 25 MiB file and 100 photos uploaded and downloaded, "
-                        "~1 min)")
+                        "~1 min; push, commit -> Web Push latency to a local push service)")
     p.add_argument("--attachment-mib", type=float,
                    help="attachments: the size of the big file in MiB (default 25, the default "
                         "limits.max_attachment_bytes)")
     p.add_argument("--photos", type=int,
                    help="attachments: photos of ~3 MiB uploaded and downloaded (default 100, "
                         "--quick 10; 0: none)")
+    p.add_argument("--push-devices", type=int,
+                   help="push: offline devices (one per recipient) with a push subscription "
+                        "(default 50, --quick 10)")
+    p.add_argument("--push-messages", type=int,
+                   help="push: messages sent to them in turn, each pushed once (default 1000, "
+                        "--quick 200)")
     p.add_argument("--repeat", type=int,
                    help="runs of the personal, devices and group cases, each on a fresh server; figures are "
                         "medians (default 3, --quick 1)")
@@ -199,9 +209,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "deleting them")
     args = p.parse_args(argv)
     quick = {"pairs": 10, "messages": 50, "window": 10, "idle": 300, "group": 20,
-             "group_messages": 30, "repeat": 1, "attachment_mib": 25.0, "photos": 10}
+             "group_messages": 30, "repeat": 1, "attachment_mib": 25.0, "photos": 10,
+             "push_devices": 10, "push_messages": 200}
     full = {"pairs": 50, "messages": 200, "window": 10, "idle": 5000, "group": 100,
-            "group_messages": 200, "repeat": 3, "attachment_mib": 25.0, "photos": 100}
+            "group_messages": 200, "repeat": 3, "attachment_mib": 25.0, "photos": 100,
+            "push_devices": 50, "push_messages": 1000}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -213,7 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--cases takes some of {','.join(CASES + EXTRA_CASES)}")
     if args.photos < 0 or not 0 < args.attachment_mib:
         p.error("--photos must be at least 0 and --attachment-mib more than 0")
-    for key in ("pairs", "messages", "window", "group_messages", "repeat"):
+    for key in ("pairs", "messages", "window", "group_messages", "repeat", "push_devices",
+                "push_messages"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1")
     if args.idle_users < 1 and args.idle > 0:

@@ -43,15 +43,17 @@ BENCH_SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def bench_config(synchronous: str, database_url: str = "", hub_url: str = "",
-                 hub_prefix: str = "") -> str:
-    """The TOML config of a bench server (with the engines of the scaled mode when given)."""
+                 hub_prefix: str = "", settings: dict[str, dict[str, Any]] | None = None) -> str:
+    """The TOML config of a bench server (with the engines of the scaled mode when given, and a
+    case's own `settings` on top of BENCH_SETTINGS, e.g. the push case's `[push]`)."""
     tables: dict[str, dict[str, Any]] = {"database": {"synchronous": synchronous}}
     if database_url:
         tables["database"]["url"] = database_url
     if hub_url:
         tables["hub"] = {"url": hub_url, "prefix": hub_prefix}
-    for table, keys in BENCH_SETTINGS.items():
-        tables.setdefault(table, {}).update(keys)
+    for layer in (BENCH_SETTINGS, settings or {}):
+        for table, keys in layer.items():
+            tables.setdefault(table, {}).update(keys)
     known = {f.name: {g.name for g in dataclasses.fields(f.default_factory)}  # type: ignore[arg-type]
              for f in dataclasses.fields(chat_config.Config)}
     lines = ["# written by bench/bench.py"]
@@ -100,12 +102,14 @@ class BenchServer:
     Redis prefix. Its process runs in a process group of its own, so that a kill takes its workers
     with it."""
 
-    def __init__(self, workdir: Path, name: str, synchronous: str, deployment: Deployment) -> None:
+    def __init__(self, workdir: Path, name: str, synchronous: str, deployment: Deployment,
+                 settings: dict[str, dict[str, Any]] | None = None) -> None:
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
         self.config = self.dir / "bench.toml"
         self.synchronous = synchronous
         self.deployment = deployment
+        self.settings = settings
         self.schema = f"bench_{secrets.token_hex(6)}" if deployment.database_url else ""
         self.prefix = f"bench{secrets.token_hex(6)}" if deployment.hub_url else ""
         self.schema_made = False
@@ -121,7 +125,8 @@ class BenchServer:
         try:
             database_url = await self._make_schema()
             self.config.write_text(bench_config(self.synchronous, database_url,
-                                                self.deployment.hub_url, self.prefix))
+                                                self.deployment.hub_url, self.prefix,
+                                                self.settings))
             self.process.start()
             await self.process.wait_serving(START_TIMEOUT, processes=self.deployment.workers)
         except BaseException:

@@ -205,6 +205,9 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     att = results.get("attachments")
     if att:
         rows.extend(attachment_rows(att))
+    pu = results.get("push")
+    if pu:
+        rows.extend(push_rows(pu))
     widths = [max(len(r[i]) for r in rows + [("case", "figure", "value", "unit")]) for i in range(4)]
     line = "  ".join(f"{{:<{w}}}" for w in widths[:2]) + f"  {{:>{widths[2]}}}  {{}}"
     out = [line.format("case", "figure", "value", "unit"),
@@ -217,7 +220,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                (f"two devices x{len(dev['runs'])}" if dev else "", dev),
                (f"group x{len(grp['runs'])}" if grp else "", grp),
                (f"group send-only x{len(fan['runs'])}" if fan else "", fan), ("idle", idle),
-               ("attachments", att)]
+               ("attachments", att), ("push", pu)]
     names = [(n, r) for n, r in columns if r]
     head = ["check"] + [n for n, _ in names]
     body = [[c] + [fmt(r["checks"].get(c, 0)) for _, r in names] for c in CHECKS]
@@ -235,6 +238,24 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         for text in r.get("failures", [])[:10]:
             out.append(f"  {n}: {text}")
     return "\n".join(out)
+
+
+def push_rows(p: dict[str, Any]) -> list[Row]:
+    """Section 9: the Web Push case (bench/webpush.py)."""
+    case = "9. Web Push"
+    lat = p["commit_push_ms"]
+    return [
+        (case, f"{p['messages']:,} messages to {p['devices']} offline subscribed devices "
+         f"(window {p['window']}): pushed; pushed once with a newer one of their conversation",
+         f"{fmt(p['pushed'])} of {fmt(p['sent'])}; {fmt(p['collapsed'])}", "messages"),
+        (case, "commit (msg_sent at the sender) -> push request at the local push service "
+         "p50 / p99 / max", f"{p50_p99(lat)} / {fmt(lat['max'], 1)}", "ms"),
+        (case, "send -> push request p50 / p99", p50_p99(p["send_push_ms"]), "ms"),
+        (case, "pushes per second; server CPU per push (store, encryption, VAPID, HTTP)",
+         f"{fmt(p['pushes_per_s'], 0)}; {fmt(p['server_cpu_ms_per_push'], 2)}",
+         "1/s; CPU ms"),
+        *load_rows(case, p["measured"]),
+    ]
 
 
 # The attachment phases whose server RSS growth has a target (issue 14: streamed, not buffered).

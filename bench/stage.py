@@ -61,11 +61,12 @@ class Lab:
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @contextlib.asynccontextmanager
-    async def stage(self, name: str, synchronous: str) -> AsyncIterator[Stage]:
+    async def stage(self, name: str, synchronous: str,
+                    settings: dict[str, dict[str, Any]] | None = None) -> AsyncIterator[Stage]:
         """A fresh server for run `name` (started before entering: a failure to start raises and
         leaves no note) and a client; on leaving, every socket and the client are closed and the
         server is stopped, its note kept in `notes[name]`."""
-        server = BenchServer(self.workdir, name, synchronous, self.deployment)
+        server = BenchServer(self.workdir, name, synchronous, self.deployment, settings)
         await server.start()
         client = Client(server.process.base)
         try:

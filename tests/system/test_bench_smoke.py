@@ -109,3 +109,21 @@ def test_bench_attachments_case_gets_back_what_it_sent(tmp_path: Path,
     for phase in ("upload", "download", "downloads_at_once", "photo_upload"):
         assert run[phase]["rss"]["samples"] >= 2, (phase, run[phase]["rss"])
     assert run["downloads_at_once"]["mib_per_s"] > 0
+
+
+def test_bench_push_case_pushes_each_message_once(tmp_path: Path) -> None:
+    """`--cases push` (SPEC 9): every message pushed exactly once to the local push service,
+    decrypted and matched to its message, and its latency figures reported."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/bench.py", "--quick", "--cases", "push", "--push-devices", "20",
+         "--push-messages", "40", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "commit (msg_sent at the sender) -> push request" in proc.stdout, proc.stdout
+    [run] = json.loads(out.read_text())["results"]["push"]["runs"]
+    assert set(run["checks"].values()) == {0}, run["checks"]
+    # messages of one conversation in one batch of the sender are pushed once, for the newest
+    assert run["sent"] == run["pushed"] + run["collapsed"] == 40
+    assert run["pushed"] >= 20  # at least the newest to each of the devices
+    assert run["commit_push_ms"]["p99"] is not None
