@@ -7,6 +7,7 @@ Every key has a default equal to the SPEC's default, unknown tables or keys are 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 import tomllib
@@ -19,6 +20,8 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 # SPEC 10 `security.registration`: who may create an account through /register.
 REGISTRATION_MODES = ("invite", "open", "closed")
+# SPEC 11 `server.log_format`.
+LOG_FORMATS = ("text", "json")
 HUB_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # What an invite link may start with: a scheme, a host (an IPv6 one in brackets), a path.
 PUBLIC_URL_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[^\s?#]*)?")
@@ -41,6 +44,9 @@ class Server:
     # The address people reach the server at, e.g. "https://chat.example.org" (behind a reverse
     # proxy): the start of invite links (SPEC 10). Empty: http(s)://host:port of this table.
     public_url: str = ""
+    # SPEC 11: "text" (one human-readable line per event) or "json" (one JSON object per line,
+    # for a log collector; chatserver/logs.py).
+    log_format: str = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +196,15 @@ class HubSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Metrics:
+    # SPEC 11: GET /metrics answers the Prometheus text format to a client whose address is in
+    # one of these networks (an address alone is a /32 or /128), and 404 to anyone else.
+    allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    # false: /metrics answers 404 to everyone (/healthz is always served).
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: Server = field(default_factory=Server)
     database: Database = field(default_factory=Database)
@@ -201,6 +216,7 @@ class Config:
     rooms: Rooms = field(default_factory=Rooms)
     websocket: WebSocket = field(default_factory=WebSocket)
     hub: HubSettings = field(default_factory=HubSettings)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def scaled_out(self) -> bool:
@@ -312,6 +328,14 @@ def _build(data: dict[str, Any]) -> Config:
     if config.server.public_url and not PUBLIC_URL_RE.fullmatch(config.server.public_url):
         raise ConfigError("[server] public_url must be empty or http(s)://host[:port][/path], "
                           "without a query or fragment")
+    if config.server.log_format not in LOG_FORMATS:
+        raise ConfigError(f"[server] log_format must be one of {', '.join(LOG_FORMATS)}")
+    for network in config.metrics.allow:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"[metrics] allow: {network!r} is not an address or a network "
+                              "(e.g. \"10.0.0.0/8\", \"::1/128\")") from None
     if not HUB_PREFIX_RE.fullmatch(config.hub.prefix):
         raise ConfigError("[hub] prefix must be 1 to 64 letters, digits, '_', '-' or '.'")
     return config

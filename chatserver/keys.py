@@ -5,6 +5,8 @@ from typing import Final
 from aiohttp import web
 
 from .config import Config
+from .exporter import Exporter
+from .health import HealthCheck
 from .hosts import AllowedHosts
 from .hubs.local import Hub
 from .stores.base import Store
@@ -18,3 +20,6 @@ password_pool_key: Final = web.AppKey("password_pool", PasswordPool)
 # The UTF-8 bytes of the password pre-hash key (auth.load_password_key).
 password_hmac_key: Final = web.AppKey("password_hmac", bytes)
 allowed_hosts_key: Final = web.AppKey("allowed_hosts", AllowedHosts)
+# SPEC 11: the cached health check (/healthz) and the metrics exporter (/metrics).
+health_key: Final = web.AppKey("health", HealthCheck)
+metrics_key: Final = web.AppKey("metrics", Exporter)

@@ -17,6 +17,8 @@ from typing import Any, Final
 from aiohttp import web
 
 from .attachments import UPLOAD_PATH
+from .exporter import METRICS_PATH
+from .health import HEALTHZ_PATH
 from .keys import allowed_hosts_key, config_key
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ HSTS: Final = "max-age=31536000"
 # itself, each read bounded by limits.body_timeout_seconds (attachments._receive) and the size
 # counted as it comes. Read here, it would be refused past CLIENT_MAX_SIZE, and held in memory.
 STREAMED_BODIES: Final = frozenset({("POST", UPLOAD_PATH)})
+
+# SPEC 11 probes: asked by address, whatever server.allowed_hosts says (AllowedHosts.allows_probe).
+PROBE_PATHS: Final = frozenset({HEALTHZ_PATH, METRICS_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,7 +72,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     open (~0.3 KB per socket each).
     """
     try:
-        if not request.app[allowed_hosts_key].allows(request.headers.get("Host")):
+        hosts = request.app[allowed_hosts_key]
+        if not (hosts.allows_probe(request.headers.get("Host")) if request.path in PROBE_PATHS
+                else hosts.allows(request.headers.get("Host"))):
             log.info("refused Host %r: not in server.allowed_hosts", request.headers.get("Host"))
             raise web.HTTPBadRequest(reason="unknown host; see server.allowed_hosts")
         if request.method not in _SAFE_METHODS and not same_origin(request):
