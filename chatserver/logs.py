@@ -63,6 +63,12 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
+def request_context(request: web.BaseRequest) -> dict[str, object]:
+    """A request's context for a log record's `extra` (fields of a JSON line): the client's
+    address, the method and the path, never the query string (an invite code travels in one)."""
+    return {"remote": request.remote or "-", "method": request.method, "path": request.path}
+
+
 class AccessLogger(AbstractAccessLogger):
     """aiohttp's access log (`server.access_log = true`), one line per request: client address,
     method, path (without its query string: an invite code travels in one), status, bytes and

@@ -20,6 +20,7 @@ from .attachments import UPLOAD_PATH
 from .exporter import METRICS_PATH
 from .health import HEALTHZ_PATH
 from .keys import allowed_hosts_key, config_key
+from .logs import request_context
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         hosts = request.app[allowed_hosts_key]
         if not (hosts.allows_probe(request.headers.get("Host")) if request.path in PROBE_PATHS
                 else hosts.allows(request.headers.get("Host"))):
-            log.info("refused Host %r: not in server.allowed_hosts", request.headers.get("Host"))
+            log.info("refused Host %r: not in server.allowed_hosts", request.headers.get("Host"),
+                     extra=request_context(request))
             raise web.HTTPBadRequest(reason="unknown host; see server.allowed_hosts")
         if request.method not in _SAFE_METHODS and not same_origin(request):
-            log.info("refused cross-origin %s %s", request.method, request.path)
+            log.info("refused cross-origin %s %s", request.method, request.path,
+                     extra=request_context(request))
             raise web.HTTPForbidden(reason="cross-origin request refused")
         if request.body_exists and (request.method, request.path) not in STREAMED_BODIES:
             refused = await _read_body(request)
@@ -126,11 +129,12 @@ async def _read_body(request: web.Request) -> web.StreamResponse | None:
             await request.read()
     except TimeoutError:
         log.info("request body of %s %s from %s not in within %g s: 408",
-                 request.method, request.path, request.remote, timeout)
+                 request.method, request.path, request.remote, timeout,
+                 extra=request_context(request))
         return await _timed_out(request)
     except ConnectionError:
         log.info("%s %s from %s: the client left before its body arrived",
-                 request.method, request.path, request.remote)
+                 request.method, request.path, request.remote, extra=request_context(request))
         request.protocol.force_close()
         gone = web.Response(status=400, text="the connection was lost")
         gone.force_close()

@@ -12,6 +12,7 @@ from .auth import check_password, current_user, hash_password, log_in, log_out, 
 from .forms import FormError, clean_name, clean_password, clean_phone
 from .invites import is_code
 from .keys import config_key, password_hmac_key, password_pool_key, store_key, throttle_key
+from .logs import request_context
 from .metrics import (
     LOGIN_FAILED_CREDENTIALS,
     LOGIN_FAILED_DISABLED,
@@ -41,8 +42,9 @@ def _auth_event(level: int, outcome: str, request: web.Request, phone: object) -
     """Log one authentication event (issue 12): outcome, client address, phone. Never the
     password, the cookie or a body; a phone that is not one (typed by anyone) is logged as '-',
     so that a form field cannot forge log lines."""
-    log.log(level, "auth %s: phone=%s address=%s", outcome, phone if is_phone(phone) else "-",
-            request.remote or "-")
+    shown = phone if is_phone(phone) else "-"
+    log.log(level, "auth %s: phone=%s address=%s", outcome, shown, request.remote or "-",
+            extra={**request_context(request), "event": f"auth {outcome}", "phone": shown})
 
 
 async def _post_form(request: web.Request) -> Any:

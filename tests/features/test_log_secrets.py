@@ -18,6 +18,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -26,8 +27,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from chatserver.app import create_app
 from chatserver.config import Config
 from chatserver.logs import AccessLogger, make_handler
-from helpers.accounts import COOKIE
+from helpers.accounts import COOKIE, client, register
 from helpers.frames import frame, new_phone
+from helpers.server import running, write_config
 from helpers.ws import open_personal, open_receive, recv, send_new_msg
 
 PASSWORD_MARK = "pw-MARK-7c1e0b Horse Battery"
@@ -174,3 +176,27 @@ async def test_no_secret_reaches_any_log_line(aiohttp_server, aiohttp_client, co
     # DEBUG was on, and what the libraries emitted there did carry bodies (aiosqlite's SQL
     # arguments): the handler is what kept them out.
     assert any(BODY_MARK in r.getMessage() for r in raw.records if r.levelno == logging.DEBUG)
+
+
+async def test_run_py_serve_logs_json_lines(tmp_path: Path) -> None:
+    """`server.log_format = "json"` in a real `run.py serve`: every line of its log (standard
+    error) is one JSON object with the event, its level, time and logger, and a failed login
+    carries its request context."""
+    config = write_config(tmp_path / "config.toml", {"server": {"log_format": "json"},
+                                                     "security": {"bcrypt_rounds": 4}})
+    async with running(tmp_path / "chat.db", config, tmp_path) as server, client() as session:
+        phone = new_phone()
+        await register(session, server, phone)
+        async with session.post(server.url("/login"), allow_redirects=False,
+                                data={"phone": phone, "password": WRONG_PASSWORD_MARK}) as resp:
+            assert resp.status == 401
+        assert await server.stop() == 0
+    lines = server.err().splitlines()
+    assert lines
+    records = [json.loads(line) for line in lines]  # each line is one JSON object
+    for record in records:
+        assert {"time", "level", "logger", "message"} <= set(record), record
+    failed = [r for r in records if r.get("event") == "auth login failed (wrong password)"]
+    assert failed and failed[0]["remote"] == "127.0.0.1" and failed[0]["path"] == "/login", records
+    assert failed[0]["level"] == "WARNING" and failed[0]["logger"] == "chatserver.pages"
+    assert WRONG_PASSWORD_MARK not in server.err()
