@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import uvloop
 from aiohttp import web
 
-from . import invites
+from . import invites, metrics
 from .app import create_app
 from .auth import hash_password, load_password_key, load_secret
 from .config import Config, ConfigError, load_config
@@ -149,6 +149,8 @@ def _serve(config: Config, workers: int = 1) -> int:
 
 
 def _serve_one(config: Config, *, reuse_port: bool) -> int:
+    if not config.metrics.enabled:
+        metrics.disable()  # nothing counted: /metrics answers 404 anyway
     try:
         app = create_app(config)
     except ValueError as e:

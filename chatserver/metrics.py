@@ -22,13 +22,17 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from .protocol import REASONS
 
 # Set by the supervisor of `serve --workers N` (chatserver/supervisor.py) before the workers
 # start: prometheus-client's multiprocess mode, chosen when it is imported.
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+# No `_created` series (a timestamp per counter and per label set): half the scrape, and nothing
+# an alert needs (rate() copes with restarts).
+disable_created_metrics()
 
 # -- sockets (ws.py, hubs/outbox.py) ------------------------------------------------------------
 
@@ -103,10 +107,29 @@ PUSH_SECONDS: Final = Histogram("chat_push_seconds",
                                 buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
 
 
+_ERRORS: Final = {reason: ERROR_FRAMES.labels(reason) for reason in (*REASONS, "other")}
+
+
 def count_error(reason: str) -> None:
     """Count one error frame; `reason` is one of protocol.REASONS (anything else counts as
     'other', so that the label set stays bounded whatever a caller passes)."""
     (_ERRORS.get(reason) or _ERRORS["other"]).inc()
 
 
-_ERRORS: Final = {reason: ERROR_FRAMES.labels(reason) for reason in (*REASONS, "other")}
+def _nothing(amount: float = 1) -> None:
+    """What a counter does once `disable()` has run."""
+
+
+def disable() -> None:
+    """Count nothing in this process from now on (`metrics.enabled = false`, applied by `run.py
+    serve` before the app is built): every child bound above, and every child of the error
+    counter, does nothing when incremented or observed, so that the message path costs what it
+    would without metrics (the benchmark's `--metrics both` compares the two)."""
+    # The bound children: a metric without labels, or a child bound to its label values.
+    children = [value for value in globals().values()
+                if isinstance(value, Counter | Gauge | Histogram)
+                and (value._labelvalues or not value._labelnames)]  # noqa: SLF001 - no public test
+    for child in (*children, *_ERRORS.values()):
+        for method in ("inc", "dec", "observe"):
+            if hasattr(child, method):
+                setattr(child, method, _nothing)
