@@ -43,9 +43,11 @@ BENCH_SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def bench_config(synchronous: str, database_url: str = "", hub_url: str = "",
-                 hub_prefix: str = "") -> str:
-    """The TOML config of a bench server (with the engines of the scaled mode when given)."""
-    tables: dict[str, dict[str, Any]] = {"database": {"synchronous": synchronous}}
+                 hub_prefix: str = "", metrics: bool = True) -> str:
+    """The TOML config of a bench server (with the engines of the scaled mode when given; with
+    `metrics` false, `[metrics] enabled = false`: nothing counted, no /metrics)."""
+    tables: dict[str, dict[str, Any]] = {"database": {"synchronous": synchronous},
+                                         "metrics": {"enabled": metrics}}
     if database_url:
         tables["database"]["url"] = database_url
     if hub_url:
@@ -100,8 +102,10 @@ class BenchServer:
     Redis prefix. Its process runs in a process group of its own, so that a kill takes its workers
     with it."""
 
-    def __init__(self, workdir: Path, name: str, synchronous: str, deployment: Deployment) -> None:
+    def __init__(self, workdir: Path, name: str, synchronous: str, deployment: Deployment,
+                 metrics: bool = True) -> None:
         self.dir = workdir / name
+        self.metrics = metrics
         self.dir.mkdir(parents=True)
         self.config = self.dir / "bench.toml"
         self.synchronous = synchronous
@@ -121,7 +125,8 @@ class BenchServer:
         try:
             database_url = await self._make_schema()
             self.config.write_text(bench_config(self.synchronous, database_url,
-                                                self.deployment.hub_url, self.prefix))
+                                                self.deployment.hub_url, self.prefix,
+                                                self.metrics))
             self.process.start()
             await self.process.wait_serving(START_TIMEOUT, processes=self.deployment.workers)
         except BaseException:
