@@ -44,6 +44,7 @@ from idle import case_idle  # noqa: E402
 from measure import load_average  # noqa: E402
 from personal import case_personal  # noqa: E402
 from report import machine_info, merge, problems, report  # noqa: E402
+from scrape import case_scrape  # noqa: E402
 from stage import Lab  # noqa: E402
 from webpush import case_push  # noqa: E402
 
@@ -51,7 +52,7 @@ Case = Callable[[str], Awaitable[dict[str, Any]]]
 # The cases of the default run, in its order (bench/README.md "Cases").
 CASES = ("full", "normal", "devices", "group", "fanout", "idle")
 # Cases run only when named in --cases (each takes a minute or more).
-EXTRA_CASES = ("attachments", "push")
+EXTRA_CASES = ("attachments", "push", "scrape")
 
 
 def raise_fd_limit() -> int:
@@ -91,7 +92,11 @@ def plan(lab: Lab, args: argparse.Namespace) -> list[tuple[str, str, Case]]:
     for i in range(1, args.repeat + 1):
         if "full" in args.cases:
             runs.append(("full", f"personal-full-{i}",
-                         lambda n: case_personal(lab, n, "FULL", args)))
+                         lambda n: case_personal(lab, n, "FULL", args,
+                                                 metrics=args.metrics != "off")))
+            if args.metrics == "both":  # the same run on a server that counts nothing
+                runs.append(("full_nometrics", f"personal-full-nometrics-{i}",
+                             lambda n: case_personal(lab, n, "FULL", args, metrics=False)))
         if "normal" in args.cases:
             runs.append(("normal", f"personal-normal-{i}",
                          lambda n: case_personal(lab, n, "NORMAL", args)))
@@ -109,6 +114,8 @@ def plan(lab: Lab, args: argparse.Namespace) -> list[tuple[str, str, Case]]:
         runs.append(("attachments", "attachments", lambda n: case_attachments(lab, n, args)))
     if "push" in args.cases:
         runs.append(("push", "push", lambda n: case_push(lab, n, args)))
+    if "scrape" in args.cases:
+        runs.append(("scrape", "scrape", lambda n: case_scrape(lab, n, args)))
     return runs
 
 
@@ -187,6 +194,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--push-messages", type=int,
                    help="push: messages sent to them in turn, each pushed once (default 1000, "
                         "--quick 200)")
+    p.add_argument("--metrics", choices=("on", "off", "both"), default="on",
+                   help="personal FULL runs on servers with metrics on (the default config, "
+                        "/metrics scraped every --scrape-every s during the measured phase), off "
+                        "([metrics] enabled = false: nothing counted), or both, alternating "
+                        "(SPEC 11: the CPU per message of each and their ratio)")
+    p.add_argument("--scrape-every", type=float, default=1.0,
+                   help="seconds between two scrapes of /metrics during a measured phase with "
+                        "metrics on (default 1; 0: no scrapes)")
+    p.add_argument("--scrape-sockets", type=int, default=10_000,
+                   help="scrape case: receive sockets held open while /metrics is scraped "
+                        "(default 10000)")
+    p.add_argument("--scrapes", type=int, default=50,
+                   help="scrape case: scrapes measured (default 50)")
     p.add_argument("--repeat", type=int,
                    help="runs of the personal, devices and group cases, each on a fresh server; figures are "
                         "medians (default 3, --quick 1)")
@@ -249,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     args.load_at_start = load_average()
     limit = raise_fd_limit()
     need = max(args.idle if "idle" in args.cases else 0,
-               (8 if "devices" in args.cases else 4) * args.pairs, 2 * args.group) + 100
+               (8 if "devices" in args.cases else 4) * args.pairs, 2 * args.group,
+               args.scrape_sockets if "scrape" in args.cases else 0) + 100
     if need > limit:
         print(f"error: {need} sockets need more open files than the limit {limit} "
               "(raise the hard limit: ulimit -Hn)", file=sys.stderr)

@@ -43,10 +43,13 @@ BENCH_SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def bench_config(synchronous: str, database_url: str = "", hub_url: str = "",
-                 hub_prefix: str = "", settings: dict[str, dict[str, Any]] | None = None) -> str:
-    """The TOML config of a bench server (with the engines of the scaled mode when given, and a
-    case's own `settings` on top of BENCH_SETTINGS, e.g. the push case's `[push]`)."""
-    tables: dict[str, dict[str, Any]] = {"database": {"synchronous": synchronous}}
+                 hub_prefix: str = "", metrics: bool = True,
+                 settings: dict[str, dict[str, Any]] | None = None) -> str:
+    """The TOML config of a bench server (with the engines of the scaled mode when given; with
+    `metrics` false, `[metrics] enabled = false`: nothing counted, no /metrics; a case's own
+    `settings` on top of BENCH_SETTINGS, e.g. the push case's `[push]`)."""
+    tables: dict[str, dict[str, Any]] = {"database": {"synchronous": synchronous},
+                                         "metrics": {"enabled": metrics}}
     if database_url:
         tables["database"]["url"] = database_url
     if hub_url:
@@ -103,8 +106,10 @@ class BenchServer:
     with it."""
 
     def __init__(self, workdir: Path, name: str, synchronous: str, deployment: Deployment,
+                 metrics: bool = True,
                  settings: dict[str, dict[str, Any]] | None = None) -> None:
         self.dir = workdir / name
+        self.metrics = metrics
         self.dir.mkdir(parents=True)
         self.config = self.dir / "bench.toml"
         self.synchronous = synchronous
@@ -126,7 +131,7 @@ class BenchServer:
             database_url = await self._make_schema()
             self.config.write_text(bench_config(self.synchronous, database_url,
                                                 self.deployment.hub_url, self.prefix,
-                                                self.settings))
+                                                self.metrics, self.settings))
             self.process.start()
             await self.process.wait_serving(START_TIMEOUT, processes=self.deployment.workers)
         except BaseException:

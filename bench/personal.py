@@ -131,9 +131,12 @@ class PersonalRun:
 
 
 async def case_personal(lab: Lab, name: str, synchronous: str,
-                        args: argparse.Namespace) -> dict[str, Any]:
-    """One run of the personal case on a fresh server with `synchronous` (FULL or NORMAL)."""
-    async with lab.stage(name, synchronous) as stage:
+                        args: argparse.Namespace, metrics: bool = True) -> dict[str, Any]:
+    """One run of the personal case on a fresh server with `synchronous` (FULL or NORMAL);
+    `metrics` false: on a server that counts nothing (`--metrics both`), else scraped every
+    `args.scrape_every` seconds during the measured phase."""
+    async with lab.stage(name, synchronous, metrics,
+                         args.scrape_every if metrics else 0.0) as stage:
         client = stage.client
         run = PersonalRun(args.pairs, args.messages, args.window)
         pairs = [Pair(run, f"55500{i:05d}", f"55510{i:05d}") for i in range(args.pairs)]
@@ -176,6 +179,7 @@ async def case_personal(lab: Lab, name: str, synchronous: str,
         return {
             "case": f"personal {synchronous}",
             "synchronous": synchronous,
+            "metrics": metrics, "scrapes": stage.scrapes,
             "pairs": args.pairs, "messages": args.messages, "window": args.window,
             "planned": planned, "sent": sent, "delivered": len(pushed),
             "finished": finished,

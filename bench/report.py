@@ -138,6 +138,35 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                          "one device, FULL (medians)",
                          fmt(dev["server_cpu_s_per_1000"] / full["server_cpu_s_per_1000"], 2),
                          "ratio"))
+    off = results.get("full_nometrics")
+    if full and off:
+        case = "8. metrics on / off"
+        rows.append((case, "server CPU per 1000 delivered messages, FULL, metrics on "
+                     f"(/metrics scraped every {args.scrape_every:g} s) / off (nothing counted)",
+                     f"{spread(full, 'server_cpu_s_per_1000', 3)} / "
+                     f"{spread(off, 'server_cpu_s_per_1000', 3)}", "CPU s / 1000 msgs"))
+        if off["server_cpu_s_per_1000"]:
+            rows.append((case, "server CPU per message, metrics on / off (medians; target <= 1.05)",
+                         fmt(full["server_cpu_s_per_1000"] / off["server_cpu_s_per_1000"], 3),
+                         "ratio"))
+        rows.append((case, "delivered messages per second, metrics on / off",
+                     f"{spread(full, 'delivered_per_s', 0)} / {spread(off, 'delivered_per_s', 0)}",
+                     "msg/s"))
+    scrape = results.get("scrape")
+    if scrape:
+        case = f"9. /metrics with {scrape['opened']:,} sockets open"
+        rows.append((case, f"server CPU per scrape ({scrape['scrapes']} scrapes, idle cost "
+                     "subtracted; target < 50)", fmt(scrape["server_cpu_ms_per_scrape"], 2),
+                     "CPU ms"))
+        rows.append((case, "the same without subtracting; the idle server's CPU",
+                     f"{fmt(scrape['server_cpu_ms_per_scrape_raw'], 2)}; "
+                     f"{fmt(scrape['idle_cpu_ms_per_s'], 1)} ms/s", "CPU ms"))
+        rows.append((case, "scrape wall time p50 / max; answer size",
+                     f"{fmt(scrape['scrape_wall_ms_p50'], 2)} / "
+                     f"{fmt(scrape['scrape_wall_ms_max'], 2)}; {scrape['scrape_bytes']:,} B",
+                     "ms; bytes"))
+        rows.append((case, "chat_open_sockets{kind=\"receive\"} in the scrape",
+                     str(scrape["open_sockets_reported"]), "sockets"))
     if full:
         personal_rows("2. throughput FULL", full)
     if idle:
@@ -220,7 +249,9 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                (f"two devices x{len(dev['runs'])}" if dev else "", dev),
                (f"group x{len(grp['runs'])}" if grp else "", grp),
                (f"group send-only x{len(fan['runs'])}" if fan else "", fan), ("idle", idle),
-               ("attachments", att), ("push", pu)]
+               ("attachments", att), ("push", pu),
+               (f"metrics off x{len(off['runs'])}" if off else "", off),
+               ("scrape", scrape)]
     names = [(n, r) for n, r in columns if r]
     head = ["check"] + [n for n, _ in names]
     body = [[c] + [fmt(r["checks"].get(c, 0)) for _, r in names] for c in CHECKS]

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from client import Client, Tally, wait_done
 from deployment import BenchServer, Deployment
 from measure import Meter, server_mem
@@ -23,6 +25,10 @@ class Stage:
 
     server: BenchServer
     client: Client
+    # Seconds between two scrapes of /metrics during the measured phase (0: none), as a
+    # Prometheus would (SPEC 11; `--metrics`): what metrics cost includes being read.
+    scrape_every: float = 0.0
+    scrapes: int = 0  # made during the measured phase
 
     @property
     def pid(self) -> int:
@@ -43,12 +49,26 @@ class Stage:
         meter.start()
         tally.last_progress = time.perf_counter()
         tasks = [asyncio.ensure_future(send()) for send in senders]
+        if self.scrape_every:
+            tasks.append(asyncio.ensure_future(self._scrape_forever()))
         finished = await wait_done(done, tally, stall_timeout)
         measured = meter.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         return finished, measured
+
+    async def _scrape_forever(self) -> None:
+        """GET /metrics every `scrape_every` seconds (each answer read whole) until cancelled."""
+        url = self.server.process.url("/metrics")
+        async with aiohttp.ClientSession() as session:
+            while True:
+                async with session.get(url) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"GET /metrics answered {resp.status}")
+                self.scrapes += 1
+                await asyncio.sleep(self.scrape_every)
 
 
 @dataclass
@@ -61,16 +81,19 @@ class Lab:
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @contextlib.asynccontextmanager
-    async def stage(self, name: str, synchronous: str,
+    async def stage(self, name: str, synchronous: str, metrics: bool = True,
+                    scrape_every: float = 0.0,
                     settings: dict[str, dict[str, Any]] | None = None) -> AsyncIterator[Stage]:
         """A fresh server for run `name` (started before entering: a failure to start raises and
         leaves no note) and a client; on leaving, every socket and the client are closed and the
-        server is stopped, its note kept in `notes[name]`."""
-        server = BenchServer(self.workdir, name, synchronous, self.deployment, settings)
+        server is stopped, its note kept in `notes[name]`. `metrics` false: the server counts
+        nothing (`[metrics] enabled = false`); `scrape_every`: see Stage; `settings`: a case's own
+        config tables."""
+        server = BenchServer(self.workdir, name, synchronous, self.deployment, metrics, settings)
         await server.start()
         client = Client(server.process.base)
         try:
-            yield Stage(server, client)
+            yield Stage(server, client, scrape_every)
         finally:
             await client.close()
             self.notes[name] = await server.finish()

@@ -143,7 +143,7 @@ async def case_push(lab: Lab, name: str, args: argparse.Namespace) -> dict[str, 
     """One run of the push case on a fresh server, with the push service in this process."""
     service = await PushService().start()
     try:
-        async with lab.stage(name, "FULL", PUSH_SETTINGS) as stage:
+        async with lab.stage(name, "FULL", settings=PUSH_SETTINGS) as stage:
             client = stage.client
             run = PushRun(args, service)
             t = run.tally

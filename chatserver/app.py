@@ -15,12 +15,16 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from .auth import load_password_key, load_secret
 from .config import Config
+from .exporter import Exporter
+from .health import HealthCheck
 from .hosts import AllowedHosts
 from .hubs import make_hub
 from .keys import (
     allowed_hosts_key,
     config_key,
+    health_key,
     hub_key,
+    metrics_key,
     password_hmac_key,
     password_pool_key,
     push_key,
@@ -100,6 +104,17 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+async def health_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Check the store and the hub in the background while serving (SPEC 11 /healthz), and let
+    /metrics read the store's figures: once both are started, stopped before them."""
+    app[metrics_key].attach(app[store_key])
+    await app[health_key].start(app[store_key], app[hub_key])
+    try:
+        yield
+    finally:
+        await app[health_key].stop()
+
+
 async def close_sockets(app: web.Application) -> None:
     """On shutdown, close every socket with 1001 going away."""
     await app[hub_key].close_all()
@@ -119,10 +134,13 @@ def create_app(config: Config) -> web.Application:
     # Generated into <database>.vapid on first start unless configured (SPEC 9); ValueError
     # for a key that cannot be used, like the cookie secret's.
     app[push_key] = PushSender(config, load_vapid(config) if config.push.enabled else None)
+    app[health_key] = HealthCheck(redis=bool(config.hub.url))
+    app[metrics_key] = Exporter(config.metrics, config.security.session_seconds)
     # Started in this order and cleaned up in the reverse one (aiohttp's cleanup_ctx): the
-    # expiry and the session check stop first, then the push sender, then the hub, then the
-    # throttle closes, and the store closes last.
-    app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx, push_ctx, session_watch_ctx,
+    # expiry, the session check and the health check stop first, then the push sender, then the
+    # hub, then the throttle closes, and the store closes last.
+    app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx, push_ctx, health_ctx,
+                            session_watch_ctx,
                             retention_ctx])
     app.on_shutdown.append(close_sockets)
     app.on_response_prepare.append(response_headers)

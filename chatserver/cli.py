@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 import uvloop
 from aiohttp import web
 
-from . import invites
+from . import invites, metrics
 from .app import create_app
 from .auth import hash_password, load_password_key, load_secret
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
+from .logs import AccessLogger, configure_logging
 from .protocol import now_micros, server_timestamp
 from .push import load_vapid, vapid_private_key
 from .stores import backup, open_store
@@ -152,6 +153,8 @@ def _serve(config: Config, workers: int = 1) -> int:
 
 
 def _serve_one(config: Config, *, reuse_port: bool) -> int:
+    if not config.metrics.enabled:
+        metrics.disable()  # nothing counted: /metrics answers 404 anyway
     try:
         app = create_app(config)
     except ValueError as e:
@@ -170,7 +173,8 @@ def _serve_one(config: Config, *, reuse_port: bool) -> int:
         web.run_app(app, host=config.server.host, port=config.server.port, print=serving,
                     loop=uvloop.new_event_loop(), reuse_port=reuse_port,
                     access_log=(logging.getLogger("aiohttp.access") if config.server.access_log
-                                else None))
+                                else None),
+                    access_log_class=AccessLogger)
     except (CorruptDatabase, SchemaTooNew):
         raise  # a database refused, not one out of reach: main() says it in one line
     except STARTUP_ERRORS as e:
@@ -240,13 +244,14 @@ def _admin(config: Config, phone: str, grant: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status (0 ok, 1 refused, 2 bad usage/config)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     args = _parser().parse_args(argv)
     try:
         config = _config(args)
     except (ConfigError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    configure_logging(config.server.log_format)
     try:
         if args.command == "serve":
             return _serve(config, args.workers)

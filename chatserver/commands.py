@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from .connection import MAX_IN_FLIGHT, STORE_FAILED, Conn
+from .metrics import ACCEPTED_GROUP, ACCEPTED_PERSONAL, ACCEPTED_ROOM, ACKS_GROUP, ACKS_PERSONAL
 from .protocol import (
     Frame,
     ProtocolError,
+    Reason,
     check_skew,
     command_of,
     decode,
@@ -54,18 +56,21 @@ def check_message(conn: Conn, message: str, attachments: Sequence[str] = ()) -> 
     carries attachments (SPEC 8), and at most `limits.max_message_bytes` bytes in UTF-8 (SPEC 10:
     what one stored message may cost); it carries at most `limits.max_attachments` attachments."""
     if len(attachments) > conn.config.limits.max_attachments:
-        raise ProtocolError(f"a message carries at most {conn.config.limits.max_attachments} attachments")
+        raise ProtocolError(f"a message carries at most {conn.config.limits.max_attachments} attachments",
+                            Reason.BAD_MESSAGE)
     if not message and not attachments:
-        raise ProtocolError("the message is empty")
+        raise ProtocolError("the message is empty", Reason.BAD_MESSAGE)
     limits = conn.config.limits
     if len(message) > limits.max_message_chars:
-        raise ProtocolError(f"the message is longer than {limits.max_message_chars} characters")
+        raise ProtocolError(f"the message is longer than {limits.max_message_chars} characters",
+                            Reason.BAD_MESSAGE)
     # A character is at most 4 bytes in UTF-8: most bodies need no encoding to be measured.
     if len(message) * 4 > limits.max_message_bytes and \
             len(message.encode()) > limits.max_message_bytes:
-        raise ProtocolError(f"the message is longer than {limits.max_message_bytes} bytes")
+        raise ProtocolError(f"the message is longer than {limits.max_message_bytes} bytes",
+                            Reason.BAD_MESSAGE)
     if "\x00" in message:  # not text a person typed, and SQL text functions stop at it
-        raise ProtocolError("the message must not contain NUL characters")
+        raise ProtocolError("the message must not contain NUL characters", Reason.BAD_MESSAGE)
 
 
 async def attachments_to_send(conn: Conn, frame: Frame) -> list[dict[str, Any]] | None:
@@ -88,7 +93,7 @@ def _with_attachments(wire: dict[str, Any], attachments: list[dict[str, Any]] | 
 def refuse_if_blocked(conn: Conn, recipient: str) -> None:
     """SPEC 5.5: a recipient who has blocked the sender gets nothing from them."""
     if conn.store.is_blocked(recipient, conn.user):
-        raise ProtocolError("the recipient has blocked you; nothing was sent")
+        raise ProtocolError("the recipient has blocked you; nothing was sent", Reason.BLOCKED)
 
 
 def _msg_sent(frame: Frame) -> dict[str, str]:
@@ -122,6 +127,7 @@ async def new_msg(conn: Conn, frame: Frame) -> None:
             if frame.msg_to != conn.user:  # SPEC 9; never for one's own copies
                 conn.push.notify([(frame.msg_to, "personal:" + conn.user)], conn.user,
                                  frame.message, frame.sent_timestamp)
+        ACCEPTED_PERSONAL.inc()
         conn.put(_msg_sent(frame))
 
     conn.later(frame.command, conn.store.add_personal(
@@ -137,7 +143,8 @@ async def msg_received(conn: Conn, frame: Frame) -> None:
 
     def committed(ack: Ack) -> None:
         if ack is Ack.MISSING:
-            raise ProtocolError("couldn't find a message to delete")
+            raise ProtocolError("couldn't find a message to delete", Reason.NOT_FOUND)
+        ACKS_PERSONAL.inc()
         if ack is Ack.FIRST:
             conn.hub.push(frame.msg_to, encode(frame.wire()))
 
@@ -205,6 +212,7 @@ async def new_grp_msg(conn: Conn, frame: Frame) -> None:
             # SPEC 9: the recipients' devices without a receive socket (never the sender's)
             conn.push.notify_group(stored.pending, conn.peer, conn.user, frame.message,
                                    frame.sent_timestamp)
+        ACCEPTED_GROUP.inc()
         conn.put(_msg_sent(frame))
 
     conn.later(frame.command, conn.store.add_group_message(
@@ -221,7 +229,8 @@ async def grp_msg_received(conn: Conn, frame: Frame) -> None:
 
     def committed(ack: Ack) -> None:
         if ack is Ack.MISSING:
-            raise ProtocolError("couldn't find a message to delete")
+            raise ProtocolError("couldn't find a message to delete", Reason.NOT_FOUND)
+        ACKS_GROUP.inc()
         if ack is Ack.FIRST:
             conn.hub.push(frame.msg_to, encode({
                 "message": frame.message, "command": "msg_received", "msg_from": _group_sender(conn),
@@ -238,9 +247,9 @@ async def grp_msg_read(conn: Conn, frame: Frame) -> None:
     refuse_if_blocked(conn, frame.msg_to)
     await conn.take_ack_token()
     if not await conn.store.is_member(conn.peer, conn.user):
-        raise ProtocolError("you are not a participant of this group")
+        raise ProtocolError("you are not a participant of this group", Reason.NOT_MEMBER)
     if not await conn.store.is_member(conn.peer, frame.msg_to):
-        raise ProtocolError("msg_to is not a participant of this group")
+        raise ProtocolError("msg_to is not a participant of this group", Reason.NOT_MEMBER)
     conn.later(frame.command, conn.store.read_group(conn.peer, conn.user, server_timestamp(sent_us)),
                lambda _: _push_read(conn, frame.msg_to, encode({
                    "message": frame.message, "command": "msg_read",
@@ -275,6 +284,7 @@ async def room_msg(conn: Conn, frame: Frame) -> None:
         (await attachments_to_send(conn, frame) if frame.attachments else [])))
 
     def committed(seq: int | None) -> None:
+        ACCEPTED_ROOM.inc()
         if seq is not None:
             conn.hub.broadcast(conn.peer, data, seq)
         else:  # a retry: everyone has it; confirm to the sender again
@@ -394,23 +404,25 @@ async def dispatch(conn: Conn, table: Table, text: str) -> None:
         frame = parse_frame(data)
         command = table.get(frame.command)
         if command is None:
-            raise ProtocolError(f"unknown command {type_!r} on this socket")
+            raise ProtocolError(f"unknown command {type_!r} on this socket", Reason.UNKNOWN_COMMAND)
         # The frame's own sent_timestamp only: an acknowledgement's `message` names the
         # acknowledged message's timestamp, which may be older (README).
         check_skew(frame.sent_us, now_micros(), conn.config.security.timestamp_skew_seconds)
         if frame.msg_from != conn.user:
-            raise ProtocolError("msg_from must be the phone this socket belongs to")
+            raise ProtocolError("msg_from must be the phone this socket belongs to",
+                                Reason.WRONG_SOCKET)
         if command.to_peer and frame.msg_to != conn.peer:
-            raise ProtocolError(f"msg_to must be {conn.peer!r} on this socket")
+            raise ProtocolError(f"msg_to must be {conn.peer!r} on this socket", Reason.WRONG_SOCKET)
         if not command.to_peer and not is_phone(frame.msg_to):
-            raise ProtocolError("msg_to must be the phone of the message's sender")
+            raise ProtocolError("msg_to must be the phone of the message's sender",
+                                Reason.WRONG_SOCKET)
         await command.run(conn, frame)
     except ProtocolError as e:
-        conn.refuse(str(e), type_)
+        conn.refuse(str(e), type_, e.reason)
     except StoreError:  # StoreClosed too
         # Nothing was committed, so nothing was acknowledged: the client may safely retry.
         log.exception("store failure during %s", type_)
-        conn.refuse(STORE_FAILED, type_)
+        conn.refuse(STORE_FAILED, type_, Reason.STORE_FAILED)
     if conn.in_flight >= MAX_IN_FLIGHT:
         await conn.wait_in_flight()
     await conn.wait_outbox()
@@ -427,17 +439,18 @@ async def dispatch_receive(conn: Conn, text: str) -> None:
             raise ProtocolError("the field 'command' is missing or not a string")
         handler = RECEIVE.get(command)
         if handler is None:
-            raise ProtocolError(f"unknown command {type_!r} on this socket")
+            raise ProtocolError(f"unknown command {type_!r} on this socket", Reason.UNKNOWN_COMMAND)
         msg_to = data.get("msg_to")
         if not isinstance(msg_to, str):
             raise ProtocolError("the field 'msg_to' is missing or not a string")
         if msg_to != conn.user:
-            raise ProtocolError("msg_to must be the phone this socket belongs to")
+            raise ProtocolError("msg_to must be the phone this socket belongs to",
+                                Reason.WRONG_SOCKET)
         await handler(conn, data)
     except ProtocolError as e:
-        conn.refuse(str(e), type_)
+        conn.refuse(str(e), type_, e.reason)
     except StoreError:  # StoreClosed too
         # Nothing was committed, so nothing was acknowledged: the client may safely retry.
         log.exception("store failure during %s", type_)
-        conn.refuse(STORE_FAILED, type_)
+        conn.refuse(STORE_FAILED, type_, Reason.STORE_FAILED)
     await conn.wait_outbox()

@@ -24,6 +24,8 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 REGISTRATION_MODES = ("invite", "open", "closed")
 # `server.forwarded_header`: which header a trusted proxy's client address is read from (SPEC 11).
 FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
+# SPEC 11 `server.log_format`.
+LOG_FORMATS = ("text", "json")
 HUB_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # What an invite link may start with: a scheme, a host (an IPv6 one in brackets), a path.
 PUBLIC_URL_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[^\s?#]*)?")
@@ -60,6 +62,9 @@ class Server:
     # $proxy_add_x_forwarded_for) or "forwarded" (RFC 7239). Only one is read: a proxy that writes
     # the other passes a client's own copy of it through unchanged.
     forwarded_header: str = "x-forwarded-for"
+    # SPEC 11: "text" (one human-readable line per event) or "json" (one JSON object per line,
+    # for a log collector; chatserver/logs.py).
+    log_format: str = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +243,12 @@ class Push:
     # next one twice as long (a 429's Retry-After is honoured, at most 60 s).
     retries: int = 3
     retry_seconds: float = 1.0
+class Metrics:
+    # SPEC 11: GET /metrics answers the Prometheus text format to a client whose address is in
+    # one of these networks (an address alone is a /32 or /128), and 404 to anyone else.
+    allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    # false: /metrics answers 404 to everyone (/healthz is always served).
+    enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +264,7 @@ class Config:
     websocket: WebSocket = field(default_factory=WebSocket)
     hub: HubSettings = field(default_factory=HubSettings)
     push: Push = field(default_factory=Push)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def scaled_out(self) -> bool:
@@ -377,6 +389,14 @@ def _build(data: dict[str, Any]) -> Config:
                               f"network ({e})") from None
     if config.server.forwarded_header not in FORWARDED_HEADERS:
         raise ConfigError(f"[server] forwarded_header must be one of {', '.join(FORWARDED_HEADERS)}")
+    if config.server.log_format not in LOG_FORMATS:
+        raise ConfigError(f"[server] log_format must be one of {', '.join(LOG_FORMATS)}")
+    for network in config.metrics.allow:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"[metrics] allow: {network!r} is not an address or a network "
+                              "(e.g. \"10.0.0.0/8\", \"::1/128\")") from None
     if not HUB_PREFIX_RE.fullmatch(config.hub.prefix):
         raise ConfigError("[hub] prefix must be 1 to 64 letters, digits, '_', '-' or '.'")
     _check_push(config.push)

@@ -15,7 +15,8 @@ from typing import Any, Final, TypeVar
 from .config import Config
 from .hubs.local import Hub
 from .hubs.outbox import Outbox
-from .protocol import ProtocolError, encode, error_frame
+from .metrics import RATE_LIMITED_ACK, RATE_LIMITED_MESSAGE, RATE_LIMITED_TYPING, count_error
+from .protocol import ProtocolError, Reason, encode, error_frame
 from .push import NO_PUSH, Notifier
 from .stores.base import AttachmentRefused, MailboxFull, NotMember, Store, StoreError
 from .throttle import Throttle
@@ -64,10 +65,12 @@ class Conn:
         """Queue a frame back on this socket, waiting while its queue is full."""
         await self.outbox.send(encode(frame))
 
-    def refuse(self, reason: str, type_: str) -> None:
-        """Answer the SPEC 5.5 error frame, after the answers to earlier frames still waiting for
-        their commit (so that a client sees its answers in the order of its frames)."""
-        frame = error_frame(reason, type_, self.user, self.peer)
+    def refuse(self, text: str, type_: str, reason: str = Reason.INVALID) -> None:
+        """Answer the SPEC 5.5 error frame (`text` for the person; `reason`, one of
+        protocol.REASONS, counted), after the answers to earlier frames still waiting for their
+        commit (so that a client sees its answers in the order of its frames)."""
+        count_error(reason)
+        frame = error_frame(text, type_, self.user, self.peer)
         if self.in_flight == 0 or self._tail is None:
             self.put(frame)
         else:  # done callbacks run in the order they were added: after the earlier answers
@@ -98,18 +101,21 @@ class Conn:
             try:
                 done(future.result())
             except ProtocolError as e:
-                reason = str(e)
+                text, reason = str(e), e.reason
             except NotMember:
-                reason = "you are not a participant of this group"
-            except (MailboxFull, AttachmentRefused) as e:  # SPEC 10, 8; nothing stored
-                reason = str(e)
+                text, reason = "you are not a participant of this group", Reason.NOT_MEMBER
+            except MailboxFull as e:  # SPEC 10; nothing stored
+                text, reason = str(e), Reason.MAILBOX_FULL
+            except AttachmentRefused as e:  # SPEC 8; nothing stored
+                text, reason = str(e), Reason.ATTACHMENT
             except StoreError:  # StoreClosed too
                 # Nothing was committed, so nothing was acknowledged: the client may retry.
                 log.exception("store failure during %s", type_)
-                reason = STORE_FAILED
+                text, reason = STORE_FAILED, Reason.STORE_FAILED
             else:
                 return
-            self.put(error_frame(reason, type_, self.user, self.peer))
+            count_error(reason)
+            self.put(error_frame(text, type_, self.user, self.peer))
 
         write.add_done_callback(committed)
 
@@ -134,21 +140,29 @@ class Conn:
     async def take_message_token(self) -> None:
         """Count one message against the user's rate; raises ProtocolError over the limit."""
         if not await self.throttle.allow_message(self.user):
+            RATE_LIMITED_MESSAGE.inc()
             rate = self.config.limits.messages_per_second
-            raise ProtocolError(f"message rate limit exceeded ({rate:g} per second)")
+            raise ProtocolError(f"message rate limit exceeded ({rate:g} per second)",
+                                Reason.RATE_LIMITED)
 
     async def take_ack_token(self) -> None:
         """Count one acknowledgement or read receipt against the user's rate (SPEC 10
         `limits.acks_per_second`); raises ProtocolError over the limit."""
         if not await self.throttle.allow_ack(self.user):
+            RATE_LIMITED_ACK.inc()
             rate = self.config.limits.acks_per_second
-            raise ProtocolError(f"acknowledgement rate limit exceeded ({rate:g} per second)")
+            raise ProtocolError(f"acknowledgement rate limit exceeded ({rate:g} per second)",
+                                Reason.RATE_LIMITED)
 
     async def typing_allowed(self) -> bool:
         """True at most once per TYPING_INTERVAL seconds on this socket, and within the user's
         typing rate over all sockets."""
         now = time.monotonic()
         if now - self.last_typing < TYPING_INTERVAL:
+            RATE_LIMITED_TYPING.inc()
             return False
         self.last_typing = now
-        return await self.throttle.allow_typing(self.user)
+        if await self.throttle.allow_typing(self.user):
+            return True
+        RATE_LIMITED_TYPING.inc()
+        return False

@@ -90,3 +90,13 @@ class AllowedHosts:
         if host in self.names or (self.any_ip and is_ip_literal(host)):
             return True
         return any(host.endswith(suffix) or host == suffix[1:] for suffix in self.suffixes)
+
+    def allows_probe(self, header: str | None) -> bool:
+        """`allows`, and also any IP literal: for /healthz and /metrics (SPEC 11), which a load
+        balancer, a process manager or Prometheus asks by address (`Host: 127.0.0.1:8080`)
+        whatever names `server.allowed_hosts` lists. An address cannot be rebound, so a
+        rebinding page gains nothing (and /metrics also checks the client's address)."""
+        if self.allows(header):
+            return True
+        host = split_host(header) if header is not None else None
+        return host is not None and is_ip_literal(host)

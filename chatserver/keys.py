@@ -5,6 +5,8 @@ from typing import Final
 from aiohttp import web
 
 from .config import Config
+from .exporter import Exporter
+from .health import HealthCheck
 from .hosts import AllowedHosts
 from .hubs.local import Hub
 from .push import PushSender
@@ -21,3 +23,6 @@ password_hmac_key: Final = web.AppKey("password_hmac", bytes)
 allowed_hosts_key: Final = web.AppKey("allowed_hosts", AllowedHosts)
 # SPEC 9: the Web Push sender (chatserver/push.py), started by app.push_ctx.
 push_key: Final = web.AppKey("push", PushSender)
+# SPEC 11: the cached health check (/healthz) and the metrics exporter (/metrics).
+health_key: Final = web.AppKey("health", HealthCheck)
+metrics_key: Final = web.AppKey("metrics", Exporter)

@@ -19,7 +19,10 @@ from typing import Any, Final
 from aiohttp import web
 
 from .attachments import UPLOAD_PATH
+from .exporter import METRICS_PATH
+from .health import HEALTHZ_PATH
 from .keys import allowed_hosts_key, config_key
+from .logs import request_context
 from .remote import client_address, client_scheme
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,9 @@ HSTS: Final = "max-age=31536000"
 # itself, each read bounded by limits.body_timeout_seconds (attachments._receive) and the size
 # counted as it comes. Read here, it would be refused past CLIENT_MAX_SIZE, and held in memory.
 STREAMED_BODIES: Final = frozenset({("POST", UPLOAD_PATH)})
+
+# SPEC 11 probes: asked by address, whatever server.allowed_hosts says (AllowedHosts.allows_probe).
+PROBE_PATHS: Final = frozenset({HEALTHZ_PATH, METRICS_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -70,11 +76,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     open (~0.3 KB per socket each).
     """
     try:
-        if not request.app[allowed_hosts_key].allows(request.headers.get("Host")):
-            log.info("refused Host %r: not in server.allowed_hosts", request.headers.get("Host"))
+        hosts = request.app[allowed_hosts_key]
+        if not (hosts.allows_probe(request.headers.get("Host")) if request.path in PROBE_PATHS
+                else hosts.allows(request.headers.get("Host"))):
+            log.info("refused Host %r: not in server.allowed_hosts", request.headers.get("Host"),
+                     extra=request_context(request))
             raise web.HTTPBadRequest(reason="unknown host; see server.allowed_hosts")
         if request.method not in _SAFE_METHODS and not same_origin(request):
-            log.info("refused cross-origin %s %s", request.method, request.path)
+            log.info("refused cross-origin %s %s", request.method, request.path,
+                     extra=request_context(request))
             raise web.HTTPForbidden(reason="cross-origin request refused")
         if request.body_exists and (request.method, request.path) not in STREAMED_BODIES:
             refused = await _read_body(request)
@@ -122,11 +132,12 @@ async def _read_body(request: web.Request) -> web.StreamResponse | None:
             await request.read()
     except TimeoutError:
         log.info("request body of %s %s from %s not in within %g s: 408",
-                 request.method, request.path, client_address(request), timeout)
+                 request.method, request.path, client_address(request), timeout,
+                 extra=request_context(request))
         return await _timed_out(request)
     except ConnectionError:
         log.info("%s %s from %s: the client left before its body arrived",
-                 request.method, request.path, client_address(request))
+                 request.method, request.path, client_address(request), extra=request_context(request))
         request.protocol.force_close()
         gone = web.Response(status=400, text="the connection was lost")
         gone.force_close()

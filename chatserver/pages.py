@@ -12,6 +12,14 @@ from .auth import check_password, current_user, hash_password, log_in, log_out, 
 from .forms import FormError, clean_name, clean_password, clean_phone
 from .invites import is_code
 from .keys import config_key, password_hmac_key, password_pool_key, store_key, throttle_key
+from .logs import request_context
+from .metrics import (
+    LOGIN_FAILED_CREDENTIALS,
+    LOGIN_FAILED_DISABLED,
+    LOGIN_FAILED_THROTTLED,
+    LOGINS,
+    REGISTRATIONS,
+)
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone, now_micros
 from .remote import client_address
 from .stores.base import Invite
@@ -35,8 +43,9 @@ def _auth_event(level: int, outcome: str, request: web.Request, phone: object) -
     """Log one authentication event (issue 12): outcome, client address, phone. Never the
     password, the cookie or a body; a phone that is not one (typed by anyone) is logged as '-',
     so that a form field cannot forge log lines."""
-    log.log(level, "auth %s: phone=%s address=%s", outcome, phone if is_phone(phone) else "-",
-            client_address(request) or "-")
+    shown = phone if is_phone(phone) else "-"
+    log.log(level, "auth %s: phone=%s address=%s", outcome, shown, client_address(request) or "-",
+            extra={**request_context(request), "event": f"auth {outcome}", "phone": shown})
 
 
 async def _post_form(request: web.Request) -> Any:
@@ -148,6 +157,7 @@ async def register(request: web.Request) -> web.Response:
                   _invite_refusal(await store.invite(invite) if is_code(invite) else None, now_micros()))
         return _form(request, "register.html", 403, reason, values)
     await throttle.refund(attempt)
+    REGISTRATIONS.inc()
     _auth_event(logging.INFO, "registration ok", request, phone)
     await log_in(request, phone)
     raise web.HTTPFound("/chat")
@@ -166,6 +176,7 @@ async def login(request: web.Request) -> web.Response:
     # Malformed phones share one account counter: no counter per junk string.
     attempt = await throttle.begin_attempt(address, phone if is_phone(phone) else "(not a phone)")
     if attempt is None:
+        LOGIN_FAILED_THROTTLED.inc()
         _auth_event(logging.WARNING, "login refused (too many attempts)", request, phone)
         return _form(request, "login.html", 429, TOO_MANY_ATTEMPTS, values)
     user = await request.app[store_key].get_user(phone) if is_phone(phone) else None
@@ -178,6 +189,7 @@ async def login(request: web.Request) -> web.Response:
         await throttle.refund(attempt)
         return _form(request, "login.html", 503, str(e), values)
     if not ok or user is None:
+        LOGIN_FAILED_CREDENTIALS.inc()
         _auth_event(logging.WARNING, "login failed (unknown phone)" if user is None
                     else "login failed (wrong password)", request, phone)
         return _form(request, "login.html", 401, "Wrong phone number or password.", values)
@@ -192,8 +204,10 @@ async def login(request: web.Request) -> web.Response:
     account = await request.app[store_key].account(user.phone, 0)
     if account is None or account.disabled:
         await log_out(request)
+        LOGIN_FAILED_DISABLED.inc()
         _auth_event(logging.WARNING, "login refused (account disabled)", request, user.phone)
         return _form(request, "login.html", 403, ACCOUNT_DISABLED, values)
+    LOGINS.inc()
     _auth_event(logging.INFO, "login ok", request, user.phone)
     raise web.HTTPFound("/chat")
 

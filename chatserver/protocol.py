@@ -40,8 +40,35 @@ _EPOCH_ORDINAL: Final = _EPOCH.toordinal()
 FRAME_FIELDS: Final = ("message", "command", "msg_from", "msg_to", "sent_timestamp")
 
 
+# Why a frame was refused, in a few words an operator counts (SPEC 11: `chat_error_frames` by
+# reason, a fixed set, never the text shown to the person).
+class Reason:
+    """The refusal reasons (plain strings, the label values)."""
+
+    INVALID: Final = "invalid"  # not JSON, not an object, a field missing or mistyped, binary
+    UNKNOWN_COMMAND: Final = "unknown_command"
+    WRONG_SOCKET: Final = "wrong_socket"  # msg_from / msg_to not this socket's
+    BAD_MESSAGE: Final = "bad_message"  # empty, too long, NUL, too many attachments
+    BAD_TIMESTAMP: Final = "bad_timestamp"  # unparseable, or too far from the server's clock
+    NOT_FOUND: Final = "not_found"  # nothing to acknowledge
+    RATE_LIMITED: Final = "rate_limited"
+    BLOCKED: Final = "blocked"
+    NOT_MEMBER: Final = "not_member"
+    MAILBOX_FULL: Final = "mailbox_full"
+    ATTACHMENT: Final = "attachment"  # an attachment that is not the sender's to attach
+    STORE_FAILED: Final = "store_failed"
+
+
+REASONS: Final = tuple(v for k, v in vars(Reason).items() if k.isupper())
+
+
 class ProtocolError(Exception):
-    """A refused frame; `str(error)` is the reason shown to a person (SPEC 5.5)."""
+    """A refused frame; `str(error)` is the reason shown to a person (SPEC 5.5), `reason` one of
+    REASONS, for the metrics."""
+
+    def __init__(self, text: str, reason: str = Reason.INVALID) -> None:
+        super().__init__(text)
+        self.reason = reason
 
 
 def is_phone(value: object) -> TypeGuard[str]:
@@ -63,7 +90,7 @@ def parse_timestamp(value: str) -> int:
     """
     m = _TIMESTAMP_RE.fullmatch(value)
     if m is None:
-        raise ProtocolError(f"unparseable timestamp: {value[:40]!r}")
+        raise ProtocolError(f"unparseable timestamp: {value[:40]!r}", Reason.BAD_TIMESTAMP)
     g = m.groups()
     hh, mi, ss, frac = g[3:7] if g[3] is not None else g[7:11]
     hour, minute, second = int(hh), int(mi), int(ss)
@@ -72,7 +99,8 @@ def parse_timestamp(value: str) -> int:
             raise ValueError("time out of range")
         days = _day_number(int(g[0]), int(g[1]), int(g[2]))
     except ValueError as e:
-        raise ProtocolError(f"unparseable timestamp: {value[:40]!r} ({e})") from None
+        raise ProtocolError(f"unparseable timestamp: {value[:40]!r} ({e})",
+                            Reason.BAD_TIMESTAMP) from None
     seconds = ((days * 24 + hour) * 60 + minute) * 60 + second
     return seconds * 1_000_000 + (int(frac.ljust(6, "0")) if frac else 0)
 
@@ -105,7 +133,8 @@ def check_skew(sent_us: int, now_us: int, skew_seconds: int) -> None:
     a message in year 1 or 9999. Raises ProtocolError."""
     if abs(sent_us - now_us) > skew_seconds * 1_000_000:
         raise ProtocolError(f"sent_timestamp is more than {skew_seconds} seconds away from the "
-                            f"server's clock ({server_timestamp(now_us)} UTC); check the device's clock")
+                            f"server's clock ({server_timestamp(now_us)} UTC); check the device's "
+                            "clock", Reason.BAD_TIMESTAMP)
 
 
 def now_micros() -> int:

@@ -7,6 +7,9 @@ from pathlib import Path
 from aiohttp import web
 
 from . import account, admin, api, attachments, devices, pages, pushapi, ws
+from .exporter import METRICS_PATH
+from .health import HEALTHZ_PATH
+from .keys import health_key, metrics_key
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -62,4 +65,7 @@ def setup_routes(app: web.Application) -> None:
         web.get("/ws/chat/group/{msg_from}/{grp}/", ws.group_socket),
         web.get("/ws/chat/room/{room_name}/", ws.room_socket),
         web.static("/static", STATIC_DIR),
+        # SPEC 11: probes, served by objects of the app (chatserver/health.py, exporter.py).
+        web.get(HEALTHZ_PATH, app[health_key].handle),
+        web.get(METRICS_PATH, app[metrics_key].handle),
     ])

@@ -1,17 +1,26 @@
 """`serve --workers N`: start N server processes on one port (SO_REUSEPORT), pass SIGTERM and
-SIGINT on to them, and stop them all when one dies."""
+SIGINT on to them, and stop them all when one dies; give them one folder for their metrics
+(prometheus-client's multiprocess mode, SPEC 11: any worker's /metrics answers all of them)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from multiprocessing import connection as mp_connection
+from pathlib import Path
+
+from prometheus_client import multiprocess
 
 from .config import Config
+from .logs import configure_logging
+from .metrics import MULTIPROC_ENV
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +35,34 @@ def supervise(serve: Serve, config: Config, workers: int) -> int:
     worker exits, the others are stopped too, and the worst exit status is returned (a process
     manager such as systemd restarts the whole). A worker killed by signal N counts as 128 + N,
     as a shell reports it."""
+    with metrics_folder() as folder:
+        return _supervise(serve, config, workers, folder)
+
+
+@contextlib.contextmanager
+def metrics_folder() -> Iterator[Path]:
+    """The workers' metrics folder, in MULTIPROC_ENV for the workers to inherit (prometheus-
+    client reads it when a worker imports it): the operator's when MULTIPROC_ENV is set (emptied
+    of what an earlier run left, whose figures would be added to this run's), else a fresh
+    private one (mode 0700) removed at the end."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.db"):
+            old.unlink()
+        yield folder
+        return
+    folder = Path(tempfile.mkdtemp(prefix="chat-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        del os.environ[MULTIPROC_ENV]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _supervise(serve: Serve, config: Config, workers: int, folder: Path) -> int:
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state shared by fork
     procs = [ctx.Process(target=_worker, args=(serve, config), name=f"worker-{i}")
              for i in range(workers)]
@@ -48,6 +85,8 @@ def supervise(serve: Serve, config: Config, workers: int) -> int:
         for proc in [proc for proc in waiting if proc.sentinel in ready]:
             waiting.remove(proc)
             proc.join()
+            if proc.pid is not None:  # its open sockets no longer count (livesum gauges)
+                multiprocess.mark_process_dead(proc.pid, str(folder))
             if not stopping:
                 log.error("%s exited with status %s: stopping the others", proc.name, proc.exitcode)
                 stop(signal.SIGTERM, None)
@@ -57,6 +96,5 @@ def supervise(serve: Serve, config: Config, workers: int) -> int:
 
 
 def _worker(serve: Serve, config: Config) -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    configure_logging(config.server.log_format)
     sys.exit(serve(config))

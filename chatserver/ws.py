@@ -7,20 +7,23 @@ in order (SPEC 5.1). No task is spawned per frame.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import WSMsgType, web
+from prometheus_client import Gauge
 
 from . import commands
 from .auth import current_user
 from .connection import Conn
 from .hubs.outbox import Outbox
 from .keys import config_key, hub_key, push_key, store_key, throttle_key
+from .metrics import SOCKETS_GROUP, SOCKETS_PERSONAL, SOCKETS_RECEIVE, SOCKETS_ROOM
 from .middlewares import same_origin
 from .presence import announce, went_offline
-from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
+from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, Reason, is_phone
 from .remote import client_address
 from .throttle import LOOKUPS_REFUSED, lookup_allowed
 
@@ -62,8 +65,18 @@ def _conn(request: web.Request, phone: str, peer: str, outbox: Outbox, device: s
                 device, app[push_key])
 
 
+@contextlib.contextmanager
+def _counted(gauge: Gauge) -> Iterator[None]:
+    """One more open socket of the gauge's kind within the block (SPEC 11 chat_open_sockets)."""
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
+
+
 def _binary_refused(conn: Conn) -> None:
-    conn.refuse("binary frames are not accepted; send JSON text", "invalid")
+    conn.refuse("binary frames are not accepted; send JSON text", "invalid", Reason.INVALID)
 
 
 async def receive_socket(request: web.Request) -> web.WebSocketResponse:
@@ -74,7 +87,7 @@ async def receive_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     try:
         async with hub.session_socket(sid_hash, ws, ("receive", phone)):
-            with hub.outbox(ws) as outbox:
+            with _counted(SOCKETS_RECEIVE), hub.outbox(ws) as outbox:
                 # Registered (with a shared hub: subscribed) before the first frame is read, so
                 # that no push sent after the client's first fetch can miss this socket.
                 async with hub.receiving(phone, outbox, sid_hash) as came_online:
@@ -103,7 +116,7 @@ async def personal_socket(request: web.Request) -> web.WebSocketResponse:
     ws = _socket(request)
     await ws.prepare(request)
     async with hub.session_socket(sid_hash, ws, ("personal", phone, msg_to)):
-        with hub.outbox(ws) as outbox:
+        with _counted(SOCKETS_PERSONAL), hub.outbox(ws) as outbox:
             conn = _conn(request, phone, msg_to, outbox, sid_hash)
             await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.PERSONAL))
     return ws
@@ -141,7 +154,8 @@ async def group_socket(request: web.Request) -> web.WebSocketResponse:
     ws = _socket(request)
     await ws.prepare(request)
     async with hub.session_socket(sid_hash, ws, ("group", phone, grp)):
-        with hub.group_socket(grp, phone, ws), hub.outbox(ws) as outbox:
+        with _counted(SOCKETS_GROUP), hub.group_socket(grp, phone, ws), \
+                hub.outbox(ws) as outbox:
             conn = _conn(request, phone, grp, outbox, sid_hash)
             await _serve(ws, conn, functools.partial(commands.dispatch, conn, commands.GROUP))
     return ws
@@ -161,7 +175,7 @@ async def room_socket(request: web.Request) -> web.WebSocketResponse:
     ws = _socket(request)
     await ws.prepare(request)
     async with hub.session_socket(sid_hash, ws, ("room", phone, name)):
-        with hub.outbox(ws) as outbox:
+        with _counted(SOCKETS_ROOM), hub.outbox(ws) as outbox:
             # In the room (with a shared hub: subscribed) before its history is read: a message
             # stored after that read is broadcast to this socket, one stored before is in it.
             async with hub.in_room(name, outbox):

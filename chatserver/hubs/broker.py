@@ -63,6 +63,10 @@ class Broker(Protocol):
         """Send what waits (at most `timeout` seconds), then disconnect. Safe to call twice, or
         after a failed `start`."""
 
+    async def ping(self) -> None:
+        """One round trip to what the broker shares (SPEC 11 /healthz). Raises HubUnavailable
+        when it does not answer."""
+
     async def subscribe_user(self, phone: str) -> None:
         """One more receive socket here wants `phone`'s pushes; returns once the subscription is
         live (confirmed), so that nothing published afterwards can miss the socket (SPEC 5.2),
@@ -152,6 +156,9 @@ class LocalBroker:
 
     async def stop(self, timeout: float) -> None:
         """Nothing to send or disconnect."""
+
+    async def ping(self) -> None:
+        """Nothing to reach."""
 
     async def subscribe_user(self, phone: str) -> None:
         """Every publication is local: delivered by the hub itself."""

@@ -245,6 +245,11 @@ class Hub:
         await asyncio.gather(self._broker.stop(self.close_timeout),
                              self._presence.stop(self.close_timeout))
 
+    async def ping(self) -> None:
+        """Reach what the broker shares with the other processes (SPEC 11 /healthz); raises
+        HubUnavailable when it does not answer. Nothing to reach in one process."""
+        await self._broker.ping()
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""
         task = asyncio.ensure_future(coro)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..metrics import CUT_OFF
+
 if TYPE_CHECKING:
     from .local import Hub
 
@@ -99,6 +101,7 @@ class Outbox:
     def cut_off(self) -> None:
         """Close the socket with 1013: its peer is too far behind (its messages stay stored)."""
         if not self._closed:
+            CUT_OFF.inc()
             log.warning("socket fell %d frames behind; closing it", self._size)
             self.stop()
             self._hub.spawn(close_socket(self.ws, WSCloseCode.TRY_AGAIN_LATER, b"too far behind",

@@ -286,6 +286,13 @@ class RedisBroker:
             self._workers = []
         await self._disconnect()
 
+    async def ping(self) -> None:
+        """PING on the commands connection (SPEC 11 /healthz); raises HubUnavailable when Redis
+        does not answer (within REDIS_TIMEOUT) or the broker is not started."""
+        if self._commands is None or self._stopped:
+            raise HubUnavailable("the Redis hub is not running")
+        await self._commands.ping()
+
     async def _disconnect(self) -> None:
         async with self._sub_lock:
             await self._close_pubsub()

@@ -342,7 +342,8 @@ class Store(Protocol):
     """
 
     async def close(self) -> None:
-        """Finish every queued write, scrub what a delete left behind, close the connections."""
+        """Finish every queued write, scrub what a delete left behind, close the connections.
+        A second call does nothing."""
         ...
 
     async def scrub(self) -> None:

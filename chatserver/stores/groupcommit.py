@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
+from ..metrics import COMMIT_BATCH, COMMIT_SECONDS
 from ..protocol import now_micros
 from .base import Ack, Store, StoreClosed, Stored, StoreError
 
@@ -213,7 +215,10 @@ class GroupCommitStore(Store, Generic[DB]):
             # Everything queued while the previous commit was in flight forms this batch.
             batch, self._queue = self._queue, []
             async with self._writing:
+                started = time.perf_counter()
                 await self._commit(batch)
+                COMMIT_SECONDS.observe(time.perf_counter() - started)
+            COMMIT_BATCH.observe(len(batch))
             if any(w.deletes for w in batch):
                 self._scrub_soon()
 
@@ -339,6 +344,8 @@ class GroupCommitStore(Store, Generic[DB]):
     # -- closing ------------------------------------------------------------------------------
 
     async def close(self) -> None:
+        if self._closing:  # closed already, or closing: once is enough (a second call is a no-op)
+            return
         self._closing = True
         self._wakeup.set()
         try:

@@ -296,3 +296,24 @@ def test_retention_takes_a_fraction_of_a_day(tmp_path: Path) -> None:
     assert (config.retention.undelivered_days, config.retention.check_seconds) == (0.5, 60.0)
     assert (load_config().limits.max_waiting_per_recipient, load_config().limits.max_message_bytes) == (
         10000, 16384)
+
+
+@pytest.mark.parametrize(("tables", "named"), [
+    ({"server": {"log_format": "xml"}}, r"\[server\] log_format"),
+    ({"metrics": {"allow": ["not-a-network"]}}, r"\[metrics\] allow"),
+    ({"metrics": {"allow": ["10.0.0.0/33"]}}, r"\[metrics\] allow"),
+    ({"metrics": {"enabled": "yes"}}, r"\[metrics\] enabled"),
+])
+def test_operations_keys_are_checked(tables: dict[str, dict[str, object]], named: str) -> None:
+    """SPEC 11: `server.log_format` and `[metrics]` refuse what they cannot use, naming the key."""
+    overrides = {f"{table}__{key}": value for table, keys in tables.items()
+                 for key, value in keys.items()}
+    with pytest.raises(ConfigError, match=named):
+        load_config(None, **overrides)
+
+
+def test_operations_defaults() -> None:
+    config = load_config(None, server__log_format="json", metrics__allow=["10.1.2.3", "fd00::/8"])
+    assert config.server.log_format == "json"
+    assert config.metrics.allow == ("10.1.2.3", "fd00::/8") and config.metrics.enabled
+    assert Config().metrics.allow == ("127.0.0.1/32", "::1/128")
