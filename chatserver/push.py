@@ -48,6 +48,7 @@ from yarl import URL
 from .config import Config
 from .hubs.local import Hub
 from .keyfile import key_file
+from .metrics import PUSH_SECONDS, PUSHES_DROPPED, PUSHES_FAILED, PUSHES_GONE, PUSHES_SENT
 from .protocol import now_micros
 from .stores.base import PushSubscription, Store, StoreError
 from .throttle import Throttle
@@ -385,6 +386,8 @@ class _Job:
     sender: str
     text: str
     sent: str
+    # time.monotonic() when queued (just after the commit): chat_push_seconds measures from it.
+    queued: float
 
     def pairs(self) -> Sequence[tuple[str, str]]:
         if self.wanted is not None:
@@ -399,6 +402,7 @@ class _Delivery:
     subscription: PushSubscription
     conversation: str
     payload: bytes
+    queued: float  # the job's: time.monotonic() just after the commit
 
 
 class PushSender:
@@ -478,13 +482,13 @@ class PushSender:
                sent: str = "") -> None:
         """Queue a push for each (phone, conversation) pair of `wanted` (see Notifier)."""
         if wanted:
-            self._put(_Job(wanted, (), "", sender, text, sent))
+            self._put(_Job(wanted, (), "", sender, text, sent, time.monotonic()))
 
     def notify_group(self, phones: Sequence[str], key: str, sender: str, text: str,
                      sent: str = "") -> None:
         """Queue a push for each phone of `phones` in group `key` (see Notifier)."""
         if phones:
-            self._put(_Job(None, phones, f"group:{key}", sender, text, sent))
+            self._put(_Job(None, phones, f"group:{key}", sender, text, sent, time.monotonic()))
 
     def _put(self, job: _Job) -> None:
         if self._queue is None:
@@ -493,6 +497,7 @@ class PushSender:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             self.counts["dropped"] += 1
+            PUSHES_DROPPED.inc()
             now = time.monotonic()
             if now - self._dropped_logged >= DROP_LOG_SECONDS:
                 self._dropped_logged = now
@@ -548,12 +553,13 @@ class PushSender:
         names: dict[str, str] = {}
         deliveries = []
         for (subscription, conversation), ok in zip(candidates, allowed, strict=True):
-            if not ok:
+            if not ok:  # pushed within push.min_interval_seconds: the later push carries the count
+                PUSHES_DROPPED.inc()
                 continue
             job = latest[(subscription.phone, conversation)]
             count = await store.waiting_count(subscription.device, subscription.phone, conversation)
             payload = await self._payload(conversation, job, max(1, count), names)
-            deliveries.append(_Delivery(subscription, conversation, payload))
+            deliveries.append(_Delivery(subscription, conversation, payload, job.queued))
         return deliveries
 
     async def _name(self, key: str, names: dict[str, str]) -> str:
@@ -619,6 +625,7 @@ class PushSender:
 
     def _failed(self, delivery: _Delivery, why: str) -> None:
         self.counts["failed"] += 1
+        PUSHES_FAILED.inc()
         log.warning("push: to %s not sent: %s",
                     endpoint_origin(delivery.subscription.endpoint), why)
 
@@ -662,11 +669,14 @@ class PushSender:
         status = answer.status
         if status in (200, 201, 202):
             self.counts["sent"] += 1
+            PUSHES_SENT.inc()
+            PUSH_SECONDS.observe(time.monotonic() - delivery.queued)
             return None
         if status in (404, 410):
             # SPEC 9: the subscription has expired or was withdrawn; deleted unless the device
             # has replaced it meanwhile.
             self.counts["gone"] += 1
+            PUSHES_GONE.inc()
             log.info("push: %s answered %d: subscription deleted", where, status)
             with contextlib.suppress(StoreError):
                 await self._store.drop_push_subscription(subscription.device, subscription.endpoint)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 
 from chatserver.config import Config, Push
 from helpers.accounts import UserFactory
@@ -466,6 +467,7 @@ async def test_gone_410_removes_the_subscription(as_user: UserFactory, service: 
     _, gone = await offline_device(as_user, b, service)
     _, control = await offline_device(as_user, b, service)
     service.script(gone.id, 410)
+    before = {k: pushes_metric(*k) for k in METRICS}
     await say(sender, a, b, "one")
     statuses = {}
     for _ in range(2):
@@ -476,6 +478,25 @@ async def test_gone_410_removes_the_subscription(as_user: UserFactory, service: 
     await say(sender, a, b, "two")
     await pushed_to(service, control)
     assert service.count(gone.id) == 1 and service.pending() == 0
+    # SPEC 11: the sender's figures (this process's registry: the server runs in the test's);
+    # "sent" moves once the push service's answer is read, which no event announces: polled.
+    want = {("chat_pushes_total", "gone"): 1, ("chat_pushes_total", "sent"): 2,
+            ("chat_push_seconds_count", ""): 2}
+    deadline = time.monotonic() + TIMEOUT
+    while (moved := {k: pushes_metric(*k) - before[k] for k in METRICS}) != want:
+        assert time.monotonic() < deadline, f"metrics moved {moved}, want {want}"
+        await asyncio.sleep(0.02)  # polling interval, not synchronisation
+
+
+# (metric, result label or "" for none) read by the 410 test
+METRICS = (("chat_pushes_total", "gone"), ("chat_pushes_total", "sent"),
+           ("chat_push_seconds_count", ""))
+
+
+def pushes_metric(name: str, result: str) -> float:
+    """A sample of the push metrics (chatserver/metrics.py) in this process's registry."""
+    labels = {"result": result} if result else {}
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_server_error_is_retried_and_delivered_once(as_user: UserFactory,
