@@ -243,6 +243,9 @@ class Push:
     # next one twice as long (a 429's Retry-After is honoured, at most 60 s).
     retries: int = 3
     retry_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Metrics:
     # SPEC 11: GET /metrics answers the Prometheus text format to a client whose address is in
     # one of these networks (an address alone is a /32 or /128), and 404 to anyone else.

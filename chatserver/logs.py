@@ -74,9 +74,9 @@ def request_context(request: web.BaseRequest) -> dict[str, object]:
 def _remote(request: web.BaseRequest) -> str:
     """The client's address (a trusted proxy's forwarded one: remote.client_address), "-" when
     unknown."""
-    if isinstance(request, web.Request):
+    if isinstance(request, web.Request):  # always, for requests of the app
         return client_address(request) or "-"
-    return request.remote or "-"
+    return "-"
 
 
 class AccessLogger(AbstractAccessLogger):
