@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 
 from aiohttp import web
@@ -9,6 +10,8 @@ from aiohttp import web
 from . import account, admin, api, attachments, devices, pages, ws
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# The web app manifest's registered type (W3C Web App Manifest); Python's table lacks it.
+mimetypes.add_type("application/manifest+json", ".webmanifest")
 
 
 def setup_routes(app: web.Application) -> None:
@@ -21,6 +24,7 @@ def setup_routes(app: web.Application) -> None:
         web.post("/login", pages.login),
         web.post("/logout", pages.logout),
         web.get("/chat", pages.chat),
+        web.get("/sw.js", pages.service_worker),
         web.get("/chat/personal/{msg_from}/{msg_to}/", pages.chat_personal),
         web.get("/chat/group/{msg_from}/{grp}/", pages.chat_group),
         web.get("/chat/room/{room_name}/", pages.chat_room),
