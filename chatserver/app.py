@@ -23,10 +23,12 @@ from .keys import (
     hub_key,
     password_hmac_key,
     password_pool_key,
+    push_key,
     store_key,
     throttle_key,
 )
 from .middlewares import guard, response_headers
+from .push import PushSender, load_vapid
 from .retention import expire_forever
 from .routes import setup_routes
 from .sessions import session_watch_ctx
@@ -72,6 +74,16 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
         await app[hub_key].stop()
 
 
+async def push_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Send Web Pushes (SPEC 9) while serving: started after the hub (it asks which devices are
+    online) and stopped before it, with the store still open."""
+    await app[push_key].start(app[store_key], app[hub_key], app[throttle_key])
+    try:
+        yield
+    finally:
+        await app[push_key].stop()
+
+
 async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
     """Expire undelivered messages (SPEC 10) while serving: started once the store and the hub
     are (its pushes go through the hub), stopped before them."""
@@ -98,13 +110,18 @@ def create_app(config: Config) -> web.Application:
     app[config_key] = config
     app[allowed_hosts_key] = AllowedHosts.from_config(config)
     app[hub_key] = make_hub(config)
-    app[throttle_key] = Throttle(config.limits, config.hub.url, config.hub.prefix)
+    app[throttle_key] = Throttle(config.limits, config.hub.url, config.hub.prefix,
+                                 config.push.min_interval_seconds)
     app[password_pool_key] = PasswordPool(config.limits.password_workers,
                                           config.limits.password_queue)
+    # Generated into <database>.vapid on first start unless configured (SPEC 9); ValueError
+    # for a key that cannot be used, like the cookie secret's.
+    app[push_key] = PushSender(config, load_vapid(config) if config.push.enabled else None)
     # Started in this order and cleaned up in the reverse one (aiohttp's cleanup_ctx): the
-    # expiry and the session check stop first, then the hub, then the throttle closes, and the
-    # store closes last.
-    app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx, session_watch_ctx, retention_ctx])
+    # expiry and the session check stop first, then the push sender, then the hub, then the
+    # throttle closes, and the store closes last.
+    app.cleanup_ctx.extend([store_ctx, throttle_ctx, hub_ctx, push_ctx, session_watch_ctx,
+                            retention_ctx])
     app.on_shutdown.append(close_sockets)
     app.on_response_prepare.append(response_headers)
     secret = load_secret(config.security.cookie_secret, config.database.path)

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 import unicodedata
@@ -30,6 +29,7 @@ from aiohttp import web
 from aiohttp_session import Session, get_session, new_session
 from cryptography.fernet import Fernet
 
+from .keyfile import key_file
 from .keys import config_key, hub_key, store_key
 from .stores.base import touch_after_us
 from .throttle import PasswordPool
@@ -186,25 +186,6 @@ def _renew_cookie(session: Session, max_age: int) -> None:
     session[COOKIE_RENEWED] = int(time.time())
 
 
-def _key_file(path: Path, generate: Callable[[], str], check: Callable[[str], None]) -> str:
-    """The key stored in `path`, created with `generate()` on first use with mode 0600 (an
-    existing file is tightened to 0600), in a folder made with mode 0700; `check` raises
-    ValueError for a stored key that cannot be used."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:  # made by an older release or by hand: owner only
-            path.chmod(0o600)
-        key = path.read_text().strip()
-        check(key)
-        return key
-    key = generate()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    return key
-
-
 def load_secret(configured: str, db_path: str | Path) -> str:
     """The Fernet key that encrypts cookies: the configured one, else `<database>.secret`.
 
@@ -215,7 +196,7 @@ def load_secret(configured: str, db_path: str | Path) -> str:
     if configured:
         Fernet(configured)  # raises ValueError when malformed
         return configured
-    return _key_file(Path(f"{db_path}.secret"), lambda: Fernet.generate_key().decode(), _check_fernet)
+    return key_file(Path(f"{db_path}.secret"), lambda: Fernet.generate_key().decode(), _check_fernet)
 
 
 def _check_fernet(key: str) -> None:
@@ -240,4 +221,4 @@ def load_password_key(configured: str, db_path: str | Path) -> str:
     if configured:
         _check_password_key(configured)
         return configured
-    return _key_file(Path(f"{db_path}.pepper"), lambda: secrets.token_urlsafe(32), _check_password_key)
+    return key_file(Path(f"{db_path}.pepper"), lambda: secrets.token_urlsafe(32), _check_password_key)

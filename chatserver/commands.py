@@ -119,6 +119,9 @@ async def new_msg(conn: Conn, frame: Frame) -> None:
             conn.hub.push(frame.msg_to, data)
             if stored.copies:
                 conn.hub.push(conn.user, data, skip=conn.device)
+            if frame.msg_to != conn.user:  # SPEC 9; never for one's own copies
+                conn.push.notify([(frame.msg_to, "personal:" + conn.user)], conn.user,
+                                 frame.message, frame.sent_timestamp)
         conn.put(_msg_sent(frame))
 
     conn.later(frame.command, conn.store.add_personal(
@@ -199,6 +202,9 @@ async def new_grp_msg(conn: Conn, frame: Frame) -> None:
                 conn.hub.push(phone, addressed(phone))
             if stored.copies:
                 conn.hub.push(conn.user, addressed(conn.user), skip=conn.device)
+            # SPEC 9: the recipients' devices without a receive socket (never the sender's)
+            conn.push.notify_group(stored.pending, conn.peer, conn.user, frame.message,
+                                   frame.sent_timestamp)
         conn.put(_msg_sent(frame))
 
     conn.later(frame.command, conn.store.add_group_message(

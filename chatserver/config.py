@@ -6,6 +6,8 @@ Every key has a default equal to the SPEC's default, unknown tables or keys are 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import math
 import re
@@ -22,6 +24,12 @@ REGISTRATION_MODES = ("invite", "open", "closed")
 HUB_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # What an invite link may start with: a scheme, a host (an IPv6 one in brackets), a path.
 PUBLIC_URL_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[^\s?#]*)?")
+# SPEC 9 / RFC 8292 `sub`: a mailto: address or an https: URL; push services refuse anything else
+# (Apple answers 403 BadJwtToken), so it is refused at start-up rather than at the first push.
+PUSH_SUBJECT_RE = re.compile(r"mailto:[^\s@]+@[^\s@]+|https://[^\s/?#]+(/[^\s]*)?")
+# The longest TTL push services keep a message (FCM and Mozilla: 4 weeks); a longer one is refused
+# by some of them, so it is refused here.
+MAX_PUSH_TTL_SECONDS = 28 * 86400
 
 
 class ConfigError(ValueError):
@@ -190,6 +198,38 @@ class HubSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Push:
+    """SPEC 9, Web Push (chatserver/push.py, chatserver/pushapi.py)."""
+
+    # False: GET /chat/push/key and the subscription endpoints answer 404 and nothing is sent.
+    enabled: bool = True
+    # base64url (no padding) of the raw 32-byte P-256 private key; empty: the file
+    # <database>.vapid (mode 0600), generated on first start. Set it when several hosts serve one
+    # deployment: every process must sign with the key browsers subscribed with.
+    vapid_private_key: str = ""
+    # The VAPID `sub` claim (RFC 8292): "mailto:..." or "https://...". Empty: server.public_url's
+    # https://host when it is https, else "mailto:postmaster@localhost".
+    subject: str = ""
+    # Seconds a push service keeps a push for a device that is offline (RFC 8030 TTL).
+    ttl_seconds: int = 86400
+    # At most one push per device and conversation per this many seconds (0: no limit).
+    min_interval_seconds: float = 10.0
+    # The payload carries the message's text only when true (else "N new messages").
+    previews: bool = False
+    # Tests and closed networks: allow http:// endpoints and loopback or private addresses.
+    allow_private_endpoints: bool = False
+    # Seconds one request to a push service may take in all.
+    timeout_seconds: float = 10.0
+    # Sender tasks per process, and notifications waiting for them (past it, dropped and counted).
+    workers: int = 4
+    queue: int = 10000
+    # Tries after the first for 429, 5xx and network errors; the first waits retry_seconds, each
+    # next one twice as long (a 429's Retry-After is honoured, at most 60 s).
+    retries: int = 3
+    retry_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: Server = field(default_factory=Server)
     database: Database = field(default_factory=Database)
@@ -201,6 +241,7 @@ class Config:
     rooms: Rooms = field(default_factory=Rooms)
     websocket: WebSocket = field(default_factory=WebSocket)
     hub: HubSettings = field(default_factory=HubSettings)
+    push: Push = field(default_factory=Push)
 
     @property
     def scaled_out(self) -> bool:
@@ -245,6 +286,11 @@ _POSITIVE = {
     ("security", "session_seconds"),
     ("security", "session_check_seconds"),
     ("security", "timestamp_skew_seconds"),
+    ("push", "ttl_seconds"),
+    ("push", "timeout_seconds"),
+    ("push", "workers"),
+    ("push", "queue"),
+    ("push", "retry_seconds"),
 }
 
 
@@ -314,7 +360,34 @@ def _build(data: dict[str, Any]) -> Config:
                           "without a query or fragment")
     if not HUB_PREFIX_RE.fullmatch(config.hub.prefix):
         raise ConfigError("[hub] prefix must be 1 to 64 letters, digits, '_', '-' or '.'")
+    _check_push(config.push)
     return config
+
+
+def _check_push(push: Push) -> None:
+    """The [push] rules that a type check does not cover (SPEC 9); raises ConfigError."""
+    if push.subject and not PUSH_SUBJECT_RE.fullmatch(push.subject):
+        raise ConfigError('[push] subject must be empty, "mailto:ADDRESS" or "https://HOST..." '
+                          "(RFC 8292; push services refuse anything else)")
+    if push.vapid_private_key and raw_key_length(push.vapid_private_key) != 32:
+        raise ConfigError("[push] vapid_private_key must be base64url (no padding) of a raw 32-byte "
+                          "P-256 private key, or empty")
+    if push.ttl_seconds > MAX_PUSH_TTL_SECONDS:
+        raise ConfigError(f"[push] ttl_seconds must be at most {MAX_PUSH_TTL_SECONDS} (4 weeks)")
+    if push.min_interval_seconds < 0:
+        raise ConfigError("[push] min_interval_seconds must not be negative")
+    if push.retries < 0:
+        raise ConfigError("[push] retries must not be negative")
+
+
+def raw_key_length(text: str) -> int:
+    """Bytes that `text`, base64url without padding, decodes to; -1 when it is not that."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", text):
+        return -1
+    try:
+        return len(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError):
+        return -1
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:

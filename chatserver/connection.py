@@ -16,6 +16,7 @@ from .config import Config
 from .hubs.local import Hub
 from .hubs.outbox import Outbox
 from .protocol import ProtocolError, encode, error_frame
+from .push import NO_PUSH, Notifier
 from .stores.base import AttachmentRefused, MailboxFull, NotMember, Store, StoreError
 from .throttle import Throttle
 
@@ -38,7 +39,7 @@ class Conn:
 
     `peer` is the dialogue's other phone on a personal socket, the group key on a group socket,
     the room name on a room socket and the user's own phone on a receive socket. `device` is the
-    session hash of the device (SPEC 7) whose socket it is.
+    session hash of the device (SPEC 7) whose socket it is; `push` queues Web Pushes (SPEC 9).
     """
 
     user: str
@@ -49,6 +50,7 @@ class Conn:
     config: Config
     throttle: Throttle
     device: str = ""
+    push: Notifier = NO_PUSH
     last_typing: float = float("-inf")
     in_flight: int = 0
     _space: asyncio.Future[None] | None = None  # dispatch waiting for in_flight to drop

@@ -51,9 +51,9 @@ def same_origin(request: web.Request) -> bool:
 
 def wants_json(request: web.Request) -> bool:
     """JSON endpoints (SPEC 4 /chat/special/*, /chat/info*; SPEC 10 /chat/admin/*, /chat/account*;
-    SPEC 7 /chat/devices) answer errors as JSON."""
+    SPEC 7 /chat/devices; SPEC 9 /chat/push/*, /chat/mute) answer errors as JSON."""
     return request.path.startswith(("/chat/special/", "/chat/info", "/chat/admin/", "/chat/account",
-                                    "/chat/devices"))
+                                    "/chat/devices", "/chat/push/", "/chat/mute"))
 
 
 @web.middleware

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import account, admin, api, attachments, devices, pages, ws
+from . import account, admin, api, attachments, devices, pages, pushapi, ws
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # The web app manifest's registered type (W3C Web App Manifest); Python's table lacks it.
@@ -49,6 +49,11 @@ def setup_routes(app: web.Application) -> None:
         web.post("/chat/account/password", account.change_password),
         web.get("/chat/devices", devices.list_devices),
         web.delete("/chat/devices", devices.delete_device),
+        web.get("/chat/push/key", pushapi.push_key_json),
+        web.post("/chat/push/subscription", pushapi.subscribe),
+        web.delete("/chat/push/subscription", pushapi.unsubscribe),
+        web.put("/chat/mute", pushapi.put_mute),
+        web.get("/chat/mute", pushapi.list_mutes),
         web.get("/chat/admin/users", admin.users),
         web.patch("/chat/admin/users", admin.patch_user),
         web.delete("/chat/admin/users", admin.delete_user),

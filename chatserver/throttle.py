@@ -16,6 +16,8 @@ Redis hub is configured, so that they hold across processes and hosts (`limits`'
   password is checked, per client address (`limits.login_failures`), per account (a phone, or a
   room: `limits.login_failures_per_phone`) and per pair (`limits.login_failures_per_pair`) within
   `limits.login_window_seconds`; past any of them, 429. A successful attempt gives its slot back.
+- Web Push per device and conversation (SPEC 9 `push.min_interval_seconds`): at most one push in
+  a window of that many seconds (rounded up to whole seconds; 0: no limit); past it, not sent.
 - bcrypt work (`PasswordPool`): at most `limits.password_workers` at once and
   `limits.password_queue` waiting; beyond, `PoolFull` (503).
 
@@ -120,7 +122,8 @@ class Throttle:
     neither lifts the limits nor refuses every message.
     """
 
-    def __init__(self, limits: Limits, redis_url: str = "", prefix: str = "chat") -> None:
+    def __init__(self, limits: Limits, redis_url: str = "", prefix: str = "chat",
+                 push_interval_seconds: float = 0.0) -> None:
         # Fixed windows: O(1) per event (a moving window keeps every event of the window). The
         # in-memory limiter is synchronous: it costs no coroutine per message.
         self._local_storage = storage.MemoryStorage()
@@ -151,6 +154,10 @@ class Throttle:
         self._lookup = RateLimitItemPerMinute(limits.lookups_per_minute)
         self._daily = {"group": RateLimitItemPerDay(limits.groups_per_day),
                        "room": RateLimitItemPerDay(limits.rooms_per_day)}
+        # `limits` windows are whole seconds: a fraction is rounded up (never more than asked).
+        self._push: RateLimitItem | None = (
+            RateLimitItemPerSecond(1, max(1, math.ceil(push_interval_seconds)))
+            if push_interval_seconds > 0 else None)
         window = limits.login_window_seconds
         self._attempt_address = RateLimitItemPerSecond(limits.login_failures, window)
         self._attempt_account = RateLimitItemPerSecond(limits.login_failures_per_phone, window)
@@ -195,6 +202,14 @@ class Throttle:
         if count <= 0:
             return True
         return await self._hit(self._lookup, "lookup", phone, cost=count)
+
+    async def push_allowed(self, device: str, conversation: str) -> bool:
+        """Count a Web Push to `device` (a session hash) for `conversation` ("personal:PHONE",
+        "group:KEY"); False when one was already sent within `push.min_interval_seconds` (SPEC 9).
+        Shared by every process through Redis when the Redis hub is configured."""
+        if self._push is None:
+            return True
+        return await self._hit(self._push, "push", device, conversation)
 
     async def allow_handshake(self, address: str) -> bool:
         """Count a WebSocket handshake from `address`; False when over the per-minute limit."""

@@ -17,7 +17,7 @@ from . import commands
 from .auth import current_user
 from .connection import Conn
 from .hubs.outbox import Outbox
-from .keys import config_key, hub_key, store_key, throttle_key
+from .keys import config_key, hub_key, push_key, store_key, throttle_key
 from .middlewares import same_origin
 from .presence import announce, went_offline
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, is_phone
@@ -58,7 +58,7 @@ def _socket(request: web.Request) -> web.WebSocketResponse:
 def _conn(request: web.Request, phone: str, peer: str, outbox: Outbox, device: str) -> Conn:
     app = request.app
     return Conn(phone, peer, outbox, app[store_key], app[hub_key], app[config_key], app[throttle_key],
-                device)
+                device, app[push_key])
 
 
 def _binary_refused(conn: Conn) -> None:

@@ -55,6 +55,12 @@ class _Receiving:
         hub, phone = self._hub, self._phone
         receivers = hub._receivers
         first_here = phone not in receivers
+        device = self._outbox.device
+        if hub._publishing and device is not None and not hub._has_device(phone, device):
+            # The device's first receive socket here: other processes' push senders must see it
+            # online (SPEC 9: no Web Push to a device with an open receive socket). Made at the
+            # call; how many others claim it does not matter here.
+            hub._presence.claim(_device_key(phone, device))
         # Registered at once: the socket is open, and a publication heard right after the
         # subscription is confirmed must find it.
         receivers.setdefault(phone, set()).add(self._outbox)
@@ -76,12 +82,21 @@ class _Receiving:
     def _leave(self) -> None:
         hub, phone = self._hub, self._phone
         mine = hub._receivers.get(phone)
-        if mine is not None:
+        if mine is not None and self._outbox in mine:
             mine.discard(self._outbox)
             if not mine:
                 del hub._receivers[phone]
                 hub._presence.release(phone)
+            device = self._outbox.device
+            if hub._publishing and device is not None and not hub._has_device(phone, device):
+                hub._presence.release(_device_key(phone, device))  # its last receive socket here
         hub._broker.unsubscribe_user(phone)
+
+
+def _device_key(phone: str, device: str) -> str:
+    """The presence name of one device of `phone` (SPEC 9): "<phone>/<device>", apart from any
+    phone's name (a phone has digits only)."""
+    return f"{phone}/{device}"
 
 
 class _InRoom:
@@ -390,6 +405,22 @@ class Hub:
     def socket_count(self) -> int:
         """The sockets of login sessions open in this process (SPEC 10 `GET /chat/admin/stats`)."""
         return sum(len(sockets) for sockets in self._sessions.values())
+
+    def _has_device(self, phone: str, device: str) -> bool:
+        """True while device `device` of `phone` has a receive socket in this process (a scan of
+        the phone's few sockets, at most `limits.sockets_per_user`: no index kept per socket)."""
+        return any(outbox.device == device for outbox in self._receivers.get(phone, ()))
+
+    async def device_online(self, phone: str, device: str) -> bool:
+        """True while device `device` (a session hash) of `phone` has a receive socket open in
+        this process or, with a shared hub, in another one by its presence claim (SPEC 9: such a
+        device gets no Web Push). Presence unreachable: False for a device with no socket here
+        (a push too many rather than a message never notified)."""
+        if self._has_device(phone, device):
+            return True
+        if not self._publishing:
+            return False
+        return bool(await self._presence.others(_device_key(phone, device)))
 
     async def is_online(self, phone: str) -> bool:
         """True while `phone` holds a receive socket here, or in another process by its presence

@@ -32,6 +32,10 @@ ATTACHMENT_CHUNK: Final = 256 * 1024
 FILE_PART: Final = 0
 THUMBNAIL_PART: Final = 1
 
+# SPEC 9: the conversations one user may have muted at once (`Store.set_mute`); a mute whose
+# time has passed does not count.
+MAX_MUTES: Final = 200
+
 
 def touch_after_us(max_age_seconds: float) -> int:
     """Microseconds after which a session's recorded last use is recorded again (see
@@ -280,6 +284,23 @@ class Invite:
     uses_left: int
     created_us: int
     expires_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class PushSubscription:
+    """A device's Web Push subscription (SPEC 9), as the browser's PushSubscription gave it:
+    `device` is the session's sid_hash (a device, SPEC 7), `phone` its user, `endpoint` the push
+    service's URL (a capability: never logged), `p256dh` and `auth` its keys in base64url.
+
+    `conversation` is set only in what `Store.push_targets` returns: the conversation of the
+    (phone, conversation) pair the subscription answers ("" elsewhere)."""
+
+    device: str
+    phone: str
+    endpoint: str
+    p256dh: str
+    auth: str
+    conversation: str = ""
 
 
 # What `Store.register_user` did: "created", "taken" (the phone has an account), "closed"
@@ -603,6 +624,67 @@ class Store(Protocol):
         """SPEC 7 `DELETE /chat/devices`: delete the session of `phone` whose device id is
         `device_id`; its session hash (the caller closes its sockets), or None, deleting nothing,
         when `phone` has no such device (another user's id included)."""
+        ...
+
+    # -- Web Push (SPEC 9) --------------------------------------------------------------------
+
+    async def set_push_subscription(self, sid_hash: str, endpoint: str, p256dh: str,
+                                    auth: str) -> bool:
+        """Record the push subscription of the device whose session hash is `sid_hash`,
+        replacing its earlier one (a device has at most one), in one transaction; any other
+        device's subscription with the same `endpoint` is deleted (an endpoint is one browser's:
+        a browser where another account logged in since gets no push of the first). False,
+        storing nothing, when the session no longer exists. The values are stored as given
+        (the HTTP layer checks them)."""
+        ...
+
+    async def delete_push_subscription(self, sid_hash: str) -> bool:
+        """Delete the device's subscription; True when it had one."""
+        ...
+
+    async def push_subscription(self, sid_hash: str) -> PushSubscription | None:
+        """The device's subscription (`conversation` ""), or None."""
+        ...
+
+    async def drop_push_subscription(self, sid_hash: str, endpoint: str) -> bool:
+        """Delete the device's subscription only while it still has `endpoint` (the push service
+        answered 404 or 410 for it, SPEC 9; the device may have subscribed anew meanwhile);
+        True when one was deleted."""
+        ...
+
+    async def push_targets(self, wanted: Sequence[tuple[str, str]],
+                           now_us: int) -> list[PushSubscription]:
+        """The subscriptions to push to for `wanted`, (phone, conversation) pairs: for each pair
+        (a repeated pair counts once), in `wanted`'s order, the subscription of each live device
+        of that phone (a session used within `security.session_seconds` by the store's clock,
+        of an account not disabled, as `live_sessions`), by device, with `conversation` set to
+        the pair's; none for a pair whose phone has muted that conversation with until_us >
+        `now_us` (microseconds). A device is listed once per pair it answers: the same phone
+        in two pairs of a batch gives its devices twice, with each conversation. One query for
+        the whole list (SQLite: a JSON array read by json_each; PostgreSQL: two text[]
+        parameters); an empty list asks nothing."""
+        ...
+
+    async def set_mute(self, phone: str, conversation: str, until_us: int | None) -> None:
+        """Mute `conversation` for every device of `phone` until `until_us` (microseconds;
+        replacing an earlier time), or unmute it (None: its row deleted) (SPEC 9). Mutes of
+        `phone` whose time has passed are dropped on the way. Raises ValueError, changing
+        nothing, when `phone` already has MAX_MUTES mutes in force and this conversation is not
+        one of them; IntegrityError for an unknown phone (a mute, not an unmute). The shape of
+        `conversation` is the caller's to check."""
+        ...
+
+    async def mutes(self, phone: str, now_us: int) -> list[tuple[str, int]]:
+        """(conversation, until_us) of `phone`'s mutes still in force at `now_us` (until_us >
+        now_us), by conversation."""
+        ...
+
+    async def waiting_count(self, device: str, phone: str, conversation: str) -> int:
+        """How many messages wait for `device` (a session hash) of `phone` in `conversation`
+        (SPEC 9's push `count`): for "personal:SENDER", SENDER's messages to `phone` waiting for
+        the device; for "group:KEY", the group's messages by others than `phone` waiting for
+        the device (copies of `phone`'s own, SPEC 7.2, are not counted); 0 for any other
+        conversation."""
         ...
 
     # -- dialogues ----------------------------------------------------------------------------

@@ -519,6 +519,16 @@ class PgStore(SqlStore[PgConnection]):
                            " AND personal_id IS NULL AND group_id IS NULL AND room_id IS NULL")
     ATTACHMENTS_OF = (f"SELECT {{column}}, {ATTACHMENT_COLUMNS} FROM attachments"
                       " WHERE {column} = ANY($1::bigint[]) ORDER BY {column}, position")
+    # SPEC 9: $3 the phones, $4 the conversations (one pair per position); subscribed devices
+    # found by phone (push_subscriptions_phone), then their sessions by key.
+    PUSH_TARGETS = ("SELECT s.sid_hash, s.phone, ps.endpoint, ps.p256dh, ps.auth, w.conversation"
+                    " FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS w(phone, conversation, n)"
+                    " JOIN push_subscriptions AS ps ON ps.phone = w.phone"
+                    " JOIN sessions AS s ON s.sid_hash = ps.sid_hash AND s.last_used_us > $2"
+                    " JOIN users AS u ON u.phone = s.phone AND NOT u.disabled"
+                    " WHERE NOT EXISTS (SELECT 1 FROM mutes AS m WHERE m.phone = w.phone"
+                    "                   AND m.conversation = w.conversation AND m.until_us > $1)"
+                    " ORDER BY w.n, s.sid_hash")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "postgres"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,
@@ -669,6 +679,10 @@ class PgStore(SqlStore[PgConnection]):
     @staticmethod
     def _text_list(texts: list[Any]) -> list[Any]:
         return texts
+
+    @staticmethod
+    def _pairs(pairs: list[tuple[str, str]]) -> list[Any]:
+        return [[p[0] for p in pairs], [p[1] for p in pairs]]
 
     @staticmethod
     async def _execute(db: PgConnection, sql: str, *args: Any) -> int:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Final
 from ..protocol import now_micros
 from .base import (
     LIVE_SESSIONS_BATCH,
+    MAX_MUTES,
     UNKNOWN_DEVICE,
     Account,
     Ack,
@@ -31,6 +32,7 @@ from .base import (
     Invite,
     LastAdmin,
     MailboxFull,
+    PushSubscription,
     QuotaExceeded,
     Registered,
     Room,
@@ -176,6 +178,42 @@ class Queries:
         "DELETE FROM attachments WHERE created_us < $1"
         " AND personal_id IS NULL AND group_id IS NULL AND room_id IS NULL")
     attachment_bytes: str = "SELECT coalesce(sum(size + coalesce(thumbnail_size, 0)), 0) FROM attachments"
+    # SPEC 9. The device's one subscription, made from its session's row (none: no row). CAST:
+    # PostgreSQL takes an untyped parameter of a SELECT list for text.
+    set_push_subscription: str = (
+        "INSERT INTO push_subscriptions (sid_hash, phone, endpoint, p256dh, auth, created_us)"
+        " SELECT sid_hash, phone, $2, $3, $4, CAST($5 AS BIGINT) FROM sessions WHERE sid_hash = $1"
+        " ON CONFLICT (sid_hash) DO UPDATE SET endpoint = excluded.endpoint,"
+        " p256dh = excluded.p256dh, auth = excluded.auth, created_us = excluded.created_us")
+    # An endpoint is one browser's: another device's row with it goes first (unique index).
+    drop_endpoint_elsewhere: str = ("DELETE FROM push_subscriptions"
+                                    " WHERE endpoint = $2 AND sid_hash <> $1"
+                                    " AND EXISTS (SELECT 1 FROM sessions WHERE sid_hash = $1)")
+    delete_push_subscription: str = "DELETE FROM push_subscriptions WHERE sid_hash = $1"
+    push_subscription: str = ("SELECT sid_hash, phone, endpoint, p256dh, auth FROM push_subscriptions"
+                              " WHERE sid_hash = $1")
+    drop_push_subscription: str = ("DELETE FROM push_subscriptions"
+                                   " WHERE sid_hash = $1 AND endpoint = $2")
+    drop_past_mutes: str = "DELETE FROM mutes WHERE phone = $1 AND until_us <= $2"
+    # A new conversation only while fewer than $4 (MAX_MUTES) rows are left; an existing one's
+    # time is replaced whatever the count. CAST: one type per parameter for PostgreSQL.
+    set_mute: str = (
+        "INSERT INTO mutes (phone, conversation, until_us) SELECT $1, $2, CAST($3 AS BIGINT)"
+        " WHERE EXISTS (SELECT 1 FROM mutes WHERE phone = $1 AND conversation = $2)"
+        " OR (SELECT count(*) FROM mutes WHERE phone = $1) < $4"
+        " ON CONFLICT (phone, conversation) DO UPDATE SET until_us = excluded.until_us")
+    unmute: str = "DELETE FROM mutes WHERE phone = $1 AND conversation = $2"
+    mutes: str = ("SELECT conversation, until_us FROM mutes WHERE phone = $1 AND until_us > $2"
+                  " ORDER BY conversation")
+    # SPEC 9's `count`: what waits for device $1 of $2 from $3 (personal) or in group $3 by
+    # others (group), on the identity index and the deliveries' primary keys.
+    waiting_personal: str = (
+        "SELECT count(*) FROM personal_messages AS p WHERE p.msg_to = $2 AND p.msg_from = $3"
+        " AND EXISTS (SELECT 1 FROM personal_deliveries AS d"
+        "             WHERE d.message_id = p.id AND d.sid_hash = $1)")
+    waiting_group: str = (
+        "SELECT count(*) FROM group_deliveries AS d JOIN group_messages AS m ON m.id = d.message_id"
+        " WHERE d.sid_hash = $1 AND m.grp = $3 AND m.msg_from <> $2")
     is_stored: str = ("SELECT 1 FROM personal_messages"
                       " WHERE msg_to = $1 AND msg_from = $2 AND sent_us = $3")
     create_group: str = ("INSERT INTO groups (key, name, created_us) VALUES ($1, $2, $3)"
@@ -443,12 +481,22 @@ class SqlStore(GroupCommitStore[DB]):
     # in their order.
     ATTACHMENTS_TO_SEND: ClassVar[str]
     ATTACHMENTS_OF: ClassVar[str]
+    # SPEC 9 `push_targets`: $1 now_us (mutes in force end after it), $2 the oldest last_used_us
+    # of a live session, then the (phone, conversation) pairs as `_pairs` binds them; rows
+    # (sid_hash, phone, endpoint, p256dh, auth, conversation) in the pairs' order, then by device.
+    PUSH_TARGETS: ClassVar[str]
 
     @staticmethod
     @abstractmethod
     def _text_list(texts: list[Any]) -> Any:
         """`texts` (strings or integers) as one query parameter (SQLite: a JSON array;
         PostgreSQL: an array)."""
+
+    @staticmethod
+    @abstractmethod
+    def _pairs(pairs: list[tuple[str, str]]) -> list[Any]:
+        """(phone, conversation) pairs as PUSH_TARGETS's parameters from $3 on (SQLite: one JSON
+        array of pairs; PostgreSQL: an array of phones and one of conversations)."""
 
     @staticmethod
     @abstractmethod
@@ -819,9 +867,9 @@ class SqlStore(GroupCommitStore[DB]):
             raise QuotaExceeded("your attachments would take more than your quota")
 
     async def _lock_owner(self, db: DB, phone: str) -> None:
-        """Make two uploads of one owner check the quota one after the other (PostgreSQL: FOR NO
-        KEY UPDATE of the owner's row, which new messages' foreign keys do not wait for; one
-        SQLite writer needs nothing)."""
+        """Make two uploads of one owner check the quota one after the other, and two mutes of
+        one user the MAX_MUTES limit (PostgreSQL: FOR NO KEY UPDATE of the owner's row, which
+        new messages' foreign keys do not wait for; one SQLite writer needs nothing)."""
 
     async def put_attachment_chunk(self, attachment_id: str, part: int, n: int, data: bytes) -> None:
         async def op(db: DB) -> None:
@@ -862,6 +910,69 @@ class SqlStore(GroupCommitStore[DB]):
 
     async def attachment_bytes(self) -> int:
         return int((await self._fetch(self.SQL.attachment_bytes))[0][0])
+
+    # -- Web Push (SPEC 9) --------------------------------------------------------------------
+
+    async def set_push_subscription(self, sid_hash: str, endpoint: str, p256dh: str,
+                                    auth: str) -> bool:
+        async def op(db: DB) -> bool:
+            await self._execute(db, self.SQL.drop_endpoint_elsewhere, sid_hash, endpoint)
+            return await self._execute(db, self.SQL.set_push_subscription, sid_hash, endpoint,
+                                       p256dh, auth, now_micros()) == 1
+        return bool(await self._write(op))
+
+    async def delete_push_subscription(self, sid_hash: str) -> bool:
+        async def op(db: DB) -> bool:
+            return await self._execute(db, self.SQL.delete_push_subscription, sid_hash) == 1
+        return bool(await self._write(op))
+
+    async def push_subscription(self, sid_hash: str) -> PushSubscription | None:
+        rows = await self._fetch(self.SQL.push_subscription, sid_hash)
+        return PushSubscription(*rows[0]) if rows else None
+
+    async def drop_push_subscription(self, sid_hash: str, endpoint: str) -> bool:
+        async def op(db: DB) -> bool:
+            return await self._execute(db, self.SQL.drop_push_subscription, sid_hash, endpoint) == 1
+        return bool(await self._write(op))
+
+    async def push_targets(self, wanted: Sequence[tuple[str, str]],
+                           now_us: int) -> list[PushSubscription]:
+        pairs = list(dict.fromkeys((phone, conversation) for phone, conversation in wanted))
+        if not pairs:
+            return []
+        rows = await self._fetch(self.PUSH_TARGETS, now_us, self._live_after_us(), *self._pairs(pairs))
+        return [PushSubscription(*r) for r in rows]
+
+    async def set_mute(self, phone: str, conversation: str, until_us: int | None) -> None:
+        async def op(db: DB) -> ValueError | None:
+            if until_us is None:
+                await self._execute(db, self.SQL.unmute, phone, conversation)
+                return None
+            await self._lock_owner(db, phone)  # two processes' mutes of one user count in turn
+            await self._execute(db, self.SQL.drop_past_mutes, phone, now_micros())
+            if await self._execute(db, self.SQL.set_mute, phone, conversation, until_us,
+                                   MAX_MUTES) != 1:
+                # returned, not raised: a raise would fail (and rerun) the whole batch
+                return ValueError(f"at most {MAX_MUTES} conversations can be muted at once")
+            return None
+        refused = await self._write(op)
+        if refused is not None:
+            raise refused
+
+    async def mutes(self, phone: str, now_us: int) -> list[tuple[str, int]]:
+        return [(r[0], r[1]) for r in await self._fetch(self.SQL.mutes, phone, now_us)]
+
+    async def waiting_count(self, device: str, phone: str, conversation: str) -> int:
+        kind, _, key = conversation.partition(":")
+        if not key:
+            return 0
+        if kind == "personal":
+            sql = self.SQL.waiting_personal
+        elif kind == "group":
+            sql = self.SQL.waiting_group
+        else:
+            return 0  # a room keeps no message for a device
+        return int((await self._fetch(sql, device, phone, key))[0][0])
 
     async def grant_room(self, sid_hash: str, room: str) -> None:
         async def op(db: DB) -> None:

@@ -566,6 +566,16 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
                            " AND personal_id IS NULL AND group_id IS NULL AND room_id IS NULL")
     ATTACHMENTS_OF = (f"SELECT {{column}}, {ATTACHMENT_COLUMNS} FROM attachments"
                       " WHERE {column} IN (SELECT value FROM json_each(?1)) ORDER BY {column}, position")
+    # SPEC 9: ?3 a JSON array of [phone, conversation] pairs; subscribed devices found by phone
+    # (push_subscriptions_phone), then their sessions by key.
+    PUSH_TARGETS = ("SELECT s.sid_hash, s.phone, ps.endpoint, ps.p256dh, ps.auth, w.value->>1"
+                    " FROM json_each(?3) AS w"
+                    " JOIN push_subscriptions AS ps ON ps.phone = w.value->>0"
+                    " JOIN sessions AS s ON s.sid_hash = ps.sid_hash AND s.last_used_us > ?2"
+                    " JOIN users AS u ON u.phone = s.phone AND NOT u.disabled"
+                    " WHERE NOT EXISTS (SELECT 1 FROM mutes AS m WHERE m.phone = w.value->>0"
+                    "                   AND m.conversation = w.value->>1 AND m.until_us > ?1)"
+                    " ORDER BY w.key, s.sid_hash")
     SCHEMA = SCHEMA_PATH
     MIGRATIONS = migrate.MIGRATIONS_DIR / "sqlite"
     RUNNERS = Runners(_add_personal_many, _ack_personal_many, _read_personal_many,
@@ -732,6 +742,10 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
     @staticmethod
     def _text_list(texts: list[Any]) -> str:
         return _rows_json(texts)
+
+    @staticmethod
+    def _pairs(pairs: list[tuple[str, str]]) -> list[Any]:
+        return [_rows_json(pairs)]
 
     @staticmethod
     async def _execute(db: aiosqlite.Connection, sql: str, *args: Any) -> int:

@@ -469,7 +469,7 @@ def test_the_command_line_refuses_a_newer_database_in_one_line(
     """Exit status 2 and one line, as for a damaged file; the file is left alone."""
     with contextlib.closing(sqlite3.connect(v1_file)) as con, con:
         con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        con.execute("INSERT INTO schema_version VALUES (7)")
+        con.execute("INSERT INTO schema_version VALUES (?)", (LATEST_SQLITE + 1,))
     before = sqlite_dump(v1_file)
     config = tmp_path / "config.toml"
     config.write_text("", encoding="utf-8")
@@ -477,7 +477,7 @@ def test_the_command_line_refuses_a_newer_database_in_one_line(
     capsys.readouterr()
     assert main(["--config", str(config), "--db", str(v1_file), "deluser", A]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: {v1_file} has schema version 7, newer than this release's "
+    assert err == (f"error: {v1_file} has schema version {LATEST_SQLITE + 1}, newer than this release's "
                    f"{LATEST_SQLITE}: it was upgraded by a newer release; run that release (or "
                    "newer) on it\n")
     assert sqlite_dump(v1_file) == before
