@@ -105,32 +105,26 @@ export async function setSound(on) {
 }
 
 /**
- * Turn notifications on (asks the browser's permission, then subscribes to push and gives the
- * subscription to the server) or off (unsubscribes, and the server forgets it). Resolves
- * {on, push, note}: whether they are on now, whether push (notifications with the chat closed)
- * works, and a sentence for the person.
+ * Turn notifications on (asks the browser's permission) or off (unsubscribes from push, and the
+ * server forgets the subscription). Resolves {on, note}: whether they are on now, and a sentence
+ * for the person. Once on, `subscribe()` asks for push (notifications with the chat closed).
  */
 export async function setNotifications(on) {
   if (!on) {
     settings.notifications = false;
     await saveSettings();
     await unsubscribe();
-    return {on: false, push: false, note: "Notifications are off on this device."};
+    return {on: false, note: "Notifications are off on this device."};
   }
-  if (permission() === "unsupported") {
-    return {on: false, push: false, note: "This browser cannot show notifications."};
-  }
+  if (permission() === "unsupported") return {on: false, note: "This browser cannot show notifications."};
   const answer = await Notification.requestPermission();
-  if (answer !== "granted") {
-    settings.notifications = false;
-    await saveSettings();
-    return {on: false, push: false,
-            note: "Notifications are blocked for this site: allow them in the browser's site settings."};
-  }
-  settings.notifications = true;
+  settings.notifications = answer === "granted";
   await saveSettings();
-  const push = await subscribe();
-  return {on: true, push: push.ok, note: push.note};
+  if (settings.notifications) await ownPushes();
+  if (!settings.notifications) {
+    return {on: false, note: "Notifications are blocked for this site: allow them in the browser's site settings."};
+  }
+  return {on: true, note: "Notifications are on while the chat is open; asking for push messages…"};
 }
 
 // -- push subscription --------------------------------------------------------------------------
@@ -158,6 +152,12 @@ function timeout(ms, what) {
   });
 }
 
+/** The pushes this browser gets are for this account from now on: the service worker opens its
+ *  conversations and reads its settings (a browser holds one subscription). */
+async function ownPushes() {
+  await settingsTx("readwrite", (s) => s.put({key: "push", phone: ME}));
+}
+
 /**
  * Subscribe this browser to push with the server's key (GET /chat/push/key) and give the
  * subscription to the server (POST /chat/push/subscription, which replaces this device's earlier
@@ -173,6 +173,7 @@ export async function subscribe() {
     return {ok: false, note: `The server's push key could not be read (${r.data.error}): ${ONLY_OPEN}`};
   }
   const key = fromBase64url(r.data.public_key);
+  await ownPushes();
   let sub;
   try {
     sub = await reg.pushManager.getSubscription();
@@ -190,7 +191,6 @@ export async function subscribe() {
   }
   const posted = await api("POST", "/chat/push/subscription", sub.toJSON());
   if (!posted.ok) return {ok: false, note: `The server refused the subscription (${posted.data.error}): ${ONLY_OPEN}`};
-  await settingsTx("readwrite", (s) => s.put({key: "push", phone: ME}));
   return {ok: true, note: "Notifications are on, even when the chat is closed."};
 }
 

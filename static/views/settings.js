@@ -2,7 +2,7 @@
 // device"): notifications on or off (the browser's permission, then a push subscription, notify.js),
 // the message text in them, and their sound. Stored in this browser, per account.
 
-import {permission, setNotifications, setPreviews, setSound, settings} from "../notify.js";
+import {permission, setNotifications, setPreviews, setSound, settings, subscribe} from "../notify.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -35,11 +35,15 @@ async function saved(done, text) {
 
 async function toggleNotifications(ev) {
   const box = ev.target;
+  const status = $("notify-status");
   box.disabled = true;
-  $("notify-status").textContent = box.checked ? "Turning notifications on…" : "";
+  status.textContent = box.checked ? "Turning notifications on…" : "";
   const r = await setNotifications(box.checked);
-  box.disabled = false;
   box.checked = r.on;
-  box.dataset.push = r.push ? "on" : "off";
-  $("notify-status").textContent = r.note;
+  status.textContent = r.note;
+  if (r.on) {
+    const push = await subscribe();
+    status.textContent = push.note;
+  }
+  box.disabled = false;
 }
