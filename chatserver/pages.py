@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp_jinja2
@@ -26,6 +27,8 @@ from .stores.base import Invite
 from .throttle import LOOKUPS_REFUSED, PoolFull, lookup_allowed
 
 log = logging.getLogger(__name__)
+# The service worker (SPEC 9), served at /sw.js so that its scope is the whole site.
+SERVICE_WORKER: Final = Path(__file__).resolve().parent.parent / "static" / "sw.js"
 TOO_MANY_ATTEMPTS: Final = "Too many attempts from your address or on this number; try again later."
 PHONE_TAKEN: Final = "This phone number is already registered."
 # SPEC 10: why /register refuses (403).
@@ -292,3 +295,13 @@ async def chat_room(request: web.Request) -> web.Response:
     if not ROOM_NAME_RE.fullmatch(name) or await request.app[store_key].room(name) is None:
         raise web.HTTPNotFound(reason="no such room")
     return await _chat_page(request, phone, {"kind": "room", "id": name})
+
+
+async def service_worker(request: web.Request) -> web.FileResponse:
+    """GET /sw.js: the client's service worker (SPEC 9: the app opens without a network, and
+    shows push notifications), from static/sw.js. At the root path because a worker controls
+    only the pages under its own path. `Cache-Control: no-cache`: the browser asks again at each
+    update check (it bypasses its HTTP cache for workers anyway, after 24 h at the most), so a
+    new release's worker is installed at the next visit. No login: it holds no one's data."""
+    return web.FileResponse(SERVICE_WORKER, headers={
+        "Content-Type": "application/javascript; charset=utf-8", "Cache-Control": "no-cache"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 
 from aiohttp import web
@@ -12,6 +13,8 @@ from .health import HEALTHZ_PATH
 from .keys import health_key, metrics_key
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# The web app manifest's registered type (W3C Web App Manifest); Python's table lacks it.
+mimetypes.add_type("application/manifest+json", ".webmanifest")
 
 
 def setup_routes(app: web.Application) -> None:
@@ -24,6 +27,7 @@ def setup_routes(app: web.Application) -> None:
         web.post("/login", pages.login),
         web.post("/logout", pages.logout),
         web.get("/chat", pages.chat),
+        web.get("/sw.js", pages.service_worker),
         web.get("/chat/personal/{msg_from}/{msg_to}/", pages.chat_personal),
         web.get("/chat/group/{msg_from}/{grp}/", pages.chat_group),
         web.get("/chat/room/{room_name}/", pages.chat_room),

@@ -3,6 +3,7 @@
 // function resolves with what the view needs next (a conversation to open, or whether it worked).
 
 import {api} from "./net.js";
+import {forgetDevice} from "./notify.js";
 import {ME, PHONE_RE, emit, notify, saveConv, state} from "./state.js";
 import * as sync from "./sync.js";
 
@@ -164,8 +165,12 @@ export async function deleteAccount(password) {
   // the history must be forgotten before the page leaves for /login.
   state.leaving = true;
   const r = await account("DELETE", "/chat/account", {password});
-  if (r.ok) await sync.forget();
-  else state.leaving = false;
+  if (r.ok) {
+    await sync.forget();
+    await forgetDevice(true);
+  } else {
+    state.leaving = false;
+  }
   return r;
 }
 
@@ -190,6 +195,8 @@ export function removeDevice(id) {
 export async function logOut(removeHistory) {
   state.leaving = true; // the session's sockets close with it: that is no "logged-out" to follow
   if (removeHistory) await sync.forget(); else sync.stop();
+  // No more pushes to this browser, and no copy of the chat page for an offline start (SPEC 9).
+  await forgetDevice(removeHistory);
   let ok = false;
   try {
     // The server answers 302 to /login: not followed, the page goes there itself.

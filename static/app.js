@@ -3,6 +3,7 @@
 // How the modules fit and the flows they follow: docs/client.md.
 
 import {joinRoomFromUrl} from "./actions.js";
+import * as notify from "./notify.js";
 import {ME, MY_NAME, emit, on, setAccount, setVisible, state} from "./state.js";
 import * as sync from "./sync.js";
 import {ageLabel} from "./time.js";
@@ -16,7 +17,9 @@ import {mount as mountDevices} from "./views/devices.js";
 import {mount as mountDialogs} from "./views/dialogs.js";
 import {mount as mountList, renderList} from "./views/list.js";
 import {mount as mountMedia} from "./views/media.js";
+import {mount as mountMute} from "./views/mute.js";
 import {mount as mountOffline, showNoStorage} from "./views/offline.js";
+import {mount as mountSettings} from "./views/settings.js";
 
 const meEl = document.getElementById("me");
 
@@ -68,7 +71,13 @@ function bind() {
   mountAccount();
   mountDevices();
   mountAdmin();
+  mountMute();
+  mountSettings();
   on("account", showMe);
+  // SPEC 9: a notification while the page is hidden; the mutes again at each connection.
+  on("incoming", (fresh) => { notify.notifyIncoming(fresh).catch(console.error); });
+  on("online", (online) => { if (online) notify.refreshMutes(); });
+  on("open-path", openPath);
   on("notice", toast);
   on("logged-out", () => { if (!state.leaving) location.assign("/login"); });
   window.addEventListener("popstate", () => route(false));
@@ -91,8 +100,15 @@ function bind() {
   }, 30_000);
 }
 
+/** Open the conversation of page `path` here (a notification was clicked). */
+function openPath(path) {
+  if (location.pathname !== path) history.pushState({}, "", path);
+  route(false);
+}
+
 async function main() {
   setAccount(meEl.dataset.phone, meEl.dataset.name);
+  notify.registerWorker(openPath);
   bind();
   try {
     await sync.open();
@@ -101,16 +117,20 @@ async function main() {
     throw err;
   }
   await sync.load();
+  await notify.loadSettings();
   renderList();
   sync.connect();
-  const kind = meEl.dataset.openKind;
-  const ref = meEl.dataset.openId;
-  if (kind && ref) {
-    const id = `${kind[0]}:${ref}`;
-    if (kind === "room" && (!state.convs.has(id) || state.convs.get(id).left)) await openRoomFromUrl(ref);
+  // The conversation comes from the address, not from the page's data: offline, the service
+  // worker answers every chat URL with the same copy of the page (SPEC 9).
+  const id = routeFromPath(location.pathname);
+  if (id) {
+    if (id[0] === "r" && (!state.convs.has(id) || state.convs.get(id).left)) await openRoomFromUrl(id.slice(2));
     else await openConv(id, {push: false});
   }
   document.body.classList.add("ready");
+  // Again at each start while they are on: the server has the subscription back after a
+  // logout and login, or a new key (idempotent).
+  if (notify.settings.notifications) notify.subscribe().catch(console.error);
 }
 
 main();

@@ -27,6 +27,7 @@ export const state = {
   leaving: false,       // the account is being deleted: its end is not a "logged-out"
   storageFull: false,   // the browser refused to keep attachments (QuotaExceededError, SPEC 8)
   unkept: new Set(),    // ids of the messages whose attachments it refused (not acknowledged)
+  mutes: new Map(),     // conversation id -> muted until (µs; SPEC 9, GET /chat/mute)
 };
 
 /**
@@ -45,6 +46,7 @@ export const state = {
  * - "storage" (bool): the browser's storage is full (attachments wait on the server), or not;
  * - "notice" (text): something to tell the person (a refusal from the server);
  * - "account": my name, admin flag or presence setting changed;
+ * - "open-path" (path): open the conversation of that page (a notification was clicked);
  * - "logged-out": the session is gone.
  */
 const listeners = new Map();
@@ -94,6 +96,13 @@ export function setVisible(visible) {
 export function nameOf(phone) {
   if (phone === ME) return MY_NAME;
   return state.contacts.get(phone)?.name || state.names.get(phone) || phone;
+}
+
+/** The page of a conversation (SPEC 4), kept in the address bar; notifications open it. */
+export function pathOf(conv) {
+  if (conv.kind === "personal") return `/chat/personal/${ME}/${conv.ref}/`;
+  if (conv.kind === "group") return `/chat/group/${ME}/${conv.ref}/`;
+  return `/chat/room/${conv.ref}/`;
 }
 
 /** The title of a conversation record, as the list and the header show it. */

@@ -4,7 +4,7 @@
 import {joinRoom} from "../actions.js";
 import {attachmentsLabel} from "../attachments.js";
 import {
-  ME, nameOf, on, page, saveConv, setOpen, state, titleOf, viewing,
+  ME, nameOf, on, page, pathOf, saveConv, setOpen, state, titleOf, viewing,
 } from "../state.js";
 import * as sync from "../sync.js";
 import {dayKey, dayLabel, lastSeenLabel} from "../time.js";
@@ -81,13 +81,6 @@ export function mount() {
   }, {passive: true});
 }
 
-/** The page path of a conversation (SPEC 4), kept in the address bar. */
-function convUrl(conv) {
-  if (conv.kind === "personal") return `/chat/personal/${ME}/${conv.ref}/`;
-  if (conv.kind === "group") return `/chat/group/${ME}/${conv.ref}/`;
-  return `/chat/room/${conv.ref}/`;
-}
-
 // -- opening and closing --------------------------------------------------------------------
 
 function keepDraft() {
@@ -112,7 +105,7 @@ export async function openConv(id, {push = true} = {}) {
   renderHeader();
   renderConvState();
   renderMessages("bottom");
-  if (push && location.pathname !== convUrl(conv)) history.pushState({id}, "", convUrl(conv));
+  if (push && location.pathname !== pathOf(conv)) history.pushState({id}, "", pathOf(conv));
   sync.wake(id);
   if (conv.kind === "group") sync.refreshGroup(conv.ref);
   await fillUp();

@@ -1,10 +1,12 @@
 // The conversation list in the sidebar, and the form that starts a dialogue.
 
 import {startDialogue} from "../actions.js";
+import {mutedUntil, showUnread} from "../notify.js";
 import {ME, nameOf, on, state, titleOf} from "../state.js";
 import {ageLabel} from "../time.js";
-import {avatar, el} from "../ui.js";
+import {avatar, el, icon} from "../ui.js";
 import {openConv} from "./conversation.js";
+import {mutedLabel} from "./mute.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -54,7 +56,8 @@ function sortedConvs() {
           titleOf(a).localeCompare(titleOf(b)));
 }
 
-/** Rebuild the list (newest first), keeping the focus on the same row; the tab title counts unread. */
+/** Rebuild the list (newest first), keeping the focus on the same row; the tab title and the app
+ *  badge count unread; a bell marks a muted conversation. */
 export function renderList() {
   const list = $("conversations");
   const focused = document.activeElement?.closest?.(".conv")?.dataset.id;
@@ -64,6 +67,7 @@ export function renderList() {
     const title = titleOf(conv);
     const preview = previewOf(conv);
     const unread = conv.unread || 0;
+    const muted = mutedUntil(conv.id) ? mutedLabel(conv.id) : "";
     unreadTotal += unread;
     const av = avatar(title, conv.id, conv.kind);
     if (conv.kind === "personal" && state.presence.get(conv.ref)?.online) {
@@ -72,7 +76,7 @@ export function renderList() {
     const button = el("button", {
       class: `conv${unread ? " has-unread" : ""}`,
       attrs: {type: "button", "aria-current": state.open === conv.id ? "true" : "false",
-              "aria-label": `${title}${unread ? `, ${unread} unread` : ""}`},
+              "aria-label": `${title}${unread ? `, ${unread} unread` : ""}${muted ? ", muted" : ""}`},
       data: {id: conv.id},
       on: {click: () => openConv(conv.id)},
     },
@@ -80,6 +84,7 @@ export function renderList() {
     el("span", {class: "conv-main"},
        el("span", {class: "conv-top"},
           el("span", {class: "conv-title ellipsis", text: title}),
+          muted ? el("span", {class: "conv-muted", attrs: {title: muted}}, icon("bellOff")) : null,
           conv.lastUs ? el("time", {class: "conv-time", text: ageLabel(conv.lastUs),
                                     data: {us: String(conv.lastUs)}}) : null),
        el("span", {class: "conv-bottom"},
@@ -91,5 +96,6 @@ export function renderList() {
   list.replaceChildren(...rows);
   $("empty-list").hidden = rows.length > 0;
   document.title = unreadTotal ? `(${unreadTotal}) Chat` : "Chat";
+  showUnread(unreadTotal);
   if (focused) list.querySelector(`.conv[data-id="${CSS.escape(focused)}"]`)?.focus();
 }
