@@ -1127,6 +1127,44 @@ async def test_a_session_unused_for_session_seconds_gets_no_new_message(
         assert await deliveries(place) == [("g", "b-1", "g hi"), ("p", "b-1", "hi")]
 
 
+async def test_a_token_unused_for_session_seconds_is_still_a_device(
+        place: Place, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 12: a token does not expire by inactivity. Made and last used two hours ago with
+    session_seconds an hour, beside a cookie session of the same age: the token is still found
+    (as a token only), live for the session check, listed, not dropped by expiry, a device new
+    messages and copies wait for, and a push target; the cookie session is none of these. A
+    password change ends it like any other device."""
+    async with opened(place, session_seconds=3600) as store, asyncio.timeout(TIMEOUT):
+        with clock_at(monkeypatch, now_micros() - 2 * 3600 * 1_000_000):
+            await store.add_session("a-old", A)
+            token_id = await store.add_session("a-token", A, "backup script", token=True)
+            await store.add_session("b-token", B, "bot", token=True)
+        await add_sessions(store, ("a-1", A), ("b-1", B))
+        # First, while no lookup has recorded a use of the tokens (each of those below does).
+        assert await store.create_group(G, "g", A, [B])
+        assert await store.add_personal(A, B, T1, "t1", "hi", "a-1") == Stored([B], 1)
+        assert await store.add_group_message(G, A, T1, "t1", "g hi", "a-1") == Stored([B], 1)
+        assert await deliveries(place) == [
+            ("g", "a-token", "g hi"), ("g", "b-1", "g hi"), ("g", "b-token", "g hi"),
+            ("p", "a-token", "hi"), ("p", "b-1", "hi"), ("p", "b-token", "hi")]
+        assert await store.set_push_subscription("b-token", "https://push.example/b", "k", "a")
+        assert [t.device for t in await store.push_targets([(B, "personal:" + A)], T1)] == [
+            "b-token"]
+        assert [d.id for d in await store.devices(A, "a-1", 3600)][1:] == [token_id]
+        assert await store.session_user("a-token", 3600, token=True) == A
+        assert await store.session_user("a-token", 3600) is None  # not a cookie session
+        assert await store.session_user("a-1", 3600, token=True) is None  # nor this a token
+        assert await store.session_user("a-old", 3600) is None
+        assert await store.live_sessions(["a-old", "a-token", "b-token", "a-1"], 3600) == {
+            "a-token", "b-token", "a-1"}
+        assert [(d.id, d.label) for d in await store.devices(A, "a-1", 3600)][1:] == [
+            (token_id, "backup script")]
+        assert await store.drop_expired_sessions(3600) == 1  # "a-old" alone
+        assert await store.live_sessions(["a-token", "b-token"], 10**9) == {"a-token", "b-token"}
+        assert sorted(await store.change_password(A, b"new", "a-1") or []) == ["a-token"]
+        assert await store.session_user("a-token", 3600, token=True) is None
+
+
 async def test_the_sending_devices_copy_ends_with_it(store: AnyStore, place: Place) -> None:
     """A copy waiting for a device that ends goes with it, and with it the message B had."""
     async with asyncio.timeout(TIMEOUT):
