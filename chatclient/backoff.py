@@ -16,7 +16,7 @@ class Backoff:
 
     base: float = 0.5
     cap: float = 30.0
-    tries: int = 6
+    tries: int = 8
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
