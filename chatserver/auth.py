@@ -9,6 +9,13 @@ The encrypted cookie (aiohttp-session) carries only a random session id; the ser
 SHA-256 with the phone it belongs to (SPEC 4: logout deletes that record, so a replayed cookie is
 refused). bcrypt runs in a thread: a hash takes ~0.2 s by design and must not stall the event loop;
 the server's handlers pass their bounded `PasswordPool` (throttle.py), the CLI none.
+
+Client tokens (SPEC 12, issue 17) are sessions too: a row of the same table, kind 'token', under
+the SHA-256 of the token, made by `new_token`. A request carrying `Authorization: Bearer TOKEN`,
+or a WebSocket handshake offering the subprotocol `bearer.TOKEN` (with `chat.v1`, which the server
+selects), is authenticated by that token alone (`current_user`): a cookie that comes along is
+ignored, so that a cross-site page that can make a browser offer a subprotocol (WebSocket
+handshakes are not subject to CORS) gets nothing from the cookie that rides with it.
 """
 
 from __future__ import annotations
@@ -31,13 +38,20 @@ from cryptography.fernet import Fernet
 
 from .keyfile import key_file
 from .keys import config_key, hub_key, store_key
-from .stores.base import touch_after_us
+from .stores.base import Store, touch_after_us
 from .throttle import PasswordPool
 from .useragent import device_label
 
 T = TypeVar("T")
 
 SESSION_FIELD: Final = "sid"
+# SPEC 12: a client token is this prefix (recognisable in a leaked-secret scan) + 43 url-safe
+# characters of 256 random bits.
+TOKEN_PREFIX: Final = "ct_"
+# The WebSocket subprotocol a token client offers and the server selects (SPEC 12, RFC 6455
+# 1.9), and the prefix of the one that carries the token.
+SUBPROTOCOL: Final = "chat.v1"
+BEARER_SUBPROTOCOL: Final = "bearer."
 # When the cookie's Max-Age was last renewed (Unix seconds; `_renew_cookie`).
 COOKIE_RENEWED: Final = "renewed"
 # The cookie's Max-Age at least: the longest browsers keep a cookie (Chrome caps it at 400 days).
@@ -128,7 +142,54 @@ async def check_password(password: str, password_hash: bytes | None, rounds: int
 
 
 def _sid_hash(sid: str) -> str:
-    return hashlib.sha256(sid.encode()).hexdigest()
+    return hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_token() -> str:
+    """A new client token (SPEC 12): TOKEN_PREFIX + secrets.token_urlsafe(32), 46 characters.
+    Shown once to whoever made it; the store keeps only its SHA-256 (`_sid_hash`)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+async def create_token(store: Store, phone: str, label: str) -> tuple[str, str]:
+    """Record a new client token of `phone` as a device labelled `label` (SPEC 7, 12); returns
+    (device id, token). Raises IntegrityError for an unknown phone. The label is the caller's to
+    check (forms.clean_name)."""
+    token = new_token()
+    device_id = await store.add_session(_sid_hash(token), phone, label, token=True)
+    return device_id, token
+
+
+def _offered_subprotocols(request: web.Request) -> list[str]:
+    """The subprotocols a WebSocket handshake offers, split as aiohttp splits them; none for any
+    other request."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return []
+    return [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()]
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The client token a request carries (SPEC 12), or None when it carries none: the
+    credentials of `Authorization: Bearer TOKEN` (scheme in any case; "" when empty), else, on a
+    WebSocket handshake, of the first offered subprotocol `bearer.TOKEN`. A request with one is a
+    token request: authenticated by it alone, whatever cookie comes along (`current_user`), and
+    exempt from the cross-site checks (middlewares.guard, ws._handshake)."""
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return credentials.strip()
+    for offered in _offered_subprotocols(request):
+        if offered.startswith(BEARER_SUBPROTOCOL):
+            return offered[len(BEARER_SUBPROTOCOL):]
+    return None
+
+
+def bearer_without_subprotocol(request: web.Request) -> bool:
+    """True when a handshake offers a `bearer.` subprotocol without `chat.v1`: there would be
+    no subprotocol to select (a browser then fails the socket with 1002), and aiohttp would log
+    the offered ones at WARNING, the token with them. The handshake refuses it first."""
+    offered = _offered_subprotocols(request)
+    return any(p.startswith(BEARER_SUBPROTOCOL) for p in offered) and SUBPROTOCOL not in offered
 
 
 async def log_in(request: web.Request, phone: str) -> None:
@@ -147,7 +208,15 @@ async def log_in(request: web.Request, phone: str) -> None:
 
 
 async def log_out(request: web.Request) -> None:
-    """End the session server-side, close its sockets and clear the cookie."""
+    """End the session server-side, close its sockets and clear the cookie. A token request
+    ends its token when it is a valid one (as DELETE /chat/devices would), and leaves any
+    cookie alone."""
+    if bearer_token(request) is not None:
+        user = await current_user(request)
+        if user is not None:
+            await request.app[store_key].delete_session(user[1])
+            await request.app[hub_key].close_session(user[1])
+        return
     session = await get_session(request)
     sid = session.get(SESSION_FIELD)
     if isinstance(sid, str):
@@ -159,7 +228,18 @@ async def log_out(request: web.Request) -> None:
 
 async def current_user(request: web.Request) -> tuple[str, str] | None:
     """(phone, session id hash) of the logged-in user, or None. A use of the session (SPEC 7:
-    it lasts `security.session_seconds` after its last use; `Store.session_user` records it)."""
+    it lasts `security.session_seconds` after its last use; `Store.session_user` records it).
+
+    A token request (`bearer_token`) is the token's user or None (a missing, wrong or revoked
+    token), whatever cookie it carries (SPEC 12). Constant time: the token is never compared
+    with anything as a string; its SHA-256 is looked up in the sessions' primary key, so how
+    long the lookup takes says nothing about how much of a guess was right."""
+    token = bearer_token(request)
+    if token is not None:
+        token_hash = _sid_hash(token)
+        phone = await request.app[store_key].session_user(
+            token_hash, request.app[config_key].security.session_seconds, token=True)
+        return None if phone is None else (phone, token_hash)
     session = await get_session(request)
     sid = session.get(SESSION_FIELD)
     if not isinstance(sid, str):

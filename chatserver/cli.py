@@ -1,5 +1,5 @@
-"""The command line (SPEC 3, 10): serve / adduser / passwd / deluser / backup / invite / admin. Flags
-override the config file."""
+"""The command line (SPEC 3, 10, 12): serve / adduser / passwd / deluser / backup / invite / admin /
+token. Flags override the config file."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from aiohttp import web
 
 from . import invites, metrics
 from .app import create_app
-from .auth import hash_password, load_password_key, load_secret
+from .auth import create_token, hash_password, load_password_key, load_secret
 from .config import Config, ConfigError, load_config
 from .forms import FormError, clean_name, clean_password, clean_phone
 from .logs import AccessLogger, configure_logging
@@ -74,8 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     grant = sub.add_parser("admin", help="make an account an admin (or, with --revoke, not)")
     grant.add_argument("phone")
     grant.add_argument("--revoke", action="store_true")
+    token = sub.add_parser("token", help="make a client token for a bot or a script (SPEC 12): "
+                                         "the token on standard output, its device id on standard error")
+    token.add_argument("phone")
+    token.add_argument("--label", required=True,
+                       help="what the devices list shows for it (1 to 64 characters)")
     # `--config` and `--db` are accepted after the subcommand too, as SPEC 3 writes them.
-    for p in (serve, add, passwd, delete, copy, invite, grant):
+    for p in (serve, add, passwd, delete, copy, invite, grant, token):
         p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
         p.add_argument("--db", dest="sub_db", help=argparse.SUPPRESS)
     return parser
@@ -242,6 +247,25 @@ def _admin(config: Config, phone: str, grant: bool) -> int:
     return 0
 
 
+def _token(config: Config, phone: str, label: str) -> int:
+    """`run.py token PHONE --label L` (SPEC 12): print a new client token of `phone` on standard
+    output, one line (the one time it is shown: the database keeps its SHA-256), and `id=DEVICE`
+    on standard error; 1 for an unknown phone. Revoked like any device (DELETE /chat/devices)."""
+    async def make(store: Store) -> tuple[str, str] | None:
+        if not await store.user_exists(phone):
+            return None
+        return await create_token(store, phone, label)
+
+    made = asyncio.run(_with_store(config, make))
+    if made is None:
+        print(f"error: no account {phone}", file=sys.stderr)
+        return 1
+    device_id, secret = made
+    print(secret)  # the command's output, for the operator to hand to the bot; never logged
+    print(f"id={device_id}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status (0 ok, 1 refused, 2 bad usage/config)."""
     configure_logging()
@@ -271,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         phone = clean_phone(args.phone)
         if args.command == "admin":
             return _admin(config, phone, not args.revoke)
+        if args.command == "token":
+            return _token(config, phone, clean_name(args.label))
         if args.command == "adduser":
             name = clean_name(args.name)
             password_hash = asyncio.run(_new_hash(config, clean_password(

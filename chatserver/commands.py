@@ -8,12 +8,13 @@ command that writes answers once its write is committed (`Conn.later`, docs/conn
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from .connection import MAX_IN_FLIGHT, STORE_FAILED, Conn
+from .connection import MAX_IN_FLIGHT, STORE_FAILED, Conn, Sending, take_message_token
 from .metrics import ACCEPTED_GROUP, ACCEPTED_PERSONAL, ACCEPTED_ROOM, ACKS_GROUP, ACKS_PERSONAL
 from .protocol import (
     Frame,
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Handler = Callable[[Conn, Frame], Awaitable[None]]
+# What to run once a new message's write is committed, with its result (commands.
+# personal_message, group_message): the pushes, copies and Web Push of SPEC 5, 7.2 and 9.
+Deliver = Callable[[Stored | None], None]
 ReceiveHandler = Callable[[Conn, dict[str, Any]], Awaitable[None]]
 
 
@@ -51,7 +55,7 @@ class Command:
     to_peer: bool = True
 
 
-def check_message(conn: Conn, message: str, attachments: Sequence[str] = ()) -> None:
+def check_message(conn: Sending, message: str, attachments: Sequence[str] = ()) -> None:
     """A message body is 1 to `limits.max_message_chars` characters (SPEC 5.1), or empty when it
     carries attachments (SPEC 8), and at most `limits.max_message_bytes` bytes in UTF-8 (SPEC 10:
     what one stored message may cost); it carries at most `limits.max_attachments` attachments."""
@@ -73,7 +77,7 @@ def check_message(conn: Conn, message: str, attachments: Sequence[str] = ()) -> 
         raise ProtocolError("the message must not contain NUL characters", Reason.BAD_MESSAGE)
 
 
-async def attachments_to_send(conn: Conn, frame: Frame) -> list[dict[str, Any]] | None:
+async def attachments_to_send(conn: Sending, frame: Frame) -> list[dict[str, Any]] | None:
     """SPEC 8: what the frame's `attachments` look like in frames, when each is the user's,
     completely uploaded and attached to no message; None when one is not (a retry of a stored
     message names attachments its first sending claimed: the store, which knows the retry,
@@ -90,13 +94,13 @@ def _with_attachments(wire: dict[str, Any], attachments: list[dict[str, Any]] | 
     return wire
 
 
-def refuse_if_blocked(conn: Conn, recipient: str) -> None:
+def refuse_if_blocked(conn: Sending, recipient: str) -> None:
     """SPEC 5.5: a recipient who has blocked the sender gets nothing from them."""
     if conn.store.is_blocked(recipient, conn.user):
         raise ProtocolError("the recipient has blocked you; nothing was sent", Reason.BLOCKED)
 
 
-def _msg_sent(frame: Frame) -> dict[str, str]:
+def msg_sent(frame: Frame) -> dict[str, str]:
     """The acknowledgement of a stored message (SPEC 5.1, 5.3): `message` is its timestamp."""
     return {"message": frame.sent_timestamp, "command": "msg_sent", "msg_from": frame.msg_from,
             "msg_to": frame.msg_to, "sent_timestamp": server_now()}
@@ -110,29 +114,47 @@ def _acknowledged(frame: Frame) -> int:
 # -- personal send socket (SPEC 5.1) ---------------------------------------------------------
 
 
+async def personal_message(sender: Sending, frame: Frame
+                           ) -> tuple[asyncio.Future[Stored | None], Deliver]:
+    """A new personal message (`frame`: a new_msg from `sender.user` to `frame.msg_to`), from a
+    send socket (SPEC 5.1) or a token's POST /api/v1/messages (SPEC 12): checks it (length,
+    attachments), that the recipient has not blocked the sender and the sender's message rate
+    (raising ProtocolError), then starts its durable write. Returns the write (resolving once
+    committed to what was stored, None for a retry of a message still stored; failing with
+    MailboxFull, AttachmentRefused or StoreError) and what to call with its result then: the
+    frame as sent to the recipient's receive sockets and, as a copy, to the sender's other
+    devices (SPEC 7.2), and the Web Push (SPEC 9)."""
+    check_message(sender, frame.message, frame.attachments)
+    refuse_if_blocked(sender, frame.msg_to)
+    await take_message_token(sender)
+    attachments = (await attachments_to_send(sender, frame) if frame.attachments else [])
+
+    def deliver(stored: Stored | None) -> None:
+        if stored is not None:  # None: a retry of a message still stored, pushed the first time
+            data = encode(_with_attachments(frame.wire(), attachments))
+            sender.hub.push(frame.msg_to, data)
+            if stored.copies:
+                sender.hub.push(sender.user, data, skip=sender.device)
+            if frame.msg_to != sender.user:  # SPEC 9; never for one's own copies
+                sender.push.notify([(frame.msg_to, "personal:" + sender.user)], sender.user,
+                                   frame.message, frame.sent_timestamp)
+        ACCEPTED_PERSONAL.inc()
+
+    return sender.store.add_personal(
+        frame.msg_from, frame.msg_to, frame.sent_us, frame.sent_timestamp, frame.message,
+        sender.device, frame.attachments), deliver
+
+
 async def new_msg(conn: Conn, frame: Frame) -> None:
     """Store durably, then `msg_sent` to the sender, the frame as sent to the recipient's devices
     and, as a copy, to the sender's other devices (SPEC 7.2)."""
-    check_message(conn, frame.message, frame.attachments)
-    refuse_if_blocked(conn, frame.msg_to)
-    await conn.take_message_token()
-    attachments = (await attachments_to_send(conn, frame) if frame.attachments else [])
+    write, deliver = await personal_message(conn, frame)
 
     def committed(stored: Stored | None) -> None:
-        if stored is not None:  # None: a retry of a message still stored, pushed the first time
-            data = encode(_with_attachments(frame.wire(), attachments))
-            conn.hub.push(frame.msg_to, data)
-            if stored.copies:
-                conn.hub.push(conn.user, data, skip=conn.device)
-            if frame.msg_to != conn.user:  # SPEC 9; never for one's own copies
-                conn.push.notify([(frame.msg_to, "personal:" + conn.user)], conn.user,
-                                 frame.message, frame.sent_timestamp)
-        ACCEPTED_PERSONAL.inc()
-        conn.put(_msg_sent(frame))
+        deliver(stored)
+        conn.put(msg_sent(frame))
 
-    conn.later(frame.command, conn.store.add_personal(
-        frame.msg_from, frame.msg_to, frame.sent_us, frame.sent_timestamp, frame.message,
-        conn.device, frame.attachments), committed)
+    conn.later(frame.command, write, committed)
 
 
 async def msg_received(conn: Conn, frame: Frame) -> None:
@@ -193,31 +215,50 @@ def _group_sender(conn: Conn) -> str:
     return f"{conn.peer}-{conn.user}"
 
 
-async def new_grp_msg(conn: Conn, frame: Frame) -> None:
-    """Store durably, pending for every other participant; `msg_sent`; push to each of them and,
-    as a copy, to the sender's other devices (SPEC 7.2: `msg_to` is the sender)."""
-    check_message(conn, frame.message, frame.attachments)
-    await conn.take_message_token()
-    attachments = (await attachments_to_send(conn, frame) if frame.attachments else [])
+async def group_message(sender: Sending, frame: Frame
+                        ) -> tuple[asyncio.Future[Stored | None], Deliver]:
+    """A new group message (`frame`: a new_grp_msg from `sender.user` to group `frame.msg_to`),
+    from a group socket (SPEC 5.3) or a token's POST /api/v1/messages (SPEC 12): checks it and
+    the sender's message rate (raising ProtocolError), then starts its durable write, pending
+    for every other participant. Returns the write (as personal_message's; it also fails with
+    NotMember when the sender is not a participant) and what to call with its result once
+    committed: the push to each recipient, the copies to the sender's other devices (SPEC 7.2:
+    `msg_to` is the sender), and the Web Push (SPEC 9)."""
+    check_message(sender, frame.message, frame.attachments)
+    await take_message_token(sender)
+    attachments = (await attachments_to_send(sender, frame) if frame.attachments else [])
+    grp = frame.msg_to
 
-    def committed(stored: Stored | None) -> None:
+    def deliver(stored: Stored | None) -> None:
         if stored is not None:  # None: a retry of a message still stored, pushed the first time
             addressed = per_recipient(_with_attachments(
-                {"message": frame.message, "command": "new_msg", "msg_from": _group_sender(conn),
+                {"message": frame.message, "command": "new_msg", "msg_from": f"{grp}-{sender.user}",
                  "sent_timestamp": frame.sent_timestamp}, attachments))
             for phone in stored.pending:
-                conn.hub.push(phone, addressed(phone))
+                sender.hub.push(phone, addressed(phone))
             if stored.copies:
-                conn.hub.push(conn.user, addressed(conn.user), skip=conn.device)
+                sender.hub.push(sender.user, addressed(sender.user), skip=sender.device)
             # SPEC 9: the recipients' devices without a receive socket (never the sender's)
-            conn.push.notify_group(stored.pending, conn.peer, conn.user, frame.message,
-                                   frame.sent_timestamp)
+            sender.push.notify_group(stored.pending, grp, sender.user, frame.message,
+                                     frame.sent_timestamp)
         ACCEPTED_GROUP.inc()
-        conn.put(_msg_sent(frame))
 
-    conn.later(frame.command, conn.store.add_group_message(
-        conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message,
-        conn.device, frame.attachments), committed)
+    return sender.store.add_group_message(
+        grp, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message,
+        sender.device, frame.attachments), deliver
+
+
+async def new_grp_msg(conn: Conn, frame: Frame) -> None:
+    """Store durably, pending for every other participant; `msg_sent`; push to each of them and,
+    as a copy, to the sender's other devices (SPEC 7.2: `msg_to` is the sender). `frame.msg_to`
+    is the socket's group (dispatch checked it)."""
+    write, deliver = await group_message(conn, frame)
+
+    def committed(stored: Stored | None) -> None:
+        deliver(stored)
+        conn.put(msg_sent(frame))
+
+    conn.later(frame.command, write, committed)
 
 
 async def grp_msg_received(conn: Conn, frame: Frame) -> None:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from .config import Config
 from .hubs.local import Hub
@@ -32,6 +32,39 @@ STORE_FAILED: Final = "the server could not store this just now; nothing was sav
 # Frames of one socket whose writes may wait for a commit at once; past that, the socket is not
 # read until some are committed (backpressure towards a client that sends faster than we commit).
 MAX_IN_FLIGHT: Final = 64
+
+
+class Sending(Protocol):
+    """Who sends a message, as the shared part of the commands sees it (commands.
+    personal_message, group_message): a socket's `Conn`, or a token's request to POST
+    /api/v1/messages (sendapi.py). `device` is the sending device's session hash (SPEC 7.2:
+    its copies go to the user's other devices), `push` the Web Push queue (SPEC 9)."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def throttle(self) -> Throttle: ...
+    @property
+    def push(self) -> Notifier: ...
+
+
+async def take_message_token(sender: Sending) -> None:
+    """Count one message of `sender.user` against the user's rate (`limits.messages_per_second`,
+    all sockets and token requests together); raises ProtocolError (Reason.RATE_LIMITED) over
+    the limit."""
+    if not await sender.throttle.allow_message(sender.user):
+        RATE_LIMITED_MESSAGE.inc()
+        rate = sender.config.limits.messages_per_second
+        raise ProtocolError(f"message rate limit exceeded ({rate:g} per second)",
+                            Reason.RATE_LIMITED)
 
 
 @dataclass(slots=True)
@@ -139,11 +172,7 @@ class Conn:
 
     async def take_message_token(self) -> None:
         """Count one message against the user's rate; raises ProtocolError over the limit."""
-        if not await self.throttle.allow_message(self.user):
-            RATE_LIMITED_MESSAGE.inc()
-            rate = self.config.limits.messages_per_second
-            raise ProtocolError(f"message rate limit exceeded ({rate:g} per second)",
-                                Reason.RATE_LIMITED)
+        await take_message_token(self)
 
     async def take_ack_token(self) -> None:
         """Count one acknowledgement or read receipt against the user's rate (SPEC 10

@@ -1,6 +1,7 @@
-"""A user's devices (SPEC 7): `GET /chat/devices` lists the login sessions, `DELETE
-/chat/devices?id=ID` ends one. JSON, login required (401); the cross-site check of SPEC 4
-applies to DELETE (middlewares.guard).
+"""A user's devices (SPEC 7): `GET /chat/devices` lists the login sessions and client tokens,
+`DELETE /chat/devices?id=ID` ends one, `POST /chat/devices/token` makes a client token (SPEC 12).
+JSON, login required (401); the cross-site check of SPEC 4 applies to DELETE and POST from a
+browser (middlewares.guard).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp_session import get_session
 
-from .api import _login
+from .api import _json_object, _login, _name_arg
+from .auth import bearer_token, create_token
 from .keys import config_key, hub_key, store_key
 from .pages import _auth_event
 from .protocol import server_timestamp
@@ -51,8 +53,24 @@ async def delete_device(request: web.Request) -> web.Response:
     if ended is None:
         raise web.HTTPNotFound(reason="no such device")
     await request.app[hub_key].close_session(ended)
-    if ended == sid_hash:
+    if ended == sid_hash and bearer_token(request) is None:  # a token's request has no cookie to clear
         (await get_session(request)).invalidate()
     _auth_event(logging.INFO, "device logged out" + (" (this one)" if ended == sid_hash else ""),
                 request, me)
     return web.json_response({"id": device_id, "removed": True})
+
+
+async def create_device_token(request: web.Request) -> web.Response:
+    """POST /chat/devices/token `{"label": STR}` (1 to 64 characters, cleaned like a name): make
+    a client token (SPEC 12), a new device of the logged-in user labelled `label`; 201 `{"id":
+    DEVICE_ID, "token": TOKEN}`. The token is in this answer only: the server keeps its SHA-256.
+    A browser login only (a password-backed session): a token request gets 403, so that a
+    leaked token cannot make itself a successor that outlives its revocation. 400 for a bad
+    label, 401 without a login."""
+    me, _ = await _login(request)
+    if bearer_token(request) is not None:
+        raise web.HTTPForbidden(reason="a token cannot make tokens; log in with your password")
+    label = _name_arg((await _json_object(request)).get("label"), "label")
+    device_id, token = await create_token(request.app[store_key], me, label)
+    _auth_event(logging.INFO, "token created", request, me)
+    return web.json_response({"id": device_id, "token": token}, status=201)

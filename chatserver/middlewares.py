@@ -7,6 +7,11 @@ the request) or a configured allowed origin; a request with neither header (a no
 passes. WebSocket handshakes use the same rule (SPEC 5: cross-site WebSocket hijacking).
 The scheme is the one the client used: behind a proxy in `server.trusted_proxies` that ends TLS,
 the one it forwards (remote.client_scheme, SPEC 11).
+
+A token request (SPEC 12: `Authorization: Bearer`) skips that check and nothing else: it carries
+no ambient credential (a browser attaches no Authorization header to another site's request
+without the CORS consent this server never gives, and `auth.current_user` ignores any cookie
+that comes along), so a forged one has nothing to ride on. Its errors are JSON on every path.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from .attachments import UPLOAD_PATH
+from .auth import bearer_token
 from .exporter import METRICS_PATH
 from .health import HEALTHZ_PATH
 from .keys import allowed_hosts_key, config_key
@@ -60,17 +66,19 @@ def same_origin(request: web.Request) -> bool:
 
 def wants_json(request: web.Request) -> bool:
     """JSON endpoints (SPEC 4 /chat/special/*, /chat/info*; SPEC 10 /chat/admin/*, /chat/account*;
-    SPEC 7 /chat/devices; SPEC 9 /chat/push/*, /chat/mute) answer errors as JSON."""
+    SPEC 7 /chat/devices; SPEC 9 /chat/push/*, /chat/mute; SPEC 12 /api/*) answer errors as
+    JSON, and so does every token request (a program, not a browser)."""
     return request.path.startswith(("/chat/special/", "/chat/info", "/chat/admin/", "/chat/account",
-                                    "/chat/devices", "/chat/push/", "/chat/mute"))
+                                    "/chat/devices", "/chat/push/", "/chat/mute", "/api/")) \
+        or bearer_token(request) is not None
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse a `Host` that `server.allowed_hosts` does not allow with 400 before anything else
     (DNS rebinding; chatserver/hosts.py), refuse state-changing requests from another site with
-    403 (SPEC 4), render HTTP errors of JSON endpoints as `{"error": reason}` (SPEC 4), and put
-    security headers on every response.
+    403 (SPEC 4; not token requests, SPEC 12), render HTTP errors of JSON endpoints as
+    `{"error": reason}` (SPEC 4), and put security headers on every response.
 
     One middleware, not three: each middleware's frame stays alive for as long as a WebSocket is
     open (~0.3 KB per socket each).
@@ -82,7 +90,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.info("refused Host %r: not in server.allowed_hosts", request.headers.get("Host"),
                      extra=request_context(request))
             raise web.HTTPBadRequest(reason="unknown host; see server.allowed_hosts")
-        if request.method not in _SAFE_METHODS and not same_origin(request):
+        if request.method not in _SAFE_METHODS and bearer_token(request) is None \
+                and not same_origin(request):
             log.info("refused cross-origin %s %s", request.method, request.path,
                      extra=request_context(request))
             raise web.HTTPForbidden(reason="cross-origin request refused")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import account, admin, api, attachments, devices, pages, pushapi, ws
+from . import account, admin, api, attachments, devices, pages, pushapi, sendapi, ws
 from .exporter import METRICS_PATH
 from .health import HEALTHZ_PATH
 from .keys import health_key, metrics_key
@@ -52,6 +52,8 @@ def setup_routes(app: web.Application) -> None:
         web.post("/chat/account/password", account.change_password),
         web.get("/chat/devices", devices.list_devices),
         web.delete("/chat/devices", devices.delete_device),
+        web.post("/chat/devices/token", devices.create_device_token),
+        web.post(sendapi.MESSAGES_PATH, sendapi.send_message),
         web.get("/chat/push/key", pushapi.push_key_json),
         web.post("/chat/push/subscription", pushapi.subscribe),
         web.delete("/chat/push/subscription", pushapi.unsubscribe),

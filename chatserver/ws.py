@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import Gauge
 
 from . import commands
-from .auth import current_user
+from .auth import SUBPROTOCOL, bearer_token, bearer_without_subprotocol, current_user
 from .connection import Conn
 from .hubs.outbox import Outbox
 from .keys import config_key, hub_key, push_key, store_key, throttle_key
@@ -34,14 +34,22 @@ async def _handshake(request: web.Request, *, own_path: bool = True) -> tuple[st
     """Check what SPEC 5 asks of every handshake; returns (phone, session id hash).
 
     Raises HTTPForbidden (no upgrade) without a valid session, for a foreign Origin, or when the
-    path's msg_from is not the logged-in user.
+    path's msg_from is not the logged-in user. A token handshake (SPEC 12: `Authorization:
+    Bearer`, or the subprotocols `chat.v1` and `bearer.TOKEN`) skips the Origin check (it
+    carries no ambient credential) and nothing else; a missing, wrong or revoked token is
+    HTTPUnauthorized, a `bearer.` subprotocol offered without `chat.v1` HTTPBadRequest.
     """
-    if not same_origin(request):
+    token = bearer_token(request)
+    if token is None and not same_origin(request):
         raise web.HTTPForbidden(reason="cross-origin WebSocket refused")
+    if bearer_without_subprotocol(request):
+        raise web.HTTPBadRequest(reason=f"offer the subprotocol {SUBPROTOCOL} with bearer.TOKEN")
     if not await request.app[throttle_key].allow_handshake(client_address(request)):
         raise web.HTTPTooManyRequests(reason="too many connections from your address; wait a minute")
     user = await current_user(request)
     if user is None:
+        if token is not None:
+            raise web.HTTPUnauthorized(reason="the token is missing, wrong or revoked")
         raise web.HTTPForbidden(reason="log in first")
     if own_path and request.match_info["msg_from"] != user[0]:
         raise web.HTTPForbidden(reason="msg_from is not the logged-in user")
@@ -55,8 +63,11 @@ def _socket(request: web.Request) -> web.WebSocketResponse:
     # No permessage-deflate: chat frames are small, and a zlib context per socket costs far more
     # memory than an idle socket should.
     # aiohttp refuses a payload of max_msg_size bytes or more; SPEC 5.5 only those over the limit.
+    # `protocols`: a client that offers chat.v1 (with its token, SPEC 12) gets it selected; one
+    # that offers nothing gets no Sec-WebSocket-Protocol, as before.
     return web.WebSocketResponse(max_msg_size=config.limits.max_frame_bytes + 1,
-                                 heartbeat=config.websocket.heartbeat, compress=False)
+                                 heartbeat=config.websocket.heartbeat, compress=False,
+                                 protocols=(SUBPROTOCOL,))
 
 
 def _conn(request: web.Request, phone: str, peer: str, outbox: Outbox, device: str) -> Conn:

@@ -582,8 +582,11 @@ class Store(Protocol):
         unknown."""
         ...
 
-    async def add_session(self, sid_hash: str, phone: str, label: str = UNKNOWN_DEVICE) -> str:
-        """Record a login (SPEC 4: the cookie names a session the server records) as a new
+    async def add_session(self, sid_hash: str, phone: str, label: str = UNKNOWN_DEVICE, *,
+                          token: bool = False) -> str:
+        """Record a login (SPEC 4: the cookie names a session the server records) or, with
+        `token`, a client token (SPEC 12: `sid_hash` is the SHA-256 of the token; it does not
+        expire by inactivity) as a new
         device (SPEC 7) with this `label`, created and last used now; returns the device's new
         random id. In the same transaction the new device starts waiting for every message still
         stored for `phone` as a recipient (personal ones to it, group ones it is pending for or
@@ -596,14 +599,18 @@ class Store(Protocol):
         """Forget a login, so that a replayed cookie is refused."""
         ...
 
-    async def session_user(self, sid_hash: str, max_age_seconds: int) -> str | None:
+    async def session_user(self, sid_hash: str, max_age_seconds: int, *,
+                           token: bool = False) -> str | None:
         """The phone logged in under this session, or None when unknown or not used within the
-        last `max_age_seconds` (SPEC 7). Asking is a use: a last use recorded longer ago than
-        `touch_after_us(max_age_seconds)` is set to now (one conditional UPDATE)."""
+        last `max_age_seconds` (SPEC 7). With `token`, the phone of the client token whose
+        SHA-256 is `sid_hash` (SPEC 12; never expired by age); a token is not a cookie session
+        and a cookie session is not a token (None). Asking is a use: a last use recorded longer
+        ago than `touch_after_us(max_age_seconds)` is set to now (one conditional UPDATE)."""
         ...
 
     async def live_sessions(self, sid_hashes: Collection[str], max_age_seconds: float) -> set[str]:
-        """Of `sid_hashes`, those still recorded, used within the last `max_age_seconds` and of
+        """Of `sid_hashes`, those still recorded, used within the last `max_age_seconds` (or
+        tokens, which do not expire by inactivity: SPEC 12) and of
         an account not disabled (SPEC 10: a disabled user's devices end): what a
         server process asks every `security.session_check_seconds` about the sessions of its open
         sockets, so that a session ended anywhere (logout, `run.py passwd` or `deluser` in another
@@ -617,8 +624,8 @@ class Store(Protocol):
 
     async def devices(self, phone: str, current: str | None, max_age_seconds: int) -> list[Device]:
         """SPEC 7 `GET /chat/devices`: the live sessions of `phone` (used within the last
-        `max_age_seconds`), newest first (by creation, then id); `current` is the asking
-        session's hash (its device has current=True)."""
+        `max_age_seconds`, and its tokens, SPEC 12), newest first (by creation, then id);
+        `current` is the asking session's hash (its device has current=True)."""
         ...
 
     async def delete_device(self, phone: str, device_id: str) -> str | None:
@@ -658,7 +665,7 @@ class Store(Protocol):
         """The subscriptions to push to for `wanted`, (phone, conversation) pairs: for each pair
         (a repeated pair counts once), in `wanted`'s order, the subscription of each live device
         of that phone (a session used within `security.session_seconds` by the store's clock,
-        of an account not disabled, as `live_sessions`), by device, with `conversation` set to
+        or a token, of an account not disabled, as `live_sessions`), by device, with `conversation` set to
         the pair's; none for a pair whose phone has muted that conversation with until_us >
         `now_us` (microseconds). A device is listed once per pair it answers: the same phone
         in two pairs of a batch gives its devices twice, with each conversation. One query for
@@ -722,9 +729,10 @@ class Store(Protocol):
         ...
 
     async def drop_expired_sessions(self, max_age_seconds: float) -> int:
-        """Delete the sessions not used within the last `max_age_seconds` (SPEC 7: expired
-        devices), with what waited for them only (a message no other device waits for and its
-        recipient never acknowledged stays for their next device); how many were deleted."""
+        """Delete the cookie sessions not used within the last `max_age_seconds` (SPEC 7: expired
+        devices; a token never expires, SPEC 12), with what waited for them only (a message no
+        other device waits for and its recipient never acknowledged stays for their next
+        device); how many were deleted."""
         ...
 
     # -- groups (SPEC 4, 5.3) -----------------------------------------------------------------

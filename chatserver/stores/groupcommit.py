@@ -159,7 +159,8 @@ class GroupCommitStore(Store, Generic[DB]):
         return await self._submit(self.RUNNERS.call_ops, op, deletes=deletes)
 
     def _live_after_us(self) -> int:
-        """Sessions last used before this are no devices any more (SPEC 7)."""
+        """Cookie sessions last used before this are no devices any more (SPEC 7); tokens are,
+        whenever last used (SPEC 12: the queries that take this also take kind 'token')."""
         return now_micros() - self._session_us
 
     def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,

@@ -123,13 +123,13 @@ _DELIVER_PERSONAL: Final = """
         INSERT INTO personal_deliveries (sid_hash, message_id)
         SELECT s.sid_hash, p.id FROM j JOIN personal_messages AS p ON p.id = j.id
         JOIN sessions AS s ON s.phone = p.msg_to
-        WHERE s.last_used_us > $3
+        WHERE s.last_used_us > $3 OR s.kind = 'token'
         ORDER BY 2, 1
         ON CONFLICT DO NOTHING)
     INSERT INTO personal_deliveries (sid_hash, message_id)
     SELECT s.sid_hash, p.id FROM j JOIN personal_messages AS p ON p.id = j.id
     JOIN sessions AS s ON s.phone = p.msg_from AND s.sid_hash <> j.device
-    WHERE s.last_used_us > $3 AND p.msg_from <> p.msg_to
+    WHERE (s.last_used_us > $3 OR s.kind = 'token') AND p.msg_from <> p.msg_to
     ORDER BY 2, 1
     ON CONFLICT DO NOTHING
     RETURNING message_id"""
@@ -316,14 +316,14 @@ _DELIVER_GROUP: Final = """
         INSERT INTO group_deliveries (sid_hash, message_id)
         SELECT s.sid_hash, j.message_id FROM unnest($1::text[], $2::bigint[]) AS j(phone, message_id)
         JOIN sessions AS s ON s.phone = j.phone
-        WHERE s.last_used_us > $5
+        WHERE s.last_used_us > $5 OR s.kind = 'token'
         ORDER BY 2, 1
         ON CONFLICT DO NOTHING)
     INSERT INTO group_deliveries (sid_hash, message_id)
     SELECT s.sid_hash, m.id FROM unnest($3::bigint[], $4::text[]) AS j(id, device)
     JOIN group_messages AS m ON m.id = j.id
     JOIN sessions AS s ON s.phone = m.msg_from AND s.sid_hash <> j.device
-    WHERE s.last_used_us > $5
+    WHERE s.last_used_us > $5 OR s.kind = 'token'
     ORDER BY 2, 1
     ON CONFLICT DO NOTHING
     RETURNING message_id"""
@@ -510,10 +510,11 @@ class PgStore(SqlStore[PgConnection]):
 
     SQL = POSTGRES
     LIVE_SESSIONS = ("SELECT s.sid_hash, s.last_used_us FROM sessions AS s JOIN users AS u"
-                     " ON u.phone = s.phone WHERE s.sid_hash = ANY($1::text[]) AND s.last_used_us > $2"
+                     " ON u.phone = s.phone WHERE s.sid_hash = ANY($1::text[])"
+                     " AND (s.last_used_us > $2 OR s.kind = 'token')"
                      " AND NOT u.disabled")
     TOUCH_SESSIONS = ("UPDATE sessions SET last_used_us = $2 WHERE sid_hash = ANY($1::text[])"
-                      " AND last_used_us < $3 AND last_used_us > $4")
+                      " AND last_used_us < $3 AND (last_used_us > $4 OR kind = 'token')")
     ATTACHMENTS_TO_SEND = (f"SELECT {ATTACHMENT_COLUMNS} FROM attachments"
                            " WHERE id = ANY($1::text[]) AND owner = $2 AND complete"
                            " AND personal_id IS NULL AND group_id IS NULL AND room_id IS NULL")
@@ -524,7 +525,8 @@ class PgStore(SqlStore[PgConnection]):
     PUSH_TARGETS = ("SELECT s.sid_hash, s.phone, ps.endpoint, ps.p256dh, ps.auth, w.conversation"
                     " FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS w(phone, conversation, n)"
                     " JOIN push_subscriptions AS ps ON ps.phone = w.phone"
-                    " JOIN sessions AS s ON s.sid_hash = ps.sid_hash AND s.last_used_us > $2"
+                    " JOIN sessions AS s ON s.sid_hash = ps.sid_hash"
+                    "      AND (s.last_used_us > $2 OR s.kind = 'token')"
                     " JOIN users AS u ON u.phone = s.phone AND NOT u.disabled"
                     " WHERE NOT EXISTS (SELECT 1 FROM mutes AS m WHERE m.phone = w.phone"
                     "                   AND m.conversation = w.conversation AND m.until_us > $1)"

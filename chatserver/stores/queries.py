@@ -47,15 +47,21 @@ from .groupcommit import DB, GroupCommitStore
 # An invite is kept this long after it expired (so that its code is answered "expired", not
 # "unknown"), then dropped when the next invite is made.
 INVITE_KEEP_US: Final = 30 * 86_400 * 1_000_000
-# SPEC 10 `GET /chat/admin/users`: devices are live sessions (used since $1, SPEC 7), waiting is
-# what is stored for them.
+# SPEC 10 `GET /chat/admin/users`: devices are live sessions (used since $1, SPEC 7, or tokens,
+# which do not expire by inactivity: SPEC 12), waiting is what is stored for them.
 _ACCOUNT: Final = (
     "SELECT u.phone, u.name, u.admin, u.disabled, u.hide_presence, u.created_us, u.last_seen_us,"
-    " (SELECT count(*) FROM sessions AS s WHERE s.phone = u.phone AND s.last_used_us > $1),"
+    " (SELECT count(*) FROM sessions AS s WHERE s.phone = u.phone"
+    "  AND (s.last_used_us > $1 OR s.kind = 'token')),"
     " (SELECT count(*) FROM personal_messages AS p WHERE p.msg_to = u.phone AND NOT p.acked)"
     " + (SELECT count(*) FROM group_pending AS g WHERE g.phone = u.phone)"
     " FROM users AS u")
 _INVITE: Final = "SELECT code, created_by, uses, uses_left, created_us, expires_us FROM invites"
+
+
+def _kind(token: bool) -> str:
+    """The `sessions.kind` of a client token (SPEC 12) or of a browser login (migration 0008)."""
+    return "token" if token else "cookie"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +95,7 @@ class Queries:
     invites: str = _INVITE + " WHERE uses_left > 0 AND expires_us > $1 ORDER BY created_us, code"
     revoke_invite: str = "DELETE FROM invites WHERE code = $1"
     stats: str = ("SELECT (SELECT count(*) FROM users),"
-                  " (SELECT count(*) FROM sessions WHERE last_used_us > $1),"
+                  " (SELECT count(*) FROM sessions WHERE last_used_us > $1 OR kind = 'token'),"
                   " (SELECT count(*) FROM personal_messages) + (SELECT count(*) FROM group_messages)")
     get_user: str = "SELECT phone, name, password_hash FROM users WHERE phone = $1"
     user_exists: str = "SELECT 1 FROM users WHERE phone = $1"
@@ -98,17 +104,21 @@ class Queries:
                                   " WHERE phone = $2 AND password_hash = $3")
     end_sessions: str = "DELETE FROM sessions WHERE phone = $1"
     delete_user: str = "DELETE FROM users WHERE phone = $1"
-    add_session: str = ("INSERT INTO sessions (sid_hash, phone, created_us, id, label, last_used_us)"
-                        " VALUES ($1, $2, $3, $4, $5, $3)")
+    # $6: 'cookie' or 'token' (SPEC 12, migration 0008).
+    add_session: str = ("INSERT INTO sessions (sid_hash, phone, created_us, id, label, last_used_us, kind)"
+                        " VALUES ($1, $2, $3, $4, $5, $3, $6)")
     delete_session: str = "DELETE FROM sessions WHERE sid_hash = $1"
-    session_user: str = "SELECT phone, last_used_us FROM sessions WHERE sid_hash = $1 AND last_used_us > $2"
+    # A session of kind $3 used since $2; a token (SPEC 12) is live whenever it was last used.
+    session_user: str = ("SELECT phone, last_used_us FROM sessions WHERE sid_hash = $1 AND kind = $3"
+                         " AND (last_used_us > $2 OR kind = 'token')")
     # SPEC 7: a use. Only when the recorded one is older than $3 (another request or process may
-    # have recorded it meanwhile) and the session has not expired meanwhile ($4).
-    touch_session: str = ("UPDATE sessions SET last_used_us = $2"
-                          " WHERE sid_hash = $1 AND last_used_us < $3 AND last_used_us > $4")
-    # SPEC 7 `GET /chat/devices`, newest first.
+    # have recorded it meanwhile) and the session has not expired meanwhile ($4; a token never does).
+    touch_session: str = ("UPDATE sessions SET last_used_us = $2 WHERE sid_hash = $1"
+                          " AND last_used_us < $3 AND (last_used_us > $4 OR kind = 'token')")
+    # SPEC 7 `GET /chat/devices`, newest first: the cookie sessions used since $3, and the tokens.
     devices: str = ("SELECT id, label, created_us, last_used_us, sid_hash = $2 FROM sessions"
-                    " WHERE phone = $1 AND last_used_us > $3 ORDER BY created_us DESC, id DESC")
+                    " WHERE phone = $1 AND (last_used_us > $3 OR kind = 'token')"
+                    " ORDER BY created_us DESC, id DESC")
     delete_device: str = "DELETE FROM sessions WHERE phone = $1 AND id = $2 RETURNING sid_hash"
     # Sorted: two processes opening one dialogue from both ends lock in the same order. SQLite
     # needs the WHERE of an INSERT ... SELECT ... ON CONFLICT (its parser would read ON as a join's).
@@ -145,7 +155,8 @@ class Queries:
         " JOIN group_messages AS m ON m.id = d.message_id"
         " WHERE s.phone = $2 AND m.msg_from <> $2"
         " ON CONFLICT DO NOTHING")
-    drop_expired_sessions: str = "DELETE FROM sessions WHERE last_used_us <= $1"
+    # SPEC 7: a cookie session unused since $1 has expired; a token (SPEC 12) never expires.
+    drop_expired_sessions: str = "DELETE FROM sessions WHERE last_used_us <= $1 AND kind = 'cookie'"
     # SPEC 8. A new upload, only while its owner's attachments and it fit in the quota ($10).
     # The CASTs give PostgreSQL one type per parameter (the sum is numeric, the columns are not:
     # it refuses to guess), and are plain SQL for SQLite.
@@ -685,13 +696,14 @@ class SqlStore(GroupCommitStore[DB]):
             return await self._execute(db, self.SQL.delete_user, phone) == 1
         return await self._write(op, deletes=True)
 
-    async def add_session(self, sid_hash: str, phone: str, label: str = UNKNOWN_DEVICE) -> str:
+    async def add_session(self, sid_hash: str, phone: str, label: str = UNKNOWN_DEVICE, *,
+                          token: bool = False) -> str:
         device_id = secrets.token_urlsafe(12)  # 96 random bits, not derived from the session
 
         async def op(db: DB) -> None:
             await self._lock_user(db, phone)
             await self._execute(db, self.SQL.add_session, sid_hash, phone, now_micros(), device_id,
-                                label)
+                                label, _kind(token))
             await self._execute(db, self.SQL.deliver_stored_personal, sid_hash, phone)
             await self._execute(db, self.SQL.deliver_stored_group, sid_hash, phone)
         await self._write(op)
@@ -716,10 +728,11 @@ class SqlStore(GroupCommitStore[DB]):
         # (SPEC 7.1): scrubbed as an acknowledged one (SPEC 6).
         await self._write(op, deletes=True)
 
-    async def session_user(self, sid_hash: str, max_age_seconds: int) -> str | None:
+    async def session_user(self, sid_hash: str, max_age_seconds: int, *,
+                           token: bool = False) -> str | None:
         now = now_micros()
         cutoff = now - max_age_seconds * 1_000_000
-        rows = await self._fetch(self.SQL.session_user, sid_hash, cutoff)
+        rows = await self._fetch(self.SQL.session_user, sid_hash, cutoff, _kind(token))
         if not rows:
             return None
         phone, last_used_us = rows[0]

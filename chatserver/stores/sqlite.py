@@ -126,18 +126,19 @@ _INSERT_PERSONAL: Final = """
     ON CONFLICT DO NOTHING
     RETURNING msg_from, msg_to, sent_us, id"""
 # SPEC 7.1: a new message waits for each live device of its recipient (?1: [id, msg_to, msg_from,
-# device] rows, ?2: sessions used after it are live), found on index sessions_live alone.
+# device] rows, ?2: sessions used after it are live, and tokens, SPEC 12), found on index
+# sessions_live alone.
 _DELIVER_PERSONAL: Final = """
     INSERT INTO personal_deliveries (sid_hash, message_id)
     SELECT s.sid_hash, j.value->>0 FROM json_each(?1) AS j
-    JOIN sessions AS s ON s.phone = j.value->>1 AND s.last_used_us > ?2
+    JOIN sessions AS s ON s.phone = j.value->>1 AND (s.last_used_us > ?2 OR s.kind = 'token')
     WHERE true
     ON CONFLICT DO NOTHING"""
 # SPEC 7.2: and, as a copy, for each live device of its sender but the one that sent it.
 _COPY_PERSONAL: Final = """
     INSERT INTO personal_deliveries (sid_hash, message_id)
     SELECT s.sid_hash, j.value->>0 FROM json_each(?1) AS j
-    JOIN sessions AS s ON s.phone = j.value->>2 AND s.last_used_us > ?2
+    JOIN sessions AS s ON s.phone = j.value->>2 AND (s.last_used_us > ?2 OR s.kind = 'token')
     WHERE s.sid_hash IS NOT j.value->>3 AND j.value->>1 <> j.value->>2
     ON CONFLICT DO NOTHING
     RETURNING message_id"""
@@ -326,7 +327,7 @@ _DELIVER_GROUP: Final = """
     INSERT INTO group_deliveries (sid_hash, message_id)
     SELECT s.sid_hash, j.value->>1 FROM json_each(?1) AS j
     JOIN sessions AS s ON s.phone = j.value->>0
-    WHERE s.last_used_us > ?2
+    WHERE s.last_used_us > ?2 OR s.kind = 'token'
     ON CONFLICT DO NOTHING"""
 # SPEC 7.2: and each live device of the sender but the sending one ([id, device] pairs), a copy.
 _COPY_GROUP: Final = """
@@ -334,7 +335,7 @@ _COPY_GROUP: Final = """
     SELECT s.sid_hash, m.id FROM json_each(?1) AS j
     JOIN group_messages AS m ON m.id = j.value->>0
     JOIN sessions AS s ON s.phone = m.msg_from AND s.sid_hash IS NOT j.value->>1
-    WHERE s.last_used_us > ?2
+    WHERE s.last_used_us > ?2 OR s.kind = 'token'
     ON CONFLICT DO NOTHING
     RETURNING message_id"""
 _DELETE_UNADDRESSED: Final = "DELETE FROM group_messages WHERE id IN (SELECT value FROM json_each(?1))"
@@ -558,9 +559,10 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
     SQL = SQLITE
     LIVE_SESSIONS = ("SELECT s.sid_hash, s.last_used_us FROM sessions AS s JOIN users AS u"
                      " ON u.phone = s.phone WHERE s.sid_hash IN (SELECT value FROM json_each(?1))"
-                     " AND s.last_used_us > ?2 AND NOT u.disabled")
+                     " AND (s.last_used_us > ?2 OR s.kind = 'token') AND NOT u.disabled")
     TOUCH_SESSIONS = ("UPDATE sessions SET last_used_us = ?2 WHERE sid_hash IN"
-                      " (SELECT value FROM json_each(?1)) AND last_used_us < ?3 AND last_used_us > ?4")
+                      " (SELECT value FROM json_each(?1)) AND last_used_us < ?3"
+                      " AND (last_used_us > ?4 OR kind = 'token')")
     ATTACHMENTS_TO_SEND = (f"SELECT {ATTACHMENT_COLUMNS} FROM attachments"
                            " WHERE id IN (SELECT value FROM json_each(?1)) AND owner = ?2 AND complete"
                            " AND personal_id IS NULL AND group_id IS NULL AND room_id IS NULL")
@@ -571,7 +573,8 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
     PUSH_TARGETS = ("SELECT s.sid_hash, s.phone, ps.endpoint, ps.p256dh, ps.auth, w.value->>1"
                     " FROM json_each(?3) AS w"
                     " JOIN push_subscriptions AS ps ON ps.phone = w.value->>0"
-                    " JOIN sessions AS s ON s.sid_hash = ps.sid_hash AND s.last_used_us > ?2"
+                    " JOIN sessions AS s ON s.sid_hash = ps.sid_hash"
+                    "      AND (s.last_used_us > ?2 OR s.kind = 'token')"
                     " JOIN users AS u ON u.phone = s.phone AND NOT u.disabled"
                     " WHERE NOT EXISTS (SELECT 1 FROM mutes AS m WHERE m.phone = w.value->>0"
                     "                   AND m.conversation = w.value->>1 AND m.until_us > ?1)"

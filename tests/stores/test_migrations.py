@@ -7,8 +7,12 @@ messages, a group with pending messages, rooms with history and a grant, contact
 blocks. A version-4 database (issue 13, before per-device delivery) is made from the v1 fixture
 with this release's migrations up to 0004, plus a few rows in that version's shape (AT_V4): more
 devices and messages; a version-5 one (before attachments, issue 14) with the migrations up to
-0005 and a message stored through the store (write_at_v5); a version-6 one (before Web Push, issue
-15) with the migrations up to 0006 and a message with an attachment (write_at_v6). The PostgreSQL
+0005 and a message stored as that version stored it (write_at_v5); a version-6 one (before Web
+Push, issue 15) with the migrations up to 0006 and a message with an attachment (write_at_v6); a
+version-7 one (before tokens, issue 17) with the migrations up to 0007 (write_at_v7). This
+release's store writes a message with the session kinds of version 8 (its deliveries look at
+`sessions.kind`), so the messages of those older versions are written with their SQL, as those
+releases' stores wrote them; the attachments go through the store. The PostgreSQL
 tests run when CHAT_TEST_POSTGRES_URL is set, each in a fresh schema.
 """
 
@@ -219,12 +223,29 @@ V6_INDEXES: Final = {"attachments_owner", "attachments_personal", "attachments_g
                      "attachments_room", "attachments_created"}
 
 
-async def write_at_v5(store: AnyStore) -> None:
-    """Store, on a version-5 database, a personal message as version 5 did (no attachment: the
-    release's store touches the attachment tables only for attachments); assert_v1_contents does
-    not look at messages to C."""
-    assert await store.add_personal(B, C, T0 + 60, server_timestamp(T0 + 60), "at version 5",
-                                    BOB_SESSION) == Stored([C], 0)
+async def write_sql(place: Path | str, *statements: str) -> None:
+    """Run `statements` in one transaction on a connection of the test's own (beside an open
+    store: the SQLite store holds no lock between its batches)."""
+    if isinstance(place, Path):
+        with contextlib.closing(sqlite3.connect(place, timeout=TIMEOUT)) as con, con:
+            for statement in statements:
+                con.execute(statement)
+    else:
+        await execute(place, ";\n".join(statements))
+
+
+def old_message(msg_from: str, msg_to: str, sent_us: int, message: str) -> str:
+    """The INSERT of a personal message as releases of versions 5 to 7 made it; B -> C here, and
+    neither C (no device) nor B (its one device sent it) had a device to wait for it."""
+    return ("INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message,"
+            f" accepted_us) VALUES ('{msg_from}', '{msg_to}', {sent_us},"
+            f" '{server_timestamp(sent_us)}', '{message}', {int(time.time() * 1e6)})")
+
+
+async def write_at_v5(place: Path | str) -> None:
+    """Store, on a version-5 database, a personal message as version 5 did (no attachment);
+    assert_v1_contents does not look at messages to C."""
+    await write_sql(place, old_message(B, C, T0 + 60, "at version 5"))
 
 
 async def assert_v6_works(store: AnyStore) -> None:
@@ -261,17 +282,18 @@ V7_INDEXES: Final = {"push_subscriptions_phone", "push_subscriptions_endpoint"}
 ENDPOINT: Final = "https://push.example.com/send/upgraded"
 
 
-async def write_at_v6(store: AnyStore) -> None:
+async def write_at_v6(store: AnyStore, place: Path | str) -> None:
     """Store, on a version-6 database, what version 6 stored: a message to C with an attachment
     (and the version-5 message of write_at_v5; assert_v1_contents does not look at messages to
     C)."""
-    await write_at_v5(store)
+    await write_at_v5(place)
     photo = Attachment("at-v6-" + "y" * 20, B, "v6.png", "image/png", 2, 1, 1, None)
     await store.reserve_attachment(photo, 1 << 30)
     await store.put_attachment_chunk(photo.id, FILE_PART, 0, b"v6")
     await store.complete_attachment(photo.id)
-    assert await store.add_personal(B, C, T0 + 65, server_timestamp(T0 + 65), "v6 photo",
-                                    BOB_SESSION, [photo.id]) == Stored([C], 0)
+    await write_sql(place, old_message(B, C, T0 + 65, "v6 photo"),
+                    "UPDATE attachments SET personal_id = (SELECT id FROM personal_messages"
+                    f" WHERE message = 'v6 photo'), position = 0 WHERE id = '{photo.id}'")
 
 
 async def assert_v7_works(store: AnyStore) -> None:
@@ -293,6 +315,72 @@ async def assert_v7_works(store: AnyStore) -> None:
         [(A, "personal:" + C), (A, "group:" + GROUP_KEY), (C, "personal:" + B)], T0) == [
         PushSubscription(ALICE_SESSION, A, ENDPOINT, "key", "auth", "personal:" + C),
         PushSubscription(CAROL_V6, C, ENDPOINT + "/c", "c-key", "c-auth", "personal:" + B)]
+
+
+# -- version 8 (issue 17, SPEC 12): client tokens -----------------------------------------------------
+
+CAROL_TOKEN: Final = "x" * 64  # the SHA-256 of C's token, made once the database is upgraded
+# The sessions' columns before version 8; it adds `kind`.
+SESSION_COLUMNS: Final = ["sid_hash", "phone", "created_us", "id", "label", "last_used_us"]
+# Every session of before: a cookie session (SQL run on the upgraded database).
+SESSION_KINDS: Final = "SELECT sid_hash, kind FROM sessions ORDER BY sid_hash"
+
+
+async def write_at_v7(store: AnyStore, place: Path | str) -> None:
+    """Store, on a version-7 database, what version 7 stored: the messages of write_at_v6 (to
+    C, who has no device) and a push subscription of A's session of before."""
+    await write_at_v6(store, place)
+    assert await store.set_push_subscription(ALICE_SESSION, ENDPOINT, "key", "auth")
+
+
+async def assert_v8_works(store: AnyStore, place: Path | str) -> None:
+    """On the upgraded database: every session of before is a cookie session (found as such,
+    not as a token, and its push subscription still served), everything of before is found, and
+    a token of C, made now, is a device that what waited for C waits for (SPEC 7.1), that is
+    listed and that no age ends."""
+    assert await rows(place, SESSION_KINDS) == [(ALICE_SESSION, "cookie"), (BOB_SESSION, "cookie")]
+    assert await store.session_user(ALICE_SESSION, AGES, token=True) is None
+    await assert_v1_contents(store)  # the cookie sessions of before, found as such
+    device_id = await store.add_session(CAROL_TOKEN, C, "door sensor", token=True)
+    assert [(m.message, [a["name"] for a in m.attachments])
+            for _, m in await store.pending_page(CAROL_TOKEN, 0, 10)] == [
+        ("at version 5", []), ("v6 photo", ["v6.png"])]
+    assert await store.session_user(CAROL_TOKEN, 1, token=True) == C
+    assert await store.session_user(CAROL_TOKEN, AGES) is None  # not a cookie session
+    assert [(d.id, d.label) for d in await store.devices(C, CAROL_TOKEN, 1)] == [
+        (device_id, "door sensor")]
+    assert await store.push_targets([(A, "personal:" + C)], T0) == [
+        PushSubscription(ALICE_SESSION, A, ENDPOINT, "key", "auth", "personal:" + C)]
+
+
+async def test_version_8_upgrades_a_version_7_file_keeping_everything_and_adding_session_kinds(
+        v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0008 on a version-7 file: every table, index and trigger of before, and every
+    row, as they were, but the sessions' new column `kind` ('cookie' for each session of
+    before) and the index sessions_live, which now covers it; the release then serves the old
+    rows and tokens."""
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 7, tmp_path / "v7"))
+        async with opened(v1_file) as store:
+            await write_at_v7(store, v1_file)
+    assert sqlite_version(v1_file) == 7
+    before = sqlite_contents(v1_file)
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 8, tmp_path / "v8"))
+        async with opened(v1_file):
+            pass
+    assert sqlite_version(v1_file) == 8
+    after = sqlite_contents(v1_file)
+    for table in set(before) - {"objects", "schema_version", "sessions"}:
+        assert after[table] == before[table], table
+    assert [c[0] for c in before["sessions"][0]] == SESSION_COLUMNS
+    assert [c[0] for c in after["sessions"][0]] == [*SESSION_COLUMNS, "kind"]
+    assert len(after["sessions"][1]) == len(before["sessions"][1]) == 2
+    changed = set(after["objects"]) ^ set(before["objects"])
+    assert {(kind, name) for kind, name, _, _ in changed} == {
+        ("table", "sessions"), ("index", "sessions_live")}
+    async with opened(v1_file) as store:
+        await assert_v8_works(store, v1_file)
 
 
 def write_migration(folder: Path, name: str, sql: str) -> Path:
@@ -428,8 +516,8 @@ async def test_version_6_upgrades_a_version_5_file_keeping_everything_and_adding
     serves the old rows and stores attachments."""
     with monkeypatch.context() as m:
         m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 5, tmp_path / "v5"))
-        async with opened(v1_file) as store:
-            await write_at_v5(store)
+        async with opened(v1_file):
+            await write_at_v5(v1_file)
     assert sqlite_version(v1_file) == 5
     before = sqlite_contents(v1_file)
     with monkeypatch.context() as m:
@@ -459,7 +547,7 @@ async def test_version_7_upgrades_a_version_6_file_keeping_everything_and_adding
     with monkeypatch.context() as m:
         m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 6, tmp_path / "v6"))
         async with opened(v1_file) as store:
-            await write_at_v6(store)
+            await write_at_v6(store, v1_file)
     assert sqlite_version(v1_file) == 6
     before = sqlite_contents(v1_file)
     with monkeypatch.context() as m:
@@ -664,8 +752,8 @@ async def test_pg_version_6_upgrades_a_version_5_schema_keeping_everything_and_a
         pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with monkeypatch.context() as m:
         m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 5, tmp_path / "v5"))
-        async with opened(pg_v1) as store:
-            await write_at_v5(store)
+        async with opened(pg_v1):
+            await write_at_v5(pg_v1)
     assert await pg_version(pg_v1) == 5
     before, before_indexes = await pg_snapshot(pg_v1), await pg_indexes(pg_v1)
     with monkeypatch.context() as m:
@@ -694,7 +782,7 @@ async def test_pg_version_7_upgrades_a_version_6_schema_keeping_everything_and_a
     with monkeypatch.context() as m:
         m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 6, tmp_path / "v6"))
         async with opened(pg_v1) as store:
-            await write_at_v6(store)
+            await write_at_v6(store, pg_v1)
     assert await pg_version(pg_v1) == 6
     before, before_indexes = await pg_snapshot(pg_v1), await pg_indexes(pg_v1)
     with monkeypatch.context() as m:
@@ -753,3 +841,27 @@ async def test_pg_a_schema_newer_than_the_release_is_refused(
                                            f"release's {LATEST_PG}"):
         await open_and_close(pg_v1)
     assert await pg_snapshot(pg_v1) == before
+
+
+async def test_pg_version_8_upgrades_a_version_7_schema_keeping_everything_and_adding_session_kinds(
+        pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 7, tmp_path / "v7"))
+        async with opened(pg_v1) as store:
+            await write_at_v7(store, pg_v1)
+    assert await pg_version(pg_v1) == 7
+    before, before_indexes = await pg_snapshot(pg_v1), await pg_indexes(pg_v1)
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 8, tmp_path / "v8"))
+        async with opened(pg_v1):
+            pass
+    assert await pg_version(pg_v1) == 8
+    after, after_indexes = await pg_snapshot(pg_v1), await pg_indexes(pg_v1)
+    for table in set(before) - {"columns", "schema_version", "sessions"}:
+        assert after[table] == before[table], table
+    assert len(after["sessions"]) == len(before["sessions"]) == 2
+    assert set(after["columns"]) - set(before["columns"]) == {("sessions", "kind", "text")}
+    assert set(before["columns"]) <= set(after["columns"])
+    assert {name for name, _ in after_indexes ^ before_indexes} == {"sessions_live"}
+    async with opened(pg_v1) as store:
+        await assert_v8_works(store, pg_v1)
