@@ -68,7 +68,6 @@ async def main() -> None:
         while True:
             try:
                 await client.send(str(r["to"]), f"Reminder: {r['what']}", str(r["sent_timestamp"]))
-                print(f"reminded {r['to']}: {r['what']!r}", flush=True)
                 break
             except RefusedError as exc:  # blocked, left the group: drop it
                 log.warning("reminder %s dropped: %s", r["id"], exc)
@@ -78,6 +77,7 @@ async def main() -> None:
                 await asyncio.sleep(30)
         del reminders[str(r["id"])]
         save(reminders)
+        print(f"reminded {r['to']}: {r['what']!r}", flush=True)
 
     def schedule(r: dict[str, object]) -> None:
         task = asyncio.create_task(fire(r))

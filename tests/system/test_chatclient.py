@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from chatclient import (
     PersonalMessage,
     RefusedError,
     now_timestamp,
+    parse_timestamp,
 )
 from helpers.accounts import client as cookie_client
 from helpers.accounts import create_group, login, register
@@ -87,10 +89,10 @@ class Chat:
         return token
 
     async def client(self, phone: str, token: str | None = None, base: str | None = None,
-                     **options: Any) -> Client:
-        """A Client of `phone` (a new token unless given), closed at the end of the test."""
+                     label: str = "test bot", **options: Any) -> Client:
+        """A Client of `phone` (a new token labelled `label` unless given), closed at the end."""
         options.setdefault("backoff", QUICK)
-        c = Client(base or self.server.base, token or await self.token(phone), phone, **options)
+        c = Client(base or self.server.base, token or await self.token(phone, label), phone, **options)
         self.clients.append(c)
         return c
 
@@ -145,9 +147,10 @@ class Inbox:
     def texts(self) -> list[str]:
         return [m.text for m in self.messages]
 
-    def receipts(self) -> set[str]:
-        """The `message` (a sent_timestamp) of every `msg_received` receipt pushed to this user."""
-        return {e["message"] for e in self.events if e.get("command") == "msg_received"}
+    def receipts(self) -> set[datetime]:
+        """The instant of the `message` (a sent_timestamp, as the acknowledgement gave it) of every
+        `msg_received` receipt pushed to this user."""
+        return {parse_timestamp(e["message"]) for e in self.events if e.get("command") == "msg_received"}
 
     async def until(self, condition: Callable[[], bool], timeout: float = NET_TIMEOUT) -> None:
         async with self._changed:
@@ -188,7 +191,7 @@ async def test_fetch_on_connect_delivers_what_was_sent_while_the_bot_was_away(ch
     personal = [m for m in inbox.messages if isinstance(m, PersonalMessage)]
     assert [(m.sender, m.recipient, m.text) for m in personal] == \
         [(USER, BOT, f"while away {i}") for i in range(3)]  # oldest first
-    assert [m.sent_timestamp for m in personal] == [s.message for s in sent]
+    assert [m.sent_at for m in personal] == [parse_timestamp(s.message) for s in sent]
     (group,) = [m for m in inbox.messages if isinstance(m, GroupMessage)]
     assert (group.group, group.sender, group.recipient, group.text, group.reply_to) == \
         (key, USER, BOT, "to the group", f"group:{key}")
@@ -218,7 +221,7 @@ async def test_the_acknowledgement_is_sent_only_after_the_handler_returned(chat:
     await asyncio.sleep(QUIET)  # "nothing arrives" is a quiet period
     assert receipts.receipts() == set() and await waiting_for(user, BOT) == 1
     release.set()
-    await receipts.until(lambda: sent.message in receipts.receipts())
+    await receipts.until(lambda: parse_timestamp(sent.message) in receipts.receipts())
     assert handled == ["hold me"] and await waiting_for(user, BOT) == 0
 
 
@@ -318,7 +321,7 @@ async def test_the_bot_reconnects_after_the_server_restarts(chat: Chat) -> None:
     user, receipts = await user_online(chat)
     sent = await user.send(BOT, "after the restart")
     await inbox.until(lambda: inbox.texts() == ["after the restart"])
-    await receipts.until(lambda: sent.message in receipts.receipts())
+    await receipts.until(lambda: parse_timestamp(sent.message) in receipts.receipts())
 
 
 async def test_nothing_is_lost_across_a_kill_9_of_the_server(chat: Chat) -> None:
@@ -466,8 +469,8 @@ async def test_cli_send_and_listen(chat: Chat) -> None:
         got = json.loads(await line(listen))
         assert (got["kind"], got["sender"], got["recipient"], got["text"]) == \
             ("personal", USER, BOT, "from the shell")
-        assert got["sent_timestamp"] == answer["message"]
-        await receipts.until(lambda: answer["message"] in receipts.receipts())
+        assert parse_timestamp(got["sent_timestamp"]) == parse_timestamp(answer["message"])
+        await receipts.until(lambda: parse_timestamp(answer["message"]) in receipts.receipts())
         listen.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(listen.wait(), NET_TIMEOUT) == 0
 
