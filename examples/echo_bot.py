@@ -32,7 +32,7 @@ async def main() -> None:
         if not msg.text:  # attachments only: nothing to echo
             return
         sent = await client.send(msg.reply_to, msg.text)
-        print(f"{msg.sender} -> {msg.reply_to}: {msg.text!r}; echoed at {sent.sent_timestamp}", flush=True)
+        print(f"{msg.sender} in {msg.reply_to}: {msg.text!r}; echoed at {sent.sent_timestamp}", flush=True)
 
     async with client:
         print(f"echo bot {client.phone} on {client.base_url}", flush=True)

@@ -99,6 +99,7 @@ async def main() -> None:
                               "sent_timestamp": stamp}
         save(reminders)  # before the acknowledgement (which follows this handler's return)
         schedule(r)
+        print(f"{msg.sender} asked for {asked[1]!r} at {stamp[:19]} UTC", flush=True)
         await client.send(msg.reply_to, f"OK, at {stamp[:19]} UTC I will remind you: {asked[1]}")
 
     loop = asyncio.get_running_loop()

@@ -522,6 +522,7 @@ async def test_reminder_bot_reminds_also_across_its_kill_9(chat: Chat) -> None:
         await inbox.until(lambda: any(t.startswith("OK, at ") for t in inbox.texts()))
         await inbox.until(lambda: "Reminder: test" in inbox.texts(), WAIT)
         assert time.monotonic() - asked >= 2.0
+        assert (await line(bot)).startswith(f"{USER} asked for 'test' at ")
         assert await line(bot) == f"reminded {USER}: 'test'"
         assert json.loads(store.read_text()) == []
 
