@@ -1,5 +1,5 @@
 """SPEC 11: no log line, at any level, in either format, carries a message body, a password, a
-cookie value or an invite code.
+cookie value, an invite code or a client token (SPEC 12).
 
 The server's own handler (chatserver/logs.py `make_handler`, what `run.py serve` installs) writes
 to a buffer with the root logger at DEBUG, every library's logger included, and the access log
@@ -200,3 +200,59 @@ async def test_run_py_serve_logs_json_lines(tmp_path: Path) -> None:
     assert failed and failed[0]["remote"] == "127.0.0.1" and failed[0]["path"] == "/login", records
     assert failed[0]["level"] == "WARNING" and failed[0]["logger"] == "chatserver.pages"
     assert WRONG_PASSWORD_MARK not in server.err()
+
+
+async def test_no_token_reaches_any_log_line(aiohttp_server, aiohttp_client, config: Config,
+                                             log_buffer: list[io.StringIO], raw: Raw) -> None:
+    """SPEC 12: a client token is in no log line, raw record included: made (its answer), used
+    as `Authorization: Bearer` on requests and handshakes, as the subprotocol `bearer.TOKEN`
+    (also offered without `chat.v1`, refused before aiohttp would log the offered subprotocols),
+    wrong, on the send API, and revoked; with the access log on and every logger at DEBUG."""
+    server: TestServer = await aiohttp_server(
+        create_app(config), access_log_class=AccessLogger,
+        access_log=logging.getLogger("aiohttp.access"))
+    me, peer = new_phone(), new_phone()
+    clients = []
+    for phone in (me, peer):
+        client_: TestClient = await aiohttp_client(server)
+        resp = await client_.post("/register", data={"phone": phone, "name": "x",
+                                                     "password": PASSWORD_MARK},
+                                  allow_redirects=False)
+        assert resp.status == 302
+        clients.append(client_)
+    resp = await clients[0].post("/chat/devices/token", json={"label": "bot"})
+    assert resp.status == 201
+    made = await resp.json()
+    token = made["token"]
+    script: TestClient = await aiohttp_client(server)
+    auth = {"Authorization": f"Bearer {token}"}
+    assert (await script.get("/chat/info", headers=auth)).status == 200
+    resp = await script.post("/api/v1/messages", json={"msg_to": peer, "message": BODY_MARK},
+                             headers=auth)
+    assert resp.status == 201
+    wrong = {"Authorization": f"Bearer {token}x"}
+    assert (await script.get("/chat/info", headers=wrong)).status == 401
+    ws = await open_receive(script, me, protocols=("chat.v1", "bearer." + token))
+    ws2 = await open_receive(script, me, headers=auth)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await script.ws_connect(f"/ws/chat/special/{me}/", protocols=("bearer." + token,))
+    assert refused.value.status == 400
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await script.ws_connect(f"/ws/chat/special/{me}/", protocols=("chat.v1", f"bearer.{token}x"))
+    resp = await clients[0].delete("/chat/devices", params={"id": made["id"]})
+    assert resp.status == 200
+    for socket in (ws, ws2):
+        await socket.close()
+    async with asyncio.timeout(5):
+        while f"/ws/chat/special/{me}/" not in log_buffer[0].getvalue():
+            await asyncio.sleep(0.01)  # polling for a log line, not synchronisation
+
+    text, as_json = (buffer.getvalue() for buffer in log_buffer)
+    secrets = [token, token[3:], PASSWORD_MARK, BODY_MARK]
+    for output in (text, as_json):
+        for secret in secrets:
+            found = [line for line in output.splitlines() if secret in line]
+            assert not found, (secret, found[:3])
+    for record in raw.records:  # before any handler: not even a DEBUG record carries it
+        assert token[3:] not in record.getMessage(), (record.name, record.getMessage())
+    assert "auth token created" in text and " POST /api/v1/messages 201 " in text
