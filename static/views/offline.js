@@ -18,6 +18,7 @@ export function mount() {
 
 function show(online) {
   document.body.classList.toggle("is-offline", !online);
+  document.body.classList.toggle("is-online", online);  // the receive socket is open (tests wait for it)
   clearInterval(timer);
   $("offline").hidden = online;
   if (!online) {
