@@ -15,23 +15,12 @@ from chatserver.app import create_app
 from chatserver.config import Config
 from helpers import backends
 from helpers.accounts import UserFactory, users_on
-from helpers.frames import assert_server_time, new_phone
-from helpers.groups import create_group, patch, patch_ok, recv_group_added
+from helpers.frames import new_phone
+from helpers.groups import assert_group_event, create_group, patch, patch_ok, recv_group_added
 from helpers.ws import WS, assert_json_error, assert_quiet, open_receive, recv
 
 # Pushes cross processes through the hub: every store, and the Redis hub.
 pytestmark = pytest.mark.backends
-
-EVENT_KEYS = {"command", "msg_from", "msg_to", "event", "members", "message", "sent_timestamp"}
-
-
-def assert_event(data: dict[str, Any], actor: str, key: str, event: str, members: list[str],
-                 message: str = "") -> None:
-    assert set(data) == EVENT_KEYS, data
-    assert (data["command"], data["msg_from"], data["msg_to"], data["event"], data["members"],
-            data["message"]) == ("group_event", actor, key, event, members, message), data
-    assert_server_time(data["sent_timestamp"])
-
 
 async def expect(sockets: list[WS], actor: str, key: str,
                  events: list[tuple[str, list[str], str]]) -> None:
@@ -39,7 +28,7 @@ async def expect(sockets: list[WS], actor: str, key: str,
     then nothing more."""
     for ws in sockets:
         for event, members, message in events:
-            assert_event(await recv(ws), actor, key, event, members, message)
+            assert_group_event(await recv(ws), actor, key, event, members, message)
     await assert_quiet(*sockets)
 
 
@@ -174,4 +163,4 @@ async def test_group_event_reaches_a_member_on_another_server(
     key = (await create_group(alice, "across", [b]))["key"]
     await recv_group_added(b_ws, a, b, key)
     await patch_ok(alice, key, {"name": "Across"})
-    assert_event(await recv(b_ws), a, key, "renamed", [], "Across")
+    assert_group_event(await recv(b_ws), a, key, "renamed", [], "Across")
