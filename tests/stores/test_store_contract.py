@@ -22,6 +22,7 @@ import pytest
 
 from chatserver.protocol import now_micros, parse_timestamp
 from chatserver.stores.base import (
+    MAX_SAVED_ROOMS,
     Ack,
     Contact,
     CorruptDatabase,
@@ -1681,6 +1682,56 @@ async def test_rooms_for_shows_own_granted_and_newest_public_rooms(store: AnySto
                                                               "pub3"]
         assert names(await store.rooms_for(C, "none", 1)) == ["mine", "other"]
         assert Room("secret", B, b"h") in await store.rooms_for(A, "a-1", 2)
+
+
+async def test_room_catalogue_search_save_and_delete(store: AnyStore) -> None:
+    """SPEC 13: a room's category; search by name (ASCII case ignored, LIKE's wildcards plain),
+    by category, newest first, limited; saved rooms (idempotent, unknown room, MAX_SAVED_ROOMS);
+    deleting a room by its creator only, with its saved rows and mutes."""
+    async with asyncio.timeout(TIMEOUT):
+        assert await store.create_room("Chess_club", A, None, "Games")
+        assert await store.create_room("chessXclub", B, b"h")
+        assert await store.create_room("poker", A, None, "Games")
+        assert (await store.room("Chess_club")) == Room("Chess_club", A, None, "Games")
+
+        def names(rooms: list[Room]) -> list[str]:
+            return [r.name for r in rooms]
+
+        assert names(await store.search_rooms("CHESS", None, 10)) == ["chessXclub", "Chess_club"]
+        assert names(await store.search_rooms("s_c", None, 10)) == ["Chess_club"]
+        assert names(await store.search_rooms("%", None, 10)) == []
+        assert names(await store.search_rooms("", "Games", 10)) == ["poker", "Chess_club"]
+        assert names(await store.search_rooms("", "games", 10)) == []
+        assert names(await store.search_rooms("", None, 1)) == ["poker"]
+
+        assert await store.save_room(A, "poker")
+        assert await store.save_room(A, "poker")  # again: no change
+        assert await store.save_room(A, "chessXclub")
+        assert not await store.save_room(A, "nothing")
+        assert await store.saved_rooms(A) == ["chessXclub", "poker"]
+        assert await store.unsave_room(A, "chessXclub")
+        assert not await store.unsave_room(A, "chessXclub")
+        assert await store.saved_rooms(A) == ["poker"]
+
+        await store.set_mute(A, "room:poker", 2**60)
+        assert not await store.delete_room("poker", B)  # not its creator
+        assert not await store.delete_room("nothing", A)
+        assert await store.room("poker") is not None
+        assert await store.delete_room("poker", A)
+        assert await store.room("poker") is None
+        assert await store.saved_rooms(A) == []
+        assert await store.mutes(A, 0) == []
+
+
+async def test_saved_rooms_are_limited(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        rooms = [f"r{i}" for i in range(MAX_SAVED_ROOMS + 1)]
+        await asyncio.gather(*(store.create_room(r, B, None) for r in rooms))
+        assert all(await asyncio.gather(*(store.save_room(A, r) for r in rooms[:-1])))
+        with pytest.raises(ValueError):
+            await store.save_room(A, rooms[-1])
+        assert len(await store.saved_rooms(A)) == MAX_SAVED_ROOMS
+        assert await store.save_room(A, rooms[0])  # one already saved is no new one
 
 
 # -- corruption ---------------------------------------------------------------------------------
