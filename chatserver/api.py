@@ -14,7 +14,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from .auth import check_password, current_user, hash_password
-from .forms import FormError, clean_name, clean_password
+from .forms import FormError, clean_category, clean_name, clean_password, clean_search
 from .keys import config_key, hub_key, password_hmac_key, password_pool_key, store_key, throttle_key
 from .protocol import GROUP_KEY_RE, ROOM_NAME_RE, encode, is_phone, server_now, server_timestamp
 from .remote import client_address
@@ -27,6 +27,9 @@ _KEY_ALPHABET: Final = string.ascii_letters + string.digits
 # Last seen is shown to the minute (issue 12, finding 6): enough for "last seen 14:05", not a
 # millisecond trace of someone's comings and goings.
 LAST_SEEN_US: Final = 60_000_000
+# SPEC 13 `GET /chat/rooms`: rooms per answer, and the longest search text.
+MAX_LISTED_ROOMS: Final = 100
+MAX_ROOM_QUERY_CHARS: Final = 64
 
 
 async def _login(request: web.Request) -> tuple[str, str]:
@@ -121,7 +124,8 @@ async def info(request: web.Request) -> web.Response:
 
     `rooms` (issue 12, finding 6): the user's own rooms, the private rooms this login session
     has given the password for, and the `rooms.listed` newest public rooms; `created_by` is the
-    user's own phone on its own rooms and null on the others'."""
+    user's own phone on its own rooms and null on the others'. `saved_rooms` (SPEC 13): the
+    names of the rooms the user saved, sorted."""
     me, sid_hash = await _login(request)
     store = request.app[store_key]
     account = await store.get_user(me)
@@ -138,6 +142,7 @@ async def info(request: web.Request) -> web.Response:
     flags = await store.account(me, 0)  # SPEC 10: the client shows the admin page to admins
     return web.json_response({"phone": me, "name": account.name, "dialogues": dialogues,
                               "groups": groups, "rooms": rooms, "contacts": contacts,
+                              "saved_rooms": await store.saved_rooms(me),  # SPEC 13: names
                               "admin": bool(flags and flags.admin and not flags.disabled),
                               # so that every device shows the same setting (PATCH /chat/account)
                               "hide_presence": bool(flags and flags.hide_presence)})
@@ -195,6 +200,48 @@ def _announce_added(request: web.Request, adder: str, key: str, phones: list[str
         if phone != adder:
             hub.push(phone, encode({"command": "group_added", "msg_from": adder, "msg_to": phone,
                                     "message": key, "sent_timestamp": now}))
+
+
+def group_events(actor: str, before: Group, after: Group | None) -> list[tuple[str, list[str], str]]:
+    """What a PATCH by `actor` changed in a group, `before` -> `after` (None: the group is gone,
+    its last participant left): (event, members, message) per kind that happened, in the order
+    added, removed, left, admin, renamed. `members` are sorted phones: added; removed by
+    `actor`; [actor] when it left; granted admin (by the PATCH, or by the store when the last
+    admin left); [] for renamed, whose `message` is the new name ("" for the others)."""
+    participants = set(after.participants) if after else set()
+    gone = set(before.participants) - participants
+    events: list[tuple[str, list[str], str]] = []
+    for event, members in (("added", participants - set(before.participants)),
+                           ("removed", gone - {actor}), ("left", gone & {actor}),
+                           ("admin", set(after.admins if after else ()) - set(before.admins))):
+        if members:
+            events.append((event, sorted(members), ""))
+    if after is not None and after.name != before.name:
+        events.append(("renamed", [], after.name))
+    return events
+
+
+def _announce_events(request: web.Request, actor: str, before: Group, after: Group | None) -> None:
+    """Tell every participant after a PATCH, and everyone it removed, what changed (issue 18;
+    pushed on every receive socket, not stored), one frame per kind of change (`group_events`):
+    `{"command": "group_event", "msg_from": ACTOR, "msg_to": KEY, "event": EVENT, "members":
+    [PHONE], "message": NEW_NAME or "", "sent_timestamp": SERVER_NOW}`. Both states are read
+    around the change, so that a concurrent PATCH by someone else may show in this one's frames
+    too: a frame says what is, never something that did not happen."""
+    events = group_events(actor, before, after)
+    if not events:
+        return
+    hub = request.app[hub_key]
+    now = server_now()
+    after_participants = after.participants if after else []
+    told = sorted(set(after_participants) | (set(before.participants) - set(after_participants)))
+    frames = [encode({"command": "group_event", "msg_from": actor, "msg_to": before.key,
+                      "event": event, "members": members, "message": message,
+                      "sent_timestamp": now})
+              for event, members, message in events]
+    for phone in told:
+        for frame in frames:
+            hub.push(phone, frame)
 
 
 async def _begin_daily(request: web.Request, kind: str, me: str) -> PasswordAttempt:
@@ -284,6 +331,7 @@ async def patch_group(request: web.Request) -> web.Response:
     for phone in remove:
         await hub.close_group_member(group.key, phone)
     updated = await store.group(group.key)
+    _announce_events(request, me, group, updated)
     if updated is None:  # the last participant left: the group is gone
         return web.json_response({"key": group.key, "name": group.name, "participants": [],
                                   "admins": []})
@@ -299,6 +347,13 @@ def _room_name_arg(value: object) -> str:
     return value
 
 
+def _category_arg(value: object) -> str:
+    try:
+        return clean_category(value)
+    except FormError as e:
+        raise web.HTTPBadRequest(reason=str(e)) from None
+
+
 def _room_json(room: Room, me: str) -> dict[str, Any]:
     """A room as `me` sees it: the creator's phone only to the creator itself (issue 12, finding
     6: a room is no way to collect phone numbers), null to everyone else."""
@@ -307,12 +362,15 @@ def _room_json(room: Room, me: str) -> dict[str, Any]:
 
 
 async def special_room(request: web.Request) -> web.Response:
-    """POST /chat/special/room `{"room_name", "password"?}`: create a room (private with a
-    password); 201 with the room; 409 when the name is taken; 429 past `limits.rooms_per_day`
-    (counted before the password is hashed, given back when nothing was created)."""
+    """POST /chat/special/room `{"room_name", "password"?, "category"?}`: create a room (private
+    with a password) in a category (SPEC 13: 1-32 characters, `forms.clean_category`; absent or
+    null: none); 201 with the room; 400 for a bad field, nothing created; 409 when the name is
+    taken; 429 past `limits.rooms_per_day` (counted before the password is hashed, given back
+    when nothing was created)."""
     me, sid_hash = await _login(request)
     data = await _json_object(request)
     name = _room_name_arg(data.get("room_name"))
+    category = _category_arg(data["category"]) if data.get("category") is not None else None
     password = None
     if data.get("password") is not None:
         try:
@@ -331,7 +389,7 @@ async def special_room(request: web.Request) -> web.Response:
                     request.app[password_pool_key], key=request.app[password_hmac_key])
             except PoolFull as e:
                 raise web.HTTPServiceUnavailable(reason=str(e)) from None
-        created = await store.create_room(name, me, password_hash)
+        created = await store.create_room(name, me, password_hash, category)
         if not created:
             raise web.HTTPConflict(reason="a room with this name exists")
     finally:
@@ -387,6 +445,83 @@ async def info_room(request: web.Request) -> web.Response:
     if room is None:
         raise web.HTTPNotFound(reason="no such room")
     return web.json_response(_room_json(room, me))
+
+
+# -- the room catalogue (SPEC 13) ------------------------------------------------------------
+
+
+async def rooms_catalogue(request: web.Request) -> web.Response:
+    """GET /chat/rooms?q=TEXT&category=STR: `{"rooms": [{"room_name", "category" (or null),
+    "private", "online", "saved", "mine"}]}`, at most MAX_LISTED_ROOMS rooms whose name contains
+    `q` (ignoring case; absent or "": every room), in `category` when given (equal; absent or "":
+    any), newest first. Private rooms are listed too (joining needs the password). `online`:
+    how many users have a socket in the room now, over every process (Hub.room_online); 0 for a
+    private room this login session may not enter (its activity is its members' business).
+    `saved`: the user saved it; `mine`: the user created it. 400 for a `q` over
+    MAX_ROOM_QUERY_CHARS characters, a bad `category` or control characters; 401 logged out."""
+    me, sid_hash = await _login(request)
+    try:
+        q = clean_search(request.query.get("q", ""), MAX_ROOM_QUERY_CHARS)
+    except FormError as e:
+        raise web.HTTPBadRequest(reason=str(e)) from None
+    raw_category = request.query.get("category", "")
+    category = _category_arg(raw_category) if raw_category.strip() else None
+    store = request.app[store_key]
+    rooms = await store.search_rooms(q, category, MAX_LISTED_ROOMS)
+    online = await request.app[hub_key].room_online([r.name for r in rooms])
+    saved = set(await store.saved_rooms(me))
+    # Private rooms this session may enter: its own, and those it gave the password for.
+    entered = {r.name for r in await store.rooms_for(me, sid_hash, 0)} \
+        if any(r.private for r in rooms) else set()
+    return web.json_response({"rooms": [
+        {"room_name": r.name, "category": r.category, "private": r.private,
+         "online": n if not r.private or r.name in entered else 0,
+         "saved": r.name in saved, "mine": r.created_by == me}
+        for r, n in zip(rooms, online, strict=True)]})
+
+
+async def save_room(request: web.Request) -> web.Response:
+    """PUT /chat/rooms/saved?room_name=R: save a room (SPEC 13); 204, saving it again too; 404
+    for no such room; 409 past MAX_SAVED_ROOMS saved rooms, nothing saved."""
+    me = await _user(request)
+    name = _room_name_arg(request.query.get("room_name"))
+    try:
+        saved = await request.app[store_key].save_room(me, name)
+    except ValueError as e:
+        raise web.HTTPConflict(reason=str(e)) from None
+    if not saved:
+        raise web.HTTPNotFound(reason="no such room")
+    return web.Response(status=204)
+
+
+async def unsave_room(request: web.Request) -> web.Response:
+    """DELETE /chat/rooms/saved?room_name=R: no longer save a room; 204, whether it was saved or
+    not; 404 for no such room."""
+    me = await _user(request)
+    name = _room_name_arg(request.query.get("room_name"))
+    store = request.app[store_key]
+    if not await store.unsave_room(me, name) and await store.room(name) is None:
+        raise web.HTTPNotFound(reason="no such room")
+    return web.Response(status=204)
+
+
+async def close_room(request: web.Request) -> web.Response:
+    """DELETE /chat/special/room?room_name=R: its creator closes a room (SPEC 13): deleted with
+    its history, attachments, password grants and saved rows (Store.delete_room), and every
+    socket in it closed with 4404 in every process (Hub.close_room); 204. 404 for no such room,
+    403 for anyone but its creator (nothing changed)."""
+    me = await _user(request)
+    name = _room_name_arg(request.query.get("room_name"))
+    store = request.app[store_key]
+    room = await store.room(name)
+    if room is None:
+        raise web.HTTPNotFound(reason="no such room")
+    if room.created_by != me:
+        raise web.HTTPForbidden(reason="only the room's creator may close it")
+    if not await store.delete_room(name, me):
+        raise web.HTTPNotFound(reason="no such room")  # closed meanwhile
+    await request.app[hub_key].close_room(name)
+    return web.Response(status=204)
 
 
 # -- contacts and blocks --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Checks of what people type into forms and JSON bodies: phone, name, password.
+"""Checks of what people type into forms and JSON bodies: phone, name, password, category.
 
 Each `clean_*` returns the accepted value or raises FormError with a message for a person.
 """
@@ -13,6 +13,7 @@ from .auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS
 from .protocol import is_phone
 
 MAX_NAME_CHARS = 64
+MAX_CATEGORY_CHARS: Final = 32  # SPEC 13
 ZWJ = "\u200d"
 # What may stand on either side of a zero-width joiner in an emoji ZWJ sequence (Unicode UTS #51):
 # emoji are So, skin tones Sk; U+FE0F (emoji presentation) may sit between an emoji and the ZWJ.
@@ -59,23 +60,50 @@ def _emoji_joiner(name: str, i: int) -> bool:
             and unicodedata.category(after) in _EMOJI_CATEGORIES)
 
 
+def _visible_text(text: str, what: str) -> str:
+    """`text` when it has no control characters and no invisible format characters (Unicode
+    category Cf: U+202E reverses the text after it, U+200B hides a character; issue 12), except
+    a zero-width joiner inside an emoji sequence; FormError about `what` naming the character."""
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
+        raise FormError(f"The {what} must not contain control characters.")
+    for i, c in enumerate(text):
+        if unicodedata.category(c) == "Cf" and not (c == ZWJ and _emoji_joiner(text, i)):
+            raise FormError(f"The {what} must not contain invisible formatting characters "
+                            f"(U+{ord(c):04X} found).")
+    return text
+
+
 def clean_name(raw: object) -> str:
     """A display name (of a user, a contact, a group): 1-64 characters after trimming, no control
-    characters (SPEC 4) and no invisible format characters (Unicode category Cf: U+202E reverses
-    the text after it, U+200B hides a character; issue 12), except a zero-width joiner inside an
-    emoji sequence. Raises FormError naming the character found."""
+    characters (SPEC 4) and no invisible format characters (see `_visible_text`). Raises
+    FormError naming the character found."""
     if not isinstance(raw, str):
         raise FormError("Enter your name.")
     name = raw.strip()
     if not 1 <= len(name) <= MAX_NAME_CHARS:
         raise FormError(f"The name must be 1 to {MAX_NAME_CHARS} characters.")
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
-        raise FormError("The name must not contain control characters.")
-    for i, c in enumerate(name):
-        if unicodedata.category(c) == "Cf" and not (c == ZWJ and _emoji_joiner(name, i)):
-            raise FormError(f"The name must not contain invisible formatting characters "
-                            f"(U+{ord(c):04X} found).")
-    return name
+    return _visible_text(name, "name")
+
+
+def clean_category(raw: object) -> str:
+    """A room's category (SPEC 13): 1-32 characters (code points) after trimming, with the
+    characters a name may have (`_visible_text`). Raises FormError saying which rule failed."""
+    if not isinstance(raw, str):
+        raise FormError(f"The category must be text of 1 to {MAX_CATEGORY_CHARS} characters.")
+    category = raw.strip()
+    if not 1 <= len(category) <= MAX_CATEGORY_CHARS:
+        raise FormError(f"The category must be 1 to {MAX_CATEGORY_CHARS} characters.")
+    return _visible_text(category, "category")
+
+
+def clean_search(raw: str, max_chars: int) -> str:
+    """Search text (SPEC 13 `GET /chat/rooms?q=`): at most `max_chars` characters after
+    trimming ("" searches for everything), the characters a name may have (`_visible_text`).
+    Raises FormError saying which rule failed."""
+    text = raw.strip()
+    if len(text) > max_chars:
+        raise FormError(f"The search text must be at most {max_chars} characters.")
+    return _visible_text(text, "search text")
 
 
 def clean_phone(raw: object) -> str:

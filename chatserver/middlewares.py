@@ -66,10 +66,11 @@ def same_origin(request: web.Request) -> bool:
 
 def wants_json(request: web.Request) -> bool:
     """JSON endpoints (SPEC 4 /chat/special/*, /chat/info*; SPEC 10 /chat/admin/*, /chat/account*;
-    SPEC 7 /chat/devices; SPEC 9 /chat/push/*, /chat/mute; SPEC 12 /api/*) answer errors as
-    JSON, and so does every token request (a program, not a browser)."""
+    SPEC 7 /chat/devices; SPEC 9 /chat/push/*, /chat/mute; SPEC 12 /api/*; SPEC 13 /chat/rooms*)
+    answer errors as JSON, and so does every token request (a program, not a browser)."""
     return request.path.startswith(("/chat/special/", "/chat/info", "/chat/admin/", "/chat/account",
-                                    "/chat/devices", "/chat/push/", "/chat/mute", "/api/")) \
+                                    "/chat/devices", "/chat/push/", "/chat/mute", "/api/",
+                                    "/chat/rooms")) \
         or bearer_token(request) is not None
 
 

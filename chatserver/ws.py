@@ -18,6 +18,7 @@ from prometheus_client import Gauge
 from . import commands
 from .auth import SUBPROTOCOL, bearer_token, bearer_without_subprotocol, current_user
 from .connection import Conn
+from .hubs.local import CLOSE_ROOM_GONE
 from .hubs.outbox import Outbox
 from .keys import config_key, hub_key, push_key, store_key, throttle_key
 from .metrics import SOCKETS_GROUP, SOCKETS_PERSONAL, SOCKETS_RECEIVE, SOCKETS_ROOM
@@ -189,7 +190,12 @@ async def room_socket(request: web.Request) -> web.WebSocketResponse:
         with _counted(SOCKETS_ROOM), hub.outbox(ws) as outbox:
             # In the room (with a shared hub: subscribed) before its history is read: a message
             # stored after that read is broadcast to this socket, one stored before is in it.
-            async with hub.in_room(name, outbox):
+            async with hub.in_room(name, outbox, phone):
+                if await store.room(name) is None:
+                    # Closed by its creator since the check above (SPEC 13): its close request
+                    # may have come before this socket was in the room, so none would close it.
+                    await hub.close(ws, CLOSE_ROOM_GONE, b"room closed")
+                    return ws
                 conn = _conn(request, phone, name, outbox, sid_hash)
                 history = await commands.send_room_history(conn, config.rooms.history)
                 hub.release(name, outbox, history)

@@ -10,7 +10,7 @@ call the in-process broker's publish methods on its hot path (push, broadcast).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Generator, Mapping
+from collections.abc import Awaitable, Generator, Mapping, Sequence
 from typing import Final, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -37,8 +37,9 @@ class Deliveries(Protocol):
 
     def deliver_control(self, request: Mapping[str, str]) -> None:
         """A request of another process to close sockets here: `{"op": "close_session",
-        "sid_hash"}`, `{"op": "close_group_member", "grp", "phone"}` or `{"op": "close_socket",
-        "socket"}` (a socket id `Presence.admit` found past the cap)."""
+        "sid_hash"}`, `{"op": "close_group_member", "grp", "phone"}`, `{"op": "close_room",
+        "room"}` (its creator closed it, SPEC 13) or `{"op": "close_socket", "socket"}` (a
+        socket id `Presence.admit` found past the cap)."""
 
 
 class Broker(Protocol):
@@ -129,6 +130,17 @@ class Presence(Protocol):
     def leave(self, slot: str, socket: str) -> None:
         """Socket `socket` of `slot` closed (made after its `admit`)."""
 
+    def enter_room(self, room: str, phone: str) -> None:
+        """The first socket of `phone` in `room` in this process opened (SPEC 13: a room's
+        `online` count). Made at the call, in order with `leave_room` and `room_counts`."""
+
+    def leave_room(self, room: str, phone: str) -> None:
+        """The last socket of `phone` in `room` in this process closed."""
+
+    def room_counts(self, rooms: Sequence[str]) -> Awaitable[list[int] | None]:
+        """For each of `rooms`, how many distinct users have a socket in it in any process,
+        this one included (its entries made before the call count); None when unknown."""
+
 
 class _Ready(Generic[T]):
     """An awaitable whose value is known at once: awaiting it never suspends."""
@@ -146,6 +158,7 @@ class _Ready(Generic[T]):
 # No other process exists: nobody else claims anyone, and no socket elsewhere counts.
 _NOBODY_ELSE: Final = _Ready[int | None](0)
 _NONE_ELSEWHERE: Final = _Ready[list[str] | None]([])
+_UNKNOWN_COUNTS: Final = _Ready[list[int] | None](None)
 
 
 class LocalBroker:
@@ -209,3 +222,13 @@ class LocalPresence:
 
     def leave(self, slot: str, socket: str) -> None:
         """Nothing was recorded."""
+
+    def enter_room(self, room: str, phone: str) -> None:
+        """The hub counts its own room sockets (and never asks a local presence)."""
+
+    def leave_room(self, room: str, phone: str) -> None:
+        """Nothing was recorded."""
+
+    def room_counts(self, rooms: Sequence[str]) -> Awaitable[list[int] | None]:
+        """Unknown here: the hub counts its own room sockets."""
+        return _UNKNOWN_COUNTS

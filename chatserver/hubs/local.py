@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from aiohttp import WSCloseCode, web
@@ -105,15 +105,21 @@ def _device_key(phone: str, device: str) -> str:
 
 class _InRoom:
     """`Hub.in_room`: in the room (holding its broadcasts until `Hub.release`) and subscribed to
-    it within the block."""
+    it within the block; `phone` (None: not counted) counted among the room's users online."""
 
-    __slots__ = ("_hub", "_room", "_outbox")
+    __slots__ = ("_hub", "_room", "_outbox", "_phone")
 
-    def __init__(self, hub: Hub, room: str, outbox: Outbox) -> None:
-        self._hub, self._room, self._outbox = hub, room, outbox
+    def __init__(self, hub: Hub, room: str, outbox: Outbox, phone: str | None) -> None:
+        self._hub, self._room, self._outbox, self._phone = hub, room, outbox, phone
 
     async def __aenter__(self) -> None:
-        self._hub._rooms.setdefault(self._room, {})[self._outbox] = []  # holding from now on
+        hub, phone = self._hub, self._phone
+        hub._rooms.setdefault(self._room, {})[self._outbox] = []  # holding from now on
+        if phone is not None:
+            users = hub._room_users.setdefault(self._room, {})
+            users[phone] = users.get(phone, 0) + 1
+            if users[phone] == 1 and hub._publishing:
+                hub._presence.enter_room(self._room, phone)  # its first socket here
         try:
             await self._hub._broker.subscribe_room(self._room)
         except BaseException:
@@ -131,6 +137,15 @@ class _InRoom:
             if not mine:
                 del hub._rooms[self._room]
         hub._room_after.pop(self._outbox, None)
+        users = hub._room_users.get(self._room)
+        if self._phone is not None and users is not None and self._phone in users:
+            users[self._phone] -= 1
+            if not users[self._phone]:
+                del users[self._phone]
+                if not users:
+                    del hub._room_users[self._room]
+                if hub._publishing:
+                    hub._presence.leave_room(self._room, self._phone)  # its last socket here
         hub._broker.unsubscribe_room(self._room)
 
 
@@ -140,6 +155,8 @@ class _InRoom:
 # with 1008, the code logout has always used, which the client answers by checking its session.
 CLOSE_TOO_MANY_SOCKETS: Final = 4429
 CLOSE_SESSION_ENDED: Final = WSCloseCode.POLICY_VIOLATION
+# SPEC 13: a room its creator closed (deleted) closes its sockets with 4404 (as HTTP's 404).
+CLOSE_ROOM_GONE: Final = 4404
 
 
 class _SessionSocket(_Membership):
@@ -225,6 +242,8 @@ class Hub:
         self._rooms: dict[str, dict[Outbox, list[tuple[int, bytes]] | None]] = {}
         # room socket -> the newest message id of the history it was sent (see deliver_broadcast)
         self._room_after: dict[Outbox, int] = {}
+        # room -> phone -> its sockets in the room here (SPEC 13 `online`: users, not sockets)
+        self._room_users: dict[str, dict[str, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -335,11 +354,25 @@ class Hub:
         """Within the block, removing `phone` from group `grp` closes `ws`."""
         return _Membership(self._group_sockets, (grp, phone), ws)
 
-    def in_room(self, room: str, outbox: Outbox) -> _InRoom:
+    def in_room(self, room: str, outbox: Outbox, phone: str | None = None) -> _InRoom:
         """`async with`: within the block, `outbox` gets the room's broadcasts, held until
         `release`, after its history is sent, so that none comes before the history, or twice.
-        On entry the broker's subscription to the room is live."""
-        return _InRoom(self, room, outbox)
+        On entry the broker's subscription to the room is live. `phone`: the socket's user,
+        counted in `room_online` within the block (None: not counted)."""
+        return _InRoom(self, room, outbox, phone)
+
+    async def room_online(self, rooms: Sequence[str]) -> list[int]:
+        """SPEC 13 `GET /chat/rooms` `online`: for each of `rooms`, how many users have a socket
+        in it now, in this process and, with a shared hub, in the others (one presence round
+        trip for the whole list). Presence unreachable: this process's count."""
+        here = [len(self._room_users.get(room, ())) for room in rooms]
+        if not self._publishing or not rooms:
+            return here
+        counts = await self._presence.room_counts(rooms)
+        if counts is None or len(counts) != len(rooms):
+            return here
+        # The shared count holds this process's users too; never fewer than are seen here.
+        return [max(shared, mine) for shared, mine in zip(counts, here, strict=True)]
 
     def release(self, room: str, outbox: Outbox, after: int) -> None:
         """The history up to message id `after` is sent: deliver the held broadcasts newer than it
@@ -394,12 +427,15 @@ class Hub:
                 held.append((seq, data))
 
     def deliver_control(self, request: Mapping[str, str]) -> None:
-        """Another process's close request (see `close_session`, `close_group_member`)."""
+        """Another process's close request (see `close_session`, `close_group_member`,
+        `close_room`)."""
         op = request.get("op")
         if op == "close_session":
             self.spawn(self._close_session_here(request["sid_hash"]))
         elif op == "close_group_member":
             self.spawn(self._close_group_member_here(request["grp"], request["phone"]))
+        elif op == "close_room":
+            self.spawn(self._close_room_here(request["room"]))
         elif op == "close_socket":  # past the sockets-per-user cap, counted by the presence
             ws = self._socket_ids.get(request["socket"])
             if ws is not None:
@@ -494,6 +530,16 @@ class Hub:
         await self._broker.publish_control({"op": "close_group_member", "grp": grp,
                                             "phone": phone})
         await self._close_group_member_here(grp, phone)
+
+    async def close_room(self, room: str) -> None:
+        """Close every socket in `room` with 4404 (SPEC 13: its creator closed it), in every
+        process; returns as `close_session` does."""
+        await self._broker.publish_control({"op": "close_room", "room": room})
+        await self._close_room_here(room)
+
+    async def _close_room_here(self, room: str) -> None:
+        sockets = tuple(outbox.ws for outbox in self._rooms.get(room, {}))
+        await asyncio.gather(*(self.close(ws, CLOSE_ROOM_GONE, b"room closed") for ws in sockets))
 
     async def _close_session_here(self, sid_hash: str) -> None:
         sockets = tuple(self._sessions.get(sid_hash, ()))

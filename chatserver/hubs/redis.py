@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -89,6 +89,41 @@ if over > 0 then
   for i = 1, #popped, 2 do evicted[#evicted + 1] = popped[i] end
 end
 return evicted
+"""
+
+# KEYS: room keys; ARGV[1]: an entry's lifetime in milliseconds; ARGV[i + 1]: the member for
+# KEYS[i], "<process id> <phone>". Enters (or renews) each, drops lapsed entries, lets the key
+# expire with its newest entry (SPEC 13: the users online in a room, see RedisPresence).
+_ENTER_ROOMS: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('ZADD', key, now + tonumber(ARGV[1]), ARGV[i + 1])
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', key, newest[2])
+end
+return #KEYS
+"""
+
+# KEYS: room keys. For each, how many distinct phones have a live entry of any process: one
+# user with sockets in two processes counts once.
+_ROOM_COUNTS: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local counts = {}
+for i, key in ipairs(KEYS) do
+  local seen, n = {}, 0
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', key, '(' .. now, '+inf')) do
+    local phone = string.sub(member, (string.find(member, ' ', 1, true) or 0) + 1)
+    if not seen[phone] then
+      seen[phone] = true
+      n = n + 1
+    end
+  end
+  counts[i] = n
+end
+return counts
 """
 
 # What a channel of this process carries (see RedisBroker._deliver).
@@ -590,8 +625,10 @@ class RedisPresence:
     """The `Presence` (chatserver/hubs/broker.py) of one process among several that share the
     Redis at `url` under `prefix`: `<prefix>:online:<phone>` holds the ids of the processes with
     a receive socket of that phone, each scored by when its claim lapses (docs/hub.md,
-    "Presence"). `process`: this process's id (see `process_id`); `ttl`: seconds a claim lasts
-    unless renewed (tests shorten it)."""
+    "Presence"); `<prefix>:inroom:<room>` likewise "<process id> <phone>" for each user with a
+    socket in that room in that process (SPEC 13 `online`), renewed with the claims. `process`:
+    this process's id (see `process_id`); `ttl`: seconds a claim lasts unless renewed (tests
+    shorten it)."""
 
     def __init__(self, url: str, prefix: str, process: str | None = None, *,
                  ttl: float = PRESENCE_TTL) -> None:
@@ -604,6 +641,9 @@ class RedisPresence:
         self._others: Any = None
         self._admit: Any = None
         self._claimed: set[str] = set()  # renewed every third of `ttl`
+        self._in_rooms: set[tuple[str, str]] = set()  # (room, phone), renewed likewise
+        self._enter_rooms: Any = None
+        self._room_counts: Any = None
         # Operations for the presence task: (op, phone or slot, future or None, socket id).
         self._ops: list[tuple[str, str, asyncio.Future[Any] | None, str]] = []
         self._ready = asyncio.Event()
@@ -616,6 +656,9 @@ class RedisPresence:
     def _sockets_key(self, slot: str) -> str:
         return f"{self._prefix}sockets:{slot}"
 
+    def _room_key(self, room: str) -> str:
+        return f"{self._prefix}inroom:{room}"
+
     async def start(self) -> None:
         """Connect and start the presence task; raises HubUnavailable when Redis cannot be
         reached."""
@@ -623,6 +666,8 @@ class RedisPresence:
         self._claim = self._commands.redis.register_script(_CLAIM)
         self._others = self._commands.redis.register_script(_OTHERS)
         self._admit = self._commands.redis.register_script(_ADMIT)
+        self._enter_rooms = self._commands.redis.register_script(_ENTER_ROOMS)
+        self._room_counts = self._commands.redis.register_script(_ROOM_COUNTS)
         try:
             await self._commands.ping()
         except HubUnavailable:
@@ -639,6 +684,8 @@ class RedisPresence:
             settled = asyncio.get_running_loop().create_future()
             for phone in tuple(self._claimed):  # normally none: every socket is closed by now
                 self._op("release", phone)
+            for room, phone in tuple(self._in_rooms):
+                self._op("leave_room", room, None, phone)
             self._op("barrier", "", settled)
             await asyncio.wait({settled}, timeout=timeout)
             for task in self._workers:
@@ -674,6 +721,21 @@ class RedisPresence:
     def leave(self, slot: str, socket: str) -> None:
         """Socket `socket` of `slot` closed (after its `admit`: the presence task keeps order)."""
         self._op("leave", slot, None, socket)
+
+    def enter_room(self, room: str, phone: str) -> None:
+        """Count `phone` among the users in `room` for this process (`<prefix>:inroom:<room>`)."""
+        self._in_rooms.add((room, phone))
+        self._op("enter_room", room, None, phone)
+
+    def leave_room(self, room: str, phone: str) -> None:
+        """Withdraw this process's entry of `phone` in `room`."""
+        self._in_rooms.discard((room, phone))
+        self._op("leave_room", room, None, phone)
+
+    def room_counts(self, rooms: Sequence[str]) -> asyncio.Future[list[int] | None]:
+        """How many distinct users have a live entry in each of `rooms`, every process's (None
+        as for `claim`). Room names have no spaces (SPEC 5.4): they travel joined by one."""
+        return self._asked("room_counts", "", " ".join(rooms))
 
     def _op(self, op: str, phone: str, future: asyncio.Future[Any] | None = None,
             arg: str = "") -> None:
@@ -720,6 +782,7 @@ class RedisPresence:
         asked = [(op, phone, future, arg) for op, phone, future, arg in ops if op != "barrier"]
         # Snapshot now: a phone released later is withdrawn after this renewal, in order.
         renewed = list(self._claimed) if renew else []
+        rooms_renewed = list(self._in_rooms) if renew else []
 
         async def queue(pipe: Pipeline) -> None:
             for op, phone, _, arg in asked:
@@ -734,13 +797,27 @@ class RedisPresence:
                                       client=pipe)
                 elif op == "leave":
                     pipe.zrem(self._sockets_key(phone), arg)
+                elif op == "enter_room":
+                    await self._enter_rooms(keys=[self._room_key(phone)],
+                                            args=[ttl_ms, f"{self.id} {arg}"], client=pipe)
+                elif op == "leave_room":
+                    pipe.zrem(self._room_key(phone), f"{self.id} {arg}")
+                elif op == "room_counts":
+                    await self._room_counts(keys=[self._room_key(r) for r in arg.split(" ")],
+                                            client=pipe)
                 else:
                     await self._others(keys=[key], args=[self.id], client=pipe)
             for i in range(0, len(renewed), RENEW_BATCH):
                 keys = [self._online_key(p) for p in renewed[i:i + RENEW_BATCH]]
                 await self._claim(keys=keys, args=[self.id, ttl_ms], client=pipe)
+            for i in range(0, len(rooms_renewed), RENEW_BATCH):
+                batch = rooms_renewed[i:i + RENEW_BATCH]
+                await self._enter_rooms(keys=[self._room_key(room) for room, _ in batch],
+                                        args=[ttl_ms, *(f"{self.id} {phone}" for _, phone in batch)],
+                                        client=pipe)
 
-        results = await self._commands.execute("presence", queue) if asked or renewed else []
+        busy = asked or renewed or rooms_renewed
+        results = await self._commands.execute("presence", queue) if busy else []
         for i, (op, _, future, _) in enumerate(asked):
             if future is None or future.done():
                 continue
@@ -749,6 +826,8 @@ class RedisPresence:
                 future.set_result(None)
             elif op == "admit":
                 future.set_result([r.decode() if isinstance(r, bytes) else str(r) for r in result])
+            elif op == "room_counts":
+                future.set_result([int(r) for r in result])
             else:
                 future.set_result(int(result[0]) if op == "claim" else int(result))
         for op, _, future, _ in ops:

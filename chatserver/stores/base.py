@@ -35,6 +35,8 @@ THUMBNAIL_PART: Final = 1
 # SPEC 9: the conversations one user may have muted at once (`Store.set_mute`); a mute whose
 # time has passed does not count.
 MAX_MUTES: Final = 200
+# Issue 18 (SPEC 13): the rooms one user may have saved at once (`Store.save_room`).
+MAX_SAVED_ROOMS: Final = 200
 
 
 def touch_after_us(max_age_seconds: float) -> int:
@@ -213,9 +215,13 @@ class GroupMessage:
 
 @dataclass(frozen=True, slots=True)
 class Room:
+    """A room (SPEC 5.4): `created_by` None once its creator's account is deleted; `category`
+    (SPEC 13, 1-32 characters) None when it was made without one."""
+
     name: str
     created_by: str | None
     password_hash: bytes | None
+    category: str | None = None
 
     @property
     def private(self) -> bool:
@@ -793,8 +799,40 @@ class Store(Protocol):
 
     # -- rooms (SPEC 5.4) ---------------------------------------------------------------------
 
-    async def create_room(self, name: str, created_by: str, password_hash: bytes | None) -> bool:
-        """Create a room (private when it has a password hash); False when the name is taken."""
+    async def create_room(self, name: str, created_by: str, password_hash: bytes | None,
+                          category: str | None = None) -> bool:
+        """Create a room (private when it has a password hash) in `category` (SPEC 13; None:
+        none; the caller checks its shape); False when the name is taken."""
+        ...
+
+    async def search_rooms(self, q: str, category: str | None, limit: int) -> list[Room]:
+        """SPEC 13 `GET /chat/rooms`: at most `limit` rooms, private ones included, whose name
+        contains `q` ignoring ASCII case ("" matches every name; `%`, `_` and `\\` are plain
+        characters), in `category` when it is not None (equal, case and all), newest first
+        (by creation time, then name)."""
+        ...
+
+    async def delete_room(self, name: str, created_by: str) -> bool:
+        """SPEC 13: close room `name` if `created_by` created it: delete it with its history,
+        their attachments, the sessions' grants, the users' saved rows (all by cascade) and
+        the mutes of "room:NAME", in one transaction; its bodies are scrubbed as acknowledged
+        messages' are (SPEC 6). False, deleting nothing, when there is no such room or another
+        user created it (the caller tells which apart beforehand)."""
+        ...
+
+    async def save_room(self, phone: str, room: str) -> bool:
+        """SPEC 13 `PUT /chat/rooms/saved`: `phone` saves `room` (idempotent: saving it again
+        changes nothing). False, saving nothing, when there is no such room; raises ValueError,
+        saving nothing, when `phone` has MAX_SAVED_ROOMS rooms saved and this is not one of
+        them; IntegrityError for an unknown phone."""
+        ...
+
+    async def unsave_room(self, phone: str, room: str) -> bool:
+        """`phone` no longer saves `room`; True when it had."""
+        ...
+
+    async def saved_rooms(self, phone: str) -> list[str]:
+        """The names of the rooms `phone` has saved, sorted (SPEC 13 `/chat/info` `saved_rooms`)."""
         ...
 
     async def room(self, name: str) -> Room | None:

@@ -20,6 +20,7 @@ from ..protocol import now_micros
 from .base import (
     LIVE_SESSIONS_BATCH,
     MAX_MUTES,
+    MAX_SAVED_ROOMS,
     UNKNOWN_DEVICE,
     Account,
     Ack,
@@ -57,6 +58,8 @@ _ACCOUNT: Final = (
     " + (SELECT count(*) FROM group_pending AS g WHERE g.phone = u.phone)"
     " FROM users AS u")
 _INVITE: Final = "SELECT code, created_by, uses, uses_left, created_us, expires_us FROM invites"
+# The columns of a Room record, in its fields' order.
+ROOM_COLUMNS: Final = "name, created_by, password_hash, category"
 
 
 def _kind(token: bool) -> str:
@@ -245,13 +248,34 @@ class Queries:
         " AND NOT EXISTS (SELECT 1 FROM group_members WHERE grp = $1 AND is_admin)")
     drop_empty_group: str = ("DELETE FROM groups WHERE key = $1"
                              " AND NOT EXISTS (SELECT 1 FROM group_members WHERE grp = $1)")
-    create_room: str = ("INSERT INTO rooms (name, created_by, password_hash, created_us)"
-                        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-    room: str = "SELECT name, created_by, password_hash FROM rooms WHERE name = $1"
-    rooms: str = "SELECT name, created_by, password_hash FROM rooms ORDER BY name"
+    create_room: str = ("INSERT INTO rooms (name, created_by, password_hash, created_us, category)"
+                        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+    room: str = f"SELECT {ROOM_COLUMNS} FROM rooms WHERE name = $1"
+    rooms: str = f"SELECT {ROOM_COLUMNS} FROM rooms ORDER BY name"
+    # SPEC 13 `GET /chat/rooms`: $1 a LIKE pattern of lower-case text with `\` escaping (see
+    # `like_pattern`), $2 a category or NULL, $3 how many; newest first (index rooms_created).
+    # CAST: one type for $2 in both of its places (PostgreSQL).
+    search_rooms: str = (
+        f"SELECT {ROOM_COLUMNS} FROM rooms WHERE lower(name) LIKE $1 ESCAPE '\\'"
+        " AND (CAST($2 AS TEXT) IS NULL OR category = CAST($2 AS TEXT))"
+        " ORDER BY created_us DESC, name LIMIT $3")
+    # SPEC 13: the creator closes a room; what hangs on it goes by cascade (history,
+    # attachments, grants, saved rows); a mute names it only in text (SPEC 9 "room:NAME").
+    delete_room: str = "DELETE FROM rooms WHERE name = $1 AND created_by = $2"
+    drop_room_mutes: str = "DELETE FROM mutes WHERE conversation = $1"
+    room_exists: str = "SELECT 1 FROM rooms WHERE name = $1"
+    # A room not saved yet only while fewer than $4 (MAX_SAVED_ROOMS) are; saving one already
+    # saved is a change of nothing (counted as a row, so that 0 means "too many").
+    save_room: str = (
+        "INSERT INTO saved_rooms (phone, room, saved_us) SELECT $1, $2, CAST($3 AS BIGINT)"
+        " WHERE EXISTS (SELECT 1 FROM saved_rooms WHERE phone = $1 AND room = $2)"
+        " OR (SELECT count(*) FROM saved_rooms WHERE phone = $1) < $4"
+        " ON CONFLICT (phone, room) DO UPDATE SET saved_us = saved_rooms.saved_us")
+    unsave_room: str = "DELETE FROM saved_rooms WHERE phone = $1 AND room = $2"
+    saved_rooms: str = "SELECT room FROM saved_rooms WHERE phone = $1 ORDER BY room"
     # Issue 12, finding 6: the rooms one user is shown (see Store.rooms_for).
     rooms_for: str = (
-        "SELECT name, created_by, password_hash FROM rooms WHERE created_by = $1"
+        f"SELECT {ROOM_COLUMNS} FROM rooms WHERE created_by = $1"
         " OR (password_hash IS NOT NULL AND name IN (SELECT room FROM session_rooms WHERE sid_hash = $2))"
         " OR name IN (SELECT name FROM rooms WHERE password_hash IS NULL"
         "             ORDER BY created_us DESC, name LIMIT $3)"
@@ -467,7 +491,14 @@ def _attachment(r: Sequence[Any]) -> Attachment:
 
 
 def _room(r: Sequence[Any]) -> Room:
-    return Room(r[0], r[1], bytes(r[2]) if r[2] is not None else None)
+    return Room(r[0], r[1], bytes(r[2]) if r[2] is not None else None, r[3])
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern (escape character `\\`) for names containing `text`, ignoring ASCII case:
+    `%`, `_` and `\\` in `text` match themselves."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 class SqlStore(GroupCommitStore[DB]):
@@ -845,11 +876,47 @@ class SqlStore(GroupCommitStore[DB]):
 
     # -- rooms --------------------------------------------------------------------------------
 
-    async def create_room(self, name: str, created_by: str, password_hash: bytes | None) -> bool:
+    async def create_room(self, name: str, created_by: str, password_hash: bytes | None,
+                          category: str | None = None) -> bool:
         async def op(db: DB) -> bool:
             return await self._execute(db, self.SQL.create_room, name, created_by, password_hash,
-                                       now_micros()) == 1
+                                       now_micros(), category) == 1
         return await self._write(op)
+
+    async def search_rooms(self, q: str, category: str | None, limit: int) -> list[Room]:
+        return [_room(r) for r in await self._fetch(self.SQL.search_rooms, like_pattern(q),
+                                                     category, limit)]
+
+    async def delete_room(self, name: str, created_by: str) -> bool:
+        async def op(db: DB) -> bool:
+            if await self._execute(db, self.SQL.delete_room, name, created_by) != 1:
+                return False
+            await self._execute(db, self.SQL.drop_room_mutes, f"room:{name}")
+            return True
+        return bool(await self._write(op, deletes=True))
+
+    async def save_room(self, phone: str, room: str) -> bool:
+        async def op(db: DB) -> bool | ValueError:
+            await self._lock_owner(db, phone)  # two processes' saves of one user count in turn
+            if not await self._query(db, self.SQL.room_exists, room):
+                return False
+            if await self._execute(db, self.SQL.save_room, phone, room, now_micros(),
+                                   MAX_SAVED_ROOMS) != 1:
+                # returned, not raised: a raise would fail (and rerun) the whole batch
+                return ValueError(f"at most {MAX_SAVED_ROOMS} rooms can be saved")
+            return True
+        saved = await self._write(op)
+        if isinstance(saved, ValueError):
+            raise saved
+        return bool(saved)
+
+    async def unsave_room(self, phone: str, room: str) -> bool:
+        async def op(db: DB) -> bool:
+            return await self._execute(db, self.SQL.unsave_room, phone, room) == 1
+        return bool(await self._write(op))
+
+    async def saved_rooms(self, phone: str) -> list[str]:
+        return [r[0] for r in await self._fetch(self.SQL.saved_rooms, phone)]
 
     async def room(self, name: str) -> Room | None:
         rows = await self._fetch(self.SQL.room, name)
