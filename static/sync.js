@@ -49,7 +49,12 @@ export async function open() {
 export async function load() {
   for (const conv of await state.db.convs()) merge(conv);
   for (const msg of await state.db.pending()) pendingConvs.add(msg.conv);
-  for (const conv of state.convs.values()) if (conv.kind === "room" && !conv.left) linkFor(conv.id);
+  for (const conv of state.convs.values()) {
+    if (conv.kind !== "room" || conv.left) continue;
+    // A room closed by its creator (or gone) stays shut after a reload: no socket to try.
+    if (conv.note && conv.note !== "locked") refused.add(conv.id);
+    linkFor(conv.id);
+  }
 }
 
 /** Connect the receive socket and the sockets of the joined rooms. */
