@@ -26,7 +26,8 @@ ROOM_PASSWORD = "attic password"
 
 
 def room_row(page: Page, name: str):
-    return page.locator("#room-list li.room", has=page.locator(".room-name", has_text=re.compile(f"^#{name}$")))
+    title = page.locator(".room-name", has_text=re.compile(f"^#{re.escape(name)}$"))
+    return page.locator("#room-list li.room", has=title)
 
 
 async def open_catalogue(page: Page) -> None:
@@ -49,7 +50,11 @@ async def make_room(user, live: ServerProcess, name: str, category: str | None =
 def room_sockets(page: Page, name: str) -> list[str]:
     """Every WebSocket this page opens to room `name`, from now on."""
     opened: list[str] = []
-    page.on("websocket", lambda ws: opened.append(ws.url) if ws.url.endswith(f"/ws/chat/room/{name}/") else None)
+
+    def on_socket(ws: object) -> None:
+        if ws.url.endswith(f"/ws/chat/room/{name}/"):
+            opened.append(ws.url)
+    page.on("websocket", on_socket)
     return opened
 
 
