@@ -53,6 +53,7 @@ from helpers.groups import (
     pending_of,
     pushed,
     recv_group_added,
+    recv_group_event,
     send_grp,
     settle,
 )
@@ -686,6 +687,8 @@ async def test_an_added_member_gets_later_messages_not_earlier_ones(
     assert updated["admins"] == [a.phone]
     assert updated["read"][d.phone] is None
     await recv_group_added(inbox(d), a.phone, d.phone, key)  # D is told who added it, B not
+    for member in (a, b, d):  # everyone sees who joined (issue 18)
+        await recv_group_event(inbox(member), a.phone, key, "added", [d.phone])
     await assert_quiet(inbox(d), inbox(b))  # nothing of before is pushed on joining
 
     after = await send_grp(ws_a, a.phone, key, "after D")
@@ -738,6 +741,8 @@ async def test_removing_a_member_drops_their_pending_entries_and_closes_their_gr
     updated = await resp.json()
     assert updated["participants"] == sorted([a.phone, c.phone])
     assert b.phone not in updated["read"]
+    for member in (a, b, c):  # the removed member is told too (issue 18)
+        await recv_group_event(inbox(member), a.phone, key, "removed", [b.phone])
 
     # the message left with no one pending is deleted; B is gone from the other's list
     assert pending_of(db, key) == {"for b and c": [c.phone]}

@@ -30,7 +30,13 @@ from helpers import backends
 from helpers.accounts import UserFactory, users_on
 from helpers.configs import with_limits
 from helpers.frames import SERVER_TS, new_phone
-from helpers.groups import assert_group_added, create_group, patch_ok, recv_group_added
+from helpers.groups import (
+    assert_group_added,
+    create_group,
+    patch_ok,
+    recv_group_added,
+    recv_group_event,
+)
 from helpers.ws import assert_json_error, assert_quiet, open_receive, recv
 
 # The same tests on every store and hub (tests/helpers/backends.py).
@@ -184,8 +190,12 @@ async def test_being_put_into_a_group_is_announced_on_every_receive_socket(
     # Added later: only the new participant is told, with who added it.
     c_recv = await open_receive(carol, c)
     await patch_ok(alice, key, {"admins": [b]})
+    for ws in (a_recv, b1, b2, c_recv):  # every member sees the change (issue 18)
+        await recv_group_event(ws, a, key, "admin", [b])
     await patch_ok(bob, key, {"add": [d, c]})  # C is in already: not told again
     await recv_group_added(d_recv, b, d, key)
+    for ws in (a_recv, b1, b2, c_recv, d_recv):
+        await recv_group_event(ws, b, key, "added", [d])
     await assert_quiet(a_recv, b1, b2, c_recv, d_recv)
 
 

@@ -82,6 +82,27 @@ async def recv_group_added(ws: WS, adder: str, added: str, key: str) -> None:
     assert_group_added(await recv(ws), adder, added, key)
 
 
+GROUP_EVENT_KEYS = {"command", "msg_from", "msg_to", "event", "members", "message",
+                    "sent_timestamp"}
+
+
+def assert_group_event(data: dict[str, Any], actor: str, key: str, event: str,
+                       members: list[str], message: str = "") -> None:
+    """`data` is the `group_event` push (issue 18) saying that `actor` changed group `key`:
+    `event` ("added", "removed", "left", "admin", "renamed") for `members`, `message` the new
+    name of a rename, else ""."""
+    assert set(data) == GROUP_EVENT_KEYS, data
+    assert (data["command"], data["msg_from"], data["msg_to"], data["event"], data["members"],
+            data["message"]) == ("group_event", actor, key, event, members, message), data
+    assert_server_time(data["sent_timestamp"])
+
+
+async def recv_group_event(ws: WS, actor: str, key: str, event: str, members: list[str],
+                           message: str = "") -> None:
+    """The next frame on receive socket `ws` is that `group_event` push."""
+    assert_group_event(await recv(ws), actor, key, event, members, message)
+
+
 # -- the JSON endpoints (SPEC 4) ------------------------------------------------------------
 
 
