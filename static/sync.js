@@ -731,7 +731,8 @@ async function diagnose(id) {
     }
     if (note) {
       refuse(id);
-      await saveConv(id, (c) => { c.note = note; });
+      // A group's note written meanwhile ("You left this group.") stays.
+      await saveConv(id, (c) => { if (!(conv.kind === "group" && c.note)) c.note = note; });
       emit("note", id);
     }
   } finally {
@@ -963,7 +964,9 @@ export async function refreshGroup(key) {
   if (r.status === 403 || r.status === 404) {
     if (!state.convs.has(id) || state.convs.get(id).note) return;
     refuse(id);
-    await saveConv(id, (c) => { c.note = "You are no longer in this group."; });
+    // Left here ("You left this group.", written by actions.leaveGroup while this request was
+    // on its way, the group_event being pushed before the PATCH answers): that note stays.
+    await saveConv(id, (c) => { c.note = c.note || "You are no longer in this group."; });
     emit("note", id);
     emit("list");
     return;
