@@ -107,7 +107,9 @@ function roomRow(room) {
   const meta = el("span", {class: "muted room-meta"}, kind,
                   room.category ? el("span", {class: "room-category", text: room.category}) : null,
                   el("span", {class: "room-online", text: `${online} online`}));
-  const password = room.private && !joined
+  // Its creator enters a private room without the password.
+  const locked = room.private && !room.mine;
+  const password = locked && !joined
     ? el("input", {attrs: {type: "password", placeholder: "password", autocomplete: "off",
                            "aria-label": `Password of #${name}`}})
     : null;
@@ -148,13 +150,13 @@ async function joinRow(room, joined, password) {
     $("dlg-rooms").close();
     return openConv(`r:${name}`);
   }
-  if (room.private && !password.value) {
+  if (password && !password.value) {
     showError($("room-error"), `#${name} is private: give its password.`);
     password.focus();
     return undefined;
   }
   $("dlg-rooms").close();
-  return joinAndOpen(name, room.private ? password.value : undefined);
+  return joinAndOpen(name, password ? password.value : undefined);
 }
 
 async function toggleSaved(room) {
