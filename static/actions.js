@@ -40,24 +40,28 @@ export async function createGroup(name, participants) {
   return `g:${g.key}`;
 }
 
-/** Add or remove members ({add: [phone]} or {remove: [phone]}); resolves true when done. */
+/**
+ * Change group `conv` (PATCH /chat/info/group: any of {name, add: [phone], remove: [phone],
+ * admins: [phone]}; admins only, but anyone may remove themselves). Resolves {ok, error}: the
+ * group panel shows the server's reason in place (a modal dialog would hide a toast).
+ */
 export async function patchGroup(conv, change) {
   const r = await api("PATCH", `/chat/info/group?key=${conv.ref}`, change);
-  if (!r.ok) return refused(r.data.error, false);
+  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`};
   await sync.refreshGroup(conv.ref);
-  return true;
+  return {ok: true, error: null};
 }
 
-/** Leave a group: its socket closes for good, the history stays; resolves true when done. */
+/** Leave a group: its socket closes for good, the history stays; resolves {ok, error}. */
 export async function leaveGroup(conv) {
   const r = await api("PATCH", `/chat/info/group?key=${conv.ref}`, {remove: [ME]});
-  if (!r.ok) return refused(r.data.error, false);
+  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`};
   sync.refuse(conv.id);
   await saveConv(conv.id, (c) => { c.note = "You left this group."; });
   notify(conv.id);
   emit("note", conv.id);
   emit("list");
-  return true;
+  return {ok: true, error: null};
 }
 
 // -- rooms ----------------------------------------------------------------------------------
@@ -85,17 +89,64 @@ export async function joinRoomFromUrl(name) {
   return id;
 }
 
-/** Create room `name` (private with a password); resolves true when created. */
-export async function createRoom(name, password) {
+/** Create room `name` (private with a password; `category`: a label for the catalogue, or
+ *  empty); resolves {ok, error} (the rooms dialog shows the reason in place). */
+export async function createRoom(name, password, category = "") {
   const body = {room_name: name};
   if (password) body.password = password;
+  if (category) body.category = category;
   const r = await api("POST", "/chat/special/room", body);
-  if (!r.ok) return refused(r.data.error, false);
-  return true;
+  return {ok: r.ok, error: r.ok ? null : r.data.error || `refused (${r.status})`};
+}
+
+/**
+ * The room catalogue (SPEC 13, GET /chat/rooms): rooms whose name contains `q` (any case), in
+ * `category` when given, newest first, at most 100. Resolves {ok, error, rooms: [{room_name,
+ * category (string|null), private, online, saved, mine}]}.
+ */
+export async function findRooms(q = "", category = "") {
+  const params = new URLSearchParams({q});
+  if (category) params.set("category", category);
+  const r = await api("GET", `/chat/rooms?${params}`);
+  if (r.status === 401) emit("logged-out");
+  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`, rooms: []};
+  return {ok: true, error: null, rooms: Array.isArray(r.data.rooms) ? r.data.rooms : []};
+}
+
+/**
+ * Save room `name` (PUT /chat/rooms/saved) or unsave it (DELETE); resolves {ok, error}. A saved
+ * room is in the conversation list on every device (sync.refreshInfo): saving one joins it here
+ * too (a private one then asks for its password when opened).
+ */
+export async function saveRoom(name, saved) {
+  const r = await api(saved ? "PUT" : "DELETE", `/chat/rooms/saved?room_name=${encodeURIComponent(name)}`);
+  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`};
+  if (saved) {
+    state.savedRooms.add(name);
+    await sync.joinSaved(name);
+  } else {
+    state.savedRooms.delete(name);
+  }
+  emit("list");
+  return {ok: true, error: null};
+}
+
+/**
+ * Close my own room (DELETE /chat/special/room, creator only): the server deletes its history
+ * and closes everyone's socket in it with 4404. Resolves {ok, error}.
+ */
+export async function closeRoom(name) {
+  const r = await api("DELETE", `/chat/special/room?room_name=${encodeURIComponent(name)}`);
+  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`};
+  state.savedRooms.delete(name);
+  await sync.roomClosed(`r:${name}`);
+  return {ok: true, error: null};
 }
 
 /** Leave the room of `conv`: its socket closes, the history stays on the device. */
 export async function leaveRoom(conv) {
+  // A saved room comes back to the list at the next connection: leaving it unsaves it.
+  if (state.savedRooms.has(conv.ref)) await saveRoom(conv.ref, false);
   sync.close(conv.id);
   await saveConv(conv.id, (c) => { c.left = true; });
 }

@@ -15,10 +15,12 @@ import {closeConv, markRead, mount as mountConversation, openConv, renderHeader}
   from "./views/conversation.js";
 import {mount as mountDevices} from "./views/devices.js";
 import {mount as mountDialogs} from "./views/dialogs.js";
+import {mount as mountGroupInfo} from "./views/groupinfo.js";
 import {mount as mountList, renderList} from "./views/list.js";
 import {mount as mountMedia} from "./views/media.js";
 import {mount as mountMute} from "./views/mute.js";
 import {mount as mountOffline, showNoStorage} from "./views/offline.js";
+import {mount as mountRooms} from "./views/rooms.js";
 import {mount as mountSettings} from "./views/settings.js";
 
 const meEl = document.getElementById("me");
@@ -68,6 +70,8 @@ function bind() {
   mountAttach();
   mountMedia();
   mountDialogs();
+  mountGroupInfo();
+  mountRooms();
   mountAccount();
   mountDevices();
   mountAdmin();

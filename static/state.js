@@ -18,6 +18,7 @@ export const state = {
   presence: new Map(),  // phone -> {online, lastSeenUs}
   blocked: new Set(),
   rooms: [],            // the server's rooms
+  savedRooms: new Set(), // names of the rooms I saved (/chat/info "saved_rooms", SPEC 13)
   open: null,           // id of the conversation on screen
   visible: true,        // the page is on screen (document.visibilityState, kept by app.js)
   typing: new Map(),    // conversation id -> {who, timer}
@@ -38,6 +39,7 @@ export const state = {
  * - "note" (id | null): whether `id` can be written to (left, gone, locked, blocked);
  * - "message" (record): one message's state changed (sent, received, read, failed);
  * - "receipts" (id): a group's read positions moved (own bubbles show "read by n of m");
+ * - "events" (id): a group's events changed (system lines: added, left, admin, renamed);
  * - "incoming" ([record]): new messages were stored; "outgoing" (record): one was written here;
  * - "removed" (record): an own failed message was deleted;
  * - "elsewhere" (id): another tab of this account changed conversation `id`;

@@ -42,10 +42,12 @@ const SHELL = [
   "/static/views/conversation.js",
   "/static/views/devices.js",
   "/static/views/dialogs.js",
+  "/static/views/groupinfo.js",
   "/static/views/list.js",
   "/static/views/media.js",
   "/static/views/mute.js",
   "/static/views/offline.js",
+  "/static/views/rooms.js",
   "/static/views/settings.js",
 ];
 const CHAT_PAGE_RE = /^\/chat(?:\/personal\/[0-9]+\/[0-9]{10,15}\/|\/group\/[0-9]+\/[A-Za-z0-9]{10}\/|\/room\/[A-Za-z0-9_-]{1,64}\/)?$/;

@@ -33,6 +33,9 @@ export const RESTAMP_AFTER_US = 12 * 3600 * 1_000_000;
 const GROUP_KEY_RE = /^[A-Za-z0-9]{10}$/;
 const EXPIRED_TEXT = "it waited too long on the server and was deleted there";
 const SKEW_RE = /sent_timestamp .*away from the server's clock/i;
+// A room socket closed by the server because the room was closed (DELETE /chat/special/room).
+const ROOM_CLOSED = 4404;
+export const ROOM_CLOSED_NOTE = "This room was closed.";
 let typingTimer = null;
 
 // -- start ----------------------------------------------------------------------------------
@@ -46,7 +49,12 @@ export async function open() {
 export async function load() {
   for (const conv of await state.db.convs()) merge(conv);
   for (const msg of await state.db.pending()) pendingConvs.add(msg.conv);
-  for (const conv of state.convs.values()) if (conv.kind === "room" && !conv.left) linkFor(conv.id);
+  for (const conv of state.convs.values()) {
+    if (conv.kind !== "room" || conv.left) continue;
+    // A room closed by its creator (or gone) stays shut after a reload: no socket to try.
+    if (conv.note && conv.note !== "locked") refused.add(conv.id);
+    linkFor(conv.id);
+  }
 }
 
 /** Connect the receive socket and the sockets of the joined rooms. */
@@ -129,6 +137,7 @@ async function onPush(f) {
     case "is_typing": return onTyping(f);
     case "presence": return onPresence(f);
     case "group_added": return onGroupAdded(f);
+    case "group_event": return onGroupEvent(f);
     case "msg_expired": return onExpired(f);
     case "error": console.warn("server:", f.message); return undefined;
     default: return undefined;
@@ -411,6 +420,46 @@ async function onGroupAdded(f) {
   emit("notice", `${nameOf(f.msg_from)} added you to ${titleOf(conv)}`);
 }
 
+const GROUP_EVENTS = new Set(["added", "removed", "left", "admin", "renamed"]);
+// A group keeps its latest events on the device (its system lines), no more.
+const MAX_GROUP_EVENTS = 300;
+
+/**
+ * A change of a group I am (or was, until this change) in, by PATCH /chat/info/group (pushed,
+ * never stored on the server; ISSUE18-API 2): {"command": "group_event", "msg_from": ACTOR,
+ * "msg_to": GROUP_KEY, "event": "added"|"removed"|"left"|"admin"|"renamed", "members": [PHONE],
+ * "message": the new name or "", "sent_timestamp": the server's time}. It is kept in the group's
+ * record (`events`, shown as system lines among the messages), and the group is read again:
+ * its members, admins and read positions (read-by counts stay right after someone leaves), or
+ * its note when I am no longer in it.
+ */
+async function onGroupEvent(f) {
+  const key = String(f.msg_to);
+  const us = parseTs(f.sent_timestamp);
+  const members = Array.isArray(f.members) ? f.members.map(String) : null;
+  if (!GROUP_KEY_RE.test(key) || !GROUP_EVENTS.has(f.event) || !PHONE_RE.test(String(f.msg_from)) ||
+      Number.isNaN(us) || !members || !members.every((p) => PHONE_RE.test(p))) return;
+  const id = `g:${key}`;
+  // A group this device does not know: only my being added to it makes it one of mine.
+  if (!state.convs.has(id) && !(f.event === "added" && members.includes(ME))) return;
+  const ev = {us, actor: f.msg_from, event: f.event, members,
+              name: f.event === "renamed" && typeof f.message === "string" ? f.message : ""};
+  if (f.event === "added" && members.includes(ME)) newGroups.add(key); // new here: not "earlier"
+  await saveConv(id, (c) => {
+    const events = c.events || [];
+    const same = (e) => e.us === ev.us && e.event === ev.event && e.actor === ev.actor;
+    if (!events.some(same)) events.push(ev);
+    events.sort((a, b) => a.us - b.us);
+    c.events = events.slice(-MAX_GROUP_EVENTS);
+    if (ev.name) c.title = ev.name;
+  });
+  emit("events", id);
+  emit("list");
+  // Not in the order of the pushes: a request is no frame to wait for. The names of new
+  // members come with the group: its lines are drawn again.
+  refreshGroup(key).then(() => emit("events", id)).catch(console.error);
+}
+
 /**
  * An own message waited too long on the server and was deleted there (SPEC 10,
  * `retention.undelivered_days`): {"command": "msg_expired", "message": its sent_timestamp,
@@ -445,8 +494,13 @@ function linkFor(id) {
       flush(id);
     },
     onFrame: (f) => inOrder(() => onLinkFrame(id, f)),
-    onClose: (l, {opened}) => {
+    onClose: (l, {opened, code}) => {
       sentOn.delete(id);
+      // Its creator closed the room (SPEC 13): the server deleted it; never reconnect.
+      if (kind === "r" && code === ROOM_CLOSED) {
+        roomClosed(id).catch(console.error);
+        return;
+      }
       // Refused at the handshake while the server is up: find out why, once.
       if (!opened && state.online) diagnose(id);
     },
@@ -454,6 +508,31 @@ function linkFor(id) {
   if (refused.has(id)) link.stop();
   links.set(id, link);
   return link;
+}
+
+/** Room `id` was closed by its creator (SPEC 13: its sockets close with 4404, its history is
+ *  deleted on the server): its socket stops for good, the conversation says so. The history on
+ *  this device stays. */
+export async function roomClosed(id) {
+  refuse(id);
+  state.savedRooms.delete(id.slice(2));
+  if (!state.convs.has(id) || state.convs.get(id).note === ROOM_CLOSED_NOTE) return;
+  await saveConv(id, (c) => { c.note = ROOM_CLOSED_NOTE; });
+  emit("note", id);
+  emit("list");
+}
+
+/** A saved room (SPEC 13) is in the list: joined here unless it is already, or was closed. */
+export async function joinSaved(name) {
+  const id = `r:${name}`;
+  const known = state.convs.get(id);
+  if (known && !known.left) return;
+  allow(id);
+  await saveConv(id, (c) => {
+    c.left = false;
+    if (c.note !== "locked") c.note = null;
+  });
+  wake(id);
 }
 
 /** Connect conversation `id`'s socket unless the server refuses it for good. */
@@ -652,7 +731,8 @@ async function diagnose(id) {
     }
     if (note) {
       refuse(id);
-      await saveConv(id, (c) => { c.note = note; });
+      // A group's note written meanwhile ("You left this group.") stays.
+      await saveConv(id, (c) => { if (!(conv.kind === "group" && c.note)) c.note = note; });
       emit("note", id);
     }
   } finally {
@@ -784,6 +864,7 @@ export async function refreshInfo() {
         c.note = null;
       });
       allow(id);
+      if (known?.note) emit("note", id); // back in it (added again): it can be written to
     }
   }
   state.rooms = info.rooms || [];
@@ -794,6 +875,11 @@ export async function refreshInfo() {
     if (room.created_by !== ME || state.convs.has(id)) continue;
     await saveConv(id, (c) => { c.left = false; });
     wake(id);
+  }
+  // Saved rooms (SPEC 13) are in the list on every device; a room left here was unsaved then.
+  if (Array.isArray(info.saved_rooms)) {
+    state.savedRooms = new Set(info.saved_rooms.map(String));
+    for (const name of state.savedRooms) await joinSaved(name);
   }
   for (const c of info.contacts || []) state.contacts.set(c.phone, c);
   setAccountInfo(info);
@@ -878,7 +964,9 @@ export async function refreshGroup(key) {
   if (r.status === 403 || r.status === 404) {
     if (!state.convs.has(id) || state.convs.get(id).note) return;
     refuse(id);
-    await saveConv(id, (c) => { c.note = "You are no longer in this group."; });
+    // Left here ("You left this group.", written by actions.leaveGroup while this request was
+    // on its way, the group_event being pushed before the PATCH answers): that note stays.
+    await saveConv(id, (c) => { c.note = c.note || "You are no longer in this group."; });
     emit("note", id);
     emit("list");
     return;

@@ -11,6 +11,7 @@ import {dayKey, dayLabel, lastSeenLabel} from "../time.js";
 import {avatar, el} from "../ui.js";
 import {MAX_ATTACHMENTS, readyCount, sayInTray, takeUploads, uploading} from "./attach.js";
 import {bubble, bubbleKey} from "./bubble.js";
+import {systemLine, withEvents} from "./groupinfo.js";
 
 const PAGE = 50;
 export const EARLIER = "Messages from before this device was added are on your other devices";
@@ -38,6 +39,7 @@ export function mount() {
     renderMessages("update");
   });
   on("elsewhere", (id) => { reload(id).catch(console.error); });
+  on("events", (id) => { if (view?.id === id) renderMessages("append"); });
 
   $("compose").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -239,10 +241,16 @@ function renderMessages(mode) {
   const nodes = [];
   let prev = null;
   const keep = new Map();
-  for (const msg of view.messages) {
+  // A group's events (added, left, renamed...) are lines among its messages, by time.
+  for (const msg of withEvents(view.messages, conv, view.hasMore)) {
     if (!prev || dayKey(prev.us) !== dayKey(msg.us)) {
       nodes.push(el("li", {class: "day", attrs: {role: "separator"}},
                     el("span", {text: dayLabel(msg.us)})));
+    }
+    if (msg.sys) {
+      nodes.push(systemLine(msg));
+      prev = msg;
+      continue;
     }
     const key = bubbleKey(msg, prev);
     let node = view.nodes.get(msg.id);

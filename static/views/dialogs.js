@@ -1,12 +1,14 @@
-// The dialogs: a new group, the rooms, the contacts and blocked people, and the info panel of
-// the open conversation (contact name, block, members, leave).
+// The dialogs: a new group, the contacts and blocked people, and the info panel of the open
+// conversation (contact name, block; a group's panel is views/groupinfo.js; the rooms are
+// views/rooms.js).
 
 import * as actions from "../actions.js";
-import {ME, MY_NAME, PHONE_RE, nameOf, on, state, titleOf} from "../state.js";
-import {refreshContacts, refreshInfo} from "../sync.js";
+import {ME, PHONE_RE, nameOf, on, state, titleOf} from "../state.js";
+import {refreshContacts} from "../sync.js";
 import {lastSeenLabel} from "../time.js";
 import {avatar, el, toast} from "../ui.js";
-import {closeConv, joinAndOpen, openConv} from "./conversation.js";
+import {closeConv, openConv} from "./conversation.js";
+import {renderGroupInfo} from "./groupinfo.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -16,9 +18,6 @@ export function mount() {
   $("conv-info").addEventListener("click", openInfoDialog);
   $("new-group").addEventListener("click", openGroupDialog);
   $("group-form").addEventListener("submit", createGroup);
-  $("show-rooms").addEventListener("click", openRoomsDialog);
-  $("room-form").addEventListener("submit", createRoom);
-  $("room-join-form").addEventListener("submit", joinRoomByName);
   $("show-contacts").addEventListener("click", openContactsDialog);
   $("contact-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -79,58 +78,6 @@ async function createGroup(ev) {
   if (!id) return undefined;
   $("dlg-group").close();
   return openConv(id);
-}
-
-// -- rooms ----------------------------------------------------------------------------------
-
-async function openRoomsDialog() {
-  await refreshInfo();
-  renderRooms();
-  $("room-form").reset();
-  $("dlg-rooms").showModal();
-}
-
-function renderRooms() {
-  const items = state.rooms.map((room) => {
-    const id = `r:${room.room_name}`;
-    const joined = state.convs.has(id) && !state.convs.get(id).left;
-    const pw = el("input", {attrs: {type: "password", placeholder: "password",
-                                    "aria-label": `Password of ${room.room_name}`}});
-    const action = el("button", {
-      class: "btn", text: joined ? "Open" : "Join", attrs: {type: "button"},
-      on: {click: async () => {
-        $("dlg-rooms").close();
-        if (joined) return openConv(id);
-        return joinAndOpen(room.room_name, room.private ? pw.value : undefined);
-      }},
-    });
-    return el("li", {class: "pick"},
-              avatar(room.room_name, id, "room"),
-              el("span", {class: "pick-text"},
-                 el("span", {text: `#${room.room_name}`}),
-                 el("span", {class: "muted", text: room.private ? "private" : "public"})),
-              room.private && !joined ? pw : null, action);
-  });
-  $("room-list").replaceChildren(...items);
-  $("room-list-empty").hidden = items.length > 0;
-}
-
-async function createRoom(ev) {
-  ev.preventDefault();
-  const name = $("room-name").value.trim();
-  if (!await actions.createRoom(name, $("room-password").value)) return undefined;
-  $("dlg-rooms").close();
-  return joinAndOpen(name);
-}
-
-/** A room not in the list (a private one, or an older public one): by name, with its password
- * when private; without one, a private room's conversation asks for it ("locked"). */
-async function joinRoomByName(ev) {
-  ev.preventDefault();
-  const name = $("room-join-name").value.trim();
-  const password = $("room-join-password").value;
-  $("dlg-rooms").close();
-  return joinAndOpen(name, password || undefined);
 }
 
 // -- contacts and blocks --------------------------------------------------------------------
@@ -204,25 +151,7 @@ function openInfoDialog() {
       })));
     }
   } else if (conv.kind === "group") {
-    const admin = (conv.admins || []).includes(ME);
-    const members = (conv.participants || []).map((p) => el("li", {class: "pick"},
-      avatar(nameOf(p), `p:${p}`),
-      el("span", {class: "pick-text"}, el("span", {text: p === ME ? `${MY_NAME} (you)` : nameOf(p)}),
-         el("span", {class: "muted", text: (conv.admins || []).includes(p) ? `${p} · admin` : p})),
-      admin && p !== ME ? el("button", {class: "btn", text: "Remove", attrs: {type: "button"},
-        on: {click: () => patchGroup(conv, {remove: [p]})}}) : null));
-    body.append(el("ul", {class: "pick-list"}, ...members));
-    if (admin) {
-      const add = el("input", {attrs: {inputmode: "numeric", placeholder: "phone number",
-                                       "aria-label": "Phone number to add"}});
-      body.append(el("form", {class: "inline-form row", on: {submit: (ev) => {
-        ev.preventDefault();
-        if (!PHONE_RE.test(add.value.trim())) return toast("A phone number is 10 to 15 digits");
-        return patchGroup(conv, {add: [add.value.trim()]});
-      }}}, add, el("button", {class: "btn primary", text: "Add", attrs: {type: "submit"}})));
-    }
-    body.append(el("p", {}, el("button", {class: "btn danger", text: "Leave group",
-      attrs: {type: "button"}, on: {click: () => leaveGroup(conv)}})));
+    renderGroupInfo(conv, body);
   } else {
     body.append(el("p", {class: "muted", text: "Public rooms keep their latest messages on the server; " +
                                               "this device keeps everything it has seen."}),
@@ -230,14 +159,6 @@ function openInfoDialog() {
                   attrs: {type: "button"}, on: {click: () => leaveRoom(conv)}})));
   }
   if (!$("dlg-info").open) $("dlg-info").showModal();
-}
-
-async function patchGroup(conv, change) {
-  if (await actions.patchGroup(conv, change)) openInfoDialog();
-}
-
-async function leaveGroup(conv) {
-  if (await actions.leaveGroup(conv)) $("dlg-info").close();
 }
 
 async function leaveRoom(conv) {

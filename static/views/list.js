@@ -6,6 +6,7 @@ import {ME, nameOf, on, state, titleOf} from "../state.js";
 import {ageLabel} from "../time.js";
 import {avatar, el, icon} from "../ui.js";
 import {openConv} from "./conversation.js";
+import {eventText, lastEvent} from "./groupinfo.js";
 import {mutedLabel} from "./mute.js";
 
 const $ = (id) => document.getElementById(id);
@@ -39,6 +40,8 @@ function previewOf(conv) {
   if (t) return {text: conv.kind === "personal" ? "typing…" : `${nameOf(t.who)} is typing…`,
                  typing: true};
   if (conv.note && conv.note !== "locked") return {text: conv.note};
+  const ev = lastEvent(conv); // "Alice added Bob", newer than the last message
+  if (ev) return {text: eventText(ev)};
   if (!conv.lastUs) {
     if (conv.kind === "room") return {text: "Room"};
     return {text: conv.earlier ? "Earlier messages are on your other devices" : "No messages yet"};
@@ -85,6 +88,8 @@ export function renderList() {
        el("span", {class: "conv-top"},
           el("span", {class: "conv-title ellipsis", text: title}),
           muted ? el("span", {class: "conv-muted", attrs: {title: muted}}, icon("bellOff")) : null,
+          conv.kind === "room" && state.savedRooms.has(conv.ref)
+            ? el("span", {class: "conv-saved", attrs: {title: "saved room"}}, icon("star")) : null,
           conv.lastUs ? el("time", {class: "conv-time", text: ageLabel(conv.lastUs),
                                     data: {us: String(conv.lastUs)}}) : null),
        el("span", {class: "conv-bottom"},
