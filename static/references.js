@@ -65,7 +65,7 @@ export function refFields(item, ref) {
   let allowed = true;
   if (ref.kind === "edit" || ref.kind === "delete") allowed = ref.from === item.from;
   if (ref.kind === "edit") allowed = allowed && !!item.body;
-  if (ref.kind === "react") allowed = item.body === "" || isOneEmoji(item.body);
+  if (ref.kind === "react") allowed = item.body === "" || isOneGrapheme(item.body);
   return allowed ? {act, target: refId(item.conv, ref)} : {act};
 }
 
@@ -116,13 +116,18 @@ export function applyAction(orig, action) {
 }
 
 /**
- * Whether `text` is one emoji as a reaction carries it (SPEC 13): a single extended grapheme
- * cluster of at most 32 code points, no whitespace or control character, and a pictograph,
- * a flag or a keycap ("a", "👍👍" are not).
+ * Whether `text` is what the server accepts as a reaction (SPEC 13): a single extended grapheme
+ * cluster of at most 32 code points, without whitespace or control characters. Any such
+ * reaction received is shown ("a" too, from another client).
  */
-export function isOneEmoji(text) {
+export function isOneGrapheme(text) {
   if (typeof text !== "string" || !text || [...text].length > 32) return false;
   if (/[\s\p{Cc}]/u.test(text)) return false;
-  if (segmenter && [...segmenter.segment(text)].length !== 1) return false;
-  return /\p{Extended_Pictographic}|\p{Regional_Indicator}|\u20E3/u.test(text);
+  return !segmenter || [...segmenter.segment(text)].length === 1;
+}
+
+/** Whether `text` is one emoji the picker may send: one grapheme as above, and a pictograph, a
+ *  flag or a keycap ("a", "👍👍" are not). */
+export function isOneEmoji(text) {
+  return isOneGrapheme(text) && /\p{Extended_Pictographic}|\p{Regional_Indicator}|\u20E3/u.test(text);
 }
