@@ -164,6 +164,8 @@ export class LocalDb {
       const fresh = [];
       const changed = new Map();
       const touched = new Map(); // originals an action changed (SPEC 13), by id
+      const stored = new Map();  // the records stored by this call, by id: an action after its
+                                 // original in the same batch changes the very record returned
       const convOf = async (id) => {
         if (!changed.has(id)) changed.set(id, (await done(convs.get(id))) || newConv(id));
         return changed.get(id);
@@ -174,9 +176,9 @@ export class LocalDb {
         if (record.act) {
           // Kept unshown; applied now when its original is here, else when it comes.
           messages.put(record);
-          const orig = record.target && await done(messages.get(record.target));
+          const orig = record.target && (stored.get(record.target) || await done(messages.get(record.target)));
           if (orig && applyAndKeep(orig, [record], messages, files)) {
-            touched.set(orig.id, orig);
+            if (!stored.has(orig.id)) touched.set(orig.id, orig);
             relabel(await convOf(orig.conv), orig);
           }
           continue;
@@ -186,6 +188,7 @@ export class LocalDb {
         applyAndKeep(record, early, messages, files);
         messages.put(record);
         fresh.push(record);
+        stored.set(record.id, record);
         const conv = await convOf(msg.conv);
         bumpLast(conv, record);
         if (counted(conv, record)) conv.unread = (conv.unread || 0) + 1;
