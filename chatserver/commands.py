@@ -14,12 +14,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+import orjson
+
 from .connection import MAX_IN_FLIGHT, STORE_FAILED, Conn, Sending, take_message_token
 from .metrics import ACCEPTED_GROUP, ACCEPTED_PERSONAL, ACCEPTED_ROOM, ACKS_GROUP, ACKS_PERSONAL
 from .protocol import (
     Frame,
     ProtocolError,
     Reason,
+    Ref,
+    check_ref,
     check_skew,
     command_of,
     decode,
@@ -55,14 +59,18 @@ class Command:
     to_peer: bool = True
 
 
-def check_message(conn: Sending, message: str, attachments: Sequence[str] = ()) -> None:
+def check_message(conn: Sending, message: str, attachments: Sequence[str] = (),
+                  ref: Ref | None = None, sent_us: int = 0) -> None:
     """A message body is 1 to `limits.max_message_chars` characters (SPEC 5.1), or empty when it
-    carries attachments (SPEC 8), and at most `limits.max_message_bytes` bytes in UTF-8 (SPEC 10:
-    what one stored message may cost); it carries at most `limits.max_attachments` attachments."""
+    carries attachments (SPEC 8), a `delete_of` or a `react_to` (SPEC 13), and at most
+    `limits.max_message_bytes` bytes in UTF-8 (SPEC 10: what one stored message may cost); it
+    carries at most `limits.max_attachments` attachments. A message with `ref` (sent at
+    `sent_us`) also follows SPEC 13's rules (protocol.check_ref)."""
+    check_ref(ref, conn.user, sent_us, message, attachments)
     if len(attachments) > conn.config.limits.max_attachments:
         raise ProtocolError(f"a message carries at most {conn.config.limits.max_attachments} attachments",
                             Reason.BAD_MESSAGE)
-    if not message and not attachments:
+    if not message and not attachments and not (ref is not None and ref.allows_empty):
         raise ProtocolError("the message is empty", Reason.BAD_MESSAGE)
     limits = conn.config.limits
     if len(message) > limits.max_message_chars:
@@ -86,12 +94,28 @@ async def attachments_to_send(conn: Sending, frame: Frame) -> list[dict[str, Any
     return None if found is None else [a.wire() for a in found]
 
 
-def _with_attachments(wire: dict[str, Any], attachments: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """A frame, with `attachments` only when it has some: a client that knows only SPEC 1-6 sees
-    the frames it always did."""
+def _with_attachments(wire: dict[str, Any], attachments: list[dict[str, Any]] | None,
+                      ref: Ref | str | None = None) -> dict[str, Any]:
+    """A frame, with `attachments` only when it has some, and its SPEC 13 field (`ref`: the
+    frame's, or the JSON text the store kept) only when it has one: a client that knows only
+    SPEC 1-6 sees the frames it always did."""
     if attachments:
         wire["attachments"] = attachments
+    if isinstance(ref, Ref):
+        wire.update(ref.wire())
+    elif ref is not None:
+        wire.update(orjson.loads(ref))  # stored from Ref.json(): one key, {msg_from, sent_timestamp}
     return wire
+
+
+def _ref_json(frame: Frame) -> str | None:
+    """What the store keeps of the frame's SPEC 13 field (column `ref`), None for none."""
+    return None if frame.ref is None else frame.ref.json()
+
+
+def _ref_field(frame: Frame) -> str | None:
+    """The name of the frame's SPEC 13 field, for Web Push (push.py decides), None for none."""
+    return None if frame.ref is None else frame.ref.field
 
 
 def refuse_if_blocked(conn: Sending, recipient: str) -> None:
@@ -124,25 +148,25 @@ async def personal_message(sender: Sending, frame: Frame
     MailboxFull, AttachmentRefused or StoreError) and what to call with its result then: the
     frame as sent to the recipient's receive sockets and, as a copy, to the sender's other
     devices (SPEC 7.2), and the Web Push (SPEC 9)."""
-    check_message(sender, frame.message, frame.attachments)
+    check_message(sender, frame.message, frame.attachments, frame.ref, frame.sent_us)
     refuse_if_blocked(sender, frame.msg_to)
     await take_message_token(sender)
     attachments = (await attachments_to_send(sender, frame) if frame.attachments else [])
 
     def deliver(stored: Stored | None) -> None:
         if stored is not None:  # None: a retry of a message still stored, pushed the first time
-            data = encode(_with_attachments(frame.wire(), attachments))
+            data = encode(_with_attachments(frame.wire(), attachments, frame.ref))
             sender.hub.push(frame.msg_to, data)
             if stored.copies:
                 sender.hub.push(sender.user, data, skip=sender.device)
             if frame.msg_to != sender.user:  # SPEC 9; never for one's own copies
                 sender.push.notify([(frame.msg_to, "personal:" + sender.user)], sender.user,
-                                   frame.message, frame.sent_timestamp)
+                                   frame.message, frame.sent_timestamp, ref=_ref_field(frame))
         ACCEPTED_PERSONAL.inc()
 
     return sender.store.add_personal(
         frame.msg_from, frame.msg_to, frame.sent_us, frame.sent_timestamp, frame.message,
-        sender.device, frame.attachments), deliver
+        sender.device, frame.attachments, ref=_ref_json(frame)), deliver
 
 
 async def new_msg(conn: Conn, frame: Frame) -> None:
@@ -224,7 +248,7 @@ async def group_message(sender: Sending, frame: Frame
     NotMember when the sender is not a participant) and what to call with its result once
     committed: the push to each recipient, the copies to the sender's other devices (SPEC 7.2:
     `msg_to` is the sender), and the Web Push (SPEC 9)."""
-    check_message(sender, frame.message, frame.attachments)
+    check_message(sender, frame.message, frame.attachments, frame.ref, frame.sent_us)
     await take_message_token(sender)
     attachments = (await attachments_to_send(sender, frame) if frame.attachments else [])
     grp = frame.msg_to
@@ -233,19 +257,19 @@ async def group_message(sender: Sending, frame: Frame
         if stored is not None:  # None: a retry of a message still stored, pushed the first time
             addressed = per_recipient(_with_attachments(
                 {"message": frame.message, "command": "new_msg", "msg_from": f"{grp}-{sender.user}",
-                 "sent_timestamp": frame.sent_timestamp}, attachments))
+                 "sent_timestamp": frame.sent_timestamp}, attachments, frame.ref))
             for phone in stored.pending:
                 sender.hub.push(phone, addressed(phone))
             if stored.copies:
                 sender.hub.push(sender.user, addressed(sender.user), skip=sender.device)
             # SPEC 9: the recipients' devices without a receive socket (never the sender's)
             sender.push.notify_group(stored.pending, grp, sender.user, frame.message,
-                                     frame.sent_timestamp)
+                                     frame.sent_timestamp, ref=_ref_field(frame))
         ACCEPTED_GROUP.inc()
 
     return sender.store.add_group_message(
         grp, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message,
-        sender.device, frame.attachments), deliver
+        sender.device, frame.attachments, ref=_ref_json(frame)), deliver
 
 
 async def new_grp_msg(conn: Conn, frame: Frame) -> None:
@@ -317,12 +341,12 @@ async def is_grp_typing(conn: Conn, frame: Frame) -> None:
 
 async def room_msg(conn: Conn, frame: Frame) -> None:
     """Append to the room's history and broadcast to every socket in it, the sender's included."""
-    check_message(conn, frame.message, frame.attachments)
+    check_message(conn, frame.message, frame.attachments, frame.ref, frame.sent_us)
     await conn.take_message_token()
     data = encode(_with_attachments(
         {"message": frame.message, "command": "room_msg", "msg_from": frame.msg_from,
          "msg_to": frame.msg_to, "sent_timestamp": frame.sent_timestamp},
-        (await attachments_to_send(conn, frame) if frame.attachments else [])))
+        (await attachments_to_send(conn, frame) if frame.attachments else []), frame.ref))
 
     def committed(seq: int | None) -> None:
         ACCEPTED_ROOM.inc()
@@ -333,7 +357,7 @@ async def room_msg(conn: Conn, frame: Frame) -> None:
 
     conn.later(frame.command, conn.store.add_room_message(
         conn.peer, frame.msg_from, frame.sent_us, frame.sent_timestamp, frame.message,
-        frame.attachments), committed)
+        frame.attachments, ref=_ref_json(frame)), committed)
 
 
 async def is_room_typing(conn: Conn, frame: Frame) -> None:
@@ -351,7 +375,7 @@ async def send_room_history(conn: Conn, limit: int) -> int:
     await conn.reply({"command": "fetch_room_msgs", "all": "True", "messages": [
         _with_attachments({"message": m.message, "command": "room_msg", "msg_from": m.msg_from,
                            "msg_to": conn.peer, "sent_timestamp": fetch_timestamp(m.sent_us)},
-                          m.attachments) for m in history]})
+                          m.attachments, m.ref) for m in history]})
     return history[-1].id if history else 0
 
 
@@ -385,7 +409,7 @@ async def fetch_msgs(conn: Conn, data: dict[str, Any]) -> None:
     def render(m: StoredMessage) -> dict[str, Any]:
         return _with_attachments({"msg_from": m.msg_from, "msg_to": m.msg_to, "message": m.message,
                                   "command": "new_msg", "sent_timestamp": fetch_timestamp(m.sent_us)},
-                                 m.attachments)
+                                 m.attachments, m.ref)
 
     await _send_pages(conn, "fetch_msgs",
                       lambda after, limit: conn.store.pending_page(conn.device, after, limit), render)
@@ -399,7 +423,7 @@ async def fetch_grp_msgs(conn: Conn, data: dict[str, Any]) -> None:
         return _with_attachments({"msg_from": f"{m.grp}-{m.msg_from}", "msg_to": conn.user,
                                   "message": m.message, "command": "new_msg",
                                   "sent_timestamp": fetch_timestamp(m.sent_us), "pending": m.pending},
-                                 m.attachments)
+                                 m.attachments, m.ref)
 
     await _send_pages(conn, "fetch_grp_msgs",
                       lambda after, limit: conn.store.pending_group_page(conn.device, after, limit),

@@ -9,12 +9,14 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Callable, Mapping
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, TypeGuard
 
 import orjson
+import regex
 
 # SPEC 1: a phone is 10 to 15 ASCII digits ([0-9], not \d, which also matches other scripts' digits).
 PHONE_RE: Final = re.compile(r"[0-9]{10,15}")
@@ -38,6 +40,19 @@ _EPOCH_ORDINAL: Final = _EPOCH.toordinal()
 
 # The five fields every frame on a send or room socket carries (SPEC 5).
 FRAME_FIELDS: Final = ("message", "command", "msg_from", "msg_to", "sent_timestamp")
+# SPEC 13: the fields by which a message refers to an earlier one; a frame carries at most one.
+REPLY_TO: Final = "reply_to"
+EDIT_OF: Final = "edit_of"
+DELETE_OF: Final = "delete_of"
+REACT_TO: Final = "react_to"
+REF_FIELDS: Final = (REPLY_TO, EDIT_OF, DELETE_OF, REACT_TO)
+# The keys of a REF, exactly.
+REF_KEYS: Final = frozenset({"msg_from", "sent_timestamp"})
+# SPEC 13: a reaction is one emoji: one extended grapheme cluster (Unicode UAX #29, `regex`'s \X,
+# which knows emoji ZWJ sequences, flags and keycaps; the standard `re` does not) of at most this
+# many code points.
+MAX_REACTION_CHARS: Final = 32
+_GRAPHEME: Final = regex.compile(r"\X")
 
 
 # Why a frame was refused, in a few words an operator counts (SPEC 11: `chat_error_frames` by
@@ -56,6 +71,7 @@ class Reason:
     NOT_MEMBER: Final = "not_member"
     MAILBOX_FULL: Final = "mailbox_full"
     ATTACHMENT: Final = "attachment"  # an attachment that is not the sender's to attach
+    BAD_REFERENCE: Final = "bad_reference"  # SPEC 13: reply_to / edit_of / delete_of / react_to
     STORE_FAILED: Final = "store_failed"
 
 
@@ -148,6 +164,32 @@ def server_now() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Ref:
+    """SPEC 13: the one reference field a message carries, `field` (one of REF_FIELDS) naming
+    REF = {"msg_from": PHONE, "sent_timestamp": TS}: the original's sender and its timestamp as
+    the referring client sent it (carried on unchanged); `sent_us` is that instant in
+    microseconds, the original's identity with its conversation."""
+
+    field: str
+    msg_from: str
+    sent_timestamp: str
+    sent_us: int
+
+    def wire(self) -> dict[str, dict[str, str]]:
+        """The one key frames carry: {field: {"msg_from", "sent_timestamp"}}."""
+        return {self.field: {"msg_from": self.msg_from, "sent_timestamp": self.sent_timestamp}}
+
+    def json(self) -> str:
+        """`wire()` as JSON text: what the store keeps in column `ref` (migration 0009)."""
+        return orjson.dumps(self.wire()).decode()
+
+    @property
+    def allows_empty(self) -> bool:
+        """An unsend's and a reaction's `message` may be empty (SPEC 13); any other's may not."""
+        return self.field in (DELETE_OF, REACT_TO)
+
+
+@dataclass(frozen=True, slots=True)
 class Frame:
     """One client frame on a send or room socket (SPEC 5), fields as sent."""
 
@@ -158,6 +200,7 @@ class Frame:
     sent_timestamp: str  # as the client sent it; echoed back unchanged
     sent_us: int  # the same instant in microseconds since the epoch, UTC; used for identity
     attachments: tuple[str, ...] = ()  # SPEC 8: ids of the sender's uploads, distinct
+    ref: Ref | None = None  # SPEC 13: reply_to, edit_of, delete_of or react_to
 
     def wire(self) -> dict[str, str]:
         """The frame as sent (SPEC 5.1: pushed to the recipient unchanged)."""
@@ -210,7 +253,71 @@ def parse_frame(data: dict[str, Any]) -> Frame:
         sent_timestamp=data["sent_timestamp"],
         sent_us=parse_timestamp(data["sent_timestamp"]),
         attachments=_attachment_ids(data.get("attachments")),
+        ref=parse_ref(data),
     )
+
+
+def parse_ref(data: Mapping[str, Any]) -> Ref | None:
+    """SPEC 13: the one reference field of a decoded frame (or send API request), None when it
+    has none (a null counts as absent, like `attachments`). Raises ProtocolError
+    (Reason.BAD_REFERENCE) for two or more of them, or a REF that is not exactly
+    {"msg_from": PHONE, "sent_timestamp": TS}. What the message may then say is check_ref's."""
+    present = [name for name in REF_FIELDS if data.get(name) is not None]
+    if not present:
+        return None
+    if len(present) > 1:
+        raise ProtocolError("a message carries at most one of " + ", ".join(REF_FIELDS),
+                            Reason.BAD_REFERENCE)
+    name = present[0]
+    value = data[name]
+    shape = f"{name} must be {{msg_from, sent_timestamp}}: a phone and a timestamp"
+    if not isinstance(value, dict) or set(value) != REF_KEYS:
+        raise ProtocolError(shape, Reason.BAD_REFERENCE)
+    msg_from, sent_timestamp = value["msg_from"], value["sent_timestamp"]
+    if not is_phone(msg_from) or not isinstance(sent_timestamp, str):
+        raise ProtocolError(shape, Reason.BAD_REFERENCE)
+    try:
+        sent_us = parse_timestamp(sent_timestamp)
+    except ProtocolError:
+        raise ProtocolError(f"{shape}: its sent_timestamp does not parse",
+                            Reason.BAD_REFERENCE) from None
+    return Ref(name, msg_from, sent_timestamp, sent_us)
+
+
+def is_reaction(message: str) -> bool:
+    """SPEC 13: one emoji, i.e. exactly one extended grapheme cluster of at most
+    MAX_REACTION_CHARS code points with no whitespace and no control character (a ZWJ, a
+    variation selector or a flag's tags are parts of an emoji, not controls)."""
+    return (0 < len(message) <= MAX_REACTION_CHARS
+            and _GRAPHEME.fullmatch(message) is not None
+            and not any(c.isspace() or unicodedata.category(c) == "Cc" for c in message))
+
+
+def check_ref(ref: Ref | None, sender: str, sent_us: int, message: str,
+              attachments: Sequence[str]) -> None:
+    """SPEC 13's rules for a message from `sender` (a phone; on a group socket the real phone,
+    not "KEY-PHONE") sent at `sent_us` that carries `ref`: edit_of and delete_of name the
+    sender's own message; an edit has text and no attachments; an unsend has neither; a reaction
+    is "" (taken back) or one emoji, without attachments; no message refers to itself. A reply
+    is an ordinary message (the caller's checks). Raises ProtocolError (Reason.BAD_REFERENCE)."""
+    if ref is None:
+        return
+    if ref.msg_from == sender and ref.sent_us == sent_us:
+        raise ProtocolError(f"{ref.field} names this message itself", Reason.BAD_REFERENCE)
+    if ref.field in (EDIT_OF, DELETE_OF) and ref.msg_from != sender:
+        raise ProtocolError(f"{ref.field} must name one of your own messages (msg_from {sender})",
+                            Reason.BAD_REFERENCE)
+    if ref.field != REPLY_TO and attachments:
+        raise ProtocolError(f"a message with {ref.field} carries no attachments",
+                            Reason.BAD_REFERENCE)
+    if ref.field == EDIT_OF and not message:
+        raise ProtocolError("an edit must have text (to take a message back, send delete_of)",
+                            Reason.BAD_REFERENCE)
+    if ref.field == DELETE_OF and message:
+        raise ProtocolError("a message with delete_of must be empty", Reason.BAD_REFERENCE)
+    if ref.field == REACT_TO and message and not is_reaction(message):
+        raise ProtocolError("a reaction is one emoji (or empty, to take it back)",
+                            Reason.BAD_REFERENCE)
 
 
 def _attachment_ids(value: object) -> tuple[str, ...]:

@@ -2,7 +2,8 @@
 
     POST /api/v1/messages   Authorization: Bearer TOKEN
     {"msg_to": PHONE | "group:KEY", "message": STR, "sent_timestamp": TS (optional),
-     "attachments": [ID, ...] (optional, SPEC 8)}
+     "attachments": [ID, ...] (optional, SPEC 8),
+     one of "reply_to" | "edit_of" | "delete_of" | "react_to": REF (optional, SPEC 13)}
 
 is stored and pushed exactly like a `new_msg` (to a phone) or a `new_grp_msg` (to a group) sent
 on a socket of the token's device: the same checks, rate and store write (commands.
@@ -11,7 +12,8 @@ the user's other devices (SPEC 7.2) and Web Push (SPEC 9). The answer is the `ms
 fields: 201 for a new message, 200 for a retry of one still stored (same `sent_timestamp`).
 
 Errors (`{"error": STR}`): 400 bad input (not JSON, an unknown or mistyped field, an empty or too
-long message, a timestamp that does not parse or is too far from the server's clock), 401 not a
+long message, a timestamp that does not parse or is too far from the server's clock, a SPEC 13
+field that is malformed or breaks its rules), 401 not a
 token request or a missing, wrong or revoked token, 403 the recipient has blocked the sender or
 the sender is not in the group, 404 no such user or group, 409 the recipient's mailbox is full
 (SPEC 10), 429 over `limits.messages_per_second` (per user, sockets and requests together) or
@@ -36,6 +38,7 @@ from .hubs.local import Hub
 from .keys import config_key, hub_key, push_key, store_key, throttle_key
 from .protocol import (
     GROUP_KEY_RE,
+    REF_FIELDS,
     Frame,
     ProtocolError,
     Reason,
@@ -54,7 +57,7 @@ log = logging.getLogger(__name__)
 MESSAGES_PATH: Final = "/api/v1/messages"
 GROUP_PREFIX: Final = "group:"
 # The fields a request may carry; anything else is refused (400), not silently dropped.
-FIELDS: Final = frozenset({"msg_to", "message", "sent_timestamp", "attachments"})
+FIELDS: Final = frozenset({"msg_to", "message", "sent_timestamp", "attachments", *REF_FIELDS})
 # HTTP status of each refusal reason of the shared checks (protocol.Reason); any other: 400.
 STATUS: Final = {Reason.BLOCKED: 403, Reason.NOT_MEMBER: 403, Reason.RATE_LIMITED: 429}
 
@@ -98,11 +101,13 @@ def _frame(data: dict[str, Any], me: str) -> Frame:
     elif not is_phone(msg_to):
         raise ProtocolError("the field 'msg_to' must be a phone number of 10 to 15 digits or "
                             "\"group:KEY\"")
-    frame = {"command": command, "msg_from": me, "msg_to": msg_to,
-             "message": data.get("message"),
-             "sent_timestamp": data.get("sent_timestamp", fetch_timestamp(now_micros())),
-             "attachments": data.get("attachments")}
-    return parse_frame(frame)  # the frames' own checks: types, timestamp, attachment ids
+    frame: dict[str, Any] = {
+        "command": command, "msg_from": me, "msg_to": msg_to, "message": data.get("message"),
+        "sent_timestamp": data.get("sent_timestamp", fetch_timestamp(now_micros())),
+        "attachments": data.get("attachments"),
+        **{name: data[name] for name in REF_FIELDS if name in data}}
+    # the frames' own checks: types, timestamp, attachment ids, SPEC 13's field
+    return parse_frame(frame)
 
 
 async def send_message(request: web.Request) -> web.Response:

@@ -21,6 +21,8 @@ import {mount as mountMedia} from "./views/media.js";
 import {mount as mountMute} from "./views/mute.js";
 import {mount as mountOffline, showNoStorage} from "./views/offline.js";
 import {mount as mountRooms} from "./views/rooms.js";
+import {mount as mountRefs} from "./views/refs.js";
+import {mount as mountSearch} from "./views/search.js";
 import {mount as mountSettings} from "./views/settings.js";
 
 const meEl = document.getElementById("me");
@@ -67,6 +69,8 @@ function bind() {
   mountOffline();
   mountList();
   mountConversation();
+  mountRefs();
+  mountSearch();
   mountAttach();
   mountMedia();
   mountDialogs();

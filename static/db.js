@@ -14,6 +14,9 @@
 //           `files` (received with attachments): "fetching" while their bytes are not all on
 //           this device yet (the message is not acknowledged: also while the browser's storage
 //           is full), "gone" when the server no longer has them; absent once all are here.
+//           SPEC 13 (references.js): `replyTo` {from, us, ts} on a reply; an edit, unsend or
+//           reaction is an action record (`act`, `target`: never shown, `page` skips it) that
+//           changes its original's `body`/`editedUs`, `deleted`, `reactions`/`reactUs`.
 // files:    the bytes of attachments (SPEC 8), one record per part, key "<attachment id> file"
 //           or "<attachment id> thumb": {key, id, part, blob}. Kept on this device, since the
 //           server deletes them with their message.
@@ -22,7 +25,10 @@
 //
 // Every write is one transaction; callers await it before they acknowledge anything.
 
-const VERSION = 2;
+import {applyAction} from "./references.js";
+
+const VERSION = 3;
+export const DELETED = "This message was deleted";
 const RANK = {failed: 0, pending: 0, sent: 1, received: 2, read: 3};
 
 function done(req) {
@@ -67,6 +73,8 @@ export class LocalDb {
         idb.createObjectStore("convs", {keyPath: "id"});
       }
       if (ev.oldVersion < 2) idb.createObjectStore("files", {keyPath: "key"});
+      // SPEC 13: the actions (edits, unsends, reactions) waiting for, or applied to, a message.
+      if (ev.oldVersion < 3) req.transaction.objectStore("messages").createIndex("target", "target");
     };
     const idb = await done(req);
     // Another tab upgraded the schema: let it, and reload this one on its next start.
@@ -152,25 +160,86 @@ export class LocalDb {
    * conversations they changed. `counted(conv)` says whether a new message counts as unread.
    */
   async storeIncoming(list, counted) {
-    return this.tx(["messages", "convs"], "readwrite", async ({messages, convs}) => {
+    return this.tx(["messages", "convs", "files"], "readwrite", async ({messages, convs, files}) => {
       const fresh = [];
       const changed = new Map();
+      const touched = new Map(); // originals an action changed (SPEC 13), by id
+      const stored = new Map();  // the records stored by this call, by id: an action after its
+                                 // original in the same batch changes the very record returned
+      const convOf = async (id) => {
+        if (!changed.has(id)) changed.set(id, (await done(convs.get(id))) || newConv(id));
+        return changed.get(id);
+      };
       for (const msg of list) {
         const record = {mine: 0, ...msg, id: messageId(msg.conv, msg.from, msg.us)};
         if (await done(messages.getKey(record.id)) !== undefined) continue;
+        if (record.act) {
+          // Kept unshown; applied now when its original is here, else when it comes.
+          messages.put(record);
+          const orig = record.target && (stored.get(record.target) || await done(messages.get(record.target)));
+          if (orig && applyAndKeep(orig, [record], messages, files)) {
+            if (!stored.has(orig.id)) touched.set(orig.id, orig);
+            relabel(await convOf(orig.conv), orig);
+          }
+          continue;
+        }
+        // Actions that came before this message (or in the same batch, ahead of it).
+        const early = await done(messages.index("target").getAll(record.id));
+        applyAndKeep(record, early, messages, files);
         messages.put(record);
         fresh.push(record);
-        let conv = changed.get(msg.conv);
-        if (!conv) {
-          conv = (await done(convs.get(msg.conv))) || newConv(msg.conv);
-          changed.set(msg.conv, conv);
-        }
+        stored.set(record.id, record);
+        const conv = await convOf(msg.conv);
         bumpLast(conv, record);
         if (counted(conv, record)) conv.unread = (conv.unread || 0) + 1;
       }
       for (const conv of changed.values()) convs.put(conv);
-      return {fresh, convs: [...changed.values()]};
+      return {fresh, convs: [...changed.values()], touched: [...touched.values()]};
     });
+  }
+
+  /**
+   * Keep own action `msg` (an edit, unsend or reaction of mine, SPEC 13: `act`, `target`) as
+   * "pending" for the outbox, and apply it to its original at once, in one transaction.
+   * Resolves {record, orig} (`orig`: the changed original, or null when it is not here).
+   */
+  async addOwnAction(msg) {
+    const record = {...msg, id: messageId(msg.conv, msg.from, msg.us), mine: 1, state: "pending"};
+    return this.tx(["messages", "convs", "files"], "readwrite", async ({messages, convs, files}) => {
+      messages.put(record);
+      const orig = record.target && await done(messages.get(record.target));
+      if (!orig || !applyAndKeep(orig, [record], messages, files)) return {record, orig: null};
+      const c = await done(convs.get(msg.conv));
+      if (c && relabel(c, orig)) convs.put(c);
+      return {record, orig};
+    });
+  }
+
+  /**
+   * Messages whose text contains `query` (case-insensitive), newest first, at most `limit`: in
+   * conversation `conv`, or in every conversation of this device when it is null. Unsent
+   * messages and actions are left out.
+   */
+  async search(query, conv = null, limit = 100) {
+    const needle = fold(query);
+    if (!needle) return [];
+    return this.tx(["messages"], "readonly", ({messages}) => new Promise((resolve, reject) => {
+      const out = [];
+      const source = conv ? messages.index("conv") : messages;
+      const range = conv ? IDBKeyRange.bound([conv, -Infinity], [conv, Infinity]) : undefined;
+      const req = source.openCursor(range, conv ? "prev" : "next");
+      req.onerror = () => reject(req.error);
+      req.onsuccess = () => {
+        const cursor = req.result;
+        if (!cursor || (conv && out.length >= limit)) {
+          out.sort((a, b) => b.us - a.us);
+          return resolve(out.slice(0, limit));
+        }
+        const m = cursor.value;
+        if (!m.act && !m.deleted && m.body && fold(m.body).includes(needle)) out.push(m);
+        return cursor.continue();
+      };
+    }));
   }
 
   /** The message `id`, or undefined. */
@@ -232,7 +301,7 @@ export class LocalDb {
       req.onsuccess = () => {
         const cursor = req.result;
         if (!cursor || out.length >= limit) return resolve(out.reverse());
-        out.push(cursor.value);
+        if (!cursor.value.act) out.push(cursor.value); // actions are never shown
         cursor.continue();
       };
     }));
@@ -404,7 +473,7 @@ export class LocalDb {
         req.onsuccess = () => {
           const cursor = req.result;
           if (!cursor) return resolve();
-          if (!cursor.value.mine && cursor.value.from !== me) unread += 1;
+          if (!cursor.value.mine && !cursor.value.act && cursor.value.from !== me) unread += 1;
           return cursor.continue();
         };
       });
@@ -423,7 +492,7 @@ export class LocalDb {
       req.onsuccess = () => {
         const cursor = req.result;
         if (!cursor) return resolve(null);
-        if (!cursor.value.mine) return resolve(cursor.value);
+        if (!cursor.value.mine && !cursor.value.act) return resolve(cursor.value);
         cursor.continue();
       };
     }));
@@ -457,7 +526,41 @@ export function attachmentsLabel(atts) {
   return atts.length === 1 ? atts[0].name : `${atts.length} files`;
 }
 
+/** Apply `actions` (records, SPEC 13) to `orig` in order and keep it, dropping the bytes of an
+ *  unsent one's attachments; true when it changed. */
+function applyAndKeep(orig, actions, messages, files) {
+  let any = false;
+  for (const action of [...actions].sort((a, b) => a.us - b.us)) {
+    const atts = orig.atts || [];
+    if (!applyAction(orig, action)) continue;
+    any = true;
+    if (orig.deleted) {
+      for (const a of atts) {
+        files.delete(fileKey(a.id, "file"));
+        files.delete(fileKey(a.id, "thumb"));
+      }
+    }
+  }
+  if (any) messages.put(orig);
+  return any;
+}
+
+/** The list's preview follows an edit or unsend of the conversation's last message. */
+function relabel(conv, orig) {
+  if (orig.us !== conv.lastUs || orig.from !== conv.lastFrom) return false;
+  const text = orig.deleted ? DELETED : orig.body || attachmentsLabel(orig.atts);
+  if (conv.lastText === text) return false;
+  conv.lastText = text;
+  return true;
+}
+
+/** Text folded for search: lower case, compatibility forms, no combining accents. */
+function fold(text) {
+  return String(text).normalize("NFKD").replace(/\p{M}/gu, "").toLowerCase();
+}
+
 function bumpLast(conv, msg) {
+  if (msg.act) return; // an edit, unsend or reaction is no message of its own
   if (msg.us >= (conv.lastUs || 0)) {
     conv.lastUs = msg.us;
     conv.lastText = msg.body || attachmentsLabel(msg.atts);

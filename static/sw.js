@@ -29,8 +29,10 @@ const SHELL = [
   "/static/actions.js",
   "/static/attachments.js",
   "/static/db.js",
+  "/static/linkify.js",
   "/static/net.js",
   "/static/notify.js",
+  "/static/references.js",
   "/static/state.js",
   "/static/sync.js",
   "/static/time.js",
@@ -48,6 +50,8 @@ const SHELL = [
   "/static/views/mute.js",
   "/static/views/offline.js",
   "/static/views/rooms.js",
+  "/static/views/refs.js",
+  "/static/views/search.js",
   "/static/views/settings.js",
 ];
 const CHAT_PAGE_RE = /^\/chat(?:\/personal\/[0-9]+\/[0-9]{10,15}\/|\/group\/[0-9]+\/[A-Za-z0-9]{10}\/|\/room\/[A-Za-z0-9_-]{1,64}\/)?$/;

@@ -10,6 +10,7 @@ import {
   ME, MY_NAME, PHONE_RE, emit, groupSender, merge, nameOf, notify, saveConv, setMyName, state, titleOf,
   viewing,
 } from "./state.js";
+import {frameRef, readRef, refFields, refId} from "./references.js";
 import {newStamp, parseTs} from "./time.js";
 
 const TYPING_SHOWN_MS = 2000;
@@ -159,12 +160,14 @@ async function receiveMessages(frames, {fetched = false} = {}) {
       : f.msg_from === ME && PHONE_RE.test(String(f.msg_to)) && f.msg_to !== ME;
     const conv = grp ? `g:${grp.key}` : `p:${copy ? f.msg_to : f.msg_from}`;
     const from = grp ? grp.sender : f.msg_from;
-    items.push({conv, from, us, ts: f.sent_timestamp, body: f.message, grp: !!grp,
-                ...(atts.length ? {atts, files: "fetching"} : {}),
-                ...(copy ? {mine: 1, state: "sent"} : {})});
+    const item = withRef({conv, from, us, ts: f.sent_timestamp, body: f.message, grp: !!grp,
+                          ...(atts.length ? {atts, files: "fetching"} : {}),
+                          ...(copy ? {mine: 1, state: "sent"} : {})}, f);
+    if (item) items.push(item);
   }
   if (!items.length) return;
-  const {fresh, convs} = await storeThenAcknowledge(items);
+  const {fresh, convs, touched} = await storeThenAcknowledge(items);
+  for (const msg of touched) changed(msg);
   afterIncoming(fresh, convs);
   // What waited for this device may have been read on another device of mine meanwhile: that
   // read mark was pushed while this device had no socket (SPEC 7.2), so ask the server where I
@@ -195,7 +198,7 @@ async function storeThenAcknowledge(items) {
   } catch (err) {
     if (!isQuotaError(err)) throw err;
     setStorageFull(true);
-    return {fresh: [], convs: []};
+    return {fresh: [], convs: [], touched: []};
   }
   for (const m of items) {
     if (m.atts) keepThenAcknowledge(m);
@@ -281,6 +284,27 @@ function afterIncoming(fresh, convs) {
   }
   emit("incoming", fresh);
   emit("list");
+}
+
+/**
+ * Received item `item` with the reference frame `f` carries (SPEC 13, references.js): a reply's
+ * quote, or an edit, unsend or reaction (kept unshown, applied to its original). null for a
+ * malformed reference (the server refuses those): acknowledged all the same, never shown.
+ */
+function withRef(item, f) {
+  const ref = readRef(f);
+  if (!ref) return item;
+  if (ref.bad) {
+    if (item.grp !== undefined) acknowledge(item);
+    return null;
+  }
+  // An action carries no attachments of its own to keep.
+  const fields = refFields(item, ref);
+  if (fields.act) {
+    delete item.atts;
+    delete item.files;
+  }
+  return {...item, ...fields};
 }
 
 /** A frame on a send or room socket: the five fields of SPEC 5. */
@@ -635,7 +659,7 @@ function outgoingFrame(msg) {
   const command = {p: "new_msg", g: "new_grp_msg", r: "room_msg"}[msg.conv[0]];
   // A retry names the same attachments: the server knows the retry and claims nothing again.
   return {message: msg.body, command, msg_from: ME, msg_to: ref, sent_timestamp: msg.ts,
-          ...(msg.atts?.length ? {attachments: msg.atts.map((a) => a.id)} : {})};
+          ...(msg.atts?.length ? {attachments: msg.atts.map((a) => a.id)} : {}), ...frameRef(msg)};
 }
 
 async function onLinkFrame(id, f) {
@@ -705,6 +729,8 @@ async function onLinkError(id, f) {
   }
   const msg = await state.db.setState(id, ME, us, "failed", {error});
   if (msg) changed(msg);
+  // An edit, unsend or reaction has no bubble of its own to say so (SPEC 13).
+  if (msg?.act) emit("notice", `Not done: ${error}`);
   flushDone(id);
 }
 
@@ -748,11 +774,12 @@ async function onRoomFrames(id, frames, command) {
   for (const f of frames) {
     const us = parseTs(f.sent_timestamp);
     if (Number.isNaN(us) || typeof f.message !== "string") continue;
-    if (f.msg_from === ME) mine.push(us);
     const atts = cleanAttachments(f.attachments);
-    items.push({conv: id, from: f.msg_from, us, ts: f.sent_timestamp, body: f.message,
-                ...(atts.length ? {atts, files: "fetching"} : {}),
-                ...(f.msg_from === ME ? {mine: 1, state: "sent"} : {})});
+    const item = withRef({conv: id, from: f.msg_from, us, ts: f.sent_timestamp, body: f.message,
+                          ...(atts.length ? {atts, files: "fetching"} : {}),
+                          ...(f.msg_from === ME ? {mine: 1, state: "sent"} : {})}, f);
+    if (f.msg_from === ME) mine.push(us);
+    if (item) items.push(item);
   }
   const conv = state.convs.get(id);
   const first = command === "fetch_room_msgs" && conv && !conv.seenHistory;
@@ -766,7 +793,8 @@ async function onRoomFrames(id, frames, command) {
     setStorageFull(true);
     return;
   }
-  const {fresh, convs} = stored;
+  const {fresh, convs, touched} = stored;
+  for (const msg of touched) changed(msg);
   for (const m of items) if (m.atts) keepThenAcknowledge(m, {ack: false});
   // The room echoes my own messages: that is their confirmation.
   const sent = sentOn.get(id);
@@ -1000,14 +1028,17 @@ export async function refreshGroup(key) {
  * Resolves true once kept; false when it could not be (no such conversation, or the browser's
  * storage is full: then a notice says so and nothing is sent).
  */
-export async function send(id, body, uploads = []) {
+export async function send(id, body, uploads = [], {replyTo = null} = {}) {
   const conv = state.convs.get(id);
   if (!conv || conv.note) return false;
   const {us, ts} = newStamp(ME);
   const atts = uploads.map((u) => u.meta);
+  // A reply quotes its original by identity (SPEC 13 reply_to).
+  const quote = replyTo ? {replyTo: {from: replyTo.from, us: replyTo.us, ts: replyTo.ts}} : {};
   let kept;
   try {
-    kept = await state.db.addOwn({conv: id, from: ME, us, ts, body, ...(atts.length ? {atts} : {})},
+    kept = await state.db.addOwn({conv: id, from: ME, us, ts, body, ...(atts.length ? {atts} : {}),
+                                  ...quote},
                                  uploads.flatMap(filesOf));
   } catch (err) {
     if (!isQuotaError(err)) throw err;
@@ -1021,6 +1052,38 @@ export async function send(id, body, uploads = []) {
   emit("outgoing", record);
   emit("list");
   flush(id);
+  return true;
+}
+
+/**
+ * Edit ("edit", `body` the new text), unsend ("delete", `body` "") or react to ("react", `body`
+ * one emoji, or "" to take mine back) message record `orig` (SPEC 13). Kept "pending" in the
+ * outbox and applied on this device at once, then sent as a new message of the conversation
+ * that carries edit_of / delete_of / react_to. Edits and unsends are of my own messages only.
+ * Resolves true once kept.
+ */
+export async function act(orig, kind, body) {
+  const conv = state.convs.get(orig.conv);
+  if (!conv || conv.note || orig.deleted) return false;
+  if ((kind === "edit" || kind === "delete") && orig.from !== ME) return false;
+  const {us, ts} = newStamp(ME);
+  const point = {kind, from: orig.from, us: orig.us, ts: orig.ts};
+  const item = {conv: orig.conv, from: ME, us, ts, body};
+  let kept;
+  try {
+    kept = await state.db.addOwnAction({...item, act: point, target: refId(orig.conv, point)});
+  } catch (err) {
+    if (!isQuotaError(err)) throw err;
+    emit("notice", "This browser's storage is full: nothing was sent. Free some space and try again.");
+    return false;
+  }
+  if (kept.orig) changed(kept.orig);
+  const saved = await state.db.getConv(orig.conv); // its preview may follow (an edit of the last)
+  if (saved) merge(saved);
+  notify(orig.conv);
+  pendingConvs.add(orig.conv);
+  emit("list");
+  flush(orig.conv);
   return true;
 }
 

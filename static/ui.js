@@ -41,6 +41,11 @@ const ICONS = {
   bell: ["M6 16.5V11a6 6 0 0 1 12 0v5.5l1.5 2h-15z", "M10 20.5a2 2 0 0 0 4 0"],
   bellOff: ["M6 16.5V11a6 6 0 0 1 12 0v5.5l1.5 2h-15z", "M10 20.5a2 2 0 0 0 4 0", "M3.5 3.5l17 17"],
   shield: ["M12 3l7 3v5c0 4.5-3 8-7 10c-4-2-7-5.5-7-10V6z", "M9 12l2 2 4-4"],
+  // Issue 18 (views/refs.js, views/search.js).
+  search: ["M10.5 4a6.5 6.5 0 1 0 0 13a6.5 6.5 0 1 0 0-13", "M15.5 15.5L20 20"],
+  more: ["M5 12h.01", "M12 12h.01", "M19 12h.01"],
+  reply: ["M9.5 7L4.5 12l5 5", "M4.5 12H14a5.5 5.5 0 0 1 5.5 5.5V19"],
+  edit: ["M4 20h4L19 9l-4-4L4 16z", "M13.5 6.5l4 4"],
 };
 
 /** An inline SVG icon, hidden from screen readers (its button carries the label). */

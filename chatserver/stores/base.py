@@ -13,6 +13,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
+import orjson
+
+from ..protocol import DELETE_OF, REF_FIELDS, REF_KEYS, ProtocolError, parse_timestamp
+
 # Session hashes per query of `Store.live_sessions` (64 hex characters each: ~0.7 MB a query).
 LIVE_SESSIONS_BATCH: Final = 10_000
 # SPEC 7: a session lasts `security.session_seconds` after its last use. A use is recorded (one
@@ -43,6 +47,23 @@ def touch_after_us(max_age_seconds: float) -> int:
     """Microseconds after which a session's recorded last use is recorded again (see
     SESSION_TOUCH_SECONDS): min(60 s, max_age / 10)."""
     return round(min(SESSION_TOUCH_SECONDS, max_age_seconds / 10) * 1_000_000)
+
+def ref_target(ref: str | None) -> int | None:
+    """SPEC 13: the sent_us of the original a message's `ref` (JSON text, see
+    Store.add_personal) unsends when it is a `delete_of`, else None. Raises ValueError for a
+    `ref` that is not one object with one reference field naming {msg_from, sent_timestamp}."""
+    if ref is None:
+        return None
+    try:
+        data = orjson.loads(ref)
+        (field_name, value), = data.items()
+        if field_name not in REF_FIELDS or set(value) != REF_KEYS:
+            raise ValueError(field_name)
+        sent_us = parse_timestamp(value["sent_timestamp"])
+    except (ValueError, TypeError, AttributeError, ProtocolError):
+        raise ValueError("ref must be the JSON of one reference field (SPEC 13)") from None
+    return sent_us if field_name == DELETE_OF else None
+
 
 # -- errors -------------------------------------------------------------------------------------
 
@@ -147,6 +168,7 @@ class StoredMessage:
     message: str
     sent_us: int
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    ref: str | None = None  # SPEC 13: the reference field as JSON text (see ref_target), or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +233,7 @@ class GroupMessage:
     sent_us: int
     pending: list[str]
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    ref: str | None = None  # SPEC 13, as StoredMessage.ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +258,7 @@ class RoomMessage:
     message: str
     sent_us: int
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    ref: str | None = None  # SPEC 13, as StoredMessage.ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,8 +391,8 @@ class Store(Protocol):
     # -- the per-message writes (group commit) ------------------------------------------------
 
     def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
-                     message: str, device: str | None = None,
-                     attachments: Sequence[str] = ()) -> asyncio.Future[Stored | None]:
+                     message: str, device: str | None = None, attachments: Sequence[str] = (),
+                     *, ref: str | None = None) -> asyncio.Future[Stored | None]:
         """Store a message durably, with the commit's time as its `accepted_us`, waiting for each
         live device of msg_to and, as a copy, for each live device of msg_from but `device` (the
         sending session's hash; None: every one) (SPEC 7.1, 7.2). None when the same identity
@@ -380,7 +404,16 @@ class Store(Protocol):
 
         `attachments` (ids, SPEC 8) are claimed by the new message in the same transaction, in
         their order; fails with AttachmentRefused (storing nothing) when one is not msg_from's,
-        not complete or claimed already. A retry claims nothing."""
+        not complete or claimed already. A retry claims nothing.
+
+        `ref` (SPEC 13): the message's reference field as JSON text,
+        '{"<field>": {"msg_from": PHONE, "sent_timestamp": TS}}' (protocol.Ref.json), kept with
+        it and given back by the reads; None for an ordinary message. For a `delete_of`, the
+        same transaction deletes the original (msg_from's message to msg_to whose sent_us is
+        the REF's) with its deliveries and attachments, when it is still stored (nothing when
+        it is gone already, or stored earlier in the same batch: it is deleted there too). A
+        retry deletes nothing more. Raises ValueError, queueing nothing, for a `ref` that is
+        not such JSON (see ref_target)."""
         ...
 
     def ack_personal(self, msg_from: str, msg_to: str, sent_us: int, received_at: str,
@@ -399,7 +432,8 @@ class Store(Protocol):
 
     def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
                           message: str, device: str | None = None,
-                          attachments: Sequence[str] = ()) -> asyncio.Future[Stored | None]:
+                          attachments: Sequence[str] = (), *,
+                          ref: str | None = None) -> asyncio.Future[Stored | None]:
         """Store a group message durably, pending for every other participant (SPEC 5.3), with
         the commit's time as its `accepted_us`, waiting for each of their live devices and, as
         a copy, for each live device of msg_from but `device` (SPEC 7). Resolves to what was
@@ -409,7 +443,8 @@ class Store(Protocol):
         A participant whose mailbox is full (`max_waiting` messages already wait for them, SPEC
         10) is left out of the pending list: the others still get the message. When every other
         participant is full, nothing is stored and the write fails with MailboxFull.
-        `attachments`: as for add_personal."""
+        `attachments` and `ref`: as for add_personal (a `delete_of` deletes msg_from's message
+        in grp whose sent_us is the REF's, with its pending rows and deliveries)."""
         ...
 
     def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str,
@@ -426,10 +461,12 @@ class Store(Protocol):
         ...
 
     def add_room_message(self, room: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                         message: str, attachments: Sequence[str] = ()) -> asyncio.Future[int | None]:
+                         message: str, attachments: Sequence[str] = (), *,
+                         ref: str | None = None) -> asyncio.Future[int | None]:
         """Append to a room's history (keeping the latest `[rooms] keep`; what falls out goes
-        with its attachments); resolves to the message's id, or None for a retry. `attachments`:
-        as for add_personal. On PostgreSQL the ids come from one sequence shared by
+        with its attachments); resolves to the message's id, or None for a retry. `attachments`
+        and `ref`: as for add_personal (a `delete_of` deletes msg_from's message in the room
+        whose sent_us is the REF's). On PostgreSQL the ids come from one sequence shared by
         every process: they increase in each process's commit order."""
         ...
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from ..metrics import COMMIT_BATCH, COMMIT_SECONDS
 from ..protocol import now_micros
-from .base import Ack, Store, StoreClosed, Stored, StoreError
+from .base import Ack, Store, StoreClosed, Stored, StoreError, ref_target
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +163,17 @@ class GroupCommitStore(Store, Generic[DB]):
         whenever last used (SPEC 12: the queries that take this also take kind 'token')."""
         return now_micros() - self._session_us
 
+    # The per-message rows end with [..., ref, unsent]: the message's SPEC 13 field as JSON text
+    # (or None) and, for a delete_of, the sent_us of the original the runner deletes (else None).
+
     def add_personal(self, msg_from: str, msg_to: str, sent_us: int, sent_timestamp: str,
-                     message: str, device: str | None = None,
-                     attachments: Sequence[str] = ()) -> asyncio.Future[Stored | None]:
+                     message: str, device: str | None = None, attachments: Sequence[str] = (),
+                     *, ref: str | None = None) -> asyncio.Future[Stored | None]:
+        unsent = ref_target(ref)
         return self._submit(self.RUNNERS.add_personal,
                             [msg_from, msg_to, sent_us, sent_timestamp, message, self._max_waiting,
-                             device, self._live_after_us(), list(attachments)])
+                             device, self._live_after_us(), list(attachments), ref, unsent],
+                            deletes=unsent is not None)
 
     def ack_personal(self, msg_from: str, msg_to: str, sent_us: int, received_at: str,
                      device: str) -> asyncio.Future[Ack]:
@@ -180,10 +185,13 @@ class GroupCommitStore(Store, Generic[DB]):
 
     def add_group_message(self, grp: str, msg_from: str, sent_us: int, sent_timestamp: str,
                           message: str, device: str | None = None,
-                          attachments: Sequence[str] = ()) -> asyncio.Future[Stored | None]:
+                          attachments: Sequence[str] = (), *,
+                          ref: str | None = None) -> asyncio.Future[Stored | None]:
+        unsent = ref_target(ref)
         return self._submit(self.RUNNERS.add_group,
                             [grp, msg_from, sent_us, sent_timestamp, message, self._max_waiting,
-                             device, self._live_after_us(), list(attachments)])
+                             device, self._live_after_us(), list(attachments), ref, unsent],
+                            deletes=unsent is not None)
 
     def ack_group(self, grp: str, msg_from: str, sent_us: int, phone: str,
                   device: str) -> asyncio.Future[Ack]:
@@ -194,10 +202,12 @@ class GroupCommitStore(Store, Generic[DB]):
         return self._submit(self.RUNNERS.read_group, [grp, phone, up_to])
 
     def add_room_message(self, room: str, msg_from: str, sent_us: int, sent_timestamp: str,
-                         message: str, attachments: Sequence[str] = ()) -> asyncio.Future[int | None]:
+                         message: str, attachments: Sequence[str] = (), *,
+                         ref: str | None = None) -> asyncio.Future[int | None]:
         return self._submit(
             self.RUNNERS.add_room,
-            [room, msg_from, sent_us, sent_timestamp, message, self._rooms_keep, list(attachments)],
+            [room, msg_from, sent_us, sent_timestamp, message, self._rooms_keep, list(attachments),
+             ref, ref_target(ref)],
             deletes=True)
 
     def is_blocked(self, blocker: str, blocked: str) -> bool:

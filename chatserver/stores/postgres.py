@@ -41,6 +41,7 @@ from .queries import (
     expired,
     mailbox_full,
     take_once,
+    unsent,
 )
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,11 @@ async def _waiting(db: PgConnection, phones: set[str], limit: int) -> dict[str, 
 # accepted_us ($6) is the batch's time, one value for the whole batch (SPEC 10 retention); the
 # column's default would do, but both engines take it from the server's clock the same way.
 _INSERT_PERSONAL: Final = """
-    INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message, accepted_us)
-    SELECT msg_from, msg_to, sent_us, sent_timestamp, message, $6
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
-         WITH ORDINALITY AS j(msg_from, msg_to, sent_us, sent_timestamp, message, n)
+    INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message, accepted_us,
+                                   ref)
+    SELECT msg_from, msg_to, sent_us, sent_timestamp, message, $6, ref
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $7::text[])
+         WITH ORDINALITY AS j(msg_from, msg_to, sent_us, sent_timestamp, message, ref, n)
     ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING msg_from, msg_to, sent_us, id"""
@@ -135,6 +137,18 @@ _DELIVER_PERSONAL: Final = """
     RETURNING message_id"""
 
 
+# SPEC 13: a delete_of deletes its original ($1, $2, $3: msg_to, msg_from, sent_us of each,
+# queries.unsent) with its deliveries and attachments (ON DELETE CASCADE); one that is gone
+# already (acknowledged, expired, unsent before) is no matter. In id order: two processes
+# deleting the same rows lock them in the same order.
+_UNSEND_PERSONAL: Final = """
+    DELETE FROM personal_messages WHERE id IN (
+        SELECT p.id FROM unnest($1::text[], $2::text[], $3::bigint[]) AS j(msg_to, msg_from, sent_us)
+        JOIN personal_messages AS p
+        ON p.msg_to = j.msg_to AND p.msg_from = j.msg_from AND p.sent_us = j.sent_us
+        ORDER BY p.id FOR UPDATE OF p)"""
+
+
 # SPEC 8: new messages claim their attachments ([message id, attachment id, position, owner]
 # rows): only the owner's, complete, claimed by no message yet. A claim by another process at the
 # same moment holds the row: this one then re-reads it claimed and takes nothing.
@@ -157,10 +171,11 @@ async def _claim_attachments(db: PgConnection, column: str, rows: list[list[Any]
 
 async def _add_personal_many(db: PgConnection, rows: list[Any]) -> list[Stored | None | StoreError]:
     """Insert [msg_from, msg_to, sent_us, sent_timestamp, message, max_waiting, device,
-    live_after_us] rows in array order (which is the acceptance order, `id`), each waiting for
-    its recipient's devices and, as copies, its sender's other devices (SPEC 7); Stored for each
-    row stored, None for a repeated identity, MailboxFull for a row whose recipient already has
-    max_waiting messages waiting. The dialogues are opened by the table's trigger."""
+    live_after_us, attachments, ref, unsent] rows in array order (which is the acceptance order,
+    `id`), a delete_of deleting its original (SPEC 13), each waiting for its recipient's devices
+    and, as copies, its sender's other devices (SPEC 7); Stored for each row stored, None for a
+    repeated identity, MailboxFull for a row whose recipient already has max_waiting messages
+    waiting. The dialogues are opened by the table's trigger."""
     limit = rows[0][5]
     admitted = admit((row[1] for row in rows), await _waiting(db, {row[1] for row in rows}, limit),
                      limit)
@@ -169,12 +184,15 @@ async def _add_personal_many(db: PgConnection, rows: list[Any]) -> list[Stored |
     copies: Counter[int] = Counter()
     if taken:
         inserted = {(r[0], r[1], r[2]): r[3] for r in await db.fetch(
-            _INSERT_PERSONAL, *_columns(taken, 5), now_micros())}
+            _INSERT_PERSONAL, *_columns(taken, 5), now_micros(), [row[9] for row in taken])}
     if inserted:
         devices = {(row[0], row[1], row[2]): row[6] or "" for row in rows}
         await _claim_attachments(db, "personal_id", claims(rows, inserted, owner=0, attachments=8))
         copies = Counter(r[0] for r in await db.fetch(
             _DELIVER_PERSONAL, list(inserted.values()), [devices[k] for k in inserted], rows[0][7]))
+        originals = unsent(rows, inserted, 1, 0)
+        if originals:  # after the deliveries: an original of this same batch goes too
+            await db.execute(_UNSEND_PERSONAL, *_columns(originals, 3))
     results: list[Stored | None | StoreError] = []
     for row, ok in zip(rows, admitted, strict=True):
         if ok:
@@ -278,11 +296,13 @@ async def _read_personal_many(db: PgConnection, rows: list[Any]) -> list[None]:
 # forever. accepted_us ($6): as for personal messages.
 _INSERT_GROUP: Final = """
     WITH j AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
-                      WITH ORDINALITY AS j(grp, msg_from, sent_us, sent_timestamp, message, n)),
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                             $8::text[])
+                      WITH ORDINALITY AS j(grp, msg_from, sent_us, sent_timestamp, message, ref, n)),
     inserted AS (
-        INSERT INTO group_messages (grp, msg_from, sent_us, sent_timestamp, message, accepted_us)
-        SELECT grp, msg_from, sent_us, sent_timestamp, message, $6 FROM j
+        INSERT INTO group_messages (grp, msg_from, sent_us, sent_timestamp, message, accepted_us,
+                                    ref)
+        SELECT grp, msg_from, sent_us, sent_timestamp, message, $6, ref FROM j
         WHERE EXISTS (SELECT 1 FROM group_members AS s WHERE s.grp = j.grp AND s.phone = j.msg_from)
         ORDER BY n
         ON CONFLICT DO NOTHING
@@ -328,17 +348,26 @@ _DELIVER_GROUP: Final = """
     ON CONFLICT DO NOTHING
     RETURNING message_id"""
 _DELETE_UNADDRESSED: Final = "DELETE FROM group_messages WHERE id = ANY($1::bigint[])"
+# SPEC 13: a delete_of deletes its original ($1, $2, $3: grp, msg_from, sent_us) with its pending
+# rows, deliveries and attachments (ON DELETE CASCADE), as _UNSEND_PERSONAL.
+_UNSEND_GROUP: Final = """
+    DELETE FROM group_messages WHERE id IN (
+        SELECT m.id FROM unnest($1::text[], $2::text[], $3::bigint[]) AS j(grp, msg_from, sent_us)
+        JOIN group_messages AS m ON m.grp = j.grp AND m.msg_from = j.msg_from AND m.sent_us = j.sent_us
+        ORDER BY m.id FOR UPDATE OF m)"""
 
 
 async def _add_group_many(db: PgConnection, rows: list[Any]) -> list[Stored | None | StoreError]:
     """Insert [grp, msg_from, sent_us, sent_timestamp, message, max_waiting, device,
-    live_after_us] rows, each waiting for its recipients' devices and, as copies, its sender's
+    live_after_us, attachments, ref, unsent] rows (a delete_of deleting its original, SPEC 13),
+    each waiting for its recipients' devices and, as copies, its sender's
     other devices (SPEC 7). For each row: Stored, with the phones it is pending for (may be
     empty in a group of one; members whose mailbox is full are left out), None for a repeated
     identity, or MailboxFull when every other member's mailbox is full (then nothing is kept).
     Raises NotMember (failing only that write) when msg_from is not in the group."""
     limit = rows[0][5]
-    inserted = await db.fetch(_INSERT_GROUP, *_columns(rows, 5), now_micros(), limit)
+    inserted = await db.fetch(_INSERT_GROUP, *_columns(rows, 5), now_micros(), limit,
+                              [row[9] for row in rows])
     waiting: dict[str, int] = {}
     for r in inserted:
         waiting.update(zip(r[4], r[5], strict=True))  # counted before this batch
@@ -368,6 +397,9 @@ async def _add_group_many(db: PgConnection, rows: list[Any]) -> list[Stored | No
     unaddressed = [i for key, i in ids.items() if i in full or (not pending[key] and not copies[i])]
     if unaddressed:
         await db.execute(_DELETE_UNADDRESSED, unaddressed)
+    originals = unsent(rows, [key for key, i in ids.items() if i not in full], 0, 1)
+    if originals:
+        await db.execute(_UNSEND_GROUP, *_columns(originals, 3))
     results: list[Stored | None | StoreError] = []
     for row in rows:
         key = (row[0], row[1], row[2])
@@ -447,10 +479,10 @@ async def _read_group_many(db: PgConnection, rows: list[Any]) -> list[None]:
 
 
 _INSERT_ROOM: Final = """
-    INSERT INTO room_messages (room, msg_from, sent_us, sent_timestamp, message)
-    SELECT room, msg_from, sent_us, sent_timestamp, message
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
-         WITH ORDINALITY AS j(room, msg_from, sent_us, sent_timestamp, message, n)
+    INSERT INTO room_messages (room, msg_from, sent_us, sent_timestamp, message, ref)
+    SELECT room, msg_from, sent_us, sent_timestamp, message, ref
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+         WITH ORDINALITY AS j(room, msg_from, sent_us, sent_timestamp, message, ref, n)
     ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING room, msg_from, sent_us, id"""
@@ -462,14 +494,26 @@ _TRIM_ROOMS: Final = """
                         ORDER BY id DESC OFFSET $2 LIMIT 1) AS cut
         FROM unnest($1::text[]) AS r(room)) AS c
     WHERE m.room = c.room AND m.id <= c.cut"""
+# SPEC 13: a delete_of deletes its original ($1, $2, $3: room, msg_from, sent_us) with its
+# attachments.
+_UNSEND_ROOM: Final = """
+    DELETE FROM room_messages WHERE id IN (
+        SELECT m.id FROM unnest($1::text[], $2::text[], $3::bigint[]) AS j(room, msg_from, sent_us)
+        JOIN room_messages AS m ON m.room = j.room AND m.msg_from = j.msg_from AND m.sent_us = j.sent_us
+        ORDER BY m.id FOR UPDATE OF m)"""
 
 
 async def _add_room_many(db: PgConnection, rows: list[Any]) -> list[int | None]:
-    """Append [room, msg_from, sent_us, sent_timestamp, message, keep, attachments] rows to room
-    histories (each claiming its attachments) and drop what falls beyond `keep`; for each row its
-    id (the room's order), or None for a repeated identity."""
-    inserted = {(r[0], r[1], r[2]): r[3] for r in await db.fetch(_INSERT_ROOM, *_columns(rows, 5))}
+    """Append [room, msg_from, sent_us, sent_timestamp, message, keep, attachments, ref, unsent]
+    rows to room histories (each claiming its attachments, a delete_of deleting its original)
+    and drop what falls beyond `keep`; for each row its id (the room's order), or None for a
+    repeated identity."""
+    inserted = {(r[0], r[1], r[2]): r[3] for r in await db.fetch(
+        _INSERT_ROOM, *_columns(rows, 5), [row[7] for row in rows])}
     await _claim_attachments(db, "room_id", claims(rows, inserted, owner=1, attachments=6))
+    originals = unsent(rows, inserted, 0, 1)
+    if originals:
+        await db.execute(_UNSEND_ROOM, *_columns(originals, 3))
     await db.execute(_TRIM_ROOMS, sorted({row[0] for row in rows}), rows[0][5])
     return [inserted.pop((row[0], row[1], row[2]), None) for row in rows]
 
@@ -739,12 +783,12 @@ class PgStore(SqlStore[PgConnection]):
         rows = await self._fetch(
             "SELECT m.id, m.grp, m.msg_from, m.message, m.sent_us,"
             " coalesce((SELECT array_agg(q.phone ORDER BY q.phone) FROM group_pending AS q"
-            "  WHERE q.message_id = m.id), '{}')"
+            "  WHERE q.message_id = m.id), '{}'), m.ref"
             " FROM group_deliveries AS d JOIN group_messages AS m ON m.id = d.message_id"
             " WHERE d.sid_hash = $1 AND d.message_id > $2 ORDER BY d.message_id LIMIT $3",
             device, after, limit)
         attached = await self._attachments_of("group_id", [r[0] for r in rows])
-        return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], list(r[5]), attached.get(r[0], [])))
+        return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], list(r[5]), attached.get(r[0], []), r[6]))
                 for r in rows]
 
     async def _lock_owner(self, db: PgConnection, phone: str) -> None:
@@ -773,7 +817,7 @@ class PgStore(SqlStore[PgConnection]):
         rows = await self._fetch(
             "SELECT m.grp, m.msg_from, m.message, m.sent_us,"
             " (SELECT array_agg(q.phone ORDER BY q.phone) FROM group_pending AS q"
-            "  WHERE q.message_id = m.id)"
+            "  WHERE q.message_id = m.id), m.ref"
             " FROM group_pending AS p JOIN group_messages AS m ON m.id = p.message_id"
             " WHERE p.phone = $1 ORDER BY m.id", phone)
-        return [GroupMessage(r[0], r[1], r[2], r[3], list(r[4])) for r in rows]
+        return [GroupMessage(r[0], r[1], r[2], r[3], list(r[4]), ref=r[5]) for r in rows]

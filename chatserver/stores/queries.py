@@ -135,11 +135,11 @@ class Queries:
         "SELECT (SELECT last_received_receiver FROM dialogues WHERE msg_from = $1 AND msg_to = $2),"
         " (SELECT last_seen_receiver FROM dialogues WHERE msg_from = $1 AND msg_to = $2),"
         " (SELECT count(*) FROM personal_messages WHERE msg_from = $1 AND msg_to = $2 AND NOT acked)")
-    pending_for: str = ("SELECT msg_from, msg_to, message, sent_us FROM personal_messages"
+    pending_for: str = ("SELECT msg_from, msg_to, message, sent_us, ref FROM personal_messages"
                         " WHERE msg_to = $1 AND NOT acked ORDER BY id")
     # What waits for one device (SPEC 7.1): its user's messages (to it, and its own for the
     # copies) that have the device's row, a page at a time (keyset pagination on id).
-    pending_page: str = ("SELECT p.id, p.msg_from, p.msg_to, p.message, p.sent_us"
+    pending_page: str = ("SELECT p.id, p.msg_from, p.msg_to, p.message, p.sent_us, p.ref"
                          " FROM sessions AS s JOIN personal_messages AS p"
                          " ON p.msg_to = s.phone OR p.msg_from = s.phone"
                          " JOIN personal_deliveries AS d ON d.message_id = p.id AND d.sid_hash = s.sid_hash"
@@ -281,8 +281,8 @@ class Queries:
         "             ORDER BY created_us DESC, name LIMIT $3)"
         " ORDER BY name")
     room_history: str = (
-        "SELECT id, msg_from, message, sent_us FROM (SELECT id, msg_from, message, sent_us"
-        " FROM room_messages WHERE room = $1 ORDER BY id DESC LIMIT $2) AS h ORDER BY id")
+        "SELECT id, msg_from, message, sent_us, ref FROM (SELECT id, msg_from, message, sent_us,"
+        " ref FROM room_messages WHERE room = $1 ORDER BY id DESC LIMIT $2) AS h ORDER BY id")
     grant_room: str = ("INSERT INTO session_rooms (sid_hash, room) VALUES ($1, $2)"
                        " ON CONFLICT DO NOTHING")
     room_granted: str = "SELECT 1 FROM session_rooms WHERE sid_hash = $1 AND room = $2"
@@ -355,6 +355,19 @@ def claims(rows: Iterable[Sequence[Any]], ids: Mapping[tuple[Any, ...], int], *,
         if message_id is not None:
             out.extend([message_id, a, position, row[owner]] for position, a in enumerate(row[attachments]))
     return out
+
+
+def unsent(rows: Iterable[Sequence[Any]], stored: Iterable[tuple[Any, ...]], conversation: int,
+           sender: int) -> list[list[Any]]:
+    """SPEC 13: the originals the new delete_of messages of a batch take back: for each row
+    whose identity (its first three fields) is in `stored` (the new ones, not retries, not
+    refused) and whose last field names an original (its sent_us), [conversation, sender,
+    sent_us] from the row's fields `conversation` and `sender`; a row never deletes itself."""
+    new = set(stored)
+    return [[row[conversation], row[sender], row[-1]] for row in rows
+            if row[-1] is not None and row[-1] != row[2] and (row[0], row[1], row[2]) in new]
+
+
 def identity_counts(rows: Sequence[Sequence[Any]]) -> list[int]:
     """For each row of a batch of acknowledgements, how many rows of the batch name its message
     identity (msg_from, msg_to, sent_us, the first three fields) in either direction: a row
@@ -827,13 +840,14 @@ class SqlStore(GroupCommitStore[DB]):
         return DialogueSide(*rows[0])
 
     async def pending_for(self, msg_to: str) -> list[StoredMessage]:
-        return [StoredMessage(*r) for r in await self._fetch(self.SQL.pending_for, msg_to)]
+        return [StoredMessage(r[0], r[1], r[2], r[3], ref=r[4])
+                for r in await self._fetch(self.SQL.pending_for, msg_to)]
 
     async def pending_page(self, device: str, after: int,
                            limit: int) -> list[tuple[int, StoredMessage]]:
         rows = await self._fetch(self.SQL.pending_page, device, after, limit)
         attached = await self._attachments_of("personal_id", [r[0] for r in rows])
-        return [(r[0], StoredMessage(r[1], r[2], r[3], r[4], attached.get(r[0], [])))
+        return [(r[0], StoredMessage(r[1], r[2], r[3], r[4], attached.get(r[0], []), r[5]))
                 for r in rows]
 
     async def _attachments_of(self, column: str, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
@@ -931,7 +945,7 @@ class SqlStore(GroupCommitStore[DB]):
     async def room_history(self, room: str, limit: int) -> list[RoomMessage]:
         rows = await self._fetch(self.SQL.room_history, room, limit)
         attached = await self._attachments_of("room_id", [r[0] for r in rows])
-        return [RoomMessage(r[0], r[1], r[2], r[3], attached.get(r[0], [])) for r in rows]
+        return [RoomMessage(r[0], r[1], r[2], r[3], attached.get(r[0], []), r[4]) for r in rows]
 
     # -- attachments (SPEC 8) -----------------------------------------------------------------
 

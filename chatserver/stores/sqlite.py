@@ -42,6 +42,7 @@ from .queries import (
     expired,
     mailbox_full,
     take_once,
+    unsent,
 )
 from .queries import (
     identity_counts as _identity_counts,
@@ -121,8 +122,10 @@ async def _waiting(db: aiosqlite.Connection, phones: set[str], limit: int) -> di
 
 # accepted_us (?2) is the batch's time, one value for the whole batch (SPEC 10 retention).
 _INSERT_PERSONAL: Final = """
-    INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message, accepted_us)
-    SELECT value->>0, value->>1, value->>2, value->>3, value->>4, ?2 FROM json_each(?1) WHERE true
+    INSERT INTO personal_messages (msg_from, msg_to, sent_us, sent_timestamp, message, accepted_us,
+                                   ref)
+    SELECT value->>0, value->>1, value->>2, value->>3, value->>4, ?2, value->>5 FROM json_each(?1)
+    WHERE true
     ON CONFLICT DO NOTHING
     RETURNING msg_from, msg_to, sent_us, id"""
 # SPEC 7.1: a new message waits for each live device of its recipient (?1: [id, msg_to, msg_from,
@@ -142,6 +145,15 @@ _COPY_PERSONAL: Final = """
     WHERE s.sid_hash IS NOT j.value->>3 AND j.value->>1 <> j.value->>2
     ON CONFLICT DO NOTHING
     RETURNING message_id"""
+
+
+# SPEC 13: a delete_of deletes its original ([msg_from, msg_to, sent_us] of the original), with
+# its deliveries and attachments (ON DELETE CASCADE); one that is gone already is no matter.
+# ?1: [msg_to, msg_from, sent_us] rows (queries.unsent).
+_UNSEND_PERSONAL: Final = """
+    DELETE FROM personal_messages WHERE id IN (
+        SELECT p.id FROM json_each(?1) AS j JOIN personal_messages AS p
+        ON p.msg_to = j.value->>0 AND p.msg_from = j.value->>1 AND p.sent_us = j.value->>2)"""
 
 
 # SPEC 8: new messages claim their attachments ([message id, attachment id, position, owner]
@@ -171,14 +183,15 @@ def _copies(rows: Iterable[Any]) -> Counter[int]:
 
 async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[Stored | None | StoreError]:
     """Insert [msg_from, msg_to, sent_us, sent_timestamp, message, max_waiting, device,
-    live_after_us] rows in array order (which is the acceptance order, `id`), each waiting for
-    its recipient's devices and, as copies, its sender's other devices (SPEC 7); Stored for each
-    row stored, None for a repeated identity, MailboxFull for a row whose recipient already has
-    max_waiting messages waiting."""
+    live_after_us, attachments, ref, unsent] rows in array order (which is the acceptance order,
+    `id`), a delete_of deleting its original (SPEC 13), each waiting for its recipient's devices
+    and, as copies, its sender's other devices (SPEC 7); Stored for each row stored, None for a
+    repeated identity, MailboxFull for a row whose recipient already has max_waiting messages
+    waiting."""
     limit = rows[0][5]
     admitted = admit((row[1] for row in rows), await _waiting(db, {row[1] for row in rows}, limit),
                      limit)
-    taken = [row[:5] for row, ok in zip(rows, admitted, strict=True) if ok]
+    taken = [[*row[:5], row[9]] for row, ok in zip(rows, admitted, strict=True) if ok]
     inserted: dict[tuple[Any, ...], int] = {}
     copies: Counter[int] = Counter()
     if taken:
@@ -191,6 +204,9 @@ async def _add_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list[
         await _claim_attachments(db, "personal_id", claims(rows, inserted, owner=0, attachments=8))
         await db.execute(_DELIVER_PERSONAL, (pairs, live_after))
         copies = _copies(await db.execute_fetchall(_COPY_PERSONAL, (pairs, live_after)))
+        originals = unsent(rows, inserted, 1, 0)
+        if originals:  # after the deliveries: an original of this same batch goes too
+            await db.execute(_UNSEND_PERSONAL, (_rows_json(originals),))
     results: list[Stored | None | StoreError] = []
     for row, ok in zip(rows, admitted, strict=True):
         key = (row[0], row[1], row[2])
@@ -308,8 +324,8 @@ async def _read_personal_many(db: aiosqlite.Connection, rows: list[Any]) -> list
 
 
 _INSERT_GROUP: Final = """
-    INSERT INTO group_messages (grp, msg_from, sent_us, sent_timestamp, message, accepted_us)
-    SELECT value->>0, value->>1, value->>2, value->>3, value->>4, ?2 FROM json_each(?1)
+    INSERT INTO group_messages (grp, msg_from, sent_us, sent_timestamp, message, accepted_us, ref)
+    SELECT value->>0, value->>1, value->>2, value->>3, value->>4, ?2, value->>5 FROM json_each(?1)
     WHERE EXISTS (SELECT 1 FROM group_members WHERE grp = value->>0 AND phone = value->>1)
     ON CONFLICT DO NOTHING
     RETURNING id, grp, msg_from, sent_us"""
@@ -339,19 +355,26 @@ _COPY_GROUP: Final = """
     ON CONFLICT DO NOTHING
     RETURNING message_id"""
 _DELETE_UNADDRESSED: Final = "DELETE FROM group_messages WHERE id IN (SELECT value FROM json_each(?1))"
+# SPEC 13: a delete_of deletes its original ([grp, msg_from, sent_us]) with its pending rows,
+# deliveries and attachments (ON DELETE CASCADE).
+_UNSEND_GROUP: Final = """
+    DELETE FROM group_messages WHERE id IN (
+        SELECT m.id FROM json_each(?1) AS j JOIN group_messages AS m
+        ON m.grp = j.value->>0 AND m.msg_from = j.value->>1 AND m.sent_us = j.value->>2)"""
 
 
 async def _add_group_many(db: aiosqlite.Connection,
                           rows: list[Any]) -> list[Stored | None | StoreError]:
     """Insert [grp, msg_from, sent_us, sent_timestamp, message, max_waiting, device,
-    live_after_us] rows, each waiting for its recipients' devices and, as copies, its sender's
+    live_after_us, attachments, ref, unsent] rows (a delete_of deleting its original, SPEC 13),
+    each waiting for its recipients' devices and, as copies, its sender's
     other devices (SPEC 7). For each row: Stored, with the phones it is pending for (may be
     empty in a group of one; members whose mailbox is full are left out), None for a repeated
     identity, or MailboxFull when every other member's mailbox is full (then nothing is kept).
     Raises NotMember (failing only that write) when msg_from is not in the group."""
     limit, live_after = rows[0][5], rows[0][7]
     inserted = await db.execute_fetchall(
-        _INSERT_GROUP, (_rows_json([row[:5] for row in rows]), now_micros()))
+        _INSERT_GROUP, (_rows_json([[*row[:5], row[9]] for row in rows]), now_micros()))
     ids = {(r[1], r[2], r[3]): r[0] for r in inserted}
     pending: dict[int, list[str]] = {i: [] for i in ids.values()}
     refused: set[int] = set()
@@ -382,6 +405,9 @@ async def _add_group_many(db: aiosqlite.Connection,
         unaddressed = [i for i, phones in pending.items() if (not phones and not copies[i]) or i in full]
         if unaddressed:
             await db.execute(_DELETE_UNADDRESSED, (_rows_json(unaddressed),))
+        originals = unsent(rows, [key for key, i in ids.items() if i not in full], 0, 1)
+        if originals:
+            await db.execute(_UNSEND_GROUP, (_rows_json(originals),))
     results: list[Stored | None | StoreError] = []
     for row in rows:
         message_id = ids.pop((row[0], row[1], row[2]), None)
@@ -453,8 +479,9 @@ async def _read_group_many(db: aiosqlite.Connection, rows: list[Any]) -> list[No
 
 
 _INSERT_ROOM: Final = """
-    INSERT INTO room_messages (room, msg_from, sent_us, sent_timestamp, message)
-    SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?1) WHERE true
+    INSERT INTO room_messages (room, msg_from, sent_us, sent_timestamp, message, ref)
+    SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each(?1)
+    WHERE true
     ON CONFLICT DO NOTHING
     RETURNING room, msg_from, sent_us, id"""
 _TRIM_ROOMS: Final = """
@@ -462,15 +489,24 @@ _TRIM_ROOMS: Final = """
         SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY room ORDER BY id DESC) AS n
                         FROM room_messages WHERE room IN (SELECT value FROM json_each(?1)))
         WHERE n > ?2)"""
+# SPEC 13: a delete_of deletes its original ([room, msg_from, sent_us]) with its attachments.
+_UNSEND_ROOM: Final = """
+    DELETE FROM room_messages WHERE id IN (
+        SELECT m.id FROM json_each(?1) AS j JOIN room_messages AS m
+        ON m.room = j.value->>0 AND m.msg_from = j.value->>1 AND m.sent_us = j.value->>2)"""
 
 
 async def _add_room_many(db: aiosqlite.Connection, rows: list[Any]) -> list[int | None]:
-    """Append [room, msg_from, sent_us, sent_timestamp, message, keep, attachments] rows to room
-    histories (each claiming its attachments) and drop what falls beyond `keep`; for each row its
-    id (the room's order), or None for a repeated identity."""
+    """Append [room, msg_from, sent_us, sent_timestamp, message, keep, attachments, ref, unsent]
+    rows to room histories (each claiming its attachments, a delete_of deleting its original)
+    and drop what falls beyond `keep`; for each row its id (the room's order), or None for a
+    repeated identity."""
     inserted = {(r[0], r[1], r[2]): r[3] for r in await db.execute_fetchall(
-        _INSERT_ROOM, (_rows_json([row[:5] for row in rows]),))}
+        _INSERT_ROOM, (_rows_json([[*row[:5], row[7]] for row in rows]),))}
     await _claim_attachments(db, "room_id", claims(rows, inserted, owner=1, attachments=6))
+    originals = unsent(rows, inserted, 0, 1)
+    if originals:
+        await db.execute(_UNSEND_ROOM, (_rows_json(originals),))
     rooms = sorted({row[0] for row in rows})
     await db.execute(_TRIM_ROOMS, (_rows_json(rooms), rows[0][5]))
     return [inserted.pop((row[0], row[1], row[2]), None) for row in rows]
@@ -789,13 +825,13 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
         rows = await self._fetch(
             "SELECT m.id, m.grp, m.msg_from, m.message, m.sent_us,"
             " (SELECT json_group_array(phone) FROM (SELECT phone FROM group_pending AS q"
-            "  WHERE q.message_id = m.id ORDER BY phone))"
+            "  WHERE q.message_id = m.id ORDER BY phone)), m.ref"
             " FROM group_deliveries AS d JOIN group_messages AS m ON m.id = d.message_id"
             " WHERE d.sid_hash = ? AND d.message_id > ? ORDER BY d.message_id LIMIT ?",
             device, after, limit)
         attached = await self._attachments_of("group_id", [r[0] for r in rows])
-        return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], orjson.loads(r[5]), attached.get(r[0], [])))
-                for r in rows]
+        return [(r[0], GroupMessage(r[1], r[2], r[3], r[4], orjson.loads(r[5]), attached.get(r[0], []),
+                                    r[6])) for r in rows]
 
     async def expire(self, before_us: int, limit: int) -> list[Expired]:
         async def op(db: aiosqlite.Connection) -> list[Expired]:
@@ -813,7 +849,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
         rows = await self._fetch(
             "SELECT m.grp, m.msg_from, m.message, m.sent_us,"
             " (SELECT json_group_array(phone) FROM (SELECT phone FROM group_pending AS q"
-            "  WHERE q.message_id = m.id ORDER BY phone))"
+            "  WHERE q.message_id = m.id ORDER BY phone)), m.ref"
             " FROM group_pending AS p JOIN group_messages AS m ON m.id = p.message_id"
             " WHERE p.phone = ? ORDER BY m.id", phone)
-        return [GroupMessage(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
+        return [GroupMessage(r[0], r[1], r[2], r[3], orjson.loads(r[4]), ref=r[5]) for r in rows]

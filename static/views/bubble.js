@@ -4,7 +4,10 @@ import {ME, nameOf, others, state} from "../state.js";
 import {discard, retry} from "../sync.js";
 import {ageLabel, dayKey, fullLabel} from "../time.js";
 import {el, hash, icon} from "../ui.js";
+import {DELETED} from "../db.js";
+import {linkify} from "../linkify.js";
 import {attachmentsNode} from "./media.js";
+import {menuButton, quoteNode, reactionsNode} from "./refs.js";
 
 const STATE_LABEL = {pending: "waiting to be sent", sent: "sent", received: "delivered",
                      read: "read", failed: "not sent"};
@@ -38,14 +41,24 @@ export function bubble(msg, prev, conv) {
     sender.style.setProperty("--hue", String(hueOf(msg.from)));
     box.append(sender);
   }
-  if (msg.atts?.length) {
-    box.classList.add("with-atts");
-    box.append(attachmentsNode(msg));
+  // SPEC 13: unsent, a reply's quote; links clickable; dir="auto" for right-to-left text.
+  if (msg.deleted) {
+    box.classList.add("deleted");
+    box.append(el("p", {class: "body deleted", text: DELETED}));
+  } else {
+    if (msg.replyTo) box.append(quoteNode(msg));
+    if (msg.atts?.length) {
+      box.classList.add("with-atts");
+      box.append(attachmentsNode(msg));
+    }
+    if (msg.body || !msg.atts?.length) box.append(el("p", {class: "body", attrs: {dir: "auto"}}, ...linkify(msg.body)));
   }
-  if (msg.body || !msg.atts?.length) box.append(el("p", {class: "body", text: msg.body}));
   const meta = el("span", {class: "meta"},
                   el("time", {text: ageLabel(msg.us), data: {us: String(msg.us)},
                               attrs: {title: timeTitle(msg), datetime: new Date(msg.us / 1000).toISOString()}}));
+  if (msg.editedUs && !msg.deleted) {
+    meta.prepend(el("span", {class: "edited", text: "edited", attrs: {title: `Edited ${fullLabel(msg.editedUs)}`}}));
+  }
   if (mine && conv.kind !== "room") {
     const shown = shownState(msg, conv);
     li.dataset.state = shown.state;
@@ -62,7 +75,9 @@ export function bubble(msg, prev, conv) {
     if (msg.state === "failed") meta.append(el("span", {class: "ticks failed"}, icon("alert")));
   }
   box.append(meta);
-  li.append(box);
+  li.append(el("div", {class: "bubble-row"}, box, menuButton(msg, conv)));
+  const reactions = reactionsNode(msg);
+  if (reactions) li.append(reactions);
   if (mine && msg.expired && msg.state !== "failed") {
     li.append(el("div", {class: "failed-note"},
       el("span", {text: "Not delivered to everyone: it waited too long on the server."})));
@@ -90,5 +105,5 @@ function hueOf(text) {
 
 /** What a bubble's looks depend on, besides the conversation: reuse it while this is the same. */
 export function bubbleKey(msg, prev) {
-  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}|${msg.expired ? 1 : 0}|${msg.files || ""}${state.unkept.has(msg.id) ? " unkept" : ""}`;
+  return `${msg.id}|${prev?.id || ""}|${msg.state || ""}|${(msg.rcv || []).length}|${msg.expired ? 1 : 0}|${msg.files || ""}${state.unkept.has(msg.id) ? " unkept" : ""}|${msg.editedUs || ""}|${msg.deleted ? 1 : 0}|${JSON.stringify(msg.reactions || {})}`;
 }

@@ -12,6 +12,7 @@ import {avatar, el} from "../ui.js";
 import {MAX_ATTACHMENTS, readyCount, sayInTray, takeUploads, uploading} from "./attach.js";
 import {bubble, bubbleKey} from "./bubble.js";
 import {systemLine, withEvents} from "./groupinfo.js";
+import {composeContext, endCompose} from "./refs.js";
 
 const PAGE = 50;
 export const EARLIER = "Messages from before this device was added are on your other devices";
@@ -29,7 +30,7 @@ export function mount() {
   on("receipts", refreshOwnBubbles);
   on("incoming", showIncoming);
   on("outgoing", (record) => {
-    if (view?.id !== record.conv) return;
+    if (view?.id !== record.conv || record.act) return; // an edit, unsend or reaction: no bubble
     insertIntoView(record);
     renderMessages("append");
   });
@@ -46,6 +47,16 @@ export function mount() {
     const id = state.open;
     const text = $("text");
     const body = text.value;
+    // SPEC 13: the compose box edits one of my messages (text only), or replies to one.
+    const ctx = composeContext(id);
+    if (ctx?.kind === "edit") {
+      if (!body.trim() || body === ctx.msg.body) return;
+      text.value = "";
+      autosize();
+      endCompose(id);
+      await sync.act(ctx.msg, "edit", body);
+      return;
+    }
     if (uploading(id)) {
       sayInTray("Still uploading: send once the uploads are done, or cancel them.");
       return;
@@ -59,7 +70,8 @@ export function mount() {
     text.value = "";
     autosize();
     const {results, giveBack} = takeUploads(id);
-    const sent = await sync.send(id, body.trim() ? body : "", results);
+    const sent = await sync.send(id, body.trim() ? body : "", results, {replyTo: ctx?.msg});
+    if (sent && ctx) endCompose(id);
     giveBack(sent);
     // Not kept (the storage is full): the text comes back unless something new was typed.
     if (!sent && state.open === id && !text.value) text.value = body;
@@ -293,17 +305,38 @@ function refreshOwnBubbles(id) {
   for (const msg of view.messages) if (msg.mine) updateBubble(msg);
 }
 
-async function loadOlder() {
+/** Load the page of history above; resolves when it is on screen (one load at a time). */
+function loadOlder() {
   const current = view;
-  if (!current || current.loading || !current.hasMore) return;
-  current.loading = true;
-  const oldest = current.messages[0]?.us ?? Infinity;
-  const older = await page(current.id, oldest, PAGE);
-  if (view !== current) return;
-  current.hasMore = older.length === PAGE;
-  current.messages.unshift(...older);
-  renderMessages("prepend");
-  current.loading = false;
+  if (!current || !current.hasMore) return Promise.resolve();
+  current.loading ||= (async () => {
+    const oldest = current.messages[0]?.us ?? Infinity;
+    const older = await page(current.id, oldest, PAGE);
+    if (view !== current) return;
+    current.hasMore = older.length === PAGE;
+    current.messages.unshift(...older);
+    renderMessages("prepend");
+  })().finally(() => { current.loading = null; });
+  return current.loading;
+}
+
+/**
+ * Open conversation `convId` at message `msgId` (a reply's quote, a search result): older pages
+ * load until it is there; it is scrolled to the middle and highlighted for a moment. Resolves
+ * false when this device does not have it.
+ */
+export async function reveal(convId, msgId) {
+  if (view?.id !== convId) await openConv(convId);
+  const current = view;
+  while (current && view === current && !current.nodes.has(msgId) && current.hasMore) await loadOlder();
+  const node = current?.nodes.get(msgId);
+  if (!node || view !== current) return false;
+  node.scrollIntoView({block: "center"});
+  for (const old of document.querySelectorAll("#messages .msg.highlight")) old.classList.remove("highlight");
+  node.classList.add("highlight");
+  setTimeout(() => node.classList.remove("highlight"), 2500);
+  node.querySelector(".quote, .msg-more")?.focus({preventScroll: true});
+  return true;
 }
 
 /** Load older pages until the screen is full (or the history ends). */

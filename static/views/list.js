@@ -8,6 +8,7 @@ import {avatar, el, icon} from "../ui.js";
 import {openConv} from "./conversation.js";
 import {eventText, lastEvent} from "./groupinfo.js";
 import {mutedLabel} from "./mute.js";
+import {filtering, listFilter} from "./search.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -54,7 +55,7 @@ function previewOf(conv) {
 
 function sortedConvs() {
   return [...state.convs.values()]
-    .filter((c) => !c.left)
+    .filter((c) => !c.left && listFilter(c))
     .sort((a, b) => (b.lastUs || 0) - (a.lastUs || 0) ||
           titleOf(a).localeCompare(titleOf(b)));
 }
@@ -94,12 +95,12 @@ export function renderList() {
                                     data: {us: String(conv.lastUs)}}) : null),
        el("span", {class: "conv-bottom"},
           el("span", {class: `conv-last ellipsis${preview.typing ? " typing" : ""}`,
-                      text: preview.text}),
+                      text: preview.text, attrs: {dir: "auto"}}),
           unread ? el("span", {class: "badge", text: unread > 99 ? "99+" : String(unread)}) : null)));
     rows.push(el("li", {}, button));
   }
   list.replaceChildren(...rows);
-  $("empty-list").hidden = rows.length > 0;
+  $("empty-list").hidden = rows.length > 0 || filtering();
   document.title = unreadTotal ? `(${unreadTotal}) Chat` : "Chat";
   showUnread(unreadTotal);
   if (focused) list.querySelector(`.conv[data-id="${CSS.escape(focused)}"]`)?.focus();
