@@ -16,6 +16,7 @@ import {closeConv, markRead, mount as mountConversation, openConv, renderHeader}
 import {mount as mountDevices} from "./views/devices.js";
 import {mount as mountDialogs} from "./views/dialogs.js";
 import {mount as mountList, renderList} from "./views/list.js";
+import {mount as mountLongText} from "./views/longtext.js";
 import {mount as mountMedia} from "./views/media.js";
 import {mount as mountMute} from "./views/mute.js";
 import {mount as mountOffline, showNoStorage} from "./views/offline.js";
@@ -66,6 +67,7 @@ function bind() {
   mountList();
   mountConversation();
   mountAttach();
+  mountLongText();
   mountMedia();
   mountDialogs();
   mountAccount();

@@ -43,6 +43,7 @@ const SHELL = [
   "/static/views/devices.js",
   "/static/views/dialogs.js",
   "/static/views/list.js",
+  "/static/views/longtext.js",
   "/static/views/media.js",
   "/static/views/mute.js",
   "/static/views/offline.js",

@@ -319,7 +319,8 @@ async def test_a_device_added_later_shows_what_i_joined_and_no_earlier_messages(
 
     # Alice leaves the group on the laptop: the tablet says so once it asks the server again.
     await laptop.click("#conv-info")
-    await laptop.get_by_role("button", name="Leave group").click()
+    await laptop.locator("#info-body").get_by_role("button", name="Leave group").click()
+    await laptop.locator("#dlg-confirm-ok").click()  # asked first (issue 18, defect 3)
     await expect(row(laptop, "Trip").locator(".conv-last")).to_have_text("You left this group.")
     await pt.goto(live.url("/chat"))  # the group's own address is refused now (403)
     await pt.locator("body.ready").wait_for()
