@@ -2,8 +2,8 @@
 
 - who may download: the uploader; the personal recipient; a group's participants (not one who
   left); anyone logged in for a public room's message; for a private room, only a user who gave
-  its password (from any of their login sessions, issue 18); everyone else, the logged out, an unknown or malformed id and an
-  upload not attached yet: 404, the same 404 (never 403);
+  its password (from any of their login sessions, issue 18); everyone else, the logged out, an
+  unknown or malformed id and an upload not attached yet: 404, the same 404 (never 403);
 - `attachments` on `new_msg`, `new_grp_msg` and `room_msg`: pushed, fetched and in room history
   as the upload answered them; someone else's upload, or one already attached: the error frame,
   and nothing stored;

@@ -445,7 +445,8 @@ async def test_a_message_refused_for_a_full_mailbox_claims_nothing(place: Place)
 async def test_who_may_download_an_attachment(store: AnyStore) -> None:
     """The owner; the personal recipient; a current participant of the group (one removed no
     longer); for a room, anyone when it is public, else its creator and a user who gave its
-    password (from any of their sessions, issue 18); an unclaimed upload only its owner. Everyone else gets None, as for no such id."""
+    password (from any of their sessions, issue 18); an unclaimed upload only its owner.
+    Everyone else gets None, as for no such id."""
     async with asyncio.timeout(TIMEOUT):
         await prepare(store)
         await add_sessions(store, ("b-2", B), ("c-2", C))
