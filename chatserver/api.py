@@ -122,7 +122,7 @@ async def special_personal(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     """GET /chat/info: the logged-in user's phone, name, dialogues, groups, rooms and contacts.
 
-    `rooms` (issue 12, finding 6): the user's own rooms, the private rooms this login session
+    `rooms` (issue 12, finding 6): the user's own rooms, the private rooms this user
     has given the password for, and the `rooms.listed` newest public rooms; `created_by` is the
     user's own phone on its own rooms and null on the others'. `saved_rooms` (SPEC 13): the
     names of the rooms the user saved, sorted."""
@@ -403,8 +403,8 @@ async def special_room(request: web.Request) -> web.Response:
 
 async def join_room(request: web.Request) -> web.Response:
     """POST /chat/special/room/join `{"room_name", "password"}`: give a private room's password
-    once for this login session; 403 for a wrong one; 429 past the attempt limits (SPEC 10); 503
-    while the bcrypt pool is full."""
+    once per user (every later login is let in, issue 18, defect 7); 403 for a wrong one; 429
+    past the attempt limits (SPEC 10); 503 while the bcrypt pool is full."""
     me, sid_hash = await _login(request)
     data = await _json_object(request)
     name = _room_name_arg(data.get("room_name"))

@@ -254,8 +254,11 @@ async def _chat_page(request: web.Request, phone: str,
     account = await request.app[store_key].get_user(phone)
     if account is None:  # deleted while logged in
         raise web.HTTPFound("/login")
+    # The message limits (SPEC 10) go on the page, so that the client says a text is too long
+    # and offers to split it before the server refuses it (issue 18, defect 6).
     return aiohttp_jinja2.render_template(
-        "chat.html", request, {"phone": account.phone, "name": account.name, "opened": opened or {}})
+        "chat.html", request, {"phone": account.phone, "name": account.name, "opened": opened or {},
+                               "limits": request.app[config_key].limits})
 
 
 async def chat(request: web.Request) -> web.Response:

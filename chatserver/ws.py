@@ -175,7 +175,7 @@ async def group_socket(request: web.Request) -> web.WebSocketResponse:
 
 async def room_socket(request: web.Request) -> web.WebSocketResponse:
     """`/ws/chat/room/<room_name>/`: send and receive in a room (SPEC 5.4). A private room needs
-    its password once per login session (POST /chat/special/room/join)."""
+    its password once per user (POST /chat/special/room/join; issue 18, defect 7)."""
     phone, sid_hash = await _handshake(request, own_path=False)
     name = request.match_info["room_name"]
     store, hub, config = request.app[store_key], request.app[hub_key], request.app[config_key]

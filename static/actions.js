@@ -15,6 +15,18 @@ function refused(message, result = undefined) {
   return result;
 }
 
+/** A request that worked: an earlier refusal still on screen goes (issue 18, defect 8). */
+function accepted(result) {
+  emit("notice", "");
+  return result;
+}
+
+/** The server's reason in words: "no such user: 4477…" names who has no account. */
+function reason(r) {
+  const m = /^no such user: ([0-9]+)$/.exec(r.data?.error || "");
+  return m ? `No account has the phone number ${m[1]}` : r.data?.error;
+}
+
 /** Start a dialogue with `phone`; resolves with its conversation id, or null. */
 export async function startDialogue(phone) {
   if (!PHONE_RE.test(phone)) return refused(NOT_A_PHONE, null);
@@ -22,7 +34,7 @@ export async function startDialogue(phone) {
   if (!r.ok) return refused(r.status === 404 ? "No account has this phone number" : r.data.error, null);
   await saveConv(`p:${phone}`, () => {});
   sync.refreshInfoSoon();
-  return `p:${phone}`;
+  return accepted(`p:${phone}`);
 }
 
 // -- groups ---------------------------------------------------------------------------------
@@ -30,14 +42,14 @@ export async function startDialogue(phone) {
 /** Create group `name` with `participants` (phones); resolves with its conversation id, or null. */
 export async function createGroup(name, participants) {
   const r = await api("POST", "/chat/special/group", {name, participants});
-  if (!r.ok) return refused(r.data.error, null);
+  if (!r.ok) return refused(reason(r), null);
   const g = r.data;
   await saveConv(`g:${g.key}`, (c) => {
     c.title = g.name;
     c.participants = g.participants;
     c.admins = g.admins;
   });
-  return `g:${g.key}`;
+  return accepted(`g:${g.key}`);
 }
 
 /**
@@ -47,9 +59,9 @@ export async function createGroup(name, participants) {
  */
 export async function patchGroup(conv, change) {
   const r = await api("PATCH", `/chat/info/group?key=${conv.ref}`, change);
-  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`};
+  if (!r.ok) return {ok: false, error: reason(r) || `refused (${r.status})`};
   await sync.refreshGroup(conv.ref);
-  return {ok: true, error: null};
+  return accepted({ok: true, error: null});
 }
 
 /** Leave a group: its socket closes for good, the history stays; resolves {ok, error}. */
@@ -61,7 +73,7 @@ export async function leaveGroup(conv) {
   notify(conv.id);
   emit("note", conv.id);
   emit("list");
-  return {ok: true, error: null};
+  return accepted({ok: true, error: null});
 }
 
 // -- rooms ----------------------------------------------------------------------------------
@@ -71,12 +83,14 @@ export async function joinRoom(name, password) {
   if (password !== undefined) {
     const r = await api("POST", "/chat/special/room/join", {room_name: name, password});
     if (!r.ok) return refused(r.data.error, null);
+    // The answer says whether the room is private: its header says so (issue 18, defect 2).
+    await saveConv(`r:${name}`, (c) => { c.private = !!r.data.private; });
   }
   const id = `r:${name}`;
   sync.allow(id);
   await saveConv(id, (c) => { c.left = false; c.note = null; });
   sync.wake(id);
-  return id;
+  return accepted(id);
 }
 
 /** Follow a link to room `name` (no password asked); resolves with its id, or null. */
@@ -84,7 +98,7 @@ export async function joinRoomFromUrl(name) {
   const r = await api("GET", `/chat/info/room?room_name=${encodeURIComponent(name)}`);
   if (!r.ok) return refused(r.data.error, null);
   const id = `r:${name}`;
-  await saveConv(id, (c) => { c.left = false; });
+  await saveConv(id, (c) => { c.left = false; c.private = !!r.data.private; });
   sync.wake(id);
   return id;
 }
@@ -96,7 +110,9 @@ export async function createRoom(name, password, category = "") {
   if (password) body.password = password;
   if (category) body.category = category;
   const r = await api("POST", "/chat/special/room", body);
-  return {ok: r.ok, error: r.ok ? null : r.data.error || `refused (${r.status})`};
+  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`};
+  await saveConv(`r:${name}`, (c) => { c.private = !!password; });
+  return accepted({ok: true, error: null});
 }
 
 /**
@@ -153,20 +169,21 @@ export async function leaveRoom(conv) {
 
 // -- contacts and blocks --------------------------------------------------------------------
 
-/** Save `phone` as a contact named `name` (or rename it). */
+/** Save `phone` as a contact named `name` (or rename it); resolves true when saved. */
 export async function addContact(phone, name) {
-  if (!PHONE_RE.test(phone)) return refused(NOT_A_PHONE);
+  if (!PHONE_RE.test(phone)) return refused(NOT_A_PHONE, false);
   const r = await api("POST", "/chat/special/contact", {phone, name});
-  if (!r.ok) return refused(r.status === 404 ? "No account has this phone number" : r.data.error);
+  if (!r.ok) return refused(r.status === 404 ? `No account has the phone number ${phone}` : r.data.error, false);
   await sync.refreshContacts();
-  return undefined;
+  return accepted(true);
 }
 
 /** Remove `phone` from the contacts (the dialogue and its history stay). */
 export async function removeContact(phone) {
   const r = await api("DELETE", `/chat/special/contact?phone=${phone}`);
   if (!r.ok) return refused(r.data.error);
-  return sync.refreshContacts();
+  await sync.refreshContacts();
+  return accepted(undefined);
 }
 
 /** Block `phone`: their messages no longer reach me (SPEC 5.5). */
@@ -175,7 +192,7 @@ export async function block(phone) {
   if (!r.ok) return refused(r.data.error);
   await sync.refreshContacts();
   emit("note", null);
-  return undefined;
+  return accepted(undefined);
 }
 
 /** Unblock `phone`: their new messages reach me again. */
@@ -184,7 +201,7 @@ export async function unblock(phone) {
   if (!r.ok) return refused(r.data.error);
   await sync.refreshContacts();
   emit("note", null);
-  return undefined;
+  return accepted(undefined);
 }
 
 // -- my account (SPEC 10) -------------------------------------------------------------------
@@ -243,9 +260,11 @@ export function removeDevice(id) {
  * the account (its IndexedDB database) and its settings are deleted first, so that nothing is
  * left behind even if the page is closed while the request is on its way. Resolves {ok, error}.
  */
-export async function logOut(removeHistory) {
+export async function logOut(removeHistory, {onBlocked} = {}) {
   state.leaving = true; // the session's sockets close with it: that is no "logged-out" to follow
-  if (removeHistory) await sync.forget(); else sync.stop();
+  // Removing waits until the history is really deleted; `onBlocked` is called while another tab
+  // holds it open (issue 18, defect 9).
+  if (removeHistory) await sync.forget({onBlocked}); else sync.stop();
   // No more pushes to this browser, and no copy of the chat page for an offline start (SPEC 9).
   await forgetDevice(removeHistory);
   let ok = false;

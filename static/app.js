@@ -17,6 +17,7 @@ import {mount as mountDevices} from "./views/devices.js";
 import {mount as mountDialogs} from "./views/dialogs.js";
 import {mount as mountGroupInfo} from "./views/groupinfo.js";
 import {mount as mountList, renderList} from "./views/list.js";
+import {mount as mountLongText} from "./views/longtext.js";
 import {mount as mountMedia} from "./views/media.js";
 import {mount as mountMute} from "./views/mute.js";
 import {mount as mountOffline, showNoStorage} from "./views/offline.js";
@@ -72,6 +73,7 @@ function bind() {
   mountRefs();
   mountSearch();
   mountAttach();
+  mountLongText();
   mountMedia();
   mountDialogs();
   mountGroupInfo();

@@ -82,15 +82,22 @@ export class LocalDb {
     return new LocalDb(idb);
   }
 
-  /** Close and delete this history (the account was deleted); other tabs close theirs on
-   *  `versionchange`. Resolves once deleted, or after 3 s when a tab holds it open. */
-  async destroy() {
+  /**
+   * Close and delete this history (the account was deleted, or the person chose Remove at
+   * logout); other tabs of this client close theirs on `versionchange`. Resolves true once the
+   * database is deleted, false when the browser refused. Never gives up while another
+   * connection holds it open (a tab that does not close it, issue 18, defect 9): the deletion
+   * waits for it, and `onBlocked()` is called so that the page can say why it waits — going on
+   * (to /login) before the deletion is done could leave the history readable.
+   */
+  async destroy({onBlocked} = {}) {
     const name = this.idb.name;
     this.idb.close();
-    await new Promise((resolve) => {
+    return new Promise((resolve) => {
       const req = indexedDB.deleteDatabase(name);
-      req.onsuccess = req.onerror = () => resolve();
-      setTimeout(resolve, 3000);
+      req.onsuccess = () => resolve(true);
+      req.onerror = () => resolve(false);
+      req.onblocked = () => onBlocked?.();
     });
   }
 

@@ -6,6 +6,27 @@
 
 export const PHONE_RE = /^[0-9]{10,15}$/;
 
+/**
+ * A phone number as people type it ("+44 7700 900123", "(020) 7946-0018") -> the digits the
+ * server takes (SPEC 1: 10 to 15 digits, nothing else). Spaces, dashes, dots, brackets and one
+ * leading "+" are dropped. Resolves {phone, error}: `phone` the digits when valid, else null with
+ * `error` saying why in words (the field keeps what was typed).
+ */
+export function normalisePhone(typed) {
+  const text = String(typed ?? "").trim();
+  if (!text) return {phone: null, error: "Type a phone number."};
+  const digits = text.replace(/^\+/, "").replace(/[\s\u00a0\-.()\u2010-\u2015]/g, "");
+  if (!/^[0-9]*$/.test(digits)) {
+    return {phone: null, error: `"${text}" is not a phone number: use digits (spaces, dashes, ` +
+                                "brackets and a leading + are fine)."};
+  }
+  if (!PHONE_RE.test(digits)) {
+    return {phone: null, error: `A phone number has 10 to 15 digits, with the country code; ` +
+                                `"${text}" has ${digits.length}.`};
+  }
+  return {phone: digits, error: null};
+}
+
 // The account of this page: set once by `setAccount` (app.js, from the page) before anything runs.
 export let ME = "";
 export let MY_NAME = "";
@@ -46,7 +67,8 @@ export const state = {
  * - "contacts": contacts, blocks or presence changed;
  * - "online" (bool): the receive socket opened or closed;
  * - "storage" (bool): the browser's storage is full (attachments wait on the server), or not;
- * - "notice" (text): something to tell the person (a refusal from the server);
+ * - "notice" (text): something to tell the person (a refusal from the server); "" when a later
+ *   request succeeded: whatever refusal is still on screen goes;
  * - "account": my name, admin flag or presence setting changed;
  * - "open-path" (path): open the conversation of that page (a notification was clicked);
  * - "logged-out": the session is gone.

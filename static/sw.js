@@ -46,6 +46,7 @@ const SHELL = [
   "/static/views/dialogs.js",
   "/static/views/groupinfo.js",
   "/static/views/list.js",
+  "/static/views/longtext.js",
   "/static/views/media.js",
   "/static/views/mute.js",
   "/static/views/offline.js",

@@ -939,10 +939,11 @@ export function setAccountInfo(info) {
 /** The account is gone (deleted), or the person logs out and removes this device's history:
  *  close the sockets and delete the history (the IndexedDB database) and this account's
  *  settings in this browser. */
-export async function forget() {
+export async function forget({onBlocked} = {}) {
   receive?.stop();
   for (const link of links.values()) link.stop();
-  await state.db?.destroy();
+  // Waits until the database is really gone (db.js `destroy`; issue 18, defect 9).
+  await state.db?.destroy({onBlocked});
   try {
     // This account's settings on this device: chat.<what>.<phone> (lastStamp, hidePresence, shared).
     const mine = [];

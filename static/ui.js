@@ -80,9 +80,11 @@ export function hash(text) {
   return h >>> 0;
 }
 
-/** Up to two initials of a name (or the last two digits of a phone). */
+/** Up to two initials of a name (or the last two digits of a phone), letters and digits only:
+ *  "Carol (cousin)" -> "CC", "Dr. J. Smith" -> "DJ" (issue 18, defect 8). */
 export function initials(title) {
-  const words = String(title).replace(/^#/, "").trim().split(/\s+/).filter(Boolean);
+  const words = String(title).replace(/^#/, "").trim().split(/\s+/)
+    .map((w) => w.replace(/[^\p{L}\p{N}]/gu, "")).filter(Boolean);
   if (!words.length) return "?";
   if (/^[0-9]+$/.test(words[0])) return words[0].slice(-2);
   const letters = words.slice(0, 2).map((w) => Array.from(w)[0].toUpperCase());
@@ -101,13 +103,61 @@ export function avatar(title, seed, kind = "personal") {
 
 let toastTimer = null;
 
-/** A short message at the bottom of the screen (errors from the server, confirmations). */
+/**
+ * A short message at the bottom of the screen (errors from the server, confirmations). While a
+ * modal dialog is open, the page behind it is out of sight: the message goes into that dialog
+ * instead (`dialogError`). An empty `text` takes away whatever is shown (a later request
+ * succeeded: its old refusal must not stay on screen).
+ */
 export function toast(text) {
   const node = document.getElementById("toast");
+  clearTimeout(toastTimer);
+  if (!text) {
+    node.hidden = true;
+    for (const line of document.querySelectorAll(".dialog-error")) showError(line, "");
+    return;
+  }
+  const dialog = topDialog();
+  if (dialog) {
+    node.hidden = true;
+    dialogError(dialog, text);
+    return;
+  }
   node.textContent = text;
   node.hidden = false;
-  clearTimeout(toastTimer);
   toastTimer = setTimeout(() => { node.hidden = true; }, 5000);
+}
+
+/** The modal dialog on top (the one holding the focus, else the last one opened), or null. */
+function topDialog() {
+  const focused = document.activeElement?.closest?.("dialog[open]");
+  if (focused) return focused;
+  const open = [...document.querySelectorAll("dialog[open]")].filter((d) => d.matches(":modal"));
+  return open.at(-1) || null;
+}
+
+/**
+ * Show `text` inside `dialog` (issue 18, defect 1): in a `role="alert"` line at the end of the
+ * form being used (else above the dialog's buttons), scrolled into view; the fields keep what
+ * was typed. The line empties when the dialog closes or a later request succeeds.
+ */
+export function dialogError(dialog, text) {
+  const form = document.activeElement?.closest?.("form");
+  const place = form && dialog.contains(form) ? form : dialog.querySelector(".dialog-body") || dialog;
+  let line = place.querySelector(":scope > .dialog-error");
+  if (!line) {
+    line = el("p", {class: "form-error dialog-error", attrs: {role: "alert"}});
+    const actions = place.querySelector(":scope > .dialog-actions");
+    if (actions) actions.before(line); else place.append(line);
+    if (!dialog.dataset.errorsClear) {
+      dialog.dataset.errorsClear = "1";
+      dialog.addEventListener("close", () => {
+        for (const old of dialog.querySelectorAll(".dialog-error")) showError(old, "");
+      });
+    }
+  }
+  showError(line, text);
+  line.scrollIntoView({block: "nearest"});
 }
 
 /**

@@ -502,7 +502,8 @@ class Store(Protocol):
         """The complete attachment `attachment_id` when `phone` may download it (SPEC 8): its
         owner; the recipient of the personal message carrying it; a participant of the group
         of the group message carrying it; for a room message, anyone when the room is public,
-        else its creator and the login sessions that gave its password (`sid_hash`). None
+        else its creator and a user who gave its password (`sid_hash`, one of that user's login
+        sessions; grants are per user since issue 18, defect 7). None
         otherwise, and for an unknown id: the caller answers 404 alike."""
         ...
 
@@ -882,7 +883,7 @@ class Store(Protocol):
 
     async def rooms_for(self, phone: str, sid_hash: str, newest_public: int) -> list[Room]:
         """The rooms `phone` is shown in /chat/info (issue 12, finding 6), by name: those it
-        created, the private rooms login session `sid_hash` has given the password for, and the
+        created, the private rooms its user (login session `sid_hash`) has given the password for, and the
         `newest_public` most recently created public rooms. Other private rooms are left out."""
         ...
 
@@ -891,11 +892,14 @@ class Store(Protocol):
         ...
 
     async def grant_room(self, sid_hash: str, room: str) -> None:
-        """Remember that a login session gave a private room's password."""
+        """Remember that the user of login session `sid_hash` gave a private room's password: every
+        session of that user, later ones too, is let in (issue 18, defect 7: no password again
+        after each login; the client never keeps the password to send it again)."""
         ...
 
     async def room_granted(self, sid_hash: str, room: str) -> bool:
-        """True when this login session has given the room's password."""
+        """True when the user of this login session has given the room's password (from any of
+        their sessions)."""
         ...
 
     # -- contacts, blocks, presence -----------------------------------------------------------

@@ -174,8 +174,8 @@ class Queries:
     complete_attachment: str = "UPDATE attachments SET complete = true WHERE id = $1"
     delete_attachment: str = "DELETE FROM attachments WHERE id = $1"
     # Who may download (SPEC 8): see Store.attachment_for. Group: a participant now (one who
-    # left no longer may); room: any user for a public room, else its creator or a session
-    # that gave its password.
+    # left no longer may); room: any user for a public room, else its creator or a user who
+    # gave its password (room_grants, migration 0010), found from the session $3.
     attachment_for: str = (
         "SELECT a.id, a.owner, a.name, a.content_type, a.size, a.width, a.height, a.thumbnail_size"
         " FROM attachments AS a WHERE a.id = $1 AND a.complete AND (a.owner = $2"
@@ -184,8 +184,8 @@ class Queries:
         "            ON m.grp = g.grp AND m.phone = $2 WHERE g.id = a.group_id)"
         " OR EXISTS (SELECT 1 FROM room_messages AS r JOIN rooms AS o ON o.name = r.room"
         "            WHERE r.id = a.room_id AND (o.password_hash IS NULL OR o.created_by = $2"
-        "            OR EXISTS (SELECT 1 FROM session_rooms AS s"
-        "                       WHERE s.sid_hash = $3 AND s.room = o.name))))")
+        "            OR EXISTS (SELECT 1 FROM room_grants AS g JOIN sessions AS s ON s.phone = g.phone"
+        "                       WHERE s.sid_hash = $3 AND g.room = o.name))))")
     attachment_chunk: str = ("SELECT data FROM attachment_chunks"
                              " WHERE attachment_id = $1 AND part = $2 AND n = $3")
     drop_unclaimed_attachments: str = (
@@ -276,16 +276,20 @@ class Queries:
     # Issue 12, finding 6: the rooms one user is shown (see Store.rooms_for).
     rooms_for: str = (
         f"SELECT {ROOM_COLUMNS} FROM rooms WHERE created_by = $1"
-        " OR (password_hash IS NOT NULL AND name IN (SELECT room FROM session_rooms WHERE sid_hash = $2))"
+        " OR (password_hash IS NOT NULL AND name IN (SELECT g.room FROM room_grants AS g"
+        "     JOIN sessions AS s ON s.phone = g.phone WHERE s.sid_hash = $2))"
         " OR name IN (SELECT name FROM rooms WHERE password_hash IS NULL"
         "             ORDER BY created_us DESC, name LIMIT $3)"
         " ORDER BY name")
     room_history: str = (
         "SELECT id, msg_from, message, sent_us, ref FROM (SELECT id, msg_from, message, sent_us,"
         " ref FROM room_messages WHERE room = $1 ORDER BY id DESC LIMIT $2) AS h ORDER BY id")
-    grant_room: str = ("INSERT INTO session_rooms (sid_hash, room) VALUES ($1, $2)"
-                       " ON CONFLICT DO NOTHING")
-    room_granted: str = "SELECT 1 FROM session_rooms WHERE sid_hash = $1 AND room = $2"
+    # Issue 18, defect 7: a private room's password is given once per USER (migration 0010),
+    # reached from the session that gave it: every later login of that user is let in.
+    grant_room: str = ("INSERT INTO room_grants (phone, room)"
+                       " SELECT phone, $2 FROM sessions WHERE sid_hash = $1 ON CONFLICT DO NOTHING")
+    room_granted: str = ("SELECT 1 FROM room_grants AS g JOIN sessions AS s ON s.phone = g.phone"
+                         " WHERE s.sid_hash = $1 AND g.room = $2")
     set_contact: str = ("INSERT INTO contacts (owner, phone, name) VALUES ($1, $2, $3)"
                         " ON CONFLICT (owner, phone) DO UPDATE SET name = excluded.name")
     remove_contact: str = "DELETE FROM contacts WHERE owner = $1 AND phone = $2"

@@ -13,6 +13,7 @@ import {MAX_ATTACHMENTS, readyCount, sayInTray, takeUploads, uploading} from "./
 import {bubble, bubbleKey} from "./bubble.js";
 import {systemLine, withEvents} from "./groupinfo.js";
 import {composeContext, endCompose} from "./refs.js";
+import {showNote as sayTooLong} from "./longtext.js";
 
 const PAGE = 50;
 export const EARLIER = "Messages from before this device was added are on your other devices";
@@ -25,7 +26,11 @@ const drafts = new Map();    // conversation id -> unsent text
 /** Follow the state's events and bind the compose box, the back button and the scroller. */
 export function mount() {
   on("header", (id) => { if (state.open && (id === null || id === state.open)) renderHeader(); });
-  on("note", (id) => { if (state.open && (id === null || id === state.open)) renderConvState(); });
+  on("note", (id) => {
+    if (!state.open || (id !== null && id !== state.open)) return;
+    renderHeader();  // a room found locked is private (issue 18, defect 2)
+    renderConvState();
+  });
   on("message", updateBubble);
   on("receipts", refreshOwnBubbles);
   on("incoming", showIncoming);
@@ -67,6 +72,7 @@ export function mount() {
       return;
     }
     if (!body.trim() && !count) return;
+    if (sayTooLong(body)) return;  // never cut: the note offers to split it (issue 18, defect 6)
     text.value = "";
     autosize();
     const {results, giveBack} = takeUploads(id);
@@ -109,6 +115,7 @@ export async function openConv(id, {push = true} = {}) {
   keepDraft();
   setOpen(id);
   $("text").value = drafts.get(id) || "";
+  sayTooLong($("text").value);
   autosize();
   const messages = await page(id, Infinity, PAGE);
   view = {id, messages, nodes: new Map(), hasMore: messages.length === PAGE, loading: false};
@@ -183,8 +190,16 @@ export function renderHeader() {
     const n = (conv.participants || []).length;
     sub.textContent = n ? `${n} members` : "group";
   } else {
-    sub.textContent = "public room";
+    sub.textContent = roomIsPrivate(conv) ? "private room" : "public room";
   }
+}
+
+/** Whether room `conv` needs a password (issue 18, defect 2): as its join said, else as the
+ *  server lists it, else when it asks for one. */
+export function roomIsPrivate(conv) {
+  if (typeof conv.private === "boolean") return conv.private;
+  const listed = state.rooms.find((r) => r.room_name === conv.ref);
+  return listed ? !!listed.private : conv.note === "locked";
 }
 
 function renderConvState() {
@@ -196,7 +211,7 @@ function renderConvState() {
   note.replaceChildren();
   if (locked) {
     const input = el("input", {attrs: {type: "password", "aria-label": "Room password",
-                                       placeholder: "Room password"}});
+                                       placeholder: "Room password", autocomplete: "off"}});
     const form = el("form", {class: "inline-form row", on: {submit: (ev) => {
       ev.preventDefault();
       joinAndOpen(conv.ref, input.value);

@@ -114,9 +114,14 @@ async function confirmLogout(ev) {
   const dialog = $("dlg-logout");
   const remove = $("history-remove").checked;
   showError($("logout-error"), "");
+  $("logout-status").textContent = "";
   $("logout-go").disabled = true;
   dialog.dataset.tried = "1";
-  const r = await logOut(remove);
+  const r = await logOut(remove, {onBlocked: () => {
+    // Another tab holds the history open: the deletion finishes once it is closed.
+    $("logout-status").textContent = "Deleting this device's history: close the chat's other " +
+      "tabs and windows to finish.";
+  }});
   if (r.ok) {
     location.assign("/login");
     return;

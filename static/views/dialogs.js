@@ -3,11 +3,11 @@
 // views/rooms.js).
 
 import * as actions from "../actions.js";
-import {ME, PHONE_RE, nameOf, on, state, titleOf} from "../state.js";
+import {ME, nameOf, normalisePhone, on, state, titleOf} from "../state.js";
 import {refreshContacts} from "../sync.js";
 import {lastSeenLabel} from "../time.js";
-import {avatar, el, toast} from "../ui.js";
-import {closeConv, openConv} from "./conversation.js";
+import {avatar, confirmStep, dialogError, el, toast} from "../ui.js";
+import {closeConv, openConv, roomIsPrivate} from "./conversation.js";
 import {renderGroupInfo} from "./groupinfo.js";
 
 const $ = (id) => document.getElementById(id);
@@ -21,12 +21,35 @@ export function mount() {
   $("show-contacts").addEventListener("click", openContactsDialog);
   $("contact-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    await actions.addContact($("contact-phone").value.trim(), $("contact-name").value.trim());
-    $("contact-form").reset();
+    // Issue 18, defects 1 and 4: the number as typed is accepted, an error shows in the dialog,
+    // and the fields keep what was typed until the contact is saved.
+    const {phone, error} = normalisePhone($("contact-phone").value);
+    if (error) return invalid($("contact-phone"), error);
+    $("contact-phone").removeAttribute("aria-invalid");
+    if (await actions.addContact(phone, $("contact-name").value.trim())) $("contact-form").reset();
+    return undefined;
   });
   for (const button of document.querySelectorAll("dialog [data-close]")) {
     button.addEventListener("click", () => button.closest("dialog").close());
   }
+}
+
+/** A phone field's typed text is no number: say why in its dialog, keep it, focus it. */
+function invalid(input, error) {
+  input.setAttribute("aria-invalid", "true");
+  input.focus();
+  dialogError(input.closest("dialog"), error);
+}
+
+/** Block `phone` once the person confirms (issue 18, defect 3); resolves true when blocked. */
+async function confirmBlock(phone) {
+  const ok = await confirmStep({
+    title: `Block ${nameOf(phone)}?`,
+    text: "Their messages and calls no longer reach you, and they are not told. You can unblock them later.",
+    ok: "Block"});
+  if (!ok) return false;
+  await actions.block(phone);
+  return true;
 }
 
 /** Message someone (a contact's "Message" button): start the dialogue and open it. */
@@ -69,9 +92,14 @@ async function createGroup(ev) {
   ev.preventDefault();
   const name = $("group-name").value.trim();
   const picked = [...$("group-people").querySelectorAll("input:checked")].map((i) => i.value);
-  const typed = $("group-phones").value.split(/[\s,;]+/).filter(Boolean);
-  const bad = typed.find((p) => !PHONE_RE.test(p));
-  if (bad) return toast(`${bad} is not a phone number (10 to 15 digits)`);
+  // Numbers as people type them ("+44 7700 900123"): separated by commas, semicolons or lines.
+  const typed = [];
+  for (const part of $("group-phones").value.split(/[,;\n]+/).map((p) => p.trim()).filter(Boolean)) {
+    const {phone, error} = normalisePhone(part);
+    if (error) return invalid($("group-phones"), error);
+    typed.push(phone);
+  }
+  $("group-phones").removeAttribute("aria-invalid");
   const participants = [...new Set([...picked, ...typed])];
   if (!name) return toast("Give the group a title");
   const id = await actions.createGroup(name, participants);
@@ -101,9 +129,14 @@ function renderContacts() {
     el("button", {class: "btn", text: "Remove", attrs: {type: "button",
                                                         "aria-label": `Remove ${c.name}`},
                   on: {click: () => actions.removeContact(c.phone)}}),
-    el("button", {class: "btn danger", text: "Block", attrs: {type: "button",
-                                                              "aria-label": `Block ${c.name}`},
-                  on: {click: () => actions.block(c.phone)}})));
+    // A blocked contact is unblocked from here too (issue 18, defect 8), blocked after a question.
+    state.blocked.has(c.phone)
+      ? el("button", {class: "btn", text: "Unblock", attrs: {type: "button",
+                                                           "aria-label": `Unblock ${c.name}`},
+                      on: {click: () => actions.unblock(c.phone)}})
+      : el("button", {class: "btn danger", text: "Block", attrs: {type: "button",
+                                                                  "aria-label": `Block ${c.name}`},
+                      on: {click: () => confirmBlock(c.phone)}})));
   $("contact-list").replaceChildren(...items);
   $("contact-list-empty").hidden = items.length > 0;
   const blocked = [...state.blocked].map((phone) => el("li", {class: "pick"},
@@ -145,7 +178,8 @@ function openInfoDialog() {
         class: `btn${blocked ? "" : " danger"}`, text: blocked ? "Unblock" : "Block",
         attrs: {type: "button"},
         on: {click: async () => {
-          await (blocked ? actions.unblock : actions.block)(conv.ref);
+          if (blocked) await actions.unblock(conv.ref);
+          else if (!await confirmBlock(conv.ref)) return;
           openInfoDialog();
         }},
       })));
@@ -153,7 +187,8 @@ function openInfoDialog() {
   } else if (conv.kind === "group") {
     renderGroupInfo(conv, body);
   } else {
-    body.append(el("p", {class: "muted", text: "Public rooms keep their latest messages on the server; " +
+    const kind = roomIsPrivate(conv) ? "Private rooms" : "Public rooms";
+    body.append(el("p", {class: "muted", text: `${kind} keep their latest messages on the server; ` +
                                               "this device keeps everything it has seen."}),
                 el("p", {}, el("button", {class: "btn danger", text: "Leave room",
                   attrs: {type: "button"}, on: {click: () => leaveRoom(conv)}})));

@@ -5,7 +5,7 @@
 // group's record (`events`: [{us, actor, event, members, name}]).
 
 import * as actions from "../actions.js";
-import {ME, MY_NAME, PHONE_RE, nameOf, on, state, titleOf} from "../state.js";
+import {ME, MY_NAME, nameOf, normalisePhone, on, state, titleOf} from "../state.js";
 import {avatar, confirmStep, el, showError} from "../ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -120,13 +120,14 @@ export function renderGroupInfo(conv, body) {
   }
   body.append(count, members);
   if (admin) {
-    const add = el("input", {attrs: {inputmode: "numeric", placeholder: "phone number", id: "group-add",
+    const add = el("input", {attrs: {type: "tel", inputmode: "tel", placeholder: "phone number", id: "group-add",
                                      "aria-label": "Phone number to add"}});
     body.append(el("form", {class: "inline-form row", on: {submit: async (ev) => {
       ev.preventDefault();
-      const phone = add.value.replace(/[\s().-]/g, "");
-      if (!PHONE_RE.test(phone)) {
-        showError(error, "A phone number is 10 to 15 digits.");
+      // Typed as people write numbers ("+44 7700 900123"): digits only to the server (defect 4).
+      const {phone, error: why} = normalisePhone(add.value);
+      if (why) {
+        showError(error, why);
         add.setAttribute("aria-invalid", "true");
         return;
       }

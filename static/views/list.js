@@ -2,9 +2,9 @@
 
 import {startDialogue} from "../actions.js";
 import {mutedUntil, showUnread} from "../notify.js";
-import {ME, nameOf, on, state, titleOf} from "../state.js";
+import {ME, nameOf, normalisePhone, on, state, titleOf} from "../state.js";
 import {ageLabel} from "../time.js";
-import {avatar, el, icon} from "../ui.js";
+import {avatar, el, icon, showError} from "../ui.js";
 import {openConv} from "./conversation.js";
 import {eventText, lastEvent} from "./groupinfo.js";
 import {mutedLabel} from "./mute.js";
@@ -16,12 +16,23 @@ const $ = (id) => document.getElementById(id);
 export function mount() {
   on("list", renderList);
   on("open", renderList);
-  $("open-dialogue").addEventListener("submit", (ev) => {
+  $("open-dialogue").addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    // The number as people type it (issue 18, defect 4): normalised here, explained when it is
+    // still no number, and kept in the box after any error.
     const input = $("peer");
-    startDialogue(input.value.trim())
-      .then((id) => (id ? openConv(id) : undefined))
-      .then(() => { input.value = ""; });
+    const {phone, error} = normalisePhone(input.value);
+    showError($("peer-error"), error);
+    input.toggleAttribute("aria-invalid", !!error);
+    if (error) return;
+    const id = await startDialogue(phone);
+    if (!id) return;
+    input.value = "";
+    await openConv(id);
+  });
+  $("peer").addEventListener("input", () => {
+    showError($("peer-error"), "");
+    $("peer").removeAttribute("aria-invalid");
   });
   // Up and Down move between conversations in the list.
   $("conversations").addEventListener("keydown", (ev) => {

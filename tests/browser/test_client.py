@@ -466,7 +466,8 @@ async def test_block_refuses_and_unblock_lets_a_retry_through(people: UserFactor
 
     # Bob blocks Alice from the conversation's info.
     await pb.click("#conv-info")
-    await pb.get_by_role("button", name="Block").click()
+    await pb.locator("#info-body").get_by_role("button", name="Block").click()
+    await pb.locator("#dlg-confirm-ok").click()  # asked first (issue 18, defect 3)
     await expect(pb.get_by_role("button", name="Unblock")).to_be_visible()
     await pb.locator("#dlg-info [data-close]").click()
     await expect(pb.locator("#conv-note")).to_contain_text("blocked")

@@ -1,9 +1,9 @@
 """Photos and files (SPEC 8, issue 14) over real sockets, on every store and hub engine:
 
 - who may download: the uploader; the personal recipient; a group's participants (not one who
-  left); anyone logged in for a public room's message; for a private room, only a login session
-  that gave its password; everyone else, the logged out, an unknown or malformed id and an
-  upload not attached yet: 404, the same 404 (never 403);
+  left); anyone logged in for a public room's message; for a private room, only a user who gave
+  its password (from any of their login sessions, issue 18); everyone else, the logged out, an
+  unknown or malformed id and an upload not attached yet: 404, the same 404 (never 403);
 - `attachments` on `new_msg`, `new_grp_msg` and `room_msg`: pushed, fetched and in room history
   as the upload answered them; someone else's upload, or one already attached: the error frame,
   and nothing stored;
@@ -281,7 +281,7 @@ async def test_group_participants_only_and_not_after_leaving(env: Env) -> None:
     await assert_bytes(client_b, att["id"], data)
 
 
-async def test_public_room_any_user_private_room_only_sessions_that_gave_the_password(
+async def test_public_room_any_user_private_room_only_users_who_gave_the_password(
         env: Env) -> None:
     a, d, e = new_phone(), new_phone(), new_phone()
     client_a, client_d, client_e = [await env.login(p) for p in (a, d, e)]
@@ -315,7 +315,7 @@ async def test_public_room_any_user_private_room_only_sessions_that_gave_the_pas
     assert resp.status == 200, await resp.text()
     await assert_bytes(client_e, private_id, private_data)
     other_session_of_e = await env.login(e)
-    await assert_hidden(other_session_of_e, private_id)  # the password is given per session
+    await assert_bytes(other_session_of_e, private_id, private_data)  # given per user (issue 18)
     await assert_hidden(client_d, private_id)
 
 

@@ -444,8 +444,9 @@ async def test_a_message_refused_for_a_full_mailbox_claims_nothing(place: Place)
 
 async def test_who_may_download_an_attachment(store: AnyStore) -> None:
     """The owner; the personal recipient; a current participant of the group (one removed no
-    longer); for a room, anyone when it is public, else its creator and a session that gave its
-    password; an unclaimed upload only its owner. Everyone else gets None, as for no such id."""
+    longer); for a room, anyone when it is public, else its creator and a user who gave its
+    password (from any of their sessions, issue 18); an unclaimed upload only its owner.
+    Everyone else gets None, as for no such id."""
     async with asyncio.timeout(TIMEOUT):
         await prepare(store)
         await add_sessions(store, ("b-2", B), ("c-2", C))
@@ -473,8 +474,8 @@ async def test_who_may_download_an_attachment(store: AnyStore) -> None:
         assert await who(personal) == [f"{A}/a-1", f"{B}/b-1", f"{B}/b-2"]
         assert await who(group) == everyone[:5]
         assert await who(public) == everyone
-        # the uploader, the room's creator (any session), and C's session that gave the password
-        assert await who(private) == [f"{A}/a-1", f"{B}/b-1", f"{B}/b-2", f"{C}/c-1"]
+        # the uploader, the room's creator (any session), and C, who gave the password (on c-1)
+        assert await who(private) == [f"{A}/a-1", f"{B}/b-1", f"{B}/b-2", f"{C}/c-1", f"{C}/c-2"]
         await store.update_group(G, remove=[C])
         assert await who(group) == everyone[:3]
         await store.update_group(G, add=[D])  # a participant now: SPEC 8's "the group's participants"

@@ -1674,12 +1674,13 @@ async def test_rooms_for_shows_own_granted_and_newest_public_rooms(store: AnySto
         def names(rooms: list[Room]) -> list[str]:
             return [r.name for r in rooms]
 
-        # A's own rooms (public and private), the private room this session gave the password
-        # for, and the 2 newest public rooms ("mine" is one of them).
+        # A's own rooms (public and private), the private room A gave the password for (on any
+        # session: grants are per user, issue 18), and the 2 newest public rooms ("mine" is one).
         assert names(await store.rooms_for(A, "a-1", 2)) == ["mine", "minesecret", "pub3", "secret"]
-        assert names(await store.rooms_for(A, "a-2", 2)) == ["mine", "minesecret", "pub3"]
+        assert names(await store.rooms_for(A, "a-2", 2)) == ["mine", "minesecret", "pub3", "secret"]
         assert names(await store.rooms_for(A, "a-2", 10)) == ["mine", "minesecret", "pub1", "pub2",
-                                                              "pub3"]
+                                                              "pub3", "secret"]
+        assert await store.room_granted("a-2", "secret") and not await store.room_granted("a-2", "other")
         assert names(await store.rooms_for(C, "none", 1)) == ["mine", "other"]
         assert Room("secret", B, b"h") in await store.rooms_for(A, "a-1", 2)
 
