@@ -18,19 +18,23 @@ new_msg, new_grp_msg and room_msg, on every store and hub engine.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any, Final
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from pytest_aiohttp import AiohttpClient
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from chatserver.config import Config
+from chatserver.app import create_app
+from chatserver.config import Config, Push
 from chatserver.keys import store_key
-from helpers.accounts import UserFactory
+from helpers.accounts import UserFactory, users_on
 from helpers.backends import db_rows
 from helpers.frames import assert_error, frame, micros, new_instant, new_phone, plain
 from helpers.groups import create_group, fetch_grp, open_group, send_grp
+from helpers.pushservice import Browser, PushService
+from helpers.timing import TIMEOUT
 from helpers.ws import (
     WS,
     assert_json_error,
@@ -489,3 +493,41 @@ async def test_chatclient_sends_and_reads_the_fields(
         finally:
             listening.cancel()
             await asyncio.gather(listening, return_exceptions=True)
+
+
+# -- Web Push (SPEC 9) -----------------------------------------------------------------------------------
+
+
+async def test_no_web_push_for_an_edit_an_unsend_or_a_reaction(
+        aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, config: Config) -> None:
+    """A reply wakes the recipient's offline device like any message; an edit, an unsend or a
+    reaction does not (personal and group): the push after them is the next ordinary message's."""
+    push_config = dataclasses.replace(config, push=Push(
+        allow_private_endpoints=True, min_interval_seconds=0.0, retry_seconds=0.05, workers=1,
+        timeout_seconds=TIMEOUT))
+    srv = await aiohttp_server(create_app(push_config))
+    login = users_on(aiohttp_client, srv)
+    service = await PushService().start()
+    try:
+        alice, bob = new_phone(), new_phone()
+        a, b = await login(alice), await login(bob)
+        browser = Browser.subscribe(service)
+        resp = await b.post("/chat/push/subscription", json=browser.json())
+        assert resp.status == 201, await resp.text()
+        ws = await open_personal(a, alice, bob)
+        first = await send_new_msg(ws, alice, bob, "first")
+        assert browser.payload(await service.next())["sent"] == first["sent_timestamp"]
+        target = ref(alice, first["sent_timestamp"])
+        reply = await send(ws, with_ref(frame("new_msg", alice, bob, "a reply"), "reply_to", target))
+        assert browser.payload(await service.next())["sent"] == reply["sent_timestamp"]
+        key = (await create_group(a, "quiet", [bob]))["key"]
+        group_ws = await open_group(a, alice, key)
+        for field, text in (("edit_of", "edited"), ("react_to", THUMBS), ("delete_of", "")):
+            await send(ws, with_ref(frame("new_msg", alice, bob, text), field, target))
+            await send(group_ws, with_ref(frame("new_grp_msg", alice, key, text), field, target))
+        last = await send_new_msg(ws, alice, bob, "last")
+        got = browser.payload(await service.next())
+        assert (got["sent"], got["conversation"]) == (last["sent_timestamp"], f"personal:{alice}")
+        assert service.count(browser.id) == 3
+    finally:
+        await service.stop()
