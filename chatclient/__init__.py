@@ -35,15 +35,17 @@ from chatclient.messages import (
     GroupMessage,
     Message,
     PersonalMessage,
+    Ref,
     Sent,
     message_to_json,
     now_timestamp,
     parse_timestamp,
+    ref_of,
 )
 
 __all__ = [
     "Attachment", "AuthError", "Backoff", "ChatError", "Client", "EventHandler", "GroupMessage",
     "Handler", "Message", "NetworkError", "PersonalMessage", "ProtocolError", "RateLimitedError",
-    "RefusedError", "Sent", "ServerError", "TooManySocketsError", "message_to_json",
-    "now_timestamp", "parse_timestamp",
+    "Ref", "RefusedError", "Sent", "ServerError", "TooManySocketsError", "message_to_json",
+    "now_timestamp", "parse_timestamp", "ref_of",
 ]

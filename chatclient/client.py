@@ -52,6 +52,7 @@ from chatclient.messages import (
     GroupMessage,
     Message,
     PersonalMessage,
+    Ref,
     Sent,
     message_from_wire,
     message_key,
@@ -207,9 +208,17 @@ class Client:
             data = None
         return resp.status, data, float(retry_after) if retry_after.isdigit() else 0.0
 
-    async def send(self, to: str, text: str, sent_timestamp: str | None = None) -> Sent:
+    async def send(self, to: str, text: str, sent_timestamp: str | None = None, *,
+                   reply_to: Ref | None = None, edit_of: Ref | None = None,
+                   delete_of: Ref | None = None, react_to: Ref | None = None) -> Sent:
         """Send `text` to `to` (a phone, or "group:<key>") through POST /api/v1/messages (SPEC 12):
         stored durably and pushed to the recipients as a `new_msg` from this user's device.
+
+        At most one of `reply_to`, `edit_of`, `delete_of`, `react_to` (SPEC 13), each a REF
+        `{"msg_from": PHONE, "sent_timestamp": TS}` naming an earlier message (`ref_of(msg)`
+        makes one): a reply; the new `text` of one of this user's messages; unsending one of
+        them (`text` ""); a reaction (`text` one emoji, or "" to take it back). The server
+        refuses (RefusedError, 400) what breaks SPEC 13's rules.
 
         `sent_timestamp` (SPEC 5 format, UTC) is the message's identity: the current time to the
         microsecond when None. Every retry sends the same one, so that the server stores the
@@ -222,7 +231,11 @@ class Client:
         403 blocked by the recipient / not a member of the group, 404 unknown phone or group),
         and after the last attempt RateLimitedError, ServerError or NetworkError."""
         ts = sent_timestamp or now_timestamp()
-        body = {"msg_to": to, "message": text, "sent_timestamp": ts}
+        body: dict[str, Any] = {"msg_to": to, "message": text, "sent_timestamp": ts}
+        for name, value in (("reply_to", reply_to), ("edit_of", edit_of), ("delete_of", delete_of),
+                            ("react_to", react_to)):
+            if value is not None:
+                body[name] = {"msg_from": value["msg_from"], "sent_timestamp": value["sent_timestamp"]}
         last: ChatError = NetworkError("not tried")
         for attempt in range(self._backoff.tries):
             if attempt:

@@ -10,7 +10,10 @@ Wire shapes read here (all strings unless said):
   digits, a phone 10-15 digits: the first `-` splits them), `msg_to` = ME, and in fetch results
   `"pending": [PHONE]`;
 - ATTACHMENT: `{"id", "name", "content_type", "size" (bytes), "width"?, "height"? (pixels, images
-  only), "thumbnail" (bool)}` (SPEC 8).
+  only), "thumbnail" (bool)}` (SPEC 8);
+- at most one of `"reply_to"`, `"edit_of"`, `"delete_of"`, `"react_to"`: REF = `{"msg_from": PHONE,
+  "sent_timestamp": TS}`, the earlier message it refers to (SPEC 13: a reply, the new text of an
+  edit, an unsend with an empty `message`, a reaction whose `message` is one emoji or empty).
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
+
+# SPEC 13: the reference fields, as the wire names them.
+REF_FIELDS: Final = ("reply_to", "edit_of", "delete_of", "react_to")
+# A REF: {"msg_from": PHONE, "sent_timestamp": TS}.
+Ref = dict[str, str]
 
 # SPEC 5: `YYYY-MM-DD HH:MM:SS[.f{1,6}]` or ISO 8601 `YYYY-MM-DDTHH:MM:SS[.f{1,6}][Z]`, UTC.
 _TIMESTAMP_RE = re.compile(
@@ -78,6 +86,12 @@ class PersonalMessage:
     sent_timestamp: str
     attachments: tuple[Attachment, ...] = ()
     own: bool = False
+    # SPEC 13, at most one set: the REF of the message this one answers (`replying_to`: the wire's
+    # `reply_to`, a name `reply_to` already has below), edits, unsends or reacts to.
+    replying_to: Ref | None = None
+    edit_of: Ref | None = None
+    delete_of: Ref | None = None
+    react_to: Ref | None = None
 
     @property
     def peer(self) -> str:
@@ -109,6 +123,11 @@ class GroupMessage:
     attachments: tuple[Attachment, ...] = ()
     own: bool = False
     pending: tuple[str, ...] = field(default=())
+    # SPEC 13, as PersonalMessage's (REF.msg_from is the original sender's phone, not "KEY-PHONE").
+    replying_to: Ref | None = None
+    edit_of: Ref | None = None
+    delete_of: Ref | None = None
+    react_to: Ref | None = None
 
     @property
     def reply_to(self) -> str:
@@ -134,13 +153,36 @@ def message_from_wire(data: dict[str, Any], me: str) -> Message:
         raise TypeError("message is not a string")
     parse_timestamp(ts)  # refuse what could not be acknowledged
     attachments = tuple(Attachment.from_wire(a) for a in data.get("attachments") or ())
+    refs = _refs(data)
     group, dash, sender = sender_field.partition("-")
     if dash:
         return GroupMessage(group=group, sender=sender, recipient=to, text=text, sent_timestamp=ts,
                             attachments=attachments, own=sender == me,
-                            pending=tuple(str(p) for p in data.get("pending") or ()))
+                            pending=tuple(str(p) for p in data.get("pending") or ()), **refs)
     return PersonalMessage(sender=sender_field, recipient=to, text=text, sent_timestamp=ts,
-                           attachments=attachments, own=sender_field == me)
+                           attachments=attachments, own=sender_field == me, **refs)
+
+
+def _refs(data: dict[str, Any]) -> dict[str, Ref]:
+    """The SPEC 13 field of a frame as keyword arguments of the message classes (`reply_to` is
+    `replying_to` there); TypeError for a REF that is not {"msg_from": str, "sent_timestamp": str}."""
+    out: dict[str, Ref] = {}
+    for name in REF_FIELDS:
+        value = data.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not all(
+                isinstance(value.get(k), str) for k in ("msg_from", "sent_timestamp")):
+            raise TypeError(f"{name} is not a REF")
+        out["replying_to" if name == "reply_to" else name] = {
+            "msg_from": value["msg_from"], "sent_timestamp": value["sent_timestamp"]}
+    return out
+
+
+def ref_of(msg: Message) -> Ref:
+    """The REF of `msg` (SPEC 13), for `Client.send(..., reply_to=ref_of(msg))` and the like:
+    its sender's phone (also in a group) and its `sent_timestamp` as received."""
+    return {"msg_from": msg.sender, "sent_timestamp": msg.sent_timestamp}
 
 
 def message_key(msg: Message) -> tuple[str, str, str, str, datetime]:
@@ -154,7 +196,8 @@ def message_key(msg: Message) -> tuple[str, str, str, str, datetime]:
 def message_to_json(msg: Message) -> dict[str, Any]:
     """A flat JSON object of `msg` (for `python -m chatclient listen`): `kind` ("personal" or
     "group"), `sender`, `recipient`, `group` (groups only), `text`, `sent_timestamp`, `own`,
-    `attachments` (a list of objects as on the wire, when any)."""
+    `attachments` (a list of objects as on the wire, when any), and its SPEC 13 field under its
+    wire name (`reply_to`, `edit_of`, `delete_of` or `react_to`, a REF), when it has one."""
     out: dict[str, Any] = {"kind": "group" if isinstance(msg, GroupMessage) else "personal"}
     if isinstance(msg, GroupMessage):
         out["group"] = msg.group
@@ -163,6 +206,10 @@ def message_to_json(msg: Message) -> dict[str, Any]:
     if msg.attachments:
         out["attachments"] = [{k: v for k, v in asdict(a).items() if v is not None}
                               for a in msg.attachments]
+    for name, value in (("reply_to", msg.replying_to), ("edit_of", msg.edit_of),
+                        ("delete_of", msg.delete_of), ("react_to", msg.react_to)):
+        if value is not None:
+            out[name] = value
     return out
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import shutil
 import sqlite3
 import sys
@@ -33,7 +34,7 @@ import asyncpg
 import pytest
 
 from chatserver.cli import main
-from chatserver.protocol import server_timestamp
+from chatserver.protocol import fetch_timestamp, server_timestamp
 from chatserver.stores.base import (
     FILE_PART,
     Ack,
@@ -381,6 +382,89 @@ async def test_version_8_upgrades_a_version_7_file_keeping_everything_and_adding
         ("table", "sessions"), ("index", "sessions_live")}
     async with opened(v1_file) as store:
         await assert_v8_works(store, v1_file)
+
+
+# -- version 9 (issue 18, SPEC 13): references on messages, room categories, saved rooms ------------
+
+# The message tables gain `ref`, rooms gain `category` (NULL for every row of before).
+V9_COLUMNS: Final = {"personal_messages": "ref", "group_messages": "ref", "room_messages": "ref",
+                     "rooms": "category"}
+V9_TABLES: Final = {"saved_rooms": ["phone", "room", "saved_us"]}
+V9_INDEXES: Final = {"rooms_created", "saved_rooms_room"}
+DAVE_TOKEN: Final = "z" * 64  # the SHA-256 of a token of D, made at version 8
+
+
+async def write_at_v8(store: AnyStore, place: Path | str) -> None:
+    """Store, on a version-8 database, what version 8 stored: the messages of write_at_v7 (to C,
+    one with a photo), and a token of D (assert_v1_contents has D send to a room only)."""
+    await write_at_v7(store, place)
+    await store.add_session(DAVE_TOKEN, D, "door sensor", token=True)
+
+
+async def assert_v9_works(store: AnyStore, place: Path | str) -> None:
+    """On the upgraded database: everything of before is found, with no reference; a reply to
+    a message of before is stored and read back with its `ref`, and a delete_of takes back a
+    message of before (with its photo) in the commit that stores it."""
+    await assert_v1_contents(store)
+    assert await store.session_user(DAVE_TOKEN, 1, token=True) == D
+    await store.add_session(CAROL_TOKEN, C, "laptop", token=True)
+    assert [(m.message, m.ref) for _, m in await store.pending_page(CAROL_TOKEN, 0, 10)] == [
+        ("at version 5", None), ("v6 photo", None)]
+    assert all(m.ref is None for m in await store.room_history("lobby", 10))
+    # the microsecond form: T0 + 60 and T0 + 65 are one millisecond
+    reply = json.dumps({"reply_to": {"msg_from": B, "sent_timestamp": fetch_timestamp(T0 + 60)}})
+    unsend = json.dumps({"delete_of": {"msg_from": B, "sent_timestamp": fetch_timestamp(T0 + 65)}})
+    assert isinstance(await store.add_personal(B, C, T0 + 90, server_timestamp(T0 + 90), "re",
+                                               ref=reply), Stored)
+    assert isinstance(await store.add_personal(B, C, T0 + 91, server_timestamp(T0 + 91), "",
+                                               ref=unsend), Stored)
+    assert [(m.message, m.ref) for _, m in await store.pending_page(CAROL_TOKEN, 0, 10)] == [
+        ("at version 5", None), ("re", reply), ("", unsend)]
+    assert await store.attachment_chunk("at-v6-" + "y" * 20, FILE_PART, 0) is None
+    assert await store.add_room_message("lobby", A, T0 + 92, server_timestamp(T0 + 92), "+1",
+                                        ref=reply.replace("reply_to", "react_to")) is not None
+    assert (await store.room_history("lobby", 1))[0].ref == reply.replace("reply_to", "react_to")
+
+
+def sqlite_rows(path: Path, table: str, columns: list[str]) -> list[str]:
+    """The rows of `table`, of those columns only, as sorted_contents sorts them."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+        return sorted(map(repr, con.execute(f"SELECT {', '.join(columns)} FROM {table}")))
+
+
+async def test_version_9_upgrades_a_version_8_file_keeping_every_message_with_no_reference(
+        v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0009 on a version-8 file: every table, index and trigger of before, and every
+    row, as they were, but the new NULL columns (`ref` of the three message tables,
+    rooms.category) and the saved_rooms table with its indexes; the release then serves the
+    old rows and stores references."""
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 8, tmp_path / "v8"))
+        async with opened(v1_file) as store:
+            await write_at_v8(store, v1_file)
+    assert sqlite_version(v1_file) == 8
+    before = sqlite_contents(v1_file)
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 9, tmp_path / "v9"))
+        async with opened(v1_file):
+            pass
+    assert sqlite_version(v1_file) == 9
+    after = sqlite_contents(v1_file)
+    for table in set(before) - {"objects", "schema_version", *V9_COLUMNS}:
+        assert after[table] == before[table], table
+    for table, column in V9_COLUMNS.items():
+        names = [c[0] for c in before[table][0]]
+        assert [c[0] for c in after[table][0]] == [*names, column], table
+        assert sqlite_rows(v1_file, table, names) == before[table][1], table
+        assert sqlite_rows(v1_file, table, [column]) == ["(None,)"] * len(before[table][1]), table
+    assert len(before["personal_messages"][1]) >= 3 and len(before["room_messages"][1]) == 3
+    changed = set(after["objects"]) ^ set(before["objects"])
+    assert {(kind, name) for kind, name, _, _ in changed} == {
+        *(("table", t) for t in V9_COLUMNS), *(("table", t) for t in V9_TABLES),
+        *(("index", i) for i in V9_INDEXES)}
+    assert [c[0] for c in after["saved_rooms"][0]] == V9_TABLES["saved_rooms"]
+    async with opened(v1_file) as store:
+        await assert_v9_works(store, v1_file)
 
 
 def write_migration(folder: Path, name: str, sql: str) -> Path:
@@ -804,6 +888,42 @@ async def test_pg_version_7_upgrades_a_version_6_schema_keeping_everything_and_a
         *V7_INDEXES, "push_subscriptions_pkey", "mutes_pkey"}
     async with opened(pg_v1) as store:
         await assert_v7_works(store)
+
+
+async def test_pg_version_9_upgrades_a_version_8_schema_keeping_every_message_with_no_reference(
+        pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0009 on a version-8 schema, as on SQLite."""
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 8, tmp_path / "v8"))
+        async with opened(pg_v1) as store:
+            await write_at_v8(store, pg_v1)
+    assert await pg_version(pg_v1) == 8
+    before, before_indexes = await pg_snapshot(pg_v1), await pg_indexes(pg_v1)
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 9, tmp_path / "v9"))
+        async with opened(pg_v1):
+            pass
+    assert await pg_version(pg_v1) == 9
+    after, after_indexes = await pg_snapshot(pg_v1), await pg_indexes(pg_v1)
+    for table in set(before) - {"columns", "schema_version", *V9_COLUMNS}:
+        assert after[table] == before[table], table
+    for table, column in V9_COLUMNS.items():
+        names = [r[0] for r in await fetch(
+            pg_v1, "SELECT column_name FROM information_schema.columns WHERE table_schema ="
+                   f" current_schema() AND table_name = '{table}' ORDER BY ordinal_position")]
+        assert names[-1] == column, table  # added last: the others read as before
+        kept = sorted(map(repr, await fetch(pg_v1, f"SELECT {', '.join(names[:-1])} FROM {table}")))
+        assert kept == before[table], table
+        assert await fetch(pg_v1, f"SELECT count(*) FROM {table} WHERE {column} IS NOT NULL") == [(0,)]
+    assert len(before["personal_messages"]) >= 3 and len(before["room_messages"]) == 3
+    added = sorted(set(after["columns"]) - set(before["columns"]))
+    assert sorted((c[0], c[1]) for c in added) == sorted(
+        [*V9_COLUMNS.items(), *(("saved_rooms", c) for c in V9_TABLES["saved_rooms"])])
+    assert set(before["columns"]) <= set(after["columns"])
+    assert before_indexes <= after_indexes
+    assert {name for name, _ in after_indexes - before_indexes} == {*V9_INDEXES, "saved_rooms_pkey"}
+    async with opened(pg_v1) as store:
+        await assert_v9_works(store, pg_v1)
 
 
 async def test_pg_a_migration_upgrades_the_v1_schema(

@@ -20,7 +20,7 @@ from typing import Any, Final
 import asyncpg
 import pytest
 
-from chatserver.protocol import now_micros, parse_timestamp
+from chatserver.protocol import Ref, fetch_timestamp, now_micros, parse_timestamp
 from chatserver.stores.base import (
     MAX_SAVED_ROOMS,
     Ack,
@@ -1264,6 +1264,117 @@ async def test_a_group_of_one_keeps_a_copy_for_the_senders_other_device(store: A
         assert await group_waiting_for(store, "a-2") == [GroupMessage(G, A, "to my other device", T2, [])]
         assert await store.ack_group(G, A, T2, A, "a-2") is Ack.LATER
         assert await stored(store) == 0
+
+
+# -- SPEC 13: references and unsending ----------------------------------------------------------------
+
+
+def ref_json(field: str, msg_from: str, sent_us: int) -> str:
+    """A message's `ref` as the commands store it (protocol.Ref.json)."""
+    return Ref(field, msg_from, fetch_timestamp(sent_us), sent_us).json()
+
+
+async def test_a_ref_is_kept_and_read_back_by_every_read(store: AnyStore) -> None:
+    """`ref` goes with the message: pending_page, pending_for, pending_group_page,
+    pending_group_for, room_history; an ordinary message's is None."""
+    reply, react = ref_json("reply_to", B, T1), ref_json("react_to", A, T1)
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("b-1", B))
+        assert await store.add_personal(A, B, T1, "t1", "plain", "a-1") == Stored([B], 0)
+        assert await store.add_personal(A, B, T2, "t2", "re", "a-1", ref=reply) == Stored([B], 0)
+        assert [(m.message, m.ref) for m in await waiting_for(store, "b-1")] == [
+            ("plain", None), ("re", reply)]
+        assert [m.ref for m in await store.pending_for(B)] == [None, reply]
+        assert await store.create_group(G, "g", A, [B])
+        assert await store.add_group_message(G, A, T1, "t1", "\U0001F44D", "a-1", ref=react) == Stored([B], 0)
+        assert [m.ref for m in await group_waiting_for(store, "b-1")] == [react]
+        assert [m.ref for m in await store.pending_group_for(B)] == [react]
+        assert await store.create_room("r", A, None)
+        assert await store.add_room_message("r", A, T1, "t1", "x") is not None
+        assert await store.add_room_message("r", B, T2, "t2", "re", ref=reply) is not None
+        assert [m.ref for m in await store.room_history("r", 10)] == [None, reply]
+
+
+async def test_delete_of_deletes_the_original_for_every_waiting_device(
+        store: AnyStore, place: Place) -> None:
+    """The original goes in the delete_of's commit with every device's row (B's two, A's other
+    device's copy): none of them ever gets it; only the delete_of waits."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("a-2", A), ("b-1", B), ("b-2", B))
+        assert await store.add_personal(A, B, T1, "t1", "oops", "a-1") == Stored([B], 1)
+        unsend = ref_json("delete_of", A, T1)
+        assert await store.add_personal(A, B, T2, "t2", "", "a-1", ref=unsend) == Stored([B], 1)
+        for device in ("a-2", "b-1", "b-2"):
+            assert [(m.message, m.ref) for m in await waiting_for(store, device)] == [("", unsend)]
+        assert await stored(store) == 1
+        assert await deliveries(place) == [("p", "a-2", ""), ("p", "b-1", ""), ("p", "b-2", "")]
+        assert await store.ack_personal(A, B, T1, "r", "b-1") is Ack.MISSING
+
+
+async def test_delete_of_takes_only_the_senders_own_message_of_that_conversation(
+        store: AnyStore) -> None:
+    """Same sent_us elsewhere: B's message to A, A's message to C, and a group message stay."""
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("a-1", A), ("b-1", B), ("c-1", C))
+        assert await store.create_group(G, "g", A, [B, C])
+        await store.add_personal(B, A, T1, "t1", "from b")
+        await store.add_personal(A, C, T1, "t1", "to c")
+        await store.add_group_message(G, A, T1, "t1", "to the group")
+        assert await store.add_personal(A, B, T2, "t2", "", ref=ref_json("delete_of", A, T1))
+        assert [m.message for m in await store.pending_for(A)] == ["from b"]
+        assert [m.message for m in await store.pending_for(C)] == ["to c"]
+        assert [m.message for m in await store.pending_group_for(B)] == ["to the group"]
+
+
+async def test_delete_of_in_the_batch_of_its_original(store: AnyStore) -> None:
+    """An original and its delete_of submitted together share one batch (one statement per kind
+    of write): the original is stored, then deleted in the same transaction; the same for a
+    group and a room. A retry of the delete_of is a retry (None) and deletes nothing more."""
+    unsend = ref_json("delete_of", A, T1)
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("b-1", B), ("c-1", C))
+        assert await store.create_group(G, "g", A, [B, C])
+        assert await store.create_room("r", A, None)
+        trace = await trace_writer(store)
+        results = await asyncio.gather(
+            store.add_personal(A, B, T1, "t1", "gone at once"),
+            store.add_personal(A, B, T2, "t2", "", ref=unsend),
+            store.add_group_message(G, A, T1, "t1", "gone at once"),
+            store.add_group_message(G, A, T2, "t2", "", ref=unsend),
+            store.add_room_message("r", A, T1, "t1", "gone at once"),
+            store.add_room_message("r", A, T2, "t2", "", ref=unsend))
+        assert trace.count("COMMIT") == 1
+        assert results[:4] == [Stored([B], 0), Stored([B], 0), Stored([B, C], 0), Stored([B, C], 0)]
+        assert None not in results
+        assert [(m.message, m.ref) for m in await waiting_for(store, "b-1")] == [("", unsend)]
+        assert [(m.message, m.ref) for m in await group_waiting_for(store, "c-1")] == [("", unsend)]
+        assert [(m.message, m.ref) for m in await store.room_history("r", 10)] == [("", unsend)]
+        assert await stored(store) == 2
+        assert await store.add_personal(A, B, T2, "t2", "", ref=unsend) is None
+
+
+async def test_delete_of_an_original_already_gone_is_stored_as_any_message(store: AnyStore) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        await add_sessions(store, ("b-1", B))
+        await store.add_personal(A, B, T1, "t1", "read")
+        assert await store.ack_personal(A, B, T1, "r", "b-1") is Ack.FIRST
+        for sent_us in (T1, T3):  # acknowledged, and never stored
+            assert await store.add_personal(A, B, sent_us + 1, "t", "",
+                                            ref=ref_json("delete_of", A, sent_us)) == Stored([B], 0)
+        assert len(await waiting_for(store, "b-1")) == 2
+
+
+@pytest.mark.parametrize("bad", ["", "null", "[]", '{"delete_of": 1}', '{"nope": {}}',
+                                 '{"delete_of": {"msg_from": "1", "sent_timestamp": "x"}}',
+                                 '{"reply_to": {"msg_from": "1"}}',
+                                 '{"reply_to": {"msg_from": "1", "sent_timestamp": "2026-03-14 17:11:06"},'
+                                 ' "edit_of": {"msg_from": "1", "sent_timestamp": "2026-03-14 17:11:06"}}'])
+async def test_a_malformed_ref_is_refused_before_anything_is_queued(store: AnyStore, bad: str) -> None:
+    with pytest.raises(ValueError):
+        store.add_personal(A, B, T1, "t1", "x", ref=bad)
+    with pytest.raises(ValueError):
+        store.add_room_message("r", A, T1, "t1", "x", ref=bad)
+    assert await store.pending_for(B) == []
 
 
 async def test_expire_says_delivered_for_a_message_only_a_device_kept(store: AnyStore) -> None:

@@ -13,7 +13,15 @@ from types import ModuleType
 
 import pytest
 
-from chatclient import Attachment, Backoff, GroupMessage, PersonalMessage, message_to_json, parse_timestamp
+from chatclient import (
+    Attachment,
+    Backoff,
+    GroupMessage,
+    PersonalMessage,
+    message_to_json,
+    parse_timestamp,
+    ref_of,
+)
 from chatclient.messages import message_from_wire, message_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,3 +134,31 @@ def _reminder_bot() -> ModuleType:
 ])
 def test_reminder_requests(text: str, expected: tuple[float, str] | None) -> None:
     assert _reminder_bot().parse(text) == expected
+
+
+@pytest.mark.parametrize("field", ["reply_to", "edit_of", "delete_of", "react_to"])
+def test_a_message_with_a_spec_13_field(field: str) -> None:
+    ref = {"msg_from": PEER, "sent_timestamp": "2024-05-06 17:11:06.23"}
+    wire = {"message": "", "command": "new_msg", "msg_from": f"{GRP}-{PEER}", "msg_to": ME,
+            "sent_timestamp": "2024-05-06 17:12:00", field: ref}
+    msg = message_from_wire(wire, ME)
+    attribute = "replying_to" if field == "reply_to" else field
+    assert getattr(msg, attribute) == ref
+    assert [getattr(msg, a) for a in ("replying_to", "edit_of", "delete_of", "react_to")].count(None) == 3
+    assert msg.reply_to == f"group:{GRP}"  # where to answer, as before
+    assert message_to_json(msg)[field] == ref
+    assert ref_of(msg) == {"msg_from": PEER, "sent_timestamp": "2024-05-06 17:12:00"}
+
+
+def test_an_ordinary_message_has_no_reference() -> None:
+    msg = message_from_wire({"message": "hi", "command": "new_msg", "msg_from": PEER, "msg_to": ME,
+                             "sent_timestamp": "2024-05-06 17:11:06.23"}, ME)
+    assert (msg.replying_to, msg.edit_of, msg.delete_of, msg.react_to) == (None, None, None, None)
+    assert not {"reply_to", "edit_of", "delete_of", "react_to"} & set(message_to_json(msg))
+
+
+@pytest.mark.parametrize("bad", ["x", ["a"], {"msg_from": PEER}, {"msg_from": 1, "sent_timestamp": "t"}])
+def test_a_malformed_reference_is_not_a_message(bad: object) -> None:
+    with pytest.raises(TypeError):
+        message_from_wire({"message": "", "command": "new_msg", "msg_from": PEER, "msg_to": ME,
+                           "sent_timestamp": "2024-05-06 17:11:06.23", "edit_of": bad}, ME)
