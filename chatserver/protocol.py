@@ -53,6 +53,10 @@ REF_KEYS: Final = frozenset({"msg_from", "sent_timestamp"})
 # many code points.
 MAX_REACTION_CHARS: Final = 32
 _GRAPHEME: Final = regex.compile(r"\X")
+# What makes a grapheme an emoji (Unicode data of the `regex` library, updated with each
+# Unicode release, unlike a hand-written table).
+_EMOJI_PART: Final = regex.compile(
+    r"[\p{Extended_Pictographic}\p{Regional_Indicator}\N{COMBINING ENCLOSING KEYCAP}]")
 
 
 # Why a frame was refused, in a few words an operator counts (SPEC 11: `chat_error_frames` by
@@ -287,9 +291,12 @@ def parse_ref(data: Mapping[str, Any]) -> Ref | None:
 def is_reaction(message: str) -> bool:
     """SPEC 13: one emoji, i.e. exactly one extended grapheme cluster of at most
     MAX_REACTION_CHARS code points with no whitespace and no control character (a ZWJ, a
-    variation selector or a flag's tags are parts of an emoji, not controls)."""
+    variation selector or a flag's tags are parts of an emoji, not controls), holding an emoji
+    character: Extended_Pictographic (UTS #51), a regional indicator (flags) or the keycap mark
+    ("1️⃣"). "a" or "中" is one grapheme but no emoji: refused."""
     return (0 < len(message) <= MAX_REACTION_CHARS
             and _GRAPHEME.fullmatch(message) is not None
+            and _EMOJI_PART.search(message) is not None
             and not any(c.isspace() or unicodedata.category(c) == "Cc" for c in message))
 
 

@@ -186,6 +186,8 @@ async def test_editing_or_unsending_someone_elses_message_is_refused(
     ("edit_of", "", False),
     ("react_to", THUMBS + THUMBS, False),
     ("react_to", "ab", False),
+    ("react_to", "a", False),  # one grapheme, but no emoji
+    ("react_to", "\u4e2d", False),  # one grapheme (a Han character), no emoji
     ("react_to", " ", False),
     ("react_to", "\n", False),
     ("react_to", THUMBS * 40, False),
