@@ -110,7 +110,8 @@ async def cast(server: TestServer, as_user: UserFactory, aiohttp_client: Aiohttp
     other_group = (await _json(await cb.post("/chat/special/group", json={
         "name": "Other Family", "participants": [c]}), 201))["key"]
     room, private_room = new_room(), new_room()
-    await _json(await ca.post("/chat/special/room", json={"room_name": room}), 201)
+    await _json(await ca.post("/chat/special/room", json={"room_name": room,
+                                                           "category": "Lobby"}), 201)
     await _json(await ca.post("/chat/special/room", json={"room_name": private_room,
                                                            "password": ROOM_PASSWORD}), 201)
     to_b = await open_personal(ca, a, b)
@@ -128,6 +129,8 @@ async def cast(server: TestServer, as_user: UserFactory, aiohttp_client: Aiohttp
     await _json(await ca.post("/chat/special/contact", json={"phone": b, "name": "Bee Secret"}),
                 201)
     await _json(await ca.post("/chat/special/block", json={"phone": d}), 201)
+    resp = await cb.put("/chat/rooms/saved", params={"room_name": room})  # SPEC 13
+    assert resp.status == 204, await resp.text()
     for ws in (to_b, to_a, group_ws, p_ws):
         await ws.close()
     return Cast(server, config.database.path, phones, clients, group, other_group, room,
@@ -372,6 +375,42 @@ async def test_only_the_recipient_can_delete_a_message(cast: Cast, as_user: User
                                                      "messages": []}
 
 
+async def test_api_edit_and_delete_act_only_on_the_senders_own_messages(cast: Cast) -> None:
+    """SPEC 12 + 13 through POST /api/v1/messages with each user's client token: an edit_of or
+    delete_of naming another user's message (personal or group, as its recipient, a third user
+    or the other party) is refused with 400 and changes no row; a delete_of of one's own REF
+    with another's timestamp deletes nothing of theirs; the sender's own delete_of works."""
+    tokens = {who: (await _json(await cast.clients[who].post(
+        "/chat/devices/token", json={"label": "script"}), 201))["token"] for who in "ABC"}
+
+    async def send(who: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        return await cast.clients["none"].post("/api/v1/messages", json=cast.fill(body),
+                                               headers={"Authorization": f"Bearer {tokens[who]}"})
+
+    def ref(sent: dict[str, str]) -> dict[str, str]:
+        return {"msg_from": sent["msg_from"], "sent_timestamp": sent["sent_timestamp"]}
+
+    a_to_b, b_to_a, group_msg = ref(cast.a_to_b), ref(cast.b_to_a), ref(cast.group_msg)
+    before = snapshot(cast.db)
+    for who, to, reference in [("B", "<A>", a_to_b), ("C", "<B>", a_to_b), ("C", "<A>", a_to_b),
+                               ("A", "<B>", b_to_a), ("B", "group:<G>", group_msg),
+                               ("B", "<A>", {**a_to_b, "msg_from": "<B>", "extra": "x"})]:
+        for field, message in (("delete_of", ""), ("edit_of", "hijacked")):
+            resp = await send(who, {"msg_to": cast.fill(to) if to.startswith("<") else
+                                    "group:" + cast.group, "message": message, field: reference})
+            data = await _json(resp, 400)
+            assert set(data) == {"error"}, (who, field, data)
+            assert snapshot(cast.db) == before, (who, field, reference)
+    # C's own delete_of naming A's timestamp: accepted, and A's message to B stays
+    resp = await send("C", {"msg_to": "<B>", "message": "",
+                            "delete_of": {**a_to_b, "msg_from": "<C>"}})
+    assert resp.status == 201, await resp.text()
+    assert "secret A to B" in repr(snapshot(cast.db)["personal_messages"])
+    resp = await send("A", {"msg_to": "<B>", "message": "", "delete_of": a_to_b})
+    assert resp.status == 201, await resp.text()
+    assert "secret A to B" not in repr(snapshot(cast.db)["personal_messages"])
+
+
 # -- JSON endpoints: (logged-in user) x (what the request names) -----------------------------------
 
 # (id, method, path, query, body, {who: status}); "<A>" etc. are filled in from the cast.
@@ -420,6 +459,43 @@ JSON_CASES: Final[list[tuple[str, str, str, dict[str, str], Any, dict[str, int]]
      {"A": 201, "B": 201, "C": 201}),
     ("block-as-other", "POST", "/chat/special/block", {}, {"phone": "<B>", "blocker": "<A>"},
      {"A": 201, "B": 400, "C": 201}),
+    # SPEC 13: the room catalogue, saved rooms, closing a room, a room's category
+    ("rooms", "GET", "/chat/rooms", {}, None, {"A": 200, "B": 200, "C": 200}),
+    ("rooms-q-category", "GET", "/chat/rooms", {"q": "AUTHZ_", "category": "Lobby"}, None,
+     {"A": 200, "B": 200, "C": 200}),
+    ("rooms-long-q", "GET", "/chat/rooms", {"q": "x" * 65}, None, {"A": 400, "B": 400, "C": 400}),
+    ("rooms-bad-category", "GET", "/chat/rooms", {"category": "Lob\x00by"}, None,
+     {"A": 400, "B": 400, "C": 400}),
+    ("save-R", "PUT", "/chat/rooms/saved", {"room_name": "<R>"}, None,
+     {"A": 204, "B": 204, "C": 204}),
+    ("save-P", "PUT", "/chat/rooms/saved", {"room_name": "<P>"}, None,
+     {"A": 204, "B": 204, "C": 204}),
+    ("save-unknown", "PUT", "/chat/rooms/saved", {"room_name": "no_such_room"}, None,
+     {"A": 404, "B": 404, "C": 404}),
+    ("save-path", "PUT", "/chat/rooms/saved", {"room_name": "../<R>"}, None,
+     {"A": 400, "B": 400, "C": 400}),
+    ("unsave-R", "DELETE", "/chat/rooms/saved", {"room_name": "<R>"}, None,
+     {"A": 204, "B": 204, "C": 204}),
+    ("unsave-unknown", "DELETE", "/chat/rooms/saved", {"room_name": "no_such_room"}, None,
+     {"A": 404, "B": 404, "C": 404}),
+    ("close-R", "DELETE", "/chat/special/room", {"room_name": "<R>"}, None,
+     {"A": 204, "B": 403, "C": 403}),
+    ("close-P", "DELETE", "/chat/special/room", {"room_name": "<P>"}, None,
+     {"A": 204, "B": 403, "C": 403}),
+    ("close-unknown", "DELETE", "/chat/special/room", {"room_name": "no_such_room"}, None,
+     {"A": 404, "B": 404, "C": 404}),
+    ("close-as-creator", "DELETE", "/chat/special/room",
+     {"room_name": "<R>", "created_by": "<A>", "msg_from": "<A>"}, {"created_by": "<A>"},
+     {"A": 204, "B": 403, "C": 403}),
+    ("create-room-category", "POST", "/chat/special/room", {},
+     {"room_name": "fresh_cat_room", "category": " Games "}, {"A": 201, "B": 201, "C": 201}),
+    ("create-room-bad-category", "POST", "/chat/special/room", {},
+     {"room_name": "bad_cat_room", "category": "Ga\u202emes"}, {"A": 400, "B": 400, "C": 400}),
+    # SPEC 12: a session cookie is no client token, SPEC 13 fields or not
+    ("api-message-cookie", "POST", "/api/v1/messages", {},
+     {"msg_to": "<B>", "message": "hi", "reply_to": {"msg_from": "<B>",
+                                                     "sent_timestamp": "2026-01-01 10:00:00"}},
+     {"A": 401, "B": 401, "C": 401}),
 ]
 
 
@@ -450,8 +526,12 @@ async def test_json_endpoint_matrix(cast: Cast, logged: str, name: str, method: 
     resp = await client.request(method, path, **kwargs)
     text = await resp.text()
     assert resp.status == status, text
-    assert resp.content_type == "application/json", text
-    data = json.loads(text)
+    if status == 204:  # SPEC 13's PUT/DELETE answers: no body at all
+        assert text == "" and resp.content_type != "application/json", (resp.content_type, text)
+        data: Any = None
+    else:
+        assert resp.content_type == "application/json", text
+        data = json.loads(text)
     if status >= 400:
         assert set(data) == {"error"} and data["error"], data
         assert snapshot(cast.db) == rows_before
@@ -475,6 +555,22 @@ async def test_json_endpoint_matrix(cast: Cast, logged: str, name: str, method: 
         if name == "block-as-other":
             assert sorted(data["blocked"]) == sorted(
                 [cast["B"], cast["D"]] if logged == "A" else [cast["B"]]), data
+    if status < 400 and name.startswith("rooms"):
+        listed = {r["room_name"]: r for r in data["rooms"]}
+        assert set(listed) == ({cast.room} if name == "rooms-q-category"
+                               else {cast.room, cast.private_room}), data
+        assert all(r["mine"] == (logged == "A") for r in listed.values()), data
+        assert listed[cast.room]["saved"] == (logged == "B"), data  # B's saving is B's only
+    if status < 400 and name.startswith(("save", "unsave")):
+        saved = (await _json(await client.get("/chat/info"), 200))["saved_rooms"]
+        room = cast.fill(query["room_name"])
+        assert (room in saved) == name.startswith("save"), saved
+    if status < 400 and name.startswith("close"):
+        room = cast.fill(query["room_name"])
+        gone = await client.get("/chat/info/room", params={"room_name": room})
+        assert gone.status == 404
+        left = [(t, row) for t, rows in snapshot(cast.db).items() for row in rows if room in row]
+        assert left == [], left  # history, grants and saved rows went with the room
     if logged != "A" and not (name == "patch-remove-B" and logged == "B"):
         assert await _state_of_a(cast) == a_before
 
@@ -507,6 +603,11 @@ UNSAFE: Final = [
     ("delete-contact", "A", "DELETE", "/chat/special/contact", {"phone": "<B>"}, None, 200),
     ("block", "A", "POST", "/chat/special/block", {}, {"phone": "<C>"}, 201),
     ("delete-block", "A", "DELETE", "/chat/special/block", {"phone": "<D>"}, None, 200),
+    ("room-category", "A", "POST", "/chat/special/room", {},
+     {"room_name": "csrf_cat_room", "category": "Games"}, 201),
+    ("save-room", "A", "PUT", "/chat/rooms/saved", {"room_name": "<R>"}, None, 204),
+    ("unsave-room", "B", "DELETE", "/chat/rooms/saved", {"room_name": "<R>"}, None, 204),
+    ("close-room", "A", "DELETE", "/chat/special/room", {"room_name": "<P>"}, None, 204),
 ]
 
 
@@ -612,7 +713,11 @@ async def test_a_logged_out_cookie_is_refused_everywhere(
             ("PATCH", "/chat/info/group", {"key": cast.group}, {"name": "after logout"}),
             ("POST", "/chat/special/personal", {}, {"msg_to": cast["C"]}),
             ("POST", "/chat/special/contact", {}, {"phone": cast["C"], "name": "x"}),
-            ("DELETE", "/chat/special/block", {"phone": cast["D"]}, None)]:
+            ("DELETE", "/chat/special/block", {"phone": cast["D"]}, None),
+            ("GET", "/chat/rooms", {}, None),
+            ("PUT", "/chat/rooms/saved", {"room_name": cast.room}, None),
+            ("DELETE", "/chat/rooms/saved", {"room_name": cast.room}, None),
+            ("DELETE", "/chat/special/room", {"room_name": cast.room}, None)]:
         resp = await copy.request(method, path, params=query, json=body)
         data = await _json(resp, 401)
         assert set(data) == {"error"}

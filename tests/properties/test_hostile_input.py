@@ -140,6 +140,7 @@ class World:
     inbox_b: WS | None = None
     inbox_c: WS | None = None
     room_b: WS | None = None
+    token: str = ""  # A's client token (SPEC 12), for POST /api/v1/messages
 
     @property
     def client_a(self) -> TestClient:
@@ -184,7 +185,8 @@ async def _build(bg: Background, config: Config) -> World:
     other_group = (await _created(await clients[b].post(
         "/chat/special/group", json={"name": "hostile G2", "participants": [c]})))["key"]
     room, private_room = new_room(), new_room()
-    await _created(await clients[a].post("/chat/special/room", json={"room_name": room}))
+    await _created(await clients[a].post("/chat/special/room", json={"room_name": room,
+                                                                      "category": "Games"}))
     await _created(await clients[b].post("/chat/special/room", json={
         "room_name": private_room, "password": ROOM_PASSWORD}))
     w = World(bg, server, config.database.path, a, b, c, clients, group, other_group, room,
@@ -196,6 +198,8 @@ async def _build(bg: Background, config: Config) -> World:
     w.inbox_b = await open_receive(clients[b], b)
     w.inbox_c = await open_receive(clients[c], c)
     w.room_b = await _open_room(clients[b], room)
+    w.token = (await _created(await clients[a].post("/chat/devices/token",
+                                                     json={"label": "hostile script"})))["token"]
     # One round trip on each send socket of A, so that each is served before the batch starts.
     for kind in ("personal", "group"):
         await w.sockets[kind].send_json(frame("no such command", a, "x"))
@@ -746,6 +750,10 @@ ROUTES: Final = [
     ("json", "/chat/info/room?room_name={seg}", "page-room"),
     ("json-delete", "/chat/special/contact?phone={seg}", "nothing"),
     ("json-delete", "/chat/special/block?phone={seg}", "nothing"),
+    # SPEC 13: saving, unsaving and closing a room (A created R, not P: closing P is 403)
+    ("json-put", "/chat/rooms/saved?room_name={seg}", "page-room"),
+    ("json-delete", "/chat/rooms/saved?room_name={seg}", "page-room"),
+    ("json-delete", "/chat/special/room?room_name={seg}", "room"),
 ]
 
 
@@ -776,7 +784,7 @@ def segments(draw: st.DrawFn, w: World) -> str:
 
 
 async def _request_status(w: World, kind: str, raw: str) -> tuple[int, str, str]:
-    """(status, content type, body) of a GET (DELETE for json-delete) or a WebSocket handshake
+    """(status, content type, body) of a GET (DELETE, PUT for json-delete, json-put) or a WebSocket handshake
     by A to the raw path; 101 when a socket was opened."""
     session = w.client_a.session
     if kind == "ws":
@@ -786,7 +794,7 @@ async def _request_status(w: World, kind: str, raw: str) -> tuple[int, str, str]
             return e.status, "", ""
         await ws.close()
         return 101, "", ""
-    method = "DELETE" if kind == "json-delete" else "GET"
+    method = {"json-delete": "DELETE", "json-put": "PUT"}.get(kind, "GET")
     async with session.request(method, w.url(raw), allow_redirects=False) as resp:
         return resp.status, resp.content_type, await resp.text()
 
@@ -813,9 +821,80 @@ def test_hostile_path_segments_are_refused_on_every_socket_page_and_query(world:
             assert set(data) == {"error"} and isinstance(data["error"], str), data
 
     one()
-    assert len(ran) >= MIN_EXAMPLES and set(ran) == {"ws", "page", "json", "json-delete"}, ran
+    assert len(ran) >= MIN_EXAMPLES and set(ran) == {"ws", "page", "json", "json-delete",
+                                                      "json-put"}, ran
     assert snapshot(w.db_path) == before
     world.bg.run(_prove_alive(w))
+
+
+# -- hostile catalogue queries (SPEC 13 GET /chat/rooms?q=&category=) -----------------------------
+
+# LIKE wildcards and its escape character must match themselves; percent-encoded bytes that are
+# no UTF-8 (decoded as U+FFFD, a visible character: a search for it, which finds nothing).
+SEARCH_SPECIALS: Final = ["%", "_", "%%", "\\", "\\%", "\\_", "hostile_", "hostile%", "_ostile",
+                          "hostil_", "%ostile", "h%e", "HOSTILE", "[h]", "*", "'", "' OR 1=1 --"]
+RAW_QUERY_VALUES: Final = ["%FF", "%ED%A0%80", "%00", "%0A", "%C0%AE", "%25", "%5F", "%"]
+
+
+def _q_refused(q: str) -> bool:
+    text = q.strip()
+    return len(text) > 64 or (text != "" and not valid_name(text))
+
+
+def _category_refused(category: str) -> bool:
+    return category.strip() != "" and not valid_category(category)
+
+
+@st.composite
+def catalogue_queries(draw: st.DrawFn) -> tuple[str, str, str]:
+    """(raw query string, q and category as the server decodes them)."""
+    values = []
+    for _ in ("q", "category"):
+        raw = draw(st.sampled_from(RAW_QUERY_VALUES) | st.one_of(
+            no_surrogates, st.sampled_from(SEARCH_SPECIALS), st.just("Games"),
+            st.text(min_size=60, max_size=80).filter(lambda t: not has_lone_surrogate(t)),
+            bad_categories.filter(lambda v: isinstance(v, str) and not has_lone_surrogate(v)),
+        ).map(lambda t: urllib.parse.quote(t, safe="")))
+        values.append(raw)
+    q, category = (urllib.parse.unquote(v, errors="replace") for v in values)
+    return f"q={values[0]}&category={values[1]}", q, category
+
+
+def test_hostile_catalogue_queries_are_refused_and_wildcards_match_themselves(
+        world: World) -> None:
+    """A `q` over 64 characters or with control or invisible characters, or a `category` that
+    is not 1-32 such characters, is a 400 JSON error; any other search answers exactly the rooms
+    whose name holds `q` (ignoring case; `%`, `_`, `\\` literally) in that category; nothing
+    changes."""
+    w = world
+    before = snapshot(w.db_path)
+    db = sqlite3.connect(f"file:{w.db_path}?mode=ro", uri=True)
+    try:
+        rooms = db.execute("SELECT name, category FROM rooms").fetchall()
+    finally:
+        db.close()
+    ran: list[bool] = []
+
+    @HOSTILE
+    @given(query=catalogue_queries())
+    def one(query: tuple[str, str, str]) -> None:
+        raw, q, category = query
+        refused = _q_refused(q) or _category_refused(category)
+        ran.append(refused)
+        status, content_type, body = w.bg.run(_request_status(w, "json", "/chat/rooms?" + raw))
+        assert content_type == "application/json", (raw, status, body[:200])
+        data = json.loads(body)
+        if refused:
+            assert status == 400 and set(data) == {"error"} and data["error"], (raw, data)
+            return
+        assert status == 200, (raw, status, body[:200])
+        expected = {name for name, cat in rooms if q.strip().lower() in name.lower()
+                    and (not category.strip() or cat == category.strip())}
+        assert {r["room_name"] for r in data["rooms"]} == expected, (raw, data)
+
+    one()
+    assert len(ran) >= MIN_EXAMPLES and set(ran) == {True, False}, ran
+    assert snapshot(w.db_path) == before
 
 
 # -- hostile JSON bodies ---------------------------------------------------------------------------
@@ -836,6 +915,7 @@ class Endpoint:
     query: Mapping[str, str]
     fields: Mapping[str, Field]
     unknown_fields_refused: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def phone_lists(w: World, *, registered_only: bool) -> SearchStrategy[Any]:
@@ -850,6 +930,46 @@ def phone_lists(w: World, *, registered_only: bool) -> SearchStrategy[Any]:
     if registered_only:
         bad_lists = bad_lists | unregistered_phones.map(lambda p: [w.b, p])
     return bad_lists
+
+
+def valid_category(value: object) -> bool:
+    """SPEC 13: 1-32 characters after trimming, as a name (`valid_name`) otherwise."""
+    return isinstance(value, str) and len(value.strip()) <= 32 and valid_name(value)
+
+
+# A room's category: null is none, so never null here.
+bad_categories: SearchStrategy[Any] = st.one_of(
+    not_strings.filter(lambda v: v is not None),
+    st.sampled_from(["", "  ", "\t", "x" * 33, "é" * 33, "a\x00b", "\x1b[31m", "\u202eGames",
+                     "Ga\u200bmes", "\ud800", "Games\n\x85"]),
+    odd_text, st.text(min_size=33, max_size=60),
+).filter(lambda v: not valid_category(v))
+
+
+def refs(w: World) -> SearchStrategy[Any]:
+    """SPEC 13 REF values, valid ones (of A, of B) and broken ones; never null (= absent)."""
+    good = st.sampled_from([{"msg_from": w.a, "sent_timestamp": VALID_TS},
+                            {"msg_from": w.b, "sent_timestamp": VALID_TS}])
+    return st.one_of(
+        good, not_strings.filter(lambda v: v is not None and not isinstance(v, dict)),
+        st.dictionaries(odd_text, json_values, max_size=3).filter(lambda v: bool(v)),
+        st.builds(lambda p, t: {"msg_from": p, "sent_timestamp": t},
+                  not_phones.filter(lambda v: v is not MISSING), st.just(VALID_TS)),
+        st.builds(lambda t: {"msg_from": w.b, "sent_timestamp": t},
+                  bad_timestamps | not_strings),
+        good.map(lambda r: {**r, "extra": 1}), good.map(lambda r: {"msg_from": r["msg_from"]}),
+        st.just({"msg_from": w.b, "sent_timestamp": VALID_TS, "__proto__": {}}))
+
+
+def bad_refs(w: World) -> SearchStrategy[Any]:
+    """REF values refused whatever else the message carries."""
+    return refs(w).filter(lambda v: not (isinstance(v, dict) and set(v) == {
+        "msg_from", "sent_timestamp"} and is_phone(v["msg_from"])
+        and isinstance(v["sent_timestamp"], str) and valid_timestamp(v["sent_timestamp"])))
+
+
+# POST /api/v1/messages fields (SPEC 12) not in its Endpoint's table: never drawn as "unknown".
+API_MESSAGE_FIELDS: Final = ("attachments",)
 
 
 def endpoints(w: World) -> dict[str, Endpoint]:
@@ -873,7 +993,18 @@ def endpoints(w: World) -> dict[str, Endpoint]:
                 st.text(max_size=MIN_PASSWORD_CHARS - 1),
                 st.text(min_size=MAX_PASSWORD_BYTES + 1, max_size=MAX_PASSWORD_BYTES + 60),
                 st.sampled_from(["é" * 512 + "a", "\ud800" * 10, "passphrase\udfff", "1234567890",
-                                 "Password123"])))}),
+                                 "Password123"]))),
+            "category": Field(MISSING, bad_categories)}),
+        # SPEC 12 + 13: the message stays a reply (a valid reply_to is always there unless it
+        # is the field broken), so any second reference field is refused too
+        "api-message": Endpoint("POST", "/api/v1/messages", {}, {
+            "msg_to": Field(w.b, unregistered_phones),
+            "message": Field("hello", bad_messages),
+            "sent_timestamp": Field(MISSING, bad_timestamps),
+            "reply_to": Field({"msg_from": w.b, "sent_timestamp": VALID_TS}, bad_refs(w)),
+            "edit_of": Field(MISSING, refs(w)), "delete_of": Field(MISSING, refs(w)),
+            "react_to": Field(MISSING, refs(w))},
+            unknown_fields_refused=True, headers={"Authorization": f"Bearer {w.token}"}),
         "join": Endpoint("POST", "/chat/special/room/join", {}, {
             "room_name": Field(w.private_room, bad_room_names | st.just(MISSING)
                                | st.just("neverMadeRoom")),
@@ -914,6 +1045,7 @@ class HostileRequest:
     query: Mapping[str, str]
     body: bytes | None
     charset: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         body = None if self.body is None else self.body[:120]
@@ -923,7 +1055,17 @@ class HostileRequest:
 @st.composite
 def hostile_requests(draw: st.DrawFn, w: World) -> HostileRequest:
     specs = endpoints(w)
-    name = draw(st.sampled_from([*specs, "delete_contact", "delete_block", "raw"]))
+    name = draw(st.sampled_from([*specs, "delete_contact", "delete_block", "raw", "save_room",
+                                 "unsave_room", "close_room"]))
+    if name in ("save_room", "unsave_room", "close_room"):  # SPEC 13, room_name in the query
+        room = draw(bad_room_names.filter(lambda v: isinstance(v, str)
+                                          and not has_lone_surrogate(v))
+                    | st.just("neverMadeRoom")
+                    | st.just(w.private_room).filter(lambda _: name == "close_room"))
+        method, path = {"save_room": ("PUT", "/chat/rooms/saved"),
+                        "unsave_room": ("DELETE", "/chat/rooms/saved"),
+                        "close_room": ("DELETE", "/chat/special/room")}[name]
+        return HostileRequest(method, path, {"room_name": room}, None)
     if name in ("delete_contact", "delete_block"):
         phone = draw(not_phones.filter(lambda v: isinstance(v, str) and not has_lone_surrogate(v))
                      | st.sampled_from([w.b, w.c]) | unregistered_phones)
@@ -932,7 +1074,7 @@ def hostile_requests(draw: st.DrawFn, w: World) -> HostileRequest:
     if name == "raw":
         target = specs[draw(st.sampled_from(sorted(specs)))]
         return HostileRequest(target.method, target.path, target.query,
-                              draw(st.sampled_from(RAW_BODIES)), draw(charsets))
+                              draw(st.sampled_from(RAW_BODIES)), draw(charsets), target.headers)
     spec = specs[name]
     body: dict[str, Any] = {}
     for key, f in spec.fields.items():
@@ -945,7 +1087,8 @@ def hostile_requests(draw: st.DrawFn, w: World) -> HostileRequest:
             corrupted.add(sorted(spec.fields)[0])
     for key in corrupted:
         if key == "<unknown>":
-            unknown = draw(st.text().filter(lambda k: k not in spec.fields))
+            unknown = draw(st.text().filter(lambda k: k not in spec.fields
+                                            and k not in API_MESSAGE_FIELDS))
             body[unknown] = draw(json_values)
             continue
         value = draw(spec.fields[key].invalid)
@@ -958,7 +1101,8 @@ def hostile_requests(draw: st.DrawFn, w: World) -> HostileRequest:
                                       json_values, max_size=2))
         body = {**extras, **body}
     text = json.dumps(body, ensure_ascii=has_lone_surrogate(body) or draw(st.booleans()))
-    return HostileRequest(spec.method, spec.path, spec.query, text.encode(), draw(charsets))
+    return HostileRequest(spec.method, spec.path, spec.query, text.encode(), draw(charsets),
+                          spec.headers)
 
 
 async def _send(w: World, r: HostileRequest) -> tuple[int, str, str]:
@@ -966,7 +1110,7 @@ async def _send(w: World, r: HostileRequest) -> tuple[int, str, str]:
     if r.body is not None:
         kwargs["data"] = r.body
         charset = "" if r.charset is None else f"; charset={r.charset}"
-        kwargs["headers"] = {"Content-Type": f"application/json{charset}"}
+        kwargs["headers"] = {"Content-Type": f"application/json{charset}", **r.headers}
     async with w.client_a.session.request(r.method, w.client_a.make_url(r.path),
                                           **kwargs) as resp:
         return resp.status, resp.content_type, await resp.text()
@@ -989,7 +1133,32 @@ def test_hostile_json_bodies_and_queries_are_refused_and_change_nothing(world: W
         assert set(data) == {"error"} and isinstance(data["error"], str) and data["error"], data
 
     one()
-    assert len(ran) >= MIN_EXAMPLES and set(ran) == {"POST", "PATCH", "DELETE"}, ran
+    # PUT (saving a room) is drawn in most runs, not all: test_hostile_room_names_... covers it
+    assert len(ran) >= MIN_EXAMPLES and {"POST", "PATCH", "DELETE"} <= set(ran), ran
+    assert snapshot(w.db_path) == before
+    world.bg.run(_prove_alive(w))
+
+
+HOSTILE_ROOM_NAMES: Final = ["", "..", "../x", "a/b", "a b", "x" * 65, "room\x00", "%2F",
+                             "\u202eroom", "ｒｏｏｍ", "neverMadeRoom", "hostile1\n", " hostile1"]
+
+
+def test_hostile_room_names_when_saving_unsaving_and_closing_change_nothing(world: World) -> None:
+    """SPEC 13, deterministically: each hostile room_name on PUT and DELETE /chat/rooms/saved and
+    DELETE /chat/special/room is a 400 or 404 JSON error; closing B's room P is 403; a name that
+    differs from A's room R only in case closes nothing; nothing changes."""
+    w = world
+    before = snapshot(w.db_path)
+    names = [*HOSTILE_ROOM_NAMES, w.room.upper(), w.room + "/", w.room + "%"]
+    for method, path in (("PUT", "/chat/rooms/saved"), ("DELETE", "/chat/rooms/saved"),
+                         ("DELETE", "/chat/special/room")):
+        for name in [*names, *([w.private_room] if path == "/chat/special/room" else [])]:
+            status, content_type, body = w.bg.run(_send(w, HostileRequest(
+                method, path, {"room_name": name}, None)))
+            expected = {403} if name == w.private_room else {400, 404}
+            assert status in expected and content_type == "application/json", (
+                method, path, name, status, body[:200])
+            assert set(json.loads(body)) == {"error"}
     assert snapshot(w.db_path) == before
     world.bg.run(_prove_alive(w))
 
