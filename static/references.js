@@ -65,7 +65,7 @@ export function refFields(item, ref) {
   let allowed = true;
   if (ref.kind === "edit" || ref.kind === "delete") allowed = ref.from === item.from;
   if (ref.kind === "edit") allowed = allowed && !!item.body;
-  if (ref.kind === "react") allowed = item.body === "" || isOneGrapheme(item.body);
+  if (ref.kind === "react") allowed = item.body === "" || isOneEmoji(item.body);
   return allowed ? {act, target: refId(item.conv, ref)} : {act};
 }
 
@@ -116,9 +116,8 @@ export function applyAction(orig, action) {
 }
 
 /**
- * Whether `text` is what the server accepts as a reaction (SPEC 13): a single extended grapheme
- * cluster of at most 32 code points, without whitespace or control characters. Any such
- * reaction received is shown ("a" too, from another client).
+ * Whether `text` is a single extended grapheme cluster of at most 32 code points, without
+ * whitespace or control characters (SPEC 13's "a single grapheme, at most 32 characters").
  */
 export function isOneGrapheme(text) {
   if (typeof text !== "string" || !text || [...text].length > 32) return false;
@@ -126,8 +125,9 @@ export function isOneGrapheme(text) {
   return !segmenter || [...segmenter.segment(text)].length === 1;
 }
 
-/** Whether `text` is one emoji the picker may send: one grapheme as above, and a pictograph, a
- *  flag or a keycap ("a", "👍👍" are not). */
+/** Whether `text` is one emoji, what the server accepts as a reaction and the picker may send
+ *  (chatserver/protocol.py is_reaction): one grapheme as above holding a pictograph, a flag or a
+ *  keycap ("a", "👍👍" are not). A reaction received that is not one is dropped. */
 export function isOneEmoji(text) {
   return isOneGrapheme(text) && /\p{Extended_Pictographic}|\p{Regional_Indicator}|\u20E3/u.test(text);
 }

@@ -383,13 +383,16 @@ async def test_actions_before_their_original_without_one_or_forged_show_no_empty
         for extra in ({"edit_of": forged, "message": "forged edit"},
                       {"delete_of": forged, "message": ""},
                       {"reply_to": {"msg_from": A}, "message": "malformed reference"},
-                      {"reply_to": forged, "react_to": forged, "message": "two references"}):
+                      {"reply_to": forged, "react_to": forged, "message": "two references"},
+                      # a reaction that is no emoji (the server refuses it; an older one did not)
+                      {"react_to": forged, "message": "a"}):
             sockets[0].send(json.dumps({"command": "new_msg", "msg_from": B, "msg_to": A,
                                         "sent_timestamp": stamp(), **extra}))
         await put("after the forgeries")
         await expect(theirs(pa, "after the forgeries")).to_be_visible()
         await expect(mine(pa, "own words").locator(".body")).to_have_text("Alice's own words")
         await expect(mine(pa, "own words").locator(".edited")).to_have_count(0)
+        await expect(mine(pa, "own words").locator(".reaction")).to_have_count(0)
         for text in ("forged", "malformed", "two references"):
             await expect(pa.locator("#messages .body", has_text=text)).to_have_count(0)
         await expect(pa.locator("#messages .body.deleted")).to_have_count(0)
