@@ -1,4 +1,5 @@
-"""Echo bot: answers every message with the same text, in the same dialogue or group.
+"""Echo bot: answers every message with the same text, in the same dialogue or group, as a reply
+quoting it (SPEC 13); edits, unsends and reactions are not echoed.
 
     CHAT_URL=http://127.0.0.1:8080 CHAT_PHONE=5550000001 CHAT_TOKEN=ct_... \\
         .venv/bin/python examples/echo_bot.py
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: chatclient
 
-from chatclient import Client, Message  # noqa: E402
+from chatclient import Client, Message, ref_of  # noqa: E402
 
 
 async def main() -> None:
@@ -29,9 +30,10 @@ async def main() -> None:
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(client.close()))
 
     async def echo(msg: Message) -> None:
-        if not msg.text:  # attachments only: nothing to echo
-            return
-        sent = await client.send(msg.reply_to, msg.text)
+        # An edit, an unsend or a reaction (SPEC 13) changes an earlier message: nothing to echo.
+        if not msg.text or msg.edit_of or msg.delete_of or msg.react_to:
+            return  # (no text: attachments only)
+        sent = await client.send(msg.reply_to, msg.text, reply_to=ref_of(msg))  # quoting it
         print(f"{msg.sender} in {msg.reply_to}: {msg.text!r}; echoed at {sent.sent_timestamp}", flush=True)
 
     async with client:

@@ -85,6 +85,8 @@ async def main() -> None:
         task.add_done_callback(timers.discard)
 
     async def handle(msg: Message) -> None:
+        if msg.edit_of or msg.delete_of or msg.react_to:  # SPEC 13: changes an earlier message
+            return
         asked = parse(msg.text)
         if asked is None:
             await client.send(msg.reply_to, 'Ask me: "remind me in 10 minutes to call mum" '

@@ -35,6 +35,7 @@ from chatclient import (
     RefusedError,
     now_timestamp,
     parse_timestamp,
+    ref_of,
 )
 from helpers.accounts import client as cookie_client
 from helpers.accounts import create_group, login, register
@@ -504,9 +505,17 @@ async def test_echo_bot_answers(chat: Chat) -> None:
     user, inbox = await user_online(chat)
     async with process("examples/echo_bot.py", env=env_of(chat, BOT, await chat.token(BOT))) as bot:
         assert (await line(bot)).startswith(f"echo bot {BOT}")
-        await user.send(BOT, "hello, bot")
+        sent = await user.send(BOT, "hello, bot")
         await inbox.until(lambda: [(m.sender, m.text) for m in inbox.messages] == [(BOT, "hello, bot")])
         assert "'hello, bot'; echoed at" in await line(bot)
+        # SPEC 13: the echo quotes the message; a reaction to it is not echoed (the next echo
+        # is the next message's).
+        assert inbox.messages[0].replying_to == {"msg_from": sent.msg_from,
+                                                 "sent_timestamp": sent.message}  # as sent
+        await user.send(BOT, "\N{THUMBS UP SIGN}", react_to=ref_of(inbox.messages[0]))
+        await user.send(BOT, "second")
+        await inbox.until(lambda: [m.text for m in inbox.messages] == ["hello, bot", "second"])
+        assert "'second'; echoed at" in await line(bot)
         bot.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(bot.wait(), NET_TIMEOUT) == 0
 
