@@ -467,6 +467,48 @@ async def test_version_9_upgrades_a_version_8_file_keeping_every_message_with_no
         await assert_v9_works(store, v1_file)
 
 
+V10_GRANTS: Final = [repr((B, "secret"))]  # the fixture's grant to B's session "ttt..."
+
+
+async def assert_v10_grants(store: AnyStore) -> None:
+    """On a version-10 database: B's grant of the private room "secret" (given by a login session
+    at version 9) lets every later login of B in, and no one else (issue 18, defect 7)."""
+    later_login = "u" * 64
+    await store.add_session(later_login, B)
+    assert await store.room_granted(later_login, "secret")
+    assert "secret" in [r.name for r in await store.rooms_for(B, later_login, 0)]
+    assert not await store.room_granted("s" * 64, "secret")  # A's session: A never gave it
+    assert "secret" not in [r.name for r in await store.rooms_for(A, "s" * 64, 0)]
+
+
+async def test_version_10_upgrades_a_version_9_file_giving_each_session_grant_to_its_user(
+        v1_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0010 on a version-9 file: every table, index, trigger and row of before as it
+    was (session_rooms too, for an older release), and room_grants holding the user of each
+    session's grant; the release then lets a new login of that user into the room."""
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 9, tmp_path / "v9"))
+        async with opened(v1_file):
+            pass
+    assert sqlite_version(v1_file) == 9
+    before = sqlite_contents(v1_file)
+    assert before["session_rooms"][1] == [repr(("t" * 64, "secret"))]
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "MIGRATIONS", up_to(SqliteStore.MIGRATIONS, 10, tmp_path / "v10"))
+        async with opened(v1_file):
+            pass
+    assert sqlite_version(v1_file) == 10
+    after = sqlite_contents(v1_file)
+    for table in set(before) - {"objects", "schema_version"}:
+        assert after[table] == before[table], table
+    changed = set(after["objects"]) ^ set(before["objects"])
+    assert {(kind, name) for kind, name, _, _ in changed} == {
+        ("table", "room_grants"), ("index", "room_grants_room")}
+    assert sqlite_rows(v1_file, "room_grants", ["phone", "room"]) == V10_GRANTS
+    async with opened(v1_file) as store:
+        await assert_v10_grants(store)
+
+
 def write_migration(folder: Path, name: str, sql: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(sql, encoding="utf-8")
@@ -924,6 +966,31 @@ async def test_pg_version_9_upgrades_a_version_8_schema_keeping_every_message_wi
     assert {name for name, _ in after_indexes - before_indexes} == {*V9_INDEXES, "saved_rooms_pkey"}
     async with opened(pg_v1) as store:
         await assert_v9_works(store, pg_v1)
+
+
+async def test_pg_version_10_upgrades_a_version_9_schema_giving_each_session_grant_to_its_user(
+        pg_v1: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0010 on a version-9 schema, as on SQLite."""
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 9, tmp_path / "v9"))
+        async with opened(pg_v1):
+            pass
+    assert await pg_version(pg_v1) == 9
+    before = await pg_snapshot(pg_v1)
+    assert before["session_rooms"] == [repr(("t" * 64, "secret"))]
+    with monkeypatch.context() as m:
+        m.setattr(PgStore, "MIGRATIONS", up_to(PgStore.MIGRATIONS, 10, tmp_path / "v10"))
+        async with opened(pg_v1):
+            pass
+    assert await pg_version(pg_v1) == 10
+    after = await pg_snapshot(pg_v1)
+    for table in set(before) - {"columns", "schema_version"}:
+        assert after[table] == before[table], table
+    added = sorted(set(after["columns"]) - set(before["columns"]))
+    assert sorted(c[:2] for c in added) == [("room_grants", "phone"), ("room_grants", "room")]
+    assert sorted(map(repr, await fetch(pg_v1, "SELECT phone, room FROM room_grants"))) == V10_GRANTS
+    async with opened(pg_v1) as store:
+        await assert_v10_grants(store)
 
 
 async def test_pg_a_migration_upgrades_the_v1_schema(
