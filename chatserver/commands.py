@@ -113,9 +113,9 @@ def _ref_json(frame: Frame) -> str | None:
     return None if frame.ref is None else frame.ref.json()
 
 
-def _ref_field(frame: Frame) -> str | None:
-    """The name of the frame's SPEC 13 field, for Web Push (push.py decides), None for none."""
-    return None if frame.ref is None else frame.ref.field
+def _wakes(frame: Frame) -> bool:
+    """Whether the message gets a Web Push (SPEC 9): not an edit, unsend or reaction (SPEC 13)."""
+    return frame.ref is None or frame.ref.wakes
 
 
 def refuse_if_blocked(conn: Sending, recipient: str) -> None:
@@ -159,9 +159,9 @@ async def personal_message(sender: Sending, frame: Frame
             sender.hub.push(frame.msg_to, data)
             if stored.copies:
                 sender.hub.push(sender.user, data, skip=sender.device)
-            if frame.msg_to != sender.user:  # SPEC 9; never for one's own copies
+            if frame.msg_to != sender.user and _wakes(frame):  # SPEC 9; never one's own copies
                 sender.push.notify([(frame.msg_to, "personal:" + sender.user)], sender.user,
-                                   frame.message, frame.sent_timestamp, ref=_ref_field(frame))
+                                   frame.message, frame.sent_timestamp)
         ACCEPTED_PERSONAL.inc()
 
     return sender.store.add_personal(
@@ -263,8 +263,9 @@ async def group_message(sender: Sending, frame: Frame
             if stored.copies:
                 sender.hub.push(sender.user, addressed(sender.user), skip=sender.device)
             # SPEC 9: the recipients' devices without a receive socket (never the sender's)
-            sender.push.notify_group(stored.pending, grp, sender.user, frame.message,
-                                     frame.sent_timestamp, ref=_ref_field(frame))
+            if _wakes(frame):
+                sender.push.notify_group(stored.pending, grp, sender.user, frame.message,
+                                         frame.sent_timestamp)
         ACCEPTED_GROUP.inc()
 
     return sender.store.add_group_message(

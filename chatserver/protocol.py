@@ -188,6 +188,12 @@ class Ref:
         return orjson.dumps(self.wire()).decode()
 
     @property
+    def wakes(self) -> bool:
+        """Whether the message is one to notify a device of (SPEC 9): a reply is a new message;
+        an edit, an unsend or a reaction changes one the device has (or will fetch)."""
+        return self.field == REPLY_TO
+
+    @property
     def allows_empty(self) -> bool:
         """An unsend's and a reaction's `message` may be empty (SPEC 13); any other's may not."""
         return self.field in (DELETE_OF, REACT_TO)

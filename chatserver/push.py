@@ -49,7 +49,7 @@ from .config import Config
 from .hubs.local import Hub
 from .keyfile import key_file
 from .metrics import PUSH_SECONDS, PUSHES_DROPPED, PUSHES_FAILED, PUSHES_GONE, PUSHES_SENT
-from .protocol import DELETE_OF, EDIT_OF, REACT_TO, now_micros
+from .protocol import now_micros
 from .stores.base import PushSubscription, Store, StoreError
 from .throttle import Throttle
 
@@ -75,9 +75,6 @@ ANSWER_BYTES: Final = 4096
 # Bytes of JSON a payload may have before encryption: RFC 8291 leaves 3993 bytes of a 4096-byte
 # push for it; a preview is shortened until the payload fits in this.
 MAX_PAYLOAD_BYTES: Final = 3000
-# SPEC 13: an edit, an unsend or a reaction changes a message the device has (or will fetch); it
-# is no new message to wake a device for. A reply is one (it notifies like any message).
-SILENT_REFS: Final = frozenset({EDIT_OF, DELETE_OF, REACT_TO})
 # Characters of a message a preview carries at most.
 PREVIEW_CHARS: Final = 1000
 # Seconds a name may take to resolve when a subscription is checked.
@@ -352,14 +349,14 @@ class Notifier(Protocol):
     """What the commands call after a commit (SPEC 9); both methods only queue and never raise."""
 
     def notify(self, wanted: Sequence[tuple[str, str]], sender: str, text: str,
-               sent: str = "", *, ref: str | None = None) -> None:
+               sent: str = "") -> None:
         """Push for each (recipient phone, conversation) pair in `wanted` ("personal:SENDER" or
         "group:KEY"): a message from `sender` (a phone) with body `text`, sent at `sent` (the
-        frame's sent_timestamp). `ref`: the name of the message's SPEC 13 field, if any; one
-        of SILENT_REFS pushes nothing."""
+        frame's sent_timestamp). An edit, an unsend or a reaction (SPEC 13) is never passed
+        here (protocol.Ref.wakes)."""
 
     def notify_group(self, phones: Sequence[str], key: str, sender: str, text: str,
-                     sent: str = "", *, ref: str | None = None) -> None:
+                     sent: str = "") -> None:
         """`notify` for each phone of `phones` in conversation "group:KEY", the list kept as is
         (no per-recipient work on the committing task)."""
 
@@ -368,11 +365,11 @@ class NoPush:
     """The notifier of a socket built without an app (tests) or of a server without push."""
 
     def notify(self, wanted: Sequence[tuple[str, str]], sender: str, text: str,
-               sent: str = "", *, ref: str | None = None) -> None:
+               sent: str = "") -> None:
         """Nothing to do."""
 
     def notify_group(self, phones: Sequence[str], key: str, sender: str, text: str,
-                     sent: str = "", *, ref: str | None = None) -> None:
+                     sent: str = "") -> None:
         """Nothing to do."""
 
 
@@ -483,15 +480,15 @@ class PushSender:
     # -- queueing (Notifier) -------------------------------------------------------------------
 
     def notify(self, wanted: Sequence[tuple[str, str]], sender: str, text: str,
-               sent: str = "", *, ref: str | None = None) -> None:
+               sent: str = "") -> None:
         """Queue a push for each (phone, conversation) pair of `wanted` (see Notifier)."""
-        if wanted and ref not in SILENT_REFS:
+        if wanted:
             self._put(_Job(wanted, (), "", sender, text, sent, time.monotonic()))
 
     def notify_group(self, phones: Sequence[str], key: str, sender: str, text: str,
-                     sent: str = "", *, ref: str | None = None) -> None:
+                     sent: str = "") -> None:
         """Queue a push for each phone of `phones` in group `key` (see Notifier)."""
-        if phones and ref not in SILENT_REFS:
+        if phones:
             self._put(_Job(None, phones, f"group:{key}", sender, text, sent, time.monotonic()))
 
     def _put(self, job: _Job) -> None:
