@@ -27,6 +27,11 @@ function reason(r) {
   return m ? `No account has the phone number ${m[1]}` : r.data?.error;
 }
 
+/** A refusal that a dialog shows in place: {ok: false, error} (and `extra`'s fields). */
+function failed(r, extra = {}) {
+  return {ok: false, error: reason(r) || `refused (${r.status})`, ...extra};
+}
+
 /** Start a dialogue with `phone`; resolves with its conversation id, or null. */
 export async function startDialogue(phone) {
   if (!PHONE_RE.test(phone)) return refused(NOT_A_PHONE, null);
@@ -59,7 +64,7 @@ export async function createGroup(name, participants) {
  */
 export async function patchGroup(conv, change) {
   const r = await api("PATCH", `/chat/info/group?key=${conv.ref}`, change);
-  if (!r.ok) return {ok: false, error: reason(r) || `refused (${r.status})`};
+  if (!r.ok) return failed(r);
   await sync.refreshGroup(conv.ref);
   return accepted({ok: true, error: null});
 }
@@ -67,7 +72,7 @@ export async function patchGroup(conv, change) {
 /** Leave a group: its socket closes for good, the history stays; resolves {ok, error}. */
 export async function leaveGroup(conv) {
   const r = await api("PATCH", `/chat/info/group?key=${conv.ref}`, {remove: [ME]});
-  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`};
+  if (!r.ok) return failed(r);
   sync.refuse(conv.id);
   await saveConv(conv.id, (c) => { c.note = "You left this group."; });
   notify(conv.id);
@@ -110,7 +115,7 @@ export async function createRoom(name, password, category = "") {
   if (password) body.password = password;
   if (category) body.category = category;
   const r = await api("POST", "/chat/special/room", body);
-  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`};
+  if (!r.ok) return failed(r);
   await saveConv(`r:${name}`, (c) => { c.private = !!password; });
   return accepted({ok: true, error: null});
 }
@@ -125,7 +130,7 @@ export async function findRooms(q = "", category = "") {
   if (category) params.set("category", category);
   const r = await api("GET", `/chat/rooms?${params}`);
   if (r.status === 401) emit("logged-out");
-  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`, rooms: []};
+  if (!r.ok) return failed(r, {rooms: []});
   return {ok: true, error: null, rooms: Array.isArray(r.data.rooms) ? r.data.rooms : []};
 }
 
@@ -136,7 +141,7 @@ export async function findRooms(q = "", category = "") {
  */
 export async function saveRoom(name, saved) {
   const r = await api(saved ? "PUT" : "DELETE", `/chat/rooms/saved?room_name=${encodeURIComponent(name)}`);
-  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`};
+  if (!r.ok) return failed(r);
   if (saved) {
     state.savedRooms.add(name);
     await sync.joinSaved(name);
@@ -153,7 +158,7 @@ export async function saveRoom(name, saved) {
  */
 export async function closeRoom(name) {
   const r = await api("DELETE", `/chat/special/room?room_name=${encodeURIComponent(name)}`);
-  if (!r.ok) return {ok: false, error: r.data.error || `refused (${r.status})`};
+  if (!r.ok) return failed(r);
   state.savedRooms.delete(name);
   await sync.roomClosed(`r:${name}`);
   return {ok: true, error: null};
